@@ -1,0 +1,1 @@
+//! `kiln step clone`: fetch exactly one commit, shallow, with gix.

@@ -1,0 +1,2 @@
+//! Real parts for the tests: registries, git servers, the Kiln service itself.
+#![allow(dead_code)]
