@@ -2,9 +2,25 @@
 //!
 //! Where things are, by file name:
 //! - a webhook lands in [`hooks`] (`hooks/gitlab.rs`),
-//! - every HTTP route is listed in [`router`],
-//! - a build's steps are planned in [`plan`] and run by an [`executor`],
-//! - a log line is captured in [`logs`] and kept by the [`store`],
+//! - every HTTP route is listed in [`router`]; handlers are grouped by resource in [`handlers`],
+//! - a build's steps are planned in [`plan`], taken from the queue by the [`scheduler`] and run by
+//!   an [`executor`],
+//! - a log line is captured and followed in [`logs`] and kept by the [`store`],
 //! - the commands that run inside build pods (`kiln step …`) are in [`steps`].
 
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod executor;
+pub mod handlers;
+pub mod hooks;
+pub mod logs;
+pub mod plan;
+pub mod router;
+pub mod scheduler;
+pub mod server;
 pub mod steps;
+pub mod store;
+pub mod validate;

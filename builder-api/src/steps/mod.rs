@@ -1,5 +1,43 @@
 //! The commands that run inside a build pod (or as host processes under the local executor):
-//! `kiln step clone`, `kiln step assemble`, … Each reads its inputs from env vars and argv, never
-//! from templated text, and writes progress to stdout, which becomes the build log.
+//! `kiln step clone`, `kiln step assemble`, `kiln step buildah`. Each reads its inputs from env
+//! vars and argv, never from templated text, prints progress to stdout (the build log), prints its
+//! error as the last line on stderr, and exits non-zero on failure.
 
+pub mod assemble;
+pub mod buildah;
 pub mod clone;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What the clone step checked out; written to `$WORKSPACE/.kiln/clone.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneInfo {
+    pub commit: String,
+    /// Committer time, unix seconds.
+    pub commit_time: i64,
+}
+
+/// What the image step pushed; written to the result file (a pod's termination message).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageResult {
+    /// `registry/repo@sha256:…`
+    pub image: String,
+    pub digest: String,
+}
+
+/// Writes a small JSON result atomically (write then rename), creating the directory.
+pub fn write_result<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// A required env var, with an error that names it.
+pub fn required_env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).map_err(|_| anyhow::anyhow!("{name} is not set"))
+}

@@ -1,0 +1,95 @@
+//! The `kiln` command line: the server, the client commands, and the build steps.
+
+mod client;
+mod step;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "Kiln: an in-cluster build service. GitLab pushes in, digest-pinned images out.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: HTTP API, webhooks, scheduler and executor.
+    ///
+    /// With no config it listens on 127.0.0.1:8080, keeps SQLite under ./.kiln and runs builds as
+    /// host processes. A TOML file and KILN_* env vars (KILN_LISTEN, KILN_DATA_DIR,
+    /// KILN_ADMIN_TOKEN, KILN_INSECURE_REGISTRIES, …) override the defaults.
+    Serve {
+        /// TOML config file.
+        #[arg(long, short, env = "KILN_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a build's log; with -f, follow it until the build ends and exit with its result.
+    Logs {
+        /// Build id.
+        build: i64,
+        /// Follow the log while the build runs.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// List builds (newest first).
+    Builds {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// The steps that run inside build pods (or as host processes under the local executor).
+    #[command(subcommand)]
+    Step(step::StepCommand),
+}
+
+/// The entry point of the `kiln` binary.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let is_step = matches!(cli.command, Command::Step(_));
+    if !is_step {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => crate::server::serve(config).await.map(|()| 0),
+            Command::Logs { build, follow, api } => client::logs(&api, build, follow).await,
+            Command::Builds { app, state, api } => client::builds(&api, app, state).await.map(|()| 0),
+            Command::Step(step) => step::run(step).await.map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            // The last stderr line of a failed step becomes the build's reason.
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

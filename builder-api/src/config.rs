@@ -1,0 +1,248 @@
+//! Kiln's configuration: typed sections read from an optional TOML file, then `KILN_*` env vars.
+//! Every field has a default that works on a laptop: `kiln serve` with no config listens on
+//! 127.0.0.1:8080, keeps SQLite under `.kiln/`, and runs builds with the local executor.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub executor: ExecutorConfig,
+    pub registry: RegistryConfig,
+    pub toolchains: ToolchainConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (webhooks and API); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// The admin token. When unset, one is generated on first start and printed once.
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "****"))
+            .finish()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory for the SQLite database, build workspaces and caches.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from(".kiln") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// `local` (host processes) is the only executor so far.
+    pub kind: String,
+    /// Builds running at once; the rest wait Queued.
+    pub max_concurrent_builds: usize,
+    /// A build running longer than this ends TimedOut.
+    pub build_timeout_secs: u64,
+    /// The `kiln` binary the steps run (`kiln step clone`, …). Default: this binary.
+    pub kiln_binary: Option<PathBuf>,
+    /// Keep a build's workspace after it ends (for debugging).
+    pub keep_workspaces: bool,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            kind: "local".into(),
+            max_concurrent_builds: 2,
+            build_timeout_secs: 3600,
+            kiln_binary: None,
+            keep_workspaces: false,
+        }
+    }
+}
+
+/// How build steps reach registries: credentials for pushing, and which hosts speak plain HTTP.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `host:port` of registries spoken to over plain HTTP (loopback registries in a demo).
+    pub insecure: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "****"))
+            .finish()
+    }
+}
+
+/// Host toolchains the local executor runs for the compile and image steps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolchainConfig {
+    pub go: String,
+    /// GOPROXY for builds; `off` keeps builds hermetic on a machine without internet.
+    pub goproxy: String,
+    pub mvn: String,
+    /// Extra arguments for every Maven build, e.g. `["-o", "-Dmaven.repo.local=/usr/share/maven-repo"]`.
+    pub maven_args: Vec<String>,
+    pub buildah: String,
+    /// Extra global buildah arguments, e.g. `["--storage-driver", "vfs"]`.
+    pub buildah_args: Vec<String>,
+    /// buildah `--isolation` (chroot works as root without a daemon).
+    pub buildah_isolation: String,
+}
+
+impl Default for ToolchainConfig {
+    fn default() -> Self {
+        Self {
+            go: "go".into(),
+            goproxy: "https://proxy.golang.org,direct".into(),
+            mvn: "mvn".into(),
+            maven_args: vec![],
+            buildah: "buildah".into(),
+            buildah_args: vec!["--storage-driver".into(), "vfs".into()],
+            buildah_isolation: "chroot".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads the TOML file (when given), then applies `KILN_*` env vars on top.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// The env vars that override the file; each maps to one field.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e: T::Err| ConfigError::Env { name, message: e.to_string() })
+        }
+        fn list(v: String) -> Vec<String> {
+            v.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect()
+        }
+        if let Some(v) = var("KILN_LISTEN") {
+            self.server.listen = parse("KILN_LISTEN", v)?;
+        }
+        if let Some(v) = var("KILN_MAX_BODY_BYTES") {
+            self.server.max_body_bytes = parse("KILN_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = var("KILN_ADMIN_TOKEN") {
+            self.server.admin_token = Some(v);
+        }
+        if let Some(v) = var("KILN_DATA_DIR") {
+            self.store.data_dir = v.into();
+        }
+        if let Some(v) = var("KILN_MAX_CONCURRENT_BUILDS") {
+            self.executor.max_concurrent_builds = parse("KILN_MAX_CONCURRENT_BUILDS", v)?;
+        }
+        if let Some(v) = var("KILN_BUILD_TIMEOUT_SECS") {
+            self.executor.build_timeout_secs = parse("KILN_BUILD_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = var("KILN_BINARY") {
+            self.executor.kiln_binary = Some(v.into());
+        }
+        if let Some(v) = var("KILN_INSECURE_REGISTRIES") {
+            self.registry.insecure = list(v);
+        }
+        if let Some(v) = var("KILN_REGISTRY_USERNAME") {
+            self.registry.username = Some(v);
+        }
+        if let Some(v) = var("KILN_REGISTRY_PASSWORD") {
+            self.registry.password = Some(v);
+        }
+        if let Some(v) = var("KILN_GOPROXY") {
+            self.toolchains.goproxy = v;
+        }
+        if let Some(v) = var("KILN_MAVEN_ARGS") {
+            self.toolchains.maven_args = list(v);
+        }
+        if self.executor.max_concurrent_builds == 0 {
+            return Err(ConfigError::Env {
+                name: "KILN_MAX_CONCURRENT_BUILDS",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut c: Config = toml::from_str("[server]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        c.apply_env(|n| (n == "KILN_LISTEN").then(|| "127.0.0.1:9100".to_string())).unwrap();
+        assert_eq!(c.server.listen.port(), 9100);
+        assert_eq!(c.executor.kind, "local");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        assert!(toml::from_str::<Config>("[server]\nlisen = 1\n").unwrap_err().to_string().contains("lisen"));
+        let err = Config::default().apply_env(|n| (n == "KILN_LISTEN").then(|| "nope".into())).unwrap_err();
+        assert!(err.to_string().contains("KILN_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let mut c = Config::default();
+        c.server.admin_token = Some("adm1n-secret".into());
+        c.registry.password = Some("reg-secret".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("adm1n-secret") && !shown.contains("reg-secret"), "{shown}");
+    }
+}

@@ -1,0 +1,28 @@
+//! The `Context` handed to handlers, the scheduler and executors (as in kube-rs controllers).
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::executor::Executor;
+use crate::logs::LogHub;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+pub struct Context {
+    pub config: Config,
+    pub store: Store,
+    pub hub: Arc<LogHub>,
+    pub scheduler: Scheduler,
+    pub executor: Arc<dyn Executor>,
+}
+
+/// Axum state: the shared context.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Context>);
+
+impl std::ops::Deref for AppState {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.0
+    }
+}

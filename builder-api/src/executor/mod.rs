@@ -1,0 +1,47 @@
+//! Executors run a build's plan. `local` runs the steps as host processes (the embedded default,
+//! and what the fake kubelet reuses in tests); `kube` (next) renders them into one Job.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::capture::{LogSink, Masker};
+use crate::store::{App, Build, BuildState, Store};
+
+/// Everything an executor needs to run one build.
+pub struct BuildJob {
+    pub build: Build,
+    pub app: App,
+    pub store: Store,
+    pub log: LogSink,
+    pub masker: Arc<Masker>,
+    /// Cancelled by `POST /builds/{id}/cancel` (and by a superseding push, later).
+    pub cancel: CancellationToken,
+    /// Past this the build ends TimedOut.
+    pub deadline: Instant,
+}
+
+/// How a build ended, as the executor saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub state: BuildState,
+    pub reason: Option<String>,
+}
+
+impl Outcome {
+    pub fn succeeded() -> Outcome {
+        Outcome { state: BuildState::Succeeded, reason: None }
+    }
+    pub fn failed(reason: impl Into<String>) -> Outcome {
+        Outcome { state: BuildState::Failed, reason: Some(reason.into()) }
+    }
+}
+
+pub trait Executor: Send + Sync + 'static {
+    /// Runs the build to its end. Lines go to `job.log`; steps and the image digest to the store.
+    fn run(&self, job: BuildJob) -> BoxFuture<'_, Outcome>;
+}

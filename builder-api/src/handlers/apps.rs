@@ -1,0 +1,153 @@
+//! `/api/v1/apps`: what a tenant builds. Secrets (webhook secret, git token) are accepted and
+//! used but never returned — except a generated webhook secret, once, in the create answer.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{bad, JsonBody};
+use crate::auth::Principal;
+use crate::context::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{App, BuildKind, KindSettings, NewApp};
+use crate::validate;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApp {
+    /// Only for admins: the tenant that owns the app.
+    pub tenant: Option<String>,
+    pub name: String,
+    pub git_url: String,
+    /// GitLab `path_with_namespace` (group/project) that push webhooks carry.
+    pub project_path: Option<String>,
+    #[serde(default = "default_filter")]
+    pub branch_filter: String,
+    #[serde(default = "default_kind")]
+    pub kind: BuildKind,
+    #[serde(default)]
+    pub settings: KindSettings,
+    pub base_image: Option<String>,
+    pub image_repository: String,
+    pub webhook_secret: Option<String>,
+    pub git_token: Option<String>,
+}
+
+/// Every branch (`*` alone would stop at `/`).
+fn default_filter() -> String {
+    "**".into()
+}
+fn default_kind() -> BuildKind {
+    BuildKind::Auto
+}
+
+/// `?tenant=` lets an admin name the tenant; tenants always act in their own.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    pub tenant: Option<String>,
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    who: Principal,
+    JsonBody(req): JsonBody<CreateApp>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant_id = match (&who, &req.tenant) {
+        (Principal::Tenant { id, name }, t) => {
+            if t.as_ref().is_some_and(|t| t != name) {
+                return Err(ApiError::Forbidden("a tenant token creates apps only in its own tenant".into()));
+            }
+            *id
+        }
+        (Principal::Admin, Some(t)) => s.store.tenant_by_name(t).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {t}")))?.id,
+        (Principal::Admin, None) => return Err(bad("an admin must say which tenant owns the app: \"tenant\"".into())),
+    };
+    validate::dns_label("app", &req.name).map_err(bad)?;
+    check_git_url(&req.git_url)?;
+    validate::image_repository(&req.image_repository).map_err(bad)?;
+    globset::Glob::new(&req.branch_filter).map_err(|e| bad(format!("branch_filter {:?}: {e}", req.branch_filter)))?;
+    if let Some(df) = &req.settings.dockerfile {
+        validate::repo_path("dockerfile", df).map_err(bad)?;
+    }
+    if let Some(base) = &req.base_image {
+        if base != "scratch" && !base.contains('/') {
+            return Err(bad(format!("base_image {base:?} needs a registry host, e.g. registry.example.com/library/base:1")));
+        }
+    }
+    let generated = req.webhook_secret.is_none();
+    let secret = req.webhook_secret.unwrap_or_else(|| hex::encode(rand::random::<[u8; 24]>()));
+    if secret.len() < 8 {
+        return Err(bad("webhook_secret must be at least 8 characters".into()));
+    }
+    let app = s
+        .store
+        .create_app(&NewApp {
+            tenant_id,
+            name: req.name,
+            git_url: req.git_url,
+            project_path: req.project_path,
+            branch_filter: req.branch_filter,
+            kind: req.kind,
+            settings: req.settings,
+            base_image: req.base_image,
+            image_repository: req.image_repository,
+            webhook_secret: secret.clone(),
+            git_token: req.git_token.filter(|t| !t.is_empty()),
+        })
+        .await?;
+    let mut body = json!({ "app": app });
+    if generated {
+        body["webhook_secret"] = json!(secret);
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+fn check_git_url(url: &str) -> ApiResult<()> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() < 2048
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !ok {
+        return Err(bad(format!("git_url {url:?} must be an http(s) URL")));
+    }
+    if url.split("://").nth(1).and_then(|rest| rest.split('/').next()).is_some_and(|auth| auth.contains('@')) {
+        return Err(bad("git_url must not carry credentials; set git_token instead".into()));
+    }
+    Ok(())
+}
+
+pub async fn list(State(s): State<AppState>, who: Principal) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "apps": s.store.apps(who.tenant_scope()).await? })))
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Json<Value>> {
+    let app = find_app(&s, &who, &name, q.tenant.as_deref()).await?;
+    Ok(Json(json!({ "app": app })))
+}
+
+/// An app by name in the caller's tenant (admins name the tenant with `?tenant=`, or the app
+/// name is unique). Another tenant's app is answered 404.
+pub async fn find_app(s: &AppState, who: &Principal, name: &str, tenant: Option<&str>) -> ApiResult<App> {
+    let not_found = || ApiError::NotFound(format!("no app {name}"));
+    match who {
+        Principal::Tenant { id, .. } => s.store.app_by_name(*id, name).await?.ok_or_else(not_found),
+        Principal::Admin => {
+            let mut apps: Vec<App> = s.store.apps(None).await?.into_iter().filter(|a| a.name == name).collect();
+            if let Some(t) = tenant {
+                apps.retain(|a| a.tenant == t);
+            }
+            match apps.len() {
+                0 => Err(not_found()),
+                1 => Ok(apps.remove(0)),
+                _ => Err(bad(format!("several tenants have an app {name}; add ?tenant="))),
+            }
+        }
+    }
+}

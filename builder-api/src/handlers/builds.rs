@@ -1,0 +1,150 @@
+//! `/api/v1/builds` and `/api/v1/apps/{app}/builds`: trigger, read, list, cancel, and the log.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::apps::{find_app, TenantQuery};
+use super::{bad, JsonBody};
+use crate::auth::Principal;
+use crate::context::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::logs::follow::follow;
+use crate::scheduler::{self, CancelResult};
+use crate::store::{Build, BuildState, LogLine, NewBuild};
+use crate::validate;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBuild {
+    /// A branch or tag (`main`, `refs/heads/main`, `refs/tags/v1`).
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// The commit to build (40 hex).
+    pub commit: Option<String>,
+}
+
+pub async fn trigger(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(app): Path<String>,
+    Query(q): Query<TenantQuery>,
+    JsonBody(req): JsonBody<TriggerBuild>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    let commit = req.commit.ok_or_else(|| bad("\"commit\" is required (the 40-hex commit id to build)".into()))?;
+    validate::commit_sha(&commit).map_err(bad)?;
+    let git_ref = match req.git_ref {
+        Some(r) => {
+            validate::git_ref(&r).map_err(bad)?;
+            Some(if r.starts_with("refs/") { r } else { format!("refs/heads/{r}") })
+        }
+        None => None,
+    };
+    let build = s
+        .store
+        .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into() })
+        .await?;
+    s.scheduler.wake();
+    Ok((StatusCode::CREATED, Json(json!({ "build": build }))))
+}
+
+/// A build visible to the caller, else 404 (the same answer for another tenant's build).
+async fn visible_build(s: &AppState, who: &Principal, id: i64) -> ApiResult<Build> {
+    s.store
+        .build(id)
+        .await?
+        .filter(|b| who.sees(b.tenant_id))
+        .ok_or_else(|| ApiError::NotFound(format!("no build {id}")))
+}
+
+pub async fn get(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    let build = visible_build(&s, &who, id).await?;
+    let steps = s.store.steps(id).await?;
+    Ok(Json(json!({ "build": build, "steps": steps })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub app: Option<String>,
+    pub state: Option<String>,
+    pub tenant: Option<String>,
+    pub limit: Option<i64>,
+}
+
+pub async fn list(State(s): State<AppState>, who: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let app_id = match &q.app {
+        Some(name) => Some(find_app(&s, &who, name, q.tenant.as_deref()).await?.id),
+        None => None,
+    };
+    let state = match &q.state {
+        Some(st) => Some(BuildState::parse(st).ok_or_else(|| {
+            bad(format!("unknown state {st:?}; one of Queued, Running, Succeeded, Failed, Cancelled, TimedOut"))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let builds = s.store.builds(who.tenant_scope(), app_id, state, limit).await?;
+    Ok(Json(json!({ "builds": builds })))
+}
+
+pub async fn cancel(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let build = visible_build(&s, &who, id).await?;
+    let (status, message) = match scheduler::cancel(&s, &build).await? {
+        CancelResult::Cancelled => (StatusCode::OK, "cancelled".to_string()),
+        CancelResult::Stopping => (StatusCode::ACCEPTED, "stopping: the build ends Cancelled once its log is flushed".into()),
+        CancelResult::AlreadyFinished(st) => {
+            return Err(ApiError::Conflict(format!("build {id} already ended {}", st.as_str())));
+        }
+    };
+    Ok((status, Json(json!({ "build": id, "result": message }))))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// `1`/`true`: keep the answer open and stream lines until the build ends.
+    pub follow: Option<String>,
+}
+
+/// The log as plain text, one line per log line. With `?follow=1` the answer streams until the
+/// build ends.
+pub async fn logs(State(s): State<AppState>, who: Principal, Path(id): Path<i64>, Query(q): Query<LogQuery>) -> ApiResult<Response> {
+    let build = visible_build(&s, &who, id).await?;
+    let following = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
+    let lines = follow(s.store.clone(), s.hub.clone(), build.id, 0);
+    let body = if following {
+        Body::from_stream(lines.map(|r| r.map(|ls| render_text(&ls))))
+    } else {
+        // A finished log, or a snapshot of a running one: read until nothing new.
+        let mut text = String::new();
+        let mut after = 0;
+        loop {
+            let page = s.store.log_after(id, after, 5000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            text.push_str(&render_text(&page));
+        }
+        Body::from(text)
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache"), (header::HeaderName::from_static("x-accel-buffering"), "no")],
+        body,
+    )
+        .into_response())
+}
+
+fn render_text(lines: &[LogLine]) -> String {
+    let mut out = String::with_capacity(lines.iter().map(|l| l.line.len() + 1).sum());
+    for l in lines {
+        out.push_str(&l.line);
+        out.push('\n');
+    }
+    out
+}

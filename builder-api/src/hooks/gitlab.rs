@@ -1,0 +1,154 @@
+//! `POST /hooks/gitlab`: GitLab Push Hook and Tag Push Hook.
+//!
+//! Answers: 202 with the queued build ids; 200 for an event Kiln ignores (with the reason — GitLab
+//! disables hooks that get 4xx) and for a redelivery (with the original outcome); 400 for a body
+//! that is not a push event; 401 for a wrong `X-Gitlab-Token`; 404 for a project no app builds;
+//! 413 for a body over the limit.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::context::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{parse_json, read_body};
+use crate::store::{App, NewBuild, NewDelivery};
+use crate::validate;
+
+const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+
+#[derive(Debug, Deserialize)]
+struct PushEvent {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    checkout_sha: Option<String>,
+}
+
+pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
+    let headers = req.headers().clone();
+    let body = read_body(req, &s).await?;
+    let payload: Value = parse_json(&body)?;
+    if !payload.is_object() {
+        return Err(ApiError::BadRequest("the webhook body must be a JSON object".into()));
+    }
+
+    let project = payload.pointer("/project/path_with_namespace").and_then(Value::as_str).unwrap_or_default();
+    let urls: Vec<&str> = ["/project/git_http_url", "/repository/git_http_url", "/project/http_url", "/repository/url"]
+        .iter()
+        .filter_map(|p| payload.pointer(p).and_then(Value::as_str))
+        .take(2)
+        .collect();
+    if project.is_empty() && urls.is_empty() {
+        return Err(ApiError::BadRequest("the webhook body has no project.path_with_namespace".into()));
+    }
+    let candidates = s.store.apps_for_project(project, &urls).await?;
+    if candidates.is_empty() {
+        return Err(ApiError::NotFound(format!("no app builds project {project:?}")));
+    }
+    let token = header(&headers, "x-gitlab-token").unwrap_or_default();
+    let apps: Vec<App> = candidates.into_iter().filter(|a| bool::from(a.webhook_secret.as_bytes().ct_eq(token.as_bytes()))).collect();
+    if apps.is_empty() {
+        return Err(ApiError::Unauthorized("X-Gitlab-Token does not match the app's webhook secret".into()));
+    }
+
+    let event = header(&headers, "x-gitlab-event").unwrap_or_default().to_string();
+    let key = header(&headers, "idempotency-key")
+        .or_else(|| header(&headers, "x-gitlab-event-uuid"))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&body))));
+    let delivery = NewDelivery { source: "gitlab", key, event: event.clone(), app_id: apps.first().map(|a| a.id) };
+
+    let (builds, ignored) = match plan_builds(&event, &payload, &apps) {
+        Ok(builds) if builds.is_empty() => (vec![], Some("no app's branch filter matches this branch".to_string())),
+        Ok(builds) => (builds, None),
+        Err(Decision::Ignore(reason)) => (vec![], Some(reason)),
+        Err(Decision::Reject(reason)) => return Err(ApiError::BadRequest(reason)),
+    };
+    let (outcome, new) = s.store.record_delivery(&delivery, &builds, ignored).await?;
+    if !new {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "status": "duplicate", "reason": "this delivery was received before", "builds": outcome.build_ids })),
+        ));
+    }
+    if let Some(reason) = outcome.ignored {
+        return Ok((StatusCode::OK, Json(json!({ "status": "ignored", "reason": reason }))));
+    }
+    s.scheduler.wake();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "queued", "builds": outcome.build_ids }))))
+}
+
+enum Decision {
+    Ignore(String),
+    Reject(String),
+}
+
+/// The builds a verified event asks for.
+fn plan_builds(event: &str, payload: &Value, apps: &[App]) -> Result<Vec<NewBuild>, Decision> {
+    let kind = payload.get("object_kind").and_then(Value::as_str).unwrap_or_default();
+    let is_tag = match (event, kind) {
+        ("Push Hook", _) | ("", "push") => false,
+        ("Tag Push Hook", _) | ("", "tag_push") => true,
+        _ => {
+            let what = if event.is_empty() { kind } else { event };
+            return Err(Decision::Ignore(format!("event {what:?} does not start builds (only Push Hook and Tag Push Hook do)")));
+        }
+    };
+    let push: PushEvent = serde_json::from_value(payload.clone())
+        .map_err(|e| Decision::Reject(format!("not a valid push event: {e}")))?;
+    if push.after == ZERO_SHA {
+        return Err(Decision::Ignore(format!("{} was deleted", push.git_ref)));
+    }
+    let commit = push.checkout_sha.filter(|c| !c.is_empty()).unwrap_or(push.after);
+    validate::commit_sha(&commit).map_err(Decision::Reject)?;
+    let prefix = if is_tag { "refs/tags/" } else { "refs/heads/" };
+    let name = push
+        .git_ref
+        .strip_prefix(prefix)
+        .ok_or_else(|| Decision::Reject(format!("ref {:?} does not start with {prefix}", push.git_ref)))?;
+    validate::git_ref(name).map_err(Decision::Reject)?;
+    Ok(apps
+        .iter()
+        // Tags are release builds: the branch filter applies to branches only.
+        .filter(|app| is_tag || branch_matches(&app.branch_filter, name))
+        .map(|app| NewBuild {
+            tenant_id: app.tenant_id,
+            app_id: app.id,
+            git_ref: Some(push.git_ref.clone()),
+            commit: commit.clone(),
+            trigger: "webhook".into(),
+        })
+        .collect())
+}
+
+/// Glob over the branch name: `*` matches within one path segment, `**` across.
+pub fn branch_matches(filter: &str, branch: &str) -> bool {
+    globset::GlobBuilder::new(filter)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher().is_match(branch))
+        .unwrap_or(false)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::branch_matches;
+
+    #[test]
+    fn branch_filters() {
+        assert!(branch_matches("*", "main"));
+        assert!(!branch_matches("*", "feature/x"));
+        assert!(branch_matches("**", "feature/x"));
+        assert!(branch_matches("release/*", "release/1.2"));
+        assert!(!branch_matches("main", "mainline"));
+    }
+}

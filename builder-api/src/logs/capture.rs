@@ -1,0 +1,167 @@
+//! Capture: one task per build owns the sequence numbers. Steps send lines through a bounded
+//! channel (a flood of output slows the step's pipe, not Kiln's memory); the task masks secrets,
+//! stores lines in batches and wakes followers.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::LogHub;
+use crate::store::{now_ms, LogLine, Store, Stream};
+
+/// Longest line kept; the rest of a longer line is cut with a marker.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+const BATCH: usize = 512;
+
+struct Entry {
+    step: String,
+    stream: Stream,
+    line: String,
+}
+
+/// A handle steps write lines into. Cheap to clone.
+#[derive(Clone)]
+pub struct LogSink {
+    tx: mpsc::Sender<Entry>,
+}
+
+impl LogSink {
+    pub async fn line(&self, step: &str, stream: Stream, line: impl Into<String>) {
+        // The receiver lives until every sink is dropped, so this only fails after close.
+        let _ = self.tx.send(Entry { step: step.to_string(), stream, line: line.into() }).await;
+    }
+
+    pub async fn system(&self, step: &str, line: impl Into<String>) {
+        self.line(step, Stream::System, line).await
+    }
+
+    /// Reads `reader` to its end, one log line per text line. Returns the last non-empty line
+    /// (unmasked: mask it before showing it anywhere), which names the cause when a step fails.
+    pub async fn pipe(&self, step: &str, stream: Stream, reader: impl AsyncRead + Unpin) -> Option<String> {
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        let mut buf = Vec::with_capacity(1024);
+        let mut last = None;
+        loop {
+            buf.clear();
+            match (&mut reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.system(step, format!("[kiln] reading {} failed: {e}", stream.as_str())).await;
+                    break;
+                }
+            }
+            let complete = buf.last() == Some(&b'\n');
+            if buf.len() > MAX_LINE_BYTES && !complete {
+                // An over-long line: keep its head, drop the rest up to the newline.
+                let mut line = String::from_utf8_lossy(&buf[..MAX_LINE_BYTES]).into_owned();
+                line.push_str(" …[line cut at 16 KiB]");
+                self.line(step, stream, line).await;
+                let mut rest = Vec::new();
+                if reader.read_until(b'\n', &mut rest).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf);
+            let text = text.trim_end_matches('\n').trim_end_matches('\r');
+            if !text.trim().is_empty() {
+                last = Some(text.to_string());
+            }
+            self.line(step, stream, text).await;
+        }
+        last
+    }
+}
+
+/// The capture of one build's log. `close` flushes every line sent before it.
+pub struct LogCapture {
+    sink: LogSink,
+    task: JoinHandle<Result<(), crate::store::StoreError>>,
+}
+
+impl LogCapture {
+    /// Starts capturing; numbering continues after what the store already holds for the build.
+    pub async fn start(
+        store: Store,
+        hub: Arc<LogHub>,
+        build_id: i64,
+        masker: Arc<Masker>,
+    ) -> Result<LogCapture, crate::store::StoreError> {
+        let mut seq = store.last_log_seq(build_id).await?;
+        let (tx, mut rx) = mpsc::channel::<Entry>(4096);
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while let Some(first) = rx.recv().await {
+                batch.clear();
+                let mut next = Some(first);
+                while let Some(entry) = next.take() {
+                    seq += 1;
+                    batch.push(LogLine {
+                        seq,
+                        step: entry.step,
+                        stream: entry.stream,
+                        at: now_ms(),
+                        line: masker.mask(entry.line),
+                    });
+                    if batch.len() < BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                store.append_log(build_id, &batch).await?;
+                hub.stored(build_id, seq);
+            }
+            Ok(())
+        });
+        Ok(LogCapture { sink: LogSink { tx }, task })
+    }
+
+    pub fn sink(&self) -> LogSink {
+        self.sink.clone()
+    }
+
+    /// Waits until every line sent so far is stored. Every other sink must be dropped first.
+    pub async fn close(self) -> Result<(), crate::store::StoreError> {
+        drop(self.sink);
+        self.task.await.unwrap_or_else(|e| panic!("log capture task panicked: {e}"))
+    }
+}
+
+/// Replaces every known secret with `****` before a line is stored.
+pub struct Masker {
+    secrets: Vec<String>,
+}
+
+impl Masker {
+    pub fn new(mut secrets: Vec<String>) -> Masker {
+        // Short values would mask ordinary words; longest first so overlaps mask fully.
+        secrets.retain(|s| s.len() >= 4);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Masker { secrets }
+    }
+
+    pub fn mask(&self, line: impl Into<String>) -> String {
+        let line = line.into();
+        let mut line = line;
+        for s in &self.secrets {
+            if line.contains(s.as_str()) {
+                line = line.replace(s.as_str(), "****");
+            }
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_every_secret_and_ignores_tiny_ones() {
+        let m = Masker::new(vec!["s3cr3t-token".into(), "ab".into()]);
+        assert_eq!(m.mask("using s3cr3t-token and s3cr3t-token, ab".into()), "using **** and ****, ab");
+    }
+}

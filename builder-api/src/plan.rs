@@ -1,0 +1,251 @@
+//! The build plan: the steps of one build as data — argv and env, never text templated from user
+//! strings. The local executor runs the steps as host processes; the kube executor renders the same
+//! steps into the containers of one Job. `$(VAR)` in argv and workdir expands from the step's env,
+//! exactly as Kubernetes expands container args.
+
+use std::path::Path;
+
+use crate::config::{RegistryConfig, ToolchainConfig};
+use crate::store::{App, Build, BuildKind};
+
+/// One step: a process with its argv and env.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSpec {
+    pub name: String,
+    /// argv[0] `kiln` means the Kiln tools binary.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Env values that are secrets: masked in the log, mounted from a Secret in a cluster.
+    pub secret_env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+}
+
+impl StepSpec {
+    fn new(name: &str, argv: impl IntoIterator<Item = impl Into<String>>) -> StepSpec {
+        StepSpec {
+            name: name.into(),
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: vec![],
+            secret_env: vec![],
+            workdir: None,
+        }
+    }
+    fn env(mut self, k: &str, v: impl Into<String>) -> StepSpec {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    fn secret(mut self, k: &str, v: Option<&str>) -> StepSpec {
+        if let Some(v) = v {
+            self.secret_env.push((k.into(), v.into()));
+        }
+        self
+    }
+}
+
+/// Where the image step writes `{"image": …, "digest": …}` (a pod's termination message).
+pub const RESULT_FILE: &str = "$(WORKSPACE)/.kiln/result.json";
+/// Where the clone step writes what it checked out (`{"commit": …, "commit_time": …}`).
+pub const CLONE_INFO_FILE: &str = ".kiln/clone.json";
+
+/// What a build resolves to once its source is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedKind {
+    Go,
+    Maven,
+    Dockerfile,
+}
+
+impl ResolvedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedKind::Go => "go",
+            ResolvedKind::Maven => "maven",
+            ResolvedKind::Dockerfile => "dockerfile",
+        }
+    }
+}
+
+/// The first step of every build.
+pub fn clone_step(app: &App, build: &Build) -> StepSpec {
+    StepSpec::new("clone", ["kiln", "step", "clone"])
+        .env("KILN_GIT_URL", literal(&app.git_url))
+        .env("KILN_GIT_COMMIT", literal(&build.commit))
+        .env("KILN_GIT_REF", literal(build.git_ref.as_deref().unwrap_or_default()))
+        .env("KILN_SOURCE_DIR", "$(WORKSPACE)/src")
+        .secret("KILN_GIT_TOKEN", app.git_token.as_deref())
+}
+
+/// Decides what to build from the checked-out source: a Dockerfile wins (a Go or Maven app that
+/// ships one is built from it), then `go.mod`, then `pom.xml`.
+pub fn resolve_kind(kind: BuildKind, dockerfile: &str, src: &Path) -> Result<ResolvedKind, String> {
+    let has = |f: &str| src.join(f).is_file();
+    let resolved = match kind {
+        _ if kind != BuildKind::Auto && has(dockerfile) => ResolvedKind::Dockerfile,
+        BuildKind::Go => ResolvedKind::Go,
+        BuildKind::Maven => ResolvedKind::Maven,
+        BuildKind::Dockerfile => ResolvedKind::Dockerfile,
+        BuildKind::Auto if has(dockerfile) => ResolvedKind::Dockerfile,
+        BuildKind::Auto if has("go.mod") => ResolvedKind::Go,
+        BuildKind::Auto if has("pom.xml") => ResolvedKind::Maven,
+        BuildKind::Auto => {
+            return Err(format!(
+                "cannot tell how to build this commit: no {dockerfile}, go.mod or pom.xml at the repository root"
+            ))
+        }
+    };
+    if resolved == ResolvedKind::Dockerfile && !has(dockerfile) {
+        return Err(format!("the app builds from {dockerfile}, but the commit has no such file"));
+    }
+    Ok(resolved)
+}
+
+/// Everything the steps after the clone need.
+pub struct PlanInput<'a> {
+    pub app: &'a App,
+    pub build: &'a Build,
+    pub kind: ResolvedKind,
+    /// Commit time (unix seconds): image `created` and Maven's `project.build.outputTimestamp`,
+    /// so building the same commit twice gives the same digest.
+    pub commit_time: i64,
+    pub toolchains: &'a ToolchainConfig,
+    pub registry: &'a RegistryConfig,
+    /// Per-tenant cache directory ($(CACHE) in a pod: a PVC or emptyDir).
+    pub cache_dir: String,
+}
+
+impl PlanInput<'_> {
+    /// `repository:<first 12 of the commit>`; the build record pins the digest.
+    pub fn target_image(&self) -> String {
+        format!("{}:{}", self.app.image_repository, &self.build.commit[..12.min(self.build.commit.len())])
+    }
+}
+
+/// The compile and image steps for a resolved kind.
+pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
+    let s = &p.app.settings;
+    let mut steps = Vec::new();
+    let entrypoint;
+    let add;
+    match p.kind {
+        ResolvedKind::Go => {
+            let ldflags = literal(s.go_ldflags.as_deref().unwrap_or("-s -w"));
+            let package = literal(s.go_package.as_deref().unwrap_or("."));
+            let mut compile = StepSpec::new(
+                "compile",
+                [&p.toolchains.go, "build", "-trimpath", "-buildvcs=false", "-ldflags", &ldflags, "-o"],
+            );
+            compile.argv.push("$(WORKSPACE)/out/app".into());
+            // `--` keeps a package setting that starts with `-` from being read as a flag.
+            compile.argv.push("--".into());
+            compile.argv.push(package);
+            compile.workdir = Some("$(WORKSPACE)/src".into());
+            steps.push(
+                compile
+                    .env("CGO_ENABLED", "0")
+                    .env("GOPROXY", &p.toolchains.goproxy)
+                    .env("GOFLAGS", "-mod=mod")
+                    .env("GOCACHE", format!("{}/go-build", p.cache_dir))
+                    .env("GOMODCACHE", format!("{}/go-mod", p.cache_dir))
+                    .env("GOPATH", format!("{}/go", p.cache_dir)),
+            );
+            add = format!("$(WORKSPACE)/out/app:/app/{}", p.app.name);
+            entrypoint = format!("[\"/app/{}\"]", p.app.name);
+        }
+        ResolvedKind::Maven => {
+            let mut compile = StepSpec::new("compile", [p.toolchains.mvn.as_str(), "-B"]);
+            compile.argv.extend(p.toolchains.maven_args.iter().cloned());
+            compile.argv.push(format!("-Dproject.build.outputTimestamp={}", p.commit_time));
+            let goals = s.maven_goals.clone().unwrap_or_else(|| vec!["package".into(), "-DskipTests".into()]);
+            compile.argv.extend(goals.iter().map(|g| literal(g)));
+            compile.workdir = Some("$(WORKSPACE)/src".into());
+            steps.push(compile.env("MAVEN_OPTS", "-Xmx512m").env("HOME", format!("{}/home", p.cache_dir)));
+            add = "$(WORKSPACE)/src/target/*.jar:/app/app.jar".into();
+            entrypoint = "[\"java\", \"-jar\", \"/app/app.jar\"]".into();
+        }
+        ResolvedKind::Dockerfile => {
+            let mut image = StepSpec::new("image", ["kiln", "step", "buildah", "--context", "$(WORKSPACE)/src", "--file"]);
+            image.argv.push(literal(s.dockerfile.as_deref().unwrap_or("Dockerfile")));
+            if let Some(target) = &s.dockerfile_target {
+                image.argv.extend(["--target".into(), literal(target)]);
+            }
+            for (k, v) in &s.build_args {
+                image.argv.extend(["--build-arg".into(), literal(&format!("{k}={v}"))]);
+            }
+            image.argv.extend(["--image".into(), literal(&p.target_image()), "--result-file".into(), RESULT_FILE.into()]);
+            image.argv.extend(["--created".into(), p.commit_time.to_string()]);
+            image.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
+            image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", p.build.commit)]);
+            steps.push(with_registry(image.env("KILN_BUILDAH", &p.toolchains.buildah), p));
+            return steps;
+        }
+    }
+    let mut image = StepSpec::new("image", ["kiln", "step", "assemble", "--base"]);
+    image.argv.push(literal(p.app.base_image.as_deref().unwrap_or("scratch")));
+    image.argv.extend(["--image".into(), literal(&p.target_image()), "--add".into(), add]);
+    image.argv.extend(["--entrypoint".into(), entrypoint]);
+    image.argv.extend(["--created".into(), p.commit_time.to_string()]);
+    image.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
+    image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", p.build.commit)]);
+    image.argv.extend(["--result-file".into(), RESULT_FILE.into()]);
+    steps.push(with_registry(image, p));
+    steps
+}
+
+/// A user's string placed into argv: `$` doubled so `$(VAR)` expansion leaves it as written
+/// (a build arg of `$(KILN_REGISTRY_PASSWORD)` must not read the secret).
+pub fn literal(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
+fn with_registry(step: StepSpec, p: &PlanInput) -> StepSpec {
+    step.env("KILN_INSECURE_REGISTRIES", p.registry.insecure.join(","))
+        .env("KILN_REGISTRY_USERNAME", p.registry.username.clone().unwrap_or_default())
+        .secret("KILN_REGISTRY_PASSWORD", p.registry.password.as_deref())
+}
+
+/// Kubernetes-style `$(VAR)` expansion from the step's own env; `$$(VAR)` stays literal
+/// `$(VAR)`, unknown variables stay as written. Values never pass through a shell.
+pub fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        if let Some(inner) = tail.strip_prefix("$(") {
+            if let Some(end) = inner.find(')') {
+                let name = &inner[..end];
+                if let Some((_, v)) = env.iter().rev().find(|(k, _)| k == name) {
+                    out.push_str(v);
+                    rest = &inner[end + 1..];
+                    continue;
+                }
+            }
+        }
+        out.push('$');
+        rest = &tail[1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_like_kubernetes() {
+        let env = vec![("WORKSPACE".to_string(), "/w".to_string())];
+        assert_eq!(expand("$(WORKSPACE)/src", &env), "/w/src");
+        assert_eq!(expand("$$(WORKSPACE)", &env), "$(WORKSPACE)");
+        assert_eq!(expand("$(NOPE)/x $ y", &env), "$(NOPE)/x $ y");
+        // A value that itself looks like a variable is not expanded again.
+        let env = vec![("A".to_string(), "$(B)".to_string()), ("B".to_string(), "x".to_string())];
+        assert_eq!(expand("$(A)", &env), "$(B)");
+        assert_eq!(expand(&literal("X=$(A) $$"), &env), "X=$(A) $$");
+    }
+}

@@ -1,0 +1,32 @@
+//! Every route Kiln serves, in one place.
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::context::AppState;
+use crate::handlers::{apps, builds, health, tenants};
+use crate::hooks;
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.server.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        // Webhooks: verified by their own secrets, not by API tokens.
+        .route("/hooks/gitlab", post(hooks::gitlab::receive))
+        // The API: every handler takes a `Principal` (bearer token).
+        .route("/api/v1/tenants", get(tenants::list).post(tenants::create))
+        .route("/api/v1/tenants/{tenant}/tokens", post(tenants::create_token))
+        .route("/api/v1/apps", get(apps::list).post(apps::create))
+        .route("/api/v1/apps/{app}", get(apps::get))
+        .route("/api/v1/apps/{app}/builds", post(builds::trigger))
+        .route("/api/v1/builds", get(builds::list))
+        .route("/api/v1/builds/{id}", get(builds::get))
+        .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
+        .route("/api/v1/builds/{id}/logs", get(builds::logs))
+        .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

@@ -1,0 +1,144 @@
+//! The scheduler: takes Queued builds oldest first while fewer than `max_concurrent_builds` run,
+//! runs each through the executor with its log captured, and records how it ended. Woken by new
+//! builds and finished ones; a periodic tick covers anything missed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::executor::{BuildJob, Outcome};
+use crate::logs::capture::{LogCapture, Masker};
+use crate::store::{Build, BuildState, StoreError};
+
+#[derive(Default)]
+pub struct Scheduler {
+    wake: Notify,
+    running: Mutex<HashMap<i64, CancellationToken>>,
+}
+
+/// Why a cancel request did nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelResult {
+    Cancelled,
+    /// Running: the executor stops it; the build ends Cancelled shortly.
+    Stopping,
+    AlreadyFinished(BuildState),
+}
+
+impl Scheduler {
+    /// A build was queued or a slot freed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().unwrap().len()
+    }
+}
+
+/// Marks builds left Running by a previous process as Failed ("interrupted"). With the local
+/// executor their processes died with that process (or are orphans whose output nobody reads).
+pub async fn recover_interrupted(ctx: &Context) -> Result<usize, StoreError> {
+    let running = ctx.store.builds_in_state(BuildState::Running).await?;
+    for build in &running {
+        let reason = "interrupted: kiln stopped while the build was running";
+        let masker = Arc::new(Masker::new(vec![]));
+        let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker).await?;
+        capture.sink().system("kiln", format!("[kiln] build {} {reason}", build.id)).await;
+        capture.close().await?;
+        ctx.store.fail_open_steps(build.id).await?;
+        ctx.store.finish_build(build.id, BuildState::Failed, Some(reason)).await?;
+        tracing::warn!(build = build.id, "{reason}");
+    }
+    Ok(running.len())
+}
+
+/// The scheduling loop; runs for the life of the service.
+pub async fn run(ctx: Arc<Context>) {
+    loop {
+        if let Err(e) = start_queued(&ctx).await {
+            tracing::error!("scheduler: {e}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.scheduler.wake.notified()).await;
+    }
+}
+
+async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
+    let max = ctx.config.executor.max_concurrent_builds;
+    if ctx.scheduler.running_count() >= max {
+        return Ok(());
+    }
+    for build in ctx.store.builds_in_state(BuildState::Queued).await? {
+        if ctx.scheduler.running_count() >= max {
+            break;
+        }
+        // The token is registered first so a cancel that sees the build Running finds it.
+        let token = CancellationToken::new();
+        ctx.scheduler.running.lock().unwrap().insert(build.id, token.clone());
+        if !ctx.store.mark_running(build.id).await? {
+            ctx.scheduler.running.lock().unwrap().remove(&build.id);
+            continue; // cancelled meanwhile
+        }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let id = build.id;
+            if let Err(e) = execute(&ctx, build, token).await {
+                tracing::error!(build = id, "build could not be recorded: {e}");
+                let _ = ctx.store.finish_build(id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
+            }
+            ctx.scheduler.running.lock().unwrap().remove(&id);
+            ctx.hub.ended(id);
+            ctx.scheduler.wake();
+        });
+    }
+    Ok(())
+}
+
+async fn execute(ctx: &Context, build: Build, cancel: CancellationToken) -> Result<(), StoreError> {
+    let Some(app) = ctx.store.app(build.app_id).await? else {
+        ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
+        return Ok(());
+    };
+    let mut secrets = vec![app.webhook_secret.clone()];
+    secrets.extend(app.git_token.clone());
+    secrets.extend(ctx.config.registry.password.clone());
+    secrets.extend(ctx.config.server.admin_token.clone());
+    let masker = Arc::new(Masker::new(secrets));
+    let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker.clone()).await?;
+    let log = capture.sink();
+    log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(ctx.config.executor.build_timeout_secs);
+    let job = BuildJob { build: build.clone(), app, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline };
+    let Outcome { state, reason } = ctx.executor.run(job).await;
+    let summary = match &reason {
+        Some(reason) => format!("[kiln] build {} {}: {reason}", build.id, state.as_str()),
+        None => format!("[kiln] build {} {}", build.id, state.as_str()),
+    };
+    log.system("kiln", summary).await;
+    drop(log);
+    // Every line is stored before the build turns final, so a follower that sees the final
+    // state has seen the whole log.
+    capture.close().await?;
+    ctx.store.fail_open_steps(build.id).await?;
+    ctx.store.finish_build(build.id, state, reason.as_deref()).await?;
+    Ok(())
+}
+
+/// Cancels a queued build at once, or asks the executor to stop a running one.
+pub async fn cancel(ctx: &Context, build: &Build) -> Result<CancelResult, StoreError> {
+    if build.state == BuildState::Queued
+        && ctx.store.finish_build(build.id, BuildState::Cancelled, Some("cancelled before it started")).await?
+    {
+        return Ok(CancelResult::Cancelled);
+    }
+    if let Some(token) = ctx.scheduler.running.lock().unwrap().get(&build.id) {
+        token.cancel();
+        return Ok(CancelResult::Stopping);
+    }
+    let now = ctx.store.build(build.id).await?.map(|b| b.state).unwrap_or(build.state);
+    Ok(CancelResult::AlreadyFinished(now))
+}

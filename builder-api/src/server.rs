@@ -1,0 +1,78 @@
+//! `kiln serve`: open the store, recover interrupted builds, start the scheduler, serve HTTP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::context::{AppState, Context};
+use crate::executor::local::LocalExecutor;
+use crate::logs::LogHub;
+use crate::scheduler::{self, Scheduler};
+use crate::store::{new_token, Store};
+
+/// Builds the context: store opened and migrated, executor chosen, admin token ensured.
+pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
+    let store = Store::open(&config.store.data_dir)
+        .await
+        .with_context(|| format!("cannot open the store under {}", config.store.data_dir.display()))?;
+    if config.server.admin_token.is_none() && !store.has_admin_token().await? {
+        let token = new_token();
+        store.add_token(None, "generated admin", &token).await?;
+        // Printed once: only its hash is kept.
+        eprintln!("kiln: generated admin token (shown once, keep it): {token}");
+    }
+    if config.executor.kind != "local" {
+        anyhow::bail!("executor {:?} is not available; use \"local\"", config.executor.kind);
+    }
+    let kiln_binary = match &config.executor.kiln_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("cannot find the kiln binary")?,
+    };
+    let data_dir = std::path::absolute(&config.store.data_dir).unwrap_or_else(|_| config.store.data_dir.clone());
+    let executor = LocalExecutor {
+        kiln_binary,
+        data_dir,
+        keep_workspaces: config.executor.keep_workspaces,
+        toolchains: config.toolchains.clone(),
+        registry: config.registry.clone(),
+    };
+    Ok(Arc::new(Context {
+        config,
+        store,
+        hub: Arc::new(LogHub::default()),
+        scheduler: Scheduler::default(),
+        executor: Arc::new(executor),
+    }))
+}
+
+/// Recovers what a previous process left running and starts the scheduler.
+pub async fn start_background(ctx: &Arc<Context>) -> anyhow::Result<()> {
+    let n = scheduler::recover_interrupted(ctx).await?;
+    if n > 0 {
+        tracing::warn!("{n} build(s) were interrupted by the last stop and are marked Failed");
+    }
+    tokio::spawn(scheduler::run(ctx.clone()));
+    Ok(())
+}
+
+pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let listen = config.server.listen;
+    let ctx = build_context(config).await?;
+    start_background(&ctx).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("kiln: listening on http://{}", listener.local_addr()?);
+    let app = crate::router::router(AppState(ctx));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,311 @@
+//! Builds and their steps. A build moves Queued → Running → Succeeded | Failed | Cancelled |
+//! TimedOut; each transition is one conditional UPDATE so two writers never both win.
+
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{now_ms, Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BuildState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl BuildState {
+    pub const ALL: [BuildState; 6] = [
+        BuildState::Queued,
+        BuildState::Running,
+        BuildState::Succeeded,
+        BuildState::Failed,
+        BuildState::Cancelled,
+        BuildState::TimedOut,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "Queued",
+            BuildState::Running => "Running",
+            BuildState::Succeeded => "Succeeded",
+            BuildState::Failed => "Failed",
+            BuildState::Cancelled => "Cancelled",
+            BuildState::TimedOut => "TimedOut",
+        }
+    }
+    pub fn parse(s: &str) -> Option<BuildState> {
+        BuildState::ALL.into_iter().find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Running)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Build {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub tenant: String,
+    pub app_id: i64,
+    pub app: String,
+    pub state: BuildState,
+    pub reason: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub commit: String,
+    pub trigger: String,
+    /// The kind actually built (`auto` resolved after the clone).
+    pub kind: Option<String>,
+    /// The image reference pinned by digest, once pushed.
+    pub image: Option<String>,
+    pub image_digest: Option<String>,
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StepState {
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl StepState {
+    fn as_str(self) -> &'static str {
+        match self {
+            StepState::Running => "Running",
+            StepState::Succeeded => "Succeeded",
+            StepState::Failed => "Failed",
+            StepState::Skipped => "Skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub tenant_id: i64,
+    pub app_id: i64,
+    pub git_ref: Option<String>,
+    pub commit: String,
+    /// `webhook`, `manual`, …
+    pub trigger: String,
+}
+
+const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name, b.app_id, a.name, b.state, b.reason, b.git_ref, b.commit_sha,
+    b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at";
+const BUILD_FROM: &str = "FROM builds b JOIN tenants t ON t.id = b.tenant_id JOIN apps a ON a.id = b.app_id";
+
+fn build_from_row(r: &SqliteRow) -> Result<Build> {
+    let state: String = r.get(5);
+    Ok(Build {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        tenant: r.get(2),
+        app_id: r.get(3),
+        app: r.get(4),
+        state: BuildState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("build state {state:?}")))?,
+        reason: r.get(6),
+        git_ref: r.get(7),
+        commit: r.get(8),
+        trigger: r.get(9),
+        kind: r.get(10),
+        image: r.get(11),
+        image_digest: r.get(12),
+        queued_at: r.get(13),
+        started_at: r.get(14),
+        finished_at: r.get(15),
+    })
+}
+
+/// Inserts a Queued build inside the caller's transaction (so a webhook delivery and its build
+/// are persisted together).
+pub(super) async fn insert_build(conn: &mut SqliteConnection, new: &NewBuild) -> Result<i64> {
+    Ok(sqlx::query(
+        "INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at)
+         VALUES (?, ?, 'Queued', ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(new.tenant_id)
+    .bind(new.app_id)
+    .bind(&new.git_ref)
+    .bind(&new.commit)
+    .bind(&new.trigger)
+    .bind(now_ms())
+    .fetch_one(conn)
+    .await?
+    .get(0))
+}
+
+impl Store {
+    pub async fn create_build(&self, new: &NewBuild) -> Result<Build> {
+        let mut conn = self.pool.acquire().await?;
+        let id = insert_build(&mut conn, new).await?;
+        drop(conn);
+        Ok(self.build(id).await?.expect("just inserted"))
+    }
+
+    pub async fn build(&self, id: i64) -> Result<Option<Build>> {
+        let sql = format!("SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.id = ?");
+        sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(build_from_row).transpose()
+    }
+
+    /// Newest first; every filter optional.
+    pub async fn builds(
+        &self,
+        tenant_id: Option<i64>,
+        app_id: Option<i64>,
+        state: Option<BuildState>,
+        limit: i64,
+    ) -> Result<Vec<Build>> {
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} {BUILD_FROM}
+             WHERE (?1 IS NULL OR b.tenant_id = ?1) AND (?2 IS NULL OR b.app_id = ?2) AND (?3 IS NULL OR b.state = ?3)
+             ORDER BY b.id DESC LIMIT ?4"
+        );
+        sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(app_id)
+            .bind(state.map(BuildState::as_str))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(build_from_row)
+            .collect()
+    }
+
+    /// Builds in the given state, oldest first.
+    pub async fn builds_in_state(&self, state: BuildState) -> Result<Vec<Build>> {
+        let sql = format!("SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.state = ? ORDER BY b.id");
+        sqlx::query(&sql).bind(state.as_str()).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
+    }
+
+    /// Queued → Running. False when the build was no longer queued (cancelled meanwhile).
+    pub async fn mark_running(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE builds SET state = 'Running', started_at = ? WHERE id = ? AND state = 'Queued'")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Moves a build that is not yet final to a final state. False when it already was final.
+    pub async fn finish_build(&self, id: i64, state: BuildState, reason: Option<&str>) -> Result<bool> {
+        debug_assert!(state.is_final());
+        let done = sqlx::query(
+            "UPDATE builds SET state = ?, reason = ?, finished_at = ? WHERE id = ? AND state IN ('Queued', 'Running')",
+        )
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn set_build_kind(&self, id: i64, kind: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET kind = ? WHERE id = ?").bind(kind).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn set_build_image(&self, id: i64, image: &str, digest: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET image = ?, image_digest = ? WHERE id = ?")
+            .bind(image)
+            .bind(digest)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn start_step(&self, build_id: i64, position: i64, name: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO build_steps (build_id, position, name, state, started_at) VALUES (?, ?, ?, 'Running', ?)
+             ON CONFLICT (build_id, name) DO UPDATE SET state = 'Running', started_at = excluded.started_at",
+        )
+        .bind(build_id)
+        .bind(position)
+        .bind(name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn finish_step(&self, build_id: i64, name: &str, state: StepState, exit_code: Option<i32>) -> Result<()> {
+        sqlx::query("UPDATE build_steps SET state = ?, exit_code = ?, finished_at = ? WHERE build_id = ? AND name = ?")
+            .bind(state.as_str())
+            .bind(exit_code)
+            .bind(now_ms())
+            .bind(build_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Steps still Running when their build ended (interrupted) are closed as Failed.
+    pub async fn fail_open_steps(&self, build_id: i64) -> Result<()> {
+        sqlx::query("UPDATE build_steps SET state = 'Failed', finished_at = ? WHERE build_id = ? AND state = 'Running'")
+            .bind(now_ms())
+            .bind(build_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn steps(&self, build_id: i64) -> Result<Vec<Step>> {
+        let rows = sqlx::query(
+            "SELECT name, state, exit_code, started_at, finished_at FROM build_steps WHERE build_id = ? ORDER BY position",
+        )
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Step { name: r.get(0), state: r.get(1), exit_code: r.get(2), started_at: r.get(3), finished_at: r.get(4) })
+            .collect())
+    }
+
+    /// Counts per state, for `/metrics`.
+    pub async fn build_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM builds GROUP BY state").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// (count, sum of seconds) of queue waits of builds that started.
+    pub async fn queue_wait_totals(&self) -> Result<(i64, f64)> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(started_at - queued_at), 0) FROM builds WHERE started_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((r.get(0), r.get::<i64, _>(1) as f64 / 1000.0))
+    }
+
+    /// Per step name: (count, sum of seconds) of finished steps.
+    pub async fn step_duration_totals(&self) -> Result<Vec<(String, i64, f64)>> {
+        let rows = sqlx::query(
+            "SELECT name, COUNT(*), COALESCE(SUM(finished_at - started_at), 0) FROM build_steps
+             WHERE finished_at IS NOT NULL AND started_at IS NOT NULL GROUP BY name ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as f64 / 1000.0)).collect())
+    }
+}

@@ -1,0 +1,106 @@
+//! Schema migrations, applied in order at start; `schema_version` records how far a database got.
+
+use sqlx::SqlitePool;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation.
+    r#"
+    CREATE TABLE tenants (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    -- tenant_id NULL: an admin token.
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER REFERENCES tenants(id) ON DELETE CASCADE,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE apps (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        git_url TEXT NOT NULL,
+        project_path TEXT,
+        branch_filter TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        base_image TEXT,
+        image_repository TEXT NOT NULL,
+        webhook_secret TEXT NOT NULL,
+        git_token TEXT,
+        created_at INTEGER NOT NULL,
+        UNIQUE (tenant_id, name)
+    );
+    CREATE INDEX apps_by_project ON apps(project_path);
+    CREATE TABLE builds (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        reason TEXT,
+        git_ref TEXT,
+        commit_sha TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        kind TEXT,
+        image TEXT,
+        image_digest TEXT,
+        queued_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX builds_by_state ON builds(state, id);
+    CREATE INDEX builds_by_app ON builds(app_id, id);
+    CREATE TABLE build_steps (
+        build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        started_at INTEGER,
+        finished_at INTEGER,
+        PRIMARY KEY (build_id, name)
+    );
+    CREATE TABLE log_lines (
+        build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        step TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (build_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        delivery_key TEXT NOT NULL,
+        event TEXT NOT NULL,
+        app_id INTEGER REFERENCES apps(id) ON DELETE SET NULL,
+        build_id INTEGER REFERENCES builds(id) ON DELETE SET NULL,
+        outcome TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        UNIQUE (source, delivery_key)
+    );
+    "#,
+];
+
+pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    let current = current.unwrap_or(0) as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+            .bind((i + 1) as i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,72 @@
+//! The store: SQLite (WAL) through sqlx. Tenants, tokens, apps, builds, steps, log lines and webhook
+//! deliveries. The schema is migrated at start. History lives here, never in the cluster.
+
+mod apps;
+mod builds;
+mod deliveries;
+mod logs;
+mod migrations;
+mod tenants;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use apps::{App, BuildKind, KindSettings, NewApp};
+pub use builds::{Build, BuildState, NewBuild, Step, StepState};
+pub use deliveries::{DeliveryOutcome, NewDelivery};
+pub use logs::{LogLine, Stream};
+pub use tenants::{new_token, token_sha256, Principal, Tenant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// Milliseconds since the epoch: how every time is stored.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens (creating) `kiln.db` under `data_dir` and migrates it.
+    pub async fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(data_dir.join("kiln.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode keeps every committed transaction across a process crash
+            // (only an OS crash may lose the last ones): a SIGKILLed kiln loses no stored line.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        migrations::run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
