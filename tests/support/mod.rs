@@ -1,2 +1,10 @@
 //! Real parts for the tests: registries, git servers, the Kiln service itself.
 #![allow(dead_code)]
+
+pub mod fixtures;
+pub mod kiln;
+
+/// Once per test process: the TLS crypto provider (one for the whole workspace: ring).
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

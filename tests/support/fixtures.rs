@@ -1,0 +1,78 @@
+//! Builders that make tests read like sentences: GitLab push payloads, app specs.
+
+use serde_json::{json, Value};
+
+/// A GitLab Push Hook (or Tag Push Hook) as GitLab sends it, trimmed to what matters.
+#[derive(Clone)]
+pub struct GitlabPush {
+    pub project: String,
+    pub git_url: String,
+    pub git_ref: String,
+    pub before: String,
+    pub after: String,
+    pub tag: bool,
+}
+
+impl GitlabPush {
+    pub fn branch(project: &str, git_url: &str, branch: &str, commit: &str) -> GitlabPush {
+        GitlabPush {
+            project: project.into(),
+            git_url: git_url.into(),
+            git_ref: format!("refs/heads/{branch}"),
+            before: "0".repeat(40),
+            after: commit.into(),
+            tag: false,
+        }
+    }
+
+    pub fn tag(project: &str, git_url: &str, tag: &str, commit: &str) -> GitlabPush {
+        GitlabPush { git_ref: format!("refs/tags/{tag}"), tag: true, ..GitlabPush::branch(project, git_url, "x", commit) }
+    }
+
+    /// The push that deletes the branch: `after` is all zeros.
+    pub fn deleting(mut self) -> GitlabPush {
+        self.before = self.after.clone();
+        self.after = "0".repeat(40);
+        self
+    }
+
+    pub fn event(&self) -> &'static str {
+        if self.tag { "Tag Push Hook" } else { "Push Hook" }
+    }
+
+    pub fn body(&self) -> Value {
+        let deleted = self.after.chars().all(|c| c == '0');
+        json!({
+            "object_kind": if self.tag { "tag_push" } else { "push" },
+            "event_name": if self.tag { "tag_push" } else { "push" },
+            "before": self.before,
+            "after": self.after,
+            "ref": self.git_ref,
+            "checkout_sha": if deleted { Value::Null } else { json!(self.after) },
+            "user_username": "dev",
+            "project_id": 15,
+            "project": {
+                "id": 15,
+                "name": self.project.rsplit('/').next().unwrap(),
+                "path_with_namespace": self.project,
+                "git_http_url": self.git_url,
+                "default_branch": "main"
+            },
+            "commits": [],
+            "total_commits_count": 1,
+            "repository": { "name": self.project.rsplit('/').next().unwrap(), "git_http_url": self.git_url }
+        })
+    }
+}
+
+/// An app spec for `POST /api/v1/apps`.
+pub fn app_spec(name: &str, git_url: &str, project: &str, image_repository: &str, secret: &str) -> Value {
+    json!({
+        "name": name,
+        "git_url": git_url,
+        "project_path": project,
+        "kind": "auto",
+        "image_repository": image_repository,
+        "webhook_secret": secret,
+    })
+}

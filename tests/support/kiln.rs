@@ -1,0 +1,149 @@
+//! Kiln itself, for tests: the real service (store, scheduler, local executor, router) in this
+//! process on a temp data dir, reachable without a socket (`request`) and over a real one (`url`).
+//! The steps run as the real `kiln` binary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use builder_api::config::Config;
+use builder_api::context::{AppState, Context};
+use builder_api::store::{Build, BuildState};
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub struct TestKiln {
+    pub ctx: Arc<Context>,
+    pub router: Router,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Test-wide config: insecure loopback registries, hermetic Go and offline Maven.
+pub fn test_config(dir: &std::path::Path, insecure: &[&str]) -> Config {
+    let mut c = Config::default();
+    c.store.data_dir = dir.join("data");
+    c.server.admin_token = Some(ADMIN.into());
+    c.server.max_body_bytes = 64 * 1024;
+    c.executor.kiln_binary = Some(env!("CARGO_BIN_EXE_kiln").into());
+    c.executor.max_concurrent_builds = 2;
+    c.registry.insecure = insecure.iter().map(|s| s.to_string()).collect();
+    c.toolchains.goproxy = "off".into();
+    c.toolchains.maven_args = vec!["-o".into(), "-Dmaven.repo.local=/usr/share/maven-repo".into()];
+    c
+}
+
+impl TestKiln {
+    pub async fn start(insecure: &[&str]) -> TestKiln {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path(), insecure);
+        Self::start_with(dir, config).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestKiln {
+        crate::support::init();
+        let ctx = builder_api::server::build_context(config).await.unwrap();
+        builder_api::server::start_background(&ctx).await.unwrap();
+        let router = builder_api::router::router(AppState(ctx.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = router.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, served).await.unwrap();
+        });
+        TestKiln { ctx, router, addr, dir, server }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request through the router, without a socket. Returns the status and the body parsed
+    /// as JSON (or `{"text": …}` when it is not JSON).
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).unwrap()).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&bytes) }));
+        (status, value)
+    }
+
+    /// A new tenant; returns its token.
+    pub async fn tenant(&self, name: &str) -> String {
+        let (status, body) = self.request(Method::POST, "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({ "name": name }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn app(&self, token: &str, spec: Value) -> Value {
+        let (status, body) = self.request(Method::POST, "/api/v1/apps", Some(token), Some(spec)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn build(&self, id: i64) -> Build {
+        self.ctx.store.build(id).await.unwrap().expect("build exists")
+    }
+
+    /// Waits until the build is final, or panics with its log after `limit`.
+    pub async fn wait_final(&self, id: i64, limit: Duration) -> Build {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut wake = self.ctx.hub.subscribe(id);
+        loop {
+            let b = self.build(id).await;
+            if b.state.is_final() {
+                return b;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("build {id} still {:?} after {limit:?}; log:\n{}", b.state, self.log(id).await);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await;
+        }
+    }
+
+    /// Waits until the build reached `state` (e.g. Running).
+    pub async fn wait_state(&self, id: i64, state: BuildState, limit: Duration) -> Build {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let b = self.build(id).await;
+            if b.state == state {
+                return b;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "build {id} is {:?}, never {state:?}", b.state);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The whole stored log as text.
+    pub async fn log(&self, id: i64) -> String {
+        let lines = self.ctx.store.log_after(id, 0, 1_000_000).await.unwrap();
+        lines.iter().map(|l| format!("{}\n", l.line)).collect()
+    }
+}
+
+impl Drop for TestKiln {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}

@@ -1,0 +1,177 @@
+//! `POST /hooks/gitlab`: verification, dedupe, ignored events, and bad input.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+
+use crate::support::fixtures::{app_spec, GitlabPush};
+use crate::support::kiln::TestKiln;
+
+const SECRET: &str = "hook-secret-123";
+const PROJECT: &str = "team/hello";
+const GIT_URL: &str = "http://127.0.0.1:9/team/hello.git";
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+async fn kiln_with_app() -> TestKiln {
+    let kiln = TestKiln::start(&[]).await;
+    let token = kiln.tenant("team").await;
+    let mut spec = app_spec("hello", GIT_URL, PROJECT, "127.0.0.1:9/team/hello", SECRET);
+    spec["branch_filter"] = "main".into();
+    kiln.app(&token, spec).await;
+    kiln
+}
+
+fn hook(body: impl Into<Body>, event: &str, token: &str, key: Option<&str>) -> Request<Body> {
+    let mut req = Request::post("/hooks/gitlab")
+        .header("content-type", "application/json")
+        .header("x-gitlab-event", event)
+        .header("x-gitlab-token", token);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    req.body(body.into()).unwrap()
+}
+
+fn push(branch: &str) -> GitlabPush {
+    GitlabPush::branch(PROJECT, GIT_URL, branch, SHA)
+}
+
+async fn send(kiln: &TestKiln, push: &GitlabPush, token: &str, key: Option<&str>) -> (StatusCode, Value) {
+    kiln.send(hook(push.body().to_string(), push.event(), token, key)).await
+}
+
+#[tokio::test]
+async fn a_push_queues_one_build_of_the_pushed_commit() {
+    let kiln = kiln_with_app().await;
+    let (status, body) = send(&kiln, &push("main"), SECRET, Some("k1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["builds"][0].as_i64().unwrap();
+    let build = kiln.build(id).await;
+    assert_eq!(build.commit, SHA);
+    assert_eq!(build.git_ref.as_deref(), Some("refs/heads/main"));
+    assert_eq!(build.trigger, "webhook");
+}
+
+#[tokio::test]
+async fn twenty_concurrent_redeliveries_make_exactly_one_build() {
+    let kiln = kiln_with_app().await;
+    let p = push("main");
+    let sends = (0..20).map(|_| send(&kiln, &p, SECRET, Some("same-delivery")));
+    let answers = futures_util::future::join_all(sends).await;
+    let accepted = answers.iter().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
+    let duplicates = answers.iter().filter(|(s, b)| *s == StatusCode::OK && b["status"] == "duplicate").count();
+    assert_eq!((accepted, duplicates), (1, 19), "{answers:?}");
+    let ids: Vec<&Value> = answers.iter().map(|(_, b)| &b["builds"][0]).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "every answer names the same build: {ids:?}");
+    let builds = kiln.ctx.store.builds(None, None, None, 100).await.unwrap();
+    assert_eq!(builds.len(), 1);
+    assert_eq!(kiln.ctx.store.delivery_count("gitlab").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_gitlab_event_uuid_dedupes_when_there_is_no_idempotency_key() {
+    let kiln = kiln_with_app().await;
+    let p = push("main");
+    for expected in [StatusCode::ACCEPTED, StatusCode::OK] {
+        let req = Request::post("/hooks/gitlab")
+            .header("x-gitlab-event", "Push Hook")
+            .header("x-gitlab-token", SECRET)
+            .header("x-gitlab-event-uuid", "6f1bb7a4-0000-4000-8000-000000000001")
+            .body(Body::from(p.body().to_string()))
+            .unwrap();
+        assert_eq!(kiln.send(req).await.0, expected);
+    }
+    assert_eq!(kiln.ctx.store.builds(None, None, None, 100).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn ignored_events_get_200_with_the_reason_and_build_nothing() {
+    let kiln = kiln_with_app().await;
+    let cases = [
+        (send(&kiln, &push("main").deleting(), SECRET, Some("del")).await, "deleted"),
+        (send(&kiln, &push("feature/x"), SECRET, Some("nomatch")).await, "branch filter"),
+        (kiln.send(hook(push("main").body().to_string(), "Merge Request Hook", SECRET, Some("mr"))).await, "Merge Request Hook"),
+    ];
+    for ((status, body), why) in cases {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "ignored");
+        assert!(body["reason"].as_str().unwrap().contains(why), "{body}");
+    }
+    assert!(kiln.ctx.store.builds(None, None, None, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_tag_push_builds_whatever_the_branch_filter() {
+    let kiln = kiln_with_app().await;
+    let (status, body) = send(&kiln, &GitlabPush::tag(PROJECT, GIT_URL, "v1.0.0", SHA), SECRET, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let build = kiln.build(body["builds"][0].as_i64().unwrap()).await;
+    assert_eq!(build.git_ref.as_deref(), Some("refs/tags/v1.0.0"));
+}
+
+#[tokio::test]
+async fn wrong_token_unknown_project_and_bad_bodies_are_refused_clearly() {
+    let kiln = kiln_with_app().await;
+    let (status, body) = send(&kiln, &push("main"), "wrong-secret", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(!body.to_string().contains(SECRET));
+
+    let (status, body) = send(&kiln, &push("main"), "", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    let other = GitlabPush::branch("other/project", "http://127.0.0.1:9/other.git", "main", SHA);
+    let (status, body) = send(&kiln, &other, SECRET, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("other/project"));
+
+    let (status, body) = kiln.send(hook("{\"object_kind\": \"push\", ", "Push Hook", SECRET, None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("EOF"), "truncated JSON names where it ended: {body}");
+
+    let (status, body) = kiln.send(hook("not json at all", "Push Hook", SECRET, None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("invalid JSON"), "{body}");
+
+    let (status, _) = kiln.send(hook("[1,2,3]", "Push Hook", SECRET, None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let mut big = push("main").body();
+    big["padding"] = "x".repeat(128 * 1024).into();
+    let (status, body) = kiln.send(hook(big.to_string(), "Push Hook", SECRET, None)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+
+    let mut no_commit = push("main").body();
+    no_commit["after"] = "not-a-sha".into();
+    no_commit["checkout_sha"] = Value::Null;
+    let (status, body) = kiln.send(hook(no_commit.to_string(), "Push Hook", SECRET, None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    assert!(kiln.ctx.store.builds(None, None, None, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn hostile_branch_names_are_stored_verbatim_or_refused_never_run() {
+    let kiln = TestKiln::start(&[]).await;
+    let token = kiln.tenant("team").await;
+    kiln.app(&token, app_spec("hello", GIT_URL, PROJECT, "127.0.0.1:9/team/hello", SECRET)).await;
+
+    // Valid git ref names full of shell metacharacters: accepted, kept as data.
+    for (i, branch) in ["feat/$(touch${IFS}/tmp/kiln-pwned)", "x;touch${IFS}/tmp/kiln-pwned;`id`", "a|b&&c>d'\"<"].iter().enumerate() {
+        let (status, body) = send(&kiln, &push(branch), SECRET, Some(&format!("ok{i}"))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{branch}: {body}");
+        let build = kiln.build(body["builds"][0].as_i64().unwrap()).await;
+        assert_eq!(build.git_ref.as_deref(), Some(format!("refs/heads/{branch}").as_str()));
+    }
+    // Not valid ref names: refused with a reason.
+    for (i, branch) in ["../../etc/passwd", "a..b", "has space", "new\nline"].iter().enumerate() {
+        let (status, body) = send(&kiln, &push(branch), SECRET, Some(&format!("bad{i}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{branch:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("not a valid git ref"), "{body}");
+    }
+    // The builds run (and fail: nothing serves the git URL); nothing was executed by a shell.
+    for b in kiln.ctx.store.builds(None, None, None, 100).await.unwrap() {
+        kiln.wait_final(b.id, std::time::Duration::from_secs(60)).await;
+    }
+    assert!(!std::path::Path::new("/tmp/kiln-pwned").exists());
+}
