@@ -2,4 +2,5 @@
 //! real parts the tests run against (docker-registry, git over HTTP, the Kiln service itself).
 
 mod support;
+mod api;
 mod webhooks;
