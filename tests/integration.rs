@@ -2,3 +2,4 @@
 //! real parts the tests run against (docker-registry, git over HTTP, …).
 
 mod support;
+mod registry_assemble;
