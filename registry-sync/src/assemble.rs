@@ -113,7 +113,9 @@ pub async fn assemble_and_push(
         return Err(AssembleError::InvalidTarget(target.to_string()));
     }
     let created = chrono::DateTime::from_timestamp(spec.created, 0)
-        .ok_or_else(|| AssembleError::InvalidSpec(format!("created {} is out of range", spec.created)))?
+        .ok_or_else(|| {
+            AssembleError::InvalidSpec(format!("created {} is out of range", spec.created))
+        })?
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
     let client = client::build_client(opts, &spec.platform);
@@ -134,7 +136,11 @@ pub async fn assemble_and_push(
             .await
             .map_err(|e| AssembleError::Internal(format!("layer builder panicked: {e}")))?
             .map_err(|source| AssembleError::Layer { index, source })?;
-        progress(format!("built layer {} ({})", short_digest(&layer.digest), human_bytes(layer.size)));
+        progress(format!(
+            "built layer {} ({})",
+            short_digest(&layer.digest),
+            human_bytes(layer.size)
+        ));
         built.push(layer);
     }
 
@@ -149,13 +155,28 @@ pub async fn assemble_and_push(
         }
     }
     for layer in &built {
-        let classify = |e| client::classify(e, opts, target, &format!("push layer {}", layer.digest));
-        if client.blob_exists(&target_oci, &layer.digest).await.map_err(classify)? {
-            progress(format!("layer {} already present", short_digest(&layer.digest)));
+        let classify =
+            |e| client::classify(e, opts, target, &format!("push layer {}", layer.digest));
+        if client
+            .blob_exists(&target_oci, &layer.digest)
+            .await
+            .map_err(classify)?
+        {
+            progress(format!(
+                "layer {} already present",
+                short_digest(&layer.digest)
+            ));
             stats.skipped += 1;
         } else {
-            progress(format!("pushing layer {} ({})", short_digest(&layer.digest), human_bytes(layer.size)));
-            client.push_blob(&target_oci, layer.blob.clone(), &layer.digest).await.map_err(classify)?;
+            progress(format!(
+                "pushing layer {} ({})",
+                short_digest(&layer.digest),
+                human_bytes(layer.size)
+            ));
+            client
+                .push_blob(&target_oci, layer.blob.clone(), &layer.digest)
+                .await
+                .map_err(classify)?;
             stats.pushed += 1;
             stats.bytes += layer.size;
         }
@@ -168,20 +189,34 @@ pub async fn assemble_and_push(
     }
 
     let config = build_config(spec, base.as_ref(), &built, &created)?;
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| AssembleError::Internal(e.to_string()))?;
+    let config_bytes =
+        serde_json::to_vec(&config).map_err(|e| AssembleError::Internal(e.to_string()))?;
     let config_digest = layer::sha256_digest(&config_bytes);
     {
         let classify = |e| client::classify(e, opts, target, "push config");
-        if !client.blob_exists(&target_oci, &config_digest).await.map_err(classify)? {
+        if !client
+            .blob_exists(&target_oci, &config_digest)
+            .await
+            .map_err(classify)?
+        {
             stats.bytes += config_bytes.len() as u64;
-            client.push_blob(&target_oci, config_bytes.clone(), &config_digest).await.map_err(classify)?;
+            client
+                .push_blob(&target_oci, config_bytes.clone(), &config_digest)
+                .await
+                .map_err(classify)?;
         }
     }
 
     let mut annotations = BTreeMap::new();
     if let Some(base) = &base {
-        annotations.insert("org.opencontainers.image.base.name".to_string(), base.reference.to_string());
-        annotations.insert("org.opencontainers.image.base.digest".to_string(), base.manifest_digest.clone());
+        annotations.insert(
+            "org.opencontainers.image.base.name".to_string(),
+            base.reference.to_string(),
+        );
+        annotations.insert(
+            "org.opencontainers.image.base.digest".to_string(),
+            base.manifest_digest.clone(),
+        );
     }
     let manifest = OciImageManifest {
         schema_version: 2,
@@ -197,10 +232,15 @@ pub async fn assemble_and_push(
         artifact_type: None,
         annotations: (!annotations.is_empty()).then_some(annotations),
     };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| AssembleError::Internal(e.to_string()))?;
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| AssembleError::Internal(e.to_string()))?;
     let digest = layer::sha256_digest(&manifest_bytes);
     client
-        .push_manifest_raw(&target_oci, manifest_bytes, OCI_IMAGE_MEDIA_TYPE.parse().expect("static header value"))
+        .push_manifest_raw(
+            &target_oci,
+            manifest_bytes,
+            OCI_IMAGE_MEDIA_TYPE.parse().expect("static header value"),
+        )
         .await
         .map_err(|e| client::classify(e, opts, target, "push manifest"))?;
     progress(format!("pushed manifest {digest} to {target}"));
@@ -237,42 +277,65 @@ async fn pull_base(
         .auth(&oci, &auth, RegistryOperation::Pull)
         .await
         .map_err(|e| client::classify(e, opts, base, "authentication"))?;
-    let (manifest, manifest_digest, config) =
-        client.pull_manifest_and_config(&oci, &auth).await.map_err(|e| {
-            match client::classify(e, opts, base, "pull base manifest") {
-                e if e.is_not_found() => {
-                    AssembleError::BaseNotFound { base: base.to_string(), platform: platform.to_string() }
-                }
+    let (manifest, manifest_digest, config) = client
+        .pull_manifest_and_config(&oci, &auth)
+        .await
+        .map_err(
+            |e| match client::classify(e, opts, base, "pull base manifest") {
+                e if e.is_not_found() => AssembleError::BaseNotFound {
+                    base: base.to_string(),
+                    platform: platform.to_string(),
+                },
                 e => e.into(),
-            }
-        })?;
-    let invalid = |reason: String| AssembleError::InvalidBase { base: base.to_string(), reason };
-    let config: Value = serde_json::from_str(&config).map_err(|e| invalid(format!("config is not JSON: {e}")))?;
+            },
+        )?;
+    let invalid = |reason: String| AssembleError::InvalidBase {
+        base: base.to_string(),
+        reason,
+    };
+    let config: Value =
+        serde_json::from_str(&config).map_err(|e| invalid(format!("config is not JSON: {e}")))?;
     if !config.is_object() {
         return Err(invalid("config is not a JSON object".into()));
     }
-    let diff_ids = config.pointer("/rootfs/diff_ids").and_then(Value::as_array).map_or(0, Vec::len);
+    let diff_ids = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     if diff_ids != manifest.layers.len() {
         return Err(invalid(format!(
             "manifest has {} layers but the config lists {diff_ids} diff_ids",
             manifest.layers.len()
         )));
     }
-    progress(format!("base {base} is {manifest_digest} ({} layers)", manifest.layers.len()));
-    Ok(Base { reference: base.clone(), manifest_digest, layers: manifest.layers, config })
+    progress(format!(
+        "base {base} is {manifest_digest} ({} layers)",
+        manifest.layers.len()
+    ));
+    Ok(Base {
+        reference: base.clone(),
+        manifest_digest,
+        layers: manifest.layers,
+        config,
+    })
 }
 
 /// Docker media types of base layers become their OCI equivalents (same bytes).
 fn oci_layer_descriptor(desc: &OciDescriptor) -> OciDescriptor {
     let media_type = match desc.media_type.as_str() {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
         "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         }
         other => other,
     };
-    OciDescriptor { media_type: media_type.to_string(), ..desc.clone() }
+    OciDescriptor {
+        media_type: media_type.to_string(),
+        ..desc.clone()
+    }
 }
 
 /// Makes sure the target repository has a base layer: HEAD, then a cross-repository mount when
@@ -291,19 +354,34 @@ async fn ensure_base_layer(
     let what = format!("base layer {}", desc.digest);
     let classify_target = |e| client::classify(e, opts, target, &what);
     if desc.media_type.contains("nondistributable") {
-        progress(format!("layer {} is non-distributable, not copied", short_digest(&desc.digest)));
+        progress(format!(
+            "layer {} is non-distributable, not copied",
+            short_digest(&desc.digest)
+        ));
         stats.skipped += 1;
         return Ok(());
     }
-    if client.blob_exists(&target_oci, &desc.digest).await.map_err(classify_target)? {
-        progress(format!("layer {} already present", short_digest(&desc.digest)));
+    if client
+        .blob_exists(&target_oci, &desc.digest)
+        .await
+        .map_err(classify_target)?
+    {
+        progress(format!(
+            "layer {} already present",
+            short_digest(&desc.digest)
+        ));
         stats.skipped += 1;
         return Ok(());
     }
-    if base.reference.registry() == target.registry() && base.reference.repository() != target.repository() {
+    if base.reference.registry() == target.registry()
+        && base.reference.repository() != target.repository()
+    {
         // oci-client accepts only 201 as success; a 202 (an upload session instead of a mount)
         // or any error just means "not mounted" — the copy below is the fallback.
-        match client.mount_blob(&target_oci, &base_oci, &desc.digest).await {
+        match client
+            .mount_blob(&target_oci, &base_oci, &desc.digest)
+            .await
+        {
             Ok(()) => {
                 progress(format!(
                     "layer {} mounted from {}",
@@ -314,11 +392,18 @@ async fn ensure_base_layer(
                 stats.mounted += 1;
                 return Ok(());
             }
-            Err(e) => tracing::debug!(digest = %desc.digest, error = %e, "cross-repository mount refused"),
+            Err(e) => {
+                tracing::debug!(digest = %desc.digest, error = %e, "cross-repository mount refused")
+            }
         }
     }
     let size = u64::try_from(desc.size).unwrap_or(0);
-    progress(format!("copying layer {} ({}) from {}", short_digest(&desc.digest), human_bytes(size), base.reference));
+    progress(format!(
+        "copying layer {} ({}) from {}",
+        short_digest(&desc.digest),
+        human_bytes(size),
+        base.reference
+    ));
     let stream = client
         .pull_blob_stream(&base_oci, desc)
         .await
@@ -364,22 +449,31 @@ fn build_config(
     if inner.is_null() {
         *inner = json!({});
     }
-    let inner = inner
-        .as_object_mut()
-        .ok_or_else(|| AssembleError::InvalidSpec("base config's \"config\" is not an object".into()))?;
+    let inner = inner.as_object_mut().ok_or_else(|| {
+        AssembleError::InvalidSpec("base config's \"config\" is not an object".into())
+    })?;
 
     if !spec.env.is_empty() {
         let mut env: Vec<String> = inner
             .get("Env")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         for (key, value) in &spec.env {
             if key.is_empty() || key.contains('=') {
-                return Err(AssembleError::InvalidSpec(format!("invalid env name {key:?}")));
+                return Err(AssembleError::InvalidSpec(format!(
+                    "invalid env name {key:?}"
+                )));
             }
             let line = format!("{key}={value}");
-            match env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+            match env
+                .iter_mut()
+                .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+            {
                 Some(existing) => *existing = line,
                 None => env.push(line),
             }
@@ -409,10 +503,12 @@ fn build_config(
         inner.insert("WorkingDir".into(), json!(workdir));
     }
 
-    let rootfs = root.entry("rootfs").or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
-    let rootfs = rootfs
-        .as_object_mut()
-        .ok_or_else(|| AssembleError::InvalidSpec("base config's rootfs is not an object".into()))?;
+    let rootfs = root
+        .entry("rootfs")
+        .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
+    let rootfs = rootfs.as_object_mut().ok_or_else(|| {
+        AssembleError::InvalidSpec("base config's rootfs is not an object".into())
+    })?;
     rootfs.insert("type".into(), json!("layers"));
     let diff_ids = rootfs.entry("diff_ids").or_insert_with(|| json!([]));
     let diff_ids = diff_ids
@@ -428,12 +524,17 @@ fn build_config(
     for (i, layer) in layers.iter().enumerate() {
         let mut entry = Map::new();
         entry.insert("created".into(), json!(created));
-        entry.insert("created_by".into(), json!(format!("kiln assemble: layer {}", i + 1)));
+        entry.insert(
+            "created_by".into(),
+            json!(format!("kiln assemble: layer {}", i + 1)),
+        );
         entry.insert("comment".into(), json!(layer.diff_id));
         history.push(Value::Object(entry));
     }
     if layers.is_empty() {
-        history.push(json!({"created": created, "created_by": "kiln assemble: config", "empty_layer": true}));
+        history.push(
+            json!({"created": created, "created_by": "kiln assemble: config", "empty_layer": true}),
+        );
     }
     Ok(config)
 }
@@ -445,7 +546,10 @@ mod tests {
     #[test]
     fn config_merges_over_base() {
         let mut spec = AssembleSpec::new(ImageRef::parse("r.io/app:1").unwrap());
-        spec.env = vec![("PATH".into(), "/app:/bin".into()), ("NEW".into(), "x=y".into())];
+        spec.env = vec![
+            ("PATH".into(), "/app:/bin".into()),
+            ("NEW".into(), "x=y".into()),
+        ];
         spec.entrypoint = Some(vec!["/app/run".into()]);
         spec.labels.insert("team".into(), "core".into());
         spec.workdir = Some("/app".into());
@@ -469,10 +573,16 @@ mod tests {
             media_type: layer::LAYER_MEDIA_TYPE,
         };
         let c = build_config(&spec, Some(&base), &[layer], "2023-11-14T22:13:20Z").unwrap();
-        assert_eq!(c["config"]["Env"], json!(["PATH=/app:/bin", "LANG=C", "NEW=x=y"]));
+        assert_eq!(
+            c["config"]["Env"],
+            json!(["PATH=/app:/bin", "LANG=C", "NEW=x=y"])
+        );
         assert_eq!(c["config"]["Entrypoint"], json!(["/app/run"]));
         assert!(c["config"].get("Cmd").is_none());
-        assert_eq!(c["config"]["Labels"], json!({"base": "yes", "team": "core"}));
+        assert_eq!(
+            c["config"]["Labels"],
+            json!({"base": "yes", "team": "core"})
+        );
         assert_eq!(c["config"]["WorkingDir"], json!("/app"));
         assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:base", "sha256:d"]));
         assert_eq!(c["history"].as_array().unwrap().len(), 2);

@@ -11,19 +11,27 @@ use std::fmt;
 pub enum RegistryAuth {
     #[default]
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
 }
 
 impl RegistryAuth {
     pub fn basic(username: impl Into<String>, password: impl Into<String>) -> Self {
-        RegistryAuth::Basic { username: username.into(), password: password.into() }
+        RegistryAuth::Basic {
+            username: username.into(),
+            password: password.into(),
+        }
     }
 
     /// The secret, for redacting it from any text that leaves this crate.
     pub(crate) fn secret(&self) -> Option<&str> {
         match self {
             RegistryAuth::Anonymous => None,
-            RegistryAuth::Basic { password, .. } => Some(password.as_str()).filter(|p| !p.is_empty()),
+            RegistryAuth::Basic { password, .. } => {
+                Some(password.as_str()).filter(|p| !p.is_empty())
+            }
         }
     }
 
@@ -109,13 +117,18 @@ mod tests {
 
     #[test]
     fn debug_never_shows_password() {
-        let mut opts = RegistryOptions::default().with_auth(RegistryAuth::basic("robot$ci", "hunter2-very-secret"));
-        opts.registry_auth.insert("b.io".into(), RegistryAuth::basic("x", "other-secret"));
+        let mut opts = RegistryOptions::default()
+            .with_auth(RegistryAuth::basic("robot$ci", "hunter2-very-secret"));
+        opts.registry_auth
+            .insert("b.io".into(), RegistryAuth::basic("x", "other-secret"));
         let dbg = format!("{opts:?} {:#?}", opts.auth);
         assert!(!dbg.contains("hunter2-very-secret"), "{dbg}");
         assert!(!dbg.contains("other-secret"), "{dbg}");
         assert!(dbg.contains("robot$ci"));
-        assert_eq!(opts.redact("a hunter2-very-secret b other-secret"), "a *** b ***");
+        assert_eq!(
+            opts.redact("a hunter2-very-secret b other-secret"),
+            "a *** b ***"
+        );
         assert_eq!(opts.auth_for("b.io").username(), Some("x"));
         assert_eq!(opts.auth_for("c.io").username(), Some("robot$ci"));
     }

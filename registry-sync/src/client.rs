@@ -23,7 +23,11 @@ pub struct Platform {
 
 impl Platform {
     pub fn new(os: impl Into<String>, architecture: impl Into<String>) -> Self {
-        Platform { os: os.into(), architecture: architecture.into(), variant: None }
+        Platform {
+            os: os.into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
     }
 
     pub fn linux_amd64() -> Self {
@@ -31,7 +35,9 @@ impl Platform {
     }
 
     fn matches(&self, entry: &ImageIndexEntry) -> bool {
-        let Some(p) = &entry.platform else { return false };
+        let Some(p) = &entry.platform else {
+            return false;
+        };
         p.os.to_string() == self.os
             && p.architecture.to_string() == self.architecture
             && (self.variant.is_none() || p.variant == self.variant)
@@ -61,11 +67,19 @@ pub enum RegistryError {
     Unreachable { registry: String, reason: String },
     #[error("registry {registry} refused access{}: unauthorized ({detail})",
         .username.as_deref().map(|u| format!(" for user {u:?}")).unwrap_or_else(|| " (no credentials given)".into()))]
-    Unauthorized { registry: String, username: Option<String>, detail: String },
+    Unauthorized {
+        registry: String,
+        username: Option<String>,
+        detail: String,
+    },
     #[error("{what} not found on registry {registry}")]
     NotFound { registry: String, what: String },
     #[error("registry {registry} answered an error during {operation}: {message}")]
-    Protocol { registry: String, operation: String, message: String },
+    Protocol {
+        registry: String,
+        operation: String,
+        message: String,
+    },
 }
 
 impl RegistryError {
@@ -80,7 +94,10 @@ pub(crate) fn build_client(opts: &RegistryOptions, platform: &Platform) -> Clien
     let config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(opts.insecure_registries.clone()),
         platform_resolver: Some(Box::new(move |entries: &[ImageIndexEntry]| {
-            entries.iter().find(|e| wanted.matches(e)).map(|e| e.digest.clone())
+            entries
+                .iter()
+                .find(|e| wanted.matches(e))
+                .map(|e| e.digest.clone())
         })),
         connect_timeout: Some(Duration::from_secs(15)),
         ..Default::default()
@@ -89,7 +106,11 @@ pub(crate) fn build_client(opts: &RegistryOptions, platform: &Platform) -> Clien
 }
 
 /// Registers the credentials for `image`'s registry with the client.
-pub(crate) async fn store_auth(client: &Client, opts: &RegistryOptions, image: &ImageRef) -> OciAuth {
+pub(crate) async fn store_auth(
+    client: &Client,
+    opts: &RegistryOptions,
+    image: &ImageRef,
+) -> OciAuth {
     let auth = opts.auth_for(image.registry()).to_oci();
     client.store_auth_if_needed(image.registry(), &auth).await;
     auth
@@ -126,17 +147,26 @@ pub(crate) fn classify(
     operation: &str,
 ) -> RegistryError {
     let registry = image.registry().to_string();
-    let username = opts.auth_for(image.registry()).username().map(str::to_string);
+    let username = opts
+        .auth_for(image.registry())
+        .username()
+        .map(str::to_string);
     let unauthorized = |detail: String| RegistryError::Unauthorized {
         registry: registry.clone(),
         username: username.clone(),
         detail: opts.redact(&detail),
     };
-    let not_found = || RegistryError::NotFound { registry: registry.clone(), what: format!("{operation}: {image}") };
+    let not_found = || RegistryError::NotFound {
+        registry: registry.clone(),
+        what: format!("{operation}: {image}"),
+    };
     match err {
         OciDistributionError::RequestError(e) => {
             if e.is_connect() || e.is_timeout() {
-                return RegistryError::Unreachable { registry, reason: opts.redact(&connect_reason(&e)) };
+                return RegistryError::Unreachable {
+                    registry,
+                    reason: opts.redact(&connect_reason(&e)),
+                };
             }
             match e.status().map(|s| s.as_u16()) {
                 Some(401) | Some(403) => unauthorized(format!("HTTP {}", e.status().unwrap())),
@@ -150,17 +180,27 @@ pub(crate) fn classify(
         }
         OciDistributionError::AuthenticationFailure(reason) => unauthorized(truncate(&reason)),
         OciDistributionError::UnauthorizedError { .. } => unauthorized("HTTP 401".into()),
-        OciDistributionError::ServerError { code: 401 | 403, message, .. } => {
-            unauthorized(truncate(&message))
-        }
+        OciDistributionError::ServerError {
+            code: 401 | 403,
+            message,
+            ..
+        } => unauthorized(truncate(&message)),
         OciDistributionError::ServerError { code: 404, .. } => not_found(),
         OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
                 unauthorized(envelope.to_string())
             } else if codes.iter().any(|c| {
-                matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown)
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                )
             }) {
                 not_found()
             } else {

@@ -45,7 +45,10 @@ pub struct LayerEntry {
 
 impl LayerEntry {
     pub fn new(source: impl Into<PathBuf>, dest: impl Into<String>) -> Self {
-        LayerEntry { source: source.into(), dest: dest.into() }
+        LayerEntry {
+            source: source.into(),
+            dest: dest.into(),
+        }
     }
 }
 
@@ -136,14 +139,23 @@ fn normalize_dest(dest: &str) -> Result<String, LayerError> {
             Component::Normal(p) => match p.to_str() {
                 Some(s) => parts.push(s),
                 None => {
-                    return Err(LayerError::InvalidDestination { path: dest.into(), reason: "not UTF-8" })
+                    return Err(LayerError::InvalidDestination {
+                        path: dest.into(),
+                        reason: "not UTF-8",
+                    })
                 }
             },
             Component::ParentDir => {
-                return Err(LayerError::InvalidDestination { path: dest.into(), reason: "contains '..'" })
+                return Err(LayerError::InvalidDestination {
+                    path: dest.into(),
+                    reason: "contains '..'",
+                })
             }
             Component::Prefix(_) => {
-                return Err(LayerError::InvalidDestination { path: dest.into(), reason: "has a prefix" })
+                return Err(LayerError::InvalidDestination {
+                    path: dest.into(),
+                    reason: "has a prefix",
+                })
             }
         }
     }
@@ -172,7 +184,9 @@ fn insert(tree: &mut BTreeMap<String, Node>, path: &str, node: Node) -> Result<(
     }
     match (tree.get(path), &node) {
         (Some(Node::Dir), Node::Dir) => Ok(()),
-        (Some(Node::Dir), _) | (Some(_), Node::Dir) => Err(LayerError::Conflict { path: path.to_string() }),
+        (Some(Node::Dir), _) | (Some(_), Node::Dir) => Err(LayerError::Conflict {
+            path: path.to_string(),
+        }),
         // A later entry for the same file wins, like a later COPY.
         _ => {
             tree.insert(path.to_string(), node);
@@ -189,22 +203,42 @@ fn join(dest: &str, name: &str) -> String {
     }
 }
 
-fn add_source(tree: &mut BTreeMap<String, Node>, source: &Path, dest: &str) -> Result<(), LayerError> {
-    let err = |e| LayerError::Source { path: source.to_path_buf(), source: e };
+fn add_source(
+    tree: &mut BTreeMap<String, Node>,
+    source: &Path,
+    dest: &str,
+) -> Result<(), LayerError> {
+    let err = |e| LayerError::Source {
+        path: source.to_path_buf(),
+        source: e,
+    };
     let meta = fs::symlink_metadata(source).map_err(err)?;
     let ft = meta.file_type();
     if ft.is_symlink() {
         let target = fs::read_link(source).map_err(err)?;
         if dest.is_empty() {
-            return Err(LayerError::InvalidDestination { path: "/".into(), reason: "a symlink cannot be the root" });
+            return Err(LayerError::InvalidDestination {
+                path: "/".into(),
+                reason: "a symlink cannot be the root",
+            });
         }
         insert(tree, dest, Node::Symlink { target })
     } else if ft.is_file() {
         if dest.is_empty() {
-            return Err(LayerError::InvalidDestination { path: "/".into(), reason: "a file cannot be the root" });
+            return Err(LayerError::InvalidDestination {
+                path: "/".into(),
+                reason: "a file cannot be the root",
+            });
         }
         let executable = meta.permissions().mode() & 0o111 != 0;
-        insert(tree, dest, Node::File { source: source.to_path_buf(), executable })
+        insert(
+            tree,
+            dest,
+            Node::File {
+                source: source.to_path_buf(),
+                executable,
+            },
+        )
     } else if ft.is_dir() {
         insert(tree, dest, Node::Dir)?;
         let mut children: Vec<(String, PathBuf)> = Vec::new();
@@ -225,7 +259,9 @@ fn add_source(tree: &mut BTreeMap<String, Node>, source: &Path, dest: &str) -> R
         }
         Ok(())
     } else {
-        Err(LayerError::UnsupportedFileType { path: source.to_path_buf() })
+        Err(LayerError::UnsupportedFileType {
+            path: source.to_path_buf(),
+        })
     }
 }
 
@@ -241,14 +277,23 @@ fn base_header(entry_type: tar::EntryType, mode: u32, mtime: u64) -> tar::Header
     h
 }
 
-fn append_node<W: Write>(tar: &mut tar::Builder<W>, path: &str, node: &Node, mtime: u64) -> Result<(), LayerError> {
+fn append_node<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    node: &Node,
+    mtime: u64,
+) -> Result<(), LayerError> {
     match node {
         Node::Dir => {
             let mut h = base_header(tar::EntryType::Directory, 0o755, mtime);
-            tar.append_data(&mut h, format!("{path}/"), io::empty()).map_err(LayerError::Write)
+            tar.append_data(&mut h, format!("{path}/"), io::empty())
+                .map_err(LayerError::Write)
         }
         Node::File { source, executable } => {
-            let err = |e| LayerError::Source { path: source.clone(), source: e };
+            let err = |e| LayerError::Source {
+                path: source.clone(),
+                source: e,
+            };
             let file = fs::File::open(source).map_err(err)?;
             let len = file.metadata().map_err(err)?.len();
             let mode = if *executable { 0o755 } else { 0o644 };
@@ -256,12 +301,24 @@ fn append_node<W: Write>(tar: &mut tar::Builder<W>, path: &str, node: &Node, mti
             h.set_size(len);
             // `take` guards against a file growing while we read it (the header size is fixed).
             let reader = io::Read::take(file, len);
-            tar.append_data(&mut h, path, ExactReader { inner: reader, remaining: len, path: source })
-                .map_err(|e| LayerError::Source { path: source.clone(), source: e })
+            tar.append_data(
+                &mut h,
+                path,
+                ExactReader {
+                    inner: reader,
+                    remaining: len,
+                    path: source,
+                },
+            )
+            .map_err(|e| LayerError::Source {
+                path: source.clone(),
+                source: e,
+            })
         }
         Node::Symlink { target } => {
             let mut h = base_header(tar::EntryType::Symlink, 0o777, mtime);
-            tar.append_link(&mut h, path, target).map_err(LayerError::Write)
+            tar.append_link(&mut h, path, target)
+                .map_err(LayerError::Write)
         }
     }
 }
@@ -279,7 +336,10 @@ impl<R: io::Read> io::Read for ExactReader<'_, R> {
         if n == 0 && self.remaining > 0 && !buf.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} changed size while it was being archived", self.path.display()),
+                format!(
+                    "{} changed size while it was being archived",
+                    self.path.display()
+                ),
             ));
         }
         self.remaining -= n as u64;
@@ -295,7 +355,10 @@ struct HashingWriter<W> {
 
 impl<W> HashingWriter<W> {
     fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new() }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
     }
 
     fn finish(self) -> (W, Vec<u8>) {
@@ -341,7 +404,12 @@ mod tests {
             let path = e.path().unwrap().to_string_lossy().into_owned();
             let mut content = String::new();
             if h.entry_type() == tar::EntryType::Symlink {
-                content = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                content = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
             } else {
                 e.read_to_string(&mut content).unwrap();
             }
@@ -349,14 +417,21 @@ mod tests {
             assert_eq!(h.gid().unwrap(), 0);
             assert_eq!(h.username().unwrap(), Some(""));
             assert_eq!(h.groupname().unwrap(), Some(""));
-            out.push((path, h.entry_type(), h.mode().unwrap(), h.mtime().unwrap(), content));
+            out.push((
+                path,
+                h.entry_type(),
+                h.mode().unwrap(),
+                h.mtime().unwrap(),
+                content,
+            ));
         }
         out
     }
 
     fn set_mtime(path: &Path, secs: u64) {
         let f = fs::File::options().write(true).open(path).unwrap();
-        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
     }
 
     #[test]
@@ -392,8 +467,17 @@ mod tests {
         assert_eq!(
             names,
             [
-                "etc/", "etc/kiln/", "etc/kiln/single.conf", "opt/", "opt/app/", "opt/app/lib/",
-                "opt/app/lib/a.txt", "opt/app/lib/b.txt", "opt/app/lib/z/", "opt/app/link", "opt/app/run.sh"
+                "etc/",
+                "etc/kiln/",
+                "etc/kiln/single.conf",
+                "opt/",
+                "opt/app/",
+                "opt/app/lib/",
+                "opt/app/lib/a.txt",
+                "opt/app/lib/b.txt",
+                "opt/app/lib/z/",
+                "opt/app/link",
+                "opt/app/run.sh"
             ]
         );
         let get = |n: &str| entries.iter().find(|e| e.0 == n).unwrap();
@@ -409,7 +493,10 @@ mod tests {
         let c = build_layer(&spec.clone().with_mtime(1_600_000_000)).unwrap();
         assert_ne!(c.digest, a.digest);
         assert!(list(&c).iter().all(|e| e.3 == 1_600_000_000));
-        assert_eq!(c.digest, build_layer(&spec.with_mtime(1_600_000_000)).unwrap().digest);
+        assert_eq!(
+            c.digest,
+            build_layer(&spec.with_mtime(1_600_000_000)).unwrap().digest
+        );
 
         // gzip header: no mtime, no file name.
         assert_eq!(&a.blob[..4], &[0x1f, 0x8b, 8, 0]);
@@ -421,7 +508,11 @@ mod tests {
     fn refuses_parent_dir_and_conflicts() {
         let dir = tempdir("bad");
         fs::write(dir.join("f"), "x").unwrap();
-        let e = build_layer(&LayerSpec::new(vec![LayerEntry::new(dir.join("f"), "/a/../../etc/passwd")])).unwrap_err();
+        let e = build_layer(&LayerSpec::new(vec![LayerEntry::new(
+            dir.join("f"),
+            "/a/../../etc/passwd",
+        )]))
+        .unwrap_err();
         assert!(matches!(e, LayerError::InvalidDestination { .. }), "{e}");
         let e = build_layer(&LayerSpec::new(vec![
             LayerEntry::new(dir.join("f"), "/a"),
@@ -429,7 +520,11 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(matches!(e, LayerError::Conflict { .. }), "{e}");
-        let e = build_layer(&LayerSpec::new(vec![LayerEntry::new(dir.join("missing"), "/a")])).unwrap_err();
+        let e = build_layer(&LayerSpec::new(vec![LayerEntry::new(
+            dir.join("missing"),
+            "/a",
+        )]))
+        .unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -442,7 +537,10 @@ mod tests {
         fs::write(dir.join(&long).join("f".repeat(90)), "x").unwrap();
         let layer = build_layer(&LayerSpec::new(vec![LayerEntry::new(&dir, "/srv")])).unwrap();
         let names: Vec<String> = list(&layer).into_iter().map(|e| e.0).collect();
-        assert!(names.contains(&format!("srv/{long}/{}", "f".repeat(90))), "{names:?}");
+        assert!(
+            names.contains(&format!("srv/{long}/{}", "f".repeat(90))),
+            "{names:?}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -18,10 +18,15 @@ pub enum PullError {
     #[error("image {0} not found")]
     NotFound(ImageRef),
     #[error("config of {reference} is not JSON: {source}")]
-    InvalidConfig { reference: ImageRef, source: serde_json::Error },
+    InvalidConfig {
+        reference: ImageRef,
+        source: serde_json::Error,
+    },
     #[error("layer {digest}: unsupported media type {media_type}")]
     UnsupportedLayer { digest: String, media_type: String },
-    #[error("layer {digest} has an entry with an unsafe path {path:?} (absolute or containing '..')")]
+    #[error(
+        "layer {digest} has an entry with an unsafe path {path:?} (absolute or containing '..')"
+    )]
     PathTraversal { digest: String, path: String },
     #[error("layer {digest}: {source}")]
     Unpack { digest: String, source: io::Error },
@@ -39,7 +44,10 @@ pub struct PulledImage {
 }
 
 /// Pulls `reference` (resolving an index to linux/amd64).
-pub async fn pull_image(reference: &ImageRef, opts: &RegistryOptions) -> Result<PulledImage, PullError> {
+pub async fn pull_image(
+    reference: &ImageRef,
+    opts: &RegistryOptions,
+) -> Result<PulledImage, PullError> {
     pull_image_for(reference, opts, &Platform::default()).await
 }
 
@@ -59,36 +67,60 @@ pub async fn pull_image_for(
     let (manifest, manifest_digest, config) = client
         .pull_manifest_and_config(&oci, &auth)
         .await
-        .map_err(|e| match client::classify(e, opts, reference, "pull manifest") {
-            e if e.is_not_found() => PullError::NotFound(reference.clone()),
-            e => e.into(),
+        .map_err(
+            |e| match client::classify(e, opts, reference, "pull manifest") {
+                e if e.is_not_found() => PullError::NotFound(reference.clone()),
+                e => e.into(),
+            },
+        )?;
+    let config: serde_json::Value =
+        serde_json::from_str(&config).map_err(|source| PullError::InvalidConfig {
+            reference: reference.clone(),
+            source,
         })?;
-    let config: serde_json::Value = serde_json::from_str(&config)
-        .map_err(|source| PullError::InvalidConfig { reference: reference.clone(), source })?;
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for layer in &manifest.layers {
         let mut data = Vec::with_capacity(layer.size.max(0) as usize);
         client
             .pull_blob(&oci, layer, &mut data)
             .await
-            .map_err(|e| client::classify(e, opts, reference, &format!("pull layer {}", layer.digest)))?;
+            .map_err(|e| {
+                client::classify(e, opts, reference, &format!("pull layer {}", layer.digest))
+            })?;
         layers.push((layer.digest.clone(), data));
     }
-    Ok(PulledImage { reference: reference.clone(), manifest_digest, manifest, config, layers })
+    Ok(PulledImage {
+        reference: reference.clone(),
+        manifest_digest,
+        manifest,
+        config,
+        layers,
+    })
 }
 
 /// Unpacks the layers of `pulled` in order into `dest`, applying OCI whiteouts. Entries with an
 /// absolute path or a `..` component are refused (the whole unpack fails).
 pub fn unpack_layers(pulled: &PulledImage, dest: &Path) -> Result<(), PullError> {
-    fs::create_dir_all(dest).map_err(|source| PullError::Unpack { digest: String::new(), source })?;
+    fs::create_dir_all(dest).map_err(|source| PullError::Unpack {
+        digest: String::new(),
+        source,
+    })?;
     for (i, (digest, blob)) in pulled.layers.iter().enumerate() {
-        let media_type = pulled.manifest.layers.get(i).map(|l| l.media_type.as_str()).unwrap_or("");
+        let media_type = pulled
+            .manifest
+            .layers
+            .get(i)
+            .map(|l| l.media_type.as_str())
+            .unwrap_or("");
         let reader: Box<dyn Read + '_> = if blob.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::read::GzDecoder::new(&blob[..]))
         } else if media_type.ends_with(".tar") || media_type.ends_with("rootfs.diff.tar") {
             Box::new(&blob[..])
         } else {
-            return Err(PullError::UnsupportedLayer { digest: digest.clone(), media_type: media_type.to_string() });
+            return Err(PullError::UnsupportedLayer {
+                digest: digest.clone(),
+                media_type: media_type.to_string(),
+            });
         };
         unpack_tar(reader, dest, digest)?;
     }
@@ -96,23 +128,34 @@ pub fn unpack_layers(pulled: &PulledImage, dest: &Path) -> Result<(), PullError>
 }
 
 fn unpack_tar(reader: impl Read, dest: &Path, digest: &str) -> Result<(), PullError> {
-    let io_err = |source| PullError::Unpack { digest: digest.to_string(), source };
+    let io_err = |source| PullError::Unpack {
+        digest: digest.to_string(),
+        source,
+    };
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
         let path = entry.path().map_err(io_err)?.into_owned();
-        let rel = safe_relative(&path)
-            .ok_or_else(|| PullError::PathTraversal { digest: digest.to_string(), path: path.display().to_string() })?;
+        let rel = safe_relative(&path).ok_or_else(|| PullError::PathTraversal {
+            digest: digest.to_string(),
+            path: path.display().to_string(),
+        })?;
         if let Some(link) = entry.link_name().map_err(io_err)? {
             // Hard links must stay inside; symlink targets are resolved at run time, inside the
             // container's root, so they may be absolute.
-            if entry.header().entry_type() == tar::EntryType::Link && safe_relative(&link).is_none() {
-                return Err(PullError::PathTraversal { digest: digest.to_string(), path: link.display().to_string() });
+            if entry.header().entry_type() == tar::EntryType::Link && safe_relative(&link).is_none()
+            {
+                return Err(PullError::PathTraversal {
+                    digest: digest.to_string(),
+                    path: link.display().to_string(),
+                });
             }
         }
-        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if name == ".wh..wh..opq" {
             let dir = dest.join(rel.parent().unwrap_or(Path::new("")));
             if let Ok(children) = fs::read_dir(&dir) {

@@ -19,7 +19,11 @@ pub enum ReferenceError {
     #[error("image reference {reference:?} has an invalid registry host {host:?}")]
     InvalidRegistry { reference: String, host: String },
     #[error("image reference {reference:?} has an invalid repository {repository:?}: {reason}")]
-    InvalidRepository { reference: String, repository: String, reason: &'static str },
+    InvalidRepository {
+        reference: String,
+        repository: String,
+        reason: &'static str,
+    },
     #[error("image reference {reference:?} has an invalid tag {tag:?}")]
     InvalidTag { reference: String, tag: String },
     #[error("image reference {reference:?} has an invalid digest {digest:?} (expected sha256: and 64 lowercase hex digits)")]
@@ -135,7 +139,10 @@ impl ImageRef {
 
     /// The digest if pinned, else the tag, else `latest`.
     pub fn reference_part(&self) -> &str {
-        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
     }
 
     pub(crate) fn to_oci(&self) -> oci_client::Reference {
@@ -202,8 +209,11 @@ impl<'de> serde::Deserialize<'de> for ImageRef {
 
 /// `sha256:` followed by 64 lowercase hex digits.
 pub(crate) fn is_valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn is_valid_host(host: &str) -> bool {
@@ -219,7 +229,9 @@ fn is_valid_host(host: &str) -> bool {
     !name.is_empty()
         && name.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -230,7 +242,8 @@ fn is_valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn validate_repository(repo: &str) -> Result<(), &'static str> {
@@ -245,7 +258,9 @@ fn validate_repository(repo: &str) -> Result<(), &'static str> {
             return Err("it has an empty path component");
         }
         let b = component.as_bytes();
-        if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')) {
+        if !b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        }) {
             return Err("only lowercase letters, digits, '.', '_', '-' and '/' are allowed");
         }
         if !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
@@ -281,17 +296,27 @@ mod tests {
 
     #[test]
     fn with_digest_pins_and_drops_tag() {
-        let r = ImageRef::parse("harbor.local:8443/t/app:main").unwrap().with_digest(D);
+        let r = ImageRef::parse("harbor.local:8443/t/app:main")
+            .unwrap()
+            .with_digest(D);
         assert_eq!(r.to_string(), format!("harbor.local:8443/t/app@{D}"));
         assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
     }
 
     #[test]
     fn requires_explicit_registry() {
-        for s in ["alpine", "alpine:3", "library/alpine:3", "team/app@".to_string().as_str()] {
+        for s in [
+            "alpine",
+            "alpine:3",
+            "library/alpine:3",
+            "team/app@".to_string().as_str(),
+        ] {
             let e = ImageRef::parse(s).unwrap_err();
             if s.contains('@') {
-                assert!(matches!(e, ReferenceError::InvalidDigest { .. }), "{s}: {e}");
+                assert!(
+                    matches!(e, ReferenceError::InvalidDigest { .. }),
+                    "{s}: {e}"
+                );
             } else {
                 assert!(matches!(e, ReferenceError::MissingRegistry(_)), "{s}: {e}");
                 assert!(e.to_string().contains("names no registry host"));
@@ -301,12 +326,30 @@ mod tests {
 
     #[test]
     fn rejects_bad_parts() {
-        assert!(matches!(ImageRef::parse("r.io/App:1"), Err(ReferenceError::InvalidRepository { .. })));
-        assert!(matches!(ImageRef::parse("r.io/app:"), Err(ReferenceError::InvalidTag { .. })));
-        assert!(matches!(ImageRef::parse("r.io/app:-x"), Err(ReferenceError::InvalidTag { .. })));
-        assert!(matches!(ImageRef::parse("r.io/app@sha256:abc"), Err(ReferenceError::InvalidDigest { .. })));
-        assert!(matches!(ImageRef::parse("r.io//app"), Err(ReferenceError::InvalidRepository { .. })));
-        assert!(matches!(ImageRef::parse("r.io:x/app"), Err(ReferenceError::InvalidRegistry { .. })));
+        assert!(matches!(
+            ImageRef::parse("r.io/App:1"),
+            Err(ReferenceError::InvalidRepository { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("r.io/app:"),
+            Err(ReferenceError::InvalidTag { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("r.io/app:-x"),
+            Err(ReferenceError::InvalidTag { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("r.io/app@sha256:abc"),
+            Err(ReferenceError::InvalidDigest { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("r.io//app"),
+            Err(ReferenceError::InvalidRepository { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("r.io:x/app"),
+            Err(ReferenceError::InvalidRegistry { .. })
+        ));
         assert!(matches!(ImageRef::parse(""), Err(ReferenceError::Empty)));
     }
 }

@@ -48,7 +48,10 @@ impl TestRegistry {
         let mut last_log = String::new();
         // The port is picked free, then handed to the registry; retry if someone took it meanwhile.
         for _attempt in 0..3 {
-            let dir = tempfile::Builder::new().prefix("kiln-registry-").tempdir().expect("tempdir");
+            let dir = tempfile::Builder::new()
+                .prefix("kiln-registry-")
+                .tempdir()
+                .expect("tempdir");
             let port = free_port();
             let storage = dir.path().join("storage");
             std::fs::create_dir_all(&storage).expect("storage dir");
@@ -61,7 +64,8 @@ impl TestRegistry {
             );
             if let Some((user, pass)) = auth {
                 let htpasswd = dir.path().join("htpasswd");
-                std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt_hash(pass))).expect("htpasswd");
+                std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt_hash(pass)))
+                    .expect("htpasswd");
                 config.push_str(&format!(
                     "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
                     htpasswd.display()
@@ -116,19 +120,27 @@ impl Drop for TestRegistry {
 
 /// A loopback port nobody listens on (at the moment of the call).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind loopback").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// The status code of a plain HTTP/1.0 GET, or None if nothing answered.
 async fn http_status(host: &str, path: &str) -> Option<u16> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host))
-        .await
-        .ok()?
-        .ok()?;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host))
+            .await
+            .ok()?
+            .ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await.ok()?.ok()?;
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     let line = std::str::from_utf8(&buf[..n]).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
@@ -146,11 +158,17 @@ fn bcrypt_hash(pass: &str) -> String {
     }
     // Password passed in the environment, not on the command line.
     let out = Command::new("perl")
-        .args(["-e", r#"print crypt($ENV{KILN_PW}, '$2b$05$kilntestsaltkilntests.')"#])
+        .args([
+            "-e",
+            r#"print crypt($ENV{KILN_PW}, '$2b$05$kilntestsaltkilntests.')"#,
+        ])
         .env("KILN_PW", pass)
         .output()
         .expect("perl (for a bcrypt hash)");
     let hash = String::from_utf8(out.stdout).expect("utf-8 hash");
-    assert!(hash.starts_with("$2b$"), "libxcrypt did not produce a bcrypt hash: {hash:?}");
+    assert!(
+        hash.starts_with("$2b$"),
+        "libxcrypt did not produce a bcrypt hash: {hash:?}"
+    );
     hash
 }
