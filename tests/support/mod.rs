@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod kiln;
+pub mod registry;
 
 /// Once per test process: the TLS crypto provider (one for the whole workspace: ring).
 pub fn init() {

@@ -1,0 +1,242 @@
+//! Builds end to end on the embedded default: a GitLab push → clone (real git over HTTP with a
+//! token) → compile (real Go, Maven, buildah) → image → a real docker-registry, with the log.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use builder_api::store::{Build, BuildState};
+use serde_json::{json, Value};
+
+use crate::support::fixtures::{app_spec, GitlabPush};
+use crate::support::git_server::GitServer;
+use crate::support::kiln::TestKiln;
+use crate::support::registry::TestRegistry;
+
+const GIT_TOKEN: &str = "glpat-test-token-abcdef";
+const SECRET: &str = "hook-secret-builds";
+const BUILD_LIMIT: Duration = Duration::from_secs(240);
+
+fn fixture_files(app: &str) -> Vec<(String, Vec<u8>, bool)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps").join(app);
+    let mut files = vec![];
+    collect(&root, &root, &mut files);
+    files
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, bool)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.push((rel, std::fs::read(&path).unwrap(), false));
+        }
+    }
+}
+
+/// A world for one test: a git server with a token, a registry, and Kiln.
+struct World {
+    git: GitServer,
+    registry: TestRegistry,
+    kiln: TestKiln,
+    tenant_token: String,
+}
+
+impl World {
+    async fn new() -> World {
+        let git = GitServer::start_with_token(GIT_TOKEN).await;
+        let registry = TestRegistry::start().await;
+        let kiln = TestKiln::start(&[&registry.host()]).await;
+        let tenant_token = kiln.tenant("team").await;
+        World { git, registry, kiln, tenant_token }
+    }
+
+    /// Creates repo `team/NAME` with the fixture's files and an app building it; returns the sha.
+    async fn app_from_fixture(&self, name: &str, fixture: &str, extra: Value) -> String {
+        let repo = self.git.create_repo(&format!("team/{name}"));
+        let files = fixture_files(fixture);
+        let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+        let sha = repo.commit_files(&files, "first");
+        let mut spec = app_spec(name, &self.git.url(&format!("team/{name}")), &format!("team/{name}"), &format!("{}/team/{name}", self.registry.host()), SECRET);
+        spec["git_token"] = GIT_TOKEN.into();
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        self.kiln.app(&self.tenant_token, spec).await;
+        sha
+    }
+
+    async fn push(&self, name: &str, sha: &str) -> i64 {
+        let push = GitlabPush::branch(&format!("team/{name}"), &self.git.url(&format!("team/{name}")), "main", sha);
+        let req = Request::post("/hooks/gitlab")
+            .header("x-gitlab-event", push.event())
+            .header("x-gitlab-token", SECRET)
+            .body(Body::from(push.body().to_string()))
+            .unwrap();
+        let (status, body) = self.kiln.send(req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["builds"][0].as_i64().unwrap()
+    }
+
+    async fn trigger(&self, name: &str, sha: &str) -> i64 {
+        let (status, body) = self
+            .kiln
+            .request(Method::POST, &format!("/api/v1/apps/{name}/builds"), Some(&self.tenant_token), Some(json!({"commit": sha, "ref": "main"})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["build"]["id"].as_i64().unwrap()
+    }
+
+    async fn succeeded(&self, id: i64) -> Build {
+        let build = self.kiln.wait_final(id, BUILD_LIMIT).await;
+        let log = self.kiln.log(id).await;
+        assert_eq!(build.state, BuildState::Succeeded, "reason: {:?}\nlog:\n{log}", build.reason);
+        assert!(!log.contains(GIT_TOKEN) && !log.contains(SECRET), "a secret leaked into the log:\n{log}");
+        build
+    }
+
+    async fn failed(&self, id: i64) -> (Build, String) {
+        let build = self.kiln.wait_final(id, BUILD_LIMIT).await;
+        let log = self.kiln.log(id).await;
+        assert_eq!(build.state, BuildState::Failed, "log:\n{log}");
+        let reason = build.reason.clone().unwrap_or_default();
+        for text in [&reason, &log] {
+            assert!(!text.contains(GIT_TOKEN) && !text.contains(SECRET), "a secret leaked:\n{text}");
+        }
+        (build, log)
+    }
+
+    /// Pulls the build's image back out of the registry and unpacks its layers.
+    async fn unpack(&self, build: &Build) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let reference: registry_sync::reference::ImageRef = build.image.as_deref().unwrap().parse().unwrap();
+        let opts = registry_sync::auth::RegistryOptions { insecure_registries: vec![self.registry.host()], ..Default::default() };
+        let pulled = registry_sync::assemble::pull_image(&reference, &opts).await.unwrap();
+        assert_eq!(Some(pulled.manifest_digest.as_str()), build.image_digest.as_deref());
+        registry_sync::assemble::unpack_layers(&pulled, dir.path()).unwrap();
+        dir
+    }
+}
+
+#[tokio::test]
+async fn a_go_push_becomes_an_image_whose_binary_runs_and_rebuilds_to_the_same_digest() {
+    let w = World::new().await;
+    let sha = w.app_from_fixture("hello", "go-hello", json!({})).await;
+    let first = w.succeeded(w.push("hello", &sha).await).await;
+    assert_eq!(first.kind.as_deref(), Some("go"));
+    let digest = first.image_digest.clone().unwrap();
+    assert!(first.image.as_deref().unwrap().ends_with(&format!("/team/hello@{digest}")), "{first:?}");
+
+    let log = w.kiln.log(first.id).await;
+    for expected in ["── step clone", "── step compile", "── step image", "pushed"] {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+
+    let root = w.unpack(&first).await;
+    let out = std::process::Command::new(root.path().join("app/hello")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kiln go sample (dev)\n");
+
+    // The same commit again: the same image, byte for byte.
+    let again = w.succeeded(w.trigger("hello", &sha).await).await;
+    assert_eq!(again.image_digest.as_deref(), Some(digest.as_str()));
+
+    // The log is readable over HTTP after the build, as plain text.
+    let (status, body) = w.kiln.request(Method::GET, &format!("/api/v1/builds/{}/logs", first.id), Some(&w.tenant_token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["text"].as_str().unwrap(), log);
+}
+
+#[tokio::test]
+async fn a_maven_push_becomes_an_image_with_the_jar_and_rebuilds_to_the_same_digest() {
+    let w = World::new().await;
+    let sha = w.app_from_fixture("greeter", "maven-hello", json!({})).await;
+    let first = w.succeeded(w.push("greeter", &sha).await).await;
+    assert_eq!(first.kind.as_deref(), Some("maven"));
+    let root = w.unpack(&first).await;
+    let out = std::process::Command::new("java").arg("-jar").arg(root.path().join("app/app.jar")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kiln maven sample\n");
+    let again = w.succeeded(w.trigger("greeter", &sha).await).await;
+    assert_eq!(again.image_digest, first.image_digest);
+}
+
+#[tokio::test]
+async fn a_multi_stage_dockerfile_push_is_built_with_buildah() {
+    let w = World::new().await;
+    // A busybox base image in the registry, assembled by Kiln itself.
+    let base = format!("{}/library/busybox:1", w.registry.host());
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", bin.path().join("busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", bin.path().join("sh")).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["step", "assemble", "--base", "scratch", "--image", &base])
+        .arg("--add")
+        .arg(format!("{}:/bin", bin.path().display()))
+        .arg("--result-file")
+        .arg(bin.path().join("result.json"))
+        .env("KILN_INSECURE_REGISTRIES", w.registry.host())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let sha = w.app_from_fixture("staged", "dockerfile-hello", json!({"settings": {"build_args": {"BASE": base}}})).await;
+    let build = w.succeeded(w.push("staged", &sha).await).await;
+    assert_eq!(build.kind.as_deref(), Some("dockerfile"));
+    let root = w.unpack(&build).await;
+    assert_eq!(std::fs::read_to_string(root.path().join("message.txt")).unwrap(), "built by stage one\n");
+}
+
+#[tokio::test]
+async fn a_commit_that_does_not_compile_fails_with_the_compiler_error_in_its_log() {
+    let w = World::new().await;
+    let repo = w.git.create_repo("team/broken");
+    let sha = repo.commit_files(
+        &[("go.mod", b"module example.com/broken\n\ngo 1.19\n", false), ("main.go", b"package main\n\nfunc main() { undefinedThing() }\n", false)],
+        "broken",
+    );
+    let mut spec = app_spec("broken", &w.git.url("team/broken"), "team/broken", &format!("{}/team/broken", w.registry.host()), SECRET);
+    spec["git_token"] = GIT_TOKEN.into();
+    w.kiln.app(&w.tenant_token, spec).await;
+    let (build, log) = w.failed(w.push("broken", &sha).await).await;
+    assert!(log.contains("undefined: undefinedThing"), "{log}");
+    let reason = build.reason.unwrap();
+    assert!(reason.starts_with("compile failed"), "{reason}");
+    let steps = w.kiln.ctx.store.steps(build.id).await.unwrap();
+    let states: Vec<(&str, &str)> = steps.iter().map(|s| (s.name.as_str(), s.state.as_str())).collect();
+    assert_eq!(states, [("clone", "Succeeded"), ("compile", "Failed")]);
+}
+
+#[tokio::test]
+async fn clone_and_push_failures_end_failed_with_a_reason_that_names_the_cause() {
+    let w = World::new().await;
+    let sha = w.app_from_fixture("hello", "go-hello", json!({})).await;
+
+    // A commit the server does not have.
+    let (build, _) = w.failed(w.trigger("hello", &"ab".repeat(20)).await).await;
+    assert!(build.reason.as_deref().unwrap().contains("not found"), "{:?}", build.reason);
+
+    // A wrong git token.
+    let mut spec = app_spec("wrongtoken", &w.git.url("team/hello"), "team/wrongtoken", &format!("{}/team/x", w.registry.host()), SECRET);
+    spec["git_token"] = "glpat-wrong-token-000".into();
+    w.kiln.app(&w.tenant_token, spec).await;
+    let (build, log) = w.failed(w.trigger("wrongtoken", &sha).await).await;
+    let reason = build.reason.unwrap();
+    assert!(reason.contains("credentials") || reason.contains("authentication"), "{reason}");
+    assert!(!reason.contains("glpat-wrong-token-000") && !log.contains("glpat-wrong-token-000"), "{reason}\n{log}");
+
+    // A git server that is not there.
+    let spec = app_spec("nogit", "http://127.0.0.1:9/team/hello.git", "team/nogit", &format!("{}/team/x", w.registry.host()), SECRET);
+    w.kiln.app(&w.tenant_token, spec).await;
+    let (build, _) = w.failed(w.trigger("nogit", &sha).await).await;
+    assert!(build.reason.as_deref().unwrap().contains("cannot reach git server 127.0.0.1:9"), "{:?}", build.reason);
+
+    // A registry that is not there.
+    let mut spec = app_spec("noreg", &w.git.url("team/hello"), "team/noreg", "127.0.0.1:9/team/noreg", SECRET);
+    spec["git_token"] = GIT_TOKEN.into();
+    w.kiln.app(&w.tenant_token, spec).await;
+    let (build, _) = w.failed(w.trigger("noreg", &sha).await).await;
+    let reason = build.reason.unwrap();
+    assert!(reason.starts_with("image failed") && reason.contains("127.0.0.1:9"), "{reason}");
+}
