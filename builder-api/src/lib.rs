@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod devtools;
 pub mod error;
 pub mod executor;
 pub mod handlers;

@@ -45,9 +45,28 @@ pub enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Tools for trying Kiln on one machine.
+    #[command(subcommand)]
+    Dev(DevCommand),
     /// The steps that run inside build pods (or as host processes under the local executor).
     #[command(subcommand)]
     Step(step::StepCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Serve the bare git repositories under --root over smart HTTP (`git http-backend`), the
+    /// way GitLab serves them: `http://LISTEN/<group>/<project>.git`.
+    GitServer {
+        /// Directory holding bare repositories (`group/project.git`).
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8929")]
+        listen: std::net::SocketAddr,
+        /// Require HTTP basic auth with this password (GitLab-style `oauth2:<token>`).
+        #[arg(long, env = "KILN_DEV_GIT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 /// The entry point of the `kiln` binary.
@@ -70,6 +89,13 @@ pub fn main() -> std::process::ExitCode {
             Command::Logs { build, follow, api } => client::logs(&api, build, follow).await,
             Command::Builds { app, state, api } => client::builds(&api, app, state).await.map(|()| 0),
             Command::Step(step) => step::run(step).await.map(|()| 0),
+            Command::Dev(DevCommand::GitServer { root, listen, token }) => {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                eprintln!("kiln dev git-server: serving {} on http://{listen}", root.display());
+                let git = crate::devtools::git_http::GitHttp { root, token };
+                axum::serve(listener, git.router()).await?;
+                Ok(0)
+            }
         }
     });
     match result {

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use registry_sync::{assemble_and_push, AssembleSpec, ImageRef, LayerEntry, LayerSpec, RegistryAuth, RegistryOptions};
+
+use super::{write_result, ImageResult};
 
 #[derive(Debug, Args)]
 pub struct AssembleArgs {
@@ -40,8 +43,64 @@ pub struct AssembleArgs {
 }
 
 pub async fn run(args: AssembleArgs) -> anyhow::Result<()> {
-    let _ = (&args.base, &args.image);
-    bail!("not yet")
+    let target = ImageRef::parse(&args.image).with_context(|| format!("--image {}", args.image))?;
+    let mut spec = AssembleSpec::new(target.clone());
+    if args.base != "scratch" {
+        spec.base = Some(ImageRef::parse(&args.base).with_context(|| format!("--base {}", args.base))?);
+    }
+    let mut entries = Vec::new();
+    for add in &args.add {
+        let (src, dest) = add.rsplit_once(':').with_context(|| format!("--add {add:?} is not SRC:DEST"))?;
+        entries.push(LayerEntry::new(resolve_source(src)?, dest));
+    }
+    let mtime = u64::try_from(args.created).unwrap_or(0);
+    spec.layers.push(LayerSpec::new(entries).with_mtime(mtime));
+    if let Some(ep) = &args.entrypoint {
+        spec.entrypoint = Some(serde_json::from_str(ep).with_context(|| format!("--entrypoint {ep:?} is not a JSON array of strings"))?);
+    }
+    spec.env = args.env.iter().map(|kv| split_kv("--env", kv)).collect::<anyhow::Result<_>>()?;
+    spec.labels = args.labels.iter().map(|kv| split_kv("--label", kv)).collect::<anyhow::Result<_>>()?;
+    spec.workdir = args.workdir.clone();
+    spec.created = args.created;
+
+    let opts = registry_options_from_env(target.registry());
+    let mut progress = |line: String| println!("{line}");
+    let pushed = assemble_and_push(&spec, &opts, &mut progress).await?;
+    println!(
+        "pushed {} ({} layer(s) pushed, {} already there, {} mounted, {})",
+        pushed.reference,
+        pushed.layers_pushed,
+        pushed.layers_skipped,
+        pushed.layers_mounted,
+        registry_sync::client::human_bytes(pushed.bytes_pushed)
+    );
+    write_result(&args.result_file, &ImageResult { image: pushed.reference.to_string(), digest: pushed.digest })?;
+    Ok(())
+}
+
+fn split_kv(flag: &str, kv: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = kv.split_once('=').with_context(|| format!("{flag} {kv:?} is not KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Registry access for steps: `KILN_INSECURE_REGISTRIES` (comma-separated `host:port` spoken over
+/// plain HTTP) and `KILN_REGISTRY_USERNAME` / `KILN_REGISTRY_PASSWORD` (from a Secret), offered
+/// only to the target registry — never to the registry a base image comes from.
+pub fn registry_options_from_env(target_registry: &str) -> RegistryOptions {
+    let mut opts = RegistryOptions::anonymous();
+    opts.insecure_registries = std::env::var("KILN_INSECURE_REGISTRIES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let user = std::env::var("KILN_REGISTRY_USERNAME").unwrap_or_default();
+    if !user.is_empty() {
+        let auth = RegistryAuth::basic(user, std::env::var("KILN_REGISTRY_PASSWORD").unwrap_or_default());
+        opts.registry_auth.insert(target_registry.to_string(), auth);
+    }
+    opts
 }
 
 /// Resolves a `SRC` that may hold one `*` in its file name to exactly one existing path.

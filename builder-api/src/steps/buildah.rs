@@ -50,7 +50,8 @@ pub async fn run(args: BuildahArgs) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let registry_host = args.image.split('/').next().unwrap_or_default().to_string();
+    let target = registry_sync::ImageRef::parse(&args.image).with_context(|| format!("--image {}", args.image))?;
+    let registry_host = target.registry().to_string();
     let tls_verify = if insecure.iter().any(|h| *h == registry_host) { "--tls-verify=false" } else { "--tls-verify=true" };
 
     // The Dockerfile must stay inside the context: no absolute path, no `..`.
@@ -103,8 +104,7 @@ pub async fn run(args: BuildahArgs) -> anyhow::Result<()> {
     pushed?;
     let digest = std::fs::read_to_string(&digest_file).context("buildah wrote no digest")?.trim().to_string();
     let _ = std::fs::remove_file(&digest_file);
-    let repo = args.image.rsplit_once(':').filter(|(r, _)| !r.ends_with(&registry_host) || r.contains('/')).map(|(r, _)| r).unwrap_or(&args.image);
-    let image = format!("{repo}@{digest}");
+    let image = target.with_digest(digest.clone()).to_string();
     println!("pushed {image}");
     write_result(&args.result_file, &ImageResult { image, digest })?;
     Ok(())
