@@ -3,5 +3,7 @@
 
 mod support;
 mod api;
+mod builds;
+mod lifecycle;
 mod registry_assemble;
 mod webhooks;
