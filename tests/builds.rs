@@ -112,11 +112,11 @@ impl World {
     /// Pulls the build's image back out of the registry and unpacks its layers.
     async fn unpack(&self, build: &Build) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let reference: registry_sync::reference::ImageRef = build.image.as_deref().unwrap().parse().unwrap();
-        let opts = registry_sync::auth::RegistryOptions { insecure_registries: vec![self.registry.host()], ..Default::default() };
-        let pulled = registry_sync::assemble::pull_image(&reference, &opts).await.unwrap();
+        let reference: registry_sync::ImageRef = build.image.as_deref().unwrap().parse().unwrap();
+        let opts = registry_sync::RegistryOptions { insecure_registries: vec![self.registry.host()], ..Default::default() };
+        let pulled = registry_sync::pull_image(&reference, &opts).await.unwrap();
         assert_eq!(Some(pulled.manifest_digest.as_str()), build.image_digest.as_deref());
-        registry_sync::assemble::unpack_layers(&pulled, dir.path()).unwrap();
+        registry_sync::unpack_layers(&pulled, dir.path()).unwrap();
         dir
     }
 }

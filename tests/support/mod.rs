@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod git_server;
 pub mod kiln;
 pub mod registry;
 

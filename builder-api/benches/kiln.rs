@@ -1,0 +1,241 @@
+//! Kiln's benchmarks (not tests; they print figures):
+//!
+//! - `intake`: 200 concurrent GitLab Push Hooks for distinct commits over a real socket: p50/p99
+//!   time to the 202, deliveries per second, and a check that every one was persisted.
+//! - `build`: one warm build of the sample Go app through Kiln versus the same steps as a shell
+//!   script (`git clone --depth 1`, `go build`, `buildah bud` + `buildah push`), in the same run,
+//!   against the same git server and registry; prints both medians and the ratio.
+//!
+//! `cargo bench -p builder-api --bench kiln [-- intake|build]`
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use builder_api::config::Config;
+use builder_api::context::{AppState, Context};
+use builder_api::store::BuildState;
+use serde_json::json;
+
+const ADMIN: &str = "bench-admin-token";
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if which.is_empty() || which.iter().any(|w| w == "intake") {
+        rt.block_on(intake());
+    }
+    if which.is_empty() || which.iter().any(|w| w == "build") {
+        rt.block_on(build());
+    }
+}
+
+async fn start_kiln(dir: &Path, insecure: &[String], max_builds: usize) -> (Arc<Context>, String) {
+    let mut c = Config::default();
+    c.store.data_dir = dir.join("data");
+    c.server.admin_token = Some(ADMIN.into());
+    c.executor.kiln_binary = Some(kiln_binary());
+    c.executor.max_concurrent_builds = max_builds;
+    c.registry.insecure = insecure.to_vec();
+    c.toolchains.goproxy = "off".into();
+    let ctx = builder_api::server::build_context(c).await.unwrap();
+    builder_api::server::start_background(&ctx).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = builder_api::router::router(AppState(ctx.clone()));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (ctx, url)
+}
+
+/// target/<profile>/kiln, built by `cargo build --release --bin kiln` (scripts/bench does it).
+fn kiln_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let kiln = dir.join("kiln");
+    assert!(kiln.exists(), "{} is missing: run `cargo build --release -p builder-api --bin kiln` first", kiln.display());
+    kiln
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn setup_tenant(http: &reqwest::Client, url: &str, app: serde_json::Value) -> String {
+    let t: serde_json::Value =
+        http.post(format!("{url}/api/v1/tenants")).bearer_auth(ADMIN).json(&json!({"name": "bench"})).send().await.unwrap().json().await.unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    let res = http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    token
+}
+
+async fn intake() {
+    let dir = tempfile::tempdir().unwrap();
+    // Builds run (and fail fast: nothing serves the git URL) while hooks arrive, as in life.
+    let (ctx, url) = start_kiln(dir.path(), &[], 2).await;
+    let http = reqwest::Client::new();
+    setup_tenant(
+        &http,
+        &url,
+        json!({"name": "hello", "git_url": "http://127.0.0.1:9/bench/hello.git", "project_path": "bench/hello",
+               "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret"}),
+    )
+    .await;
+    const N: usize = 200;
+    let started = Instant::now();
+    let sends = (0..N).map(|i| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let sha = format!("{:040x}", i + 1);
+            let body = json!({"object_kind": "push", "ref": "refs/heads/main", "before": "0".repeat(40), "after": sha,
+                              "checkout_sha": sha, "project": {"path_with_namespace": "bench/hello"}});
+            let t = Instant::now();
+            let res = http
+                .post(format!("{url}/hooks/gitlab"))
+                .header("x-gitlab-event", "Push Hook")
+                .header("x-gitlab-token", "bench-secret")
+                .header("x-gitlab-event-uuid", format!("bench-{i}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 202);
+            t.elapsed()
+        }
+    });
+    let mut latencies: Vec<Duration> = futures_util::future::join_all(sends).await;
+    let wall = started.elapsed();
+    latencies.sort();
+    let persisted = ctx.store.delivery_count("gitlab").await.unwrap();
+    let builds = ctx.store.builds(None, None, None, 10_000).await.unwrap().len();
+    println!("intake: {N} concurrent Push Hooks for distinct commits");
+    println!("  time to 202: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99)), ms(latencies[N - 1]));
+    println!("  throughput: {:.0} deliveries/s ({N} in {:.0} ms)", N as f64 / wall.as_secs_f64(), ms(wall));
+    println!("  persisted: {persisted} deliveries, {builds} builds (target p99 < 50 ms)");
+    assert_eq!((persisted as usize, builds), (N, N));
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn build() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // A real registry and a real git server with the sample Go app.
+    let reg_port = free_port();
+    std::fs::write(
+        root.join("registry.yml"),
+        format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/registry\nhttp:\n  addr: 127.0.0.1:{reg_port}\n", root.display()),
+    )
+    .unwrap();
+    let mut registry = Command::new("docker-registry").arg("serve").arg(root.join("registry.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps/go-hello");
+    let bare = root.join("git/bench/hello.git");
+    run(Command::new("git").args(["init", "-q", "--bare", "--initial-branch=main"]).arg(&bare));
+    let work = root.join("work");
+    run(Command::new("cp").arg("-r").arg(&sample).arg(&work));
+    run(Command::new("git").args(["init", "-q", "--initial-branch=main"]).arg(&work));
+    run(Command::new("git").arg("-C").arg(&work).args(["add", "-A"]));
+    run(Command::new("git").arg("-C").arg(&work).args(["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "x"]));
+    run(Command::new("git").arg("-C").arg(&work).arg("push").arg("-q").arg(&bare).arg("main"));
+    let sha = String::from_utf8(Command::new("git").arg("-C").arg(&work).args(["rev-parse", "HEAD"]).output().unwrap().stdout).unwrap().trim().to_string();
+    let git_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let git_url = format!("http://{}/bench/hello.git", git_listener.local_addr().unwrap());
+    let git = builder_api::devtools::git_http::GitHttp { root: root.join("git"), token: Some("bench-git-token".into()) };
+    tokio::spawn(async move { axum::serve(git_listener, git.router()).await.unwrap() });
+    let reg = format!("127.0.0.1:{reg_port}");
+    for _ in 0..100 {
+        if reqwest::get(format!("http://{reg}/v2/")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (ctx, url) = start_kiln(root, &[reg.clone()], 1).await;
+    let http = reqwest::Client::new();
+    let token = setup_tenant(
+        &http,
+        &url,
+        json!({"name": "hello", "git_url": git_url, "project_path": "bench/hello", "image_repository": format!("{reg}/bench/hello"),
+               "webhook_secret": "bench-secret", "git_token": "bench-git-token"}),
+    )
+    .await;
+
+    const RUNS: usize = 5;
+    let mut kiln_times = vec![];
+    for i in 0..=RUNS {
+        let t = Instant::now();
+        let b: serde_json::Value = http
+            .post(format!("{url}/api/v1/apps/hello/builds"))
+            .bearer_auth(&token)
+            .json(&json!({"commit": sha}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = b["build"]["id"].as_i64().unwrap();
+        let mut wake = ctx.hub.subscribe(id);
+        let build = loop {
+            let build = ctx.store.build(id).await.unwrap().unwrap();
+            if build.state.is_final() {
+                break build;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), wake.changed()).await;
+        };
+        assert_eq!(build.state, BuildState::Succeeded, "{:?}", build.reason);
+        if i > 0 {
+            kiln_times.push(t.elapsed()); // the first run warms the Go build cache
+        }
+    }
+
+    // The same steps as a shell script, warm too (Go's default build cache, buildah's storage).
+    let script = root.join("script.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"set -e
+W=$(mktemp -d)
+git clone -q --depth 1 --branch main "http://oauth2:bench-git-token@{git}" "$W/src"
+cd "$W/src"
+CGO_ENABLED=0 GOPROXY=off go build -trimpath -ldflags "-s -w" -o "$W/app" .
+printf 'FROM scratch\nCOPY app /app/hello\nENTRYPOINT ["/app/hello"]\n' > "$W/Dockerfile"
+buildah --storage-driver vfs bud -q --isolation=chroot --layers=false -f "$W/Dockerfile" -t localhost/bench-script "$W" >/dev/null
+buildah --storage-driver vfs push -q --tls-verify=false localhost/bench-script docker://{reg}/bench/script:latest
+rm -rf "$W"
+"#,
+            git = git_url.trim_start_matches("http://"),
+        ),
+    )
+    .unwrap();
+    let mut script_times = vec![];
+    for i in 0..=RUNS {
+        let t = Instant::now();
+        run(Command::new("bash").arg(&script));
+        if i > 0 {
+            script_times.push(t.elapsed());
+        }
+    }
+    let _ = registry.kill();
+    kiln_times.sort();
+    script_times.sort();
+    let (k, s) = (kiln_times[RUNS / 2], script_times[RUNS / 2]);
+    println!("build: warm build of the sample Go app, median of {RUNS}");
+    println!("  kiln (trigger → Succeeded, digest recorded): {:.0} ms  (all: {:?})", ms(k), kiln_times.iter().map(|d| ms(*d).round()).collect::<Vec<_>>());
+    println!("  script (git clone, go build, buildah bud + push): {:.0} ms  (all: {:?})", ms(s), script_times.iter().map(|d| ms(*d).round()).collect::<Vec<_>>());
+    println!("  ratio kiln/script: {:.2} (target ≤ 0.70)", k.as_secs_f64() / s.as_secs_f64());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
