@@ -83,6 +83,22 @@ async fn clones_a_commit_that_is_not_the_branch_tip() {
         .unwrap();
     println!("clone took {:?}", started.elapsed());
 
+    // The peer, for comparison in the log: git's own shallow fetch of the same commit.
+    let peer = tempfile::tempdir().unwrap();
+    git_in(peer.path(), &["init", "--quiet"]);
+    let (peer_dir, peer_url, peer_sha) = (peer.path().to_owned(), server.url("app"), first.clone());
+    let peer_time = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        git_in(
+            &peer_dir,
+            &["fetch", "--quiet", "--depth=1", &peer_url, &peer_sha],
+        );
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    println!("git fetch --depth=1 took {peer_time:?}");
+
     assert_eq!(outcome.commit, first);
     assert_eq!(outcome.fetched_by, FetchedBy::CommitId);
     assert_eq!(outcome.files, 4);
@@ -145,6 +161,7 @@ async fn clones_symlinks() {
         .is_symlink());
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("target.txt"));
     assert_eq!(std::fs::read_to_string(&link).unwrap(), "hello\n");
+    assert_eq!(git_in(dest.path(), &["status", "--porcelain"]), "");
 }
 
 #[tokio::test]

@@ -623,7 +623,24 @@ fn checkout(
         .map_err(|e| git_err(format!("cannot read commit {commit}"), e))?;
     let mut files = 0;
     write_tree(repo, tree, dest, &mut files, &git_err)?;
+    write_index(repo, tree, dest).map_err(|e| git_err("cannot write the index".into(), e))?;
     Ok(files)
+}
+
+/// `.git/index` for the checked-out tree, with the files' stat data, so that `git status` in the
+/// checkout is clean (Go stamps `vcs.modified` from it) without rehashing every file.
+fn write_index(repo: &gix::Repository, tree: ObjectId, dest: &Path) -> gix::Result<()> {
+    let mut index = repo.index_from_tree(&tree)?;
+    for (entry, path) in index.entries_mut_with_paths() {
+        let Ok(path) = path.to_str() else { continue };
+        if let Ok(meta) = gix::index::fs::Metadata::from_path_no_follow(&dest.join(path)) {
+            if let Ok(stat) = gix::index::entry::Stat::from_fs(&meta) {
+                entry.stat = stat;
+            }
+        }
+    }
+    index.write(Default::default())?;
+    Ok(())
 }
 
 fn write_tree(
