@@ -193,7 +193,7 @@ async fn a_commit_that_does_not_compile_fails_with_the_compiler_error_in_its_log
     let w = World::new().await;
     let repo = w.git.create_repo("team/broken");
     let sha = repo.commit_files(
-        &[("go.mod", b"module example.com/broken\n\ngo 1.19\n", false), ("main.go", b"package main\n\nfunc main() { undefinedThing() }\n", false)],
+        &[("go.mod", &b"module example.com/broken\n\ngo 1.19\n"[..], false), ("main.go", b"package main\n\nfunc main() { undefinedThing() }\n", false)],
         "broken",
     );
     let mut spec = app_spec("broken", &w.git.url("team/broken"), "team/broken", &format!("{}/team/broken", w.registry.host()), SECRET);

@@ -37,7 +37,7 @@ fn alive(pid_file: &Path) -> bool {
 
 async fn repo_with_go_app(git: &GitServer) -> String {
     let repo = git.create_repo("team/slow");
-    repo.commit_files(&[("go.mod", b"module example.com/slow\n\ngo 1.19\n", false), ("main.go", b"package main\n\nfunc main() {}\n", false)], "slow")
+    repo.commit_files(&[("go.mod", &b"module example.com/slow\n\ngo 1.19\n"[..], false), ("main.go", b"package main\n\nfunc main() {}\n", false)], "slow")
 }
 
 async fn wait_for_line(kiln: &TestKiln, id: i64, needle: &str) {
