@@ -44,14 +44,9 @@ pub async fn run(args: BuildahArgs) -> anyhow::Result<()> {
         .map(|v| v.split_whitespace().map(String::from).collect())
         .unwrap_or_else(|_| vec!["--storage-driver".into(), "vfs".into()]);
     let isolation = std::env::var("KILN_BUILDAH_ISOLATION").unwrap_or_else(|_| "chroot".into());
-    let insecure: Vec<String> = std::env::var("KILN_INSECURE_REGISTRIES")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
     let target = registry_sync::ImageRef::parse(&args.image).with_context(|| format!("--image {}", args.image))?;
     let registry_host = target.registry().to_string();
+    let insecure = super::assemble::registry_options_from_env(&registry_host).insecure_registries;
     let tls_verify = if insecure.iter().any(|h| *h == registry_host) { "--tls-verify=false" } else { "--tls-verify=true" };
 
     // The Dockerfile must stay inside the context: no absolute path, no `..`.
