@@ -119,6 +119,9 @@ pub struct ToolchainConfig {
     pub buildah_args: Vec<String>,
     /// buildah `--isolation` (chroot works as root without a daemon).
     pub buildah_isolation: String,
+    /// What builds a Dockerfile: `buildah` (host processes; the default for the local executor)
+    /// or `buildkit` (rootless BuildKit in the Job's image container; the kube default).
+    pub dockerfile_builder: Option<String>,
 }
 
 impl Default for ToolchainConfig {
@@ -131,6 +134,7 @@ impl Default for ToolchainConfig {
             buildah: "buildah".into(),
             buildah_args: vec!["--storage-driver".into(), "vfs".into()],
             buildah_isolation: "chroot".into(),
+            dockerfile_builder: None,
         }
     }
 }

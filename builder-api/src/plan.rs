@@ -44,8 +44,24 @@ impl StepSpec {
 
 /// Where the image step writes `{"image": …, "digest": …}` (a pod's termination message).
 pub const RESULT_FILE: &str = "$(WORKSPACE)/.kiln/result.json";
-/// Where the clone step writes what it checked out (`{"commit": …, "commit_time": …}`).
+/// Where the clone step writes what it checked out (`{"commit": …, "commit_time": …}`),
+/// relative to the workspace.
 pub const CLONE_INFO_FILE: &str = ".kiln/clone.json";
+/// The same, as steps see it. Steps that need the commit time read it from here at run time, so
+/// the whole plan is known before the commit is fetched (a Job is created in one write).
+const CLONE_INFO: &str = "$(WORKSPACE)/.kiln/clone.json";
+/// The per-tenant cache (Go module and build cache, `~/.m2`): a host directory under the local
+/// executor, a PVC or emptyDir mounted in a Job. Every executor sets `CACHE` in each step's env.
+const CACHE: &str = "$(CACHE)";
+
+/// Which tool builds a Dockerfile in the image step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerfileBuilder {
+    /// buildah on the host (vfs storage, chroot isolation).
+    Buildah,
+    /// BuildKit rootless, daemonless, in the Job's image container.
+    Buildkit,
+}
 
 /// What a build resolves to once its source is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,13 +120,9 @@ pub struct PlanInput<'a> {
     pub app: &'a App,
     pub build: &'a Build,
     pub kind: ResolvedKind,
-    /// Commit time (unix seconds): image `created` and Maven's `project.build.outputTimestamp`,
-    /// so building the same commit twice gives the same digest.
-    pub commit_time: i64,
     pub toolchains: &'a ToolchainConfig,
     pub registry: &'a RegistryConfig,
-    /// Per-tenant cache directory ($(CACHE) in a pod: a PVC or emptyDir).
-    pub cache_dir: String,
+    pub dockerfile_builder: DockerfileBuilder,
 }
 
 impl PlanInput<'_> {
@@ -118,6 +130,15 @@ impl PlanInput<'_> {
     pub fn target_image(&self) -> String {
         format!("{}:{}", self.app.image_repository, &self.build.commit[..12.min(self.build.commit.len())])
     }
+}
+
+/// The whole plan: clone, then compile and image. The commit time (image `created`, Maven's
+/// `project.build.outputTimestamp`, so the same commit gives the same digest) is read by the
+/// steps from the clone's result, so nothing here waits for the commit.
+pub fn steps(p: &PlanInput) -> Vec<StepSpec> {
+    let mut all = vec![clone_step(p.app, p.build)];
+    all.extend(steps_after_clone(p));
+    all
 }
 
 /// The compile and image steps for a resolved kind.
@@ -144,26 +165,34 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
                     .env("CGO_ENABLED", "0")
                     .env("GOPROXY", &p.toolchains.goproxy)
                     .env("GOFLAGS", "-mod=mod")
-                    .env("GOCACHE", format!("{}/go-build", p.cache_dir))
-                    .env("GOMODCACHE", format!("{}/go-mod", p.cache_dir))
-                    .env("GOPATH", format!("{}/go", p.cache_dir)),
+                    .env("GOCACHE", format!("{CACHE}/go-build"))
+                    .env("GOMODCACHE", format!("{CACHE}/go-mod"))
+                    .env("GOPATH", format!("{CACHE}/go")),
             );
             add = format!("$(WORKSPACE)/out/app:/app/{}", p.app.name);
             entrypoint = format!("[\"/app/{}\"]", p.app.name);
         }
         ResolvedKind::Maven => {
-            let mut compile = StepSpec::new("compile", [p.toolchains.mvn.as_str(), "-B"]);
+            // `kiln step exec` appends -Dproject.build.outputTimestamp=<commit time>.
+            let mut compile = StepSpec::new(
+                "compile",
+                ["kiln", "step", "exec", "--clone-info", CLONE_INFO, "--commit-time-arg", "-Dproject.build.outputTimestamp=", "--"],
+            );
+            compile.argv.extend([p.toolchains.mvn.clone(), "-B".into()]);
             compile.argv.extend(p.toolchains.maven_args.iter().cloned());
-            compile.argv.push(format!("-Dproject.build.outputTimestamp={}", p.commit_time));
             let goals = s.maven_goals.clone().unwrap_or_else(|| vec!["package".into(), "-DskipTests".into()]);
             compile.argv.extend(goals.iter().map(|g| literal(g)));
             compile.workdir = Some("$(WORKSPACE)/src".into());
-            steps.push(compile.env("MAVEN_OPTS", "-Xmx512m").env("HOME", format!("{}/home", p.cache_dir)));
+            steps.push(compile.env("MAVEN_OPTS", "-Xmx512m").env("HOME", format!("{CACHE}/home")));
             add = "$(WORKSPACE)/src/target/*.jar:/app/app.jar".into();
             entrypoint = "[\"java\", \"-jar\", \"/app/app.jar\"]".into();
         }
         ResolvedKind::Dockerfile => {
-            let mut image = StepSpec::new("image", ["kiln", "step", "buildah", "--context", "$(WORKSPACE)/src", "--file"]);
+            let tool = match p.dockerfile_builder {
+                DockerfileBuilder::Buildah => "buildah",
+                DockerfileBuilder::Buildkit => "buildkit",
+            };
+            let mut image = StepSpec::new("image", ["kiln", "step", tool, "--context", "$(WORKSPACE)/src", "--file"]);
             image.argv.push(literal(s.dockerfile.as_deref().unwrap_or("Dockerfile")));
             if let Some(target) = &s.dockerfile_target {
                 image.argv.extend(["--target".into(), literal(target)]);
@@ -172,10 +201,16 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
                 image.argv.extend(["--build-arg".into(), literal(&format!("{k}={v}"))]);
             }
             image.argv.extend(["--image".into(), literal(&p.target_image()), "--result-file".into(), RESULT_FILE.into()]);
-            image.argv.extend(["--created".into(), p.commit_time.to_string()]);
+            image.argv.extend(["--created-from".into(), CLONE_INFO.into()]);
             image.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
-            image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", p.build.commit)]);
-            steps.push(with_registry(image.env("KILN_BUILDAH", &p.toolchains.buildah), p));
+            image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", literal(&p.build.commit))]);
+            if p.dockerfile_builder == DockerfileBuilder::Buildah {
+                image = image
+                    .env("KILN_BUILDAH", &p.toolchains.buildah)
+                    .env("KILN_BUILDAH_ARGS", p.toolchains.buildah_args.join(" "))
+                    .env("KILN_BUILDAH_ISOLATION", &p.toolchains.buildah_isolation);
+            }
+            steps.push(with_registry(image, p));
             return steps;
         }
     }
@@ -183,9 +218,9 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
     image.argv.push(literal(p.app.base_image.as_deref().unwrap_or("scratch")));
     image.argv.extend(["--image".into(), literal(&p.target_image()), "--add".into(), add]);
     image.argv.extend(["--entrypoint".into(), entrypoint]);
-    image.argv.extend(["--created".into(), p.commit_time.to_string()]);
+    image.argv.extend(["--created-from".into(), CLONE_INFO.into()]);
     image.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
-    image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", p.build.commit)]);
+    image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", literal(&p.build.commit))]);
     image.argv.extend(["--result-file".into(), RESULT_FILE.into()]);
     steps.push(with_registry(image, p));
     steps

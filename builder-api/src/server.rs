@@ -37,6 +37,10 @@ pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
         keep_workspaces: config.executor.keep_workspaces,
         toolchains: config.toolchains.clone(),
         registry: config.registry.clone(),
+        dockerfile_builder: match config.toolchains.dockerfile_builder.as_deref() {
+            Some("buildkit") => crate::plan::DockerfileBuilder::Buildkit,
+            _ => crate::plan::DockerfileBuilder::Buildah,
+        },
     };
     Ok(Arc::new(Context {
         config,

@@ -19,6 +19,26 @@ pub enum StepCommand {
     Assemble(AssembleArgs),
     /// Build a Dockerfile with buildah and push it.
     Buildah(BuildahArgs),
+    /// Run a program with one extra argument that holds the commit's time, read from the clone
+    /// step's result: the plan is rendered (into a Job) before the commit is fetched, so values
+    /// known only after the clone reach the compiler this way, never through a shell.
+    ///
+    /// Example: `kiln step exec --clone-info $WORKSPACE/.kiln/clone.json
+    /// --commit-time-arg -Dproject.build.outputTimestamp= -- mvn -B package`
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The clone step's result file.
+    #[arg(long)]
+    pub clone_info: PathBuf,
+    /// Appended to the program's arguments with the commit time (unix seconds) after it.
+    #[arg(long, allow_hyphen_values = true)]
+    pub commit_time_arg: String,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
 }
 
 pub async fn run(step: StepCommand) -> anyhow::Result<()> {
@@ -26,6 +46,7 @@ pub async fn run(step: StepCommand) -> anyhow::Result<()> {
         StepCommand::Clone => clone().await,
         StepCommand::Assemble(args) => steps::assemble::run(args).await,
         StepCommand::Buildah(args) => steps::buildah::run(args).await,
+        StepCommand::Exec(args) => exec(args),
     }
 }
 
@@ -46,4 +67,14 @@ async fn clone() -> anyhow::Result<()> {
     let commit_time = steps::clone::commit_time(&dest, &commit)?;
     steps::write_result(&workspace.join(crate::plan::CLONE_INFO_FILE), &CloneInfo { commit, commit_time })?;
     Ok(())
+}
+
+fn exec(args: ExecArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let info = steps::read_clone_info(&args.clone_info)?;
+    let mut cmd = std::process::Command::new(&args.argv[0]);
+    cmd.args(&args.argv[1..]).arg(format!("{}{}", args.commit_time_arg, info.commit_time));
+    // exec(2): the program replaces this process, so signals and exit codes are its own.
+    let err = cmd.exec();
+    anyhow::bail!("cannot start {}: {err}", args.argv[0])
 }

@@ -1,19 +1,16 @@
-//! The local executor: the steps of a build as host processes, in order, in a scratch workspace
-//! under the data directory. Each step gets a clean environment (no Kiln secrets leak into user
-//! code), its own process group (cancel and timeout kill the whole tree), and its stdout/stderr
-//! captured line by line.
+//! The local executor: the steps of a build as host processes ([`super::process`]), in order, in
+//! a scratch workspace under the data directory, each step's stdout/stderr captured line by line.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use futures_util::future::BoxFuture;
-use tokio::process::Command;
 
+use super::process::{self, Pipe, ProcessEnd, ProcessSpec};
 use super::{BuildJob, Executor, Outcome};
 use crate::config::{RegistryConfig, ToolchainConfig};
-use crate::plan::{self, PlanInput, StepSpec};
+use crate::plan::{self, DockerfileBuilder, PlanInput, StepSpec};
 use crate::steps::{CloneInfo, ImageResult};
-use crate::store::{BuildState, StepState, Stream};
+use crate::store::{BuildState, StepState};
 
 pub struct LocalExecutor {
     pub kiln_binary: PathBuf,
@@ -21,6 +18,7 @@ pub struct LocalExecutor {
     pub keep_workspaces: bool,
     pub toolchains: ToolchainConfig,
     pub registry: RegistryConfig,
+    pub dockerfile_builder: DockerfileBuilder,
 }
 
 impl Executor for LocalExecutor {
@@ -54,13 +52,12 @@ impl LocalExecutor {
 
     async fn run_steps(&self, job: &BuildJob, workspace: &Path, cache: &Path) -> Outcome {
         let clone = plan::clone_step(&job.app, &job.build);
-        if let Some(end) = self.run_step(job, 0, &clone, workspace).await {
+        if let Some(end) = self.run_step(job, 0, &clone, workspace, cache).await {
             return end;
         }
-        let info: CloneInfo = match read_json(&workspace.join(plan::CLONE_INFO_FILE)) {
-            Ok(info) => info,
-            Err(e) => return Outcome::failed(format!("clone left no result: {e}")),
-        };
+        if let Err(e) = read_json::<CloneInfo>(&workspace.join(plan::CLONE_INFO_FILE)) {
+            return Outcome::failed(format!("clone left no result: {e}"));
+        }
         let dockerfile = job.app.settings.dockerfile.as_deref().unwrap_or("Dockerfile");
         let kind = match plan::resolve_kind(job.app.kind, dockerfile, &workspace.join("src")) {
             Ok(kind) => kind,
@@ -77,13 +74,12 @@ impl LocalExecutor {
             app: &job.app,
             build: &job.build,
             kind,
-            commit_time: info.commit_time,
             toolchains: &self.toolchains,
             registry: &self.registry,
-            cache_dir: cache.display().to_string(),
+            dockerfile_builder: self.dockerfile_builder,
         };
         for (i, step) in plan::steps_after_clone(&input).iter().enumerate() {
-            if let Some(end) = self.run_step(job, i as i64 + 1, step, workspace).await {
+            if let Some(end) = self.run_step(job, i as i64 + 1, step, workspace, cache).await {
                 return end;
             }
         }
@@ -100,7 +96,7 @@ impl LocalExecutor {
     }
 
     /// Runs one step. None: it succeeded and the build goes on; Some: how the build ends.
-    async fn run_step(&self, job: &BuildJob, position: i64, step: &StepSpec, workspace: &Path) -> Option<Outcome> {
+    async fn run_step(&self, job: &BuildJob, position: i64, step: &StepSpec, workspace: &Path, cache: &Path) -> Option<Outcome> {
         let name = step.name.as_str();
         let store = &job.store;
         if let Err(e) = store.start_step(job.build.id, position, name).await {
@@ -109,78 +105,57 @@ impl LocalExecutor {
         job.log.system(name, format!("── step {name}")).await;
         let started = std::time::Instant::now();
 
-        let mut env: Vec<(String, String)> = vec![("WORKSPACE".into(), workspace.display().to_string())];
-        env.extend(step.env.iter().map(|(k, v)| (k.clone(), plan::expand(v, &env_snapshot(workspace)))));
+        // The same env a container of the build's Job gets: WORKSPACE and CACHE first, then the
+        // step's own values, which may refer to them as $(WORKSPACE) and $(CACHE).
+        let mut env: Vec<(String, String)> = vec![
+            ("WORKSPACE".into(), workspace.display().to_string()),
+            ("CACHE".into(), cache.display().to_string()),
+            ("HOME".into(), workspace.join("home").display().to_string()),
+        ];
+        env.extend(step.env.iter().cloned());
+        env.extend(step.secret_env.iter().cloned());
+        let env = process::expand_env(&env);
         let argv: Vec<String> = step.argv.iter().map(|a| plan::expand(a, &env)).collect();
         let workdir = step.workdir.as_deref().map(|w| PathBuf::from(plan::expand(w, &env))).unwrap_or_else(|| workspace.into());
         let program: PathBuf = if argv[0] == "kiln" { self.kiln_binary.clone() } else { PathBuf::from(&argv[0]) };
+        let spec = ProcessSpec { program: program.clone(), args: argv[1..].to_vec(), env, workdir };
 
-        let mut cmd = Command::new(&program);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
-            .env("LANG", "C.UTF-8")
-            .env("HOME", workspace.join("home"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .envs(step.secret_env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&workdir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
+        let sink = job.log.clone();
+        let step_name = name.to_string();
+        let pipe: Pipe = Box::new(move |stream, reader| {
+            let (sink, step) = (sink.clone(), step_name.clone());
+            Box::pin(async move { sink.pipe(&step, stream, reader).await })
+        });
+        let finished = process::run(&spec, &pipe, &job.cancel, job.deadline).await;
+        drop(pipe);
+        let secs = started.elapsed().as_secs_f64();
+
+        let (step_state, outcome, exit_code) = match finished {
             Err(e) => {
                 let reason = format!("step {name}: cannot start {}: {e}", program.display());
                 job.log.system(name, format!("[kiln] {reason}")).await;
-                let _ = store.finish_step(job.build.id, name, StepState::Failed, None).await;
-                return Some(Outcome::failed(reason));
+                (StepState::Failed, Some(Outcome::failed(reason)), None)
             }
-        };
-        let pgid = child.id();
-        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let (sink_out, sink_err) = (job.log.clone(), job.log.clone());
-        let (step_out, step_err) = (name.to_string(), name.to_string());
-        let stdout = tokio::spawn(async move { sink_out.pipe(&step_out, Stream::Stdout, out).await });
-        let stderr = tokio::spawn(async move { sink_err.pipe(&step_err, Stream::Stderr, err).await });
-
-        let ended = tokio::select! {
-            status = child.wait() => Ok(status),
-            _ = job.cancel.cancelled() => Err(BuildState::Cancelled),
-            _ = tokio::time::sleep_until(job.deadline) => Err(BuildState::TimedOut),
-        };
-        if ended.is_err() {
-            kill_group(pgid);
-            let _ = child.wait().await;
-        }
-        // The pipes close when the last process of the step's group exits.
-        let last_err = stderr.await.ok().flatten();
-        let last_out = stdout.await.ok().flatten();
-        let secs = started.elapsed().as_secs_f64();
-
-        let (step_state, outcome, exit_code) = match ended {
-            Ok(Ok(status)) if status.success() => (StepState::Succeeded, None, Some(0)),
-            Ok(Ok(status)) => {
-                let cause = last_err.or(last_out).map(|l| job.masker.mask(l));
-                let how = match status.code() {
-                    Some(code) => format!("exit code {code}"),
-                    None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
-                };
-                let reason = match cause {
-                    Some(cause) => format!("{name} failed ({how}): {}", cause.trim_start_matches("error: ")),
-                    None => format!("{name} failed ({how})"),
-                };
-                (StepState::Failed, Some(Outcome::failed(reason)), status.code())
-            }
-            Ok(Err(e)) => (StepState::Failed, Some(Outcome::failed(format!("{name}: waiting for the process failed: {e}"))), None),
-            Err(BuildState::Cancelled) => {
-                (StepState::Failed, Some(Outcome { state: BuildState::Cancelled, reason: Some(format!("cancelled during step {name}")) }), None)
-            }
-            Err(state) => {
-                let reason = format!("build exceeded its time limit during step {name}");
-                (StepState::Failed, Some(Outcome { state, reason: Some(reason) }), None)
-            }
+            Ok(f) => match f.end {
+                ProcessEnd::Exited(status) if status.success() => (StepState::Succeeded, None, Some(0)),
+                ProcessEnd::Exited(status) => {
+                    let how = match status.code() {
+                        Some(code) => format!("exit code {code}"),
+                        None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
+                    };
+                    let reason = step_failure(name, &how, f.cause().map(|l| job.masker.mask(l)));
+                    (StepState::Failed, Some(Outcome::failed(reason)), status.code())
+                }
+                ProcessEnd::Cancelled => (
+                    StepState::Failed,
+                    Some(Outcome { state: BuildState::Cancelled, reason: Some(format!("cancelled during step {name}")) }),
+                    None,
+                ),
+                ProcessEnd::TimedOut => {
+                    let reason = format!("build exceeded its time limit during step {name}");
+                    (StepState::Failed, Some(Outcome { state: BuildState::TimedOut, reason: Some(reason) }), None)
+                }
+            },
         };
         let summary = match &outcome {
             None => format!("── step {name} succeeded in {secs:.1}s"),
@@ -192,17 +167,11 @@ impl LocalExecutor {
     }
 }
 
-/// Step env values may refer to `$(WORKSPACE)` only.
-fn env_snapshot(workspace: &Path) -> Vec<(String, String)> {
-    vec![("WORKSPACE".into(), workspace.display().to_string())]
-}
-
-fn kill_group(pgid: Option<u32>) {
-    if let Some(pgid) = pgid {
-        // SAFETY: kill(2) with a negative pid signals the process group the step leads.
-        unsafe {
-            libc::kill(-(pgid as i32), libc::SIGKILL);
-        }
+/// A failed step's reason: how it ended, and the last line it wrote (masked by the caller).
+pub fn step_failure(step: &str, how: &str, cause: Option<String>) -> String {
+    match cause {
+        Some(cause) => format!("{step} failed ({how}): {}", cause.trim_start_matches("error: ")),
+        None => format!("{step} failed ({how})"),
     }
 }
 

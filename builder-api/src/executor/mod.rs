@@ -2,6 +2,7 @@
 //! and what the fake kubelet reuses in tests); `kube` (next) renders them into one Job.
 
 pub mod local;
+pub mod process;
 
 use std::sync::Arc;
 

@@ -37,12 +37,19 @@ pub struct AssembleArgs {
     /// Unix seconds for file times and the config's `created` (the commit time).
     #[arg(long, default_value_t = 0)]
     pub created: i64,
+    /// Read the commit time from the clone step's result instead (`$WORKSPACE/.kiln/clone.json`),
+    /// so the plan can be rendered before the commit is fetched.
+    #[arg(long, conflicts_with = "created")]
+    pub created_from: Option<PathBuf>,
     /// Where to write `{"image", "digest"}`.
     #[arg(long)]
     pub result_file: PathBuf,
 }
 
-pub async fn run(args: AssembleArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: AssembleArgs) -> anyhow::Result<()> {
+    if let Some(info) = &args.created_from {
+        args.created = super::read_clone_info(info)?.commit_time;
+    }
     let target = ImageRef::parse(&args.image).with_context(|| format!("--image {}", args.image))?;
     let mut spec = AssembleSpec::new(target.clone());
     if args.base != "scratch" {

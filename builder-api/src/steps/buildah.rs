@@ -33,12 +33,18 @@ pub struct BuildahArgs {
     /// Unix seconds for the image's timestamps (the commit time) so rebuilds match.
     #[arg(long)]
     pub created: Option<i64>,
+    /// Read the commit time from the clone step's result (`$WORKSPACE/.kiln/clone.json`).
+    #[arg(long, conflicts_with = "created")]
+    pub created_from: Option<PathBuf>,
     /// Where to write `{"image", "digest"}`.
     #[arg(long)]
     pub result_file: PathBuf,
 }
 
-pub async fn run(args: BuildahArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
+    if let Some(info) = &args.created_from {
+        args.created = Some(super::read_clone_info(info)?.commit_time);
+    }
     let buildah = std::env::var("KILN_BUILDAH").unwrap_or_else(|_| "buildah".into());
     let global: Vec<String> = std::env::var("KILN_BUILDAH_ARGS")
         .map(|v| v.split_whitespace().map(String::from).collect())

@@ -37,6 +37,13 @@ pub fn write_result<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()>
     std::fs::rename(tmp, path)
 }
 
+/// Reads what the clone step wrote, with an error that says which step should have written it.
+pub fn read_clone_info(path: &Path) -> anyhow::Result<CloneInfo> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("the clone step left no result at {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
 /// A required env var, with an error that names it.
 pub fn required_env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).map_err(|_| anyhow::anyhow!("{name} is not set"))
