@@ -2,6 +2,7 @@
 //! real parts the tests run against (docker-registry, git over HTTP, the Kiln service itself).
 
 mod git_clone;
+mod job_templates;
 mod support;
 mod api;
 mod builds;

@@ -15,6 +15,31 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub registry: RegistryConfig,
     pub toolchains: ToolchainConfig,
+    pub kube: KubeConfig,
+}
+
+/// The kube executor (`executor.kind = "kube"`). The cluster is found by `kube::Config::infer`:
+/// `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeConfig {
+    /// Directory with `go.yaml`, `maven.yaml`, `dockerfile.yaml`; the built-in copies of the
+    /// repository's `job-templates/` when unset.
+    pub templates_dir: Option<PathBuf>,
+    /// A tenant's builds run in the namespace `<prefix><tenant>`.
+    pub namespace_prefix: String,
+    /// PersistentVolumeClaim (same name in every tenant namespace) for the Go and Maven caches;
+    /// an emptyDir per build when unset.
+    pub cache_claim: Option<String>,
+    /// Secret (same name in every tenant namespace; keys `username`, `password`) with the
+    /// credentials for pushing to the tenant's registry project; anonymous when unset.
+    pub registry_secret: Option<String>,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        Self { templates_dir: None, namespace_prefix: "kiln-".into(), cache_claim: None, registry_secret: None }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -60,7 +85,7 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorConfig {
-    /// `local` (host processes) is the only executor so far.
+    /// `local` (host processes, the default) or `kube` (one Job per build; see `[kube]`).
     pub kind: String,
     /// Builds running at once; the rest wait Queued.
     pub max_concurrent_builds: usize,
@@ -147,6 +172,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
+    #[error("config {field}: {message}")]
+    Invalid { field: &'static str, message: String },
 }
 
 impl Config {
@@ -211,6 +238,26 @@ impl Config {
         }
         if let Some(v) = var("KILN_MAVEN_ARGS") {
             self.toolchains.maven_args = list(v);
+        }
+        if let Some(v) = var("KILN_EXECUTOR") {
+            self.executor.kind = v;
+        }
+        if let Some(v) = var("KILN_JOB_TEMPLATES") {
+            self.kube.templates_dir = Some(v.into());
+        }
+        if !["local", "kube"].contains(&self.executor.kind.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: "executor.kind (KILN_EXECUTOR)",
+                message: format!("{:?} is not one of local, kube", self.executor.kind),
+            });
+        }
+        if let Some(b) = self.toolchains.dockerfile_builder.as_deref() {
+            if !["buildah", "buildkit"].contains(&b) {
+                return Err(ConfigError::Invalid {
+                    field: "toolchains.dockerfile_builder",
+                    message: format!("{b:?} is not one of buildah, buildkit"),
+                });
+            }
         }
         if self.executor.max_concurrent_builds == 0 {
             return Err(ConfigError::Env {

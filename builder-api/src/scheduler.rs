@@ -40,10 +40,19 @@ impl Scheduler {
     }
 }
 
-/// Marks builds left Running by a previous process as Failed ("interrupted"). With the local
-/// executor their processes died with that process (or are orphans whose output nobody reads).
-pub async fn recover_interrupted(ctx: &Context) -> Result<usize, StoreError> {
+/// Builds left Running by a previous process. An executor whose work outlives Kiln (kube: the
+/// Job keeps running) follows them again; otherwise (local: the processes died with Kiln, or are
+/// orphans whose output nobody reads) they are marked Failed ("interrupted").
+pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError> {
     let running = ctx.store.builds_in_state(BuildState::Running).await?;
+    if ctx.executor.adopts_running() {
+        for build in running {
+            let token = CancellationToken::new();
+            ctx.scheduler.running.lock().unwrap().insert(build.id, token.clone());
+            spawn_execute(ctx.clone(), build, token, true);
+        }
+        return Ok(0);
+    }
     for build in &running {
         let reason = "interrupted: kiln stopped while the build was running";
         let masker = Arc::new(Masker::new(vec![]));
@@ -83,22 +92,25 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
             ctx.scheduler.running.lock().unwrap().remove(&build.id);
             continue; // cancelled meanwhile
         }
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let id = build.id;
-            if let Err(e) = execute(&ctx, build, token).await {
-                tracing::error!(build = id, "build could not be recorded: {e}");
-                let _ = ctx.store.finish_build(id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
-            }
-            ctx.scheduler.running.lock().unwrap().remove(&id);
-            ctx.hub.ended(id);
-            ctx.scheduler.wake();
-        });
+        spawn_execute(ctx.clone(), build, token, false);
     }
     Ok(())
 }
 
-async fn execute(ctx: &Context, build: Build, cancel: CancellationToken) -> Result<(), StoreError> {
+fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resumed: bool) {
+    tokio::spawn(async move {
+        let id = build.id;
+        if let Err(e) = execute(&ctx, build, token, resumed).await {
+            tracing::error!(build = id, "build could not be recorded: {e}");
+            let _ = ctx.store.finish_build(id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
+        }
+        ctx.scheduler.running.lock().unwrap().remove(&id);
+        ctx.hub.ended(id);
+        ctx.scheduler.wake();
+    });
+}
+
+async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed: bool) -> Result<(), StoreError> {
     let Some(app) = ctx.store.app(build.app_id).await? else {
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
         return Ok(());
@@ -110,9 +122,11 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken) -> Resu
     let masker = Arc::new(Masker::new(secrets));
     let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker.clone()).await?;
     let log = capture.sink();
-    log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
+    if !resumed {
+        log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(ctx.config.executor.build_timeout_secs);
-    let job = BuildJob { build: build.clone(), app, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline };
+    let job = BuildJob { build: build.clone(), app, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, resumed };
     let Outcome { state, reason } = ctx.executor.run(job).await;
     let summary = match &reason {
         Some(reason) => format!("[kiln] build {} {}: {reason}", build.id, state.as_str()),

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::context::{AppState, Context};
+use crate::executor::kube::render::Templates;
+use crate::executor::kube::{KubeExecutor, KubeSettings};
 use crate::executor::local::LocalExecutor;
 use crate::logs::LogHub;
 use crate::scheduler::{self, Scheduler};
@@ -14,6 +16,12 @@ use crate::store::{new_token, Store};
 
 /// Builds the context: store opened and migrated, executor chosen, admin token ensured.
 pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
+    build_context_with(config, None).await
+}
+
+/// The same, with the Kubernetes client given (tests hand in one for the fake API server);
+/// otherwise the kube executor infers it (`KUBECONFIG`, `~/.kube/config`, or in-cluster).
+pub async fn build_context_with(config: Config, kube_client: Option<kube::Client>) -> anyhow::Result<Arc<Context>> {
     let store = Store::open(&config.store.data_dir)
         .await
         .with_context(|| format!("cannot open the store under {}", config.store.data_dir.display()))?;
@@ -23,15 +31,41 @@ pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
         // Printed once: only its hash is kept.
         eprintln!("kiln: generated admin token (shown once, keep it): {token}");
     }
-    if config.executor.kind != "local" {
-        anyhow::bail!("executor {:?} is not available; use \"local\"", config.executor.kind);
-    }
     let kiln_binary = match &config.executor.kiln_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("cannot find the kiln binary")?,
     };
     let data_dir = std::path::absolute(&config.store.data_dir).unwrap_or_else(|_| config.store.data_dir.clone());
-    let executor = LocalExecutor {
+    let executor: Arc<dyn crate::executor::Executor> = if config.executor.kind == "kube" {
+        let templates = match &config.kube.templates_dir {
+            Some(dir) => Templates::load(dir)?,
+            None => Templates::builtin(),
+        };
+        let client = match kube_client {
+            Some(c) => c,
+            None => kube::Client::try_default().await.context("cannot reach the Kubernetes API (executor = kube)")?,
+        };
+        let settings = KubeSettings {
+            namespace_prefix: config.kube.namespace_prefix.clone(),
+            cache_claim: config.kube.cache_claim.clone(),
+            registry_secret: config.kube.registry_secret.clone(),
+            data_dir: data_dir.clone(),
+        };
+        Arc::new(KubeExecutor::new(client, templates, settings, config.toolchains.clone(), config.registry.clone()))
+    } else {
+        Arc::new(local_executor(&config, kiln_binary, data_dir))
+    };
+    Ok(Arc::new(Context {
+        config,
+        store,
+        hub: Arc::new(LogHub::default()),
+        scheduler: Scheduler::default(),
+        executor,
+    }))
+}
+
+fn local_executor(config: &Config, kiln_binary: PathBuf, data_dir: PathBuf) -> LocalExecutor {
+    LocalExecutor {
         kiln_binary,
         data_dir,
         keep_workspaces: config.executor.keep_workspaces,
@@ -41,18 +75,12 @@ pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
             Some("buildkit") => crate::plan::DockerfileBuilder::Buildkit,
             _ => crate::plan::DockerfileBuilder::Buildah,
         },
-    };
-    Ok(Arc::new(Context {
-        config,
-        store,
-        hub: Arc::new(LogHub::default()),
-        scheduler: Scheduler::default(),
-        executor: Arc::new(executor),
-    }))
+    }
 }
 
 /// Recovers what a previous process left running and starts the scheduler.
 pub async fn start_background(ctx: &Arc<Context>) -> anyhow::Result<()> {
+    ctx.executor.reconcile(&ctx.store).await.context("reconciling the executor's leftovers")?;
     let n = scheduler::recover_interrupted(ctx).await?;
     if n > 0 {
         tracing::warn!("{n} build(s) were interrupted by the last stop and are marked Failed");

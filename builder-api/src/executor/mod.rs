@@ -1,6 +1,7 @@
 //! Executors run a build's plan. `local` runs the steps as host processes (the embedded default,
 //! and what the fake kubelet reuses in tests); `kube` (next) renders them into one Job.
 
+pub mod kube;
 pub mod local;
 pub mod process;
 
@@ -24,6 +25,9 @@ pub struct BuildJob {
     pub cancel: CancellationToken,
     /// Past this the build ends TimedOut.
     pub deadline: Instant,
+    /// The build was Running when Kiln last stopped: an executor that adopts running builds
+    /// follows what is already there instead of starting it again.
+    pub resumed: bool,
 }
 
 /// How a build ended, as the executor saw it.
@@ -45,4 +49,15 @@ impl Outcome {
 pub trait Executor: Send + Sync + 'static {
     /// Runs the build to its end. Lines go to `job.log`; steps and the image digest to the store.
     fn run(&self, job: BuildJob) -> BoxFuture<'_, Outcome>;
+
+    /// Whether builds left Running by a previous Kiln process can be followed again (their work
+    /// outlives Kiln, as a Job does). When false they are marked Failed "interrupted".
+    fn adopts_running(&self) -> bool {
+        false
+    }
+
+    /// At start, before the scheduler runs: clean up what the executor left behind.
+    fn reconcile<'a>(&'a self, _store: &'a Store) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -91,4 +91,15 @@ impl Store {
             .fetch_one(&self.pool)
             .await?)
     }
+
+    /// How many lines a step's own process wrote (Kiln's system lines not counted): where a
+    /// follower of the step's container log resumes after a restart.
+    pub async fn output_line_count(&self, build_id: i64, step: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM log_lines WHERE build_id = ? AND step = ? AND stream != 'system'")
+            .bind(build_id)
+            .bind(step)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
 }

@@ -1,0 +1,276 @@
+//! Where a Job is rendered: a build plan ([`crate::plan`]) poured into the operator's template
+//! from `job-templates/`. The template owns images, resources, security contexts and scheduling;
+//! the plan owns each container's argv and env. Values reach the containers only as `command`
+//! and `env` entries of typed `k8s-openapi` objects — never by templating YAML text — so a branch
+//! named `$(rm -rf /)` or `"; curl …` is data, not code.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, PodSpec, SecretKeySelector, Volume,
+};
+
+use crate::plan::{ResolvedKind, StepSpec};
+
+/// Labels on every Job and Pod Kiln makes; the tracker watches by the first.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kiln");
+pub const LABEL_BUILD: &str = "kiln.dev/build";
+pub const LABEL_TENANT: &str = "kiln.dev/tenant";
+pub const LABEL_APP: &str = "kiln.dev/app";
+
+/// The volume every step shares; its mountPath reaches commands as `WORKSPACE`.
+pub const WORKSPACE_VOLUME: &str = "workspace";
+/// The per-tenant cache volume; its mountPath reaches commands as `CACHE`.
+pub const CACHE_VOLUME: &str = "cache";
+/// Where the image step writes `{"image","digest"}`, relative to the workspace; it becomes the
+/// image container's termination message, which the executor reads.
+pub const RESULT_IN_WORKSPACE: &str = ".kiln/result.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("job template {path}: {message}")]
+    Template { path: PathBuf, message: String },
+    #[error("job template for {kind}: {message}")]
+    Mismatch { kind: &'static str, message: String },
+}
+
+/// The three templates, read from a directory at start (and checked then, so a broken edit
+/// stops Kiln at start rather than failing every build).
+#[derive(Debug, Clone)]
+pub struct Templates {
+    go: Job,
+    maven: Job,
+    dockerfile: Job,
+}
+
+/// The templates shipped in the repository (`job-templates/`), for when no directory is set.
+const BUILTIN: [(&str, &str); 3] = [
+    ("go.yaml", include_str!("../../../../job-templates/go.yaml")),
+    ("maven.yaml", include_str!("../../../../job-templates/maven.yaml")),
+    ("dockerfile.yaml", include_str!("../../../../job-templates/dockerfile.yaml")),
+];
+
+impl Templates {
+    /// Reads `go.yaml`, `maven.yaml` and `dockerfile.yaml` from `dir`.
+    pub fn load(dir: &Path) -> Result<Templates, RenderError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| RenderError::Template { path: path.clone(), message: e.to_string() })?;
+            parse(&path, &text)
+        };
+        Templates::checked(read("go.yaml")?, read("maven.yaml")?, read("dockerfile.yaml")?)
+    }
+
+    /// The templates compiled into the binary (the repository's `job-templates/`).
+    pub fn builtin() -> Templates {
+        let parsed: Vec<Job> =
+            BUILTIN.iter().map(|(name, text)| parse(Path::new(name), text).expect("built-in job template parses")).collect();
+        let [go, maven, dockerfile]: [Job; 3] = parsed.try_into().expect("three templates");
+        Templates::checked(go, maven, dockerfile).expect("built-in job templates are consistent")
+    }
+
+    fn checked(go: Job, maven: Job, dockerfile: Job) -> Result<Templates, RenderError> {
+        let t = Templates { go, maven, dockerfile };
+        for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
+            let names: &[&str] = match kind {
+                ResolvedKind::Dockerfile => &["clone", "image"],
+                _ => &["clone", "compile", "image"],
+            };
+            let spec = pod_spec(t.for_kind(kind)).map_err(|m| mismatch(kind, m))?;
+            for name in names {
+                let container = find(spec, name).ok_or_else(|| mismatch(kind, format!("no container named {name:?}")))?;
+                mount_path(container, WORKSPACE_VOLUME).ok_or_else(|| {
+                    mismatch(kind, format!("container {name:?} does not mount the {WORKSPACE_VOLUME:?} volume"))
+                })?;
+            }
+            if spec.containers.len() != 1 || spec.containers[0].name != "image" {
+                return Err(mismatch(kind, "the one main container must be named \"image\"".into()));
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn for_kind(&self, kind: ResolvedKind) -> &Job {
+        match kind {
+            ResolvedKind::Go => &self.go,
+            ResolvedKind::Maven => &self.maven,
+            ResolvedKind::Dockerfile => &self.dockerfile,
+        }
+    }
+}
+
+fn parse(path: &Path, text: &str) -> Result<Job, RenderError> {
+    let job: Job = serde_saphyr::from_str(text)
+        .map_err(|e| RenderError::Template { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(job)
+}
+
+fn mismatch(kind: ResolvedKind, message: String) -> RenderError {
+    RenderError::Mismatch { kind: kind.as_str(), message }
+}
+
+/// What one build puts into its template.
+#[derive(Debug, Clone)]
+pub struct RenderInput<'a> {
+    pub build_id: i64,
+    pub tenant: &'a str,
+    pub app: &'a str,
+    pub namespace: &'a str,
+    /// The plan: clone, compile (not for Dockerfile builds), image — container names.
+    pub steps: &'a [StepSpec],
+    pub active_deadline_secs: i64,
+    /// The tenant's cache PVC (in its namespace); the template's emptyDir when unset.
+    pub cache_claim: Option<&'a str>,
+    /// Secret (keys `username`, `password`) with the tenant's registry credentials; only the
+    /// image container (the push) reads it.
+    pub registry_secret: Option<&'a str>,
+    /// Secret (key `token`) with the app's git token; only the clone container reads it.
+    pub git_secret: Option<&'a str>,
+}
+
+/// `kiln-build-<id>`: deterministic, so a second create for the same build is a 409, never a
+/// second Job.
+pub fn job_name(build_id: i64) -> String {
+    format!("kiln-build-{build_id}")
+}
+
+/// Renders the Job for one build.
+pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
+    let mut job = template.clone();
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (LABEL_BUILD.to_string(), input.build_id.to_string()),
+        (LABEL_TENANT.to_string(), input.tenant.to_string()),
+        (LABEL_APP.to_string(), input.app.to_string()),
+    ]);
+    job.metadata.name = Some(job_name(input.build_id));
+    job.metadata.generate_name = None;
+    job.metadata.namespace = Some(input.namespace.to_string());
+    job.metadata.labels.get_or_insert_with(Default::default).extend(labels.clone());
+
+    let spec = job.spec.as_mut().ok_or("the template has no spec")?;
+    spec.active_deadline_seconds = Some(input.active_deadline_secs);
+    // A build runs once: a retry would push a second image and repeat the log.
+    spec.backoff_limit = Some(0);
+    spec.template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default).extend(labels);
+    let pod = spec.template.spec.as_mut().ok_or("the template has no pod spec")?;
+    pod.restart_policy = Some("Never".into());
+    pod.automount_service_account_token = Some(false);
+
+    if let Some(claim) = input.cache_claim {
+        let volumes = pod.volumes.get_or_insert_with(Vec::new);
+        volumes.retain(|v| v.name != CACHE_VOLUME);
+        volumes.push(Volume {
+            name: CACHE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.into(), read_only: None }),
+            ..Default::default()
+        });
+    }
+
+    let wanted: Vec<&str> = input.steps.iter().map(|s| s.name.as_str()).collect();
+    // Containers of the template that the plan does not run (a compile container in a template
+    // used for a kind without one) would run with the template's own command: refuse.
+    for c in pod.init_containers.iter().flatten().chain(pod.containers.iter()) {
+        if !wanted.contains(&c.name.as_str()) {
+            return Err(format!("the template has a container {:?} that the build plan does not have", c.name));
+        }
+    }
+    for step in input.steps {
+        let container = find_mut(pod, &step.name).ok_or_else(|| format!("the template has no container {:?}", step.name))?;
+        fill_container(container, step, input)?;
+    }
+    Ok(job)
+}
+
+fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Result<(), String> {
+    let workspace = mount_path(c, WORKSPACE_VOLUME)
+        .ok_or_else(|| format!("container {:?} does not mount the {WORKSPACE_VOLUME:?} volume", c.name))?
+        .to_string();
+    let mut env = vec![value("WORKSPACE", &workspace)];
+    if let Some(cache) = mount_path(c, CACHE_VOLUME) {
+        env.push(value("CACHE", cache));
+    }
+    // A home inside the workspace: root filesystems are read-only and the user has no home.
+    env.push(value("HOME", "$(WORKSPACE)/home"));
+    // The operator's own env from the template stays, after Kiln's base values and before the
+    // plan's, so a template can set e.g. a proxy but cannot change what the plan decides.
+    env.extend(c.env.take().unwrap_or_default());
+    for (k, v) in &step.env {
+        match k.as_str() {
+            // In a cluster the registry user comes from the tenant's Secret with the password.
+            "KILN_REGISTRY_USERNAME" => {}
+            // One entry per name (the plan's wins, e.g. Maven's HOME in the cache), in place so
+            // later values may still refer to it.
+            _ => match env.iter_mut().find(|e| e.name == *k) {
+                Some(existing) => *existing = value(k, v),
+                None => env.push(value(k, v)),
+            },
+        }
+    }
+    for (k, _) in &step.secret_env {
+        match k.as_str() {
+            "KILN_GIT_TOKEN" => {
+                let secret = input.git_secret.ok_or("the app has a git token but no Secret holds it")?;
+                env.push(from_secret(k, secret, "token"));
+            }
+            "KILN_REGISTRY_PASSWORD" => {}
+            other => return Err(format!("no Secret is known for {other}")),
+        }
+    }
+    if step.name == "image" {
+        if let Some(secret) = input.registry_secret {
+            env.push(from_secret("KILN_REGISTRY_USERNAME", secret, "username"));
+            env.push(from_secret("KILN_REGISTRY_PASSWORD", secret, "password"));
+        }
+        c.termination_message_path = Some(format!("{workspace}/{RESULT_IN_WORKSPACE}"));
+        c.termination_message_policy = Some("File".into());
+    }
+    c.env = Some(env);
+    // `command` replaces the image's entrypoint; Kubernetes expands $(VAR) in it from env.
+    c.command = Some(step.argv.clone());
+    c.args = None;
+    c.working_dir = step.workdir.clone();
+    Ok(())
+}
+
+fn value(name: &str, v: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(v.into()), value_from: None }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: None }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod_spec(job: &Job) -> Result<&PodSpec, String> {
+    job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).ok_or_else(|| "no spec.template.spec".to_string())
+}
+
+fn find<'a>(pod: &'a PodSpec, name: &str) -> Option<&'a Container> {
+    pod.init_containers.iter().flatten().chain(pod.containers.iter()).find(|c| c.name == name)
+}
+
+fn find_mut<'a>(pod: &'a mut PodSpec, name: &str) -> Option<&'a mut Container> {
+    pod.init_containers.iter_mut().flatten().chain(pod.containers.iter_mut()).find(|c| c.name == name)
+}
+
+fn mount_path<'a>(c: &'a Container, volume: &str) -> Option<&'a str> {
+    c.volume_mounts.iter().flatten().find(|m| m.name == volume).map(|m| m.mount_path.as_str())
+}
+
+/// The containers of a rendered Job in the order they run (init containers, then the main one).
+pub fn step_order(job: &Job) -> Vec<String> {
+    match pod_spec(job) {
+        Ok(pod) => pod.init_containers.iter().flatten().chain(pod.containers.iter()).map(|c| c.name.clone()).collect(),
+        Err(_) => vec![],
+    }
+}

