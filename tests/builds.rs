@@ -240,3 +240,49 @@ async fn clone_and_push_failures_end_failed_with_a_reason_that_names_the_cause()
     let reason = build.reason.unwrap();
     assert!(reason.starts_with("image failed") && reason.contains("127.0.0.1:9"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_manual_trigger_by_ref_builds_its_tip_and_a_follower_gets_the_whole_log_live() {
+    let w = World::new().await;
+    let sha = w.app_from_fixture("byref", "go-hello", json!({})).await;
+    let (status, body) =
+        w.kiln.request(Method::POST, "/api/v1/apps/byref/builds", Some(&w.tenant_token), Some(json!({"ref": "main"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["build"]["commit"], sha.as_str(), "the ref resolves to the branch tip");
+    assert_eq!(body["build"]["ref"], "refs/heads/main");
+    let id = body["build"]["id"].as_i64().unwrap();
+
+    // Follow over a real socket from the start: the stream ends when the build ends, and holds
+    // exactly the stored log.
+    let client = reqwest::Client::new();
+    let followed = client
+        .get(w.kiln.url(&format!("/api/v1/builds/{id}/logs?follow=1")))
+        .bearer_auth(&w.tenant_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(followed.status(), 200);
+    let followed = tokio::time::timeout(BUILD_LIMIT, followed.text()).await.expect("the follow stream ends with the build").unwrap();
+    let build = w.kiln.build(id).await;
+    assert!(build.state.is_final(), "the stream ended before the build: {build:?}");
+    assert_eq!(build.state, BuildState::Succeeded, "{followed}");
+    assert_eq!(followed, w.kiln.log(id).await, "the followed log differs from the stored one");
+    assert!(followed.contains("── step compile") && followed.contains("pushed"), "{followed}");
+
+    // A ref the server does not have, and a git server that is down, answer clearly.
+    let (status, body) =
+        w.kiln.request(Method::POST, "/api/v1/apps/byref/builds", Some(&w.tenant_token), Some(json!({"ref": "no-such-branch"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("refs/heads/no-such-branch does not exist"), "{body}");
+    let (status, body) = w.kiln.request(Method::POST, "/api/v1/apps/byref/builds", Some(&w.tenant_token), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let mut spec = app_spec("gone", "http://127.0.0.1:9/team/gone.git", "team/gone", &format!("{}/team/gone", w.registry.host()), SECRET);
+    spec["git_token"] = GIT_TOKEN.into();
+    w.kiln.app(&w.tenant_token, spec).await;
+    let (status, body) =
+        w.kiln.request(Method::POST, "/api/v1/apps/gone/builds", Some(&w.tenant_token), Some(json!({"ref": "main"}))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("127.0.0.1:9") && !error.contains(GIT_TOKEN), "{error}");
+}

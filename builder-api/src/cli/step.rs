@@ -19,6 +19,8 @@ pub enum StepCommand {
     Assemble(AssembleArgs),
     /// Build a Dockerfile with buildah and push it.
     Buildah(BuildahArgs),
+    /// Build a Dockerfile with rootless BuildKit (buildctl-daemonless.sh) and push it.
+    Buildkit(BuildahArgs),
     /// Run a program with one extra argument that holds the commit's time, read from the clone
     /// step's result: the plan is rendered (into a Job) before the commit is fetched, so values
     /// known only after the clone reach the compiler this way, never through a shell.
@@ -46,6 +48,7 @@ pub async fn run(step: StepCommand) -> anyhow::Result<()> {
         StepCommand::Clone => clone().await,
         StepCommand::Assemble(args) => steps::assemble::run(args).await,
         StepCommand::Buildah(args) => steps::buildah::run(args).await,
+        StepCommand::Buildkit(args) => steps::buildkit::run(args).await,
         StepCommand::Exec(args) => exec(args),
     }
 }

@@ -37,8 +37,6 @@ pub async fn trigger(
     JsonBody(req): JsonBody<TriggerBuild>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
-    let commit = req.commit.ok_or_else(|| bad("\"commit\" is required (the 40-hex commit id to build)".into()))?;
-    validate::commit_sha(&commit).map_err(bad)?;
     let git_ref = match req.git_ref {
         Some(r) => {
             validate::git_ref(&r).map_err(bad)?;
@@ -46,12 +44,40 @@ pub async fn trigger(
         }
         None => None,
     };
+    let commit = match (req.commit, &git_ref) {
+        (Some(commit), _) => {
+            validate::commit_sha(&commit).map_err(bad)?;
+            commit
+        }
+        // A ref alone: build what it points at now (one ls-refs exchange with the git server).
+        (None, Some(r)) => resolve_ref(&s, &app, r).await?,
+        (None, None) => return Err(bad("give \"ref\" (a branch or tag) or \"commit\" (a 40-hex commit id)".into())),
+    };
     let build = s
         .store
         .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into() })
         .await?;
     s.scheduler.wake();
     Ok((StatusCode::CREATED, Json(json!({ "build": build }))))
+}
+
+async fn resolve_ref(s: &AppState, app: &crate::store::App, git_ref: &str) -> ApiResult<String> {
+    use crate::steps::clone::{resolve_ref, CloneError};
+    let scratch = s.config.store.data_dir.join("probes").join(format!("ref-{}", rand::random::<u64>()));
+    let (url, r, token) = (app.git_url.clone(), git_ref.to_string(), app.git_token.clone());
+    let dir = scratch.clone();
+    let resolved = tokio::task::spawn_blocking(move || {
+        let out = resolve_ref(&url, &r, token.as_deref(), &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("ref lookup task: {e}")))?;
+    match resolved {
+        Ok(commit) => Ok(commit),
+        Err(e @ CloneError::CommitNotFound { .. }) => Err(ApiError::Unprocessable(e.to_string())),
+        Err(e) => Err(ApiError::BadGateway(format!("cannot look up {git_ref}: {e}"))),
+    }
 }
 
 /// A build visible to the caller, else 404 (the same answer for another tenant's build).

@@ -273,6 +273,61 @@ pub fn clone_commit_with_progress(
     })
 }
 
+/// The commit a branch or tag points at on the remote: one ls-refs exchange, no objects
+/// downloaded. `scratch` is an empty directory for the throwaway repository gix needs.
+pub fn resolve_ref(url: &str, ref_name: &str, token: Option<&str>, scratch: &Path) -> Result<String, CloneError> {
+    use gix::remote::Direction;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let opts = CloneOptions {
+        url: url.to_string(),
+        commit: ObjectId::null(gix::hash::Kind::Sha1).to_string(),
+        ref_name: Some(ref_name.to_string()),
+        dest: scratch.to_path_buf(),
+        token: token.map(String::from),
+    };
+    let gurl = parse_url(url)?;
+    let shown_url = url_without_credentials(&gurl);
+    let scrub = Scrubber::new(&opts, &shown_url);
+    prepare_dest(scratch)?;
+    let mut repo = init_repo(scratch)?;
+    let git_err = |e: String| CloneError::Git { url: shown_url.clone(), message: scrub.clean(&e) };
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        set_token_header(&mut repo, token).map_err(|e| git_err(e.to_string()))?;
+    }
+    let null = ObjectId::null(gix::hash::Kind::Sha1);
+    let listed = (|| -> gix::Result<Option<ObjectId>> {
+        let remote = repo
+            .remote_at(gurl.clone())?
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
+            .with_refspecs([ref_name], Direction::Fetch)?;
+        let connection = remote.connect(Direction::Fetch)?.with_credentials(|_action| Ok(None));
+        let prepared = connection.prepare_fetch(gix::progress::Discard, Default::default())?;
+        // The peeled object for an annotated tag, else the ref's target.
+        Ok(prepared.ref_map().mappings.iter().find_map(|m| match &m.remote {
+            gix::remote::fetch::refmap::Source::Ref(r) => {
+                let (_, target, peeled) = r.unpack();
+                peeled.or(target).map(ToOwned::to_owned)
+            }
+            gix::remote::fetch::refmap::Source::ObjectId(id) => Some(*id),
+        }))
+    })();
+    match listed {
+        Ok(Some(id)) => Ok(id.to_string()),
+        Ok(None) => Err(CloneError::CommitNotFound {
+            commit: ref_name.to_string(),
+            url: shown_url.clone(),
+            detail: Some(format!("{ref_name} does not exist")),
+        }),
+        Err(e) => Err(match classify(e, &opts, &gurl, &shown_url, &null, &scrub) {
+            CloneError::CommitNotFound { url, .. } => {
+                CloneError::CommitNotFound { commit: ref_name.to_string(), url, detail: Some(format!("{ref_name} does not exist")) }
+            }
+            other => other,
+        }),
+    }
+}
+
 /// A 40-hex sha1, lowercased.
 fn parse_commit(commit: &str) -> Result<ObjectId, CloneError> {
     let invalid = || CloneError::InvalidCommit {

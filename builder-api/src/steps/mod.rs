@@ -1,10 +1,11 @@
 //! The commands that run inside a build pod (or as host processes under the local executor):
-//! `kiln step clone`, `kiln step assemble`, `kiln step buildah`. Each reads its inputs from env
+//! `kiln step clone`, `kiln step assemble`, `kiln step buildah`, `kiln step buildkit`, `kiln step exec`. Each reads its inputs from env
 //! vars and argv, never from templated text, prints progress to stdout (the build log), prints its
 //! error as the last line on stderr, and exits non-zero on failure.
 
 pub mod assemble;
 pub mod buildah;
+pub mod buildkit;
 pub mod clone;
 
 use std::path::Path;
