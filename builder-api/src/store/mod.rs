@@ -36,6 +36,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The one task that records webhook deliveries, many per transaction (group commit).
+    deliveries: deliveries::DeliveryWriter,
 }
 
 /// Milliseconds since the epoch: how every time is stored.
@@ -58,7 +60,8 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         migrations::run(&pool).await?;
-        Ok(Store { pool })
+        let deliveries = deliveries::DeliveryWriter::start(pool.clone());
+        Ok(Store { pool, deliveries })
     }
 
     pub async fn ping(&self) -> Result<()> {
