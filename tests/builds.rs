@@ -1,7 +1,6 @@
 //! Builds end to end on the embedded default: a GitLab push → clone (real git over HTTP with a
 //! token) → compile (real Go, Maven, buildah) → image → a real docker-registry, with the log.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,7 +8,7 @@ use axum::http::{Method, Request, StatusCode};
 use builder_api::store::{Build, BuildState};
 use serde_json::{json, Value};
 
-use crate::support::fixtures::{app_spec, GitlabPush};
+use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::TestKiln;
 use crate::support::registry::TestRegistry;
@@ -17,25 +16,6 @@ use crate::support::registry::TestRegistry;
 const GIT_TOKEN: &str = "glpat-test-token-abcdef";
 const SECRET: &str = "hook-secret-builds";
 const BUILD_LIMIT: Duration = Duration::from_secs(240);
-
-fn fixture_files(app: &str) -> Vec<(String, Vec<u8>, bool)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps").join(app);
-    let mut files = vec![];
-    collect(&root, &root, &mut files);
-    files
-}
-
-fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, bool)>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            collect(root, &path, out);
-        } else {
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            out.push((rel, std::fs::read(&path).unwrap(), false));
-        }
-    }
-}
 
 /// A world for one test: a git server with a token, a registry, and Kiln.
 struct World {

@@ -76,3 +76,23 @@ pub fn app_spec(name: &str, git_url: &str, project: &str, image_repository: &str
         "webhook_secret": secret,
     })
 }
+
+/// The files of a sample app under `tests/fixtures/apps/NAME`: (path, content, executable).
+pub fn fixture_files(app: &str) -> Vec<(String, Vec<u8>, bool)> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps").join(app);
+    let mut files = vec![];
+    collect(&root, &root, &mut files);
+    files
+}
+
+fn collect(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>, bool)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.push((rel, std::fs::read(&path).unwrap(), false));
+        }
+    }
+}

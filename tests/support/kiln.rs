@@ -47,8 +47,13 @@ impl TestKiln {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestKiln {
+        Self::start_with_kube(dir, config, None).await
+    }
+
+    /// With the kube executor's client given (the fake API server's).
+    pub async fn start_with_kube(dir: tempfile::TempDir, config: Config, kube: Option<kube::Client>) -> TestKiln {
         crate::support::init();
-        let ctx = builder_api::server::build_context(config).await.unwrap();
+        let ctx = builder_api::server::build_context_with(config, kube).await.unwrap();
         builder_api::server::start_background(&ctx).await.unwrap();
         let router = builder_api::router::router(AppState(ctx.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

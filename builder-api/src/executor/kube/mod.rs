@@ -478,9 +478,10 @@ fn container_ended(v: &BuildView, name: &str) -> bool {
         .is_some_and(|s: &ContainerState| s.terminated.is_some())
 }
 
-/// Waiting reasons that never resolve by themselves for a build.
-const STUCK_REASONS: [&str; 6] =
-    ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError", "RunContainerError"];
+/// Waiting reasons that do not resolve by themselves for a build. (`ErrImagePull` is left out:
+/// the kubelet retries once and reports `ImagePullBackOff` when that fails too.)
+const STUCK_REASONS: [&str; 5] =
+    ["ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError", "RunContainerError"];
 
 /// A reason the build cannot go on, from the Job's conditions, the Pod's phase, or a container
 /// stuck waiting.

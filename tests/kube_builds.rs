@@ -1,0 +1,271 @@
+//! Builds through the kube executor: one Job per build on the fake API server, whose kubelet runs
+//! the Job's containers as real processes (real clone over HTTP, real Go, Maven and buildah, a
+//! real docker-registry). The log must arrive whole, in order and once — also when the fake cuts
+//! log streams and watches — and cluster failures must end builds with their reason.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use builder_api::config::Config;
+use builder_api::store::{Build, BuildState};
+use serde_json::{json, Value};
+
+use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
+use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
+use crate::support::git_server::GitServer;
+use crate::support::kiln::{test_config, TestKiln};
+use crate::support::registry::TestRegistry;
+
+const GIT_TOKEN: &str = "glpat-kube-token-0123456";
+const SECRET: &str = "hook-secret-kube";
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// A stand-in for `go` that prints `slow line 1..=lines` (one every `ms`), then runs the real Go
+/// with the same arguments — so a build is visibly mid-step for a while and still succeeds.
+pub fn slow_go(dir: &Path, lines: u32, ms: u32) -> PathBuf {
+    let script = dir.join("slow-go");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ni=1\nwhile [ $i -le {lines} ]; do echo \"slow line $i\"; i=$((i+1)); sleep {}; done\nexec go \"$@\"\n",
+            ms as f64 / 1000.0
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+pub fn fake_options(root: &Path, namespaces: &[&str]) -> FakeKubeOptions {
+    FakeKubeOptions {
+        root: Some(root.to_path_buf()),
+        kiln_binary: Some(env!("CARGO_BIN_EXE_kiln").into()),
+        namespaces: namespaces.iter().map(|s| s.to_string()).chain(["default".to_string()]).collect(),
+        ..FakeKubeOptions::default()
+    }
+}
+
+/// The config of a Kiln that runs builds as Jobs on the fake.
+pub fn kube_config(dir: &Path, registry: &TestRegistry) -> Config {
+    let mut c = test_config(dir, &[&registry.host()]);
+    c.executor.kind = "kube".into();
+    c.executor.max_concurrent_builds = 3;
+    // The fake kubelet runs on this host, where buildah stands in for rootless BuildKit.
+    c.toolchains.dockerfile_builder = Some("buildah".into());
+    c
+}
+
+struct KubeWorld {
+    git: GitServer,
+    registry: TestRegistry,
+    fake: FakeKube,
+    kiln: TestKiln,
+    token: String,
+    _fake_root: tempfile::TempDir,
+}
+
+impl KubeWorld {
+    async fn new(tweak: impl FnOnce(&mut Config, &Path)) -> KubeWorld {
+        crate::support::init();
+        let git = GitServer::start_with_token(GIT_TOKEN).await;
+        let registry = TestRegistry::start().await;
+        let fake_root = tempfile::tempdir().unwrap();
+        let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team", "kiln-other"]));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = kube_config(dir.path(), &registry);
+        tweak(&mut config, dir.path());
+        let kiln = TestKiln::start_with_kube(dir, config, Some(fake.client())).await;
+        let token = kiln.tenant("team").await;
+        KubeWorld { git, registry, fake, kiln, token, _fake_root: fake_root }
+    }
+
+    async fn app(&self, token: &str, tenant: &str, name: &str, fixture: &str, extra: Value) -> String {
+        let path = format!("{tenant}/{name}");
+        let repo = self.git.create_repo(&path);
+        let files = fixture_files(fixture);
+        let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+        let sha = repo.commit_files(&files, "first");
+        let mut spec = app_spec(name, &self.git.url(&path), &path, &format!("{}/{path}", self.registry.host()), SECRET);
+        spec["git_token"] = GIT_TOKEN.into();
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        self.kiln.app(token, spec).await;
+        sha
+    }
+
+    async fn push(&self, tenant: &str, name: &str, sha: &str) -> i64 {
+        let path = format!("{tenant}/{name}");
+        let push = GitlabPush::branch(&path, &self.git.url(&path), "main", sha);
+        let req = Request::post("/hooks/gitlab")
+            .header("x-gitlab-event", push.event())
+            .header("x-gitlab-token", SECRET)
+            .body(Body::from(push.body().to_string()))
+            .unwrap();
+        let (status, body) = self.kiln.send(req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["builds"][0].as_i64().unwrap()
+    }
+
+    async fn trigger(&self, token: &str, name: &str, sha: &str) -> i64 {
+        let (status, body) =
+            self.kiln.request(Method::POST, &format!("/api/v1/apps/{name}/builds"), Some(token), Some(json!({"commit": sha}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["build"]["id"].as_i64().unwrap()
+    }
+
+    async fn ended(&self, id: i64, state: BuildState) -> (Build, String) {
+        let build = self.kiln.wait_final(id, LIMIT).await;
+        let log = self.kiln.log(id).await;
+        assert_eq!(build.state, state, "reason: {:?}\nlog:\n{log}", build.reason);
+        for text in [build.reason.as_deref().unwrap_or(""), &log] {
+            assert!(!text.contains(GIT_TOKEN) && !text.contains(SECRET), "a secret leaked:\n{text}");
+        }
+        (build, log)
+    }
+
+    /// The lines one step's process wrote, as stored (Kiln's own lines left out).
+    async fn step_output(&self, id: i64, step: &str) -> Vec<String> {
+        let lines = self.kiln.ctx.store.log_after(id, 0, 1_000_000).await.unwrap();
+        lines.into_iter().filter(|l| l.step == step && l.stream != builder_api::store::Stream::System).map(|l| l.line).collect()
+    }
+}
+
+#[tokio::test]
+async fn go_maven_and_dockerfile_pushes_become_images_through_one_job_each() {
+    let w = KubeWorld::new(|_, _| {}).await;
+    let go = w.app(&w.token, "team", "hello", "go-hello", json!({"kind": "go"})).await;
+    let maven = w.app(&w.token, "team", "jhello", "maven-hello", json!({"kind": "maven"})).await;
+    let docker = w.app(&w.token, "team", "dhello", "dockerfile-hello", json!({"kind": "dockerfile"})).await;
+    let ids = [w.push("team", "hello", &go).await, w.push("team", "jhello", &maven).await, w.push("team", "dhello", &docker).await];
+    for (id, kind) in ids.iter().zip(["go", "maven", "dockerfile"]) {
+        let (build, log) = w.ended(*id, BuildState::Succeeded).await;
+        assert_eq!(build.kind.as_deref(), Some(kind));
+        let digest = build.image_digest.clone().expect("a digest from the termination message");
+        assert!(build.image.as_deref().unwrap().ends_with(&format!("@{digest}")), "{build:?}");
+        // The image is in the registry under that digest.
+        let reference: registry_sync::ImageRef = build.image.as_deref().unwrap().parse().unwrap();
+        let opts = registry_sync::RegistryOptions { insecure_registries: vec![w.registry.host()], ..Default::default() };
+        let pulled = registry_sync::pull_image(&reference, &opts).await.unwrap();
+        assert_eq!(pulled.manifest_digest, digest);
+        let expected_steps: &[&str] = if kind == "dockerfile" { &["clone", "image"] } else { &["clone", "compile", "image"] };
+        for step in expected_steps {
+            assert!(log.contains(&format!("── step {step} succeeded")), "{kind}: no finished {step}:\n{log}");
+        }
+        assert!(log.contains(&format!("created Job kiln-team/kiln-build-{id}")), "{log}");
+        // Two writes over the build's life: the create and the delete.
+        let writes = w.fake.writes_for_prefix(&format!("kiln-build-{id}"));
+        assert_eq!(writes, 2, "{kind}: Kubernetes writes for build {id}: {:?}", w.fake.requests_for_prefix(&format!("kiln-build-{id}")));
+    }
+    // The clone's output as the pod's log showed it is the clone's output as stored.
+    let clone = w.step_output(ids[0], "clone").await;
+    assert!(clone.iter().any(|l| l.starts_with("fetching ")) && clone.iter().any(|l| l.starts_with("checked out")), "{clone:?}");
+    // Whatever the number of builds: one watch connection per kind, not one per build.
+    assert!(w.fake.watches_opened("jobs") <= 2 && w.fake.watches_opened("pods") <= 2, "jobs {} pods {}", w.fake.watches_opened("jobs"), w.fake.watches_opened("pods"));
+}
+
+#[tokio::test]
+async fn every_line_arrives_once_and_in_order_when_log_streams_and_watches_are_cut() {
+    const LINES: u32 = 120;
+    let w = KubeWorld::new(|c, dir| c.toolchains.go = slow_go(dir, LINES, 15).display().to_string()).await;
+    let sha = w.app(&w.token, "team", "slow", "go-hello", json!({"kind": "go"})).await;
+    // Every follow stream is cut after 7 lines: the executor must reopen about 20 times.
+    w.fake.reset_log_streams_after(7);
+    let id = w.push("team", "slow", &sha).await;
+
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !w.step_output(id, "compile").await.iter().any(|l| l == "slow line 30") {
+        assert!(tokio::time::Instant::now() < deadline, "compile never got going:\n{}", w.kiln.log(id).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Mid-step: every watch dropped and the history expired, so the watchers must re-list.
+    w.fake.drop_watches();
+    w.fake.expire_history();
+
+    let (build, _log) = w.ended(id, BuildState::Succeeded).await;
+    assert!(build.image_digest.is_some());
+    let compile = w.step_output(id, "compile").await;
+    let expected: Vec<String> = (1..=LINES).map(|i| format!("slow line {i}")).collect();
+    assert_eq!(compile, expected, "the compile step's log has a gap, a repeat or a reordering");
+    assert!(w.fake.watches_opened("pods") >= 2, "the pod watch was never re-opened");
+}
+
+#[tokio::test]
+async fn oom_deadline_image_pull_and_a_refused_create_each_fail_the_build_with_that_reason() {
+    let w = KubeWorld::new(|c, dir| {
+        c.toolchains.go = slow_go(dir, 100_000, 20).display().to_string();
+        c.executor.build_timeout_secs = 4;
+    })
+    .await;
+    let sha = w.app(&w.token, "team", "fails", "go-hello", json!({"kind": "go"})).await;
+
+    // A 403 on the Job create.
+    w.fake.refuse_creates("jobs", 403, None);
+    let (build, _) = w.ended(w.trigger(&w.token, "fails", &sha).await, BuildState::Failed).await;
+    let reason = build.reason.unwrap();
+    assert!(reason.contains("creating Job kiln-team/kiln-build-") && reason.contains("403"), "{reason}");
+    w.fake.stop_refusing_creates("jobs");
+
+    // The compile container is OOMKilled.
+    w.fake.oom_kill("compile");
+    let (build, log) = w.ended(w.trigger(&w.token, "fails", &sha).await, BuildState::Failed).await;
+    let reason = build.reason.unwrap();
+    assert!(reason.contains("OOMKilled") && reason.contains("compile"), "{reason}\n{log}");
+
+    // The Job runs past activeDeadlineSeconds (the build timeout): DeadlineExceeded.
+    let (build, log) = w.ended(w.trigger(&w.token, "fails", &sha).await, BuildState::Failed).await;
+    let reason = build.reason.unwrap();
+    assert!(reason.contains("DeadlineExceeded"), "{reason}\n{log}");
+    assert!(log.contains("slow line 5"), "the log up to the deadline is kept:\n{log}");
+
+    // The compile image cannot be pulled.
+    w.fake.unpullable_image("go-build");
+    let (build, _) = w.ended(w.trigger(&w.token, "fails", &sha).await, BuildState::Failed).await;
+    let reason = build.reason.unwrap();
+    assert!(reason.contains("ImagePullBackOff") && reason.contains("compile"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_tenants_job_lands_in_its_namespace_and_reads_only_its_own_secrets() {
+    let w = KubeWorld::new(|c, _| c.kube.registry_secret = Some("kiln-registry".into())).await;
+    w.fake.set_kubelet_running(false);
+    let other_token = w.kiln.tenant("other").await;
+    let a = w.app(&w.token, "team", "web", "go-hello", json!({"kind": "go"})).await;
+    let b = w.app(&other_token, "other", "web", "go-hello", json!({"kind": "go"})).await;
+    let ida = w.trigger(&w.token, "web", &a).await;
+    let idb = w.trigger(&other_token, "web", &b).await;
+
+    for (id, ns, other_ns) in [(ida, "kiln-team", "kiln-other"), (idb, "kiln-other", "kiln-team")] {
+        let name = format!("kiln-build-{id}");
+        let job = w.fake.wait_for("jobs", ns, &name, Duration::from_secs(30), |j| j.cloned()).await;
+        assert!(w.fake.get("jobs", other_ns, &name).is_none(), "build {id}'s Job also in {other_ns}");
+        assert_eq!(job["metadata"]["labels"]["kiln.dev/tenant"], ns.trim_start_matches("kiln-"));
+        // secretKeyRefs resolve in the Job's own namespace; name them all.
+        let text = job.to_string();
+        let mut refs: Vec<String> = vec![];
+        for c in job["spec"]["template"]["spec"]["initContainers"].as_array().unwrap().iter().chain(job["spec"]["template"]["spec"]["containers"].as_array().unwrap()) {
+            for e in c["env"].as_array().into_iter().flatten() {
+                if let Some(r) = e["valueFrom"]["secretKeyRef"]["name"].as_str() {
+                    refs.push(format!("{}:{}", c["name"].as_str().unwrap(), r));
+                }
+            }
+        }
+        refs.sort();
+        assert_eq!(refs, ["clone:kiln-git-web", "image:kiln-registry", "image:kiln-registry"], "build {id}");
+        assert!(!text.contains(GIT_TOKEN), "the git token is in the Job");
+        // The git token Secret Kiln wrote is in the tenant's namespace.
+        let secret = w.fake.get("secrets", ns, "kiln-git-web").expect("git token Secret in the tenant namespace");
+        assert!(secret["data"]["token"].is_string());
+    }
+    // Cancelling a build whose pod never started deletes its Job.
+    for (id, token, ns) in [(ida, &w.token, "kiln-team"), (idb, &other_token, "kiln-other")] {
+        let (status, _) = w.kiln.request(Method::POST, &format!("/api/v1/builds/{id}/cancel"), Some(token), None).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let build = w.kiln.wait_final(id, LIMIT).await;
+        assert_eq!(build.state, BuildState::Cancelled, "{:?}", build.reason);
+        let name = format!("kiln-build-{id}");
+        w.fake.wait_for("jobs", ns, &name, Duration::from_secs(30), |j| if j.is_none() { Some(()) } else { None }).await;
+    }
+}
