@@ -27,7 +27,9 @@ COPY registry-sync registry-sync
 COPY job-templates job-templates
 # builder-api declares its integration test target at ../tests; cargo wants the file to exist.
 COPY tests tests
-# On Alpine the host target is x86_64/aarch64-unknown-linux-musl, static by default.
+# On Alpine the host target is x86_64/aarch64-unknown-linux-musl; crt-static makes it explicit
+# (the check after the build fails if the binary still links anything dynamically).
+ENV RUSTFLAGS="-C target-feature=+crt-static"
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p builder-api --bin kiln \
