@@ -6,6 +6,7 @@ mod job_templates;
 mod support;
 mod api;
 mod builds;
+mod deploy_manifests;
 mod lifecycle;
 mod registry_assemble;
 mod webhooks;

@@ -1,0 +1,537 @@
+//! `deploy/` and `build-images/`, checked without a cluster: every YAML document under `deploy/` is
+//! parsed into its typed k8s-openapi object, and the install must agree with Kiln itself — the
+//! Deployment runs `kiln serve` with the config the ConfigMap holds, that config parses with
+//! [`Config`] and selects the kube executor, the ClusterRole grants exactly what the kube executor
+//! uses, the templates Kiln reads in the cluster are the repository's `job-templates/` byte for
+//! byte, and every image the templates name is built by a Dockerfile in `build-images/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use builder_api::config::Config;
+use builder_api::executor::kube::render::Templates;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+
+/// Every image named in `job-templates/*.yaml` (and the Deployment), and the Dockerfile in
+/// `build-images/` that builds it. A new image in a template needs a row here and a Dockerfile.
+const IMAGE_DOCKERFILES: &[(&str, &str)] = &[
+    // clone (all templates), image (go, maven: `kiln step assemble`), and `kiln serve`.
+    ("ghcr.io/kiln-dev/kiln-tools:0.1.0", "kiln-tools.Dockerfile"),
+    // compile in go.yaml.
+    ("ghcr.io/kiln-dev/go-build:1.22", "go-build.Dockerfile"),
+    // compile in maven.yaml (`kiln step exec … -- mvn -B …`).
+    ("ghcr.io/kiln-dev/maven-build:3.9-jdk17", "maven-build.Dockerfile"),
+    // image in dockerfile.yaml (`kiln step buildkit`).
+    ("ghcr.io/kiln-dev/buildkit:0.1.0", "buildkit.Dockerfile"),
+];
+
+/// The templates Kiln knows (render.rs) — the keys of the `kiln-job-templates` ConfigMap.
+const TEMPLATE_FILES: [&str; 3] = ["go.yaml", "maven.yaml", "dockerfile.yaml"];
+
+/// The ClusterRole, as (apiGroup, resource, verb): what builder-api/src/executor/kube uses, plus
+/// Deployments for rollouts. Exactly this, nothing more.
+const EXPECTED_GRANTS: &[(&str, &str, &[&str])] = &[
+    ("batch", "jobs", &["create", "get", "list", "watch", "delete"]),
+    ("", "pods", &["get", "list", "watch"]),
+    ("", "pods/log", &["get"]),
+    ("", "secrets", &["get", "create", "patch"]),
+    ("apps", "deployments", &["get", "list", "watch", "patch"]),
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn deploy_dir() -> PathBuf {
+    repo().join("deploy")
+}
+
+/// One parsed document of a manifest file.
+#[derive(Debug)]
+enum Object {
+    Namespace(Namespace),
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    PersistentVolumeClaim(PersistentVolumeClaim),
+    Service(Service),
+    Deployment(Deployment),
+    Job(Job),
+}
+
+#[derive(Deserialize)]
+struct TypeMeta {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+}
+
+/// The part of `kustomization.yaml` these manifests use (unknown keys are an error, so a
+/// generator or patch added there is noticed here).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Kustomization {
+    api_version: String,
+    kind: String,
+    namespace: String,
+    #[serde(default)]
+    labels: Vec<serde_json::Value>,
+    resources: Vec<String>,
+    config_map_generator: Vec<Generator>,
+    #[serde(default)]
+    images: Vec<ImageOverride>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Generator {
+    name: String,
+    files: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ImageOverride {
+    name: String,
+    new_name: Option<String>,
+    new_tag: Option<String>,
+}
+
+/// The documents of a YAML file, split on `\n---`, without the ones that hold only comments.
+fn documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.starts_with("---") {
+            docs.push(String::new());
+        } else {
+            let doc = docs.last_mut().unwrap();
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.into_iter()
+        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(file: &Path, doc: &str) -> T {
+    serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn parse_object(file: &Path, doc: &str) -> Object {
+    let meta: TypeMeta = typed(file, doc);
+    match (meta.api_version.as_str(), meta.kind.as_str()) {
+        ("v1", "Namespace") => Object::Namespace(typed(file, doc)),
+        ("v1", "ServiceAccount") => Object::ServiceAccount(typed(file, doc)),
+        ("v1", "ConfigMap") => Object::ConfigMap(typed(file, doc)),
+        ("v1", "Secret") => Object::Secret(typed(file, doc)),
+        ("v1", "PersistentVolumeClaim") => Object::PersistentVolumeClaim(typed(file, doc)),
+        ("v1", "Service") => Object::Service(typed(file, doc)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(typed(file, doc)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Object::ClusterRoleBinding(typed(file, doc)),
+        ("apps/v1", "Deployment") => Object::Deployment(typed(file, doc)),
+        ("batch/v1", "Job") => Object::Job(typed(file, doc)),
+        (api, kind) => panic!("{}: no typed check for {api} {kind}; add it to deploy_manifests.rs", file.display()),
+    }
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Everything under `deploy/`: the objects (by file, relative to deploy/), the kustomization, and
+/// the ConfigMaps its generators make (as kustomize makes them: key = file name, value = bytes).
+struct Install {
+    objects: Vec<(String, Object)>,
+    kustomization: Kustomization,
+    generated: BTreeMap<String, ConfigMap>,
+}
+
+impl Install {
+    fn load() -> Install {
+        let dir = deploy_dir();
+        let mut files = Vec::new();
+        yaml_files(&dir, &mut files);
+        let mut objects = Vec::new();
+        let mut kustomization = None;
+        for file in files {
+            let rel = file.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&file).unwrap();
+            if rel == "kustomization.yaml" {
+                kustomization = Some(typed::<Kustomization>(&file, &text));
+                continue;
+            }
+            for doc in documents(&text) {
+                objects.push((rel.clone(), parse_object(&file, &doc)));
+            }
+        }
+        let kustomization = kustomization.expect("deploy/kustomization.yaml");
+        let mut generated = BTreeMap::new();
+        for g in &kustomization.config_map_generator {
+            let mut data = BTreeMap::new();
+            for f in &g.files {
+                let path = dir.join(f);
+                let key = path.file_name().unwrap().to_string_lossy().into_owned();
+                let value = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(data.insert(key.clone(), value).is_none(), "generator {}: key {key} twice", g.name);
+            }
+            let cm = ConfigMap {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(g.name.clone()),
+                    namespace: Some(kustomization.namespace.clone()),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            };
+            assert!(generated.insert(g.name.clone(), cm).is_none(), "generator {} twice", g.name);
+        }
+        Install { objects, kustomization, generated }
+    }
+
+    /// The objects `kubectl apply -k deploy/` applies (the resources of the kustomization).
+    fn applied(&self) -> impl Iterator<Item = &Object> {
+        self.objects.iter().filter(|(f, _)| self.kustomization.resources.contains(f)).map(|(_, o)| o)
+    }
+
+    fn deployment(&self) -> &Deployment {
+        let all: Vec<&Deployment> =
+            self.applied().filter_map(|o| if let Object::Deployment(d) = o { Some(d) } else { None }).collect();
+        assert_eq!(all.len(), 1, "one Deployment");
+        all[0]
+    }
+
+    fn config_map(&self, name: &str) -> &ConfigMap {
+        let applied = self.applied().find_map(|o| match o {
+            Object::ConfigMap(c) if c.metadata.name.as_deref() == Some(name) => Some(c),
+            _ => None,
+        });
+        applied.or_else(|| self.generated.get(name)).unwrap_or_else(|| panic!("no ConfigMap {name} in deploy/"))
+    }
+
+    /// kiln.toml from its ConfigMap, loaded the way `kiln serve --config` loads it.
+    fn config(&self, configmap: &str, key: &str) -> Config {
+        let text = self.config_map(configmap).data.as_ref().and_then(|d| d.get(key)).expect("kiln.toml key").clone();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(key);
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path)).unwrap_or_else(|e| panic!("ConfigMap {configmap} key {key}: {e}"))
+    }
+}
+
+fn kiln_container(d: &Deployment) -> &Container {
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.containers.len(), 1, "one container");
+    &pod.containers[0]
+}
+
+fn argv(c: &Container) -> Vec<String> {
+    c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect()
+}
+
+/// Which volume (and its source) is mounted at `path`.
+fn volume_at<'a>(d: &'a Deployment, path: &str) -> &'a k8s_openapi::api::core::v1::Volume {
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let mount = kiln_container(d)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == path)
+        .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+    pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap_or_else(|| panic!("no volume {}", mount.name))
+}
+
+#[test]
+fn every_document_under_deploy_is_a_typed_object_and_the_kustomization_lists_them() {
+    let install = Install::load();
+    let k = &install.kustomization;
+    assert_eq!((k.api_version.as_str(), k.kind.as_str()), ("kustomize.config.k8s.io/v1beta1", "Kustomization"));
+    assert_eq!(k.namespace, "kiln");
+    // Every top-level manifest is applied; job-templates/ and examples/ are not resources.
+    let top: BTreeSet<String> = install.objects.iter().map(|(f, _)| f.clone()).filter(|f| !f.contains('/')).collect();
+    let listed: BTreeSet<String> = k.resources.iter().cloned().collect();
+    assert_eq!(top, listed, "kustomization.yaml resources vs the manifests in deploy/");
+    for (file, o) in &install.objects {
+        if let Object::Secret(s) = o {
+            // Real secrets never live in the repository; examples/ holds placeholders only.
+            assert!(file.starts_with("examples/"), "{file}: Secret {:?} outside examples/", s.metadata.name);
+        }
+    }
+    assert!(!k.labels.is_empty());
+    // The namespace exists and holds everything namespaced.
+    assert!(install.applied().any(|o| matches!(o, Object::Namespace(n) if n.metadata.name.as_deref() == Some("kiln"))));
+    for o in install.applied() {
+        let ns = match o {
+            Object::ServiceAccount(x) => &x.metadata.namespace,
+            Object::ConfigMap(x) => &x.metadata.namespace,
+            Object::Secret(x) => &x.metadata.namespace,
+            Object::PersistentVolumeClaim(x) => &x.metadata.namespace,
+            Object::Service(x) => &x.metadata.namespace,
+            Object::Deployment(x) => &x.metadata.namespace,
+            Object::Job(x) => &x.metadata.namespace,
+            Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_) => continue,
+        };
+        assert_eq!(ns.as_deref(), Some("kiln"), "{o:?}");
+    }
+}
+
+#[test]
+fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
+    let install = Install::load();
+    let d = install.deployment();
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(d.metadata.namespace.as_deref(), Some("kiln"));
+    assert_eq!(spec.replicas, Some(1), "SQLite: one replica");
+    assert_eq!(spec.strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("Recreate"));
+
+    let c = kiln_container(d);
+    let argv = argv(c);
+    assert!(argv.len() >= 2 && argv[0].rsplit('/').next() == Some("kiln") && argv[1] == "serve", "runs kiln serve: {argv:?}");
+    let config_path = argv.windows(2).find(|w| w[0] == "--config" || w[0] == "-c").map(|w| w[1].clone()).expect("--config");
+    assert_eq!(config_path, "/etc/kiln/kiln.toml");
+
+    // The image is the tools image, built by build-images/.
+    let image = c.image.as_deref().unwrap();
+    assert_eq!(image, "ghcr.io/kiln-dev/kiln-tools:0.1.0");
+    assert!(IMAGE_DOCKERFILES.iter().any(|(i, _)| *i == image));
+    let repo_name = image.rsplit_once(':').unwrap().0;
+    assert!(install.kustomization.images.iter().any(|i| i.name == repo_name && i.new_name.is_none() && i.new_tag.as_deref() == Some("0.1.0")));
+
+    // Probes on the named port that the config listens on.
+    let http = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let get = p.as_ref().and_then(|p| p.http_get.as_ref()).expect("an httpGet probe");
+        (get.path.clone().unwrap_or_default(), get.port.clone())
+    };
+    let port = IntOrString::String("http".into());
+    assert_eq!(http(&c.readiness_probe), ("/readyz".to_string(), port.clone()));
+    assert_eq!(http(&c.liveness_probe), ("/healthz".to_string(), port.clone()));
+    let container_port = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).expect("port http");
+    assert_eq!(container_port.container_port, 8080);
+
+    // Non-root, read-only, nothing extra.
+    let pod = spec.template.spec.as_ref().unwrap();
+    let pod_sc = pod.security_context.as_ref().unwrap();
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root.or(pod_sc.run_as_non_root), Some(true));
+    assert!(sc.run_as_user.or(pod_sc.run_as_user).is_some_and(|u| u != 0));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_ne!(sc.privileged, Some(true));
+    assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    let seccomp = sc.seccomp_profile.as_ref().or(pod_sc.seccomp_profile.as_ref()).map(|s| s.type_.as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"));
+    let resources = c.resources.as_ref().expect("resources");
+    assert!(resources.requests.as_ref().is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")));
+    assert!(resources.limits.as_ref().is_some_and(|r| r.contains_key("memory")));
+
+    // Its own ServiceAccount, with the token mounted (Kiln is an API client).
+    assert_eq!(pod.service_account_name.as_deref(), Some("kiln"));
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    assert!(install.applied().any(|o| matches!(o, Object::ServiceAccount(sa)
+        if sa.metadata.name.as_deref() == Some("kiln") && sa.metadata.namespace.as_deref() == Some("kiln"))));
+
+    // The admin token from the Secret kiln-admin, through the env var config.rs reads.
+    let env = c.env.iter().flatten().find(|e| e.name == "KILN_ADMIN_TOKEN").expect("KILN_ADMIN_TOKEN");
+    let secret = env.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("from a Secret");
+    assert_eq!((secret.name.as_str(), secret.key.as_str()), ("kiln-admin", "token"));
+    assert_ne!(secret.optional, Some(true));
+    let mut probe = Config::default();
+    probe.apply_env(|n| (n == "KILN_ADMIN_TOKEN").then(|| "t".to_string())).unwrap();
+    assert_eq!(probe.server.admin_token.as_deref(), Some("t"), "config.rs reads KILN_ADMIN_TOKEN");
+    // No other secret material in the pod spec.
+    for e in c.env.iter().flatten() {
+        assert!(e.name == "KILN_ADMIN_TOKEN" || e.value_from.is_none(), "unexpected env from a source: {}", e.name);
+    }
+
+    // Volumes: the data PVC, the two ConfigMaps, /tmp.
+    let data = volume_at(d, "/var/lib/kiln");
+    let claim = data.persistent_volume_claim.as_ref().expect("/var/lib/kiln is a PVC").claim_name.clone();
+    assert_eq!(claim, "kiln-data");
+    assert!(install.applied().any(|o| matches!(o, Object::PersistentVolumeClaim(p) if p.metadata.name.as_deref() == Some("kiln-data"))));
+    assert_eq!(volume_at(d, "/etc/kiln").config_map.as_ref().map(|c| c.name.as_str()), Some("kiln"));
+    assert_eq!(
+        volume_at(d, "/etc/kiln/job-templates").config_map.as_ref().map(|c| c.name.as_str()),
+        Some("kiln-job-templates")
+    );
+    assert!(volume_at(d, "/tmp").empty_dir.is_some());
+    for m in c.volume_mounts.iter().flatten().filter(|m| m.mount_path.starts_with("/etc/kiln")) {
+        assert_eq!(m.read_only, Some(true), "{} read-only", m.mount_path);
+    }
+}
+
+#[test]
+fn kiln_toml_in_the_configmap_selects_the_kube_executor_and_matches_the_mounts() {
+    let install = Install::load();
+    let d = install.deployment();
+    let config = install.config("kiln", "kiln.toml");
+    assert_eq!(config.executor.kind, "kube");
+    assert_eq!(config.kube.templates_dir.as_deref(), Some(Path::new("/etc/kiln/job-templates")));
+    assert_eq!(config.kube.namespace_prefix, "kiln-");
+    assert_eq!(config.store.data_dir, Path::new("/var/lib/kiln"));
+    assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(config.toolchains.dockerfile_builder.as_deref(), Some("buildkit"));
+    // The admin token never sits in the ConfigMap (it comes from the Secret kiln-admin).
+    assert!(!install.config_map("kiln").data.as_ref().unwrap()["kiln.toml"].contains("admin_token ="));
+
+    // The paths of the config are where the Deployment mounts things.
+    assert!(volume_at(d, config.store.data_dir.to_str().unwrap()).persistent_volume_claim.is_some());
+    assert!(volume_at(d, config.kube.templates_dir.as_ref().unwrap().to_str().unwrap()).config_map.is_some());
+    let container_port = kiln_container(d).ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).unwrap();
+    assert_eq!(container_port.container_port, i32::from(config.server.listen.port()));
+
+    // The Service: port 80 to the named port.
+    let svc = install
+        .applied()
+        .find_map(|o| if let Object::Service(s) = o { Some(s) } else { None })
+        .expect("a Service");
+    let spec = svc.spec.as_ref().unwrap();
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(port.port, 80);
+    assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+    let pod_labels = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    for (k, v) in spec.selector.as_ref().expect("a selector") {
+        assert_eq!(pod_labels.get(k), Some(v), "Service selector {k}={v} matches the Kiln pod");
+    }
+}
+
+#[test]
+fn the_cluster_role_grants_exactly_what_the_kube_executor_uses() {
+    let install = Install::load();
+    let roles: Vec<&ClusterRole> =
+        install.applied().filter_map(|o| if let Object::ClusterRole(r) = o { Some(r) } else { None }).collect();
+    assert_eq!(roles.len(), 1, "one ClusterRole");
+    let role = roles[0];
+    assert!(role.aggregation_rule.is_none());
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none(), "{rule:?}");
+        for list in [rule.api_groups.as_deref().unwrap_or_default(), rule.resources.as_deref().unwrap_or_default(), &rule.verbs] {
+            assert!(!list.iter().any(|s| s.contains('*')), "no wildcard: {rule:?}");
+        }
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    assert!(granted.insert((g.clone(), r.clone(), v.clone())), "granted twice: {g}/{r} {v}");
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<(String, String, String)> = EXPECTED_GRANTS
+        .iter()
+        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect();
+    assert_eq!(granted, expected);
+    for (_, _, v) in &granted {
+        assert!(!["escalate", "bind", "impersonate"].contains(&v.as_str()));
+    }
+
+    let bindings: Vec<&ClusterRoleBinding> =
+        install.applied().filter_map(|o| if let Object::ClusterRoleBinding(b) = o { Some(b) } else { None }).collect();
+    assert_eq!(bindings.len(), 1);
+    let b = bindings[0];
+    assert_eq!((b.role_ref.kind.as_str(), b.role_ref.name.as_str()), ("ClusterRole", role.metadata.name.as_deref().unwrap()));
+    let subjects = b.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+        ("ServiceAccount", "kiln", Some("kiln"))
+    );
+    // The install itself creates no Secrets (kiln-admin is made by hand) and no Jobs.
+    assert!(install.applied().all(|o| !matches!(o, Object::Secret(_) | Object::Job(_))));
+}
+
+#[test]
+fn the_job_templates_configmap_is_the_repository_job_templates_byte_for_byte() {
+    let install = Install::load();
+    let cm = install.config_map("kiln-job-templates");
+    let data = cm.data.as_ref().expect("data");
+    assert!(cm.binary_data.is_none());
+    let keys: BTreeSet<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(keys, TEMPLATE_FILES.into_iter().collect(), "keys of kiln-job-templates");
+    let mut in_repo: Vec<String> = std::fs::read_dir(repo().join("job-templates"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    in_repo.sort();
+    let mut expected: Vec<String> = TEMPLATE_FILES.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(in_repo, expected, "job-templates/ holds the templates the ConfigMap carries");
+    for name in TEMPLATE_FILES {
+        let original = std::fs::read(repo().join("job-templates").join(name)).unwrap();
+        assert!(
+            data[name].as_bytes() == original.as_slice(),
+            "deploy/job-templates/{name} differs from job-templates/{name}: cp job-templates/*.yaml deploy/job-templates/"
+        );
+    }
+    // They parse as Jobs, and Kiln accepts the directory the way it reads it at start.
+    let copies = install.objects.iter().filter(|(f, o)| f.starts_with("job-templates/") && matches!(o, Object::Job(_)));
+    assert_eq!(copies.count(), TEMPLATE_FILES.len());
+    Templates::load(&deploy_dir().join("job-templates")).unwrap();
+}
+
+/// The last `USER` of the final stage of a Dockerfile.
+fn dockerfile_user(text: &str) -> Option<String> {
+    let last_stage = text.rsplit_once("\nFROM ").map(|(_, s)| s).unwrap_or(text);
+    last_stage.lines().filter_map(|l| l.trim().strip_prefix("USER ")).last().map(|u| u.trim().to_string())
+}
+
+#[test]
+fn every_image_of_the_job_templates_is_built_by_a_dockerfile_in_build_images() {
+    let dir = repo().join("build-images");
+    let mut used = BTreeSet::new();
+    for name in TEMPLATE_FILES {
+        let path = repo().join("job-templates").join(name);
+        let job: Job = typed(&path, &std::fs::read_to_string(&path).unwrap());
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let pod_user = pod.security_context.as_ref().and_then(|s| s.run_as_user);
+        for c in pod.init_containers.iter().flatten().chain(pod.containers.iter()) {
+            let image = c.image.as_deref().unwrap_or_else(|| panic!("{name}: container {} has no image", c.name));
+            let (_, dockerfile) = IMAGE_DOCKERFILES
+                .iter()
+                .find(|(i, _)| *i == image)
+                .unwrap_or_else(|| panic!("{name}: image {image} of {} is in no row of IMAGE_DOCKERFILES", c.name));
+            let text = std::fs::read_to_string(dir.join(dockerfile))
+                .unwrap_or_else(|e| panic!("build-images/{dockerfile} (image {image}): {e}"));
+            assert!(text.contains(image), "build-images/{dockerfile} names the image it builds ({image})");
+            // The build images run as the template's user; kiln-tools is a static binary that
+            // runs as any user (it is the clone step of dockerfile.yaml with uid 1000 too).
+            let run_as = c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_user).expect("runAsUser");
+            if *dockerfile != "kiln-tools.Dockerfile" {
+                let user = dockerfile_user(&text).unwrap_or_else(|| panic!("build-images/{dockerfile} sets no USER"));
+                assert_eq!(user.split(':').next().unwrap(), run_as.to_string(), "{name}/{}: USER of {dockerfile}", c.name);
+            }
+            used.insert(*dockerfile);
+        }
+    }
+    // Every build image carries kiln at the same place on PATH.
+    for (_, dockerfile) in IMAGE_DOCKERFILES {
+        assert!(used.contains(dockerfile), "{dockerfile} is in IMAGE_DOCKERFILES but no template uses it");
+        let text = std::fs::read_to_string(dir.join(dockerfile)).unwrap();
+        assert!(text.contains("/usr/local/bin/kiln"), "{dockerfile} puts kiln at /usr/local/bin/kiln");
+    }
+    // The rest of build-images/: the APM agent layout and the README.
+    let apm = std::fs::read_to_string(dir.join("apm-agent.Dockerfile")).unwrap();
+    assert!(apm.contains("/opt/apm/elastic/elastic-apm-agent.jar"));
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for (image, dockerfile) in IMAGE_DOCKERFILES {
+        assert!(readme.contains(image) && readme.contains(dockerfile), "build-images/README.md lists {image}");
+    }
+}
