@@ -160,14 +160,16 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
     pod.restart_policy = Some("Never".into());
     pod.automount_service_account_token = Some(false);
 
+    // Only where the template has a cache: an unused claim would still pin the pod to the
+    // claim's node (or leave it Pending when the tenant has none).
     if let Some(claim) = input.cache_claim {
-        let volumes = pod.volumes.get_or_insert_with(Vec::new);
-        volumes.retain(|v| v.name != CACHE_VOLUME);
-        volumes.push(Volume {
-            name: CACHE_VOLUME.into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.into(), read_only: None }),
-            ..Default::default()
-        });
+        if let Some(cache) = pod.volumes.iter_mut().flatten().find(|v| v.name == CACHE_VOLUME) {
+            *cache = Volume {
+                name: CACHE_VOLUME.into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.into(), read_only: None }),
+                ..Default::default()
+            };
+        }
     }
 
     let wanted: Vec<&str> = input.steps.iter().map(|s| s.name.as_str()).collect();
