@@ -113,7 +113,7 @@ async fn bad_api_input_gets_a_clear_400() {
     for (body, why) in [
         (json!({"commit": "abc"}), "40-character"),
         (json!({"commit": SHA, "ref": "a..b"}), "not a valid git ref"),
-        (json!({}), "required"),
+        (json!({}), "give \"ref\""),
     ] {
         let (status, answer) = kiln.request(Method::POST, "/api/v1/apps/api/builds", Some(&a), Some(body.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");

@@ -6,7 +6,12 @@
 //!   script (`git clone --depth 1`, `go build`, `buildah bud` + `buildah push`), in the same run,
 //!   against the same git server and registry; prints both medians and the ratio.
 //!
-//! `cargo bench -p builder-api --bench kiln [-- intake|build]`
+//! - `kube`: 200 builds queued at once through the kube executor against the fake API server of
+//!   the tests (its kubelet off, so Jobs stay pending): p50/p99 from the webhook's 202 to the Job
+//!   created, Kubernetes writes and reads per build over its whole life (create … cancel), and
+//!   watch connections opened.
+//!
+//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +25,11 @@ use serde_json::json;
 
 const ADMIN: &str = "bench-admin-token";
 
+/// The fake Kubernetes API server of the integration tests, compiled into this benchmark.
+#[allow(dead_code)]
+#[path = "../../tests/support/fake_kube/mod.rs"]
+mod fake_kube;
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -29,6 +39,9 @@ fn main() {
     }
     if which.is_empty() || which.iter().any(|w| w == "build") {
         rt.block_on(build());
+    }
+    if which.is_empty() || which.iter().any(|w| w == "kube") {
+        rt.block_on(kube());
     }
 }
 
@@ -238,4 +251,133 @@ rm -rf "$W"
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn kube() {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::runtime::watcher;
+
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_kube::FakeKube::start(fake_kube::FakeKubeOptions {
+        root: Some(dir.path().join("fake")),
+        kubelet: false,
+        namespaces: vec!["default".into(), "kiln-bench".into()],
+        ..fake_kube::FakeKubeOptions::default()
+    });
+    let mut c = Config::default();
+    c.store.data_dir = dir.path().join("data");
+    c.server.admin_token = Some(ADMIN.into());
+    c.executor.kind = "kube".into();
+    // Every build holds a slot while its Job is pending.
+    c.executor.max_concurrent_builds = N + 10;
+    let ctx = builder_api::server::build_context_with(c, Some(fake.client())).await.unwrap();
+    builder_api::server::start_background(&ctx).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = builder_api::router::router(AppState(ctx.clone()));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let http = reqwest::Client::new();
+    let token = setup_tenant(
+        &http,
+        &url,
+        json!({"name": "hello", "kind": "go", "git_url": "http://127.0.0.1:9/bench/hello.git", "project_path": "bench/hello",
+               "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret"}),
+    )
+    .await;
+
+    // The benchmark's own watch sees each Job arrive (one more watch connection, not Kiln's).
+    let created: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let seen = created.clone();
+    let jobs: kube::Api<Job> = kube::Api::namespaced(fake.client(), "kiln-bench");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut stream = watcher::watcher(jobs, watcher::Config::default()).boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            match event {
+                watcher::Event::InitDone => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+                    let name = job.metadata.name.unwrap_or_default();
+                    seen.lock().unwrap().entry(name).or_insert_with(Instant::now);
+                }
+                _ => {}
+            }
+        }
+    });
+    ready_rx.await.unwrap();
+    let watches_before = (fake.watches_opened("jobs"), fake.watches_opened("pods"));
+    fake.reset_counters();
+
+    let sends = (0..N).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let sha = format!("{:040x}", i + 1);
+            let body = json!({"object_kind": "push", "ref": "refs/heads/main", "before": "0".repeat(40), "after": sha,
+                              "checkout_sha": sha, "project": {"path_with_namespace": "bench/hello"}});
+            let res = http
+                .post(format!("{url}/hooks/gitlab"))
+                .header("x-gitlab-event", "Push Hook")
+                .header("x-gitlab-token", "bench-secret")
+                .header("x-gitlab-event-uuid", format!("kube-bench-{i}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let answered = Instant::now();
+            assert_eq!(res.status(), 202);
+            let body: serde_json::Value = res.json().await.unwrap();
+            (body["builds"][0].as_i64().unwrap(), answered)
+        }
+    });
+    let answered: Vec<(i64, Instant)> = futures_util::future::join_all(sends).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while created.lock().unwrap().len() < N {
+        assert!(Instant::now() < deadline, "only {} of {N} Jobs were created", created.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut latencies: Vec<Duration> = {
+        let created = created.lock().unwrap();
+        answered.iter().map(|(id, at)| created[&format!("kiln-build-{id}")].saturating_duration_since(*at)).collect()
+    };
+    latencies.sort();
+
+    // The rest of each build's life: cancelled, so its Job is deleted.
+    for (id, _) in &answered {
+        let res = http.post(format!("{url}/api/v1/builds/{id}/cancel")).bearer_auth(&token).send().await.unwrap();
+        assert!(res.status().is_success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = ctx.store.builds(None, Some(BuildState::Running), None, 10_000).await.unwrap().len();
+        if running == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{running} builds still running after cancel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writes = fake.writes();
+    let reads = fake.reads();
+    println!("kube: {N} builds queued at once, Jobs pending (fake API server, kubelet off)");
+    println!(
+        "  webhook 202 -> Job created: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 250 ms)",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies[N - 1])
+    );
+    println!(
+        "  Kubernetes requests per build over its life: {:.2} writes (target <= 2), {:.2} reads ({writes} writes, {reads} reads in all)",
+        writes as f64 / N as f64,
+        reads as f64 / N as f64
+    );
+    println!(
+        "  watch connections opened by Kiln: jobs {}, pods {} (target: 1 per kind whatever the number of builds)",
+        watches_before.0 - 1 + fake.watches_opened("jobs"),
+        watches_before.1 + fake.watches_opened("pods")
+    );
 }

@@ -16,6 +16,21 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub toolchains: ToolchainConfig,
     pub kube: KubeConfig,
+    pub logs: LogsConfig,
+}
+
+/// Build logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Output kept per build; past it the log says it was truncated and the build goes on.
+    pub max_bytes_per_build: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self { max_bytes_per_build: 100 << 20 }
+    }
 }
 
 /// The kube executor (`executor.kind = "kube"`). The cluster is found by `kube::Config::infer`:
@@ -238,6 +253,9 @@ impl Config {
         }
         if let Some(v) = var("KILN_MAVEN_ARGS") {
             self.toolchains.maven_args = list(v);
+        }
+        if let Some(v) = var("KILN_LOG_MAX_BYTES") {
+            self.logs.max_bytes_per_build = parse("KILN_LOG_MAX_BYTES", v)?;
         }
         if let Some(v) = var("KILN_EXECUTOR") {
             self.executor.kind = v;

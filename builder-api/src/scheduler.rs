@@ -56,7 +56,7 @@ pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError
     for build in &running {
         let reason = "interrupted: kiln stopped while the build was running";
         let masker = Arc::new(Masker::new(vec![]));
-        let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker).await?;
+        let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker, u64::MAX).await?;
         capture.sink().system("kiln", format!("[kiln] build {} {reason}", build.id)).await;
         capture.close().await?;
         ctx.store.fail_open_steps(build.id).await?;
@@ -120,7 +120,7 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     secrets.extend(ctx.config.registry.password.clone());
     secrets.extend(ctx.config.server.admin_token.clone());
     let masker = Arc::new(Masker::new(secrets));
-    let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker.clone()).await?;
+    let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker.clone(), ctx.config.logs.max_bytes_per_build).await?;
     let log = capture.sink();
     if !resumed {
         log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;

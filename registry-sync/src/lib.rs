@@ -13,7 +13,7 @@ pub mod reference;
 
 pub use assemble::{assemble_and_push, AssembleError, AssembleSpec, PushedImage};
 pub use auth::{RegistryAuth, RegistryOptions};
-pub use client::{Platform, RegistryError};
+pub use client::{human_bytes, Platform, RegistryError};
 pub use layer::{build_layer, BuiltLayer, LayerEntry, LayerError, LayerSpec};
 pub use pull::{pull_image, pull_image_for, unpack_layers, PullError, PulledImage};
 pub use reference::{ImageRef, ReferenceError};

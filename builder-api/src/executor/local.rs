@@ -102,7 +102,7 @@ impl LocalExecutor {
         if let Err(e) = store.start_step(job.build.id, position, name).await {
             return Some(Outcome::failed(format!("store: {e}")));
         }
-        job.log.system(name, format!("── step {name}")).await;
+        job.log.step_started(name).await;
         let started = std::time::Instant::now();
 
         // The same env a container of the build's Job gets: WORKSPACE and CACHE first, then the
@@ -157,11 +157,11 @@ impl LocalExecutor {
                 }
             },
         };
-        let summary = match &outcome {
-            None => format!("── step {name} succeeded in {secs:.1}s"),
-            Some(o) => format!("── step {name} ended {} after {secs:.1}s: {}", o.state.as_str(), o.reason.as_deref().unwrap_or("")),
+        let (state, reason) = match &outcome {
+            None => ("Succeeded", None),
+            Some(o) => (o.state.as_str(), o.reason.as_deref()),
         };
-        job.log.system(name, summary).await;
+        job.log.step_finished(name, state, secs, exit_code, reason).await;
         let _ = store.finish_step(job.build.id, name, step_state, exit_code).await;
         outcome
     }

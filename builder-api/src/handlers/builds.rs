@@ -137,12 +137,42 @@ pub async fn cancel(State(s): State<AppState>, who: Principal, Path(id): Path<i6
 pub struct LogQuery {
     /// `1`/`true`: keep the answer open and stream lines until the build ends.
     pub follow: Option<String>,
+    /// Server-Sent Events: start after this sequence number (as `Last-Event-ID` does).
+    pub after: Option<i64>,
 }
 
-/// The log as plain text, one line per log line. With `?follow=1` the answer streams until the
-/// build ends.
-pub async fn logs(State(s): State<AppState>, who: Principal, Path(id): Path<i64>, Query(q): Query<LogQuery>) -> ApiResult<Response> {
+/// The log. Asked for `text/event-stream`: Server-Sent Events (backlog, live lines, step events,
+/// the result; `Last-Event-ID` resumes). Otherwise plain text, one line per log line; with
+/// `?follow=1` the answer streams until the build ends.
+pub async fn logs(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Query(q): Query<LogQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
     let build = visible_build(&s, &who, id).await?;
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with("text/event-stream")));
+    if wants_sse {
+        let last_event_id = match headers.get("last-event-id") {
+            Some(v) => Some(
+                v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|n| *n >= 0).ok_or_else(|| {
+                    bad("Last-Event-ID must be the sequence number of a log line (a non-negative integer)".into())
+                })?,
+            ),
+            None => None,
+        };
+        let after = last_event_id.or(q.after).unwrap_or(0).max(0);
+        let stream = crate::logs::sse::sse(s.store.clone(), s.hub.clone(), build.id, after);
+        return Ok((
+            [(header::CACHE_CONTROL, "no-cache"), (header::HeaderName::from_static("x-accel-buffering"), "no")],
+            stream,
+        )
+            .into_response());
+    }
     let following = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
     let lines = follow(s.store.clone(), s.hub.clone(), build.id, 0);
     let body = if following {

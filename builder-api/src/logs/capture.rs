@@ -19,6 +19,7 @@ struct Entry {
     step: String,
     stream: Stream,
     line: String,
+    meta: Option<serde_json::Value>,
 }
 
 /// A handle steps write lines into. Cheap to clone.
@@ -30,11 +31,31 @@ pub struct LogSink {
 impl LogSink {
     pub async fn line(&self, step: &str, stream: Stream, line: impl Into<String>) {
         // The receiver lives until every sink is dropped, so this only fails after close.
-        let _ = self.tx.send(Entry { step: step.to_string(), stream, line: line.into() }).await;
+        let _ = self.tx.send(Entry { step: step.to_string(), stream, line: line.into(), meta: None }).await;
     }
 
     pub async fn system(&self, step: &str, line: impl Into<String>) {
         self.line(step, Stream::System, line).await
+    }
+
+    /// A step begins: `── step NAME`, and a `step` event for live followers.
+    pub async fn step_started(&self, step: &str) {
+        let meta = serde_json::json!({"phase": "started"});
+        let _ = self.tx.send(Entry { step: step.into(), stream: Stream::Step, line: format!("── step {step}"), meta: Some(meta) }).await;
+    }
+
+    /// A step ended: its state, how long it ran, its exit code, and why it failed.
+    pub async fn step_finished(&self, step: &str, state: &str, secs: f64, exit_code: Option<i32>, reason: Option<&str>) {
+        let line = match reason {
+            None if state == "Succeeded" => format!("── step {step} succeeded in {secs:.1}s"),
+            None => format!("── step {step} ended {state} after {secs:.1}s"),
+            Some(r) => format!("── step {step} ended {state} after {secs:.1}s: {r}"),
+        };
+        let meta = serde_json::json!({
+            "phase": "finished", "state": state, "duration_ms": (secs * 1000.0).round() as i64,
+            "exit_code": exit_code, "reason": reason,
+        });
+        let _ = self.tx.send(Entry { step: step.into(), stream: Stream::Step, line, meta: Some(meta) }).await;
     }
 
     /// Reads `reader` to its end, one log line per text line. Returns the last non-empty line
@@ -84,13 +105,19 @@ pub struct LogCapture {
 
 impl LogCapture {
     /// Starts capturing; numbering continues after what the store already holds for the build.
+    /// Output past `max_bytes` (of stdout/stderr, counting what is stored) is dropped after one
+    /// notice; Kiln's own lines and step events are always kept.
     pub async fn start(
         store: Store,
         hub: Arc<LogHub>,
         build_id: i64,
         masker: Arc<Masker>,
+        max_bytes: u64,
     ) -> Result<LogCapture, crate::store::StoreError> {
         let mut seq = store.last_log_seq(build_id).await?;
+        let mut bytes = store.log_bytes(build_id).await? as u64;
+        let mut truncated = bytes > max_bytes;
+        hub.opened(build_id);
         let (tx, mut rx) = mpsc::channel::<Entry>(4096);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -98,20 +125,48 @@ impl LogCapture {
                 batch.clear();
                 let mut next = Some(first);
                 while let Some(entry) = next.take() {
-                    seq += 1;
-                    batch.push(LogLine {
-                        seq,
-                        step: entry.step,
-                        stream: entry.stream,
-                        at: now_ms(),
-                        line: masker.mask(entry.line),
-                    });
+                    let output = matches!(entry.stream, Stream::Stdout | Stream::Stderr);
+                    let mut keep = Some(entry);
+                    if output {
+                        let len = keep.as_ref().map_or(0, |e| e.line.len() as u64 + 1);
+                        if truncated {
+                            keep = None;
+                        } else if bytes + len > max_bytes {
+                            truncated = true;
+                            let step = keep.take().map(|e| e.step).unwrap_or_default();
+                            keep = Some(Entry {
+                                step,
+                                stream: Stream::System,
+                                line: format!(
+                                    "[kiln] log truncated: this build's output reached the cap of {}; further output is dropped, the build goes on",
+                                    registry_sync::human_bytes(max_bytes)
+                                ),
+                                meta: None,
+                            });
+                        } else {
+                            bytes += len;
+                        }
+                    }
+                    if let Some(entry) = keep {
+                        seq += 1;
+                        batch.push(LogLine {
+                            seq,
+                            step: entry.step,
+                            stream: entry.stream,
+                            at: now_ms(),
+                            line: masker.mask(entry.line),
+                            meta: entry.meta,
+                        });
+                    }
                     if batch.len() < BATCH {
                         next = rx.try_recv().ok();
                     }
                 }
+                if batch.is_empty() {
+                    continue;
+                }
                 store.append_log(build_id, &batch).await?;
-                hub.stored(build_id, seq);
+                hub.stored(build_id, Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
             }
             Ok(())
         });
@@ -129,7 +184,7 @@ impl LogCapture {
     }
 }
 
-/// Replaces every known secret with `****` before a line is stored.
+/// Replaces every known secret with `***` before a line is stored.
 pub struct Masker {
     secrets: Vec<String>,
 }
@@ -148,7 +203,7 @@ impl Masker {
         let mut line = line;
         for s in &self.secrets {
             if line.contains(s.as_str()) {
-                line = line.replace(s.as_str(), "****");
+                line = line.replace(s.as_str(), "***");
             }
         }
         line
@@ -162,6 +217,6 @@ mod tests {
     #[test]
     fn masks_every_secret_and_ignores_tiny_ones() {
         let m = Masker::new(vec!["s3cr3t-token".into(), "ab".into()]);
-        assert_eq!(m.mask("using s3cr3t-token and s3cr3t-token, ab"), "using **** and ****, ab");
+        assert_eq!(m.mask("using s3cr3t-token and s3cr3t-token, ab"), "using *** and ***, ab");
     }
 }

@@ -1,49 +1,113 @@
-//! Following a build's log: read what is stored after a sequence number, then wait for the hub's
-//! wake-up (or a periodic re-check) until the build is final and every line has been read.
+//! Following a build's log: the backlog from the store after a sequence number, then batches from
+//! the hub's broadcast as they are stored, ending once the build is final and every line was
+//! read. A follower that lags behind the broadcast (or a build written by another process) reads
+//! the store instead; no line is skipped or repeated either way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
+use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::LogHub;
+use super::{Batch, LogHub};
 use crate::store::{LogLine, Store, StoreError};
 
 const PAGE: i64 = 1000;
-/// Re-check the store this often even without a wake-up (a line written by another process).
+/// Re-check the store this often even without news (a build no capture of this process writes).
 const RECHECK: Duration = Duration::from_secs(2);
+
+struct Follower {
+    store: Store,
+    hub: Arc<LogHub>,
+    build_id: i64,
+    rx: broadcast::Receiver<Batch>,
+    /// The last sequence number handed out.
+    after: i64,
+    /// The broadcast has lines past `after` that the store must fill in first.
+    behind: bool,
+    /// The build is final: only the store's remaining pages are left.
+    ending: bool,
+    done: bool,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.hub.release(self.build_id);
+    }
+}
 
 /// Every line after `after`, then live lines, ending once the build is final and drained.
 pub fn follow(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl Stream<Item = Result<Vec<LogLine>, StoreError>> {
-    let wake = hub.subscribe(build_id);
-    futures_util::stream::unfold(Some((store, wake, after)), move |state| async move {
-        let (store, mut wake, mut after) = state?;
-        loop {
-            let lines = match store.log_after(build_id, after, PAGE).await {
-                Ok(lines) => lines,
-                Err(e) => return Some((Err(e), None)),
-            };
-            if let Some(last) = lines.last() {
-                after = last.seq;
-                return Some((Ok(lines), Some((store, wake, after))));
+    // Subscribed before the backlog is read, so no batch falls between the two.
+    let rx = hub.subscribe_lines(build_id);
+    let f = Follower { store, hub, build_id, rx, after, behind: true, ending: false, done: false };
+    futures_util::stream::unfold(f, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        match f.next().await {
+            Ok(Some(lines)) => Some((Ok(lines), f)),
+            Ok(None) => None,
+            Err(e) => {
+                f.done = true;
+                Some((Err(e), f))
             }
-            // Nothing new: done when the build is final (its capture closed before that).
-            match store.build(build_id).await {
-                Ok(Some(b)) if !b.state.is_final() => {}
-                Ok(_) => {
-                    // One more read: lines stored between the read above and the state check.
-                    return match store.log_after(build_id, after, PAGE).await {
-                        Ok(lines) if !lines.is_empty() => {
-                            after = lines.last().unwrap().seq;
-                            Some((Ok(lines), Some((store, wake, after))))
-                        }
-                        Ok(_) => None,
-                        Err(e) => Some((Err(e), None)),
-                    };
-                }
-                Err(e) => return Some((Err(e), None)),
-            }
-            let _ = tokio::time::timeout(RECHECK, wake.changed()).await;
         }
     })
+}
+
+impl Follower {
+    async fn next(&mut self) -> Result<Option<Vec<LogLine>>, StoreError> {
+        if self.ending {
+            return self.last_read().await;
+        }
+        loop {
+            if self.behind {
+                let lines = self.store.log_after(self.build_id, self.after, PAGE).await?;
+                if let Some(last) = lines.last() {
+                    self.after = last.seq;
+                    return Ok(Some(lines));
+                }
+                self.behind = false;
+                // Caught up with the store: done if the build is final (its capture closed, and
+                // every line was stored, before the build turned final).
+                if self.store.build(self.build_id).await?.is_none_or(|b| b.state.is_final()) {
+                    return self.last_read().await;
+                }
+            }
+            match tokio::time::timeout(RECHECK, self.rx.recv()).await {
+                Ok(Ok(batch)) => {
+                    let fresh: Vec<LogLine> = batch.iter().filter(|l| l.seq > self.after).cloned().collect();
+                    let Some(first) = fresh.first() else { continue };
+                    if first.seq != self.after + 1 {
+                        // A gap (lines stored before this follower subscribed): the store has them.
+                        self.behind = true;
+                        continue;
+                    }
+                    self.after = fresh.last().unwrap().seq;
+                    return Ok(Some(fresh));
+                }
+                // Too slow for the broadcast, or nothing for a while: read the store.
+                Ok(Err(RecvError::Lagged(_))) | Err(_) => self.behind = true,
+                // The build ended: read what is left, then stop.
+                Ok(Err(RecvError::Closed)) => return self.last_read().await,
+            }
+        }
+    }
+
+    /// The build ended: the rest from the store, a page at a time, then the end.
+    async fn last_read(&mut self) -> Result<Option<Vec<LogLine>>, StoreError> {
+        self.ending = true;
+        let lines = self.store.log_after(self.build_id, self.after, PAGE).await?;
+        match lines.last() {
+            Some(last) => {
+                self.after = last.seq;
+                Ok(Some(lines))
+            }
+            None => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
 }

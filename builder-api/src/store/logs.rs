@@ -11,8 +11,10 @@ use super::{Result, Store};
 pub enum Stream {
     Stdout,
     Stderr,
-    /// Lines Kiln itself writes into the log (step headers, results, reasons).
+    /// Lines Kiln itself writes into the log (results, reasons).
     System,
+    /// A step boundary: started, or finished with its state and duration (in `meta`).
+    Step,
 }
 
 impl Stream {
@@ -21,12 +23,14 @@ impl Stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
             Stream::System => "system",
+            Stream::Step => "step",
         }
     }
     fn parse(s: &str) -> Stream {
         match s {
             "stdout" => Stream::Stdout,
             "stderr" => Stream::Stderr,
+            "step" => Stream::Step,
             _ => Stream::System,
         }
     }
@@ -39,6 +43,10 @@ pub struct LogLine {
     pub stream: Stream,
     pub at: i64,
     pub line: String,
+    /// For step boundaries: `{"phase": "started"}` or
+    /// `{"phase": "finished", "state": …, "duration_ms": …, "exit_code": …}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 impl Store {
@@ -49,13 +57,14 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         for l in lines {
-            sqlx::query("INSERT OR IGNORE INTO log_lines (build_id, seq, step, stream, at, line) VALUES (?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT OR IGNORE INTO log_lines (build_id, seq, step, stream, at, line, meta) VALUES (?, ?, ?, ?, ?, ?, ?)")
                 .bind(build_id)
                 .bind(l.seq)
                 .bind(&l.step)
                 .bind(l.stream.as_str())
                 .bind(l.at)
                 .bind(&l.line)
+                .bind(l.meta.as_ref().map(|m| m.to_string()))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -66,7 +75,7 @@ impl Store {
     /// Lines with `seq > after`, in order, at most `limit`.
     pub async fn log_after(&self, build_id: i64, after: i64, limit: i64) -> Result<Vec<LogLine>> {
         let rows = sqlx::query(
-            "SELECT seq, step, stream, at, line FROM log_lines WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, step, stream, at, line, meta FROM log_lines WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(build_id)
         .bind(after)
@@ -81,6 +90,7 @@ impl Store {
                 stream: Stream::parse(r.get::<&str, _>(2)),
                 at: r.get(3),
                 line: r.get(4),
+                meta: r.get::<Option<&str>, _>(5).and_then(|m| serde_json::from_str(m).ok()),
             })
             .collect())
     }
@@ -92,10 +102,18 @@ impl Store {
             .await?)
     }
 
+    /// Bytes of output already stored for a build (what counts against the log cap).
+    pub async fn log_bytes(&self, build_id: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(CAST(line AS BLOB))), 0) FROM log_lines WHERE build_id = ? AND stream IN ('stdout', 'stderr')")
+            .bind(build_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// How many lines a step's own process wrote (Kiln's system lines not counted): where a
     /// follower of the step's container log resumes after a restart.
     pub async fn output_line_count(&self, build_id: i64, step: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM log_lines WHERE build_id = ? AND step = ? AND stream != 'system'")
+        let row = sqlx::query("SELECT COUNT(*) FROM log_lines WHERE build_id = ? AND step = ? AND stream IN ('stdout', 'stderr')")
             .bind(build_id)
             .bind(step)
             .fetch_one(&self.pool)

@@ -84,6 +84,10 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (source, delivery_key)
     );
     "#,
+    // 2: step boundaries as structured log entries (stream 'step'): phase, state, duration.
+    r#"
+    ALTER TABLE log_lines ADD COLUMN meta TEXT;
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

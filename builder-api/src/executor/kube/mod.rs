@@ -297,7 +297,7 @@ impl KubeExecutor {
             };
             if before.is_none() {
                 let _ = job.store.start_step(job.build.id, position as i64, name).await;
-                job.log.system(name, format!("── step {name}")).await;
+                job.log.step_started(name).await;
             }
             let skip = job.store.output_line_count(job.build.id, name).await.unwrap_or(0) as u64;
             let mut cursor = LogCursor::skipping(skip);
@@ -317,7 +317,7 @@ impl KubeExecutor {
                 _ => 0.0,
             };
             if t.exit_code == 0 {
-                job.log.system(name, format!("── step {name} succeeded in {secs:.1}s")).await;
+                job.log.step_finished(name, "Succeeded", secs, Some(0), None).await;
                 let _ = job.store.finish_step(job.build.id, name, StepState::Succeeded, Some(0)).await;
                 continue;
             }
@@ -329,7 +329,7 @@ impl KubeExecutor {
                     cursor.last_line.clone().map(|l| job.masker.mask(l)),
                 ),
             };
-            job.log.system(name, format!("── step {name} ended Failed after {secs:.1}s: {reason}")).await;
+            job.log.step_finished(name, "Failed", secs, Some(t.exit_code), Some(&reason)).await;
             let _ = job.store.finish_step(job.build.id, name, StepState::Failed, Some(t.exit_code)).await;
             return Err(Outcome::failed(reason));
         }
