@@ -8,5 +8,6 @@ mod api;
 mod builds;
 mod deploy_manifests;
 mod lifecycle;
+mod log_streaming;
 mod registry_assemble;
 mod webhooks;

@@ -1,6 +1,7 @@
 //! The `kiln` command line: the server, the client commands, and the build steps.
 
 mod client;
+pub mod sse;
 mod step;
 
 use std::path::PathBuf;
@@ -26,22 +27,33 @@ pub enum Command {
         #[arg(long, short, env = "KILN_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Print a build's log; with -f, follow it until the build ends and exit with its result.
+    /// Print a build's log; with -f, follow it live until the build ends.
+    ///
+    /// Following, step headers are shown as they start and finish (in colour on a terminal),
+    /// a dropped connection resumes where it stopped, and the exit code is the build's result:
+    /// 0 Succeeded, 1 Failed, 124 TimedOut, 130 Cancelled.
+    /// The token comes from --token, KILN_TOKEN, or ~/.config/kiln/cli.toml (`token = "…"`).
     Logs {
-        /// Build id.
-        build: i64,
+        /// Build id (or use --app for the newest build of an app).
+        build: Option<i64>,
+        /// The newest build of this app.
+        #[arg(long, conflicts_with = "build")]
+        app: Option<String>,
         /// Follow the log while the build runs.
         #[arg(long, short)]
         follow: bool,
         #[command(flatten)]
         api: client::ApiArgs,
     },
-    /// List builds (newest first).
+    /// List builds, newest first: state, app, ref, commit, duration and image digest.
     Builds {
         #[arg(long)]
         app: Option<String>,
+        /// Queued, Running, Succeeded, Failed, Cancelled or TimedOut.
         #[arg(long)]
         state: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
         #[command(flatten)]
         api: client::ApiArgs,
     },
@@ -86,8 +98,8 @@ pub fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve { config } => crate::server::serve(config).await.map(|()| 0),
-            Command::Logs { build, follow, api } => client::logs(&api, build, follow).await,
-            Command::Builds { app, state, api } => client::builds(&api, app, state).await.map(|()| 0),
+            Command::Logs { build, app, follow, api } => client::logs(&api, build, app, follow).await,
+            Command::Builds { app, state, limit, api } => client::builds(&api, app, state, limit).await.map(|()| 0),
             Command::Step(step) => step::run(step).await.map(|()| 0),
             Command::Dev(DevCommand::GitServer { root, listen, token }) => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -1,0 +1,269 @@
+//! Watching builds live: the log as Server-Sent Events (backlog, live tail, step events, result),
+//! resumed with `Last-Event-ID`, fanned out to many followers, capped per build, and masked in
+//! every view.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::Method;
+use builder_api::cli::sse::{SseEvent, SseParser};
+use builder_api::store::BuildState;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::support::fixtures::app_spec;
+use crate::support::git_server::GitServer;
+use crate::support::kiln::{test_config, TestKiln, ADMIN};
+use crate::support::registry::TestRegistry;
+
+const GIT_TOKEN: &str = "glpat-stream-token-98765";
+const REGISTRY_PASSWORD: &str = "registry-pass-4242-xyz";
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A stand-in for `go`: `body` (shell) runs first, then the real Go with the same arguments.
+fn go_wrapper(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let script = dir.join(name);
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\nexec go \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+/// `slow line 1..=n`, one every `ms`.
+fn numbered(n: u32, ms: u32) -> String {
+    format!("i=1\nwhile [ $i -le {n} ]; do echo \"slow line $i\"; i=$((i+1)); sleep {}; done", ms as f64 / 1000.0)
+}
+
+struct World {
+    git: GitServer,
+    registry: TestRegistry,
+    kiln: TestKiln,
+    token: String,
+}
+
+impl World {
+    async fn new(go_body: &str) -> World {
+        let git = GitServer::start_with_token(GIT_TOKEN).await;
+        let registry = TestRegistry::start_with_htpasswd("pusher", REGISTRY_PASSWORD).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path(), &[&registry.host()]);
+        config.toolchains.go = go_wrapper(dir.path(), "go-wrapper", go_body).display().to_string();
+        config.registry.username = Some("pusher".into());
+        config.registry.password = Some(REGISTRY_PASSWORD.into());
+        let kiln = TestKiln::start_with(dir, config).await;
+        let token = kiln.tenant("team").await;
+        World { git, registry, kiln, token }
+    }
+
+    async fn build(&self, name: &str) -> i64 {
+        let repo = self.git.create_repo(&format!("team/{name}"));
+        let sha = repo.commit_files(
+            &[("go.mod", &b"module example.com/s\n\ngo 1.19\n"[..], false), ("main.go", b"package main\n\nfunc main() {}\n", false)],
+            "s",
+        );
+        let mut spec = app_spec(name, &self.git.url(&format!("team/{name}")), &format!("team/{name}"), &format!("{}/team/{name}", self.registry.host()), "hook-secret-s");
+        spec["git_token"] = GIT_TOKEN.into();
+        self.kiln.app(&self.token, spec).await;
+        let (_, body) = self.kiln.request(Method::POST, &format!("/api/v1/apps/{name}/builds"), Some(&self.token), Some(json!({"commit": sha}))).await;
+        body["build"]["id"].as_i64().unwrap()
+    }
+
+    /// Opens the SSE stream (over a real socket) after `last_id`.
+    async fn open(&self, id: i64, last_id: Option<&str>) -> reqwest::Response {
+        let mut req = reqwest::Client::new()
+            .get(self.kiln.url(&format!("/api/v1/builds/{id}/logs")))
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream");
+        if let Some(last) = last_id {
+            req = req.header("last-event-id", last);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        assert_eq!(res.headers()["x-accel-buffering"], "no");
+        res
+    }
+
+    /// Reads events until `end` (inclusive), or until `stop` says so.
+    async fn read(&self, res: reqwest::Response, mut stop: impl FnMut(&[SseEvent]) -> bool) -> Vec<SseEvent> {
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        let mut body = res.bytes_stream();
+        let read = async {
+            while let Some(chunk) = body.next().await {
+                events.extend(parser.feed(&chunk.unwrap()));
+                if events.last().is_some_and(|e| e.event == "end") || stop(&events) {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(LIMIT, read).await.expect("the stream neither ended nor stopped in time");
+        events
+    }
+}
+
+fn data(e: &SseEvent) -> Value {
+    serde_json::from_str(&e.data).unwrap()
+}
+
+/// Sequence numbers of line and step events, which must run 1, 2, 3, … without a gap.
+fn assert_contiguous(events: &[SseEvent]) {
+    let ids: Vec<i64> = events.iter().filter(|e| e.event != "end").map(|e| e.id.as_deref().unwrap().parse().unwrap()).collect();
+    let expected: Vec<i64> = (1..=ids.len() as i64).collect();
+    assert_eq!(ids, expected, "ids have a gap, a repeat or a reordering");
+    for e in events.iter().filter(|e| e.event != "end") {
+        assert_eq!(data(e)["seq"].to_string(), *e.id.as_ref().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_late_follower_gets_the_backlog_then_the_live_tail_then_the_result() {
+    let w = World::new(&numbered(80, 25)).await;
+    let id = w.build("late").await;
+    // Join mid-build: once the compile step has printed a few lines.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !w.kiln.log(id).await.contains("slow line 10") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", w.kiln.log(id).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = w.read(w.open(id, None).await, |_| false).await;
+    assert_contiguous(&events);
+    let end = events.last().unwrap();
+    assert_eq!(end.event, "end");
+    let build = w.kiln.build(id).await;
+    assert_eq!(data(end)["state"], build.state.as_str());
+    assert_eq!(build.state, BuildState::Succeeded, "{:?}", build.reason);
+    assert_eq!(data(end)["digest"], build.image_digest.as_deref().unwrap());
+    // The same lines as the stored log, in order, from the first.
+    let streamed: Vec<String> = events.iter().filter(|e| e.event != "end").map(|e| data(e)["line"].as_str().unwrap().to_string()).collect();
+    let stored: Vec<String> = w.kiln.log(id).await.lines().map(String::from).collect();
+    assert_eq!(streamed, stored);
+    let slow: Vec<&String> = streamed.iter().filter(|l| l.starts_with("slow line")).collect();
+    assert_eq!(slow.len(), 80);
+    // Step boundaries are events with their state and duration.
+    let steps: Vec<Value> = events.iter().filter(|e| e.event == "step").map(data).collect();
+    let compile_done = steps.iter().find(|s| s["step"] == "compile" && s["meta"]["phase"] == "finished").expect("compile finished event");
+    assert_eq!(compile_done["meta"]["state"], "Succeeded");
+    assert!(compile_done["meta"]["duration_ms"].as_i64().unwrap() >= 80 * 20, "{compile_done}");
+    let names: Vec<String> = steps.iter().filter(|s| s["meta"]["phase"] == "started").map(|s| s["step"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["clone", "compile", "image"]);
+}
+
+#[tokio::test]
+async fn a_follower_that_reconnects_with_last_event_id_gets_no_gap_and_no_duplicate() {
+    let w = World::new(&numbered(60, 20)).await;
+    let id = w.build("resume").await;
+    let mut all = Vec::new();
+    let mut last: Option<String> = None;
+    // Drop the connection after every 15 events and resume from the last id seen.
+    loop {
+        let res = w.open(id, last.as_deref()).await;
+        let got = w.read(res, |evs| evs.len() >= 15).await;
+        last = got.iter().rev().find_map(|e| e.id.clone()).or(last);
+        let ended = got.last().is_some_and(|e| e.event == "end");
+        all.extend(got);
+        if ended {
+            break;
+        }
+    }
+    assert_contiguous(&all);
+    assert_eq!(all.iter().filter(|e| data(e)["line"].as_str().is_some_and(|l| l.starts_with("slow line"))).count(), 60);
+    // A malformed Last-Event-ID is refused clearly.
+    let res = reqwest::Client::new()
+        .get(w.kiln.url(&format!("/api/v1/builds/{id}/logs")))
+        .bearer_auth(&w.token)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "twelve")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_followers_receive_identical_streams_and_a_stalled_one_slows_nobody() {
+    let w = World::new(&numbered(200, 5)).await;
+    let id = w.build("fanout").await;
+    // A follower that never reads: its socket buffers fill, the build must not care.
+    let stalled = w.open(id, None).await;
+    let followers = (0..50).map(|_| async { w.read(w.open(id, None).await, |_| false).await });
+    let streams: Vec<Vec<SseEvent>> = futures_util::future::join_all(followers).await;
+    let build = w.kiln.wait_final(id, LIMIT).await;
+    assert_eq!(build.state, BuildState::Succeeded, "{:?}", build.reason);
+    for s in &streams[1..] {
+        assert_eq!(s, &streams[0], "two followers saw different streams");
+    }
+    assert_contiguous(&streams[0]);
+    assert_eq!(streams[0].iter().filter(|e| data(e)["line"].as_str().is_some_and(|l| l.starts_with("slow line"))).count(), 200);
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn secrets_a_step_echoes_are_masked_in_sse_text_and_the_cli() {
+    let w = World::new(&format!("echo \"token is {GIT_TOKEN}\"\necho \"password is {REGISTRY_PASSWORD}\"")).await;
+    let id = w.build("leaky").await;
+    let events = w.read(w.open(id, None).await, |_| false).await;
+    let sse: String = events.iter().map(|e| e.data.clone()).collect::<Vec<_>>().join("\n");
+    let text = reqwest::Client::new()
+        .get(w.kiln.url(&format!("/api/v1/builds/{id}/logs")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["logs", "-f", &id.to_string()])
+        .env("KILN_URL", w.kiln.url(""))
+        .env("KILN_TOKEN", &w.token)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let cli_out = String::from_utf8_lossy(&cli.stdout).into_owned();
+    assert_eq!(cli.status.code(), Some(0), "{cli_out}\n{}", String::from_utf8_lossy(&cli.stderr));
+    for (view, body) in [("sse", &sse), ("text", &text), ("cli", &cli_out)] {
+        assert!(body.contains("token is ***") && body.contains("password is ***"), "{view}: not masked:\n{body}");
+        assert!(!body.contains(GIT_TOKEN) && !body.contains(REGISTRY_PASSWORD), "{view}: a secret leaked:\n{body}");
+    }
+    assert!(cli_out.contains("── step compile") && cli_out.contains("build Succeeded"), "{cli_out}");
+}
+
+#[tokio::test]
+async fn the_cli_follows_the_newest_build_of_an_app_and_exits_with_its_result() {
+    let w = World::new("echo about to fail >&2; exit 3").await;
+    let id = w.build("broken").await;
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["logs", "-f", "--app", "broken"])
+        .env("KILN_URL", w.kiln.url(""))
+        .env("KILN_TOKEN", &w.token)
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&cli.stdout).into_owned();
+    assert_eq!(cli.status.code(), Some(1), "{out}");
+    assert!(out.contains("about to fail") && out.contains("build Failed: compile failed (exit code 3)"), "{out}");
+    assert_eq!(w.kiln.build(id).await.state, BuildState::Failed);
+
+    let list = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["builds", "--app", "broken"])
+        .env("KILN_URL", w.kiln.url(""))
+        .env("KILN_TOKEN", &w.token)
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(table.lines().next().unwrap().contains("DURATION") && table.contains("Failed") && table.contains("team/broken"), "{table}");
+
+    // Without any token the CLI says where one comes from.
+    let none = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["builds"])
+        .env_remove("KILN_TOKEN")
+        .env("KILN_CLI_CONFIG", "/nonexistent/cli.toml")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no API token"), "{}", String::from_utf8_lossy(&none.stderr));
+    let _ = ADMIN;
+}
