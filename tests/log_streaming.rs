@@ -267,3 +267,84 @@ async fn the_cli_follows_the_newest_build_of_an_app_and_exits_with_its_result() 
     assert!(String::from_utf8_lossy(&none.stderr).contains("no API token"), "{}", String::from_utf8_lossy(&none.stderr));
     let _ = ADMIN;
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_200_mib_log_is_cut_at_the_cap_with_a_notice_and_the_build_finishes_in_bounded_memory() {
+    crate::support::init();
+    let git = GitServer::start_with_token(GIT_TOKEN).await;
+    let registry = TestRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 200 MiB of output: 2,097,152 lines of 99 characters.
+    let flood = go_wrapper(dir.path(), "go-flood", "head -c 209715200 /dev/zero | tr '\\0' 'x' | fold -w 99");
+    let data = dir.path().join("data");
+    let config_file = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n[registry]\ninsecure = [\"{}\"]\n",
+            data.display(),
+            env!("CARGO_BIN_EXE_kiln"),
+            flood.display(),
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(&config_file)
+        .env("KILN_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(tokio::time::Instant::now() < deadline, "kiln serve did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tenant: Value = http.post(format!("{url}/api/v1/tenants")).bearer_auth(ADMIN).json(&json!({"name": "team"})).send().await.unwrap().json().await.unwrap();
+    let token = tenant["token"].as_str().unwrap().to_string();
+    let repo = git.create_repo("team/flood");
+    let sha = repo.commit_files(&[("go.mod", &b"module example.com/f\n\ngo 1.19\n"[..], false), ("main.go", b"package main\n\nfunc main() {}\n", false)], "f");
+    let mut spec = app_spec("flood", &git.url("team/flood"), "team/flood", &format!("{}/team/flood", registry.host()), "hook-secret-f");
+    spec["git_token"] = GIT_TOKEN.into();
+    assert!(http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&spec).send().await.unwrap().status().is_success());
+    let build: Value = http.post(format!("{url}/api/v1/apps/flood/builds")).bearer_auth(&token).json(&json!({"commit": sha})).send().await.unwrap().json().await.unwrap();
+    let id = build["build"]["id"].as_i64().unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let build = loop {
+        let b: Value = http.get(format!("{url}/api/v1/builds/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if ["Succeeded", "Failed", "Cancelled", "TimedOut"].contains(&b["build"]["state"].as_str().unwrap()) {
+            break b;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the flooded build did not finish: {b}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let peak = peak_rss_kib(serve.id());
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert_eq!(build["build"]["state"], "Succeeded", "{build}");
+
+    let store = builder_api::store::Store::open(&data).await.unwrap();
+    let kept = store.log_bytes(id).await.unwrap();
+    let cap: i64 = 100 << 20;
+    assert!(kept <= cap && kept > cap - 200, "stored {kept} bytes of output for a cap of {cap}");
+    let lines = store.log_after(id, 0, i64::MAX).await.unwrap();
+    let notice = lines.iter().position(|l| l.line.starts_with("[kiln] log truncated")).expect("a truncation notice");
+    assert!(lines[notice].line.contains("100.0 MiB"), "{}", lines[notice].line);
+    // After the notice: no more output, but the build's own lines (image step, result) are kept.
+    assert!(lines[notice + 1..].iter().all(|l| l.stream != builder_api::store::Stream::Stdout && l.stream != builder_api::store::Stream::Stderr));
+    assert!(lines.last().unwrap().line.contains("Succeeded"), "{:?}", lines.last());
+    println!("a 200 MiB log: {kept} bytes kept, kiln serve peak RSS {} MiB", peak / 1024);
+    assert!(peak < 128 * 1024, "kiln serve peaked at {} MiB while capturing a 200 MiB log", peak / 1024);
+}

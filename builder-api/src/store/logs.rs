@@ -102,9 +102,10 @@ impl Store {
             .await?)
     }
 
-    /// Bytes of output already stored for a build (what counts against the log cap).
+    /// Bytes of output already stored for a build, a newline per line (what counts against the
+    /// log cap).
     pub async fn log_bytes(&self, build_id: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(CAST(line AS BLOB))), 0) FROM log_lines WHERE build_id = ? AND stream IN ('stdout', 'stderr')")
+        Ok(sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(CAST(line AS BLOB)) + 1), 0) FROM log_lines WHERE build_id = ? AND stream IN ('stdout', 'stderr')")
             .bind(build_id)
             .fetch_one(&self.pool)
             .await?)
