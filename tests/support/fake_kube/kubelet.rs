@@ -400,6 +400,11 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
     mounts.sort_by_key(|(mp, _)| std::cmp::Reverse(mp.len()));
     let tm_path = c["terminationMessagePath"].as_str().unwrap_or("/dev/termination-log").to_string();
     let tm_host = if map_path(&mounts, &tm_path) != tm_path { PathBuf::from(map_path(&mounts, &tm_path)) } else { cdir.join("termination-log") };
+    // As the kubelet, which bind-mounts an empty file there: the file exists before the start.
+    if let Some(parent) = tm_host.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = std::fs::write(&tm_host, b"");
     mounts.push((tm_path.clone(), tm_host.clone()));
 
     let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, map_path(&mounts, &v))).collect();
