@@ -47,17 +47,11 @@ fn job(name: &str, spec: Value) -> Job {
 
 /// The Job's one pod, once the controller made it.
 async fn pod_of(fk: &FakeKube, ns: &str, job: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    fk.wait_until(WAIT, &format!("a pod of job {job}"), |fk| {
         let pods = fk.list("pods", Some(ns));
-        if let Some(p) = pods.iter().find(|p| p["metadata"]["labels"]["job-name"] == job) {
-            return p["metadata"]["name"].as_str().unwrap().to_string();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no pod for job {job}");
-        // Poll the store with a deadline: the controller creates the pod on its next pass.
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        pods.iter().find(|p| p["metadata"]["labels"]["job-name"] == job).map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+    })
+    .await
 }
 
 fn job_condition(j: Option<&Value>) -> Option<(String, String)> {
@@ -546,4 +540,74 @@ async fn fake_kube_deadline_oom_image_pull_eviction_and_refused_creates() {
     fk.stop_refusing_creates("jobs");
     jobs.create(&PostParams::default(), &job("denied", sleeper())).await.unwrap();
     jobs.delete("denied", &DeleteParams::foreground()).await.unwrap();
+}
+
+#[tokio::test]
+async fn fake_kube_raw_watch_bookmarks_initial_state_timeout_and_streaming_lists() {
+    crate::support::init();
+    let fk = FakeKube::start(FakeKubeOptions { kubelet: false, bookmark_interval: Duration::from_millis(100), ..Default::default() });
+    let cms: Api<ConfigMap> = Api::namespaced(fk.client(), "default");
+    cms.create(&PostParams::default(), &cm("one", json!({"app": "x"}))).await.unwrap();
+    let now = fk.resource_version().to_string();
+
+    // resourceVersion "0": the current state as ADDED first; then bookmarks with the current rv;
+    // `timeoutSeconds` ends the stream.
+    let wp = kube::api::WatchParams::default().labels("app=x").timeout(1);
+    let mut s = cms.watch(&wp, "0").await.unwrap().boxed();
+    match s.try_next().await.unwrap().unwrap() {
+        kube::api::WatchEvent::Added(c) => assert_eq!(c.metadata.name.as_deref(), Some("one")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    match s.try_next().await.unwrap().unwrap() {
+        kube::api::WatchEvent::Bookmark(b) => assert_eq!(b.metadata.resource_version, now),
+        other => panic!("expected BOOKMARK, got {other:?}"),
+    }
+    cms.create(&PostParams::default(), &cm("two", json!({"app": "x"}))).await.unwrap();
+    let mut added_two = false;
+    while let Some(ev) = s.try_next().await.unwrap() {
+        if let kube::api::WatchEvent::Added(c) = ev {
+            added_two |= c.metadata.name.as_deref() == Some("two");
+        }
+    }
+    assert!(added_two, "the stream saw the create and then ended at timeoutSeconds");
+    assert_eq!(fk.watches_open("configmaps"), 0);
+
+    // Streaming lists: kube's watcher in that mode gets the state and the end-of-initial bookmark.
+    let w = watcher(cms.clone(), watcher::Config::default().labels("app=x").streaming_lists());
+    let mut w = std::pin::pin!(w);
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, w.try_next()).await.unwrap().unwrap().unwrap() {
+            watcher::Event::InitApply(c) => names.push(c.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(fk.count("list", "configmaps"), 0, "no list request in streaming-list mode");
+}
+
+#[tokio::test]
+async fn fake_kube_ttl_after_finished_deletes_the_job_and_its_pods() {
+    let fk = fake(true);
+    let jobs: Api<Job> = Api::namespaced(fk.client(), "default");
+    let mut j = job("short", json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "i", "command": ["true"]}]}));
+    j.spec.as_mut().unwrap().ttl_seconds_after_finished = Some(1);
+    jobs.create(&PostParams::default(), &j).await.unwrap();
+    let pod = pod_of(&fk, "default", "short").await;
+    let cond = fk.wait_for("jobs", "default", "short", WAIT, job_condition).await;
+    assert_eq!(cond.0, "Complete");
+    fk.wait_for("jobs", "default", "short", WAIT, |j| j.is_none().then_some(())).await;
+    fk.wait_for("pods", "default", &pod, WAIT, |p| p.is_none().then_some(())).await;
+
+    // Delete answers: a Status for an object gone at once, the object while a deletion is pending.
+    jobs.create(&PostParams::default(), &job("answer", sleeper())).await.unwrap();
+    let pod = running_pod(&fk, "default", "answer").await;
+    let gone = jobs.delete("answer", &DeleteParams::background()).await.unwrap();
+    let status = gone.right().expect("a Status for a Job deleted at once");
+    assert_eq!(status.details.unwrap().name, "answer");
+    let pods: Api<Pod> = Api::namespaced(fk.client(), "default");
+    fk.wait_for("pods", "default", &pod, WAIT, |p| p.is_none().then_some(())).await;
+    assert!(pods.get_opt(&pod).await.unwrap().is_none());
 }

@@ -113,7 +113,7 @@ pub(crate) fn delete_pod(sh: &Shared, ns: &str, name: &str, grace0: bool) -> Res
         }
     }
     drop(running);
-    sh.store.delete(pods(), ns, name)
+    sh.store.delete(pods(), ns, name).map(|d| super::deleted_status(pods(), &d))
 }
 
 pub(crate) fn evict(sh: &Shared, ns: &str, name: &str) {

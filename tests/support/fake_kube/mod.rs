@@ -226,6 +226,21 @@ impl FakeKube {
         }
     }
 
+    /// Waits (on store changes) until `pred` returns Some; panics after `timeout`.
+    pub async fn wait_until<T>(&self, timeout: Duration, what: &str, mut pred: impl FnMut(&FakeKube) -> Option<T>) -> T {
+        let mut changes = self.shared.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            if let Some(t) = pred(self) {
+                return t;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+        }
+    }
+
     // ---- counters ----
 
     /// Every request clients made, in order.
@@ -341,6 +356,17 @@ impl FakeKube {
     }
 }
 
+/// What the real server answers when an object is gone at once (no finalizers, no grace): a
+/// `Status` with `status: Success`. A deletion still pending answers the object itself, which is
+/// how kube-rs tells `Either::Left` (deleting) from `Either::Right` (deleted).
+pub(crate) fn deleted_status(r: &Res, obj: &Value) -> Value {
+    let mut details = json!({"name": obj["metadata"]["name"], "kind": r.plural, "uid": obj["metadata"]["uid"]});
+    if !r.group.is_empty() {
+        details["group"] = json!(r.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+}
+
 /// Deletes with the real server's propagation: `Background` deletes the owner then its
 /// dependents, `Foreground` marks the owner, deletes the dependents, then the owner, `Orphan`
 /// strips the owner reference from the dependents. Jobs default to orphaning (batch/v1 legacy);
@@ -370,10 +396,11 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
             for p in &dependents {
                 let _ = kubelet::delete_pod(sh, ns, p, false);
             }
-            d
+            deleted_status(r, &d)
         }
         "Foreground" => {
-            sh.store.modify(r, ns, name, |o| {
+            // The answer is the marked owner, as the real server's (it finishes later there).
+            let marked = sh.store.modify(r, ns, name, |o| {
                 let mut o = o.clone();
                 o["metadata"]["deletionTimestamp"] = json!(store::now_rfc3339());
                 o["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
@@ -382,7 +409,8 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
             for p in &dependents {
                 let _ = kubelet::delete_pod(sh, ns, p, true);
             }
-            sh.store.delete(r, ns, name)?
+            sh.store.delete(r, ns, name)?;
+            marked
         }
         "Orphan" => {
             for p in &dependents {
@@ -394,7 +422,7 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
                     Ok(o)
                 });
             }
-            sh.store.delete(r, ns, name)?
+            deleted_status(r, &sh.store.delete(r, ns, name)?)
         }
         other => return Err(ApiError::bad_request(format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\""))),
     };

@@ -31,7 +31,13 @@ pub(crate) fn serve(
     let from = q.get("resourceVersion").cloned().unwrap_or_default();
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
-    let start: Option<u64> = if from.is_empty() || from == "0" {
+    // Streaming lists (`watcher::Config::streaming_lists`): the current state as ADDED events,
+    // then a BOOKMARK annotated `k8s.io/initial-events-end`, then the changes.
+    let initial_events = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    if initial_events && !bookmarks {
+        return Err(ApiError::invalid(r, "", "allowWatchBookmarks: Required value: allowWatchBookmarks must be set to true when sendInitialEvents is requested"));
+    }
+    let start: Option<u64> = if from.is_empty() || from == "0" || initial_events {
         None
     } else {
         Some(from.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: \"{from}\"")))?)
@@ -58,6 +64,13 @@ pub(crate) fn serve(
                 let (items, rv) = sh.store.list(r, None);
                 for o in items.iter().filter(|o| matches(o)) {
                     if tx.send(line("ADDED", o)).await.is_err() {
+                        return finish(&sh, r);
+                    }
+                }
+                if initial_events {
+                    let b = json!({"kind": r.kind, "apiVersion": r.api_version(),
+                        "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                    if tx.send(line("BOOKMARK", &b)).await.is_err() {
                         return finish(&sh, r);
                     }
                 }
