@@ -466,6 +466,8 @@ async fn fake_kube_job_delete_background_removes_pods_and_no_policy_orphans_them
     assert!(fk.get("jobs", "default", "orphan").is_none());
     let p = pods.get(&pod).await.expect("the pod is orphaned, not deleted");
     assert!(p.metadata.owner_references.unwrap_or_default().is_empty());
+    let conds = p.status.as_ref().unwrap().conditions.clone().unwrap();
+    assert!(conds.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{conds:?}");
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
     // Deleting the running pod: marked, processes killed, then gone.
     let marked = pods.delete(&pod, &DeleteParams::default()).await.unwrap();
@@ -480,7 +482,9 @@ async fn fake_kube_deadline_oom_image_pull_eviction_and_refused_creates() {
 
     // activeDeadlineSeconds: DeadlineExceeded, the pod deleted.
     let mut spec = job("slowpoke", sleeper());
-    spec.spec.as_mut().unwrap().active_deadline_seconds = Some(1);
+    // 2 s: startTime has second precision, so the deadline may come up to a second early, and
+    // the pod must live long enough to be seen.
+    spec.spec.as_mut().unwrap().active_deadline_seconds = Some(2);
     jobs.create(&PostParams::default(), &spec).await.unwrap();
     let pod = pod_of(&fk, "default", "slowpoke").await;
     let cond = fk.wait_for("jobs", "default", "slowpoke", WAIT, job_condition).await;

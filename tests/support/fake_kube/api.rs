@@ -201,7 +201,7 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
             }
             Ok(json_response(200, &super::delete(sh, r, key_ns, &name, policy.as_deref(), grace0)?))
         }
-        _ => Err(ApiError { code: 405, reason: "MethodNotAllowed", message: format!("the server does not allow this method on the requested resource"), details: None }),
+        _ => Err(ApiError { code: 405, reason: "MethodNotAllowed", message: "the server does not allow this method on the requested resource".into(), details: None }),
     }
 }
 

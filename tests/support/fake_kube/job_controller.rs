@@ -104,8 +104,7 @@ fn reconcile_all(sh: &Shared) -> Option<Instant> {
         let backoff = spec["backoffLimit"].as_i64().unwrap_or(6);
         let mut conditions: Option<Vec<Value>> = None;
         let deadline = spec["activeDeadlineSeconds"].as_i64();
-        if let Some(ads) = deadline.filter(|ads| Utc::now() >= start + chrono::Duration::seconds(*ads)) {
-            let _ = ads;
+        if deadline.is_some_and(|ads| Utc::now() >= start + chrono::Duration::seconds(ads)) {
             // As the real controller: the active pods are deleted (their processes killed).
             for p in &active {
                 let _ = super::kubelet::delete_pod(sh, &ns, name_of(p), true);

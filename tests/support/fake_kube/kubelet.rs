@@ -160,12 +160,32 @@ impl PodCtx {
         update_status(&self.sh, &self.ns, &self.name, f)
     }
     /// Sets the status of container `idx` in `key` (`initContainerStatuses`/`containerStatuses`).
+    /// The update that terminates the last container (or fails an init container) carries the
+    /// pod's phase too, as one kubelet status sync does: a watcher never sees a terminated
+    /// container in a pod that still says Running.
     fn container(&self, key: &str, idx: usize, cs: Value) {
+        let killed = self.handle.cause().is_some();
         self.status(|s| {
             if let Some(list) = s[key].as_array_mut() {
                 if idx < list.len() {
                     list[idx] = cs;
                 }
+            }
+            if killed {
+                return;
+            }
+            let code = |c: &Value| c["state"]["terminated"]["exitCode"].as_i64();
+            let failed_init = key == "initContainerStatuses" && code(&s[key][idx]).is_some_and(|c| c != 0);
+            let mains = s["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let all_done = key == "containerStatuses" && mains.iter().all(|c| code(c).is_some());
+            if failed_init || all_done {
+                let ok = !failed_init && mains.iter().all(|c| code(c) == Some(0));
+                s["phase"] = json!(if ok { "Succeeded" } else { "Failed" });
+                set_conditions(s, !failed_init, false, "PodCompleted");
+            } else if key == "containerStatuses" && cs_running(&s[key][idx]) {
+                s["phase"] = json!("Running");
+                let ready = mains.iter().all(|c| c["ready"] == true);
+                set_conditions(s, true, ready, "ContainersNotReady");
             }
         })
     }
@@ -175,6 +195,28 @@ impl PodCtx {
             self.status(|s| s["phase"] = json!(phase));
         }
     }
+}
+
+fn cs_running(cs: &Value) -> bool {
+    cs["state"].get("running").is_some()
+}
+
+/// The pod conditions the kubelet keeps next to PodScheduled.
+fn set_conditions(s: &mut Value, initialized: bool, ready: bool, not_ready_reason: &str) {
+    let now = now_rfc3339();
+    let mut conds: Vec<Value> = s["conditions"].as_array().cloned().unwrap_or_default();
+    for (kind, on) in [("Initialized", initialized), ("ContainersReady", ready), ("Ready", ready)] {
+        let mut c = json!({"type": kind, "status": if on { "True" } else { "False" }, "lastTransitionTime": now});
+        if !on && kind != "Initialized" {
+            c["reason"] = json!(not_ready_reason);
+        }
+        match conds.iter_mut().find(|x| x["type"] == kind) {
+            Some(x) if x["status"] == c["status"] => {}
+            Some(x) => *x = c,
+            None => conds.push(c),
+        }
+    }
+    s["conditions"] = json!(conds);
 }
 
 fn base_status(c: &Value, ready: bool, started: bool, state: Value) -> Value {
@@ -423,9 +465,6 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
     let mut running = base_status(c, is_main, true, json!({"running": {"startedAt": started}}));
     running["containerID"] = json!(container_id);
     ctx.container(key, idx, running);
-    if is_main {
-        ctx.phase("Running");
-    }
 
     let oomed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctoken = cancel.child_token();
