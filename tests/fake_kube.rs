@@ -615,3 +615,52 @@ async fn fake_kube_ttl_after_finished_deletes_the_job_and_its_pods() {
     fk.wait_for("pods", "default", &pod, WAIT, |p| p.is_none().then_some(())).await;
     assert!(pods.get_opt(&pod).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn fake_kube_volumes_failed_init_and_termination_message_cap() {
+    let fk = fake(true);
+    fk.create_secret("default", "reg", &[("password", "hunter2")]);
+    let pods: Api<Pod> = Api::namespaced(fk.client(), "default");
+    let pp = PostParams::default();
+    let succeeded = |p: Option<&Value>| (p?["status"]["phase"] == "Succeeded").then_some(());
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "first"}, "spec": {"restartPolicy": "Never",
+        "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "gocache"}}, {"name": "creds", "secret": {"secretName": "reg"}}],
+        "initContainers": [{"name": "fill", "image": "i", "command": ["sh", "-c", "echo warm > \"$1/marker\"; cat \"$2/password\"; echo", "sh", "/cache", "/creds"],
+            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}, {"name": "creds", "mountPath": "/creds", "readOnly": true}]}],
+        // The default terminationMessagePath, handed over as an argument (and so rewritten).
+        "containers": [{"name": "big", "image": "i", "command": ["sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x > \"$1\"", "sh", "/dev/termination-log"]}]
+    }}))
+    .unwrap();
+    pods.create(&pp, &p).await.unwrap();
+    fk.wait_for("pods", "default", "first", WAIT, succeeded).await;
+    assert_eq!(fk.pod_log("default", "first", "fill").unwrap(), "hunter2\n");
+    let p = fk.get("pods", "default", "first").unwrap();
+    let msg = p["status"]["containerStatuses"][0]["state"]["terminated"]["message"].as_str().unwrap();
+    assert_eq!(msg.len(), 4096, "capped as the kubelet does");
+
+    // The claim's directory outlives the pod.
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "second"}, "spec": {"restartPolicy": "Never",
+        "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "gocache"}}],
+        "containers": [{"name": "read", "image": "i", "command": ["cat"], "args": ["/cache/marker"], "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}]
+    }}))
+    .unwrap();
+    pods.create(&pp, &p).await.unwrap();
+    fk.wait_for("pods", "default", "second", WAIT, succeeded).await;
+    assert_eq!(fk.pod_log("default", "second", "read").unwrap(), "warm\n");
+
+    // A failing init container fails the pod; nothing after it starts.
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "broken"}, "spec": {"restartPolicy": "Never",
+        "initContainers": [{"name": "clone", "image": "i", "command": ["sh", "-c", "echo no such commit >&2; exit 3"]}, {"name": "later", "image": "i", "command": ["true"]}],
+        "containers": [{"name": "compile", "image": "i", "command": ["true"]}]
+    }}))
+    .unwrap();
+    pods.create(&pp, &p).await.unwrap();
+    let p = fk.wait_for("pods", "default", "broken", WAIT, |p| (p?["status"]["phase"] == "Failed").then(|| p.unwrap().clone())).await;
+    let t = &p["status"]["initContainerStatuses"][0]["state"]["terminated"];
+    assert_eq!((t["exitCode"].as_i64(), t["reason"].as_str()), (Some(3), Some("Error")));
+    assert_eq!(p["status"]["initContainerStatuses"][1]["state"]["waiting"]["reason"], "PodInitializing");
+    assert_eq!(p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
+    assert_eq!(pods.logs("broken", &LogParams { container: Some("clone".into()), ..Default::default() }).await.unwrap(), "no such commit\n");
+    let e = api_error(pods.logs("broken", &LogParams { container: Some("compile".into()), ..Default::default() }).await.unwrap_err());
+    assert_eq!((e.code, e.message.as_str()), (400, "container \"compile\" in pod \"broken\" is waiting to start: PodInitializing"));
+}
