@@ -145,6 +145,19 @@ async fn fake_kube_crud_errors_patches_status_and_selectors() {
     let b: ConfigMap = fk.client().request(req).await.unwrap();
     assert_eq!(b.data.unwrap(), BTreeMap::from([("j".to_string(), "p".to_string())]));
 
+    // Server-side apply creates, then updates; a Secret's stringData lands in data.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(fk.client(), "team-a");
+    let apply = |token: &str| {
+        serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git"}, "stringData": {"token": token}}))
+            .unwrap()
+    };
+    let created = secrets.patch("git", &PatchParams::apply("kiln").force(), &Patch::Apply(&apply("one"))).await.unwrap();
+    let updated = secrets.patch("git", &PatchParams::apply("kiln").force(), &Patch::Apply(&apply("two"))).await.unwrap();
+    assert_eq!(created.metadata.uid, updated.metadata.uid);
+    assert_eq!(updated.data.unwrap()["token"].0, b"two");
+    let e = api_error(secrets.patch("git", &PatchParams::default(), &Patch::Apply(&apply("x"))).await.unwrap_err());
+    assert_eq!(e.code, 400, "apply needs a field manager");
+
     // Status subresource: status writes change only status; main writes ignore status.
     let pods: Api<Pod> = Api::namespaced(fk.client(), "team-a");
     let p: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})).unwrap();
