@@ -676,4 +676,15 @@ async fn fake_kube_volumes_failed_init_and_termination_message_cap() {
     assert_eq!(pods.logs("broken", &LogParams { container: Some("clone".into()), ..Default::default() }).await.unwrap(), "no such commit\n");
     let e = api_error(pods.logs("broken", &LogParams { container: Some("compile".into()), ..Default::default() }).await.unwrap_err());
     assert_eq!((e.code, e.message.as_str()), (400, "container \"compile\" in pod \"broken\" is waiting to start: PodInitializing"));
+
+    // `$(VAR)` is not expanded in workingDir (only in command, args, env): the runtime refuses it.
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "cwd"}, "spec": {"restartPolicy": "Never",
+        "containers": [{"name": "c", "image": "i", "command": ["true"], "workingDir": "$(WORKSPACE)/src", "env": [{"name": "WORKSPACE", "value": "/w"}]}]
+    }}))
+    .unwrap();
+    pods.create(&pp, &p).await.unwrap();
+    let p = fk.wait_for("pods", "default", "cwd", WAIT, |p| (p?["status"]["phase"] == "Failed").then(|| p.unwrap().clone())).await;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!((t["exitCode"].as_i64(), t["reason"].as_str()), (Some(128), Some("StartError")));
+    assert!(t["message"].as_str().unwrap().contains("the working directory '$(WORKSPACE)/src' is invalid"), "{t}");
 }

@@ -453,9 +453,18 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
     let strs = |k: &str| c[k].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).map(String::from).collect::<Vec<_>>()).unwrap_or_default();
     // No image entrypoint here: without `command`, `args` is the whole argv.
     let argv: Vec<String> = strs("command").into_iter().chain(strs("args")).map(|a| map_path(&mounts, &builder_api::plan::expand(&a, &env))).collect();
-    let workdir = match c["workingDir"].as_str().filter(|w| !w.is_empty()) {
-        Some(w) => PathBuf::from(map_path(&mounts, w)),
-        None => cdir.join("rootfs"),
+    // Kubernetes expands `$(VAR)` in command, args and env values only, never in `workingDir`;
+    // the runtime refuses a relative one.
+    let working_dir = c["workingDir"].as_str().filter(|w| !w.is_empty());
+    let bad_cwd = working_dir.filter(|w| !w.starts_with('/')).map(|w| {
+        format!(
+            "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: \
+             the working directory '{w}' is invalid, it needs to be an absolute path: unknown"
+        )
+    });
+    let workdir = match working_dir {
+        Some(w) if bad_cwd.is_none() => PathBuf::from(map_path(&mounts, w)),
+        _ => cdir.join("rootfs"),
     };
     let _ = std::fs::create_dir_all(&workdir);
 
@@ -477,6 +486,7 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
         });
     }
     let (code, reason, start_error) = match argv.split_first() {
+        _ if bad_cwd.is_some() => (128, "StartError", bad_cwd),
         None => (128, "StartError", Some("no command specified".to_string())),
         Some((prog, args)) => {
             let program = if prog == "kiln" { sh.opts.kiln_binary.clone().unwrap_or_else(|| PathBuf::from("kiln")) } else { PathBuf::from(prog) };
@@ -497,6 +507,10 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
         }
     };
     log.terminate();
+    if let (128, "StartError", Some(e)) = (code, reason, &start_error) {
+        // Shown with the failing test's output: the usual cause is a wrong path in a Job template.
+        eprintln!("fake kubelet: pod {}/{} container {cname}: {e}", ctx.ns, ctx.name);
+    }
 
     let mut message = start_error.unwrap_or_else(|| termination_message(&tm_host));
     if message.is_empty() && code != 0 && c["terminationMessagePolicy"] == "FallbackToLogsOnError" {
