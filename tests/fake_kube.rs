@@ -677,6 +677,29 @@ async fn fake_kube_volumes_failed_init_and_termination_message_cap() {
     let e = api_error(pods.logs("broken", &LogParams { container: Some("compile".into()), ..Default::default() }).await.unwrap_err());
     assert_eq!((e.code, e.message.as_str()), (400, "container \"compile\" in pod \"broken\" is waiting to start: PodInitializing"));
 
+    // A `/tmp` mount: paths below it go to the volume, except a host file that exists as written
+    // (a host tool standing in for the image's); `$(VAR)` in args expands before the one mapping.
+    let host_dir = tempfile::Builder::new().prefix("tools").tempdir_in("/tmp").unwrap();
+    let tool_path = host_dir.path().join("tool");
+    std::fs::write(&tool_path, "#!/bin/sh\necho tool ran with \"$@\"\necho out > \"$2\"\n").unwrap();
+    std::fs::set_permissions(&tool_path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tool = tool_path.to_str().unwrap().to_string();
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "tmp-mount"}, "spec": {"restartPolicy": "Never",
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "ws", "emptyDir": {}}],
+        "containers": [{"name": "c", "image": "i", "command": [tool, "$(WORKSPACE)/src", "/tmp/out"],
+            "env": [{"name": "WORKSPACE", "value": "/workspace"}],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "ws", "mountPath": "/workspace"}]}]
+    }}))
+    .unwrap();
+    pods.create(&pp, &p).await.unwrap();
+    fk.wait_for("pods", "default", "tmp-mount", WAIT, succeeded).await;
+    let uid = fk.get("pods", "default", "tmp-mount").unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    let vols = fk.root().join("pods").join(&uid).join("volumes");
+    let log = fk.pod_log("default", "tmp-mount", "c").unwrap();
+    assert_eq!(log, format!("tool ran with {} {}\n", vols.join("ws/src").display(), vols.join("tmp/out").display()));
+    assert_eq!(std::fs::read_to_string(vols.join("tmp/out")).unwrap(), "out\n");
+    drop(host_dir);
+
     // `$(VAR)` is not expanded in workingDir (only in command, args, env): the runtime refuses it.
     let p: Pod = serde_json::from_value(json!({"metadata": {"name": "cwd"}, "spec": {"restartPolicy": "Never",
         "containers": [{"name": "c", "image": "i", "command": ["true"], "workingDir": "$(WORKSPACE)/src", "env": [{"name": "WORKSPACE", "value": "/w"}]}]

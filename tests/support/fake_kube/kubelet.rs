@@ -370,14 +370,21 @@ fn resolve_env(sh: &Shared, ns: &str, pod_name: &str, pod_uid: &str, c: &Value) 
     Ok(process::expand_env(&env))
 }
 
-/// The bind-mount stand-in: a path at or under a mountPath becomes the host path.
+/// The bind-mount stand-in: a path at or under a mountPath becomes the host path. One exception
+/// keeps host tools usable: a path below a mount that exists on the host as written and not in
+/// the volume (a toolchain in the test's temp dir under a `/tmp` mount) stays as written, since
+/// host paths stand in for the image's contents.
 fn map_path(mounts: &[(String, PathBuf)], s: &str) -> String {
     for (mp, host) in mounts {
         if s == mp {
             return host.to_string_lossy().into_owned();
         }
         if let Some(rest) = s.strip_prefix(mp.as_str()).filter(|r| r.starts_with('/') || mp.ends_with('/')) {
-            return format!("{}/{}", host.to_string_lossy().trim_end_matches('/'), rest.trim_start_matches('/'));
+            let mapped = format!("{}/{}", host.to_string_lossy().trim_end_matches('/'), rest.trim_start_matches('/'));
+            if Path::new(s).exists() && !Path::new(&mapped).exists() {
+                return s.to_string();
+            }
+            return mapped;
         }
     }
     s.to_string()
@@ -449,10 +456,20 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
     let _ = std::fs::write(&tm_host, b"");
     mounts.push((tm_path.clone(), tm_host.clone()));
 
-    let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, map_path(&mounts, &v))).collect();
     let strs = |k: &str| c[k].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).map(String::from).collect::<Vec<_>>()).unwrap_or_default();
+    // Env values are mapped; `$(VAR)` in command and args expands from the mapped env (so a path
+    // reached through a variable is a host path even inside a `sh -c` script), and an argument
+    // without a reference is mapped itself. No path is mapped twice.
+    let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, map_path(&mounts, &v))).collect();
     // No image entrypoint here: without `command`, `args` is the whole argv.
-    let argv: Vec<String> = strs("command").into_iter().chain(strs("args")).map(|a| map_path(&mounts, &builder_api::plan::expand(&a, &env))).collect();
+    let argv: Vec<String> = strs("command")
+        .into_iter()
+        .chain(strs("args"))
+        .map(|a| {
+            let expanded = builder_api::plan::expand(&a, &env);
+            if expanded == a { map_path(&mounts, &a) } else { expanded }
+        })
+        .collect();
     // Kubernetes expands `$(VAR)` in command, args and env values only, never in `workingDir`;
     // the runtime refuses a relative one.
     let working_dir = c["workingDir"].as_str().filter(|w| !w.is_empty());

@@ -10,9 +10,13 @@
 //!
 //! Volumes have no bind mounts: a volume is a host directory, and the kubelet rewrites any env
 //! value, argument, `workingDir` or `terminationMessagePath` that is a volumeMount's `mountPath`
-//! (or below it) to that host directory. Paths that reach the process another way (inside a file,
-//! built by the program at run time) are not rewritten; that is why Kiln passes the workspace path
-//! only through the `WORKSPACE` env var.
+//! (or below it) to that host directory. `$(VAR)` in command and args expands from the mapped env
+//! (so `$(WORKSPACE)/src` is a host path, also inside a `sh -c` script); an argument without a
+//! reference is mapped itself. Paths that reach the process another way (written literally inside
+//! a script or a file, built by the program at run time) are not rewritten; that is why Kiln passes the workspace path only through the `WORKSPACE` env
+//! var. Host paths stand in for image contents: a path below a mount (say a toolchain under the
+//! test's temp dir while `/tmp` is a mount) that exists on the host and not in the volume is left
+//! as written. `workingDir` is never `$(VAR)`-expanded (Kubernetes does not) and must be absolute.
 
 pub mod api;
 mod job_controller;
