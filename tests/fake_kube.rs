@@ -517,6 +517,12 @@ async fn fake_kube_deadline_oom_image_pull_eviction_and_refused_creates() {
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!((t["exitCode"].as_i64(), t["reason"].as_str()), (Some(137), Some("OOMKilled")));
     assert_eq!(fk.list("pods", Some("default")).iter().filter(|p| p["metadata"]["labels"]["job-name"] == "oom").count(), 1);
+    // One-shot: the next container of that name runs to its end.
+    jobs.create(&PostParams::default(), &job("fed", json!({"restartPolicy": "Never", "containers": [{"name": "hungry", "image": "i", "command": ["true"]}]})))
+        .await
+        .unwrap();
+    let cond = fk.wait_for("jobs", "default", "fed", WAIT, job_condition).await;
+    assert_eq!(cond.0, "Complete");
 
     // An image that cannot be pulled: ImagePullBackOff, the pod stays Pending.
     fk.unpullable_image("registry.invalid/");

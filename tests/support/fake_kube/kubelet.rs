@@ -494,7 +494,8 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
 
     let oomed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctoken = cancel.child_token();
-    if sh.faults.lock().unwrap().oom.contains(&cname) {
+    // One-shot: the next container with that name is killed, later ones run.
+    if sh.faults.lock().unwrap().oom.remove(&cname) {
         let (t, o) = (ctoken.clone(), oomed.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -348,8 +348,8 @@ impl FakeKube {
         self.shared.faults.lock().unwrap().unpullable.push(substring.to_string());
     }
 
-    /// A container with this name is killed by the "OOM killer" shortly after it starts:
-    /// terminated, reason OOMKilled, exit code 137.
+    /// The next container with this name to start is killed by the "OOM killer" shortly after
+    /// (300 ms): terminated, reason OOMKilled, exit code 137. One-shot: later ones run normally.
     pub fn oom_kill(&self, container: &str) {
         self.shared.faults.lock().unwrap().oom.insert(container.to_string());
     }
