@@ -1,0 +1,286 @@
+//! The HTTP surface: URL shapes as kube-rs produces them, JSON bodies, errors as `metav1.Status`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::selectors::{FieldSelector, LabelSelector};
+use super::store::{res, ApiError, Res};
+use super::{patch, Request, Shared};
+
+pub(crate) fn router(sh: Arc<Shared>) -> Router {
+    Router::new().fallback(handle).with_state(sh)
+}
+
+pub(crate) fn json_response(code: u16, v: &Value) -> Response {
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+pub(crate) fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.status())
+}
+
+/// Where a request points.
+struct Target {
+    res: &'static Res,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", g, _v, rest @ ..] => (*g, rest),
+        _ => return None,
+    };
+    let (r, ns, name, sub) = if rest.len() >= 3 && rest[0] == "namespaces" && res(rest[2]).is_some_and(|r| r.namespaced) {
+        (res(rest[2])?, Some(rest[1].to_string()), rest.get(3), rest.get(4))
+    } else {
+        (res(rest.first()?)?, None, rest.get(1), rest.get(2))
+    };
+    if r.group != group || rest.len() > 5 {
+        return None;
+    }
+    Some(Target { res: r, ns, name: name.map(|s| s.to_string()), sub: sub.map(|s| s.to_string()) })
+}
+
+fn not_served() -> ApiError {
+    ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into(), details: None }
+}
+
+async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    match serve(&sh, method, &uri, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn record(sh: &Shared, verb: &'static str, t: &Target, name: Option<String>) {
+    sh.requests.lock().unwrap().push(Request {
+        verb,
+        resource: t.res.plural.to_string(),
+        subresource: t.sub.clone(),
+        namespace: t.ns.clone(),
+        name,
+    });
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format: {e}")))
+}
+
+fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let t = parse_path(uri.path()).ok_or_else(not_served)?;
+    let q: HashMap<String, String> = Query::try_from_uri(uri).map(|Query(q)| q).unwrap_or_default();
+    let r = t.res;
+    if r.namespaced && t.name.is_some() && t.ns.is_none() {
+        return Err(not_served());
+    }
+    let ns = t.ns.clone().unwrap_or_default();
+    match (&method, t.name.clone(), t.sub.as_deref()) {
+        (&Method::GET, None, None) => {
+            let watch = truthy(&q, "watch");
+            record(sh, if watch { "watch" } else { "list" }, &t, None);
+            let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s.as_str())).map_err(ApiError::bad_request)?;
+            let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", |s| s.as_str())).map_err(ApiError::bad_request)?;
+            if watch {
+                return super::watch::serve(sh.clone(), r, t.ns.clone(), labels, fields, &q);
+            }
+            let (items, rv) = sh.store.list(r, t.ns.as_deref());
+            let items: Vec<Value> = items.into_iter().filter(|o| labels.matches(o) && fields.matches(o)).collect();
+            Ok(json_response(200, &json!({
+                "kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
+                "metadata": {"resourceVersion": rv.to_string()}, "items": items,
+            })))
+        }
+        (&Method::GET, Some(name), None | Some("status")) => {
+            record(sh, "get", &t, Some(name.clone()));
+            Ok(json_response(200, &sh.store.get(r, &ns, &name)?))
+        }
+        (&Method::GET, Some(name), Some("log")) if r.plural == "pods" => {
+            record(sh, "log", &t, Some(name.clone()));
+            super::kubelet::log_response(sh.clone(), &ns, &name, &q)
+        }
+        (&Method::POST, None, None) => {
+            let obj = parse_body(&body)?;
+            let md = &obj["metadata"];
+            let name = md["name"].as_str().or(md["generateName"].as_str()).map(String::from);
+            record(sh, "create", &t, name.clone());
+            if r.namespaced && t.ns.is_none() {
+                return Err(not_served());
+            }
+            if let Some(bns) = md["namespace"].as_str() {
+                if r.namespaced && !bns.is_empty() && bns != ns {
+                    return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                }
+            }
+            refuse(sh, r, &ns)?;
+            Ok(json_response(201, &sh.store.create(r, &ns, obj)?))
+        }
+        (&Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+            record(sh, "update", &t, Some(name.clone()));
+            let obj = parse_body(&body)?;
+            if r.plural == "namespaces" && sub.is_none() {
+                return Ok(json_response(200, &sh.store.replace(r, "", &name, obj, false)?));
+            }
+            let status_only = sub == Some("status");
+            if status_only && !r.status {
+                return Err(not_served());
+            }
+            Ok(json_response(200, &sh.store.replace(r, &ns, &name, obj, status_only)?))
+        }
+        (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+            record(sh, "patch", &t, Some(name.clone()));
+            let status_only = sub == Some("status");
+            if status_only && !r.status {
+                return Err(not_served());
+            }
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").split(';').next().unwrap_or("").trim().to_string();
+            let p = parse_body(&body)?;
+            let key_ns = if r.namespaced { ns.as_str() } else { "" };
+            if ct == "application/apply-patch+yaml" {
+                return apply(sh, r, key_ns, &name, status_only, p, &q);
+            }
+            let current = sh.store.get(r, key_ns, &name)?;
+            let mut next = current.clone();
+            match ct.as_str() {
+                "application/merge-patch+json" => patch::merge(&mut next, &p),
+                "application/strategic-merge-patch+json" => patch::strategic(&mut next, &p),
+                "application/json-patch+json" => patch::json_patch(&mut next, &p).map_err(|e| ApiError {
+                    code: 422,
+                    reason: "Invalid",
+                    message: e,
+                    details: None,
+                })?,
+                other => {
+                    return Err(ApiError {
+                        code: 415,
+                        reason: "UnsupportedMediaType",
+                        message: format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"),
+                        details: None,
+                    })
+                }
+            }
+            // A resourceVersion the patch itself sets is a precondition; otherwise the patch
+            // applies to whatever is stored.
+            let patched_rv = next["metadata"]["resourceVersion"].clone();
+            if patched_rv != current["metadata"]["resourceVersion"] {
+                if let Some(rv) = patched_rv.as_str() {
+                    next["metadata"]["resourceVersion"] = json!(rv);
+                }
+            } else if let Some(m) = next["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            Ok(json_response(200, &sh.store.replace(r, key_ns, &name, next, status_only)?))
+        }
+        (&Method::DELETE, Some(name), None) => {
+            record(sh, "delete", &t, Some(name.clone()));
+            let opts: Value = if body.is_empty() { json!({}) } else { parse_body(&body)? };
+            let policy = opts["propagationPolicy"].as_str().map(String::from).or_else(|| q.get("propagationPolicy").cloned());
+            let policy = policy.or_else(|| match opts["orphanDependents"].as_bool() {
+                Some(true) => Some("Orphan".into()),
+                Some(false) => Some("Background".into()),
+                None => None,
+            });
+            let grace0 = opts["gracePeriodSeconds"].as_i64() == Some(0) || q.get("gracePeriodSeconds").is_some_and(|g| g == "0");
+            let key_ns = if r.namespaced { ns.as_str() } else { "" };
+            if let Some(pre) = opts["preconditions"]["resourceVersion"].as_str() {
+                let cur = sh.store.get(r, key_ns, &name)?;
+                if cur["metadata"]["resourceVersion"].as_str() != Some(pre) {
+                    return Err(ApiError::conflict(r, &name));
+                }
+            }
+            Ok(json_response(200, &super::delete(sh, r, key_ns, &name, policy.as_deref(), grace0)?))
+        }
+        _ => Err(ApiError { code: 405, reason: "MethodNotAllowed", message: "the server does not allow this method on the requested resource".into(), details: None }),
+    }
+}
+
+/// Server-side apply (`application/apply-patch+yaml`; kube-rs sends the YAML as JSON). Creates
+/// the object when missing; otherwise merges it in as a strategic merge patch. Field ownership is
+/// not modelled: no conflicts (as if every apply were `force`), and fields a manager stops applying
+/// are not removed.
+fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, p: Value, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+    }
+    if p["apiVersion"].as_str() != Some(r.api_version().as_str()) || p["kind"].as_str() != Some(r.kind) {
+        return Err(ApiError::bad_request(format!("apply patches must set apiVersion {} and kind {}", r.api_version(), r.kind)));
+    }
+    if p["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", p["metadata"]["name"].as_str().unwrap_or(""))));
+    }
+    match sh.store.get(r, ns, name) {
+        Err(e) if e.code == 404 && !status_only => {
+            let mut obj = p;
+            obj["metadata"]["name"] = json!(name);
+            Ok(json_response(201, &sh.store.create(r, ns, obj)?))
+        }
+        Err(e) => Err(e),
+        Ok(current) => {
+            let mut next = current.clone();
+            patch::strategic(&mut next, &p);
+            if let Some(m) = next["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            Ok(json_response(200, &sh.store.replace(r, ns, name, next, status_only)?))
+        }
+    }
+}
+
+/// The `refuse_creates` fault.
+fn refuse(sh: &Shared, r: &Res, ns: &str) -> Result<(), ApiError> {
+    let mut f = sh.faults.lock().unwrap();
+    let Some((code, left)) = f.refuse.get_mut(r.plural) else { return Ok(()) };
+    let code = *code;
+    match left {
+        Some(0) => return Ok(()),
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    let mut details = json!({"kind": r.plural});
+    if !r.group.is_empty() {
+        details["group"] = json!(r.group);
+    }
+    Err(match code {
+        403 => ApiError {
+            code,
+            reason: "Forbidden",
+            message: format!(
+                "{} is forbidden: User \"system:serviceaccount:kiln:kiln\" cannot create resource \"{}\" in API group \"{}\" in the namespace \"{ns}\"",
+                r.qualified(),
+                r.plural,
+                r.group
+            ),
+            details: Some(details),
+        },
+        500 => {
+            details["causes"] = json!([{"message": "injected by the fake"}]);
+            ApiError { code, reason: "InternalError", message: "Internal error occurred: injected by the fake".into(), details: Some(details) }
+        }
+        429 => ApiError { code, reason: "TooManyRequests", message: "the server has received too many requests and has asked us to try again later".into(), details: Some(details) },
+        503 => ApiError { code, reason: "ServiceUnavailable", message: "the server is currently unable to handle the request".into(), details: Some(details) },
+        _ => ApiError { code, reason: "Unknown", message: format!("injected failure {code}"), details: Some(details) },
+    })
+}
+
+/// A streamed response body fed by a task: the task learns the client went away when `send`
+/// fails.
+pub(crate) fn streamed(content_type: &'static str) -> (tokio::sync::mpsc::Sender<Bytes>, Response) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx)) });
+    let resp = Response::builder().status(200).header(header::CONTENT_TYPE, content_type).body(Body::from_stream(stream)).expect("response");
+    (tx, resp)
+}

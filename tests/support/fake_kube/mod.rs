@@ -1,0 +1,446 @@
+//! A fake Kubernetes API server for the tests: an in-process axum `Router` handed to
+//! `kube::Client::new`, plus a Job controller and a kubelet that runs pods as host processes
+//! (through `builder_api::executor::process`, the local executor's runner).
+//!
+//! It behaves like the real server where Kiln relies on it: resourceVersions from one counter,
+//! list + watch with bookmarks and 410 Gone, 409/404 `Status` bodies, merge / strategic / JSON
+//! patches, the `/status` subresource, deletion with propagation (Jobs orphan their Pods by
+//! default), and the pod `log` subresource with `follow`, `timestamps`, `sinceTime`, `tailLines`.
+//! Fault switches and request counters let tests and benchmarks provoke and measure.
+//!
+//! Volumes have no bind mounts: a volume is a host directory, and the kubelet rewrites any env
+//! value, argument, `workingDir` or `terminationMessagePath` that is a volumeMount's `mountPath`
+//! (or below it) to that host directory. `$(VAR)` in command and args expands from the mapped env
+//! (so `$(WORKSPACE)/src` is a host path, also inside a `sh -c` script); an argument without a
+//! reference is mapped itself. Paths that reach the process another way (written literally inside
+//! a script or a file, built by the program at run time) are not rewritten; that is why Kiln passes the workspace path only through the `WORKSPACE` env
+//! var. Host paths stand in for image contents: a path below a mount (say a toolchain under the
+//! test's temp dir while `/tmp` is a mount) that exists on the host and not in the volume is left
+//! as written. `workingDir` is never `$(VAR)`-expanded (Kubernetes does not) and must be absolute.
+
+pub mod api;
+mod job_controller;
+mod kubelet;
+pub mod logs;
+pub mod patch;
+pub mod selectors;
+pub mod store;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use store::{res, ApiError, Res, Store};
+
+/// How to start a fake.
+#[derive(Debug, Clone)]
+pub struct FakeKubeOptions {
+    /// Where volumes, scratch dirs and termination-message files live; a temp dir when `None`.
+    pub root: Option<PathBuf>,
+    /// Runs a container whose argv[0] is `kiln`. Without it, `kiln` is looked up on PATH.
+    pub kiln_binary: Option<PathBuf>,
+    /// The kubelet runs pods from the start (switch with `set_kubelet_running`).
+    pub kubelet: bool,
+    /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// Events kept for watches; a watch from further back gets 410 Gone.
+    pub history_limit: usize,
+    /// Namespaces that exist at start.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for FakeKubeOptions {
+    fn default() -> Self {
+        FakeKubeOptions {
+            root: None,
+            kiln_binary: None,
+            kubelet: true,
+            bookmark_interval: Duration::from_secs(1),
+            history_limit: 10_000,
+            namespaces: vec!["default".into()],
+        }
+    }
+}
+
+/// One request a client made, as the real server's audit log would name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// get, list, watch, log (reads); create, update, patch, delete (writes).
+    pub verb: &'static str,
+    pub resource: String,
+    /// `status` or `log`.
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    /// The object's name; for a create, the body's `name` or else its `generateName`.
+    pub name: Option<String>,
+}
+
+impl Request {
+    pub fn is_write(&self) -> bool {
+        matches!(self.verb, "create" | "update" | "patch" | "delete")
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// resource → (status code, remaining refusals; None = always).
+    pub refuse: HashMap<String, (u16, Option<usize>)>,
+    /// Follow log streams end after this many more lines; `epoch` tells open streams it changed.
+    pub log_reset: Option<usize>,
+    pub log_reset_epoch: u64,
+    pub unpullable: Vec<String>,
+    pub oom: HashSet<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct WatchCount {
+    pub opened: usize,
+    pub open: usize,
+}
+
+pub(crate) struct Shared {
+    pub store: Store,
+    pub logs: logs::Logs,
+    pub opts: FakeKubeOptions,
+    pub root: PathBuf,
+    pub faults: Mutex<Faults>,
+    pub requests: Mutex<Vec<Request>>,
+    pub watches: Mutex<HashMap<String, WatchCount>>,
+    /// Bumped by `drop_watches`: every open watch stream ends.
+    pub drop_watches: tokio::sync::watch::Sender<u64>,
+    pub kubelet_on: AtomicBool,
+    /// Pods the kubelet is running, by uid.
+    pub pods: Mutex<HashMap<String, kubelet::PodHandle>>,
+    pub shutdown: CancellationToken,
+}
+
+/// The fake. Dropping it stops its tasks and kills every process its kubelet started.
+pub struct FakeKube {
+    shared: Arc<Shared>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+impl FakeKube {
+    /// Starts the fake's controller and kubelet tasks; call inside a tokio runtime.
+    pub fn start(opts: FakeKubeOptions) -> FakeKube {
+        let (root, tmp) = match &opts.root {
+            Some(r) => (r.clone(), None),
+            None => {
+                let t = tempfile::tempdir().expect("temp dir");
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&root).expect("fake kube root");
+        let shared = Arc::new(Shared {
+            store: Store::new(opts.history_limit),
+            logs: logs::Logs::default(),
+            kubelet_on: AtomicBool::new(opts.kubelet),
+            opts: opts.clone(),
+            root,
+            faults: Mutex::new(Faults::default()),
+            requests: Mutex::new(Vec::new()),
+            watches: Mutex::new(HashMap::new()),
+            drop_watches: tokio::sync::watch::channel(0).0,
+            pods: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        });
+        for ns in &opts.namespaces {
+            shared.store.create(store::res_ns(), "", json!({"metadata": {"name": ns}})).expect("namespace");
+        }
+        tokio::spawn(job_controller::run(shared.clone()));
+        tokio::spawn(kubelet::run(shared.clone()));
+        FakeKube { shared, _tmp: tmp }
+    }
+
+    /// A client whose every request is served by this fake; default namespace `default`.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::new(api::router(self.shared.clone()), "default")
+    }
+
+    /// Where volumes and scratch dirs live.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    // ---- objects, directly (not counted as requests) ----
+
+    pub fn create_namespace(&self, name: &str) {
+        self.shared.store.create(store::res_ns(), "", json!({"metadata": {"name": name}})).expect("create namespace");
+    }
+
+    pub fn create_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        let string_data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        self.create(ns, "secrets", json!({"metadata": {"name": name}, "stringData": string_data})).expect("create secret");
+    }
+
+    /// Creates any object of a served resource (`pods`, `jobs`, …) as a client would.
+    pub fn create(&self, ns: &str, resource: &str, obj: Value) -> Result<Value, Value> {
+        let r = res(resource).expect("served resource");
+        self.shared.store.create(r, ns, obj).map_err(|e| e.status())
+    }
+
+    /// The object as stored, or None.
+    pub fn get(&self, resource: &str, ns: &str, name: &str) -> Option<Value> {
+        let r = res(resource).expect("served resource");
+        self.shared.store.get(r, if r.namespaced { ns } else { "" }, name).ok()
+    }
+
+    /// Objects of a resource, in one namespace or all.
+    pub fn list(&self, resource: &str, ns: Option<&str>) -> Vec<Value> {
+        self.shared.store.list(res(resource).expect("served resource"), ns).0
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store.resource_version()
+    }
+
+    /// A container's whole log, or None when it has not started (or the pod is unknown).
+    pub fn pod_log(&self, ns: &str, pod: &str, container: &str) -> Option<String> {
+        let uid = self.get("pods", ns, pod)?["metadata"]["uid"].as_str()?.to_string();
+        Some(self.shared.logs.get(&uid, container)?.text())
+    }
+
+    /// Waits (on store changes, not a timer) until `pred` holds for the object — `None` when it
+    /// does not exist — and returns what `pred` saw. Panics after `timeout`.
+    pub async fn wait_for<T>(&self, resource: &str, ns: &str, name: &str, timeout: Duration, mut pred: impl FnMut(Option<&Value>) -> Option<T>) -> T {
+        let mut changes = self.shared.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            let obj = self.get(resource, ns, name);
+            if let Some(t) = pred(obj.as_ref()) {
+                return t;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                panic!("timed out after {timeout:?} waiting on {resource} {ns}/{name}; last seen: {obj:#?}");
+            }
+        }
+    }
+
+    /// Waits (on store changes) until `pred` returns Some; panics after `timeout`.
+    pub async fn wait_until<T>(&self, timeout: Duration, what: &str, mut pred: impl FnMut(&FakeKube) -> Option<T>) -> T {
+        let mut changes = self.shared.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            if let Some(t) = pred(self) {
+                return t;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+        }
+    }
+
+    // ---- counters ----
+
+    /// Every request clients made, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn reset_counters(&self) {
+        self.shared.requests.lock().unwrap().clear();
+        for w in self.shared.watches.lock().unwrap().values_mut() {
+            w.opened = 0;
+        }
+    }
+
+    /// Requests with this verb on this resource (any subresource).
+    pub fn count(&self, verb: &str, resource: &str) -> usize {
+        self.requests().iter().filter(|r| r.verb == verb && r.resource == resource).count()
+    }
+
+    pub fn writes_for(&self, resource: &str) -> usize {
+        self.requests().iter().filter(|r| r.is_write() && r.resource == resource).count()
+    }
+
+    pub fn reads_for(&self, resource: &str) -> usize {
+        self.requests().iter().filter(|r| !r.is_write() && r.resource == resource).count()
+    }
+
+    pub fn writes(&self) -> usize {
+        self.requests().iter().filter(|r| r.is_write()).count()
+    }
+
+    pub fn reads(&self) -> usize {
+        self.requests().iter().filter(|r| !r.is_write()).count()
+    }
+
+    /// Requests naming an object whose name starts with `prefix` (a Job `build-7` and its pods
+    /// `build-7-xxxxx`): what one build cost.
+    pub fn requests_for_prefix(&self, prefix: &str) -> Vec<Request> {
+        self.requests().into_iter().filter(|r| r.name.as_deref().is_some_and(|n| n.starts_with(prefix))).collect()
+    }
+
+    pub fn writes_for_prefix(&self, prefix: &str) -> usize {
+        self.requests_for_prefix(prefix).iter().filter(|r| r.is_write()).count()
+    }
+
+    /// Watch connections opened on a resource since the start (or `reset_counters`).
+    pub fn watches_opened(&self, resource: &str) -> usize {
+        self.shared.watches.lock().unwrap().get(resource).map_or(0, |w| w.opened)
+    }
+
+    /// Watch connections open now.
+    pub fn watches_open(&self, resource: &str) -> usize {
+        self.shared.watches.lock().unwrap().get(resource).map_or(0, |w| w.open)
+    }
+
+    // ---- faults ----
+
+    /// Ends every open watch stream now (clients see the response end, as on a server restart).
+    pub fn drop_watches(&self) {
+        self.shared.drop_watches.send_modify(|e| *e += 1);
+    }
+
+    /// As an etcd compaction: open watches get an ERROR event with 410 Gone and end, and a watch
+    /// from any resourceVersion handed out before now gets 410; a fresh list works again.
+    pub fn expire_history(&self) {
+        self.shared.store.expire_history();
+    }
+
+    /// Every follow log stream (open now or opened later) ends after `n` more lines, as when the
+    /// apiserver or the connection resets; the client must reopen with `sinceTime`.
+    pub fn reset_log_streams_after(&self, n: usize) {
+        let mut f = self.shared.faults.lock().unwrap();
+        f.log_reset = Some(n);
+        f.log_reset_epoch += 1;
+    }
+
+    pub fn no_log_stream_resets(&self) {
+        let mut f = self.shared.faults.lock().unwrap();
+        f.log_reset = None;
+        f.log_reset_epoch += 1;
+    }
+
+    /// Creates of `resource` are answered with `code` (403 Forbidden, 500 InternalError, 429,
+    /// 503) `times` times, or always when `None`.
+    pub fn refuse_creates(&self, resource: &str, code: u16, times: Option<usize>) {
+        self.shared.faults.lock().unwrap().refuse.insert(resource.to_string(), (code, times));
+    }
+
+    pub fn stop_refusing_creates(&self, resource: &str) {
+        self.shared.faults.lock().unwrap().refuse.remove(resource);
+    }
+
+    /// Off: new pods stay Pending and unscheduled (running ones go on). On again: they start.
+    pub fn set_kubelet_running(&self, on: bool) {
+        self.shared.kubelet_on.store(on, Ordering::SeqCst);
+        self.shared.store.poke();
+    }
+
+    /// Images containing `substring` cannot be pulled: ErrImagePull, then ImagePullBackOff.
+    pub fn unpullable_image(&self, substring: &str) {
+        self.shared.faults.lock().unwrap().unpullable.push(substring.to_string());
+    }
+
+    /// The next container with this name to start is killed by the "OOM killer" shortly after
+    /// (300 ms): terminated, reason OOMKilled, exit code 137. One-shot: later ones run normally.
+    pub fn oom_kill(&self, container: &str) {
+        self.shared.faults.lock().unwrap().oom.insert(container.to_string());
+    }
+
+    /// The node evicts the pod: its processes are killed, phase Failed, reason Evicted.
+    pub fn evict(&self, ns: &str, pod: &str) {
+        kubelet::evict(&self.shared, ns, pod);
+    }
+}
+
+/// What the real server answers when an object is gone at once (no finalizers, no grace): a
+/// `Status` with `status: Success`. A deletion still pending answers the object itself, which is
+/// how kube-rs tells `Either::Left` (deleting) from `Either::Right` (deleted).
+pub(crate) fn deleted_status(r: &Res, obj: &Value) -> Value {
+    let mut details = json!({"name": obj["metadata"]["name"], "kind": r.plural, "uid": obj["metadata"]["uid"]});
+    if !r.group.is_empty() {
+        details["group"] = json!(r.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+}
+
+/// Deletes with the real server's propagation: `Background` deletes the owner then its
+/// dependents, `Foreground` marks the owner, deletes the dependents, then the owner, `Orphan`
+/// strips the owner reference from the dependents. Jobs default to orphaning (batch/v1 legacy);
+/// everything else to Background.
+pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy: Option<&str>, grace0: bool) -> Result<Value, ApiError> {
+    if r.plural == "pods" {
+        return kubelet::delete_pod(sh, ns, name, grace0);
+    }
+    let obj = sh.store.get(r, ns, name)?;
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let policy = policy.unwrap_or(if r.plural == "jobs" { "Orphan" } else { "Background" });
+    let pods = res("pods").expect("pods");
+    let dependents: Vec<String> = if r.plural == "namespaces" {
+        Vec::new()
+    } else {
+        sh.store
+            .list(pods, Some(ns))
+            .0
+            .iter()
+            .filter(|p| owned_by(p, &uid))
+            .map(|p| store::name_of(p).to_string())
+            .collect()
+    };
+    let deleted = match policy {
+        "Background" => {
+            let d = sh.store.delete(r, ns, name)?;
+            for p in &dependents {
+                let _ = kubelet::delete_pod(sh, ns, p, false);
+            }
+            deleted_status(r, &d)
+        }
+        "Foreground" => {
+            // The answer is the marked owner, as the real server's (it finishes later there).
+            let marked = sh.store.modify(r, ns, name, |o| {
+                let mut o = o.clone();
+                o["metadata"]["deletionTimestamp"] = json!(store::now_rfc3339());
+                o["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+                Ok(o)
+            })?;
+            for p in &dependents {
+                let _ = kubelet::delete_pod(sh, ns, p, true);
+            }
+            sh.store.delete(r, ns, name)?;
+            marked
+        }
+        "Orphan" => {
+            for p in &dependents {
+                let _ = sh.store.modify(pods, ns, p, |o| {
+                    let mut o = o.clone();
+                    if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                        refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
+                    }
+                    Ok(o)
+                });
+            }
+            deleted_status(r, &sh.store.delete(r, ns, name)?)
+        }
+        other => return Err(ApiError::bad_request(format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\""))),
+    };
+    if r.plural == "namespaces" {
+        // The namespace controller empties a deleted namespace.
+        for kind in store::RESOURCES.iter().filter(|k| k.namespaced) {
+            for o in sh.store.list(kind, Some(name)).0 {
+                let _ = delete(sh, kind, name, store::name_of(&o), Some("Background"), true);
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+pub(crate) fn owned_by(obj: &Value, uid: &str) -> bool {
+    obj["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
+}

@@ -1,0 +1,428 @@
+//! The objects, one global resourceVersion counter (as etcd has) and a bounded history of changes
+//! that watches replay from. Every write goes through `commit`, so each change gets its own
+//! resourceVersion and an event, whoever made it (a client, the Job controller, the kubelet).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+/// One kind of object the fake serves.
+#[derive(Debug)]
+pub struct Res {
+    pub plural: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    /// Has a `/status` subresource: main-resource writes keep the stored status and status writes
+    /// keep everything else, as the real server does for these kinds.
+    pub status: bool,
+    /// `metadata.generation` is bumped when the spec changes.
+    pub generation: bool,
+}
+
+pub static RESOURCES: &[Res] = &[
+    Res { plural: "namespaces", group: "", version: "v1", kind: "Namespace", namespaced: false, status: false, generation: false },
+    Res { plural: "pods", group: "", version: "v1", kind: "Pod", namespaced: true, status: true, generation: false },
+    Res { plural: "secrets", group: "", version: "v1", kind: "Secret", namespaced: true, status: false, generation: false },
+    Res { plural: "configmaps", group: "", version: "v1", kind: "ConfigMap", namespaced: true, status: false, generation: false },
+    Res { plural: "jobs", group: "batch", version: "v1", kind: "Job", namespaced: true, status: true, generation: true },
+    Res { plural: "deployments", group: "apps", version: "v1", kind: "Deployment", namespaced: true, status: true, generation: true },
+];
+
+pub fn res(plural: &str) -> Option<&'static Res> {
+    RESOURCES.iter().find(|r| r.plural == plural)
+}
+
+impl Res {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+    /// `jobs.batch`, `pods`: how the real server names a resource in messages.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+    }
+}
+
+/// An error answered as a `metav1.Status`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+    fn details(res: &Res, name: &str) -> Value {
+        let mut d = json!({"kind": res.plural});
+        if !name.is_empty() {
+            d["name"] = json!(name);
+        }
+        if !res.group.is_empty() {
+            d["group"] = json!(res.group);
+        }
+        d
+    }
+    pub fn not_found(res: &Res, name: &str) -> Self {
+        ApiError { code: 404, reason: "NotFound", message: format!("{} \"{name}\" not found", res.qualified()), details: Some(Self::details(res, name)) }
+    }
+    pub fn already_exists(res: &Res, name: &str) -> Self {
+        ApiError { code: 409, reason: "AlreadyExists", message: format!("{} \"{name}\" already exists", res.qualified()), details: Some(Self::details(res, name)) }
+    }
+    pub fn conflict(res: &Res, name: &str) -> Self {
+        ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                res.qualified()
+            ),
+            details: Some(Self::details(res, name)),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError { code: 400, reason: "BadRequest", message: message.into(), details: None }
+    }
+    pub fn invalid(res: &Res, name: &str, message: impl Into<String>) -> Self {
+        ApiError { code: 422, reason: "Invalid", message: format!("{} \"{name}\" is invalid: {}", res.kind, message.into()), details: Some(Self::details(res, name)) }
+    }
+    pub fn gone(message: impl Into<String>) -> Self {
+        ApiError { code: 410, reason: "Expired", message: message.into(), details: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change. `prev` is the object before a modification: a label-selected watch needs it to
+/// turn "no longer matches" into DELETED and "now matches" into ADDED, as the real server does.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub rv: u64,
+    pub resource: &'static str,
+    pub namespace: String,
+    pub kind: EventType,
+    pub object: Value,
+    pub prev: Option<Value>,
+}
+
+type Key = (&'static str, String, String);
+
+struct Inner {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<Event>,
+    /// Watches from a resourceVersion older than this get 410 Gone.
+    compacted: u64,
+    limit: usize,
+}
+
+pub struct Store {
+    inner: Mutex<Inner>,
+    /// The current resourceVersion; watches, the Job controller and the kubelet wait on it
+    /// instead of polling on a timer.
+    changed: watch::Sender<u64>,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+pub fn random_suffix(n: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..n).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+fn uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+}
+
+pub fn name_of(obj: &Value) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or("")
+}
+
+impl Store {
+    pub fn new(history_limit: usize) -> Self {
+        let (changed, _) = watch::channel(1);
+        Store {
+            inner: Mutex::new(Inner { rv: 1, objects: BTreeMap::new(), history: VecDeque::new(), compacted: 1, limit: history_limit }),
+            changed,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Wakes everyone waiting on changes without a change (a fault switch was flipped).
+    pub fn poke(&self) {
+        self.changed.send_modify(|_| {});
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.inner.lock().unwrap().rv
+    }
+
+    pub fn get(&self, res: &'static Res, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let inner = self.inner.lock().unwrap();
+        inner.objects.get(&(res.plural, ns.to_string(), name.to_string())).cloned().ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// Objects of one resource (in one namespace, or all), and the resourceVersion they are at.
+    pub fn list(&self, res: &'static Res, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let inner = self.inner.lock().unwrap();
+        let items = inner
+            .objects
+            .iter()
+            .filter(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, inner.rv)
+    }
+
+    pub fn create(&self, res: &'static Res, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the body of the request was in an unknown format"));
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if res.namespaced && !inner.objects.contains_key(&("namespaces", String::new(), ns.to_string())) {
+            return Err(ApiError::not_found(res_ns(), ns));
+        }
+        if !obj["metadata"].is_object() {
+            obj["metadata"] = json!({});
+        }
+        let mut name = name_of(&obj).to_string();
+        if name.is_empty() {
+            match obj["metadata"]["generateName"].as_str() {
+                Some(prefix) => name = format!("{prefix}{}", random_suffix(5)),
+                None => return Err(ApiError::invalid(res, "", "metadata.name: Required value: name or generateName is required")),
+            }
+        }
+        let key = (res.plural, if res.namespaced { ns.to_string() } else { String::new() }, name.clone());
+        if inner.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(res, &name));
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["kind"] = json!(res.kind);
+        obj["apiVersion"] = json!(res.api_version());
+        let md = &mut obj["metadata"];
+        md["name"] = json!(name);
+        if res.namespaced {
+            md["namespace"] = json!(ns);
+        } else if let Some(m) = md.as_object_mut() {
+            m.remove("namespace");
+        }
+        md["uid"] = json!(uuid());
+        md["resourceVersion"] = json!(rv.to_string());
+        md["creationTimestamp"] = json!(now_rfc3339());
+        if res.generation {
+            md["generation"] = json!(1);
+        }
+        if let Some(m) = md.as_object_mut() {
+            m.remove("deletionTimestamp");
+        }
+        normalize(res, &mut obj);
+        if res.status {
+            // The real server drops a client's status on create for these kinds.
+            obj["status"] = if res.plural == "pods" { json!({"phase": "Pending", "qosClass": "BestEffort"}) } else { json!({}) };
+        }
+        if res.plural == "namespaces" {
+            obj["status"] = json!({"phase": "Active"});
+        }
+        inner.objects.insert(key.clone(), obj.clone());
+        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Added, object: obj.clone(), prev: None });
+        drop(inner);
+        self.changed.send_replace(rv);
+        Ok(obj)
+    }
+
+    /// Replaces an object. `status_only`: a `/status` write (only the status changes); otherwise a
+    /// main-resource write (the stored status is kept for kinds with a status subresource). A
+    /// non-empty `metadata.resourceVersion` in `new` is a precondition (409 Conflict when stale).
+    /// A write that changes nothing keeps the resourceVersion and makes no event, as the real
+    /// server does.
+    pub fn replace(&self, res: &'static Res, ns: &str, name: &str, new: Value, status_only: bool) -> Result<Value, ApiError> {
+        self.modify(res, ns, name, |old| {
+            if let Some(rv) = new["metadata"]["resourceVersion"].as_str() {
+                if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() {
+                    return Err(ApiError::conflict(res, name));
+                }
+            }
+            if !new.is_object() {
+                return Err(ApiError::bad_request("the body of the request was in an unknown format"));
+            }
+            let given = name_of(&new);
+            if !given.is_empty() && given != name {
+                return Err(ApiError::bad_request(format!("the name of the object ({given}) does not match the name on the URL ({name})")));
+            }
+            let mut next = if status_only {
+                let mut o = old.clone();
+                o["status"] = new.get("status").cloned().unwrap_or(json!({}));
+                o
+            } else {
+                let mut o = new.clone();
+                if res.status {
+                    match old.get("status") {
+                        Some(s) => o["status"] = s.clone(),
+                        None => {
+                            if let Some(m) = o.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                    }
+                }
+                // System-owned metadata is not the client's to change.
+                for f in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"] {
+                    match old["metadata"].get(f) {
+                        Some(v) => o["metadata"][f] = v.clone(),
+                        None => {
+                            if let Some(m) = o["metadata"].as_object_mut() {
+                                m.remove(f);
+                            }
+                        }
+                    }
+                }
+                o
+            };
+            normalize(res, &mut next);
+            Ok(next)
+        })
+    }
+
+    /// The one write path: `f` turns the stored object into the next one.
+    pub fn modify(&self, res: &'static Res, ns: &str, name: &str, f: impl FnOnce(&Value) -> Result<Value, ApiError>) -> Result<Value, ApiError> {
+        let mut inner = self.inner.lock().unwrap();
+        let key = (res.plural, ns.to_string(), name.to_string());
+        let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res, name))?;
+        let mut next = f(&old)?;
+        next["kind"] = json!(res.kind);
+        next["apiVersion"] = json!(res.api_version());
+        next["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        if next == old {
+            return Ok(old);
+        }
+        if res.generation && next.get("spec") != old.get("spec") {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            next["metadata"]["generation"] = json!(g + 1);
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        next["metadata"]["resourceVersion"] = json!(rv.to_string());
+        inner.objects.insert(key.clone(), next.clone());
+        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Modified, object: next.clone(), prev: Some(old) });
+        drop(inner);
+        self.changed.send_replace(rv);
+        Ok(next)
+    }
+
+    /// Removes an object now. The DELETED event carries the object at the deletion's
+    /// resourceVersion.
+    pub fn delete(&self, res: &'static Res, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let mut inner = self.inner.lock().unwrap();
+        let key = (res.plural, ns.to_string(), name.to_string());
+        let mut obj = inner.objects.remove(&key).ok_or_else(|| ApiError::not_found(res, name))?;
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Deleted, object: obj.clone(), prev: None });
+        drop(inner);
+        self.changed.send_replace(rv);
+        Ok(obj)
+    }
+
+    /// Events after `rv` and the resourceVersion they lead up to, or 410 when the history no
+    /// longer reaches back that far.
+    pub fn events_since(&self, rv: u64) -> Result<(Vec<Event>, u64), ApiError> {
+        let inner = self.inner.lock().unwrap();
+        if rv < inner.compacted {
+            return Err(too_old(rv, inner.compacted));
+        }
+        Ok((inner.history.iter().filter(|e| e.rv > rv).cloned().collect(), inner.rv))
+    }
+
+    /// Checks a watch's starting point without reading the history.
+    pub fn check_watch_from(&self, rv: u64) -> Result<(), ApiError> {
+        let inner = self.inner.lock().unwrap();
+        if rv < inner.compacted {
+            return Err(too_old(rv, inner.compacted));
+        }
+        Ok(())
+    }
+
+    /// As an etcd compaction: the history is gone and the revision moves on, so any watch from a
+    /// resourceVersion seen before now gets 410 Gone; a fresh list gives a usable one.
+    pub fn expire_history(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.rv += 1;
+        inner.compacted = inner.rv;
+        inner.history.clear();
+        let rv = inner.rv;
+        drop(inner);
+        self.changed.send_replace(rv);
+    }
+}
+
+fn too_old(rv: u64, compacted: u64) -> ApiError {
+    ApiError::gone(format!("too old resource version: {rv} ({compacted})"))
+}
+
+fn push(inner: &mut Inner, ev: Event) {
+    inner.history.push_back(ev);
+    while inner.history.len() > inner.limit {
+        let e = inner.history.pop_front().expect("non-empty");
+        inner.compacted = inner.compacted.max(e.rv);
+    }
+}
+
+pub fn res_ns() -> &'static Res {
+    res("namespaces").expect("namespaces")
+}
+
+/// What the real server does to a written object of some kinds: Secrets' `stringData` is folded
+/// into base64 `data`.
+fn normalize(res: &Res, obj: &mut Value) {
+    if res.plural == "secrets" {
+        if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+            use base64::Engine;
+            for (k, v) in sd {
+                let s = v.as_str().unwrap_or("").to_string();
+                obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+            }
+        }
+        if obj.get("type").is_none() {
+            obj["type"] = json!("Opaque");
+        }
+    }
+}
