@@ -10,4 +10,5 @@ mod deploy_manifests;
 mod lifecycle;
 mod log_streaming;
 mod registry_assemble;
+mod web_page;
 mod webhooks;
