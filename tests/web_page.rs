@@ -108,7 +108,7 @@ async fn the_pages_and_assets_are_served_without_a_token_with_types_cache_header
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-/// A stand-in for `go` that prints 60 numbered lines, one every 50 ms, among them one in colour and
+/// A stand-in for `go` that prints 60 numbered lines, one every 80 ms, among them one in colour and
 /// one that looks like HTML, then exits 0 (the image step then fails for want of an artifact).
 fn chatty_compiler(dir: &Path) -> PathBuf {
     let script = dir.join("chatty-go");
@@ -116,7 +116,7 @@ fn chatty_compiler(dir: &Path) -> PathBuf {
         &script,
         format!(
             "#!/bin/sh\ni=1\nwhile [ $i -le 60 ]; do\n  case $i in\n    20) printf '\\033[1;31mred alert\\033[0m and \\033[92mgreen\\033[0m plain\\n' ;;\n    \
-             30) printf '%s\\n' '{HOSTILE}' ;;\n    45) echo \"warning line $i\" >&2 ;;\n    *) echo \"chatty line $i\" ;;\n  esac\n  i=$((i+1))\n  sleep 0.05\ndone\n"
+             30) printf '%s\\n' '{HOSTILE}' ;;\n    45) echo \"warning line $i\" >&2 ;;\n    *) echo \"chatty line $i\" ;;\n  esac\n  i=$((i+1))\n  sleep 0.08\ndone\n"
         ),
     )
     .unwrap();
@@ -194,9 +194,28 @@ async fn the_build_page_follows_a_running_build_live_and_shows_the_final_state()
     assert_eq!(page.eval("document.getElementById('b-commit').title").await, sha.as_str());
     assert_eq!(page.eval("document.getElementById('b-ref').textContent").await, "main");
 
-    // Cut the stream mid-build: the page reconnects with Last-Event-ID (checked below: no line
-    // twice, none missing).
+    // The reader scrolls up: the log stops following, and new lines do not move it.
+    page.wait_for(
+        "a log taller than its box",
+        "(l => l.scrollHeight > l.clientHeight + 60 && l.scrollTop > 0)(document.getElementById('log'))",
+        Duration::from_secs(20),
+    )
+    .await;
+    let before = page
+        .eval("(() => { const l = document.getElementById('log'); l.scrollTop = 0; l.dispatchEvent(new Event('scroll')); return window.kilnBuildPage.lineCount; })()")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!(!kiln.build(id).await.state.is_final(), "the build ended too soon to check scrolling while live");
+    // Cut the stream mid-build too: the page reconnects with Last-Event-ID (checked below: no
+    // line twice, none missing).
     page.eval("window.kilnBuildPage.abortStream()").await;
+    page.wait_for("lines while scrolled up", &format!("window.kilnBuildPage.lineCount > {before}"), Duration::from_secs(20)).await;
+    assert_eq!(page.eval("window.kilnBuildPage.connections").await, 2, "the cut stream was not reopened once");
+    assert_eq!(page.eval("document.getElementById('log').scrollTop").await, 0, "new lines scrolled the log while the reader was up");
+    assert_eq!(page.eval("document.getElementById('follow').hidden").await, false, "no way back to following");
+    // Back to the bottom: following resumes.
+    page.eval("document.getElementById('follow').click()").await;
 
     // The end: the page shows the state the API reports.
     page.wait_for(
@@ -256,9 +275,21 @@ async fn the_build_page_follows_a_running_build_live_and_shows_the_final_state()
         "step headers are bold"
     );
 
+    // Still following the bottom at the end, whatever the header did meanwhile.
+    page.wait_for(
+        "the log at its bottom",
+        "(l => l.scrollTop + l.clientHeight >= l.scrollHeight - 8)(document.getElementById('log')) && document.getElementById('follow').hidden",
+        Duration::from_secs(5),
+    )
+    .await;
+
     let shot = artifacts_dir().join("build-page.png");
     page.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
+
+    // For people: the coloured and the hostile lines.
+    page.eval("document.querySelector('#log span.fg-31').scrollIntoView({block: 'center'})").await;
+    page.screenshot(&artifacts_dir().join("build-page-colours.png")).await;
 
     // The raw log download: the same text the API serves.
     page.eval("document.getElementById('download').click()").await;

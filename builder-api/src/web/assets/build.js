@@ -137,17 +137,29 @@
     log.appendChild(frag);
     lineCount += batch.length;
     $('line-count').textContent = lineCount.toLocaleString();
-    if (stick) log.scrollTop = log.scrollHeight;
+    if (stick) toBottom();
     if (pending.length) {
       frameQueued = true;
       requestAnimationFrame(flush);
     }
   }
 
+  // Following stops when the reader scrolls up and resumes when they reach the bottom again. Only
+  // a scroll upwards counts: the log box growing or shrinking (the header changed) does not.
+  let lastTop = 0;
   function onScroll() {
     const log = $('log');
-    stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+    if (atBottom) stick = true;
+    else if (log.scrollTop < lastTop) stick = false;
+    lastTop = log.scrollTop;
     $('follow').hidden = stick;
+  }
+
+  function toBottom() {
+    const log = $('log');
+    log.scrollTop = log.scrollHeight;
+    lastTop = log.scrollTop;
   }
 
   function onEvent(ev) {
@@ -218,9 +230,10 @@
     log.addEventListener('scroll', onScroll, { passive: true });
     $('follow').addEventListener('click', () => {
       stick = true;
-      log.scrollTop = log.scrollHeight;
+      toBottom();
       $('follow').hidden = true;
     });
+    new ResizeObserver(() => { if (stick) toBottom(); }).observe(log);
     $('download').addEventListener('click', download);
     const ticker = setInterval(() => {
       if (finalState) { clearInterval(ticker); return; }
@@ -237,6 +250,7 @@
       abortStream: () => follower.abort(),
       get lastEventId() { return follower.lastId; },
       get lineCount() { return lineCount; },
+      get connections() { return follower.connections; },
     };
     await follower.done;
   });

@@ -166,6 +166,7 @@ const Kiln = (() => {
     let controller = null;
     let stopped = false;
     let lastId = null;
+    let connections = 0;
     const status = onStatus || (() => {});
     const done = (async () => {
       let delay = 250;
@@ -176,6 +177,7 @@ const Kiln = (() => {
           const headers = { Accept: 'text/event-stream' };
           if (lastId !== null) headers['Last-Event-ID'] = lastId;
           const res = await api(url, { headers, signal: controller.signal });
+          connections++;
           status('live');
           const reader = res.body.getReader();
           const decoder = new TextDecoder();
@@ -215,6 +217,7 @@ const Kiln = (() => {
       abort() { if (controller) controller.abort(); },
       stop() { stopped = true; if (controller) controller.abort(); },
       get lastId() { return lastId; },
+      get connections() { return connections; },
     };
   }
 
