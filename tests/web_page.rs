@@ -108,15 +108,15 @@ async fn the_pages_and_assets_are_served_without_a_token_with_types_cache_header
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-/// A stand-in for `go` that prints 60 numbered lines, one every 80 ms, among them one in colour and
+/// A stand-in for `go` that prints 90 numbered lines, one every 60 ms, among them one in colour and
 /// one that looks like HTML, then exits 0 (the image step then fails for want of an artifact).
 fn chatty_compiler(dir: &Path) -> PathBuf {
     let script = dir.join("chatty-go");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\ni=1\nwhile [ $i -le 60 ]; do\n  case $i in\n    20) printf '\\033[1;31mred alert\\033[0m and \\033[92mgreen\\033[0m plain\\n' ;;\n    \
-             30) printf '%s\\n' '{HOSTILE}' ;;\n    45) echo \"warning line $i\" >&2 ;;\n    *) echo \"chatty line $i\" ;;\n  esac\n  i=$((i+1))\n  sleep 0.08\ndone\n"
+            "#!/bin/sh\ni=1\nwhile [ $i -le 90 ]; do\n  case $i in\n    20) printf '\\033[1;31mred alert\\033[0m and \\033[92mgreen\\033[0m plain\\n' ;;\n    \
+             30) printf '%s\\n' '{HOSTILE}' ;;\n    45) echo \"warning line $i\" >&2 ;;\n    *) echo \"chatty line $i\" ;;\n  esac\n  i=$((i+1))\n  sleep 0.06\ndone\n"
         ),
     )
     .unwrap();
@@ -257,7 +257,7 @@ async fn the_build_page_follows_a_running_build_live_and_shows_the_final_state()
         assert_eq!(s.0, l.seq, "line order");
         assert_eq!(s.1, strip_sgr(&l.line), "line {}", l.seq);
     }
-    assert_eq!(shown.iter().filter(|(_, t)| t.starts_with("chatty line ")).count(), 57);
+    assert_eq!(shown.iter().filter(|(_, t)| t.starts_with("chatty line ")).count(), 87);
     assert_eq!(page.eval("document.getElementById('line-count').textContent").await, stored.len().to_string());
 
     // The hostile line is text: no element made from it, nothing ran.
@@ -353,4 +353,56 @@ async fn the_page_sse_parser_and_colours_handle_any_chunking() {
     }
     let segs = page.eval(r#"Kiln.ansiSegments('\x1b[1;31mred\x1b[0m plain \x1b[92mgreen\x1b[39m x\x1b[K\x1b[38;5;202m256')"#).await;
     assert_eq!(segs, json!([["red", "fg-31 bold"], [" plain ", ""], ["green", "fg-92"], [" x", ""], ["256", ""]]));
+}
+
+#[tokio::test]
+async fn the_build_page_renders_a_long_log_in_a_few_batches() {
+    const LINES: usize = 20_000;
+    let git = GitServer::start_with_token(GIT_TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("loud-go");
+    // 20 000 lines at once, every tenth in colour.
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ni=1\nwhile [ $i -le {LINES} ]; do\n  if [ $((i % 10)) -eq 0 ]; then printf '\\033[36mline %d\\033[0m\\n' $i; else echo \"line $i\"; fi\n  i=$((i+1))\ndone\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut config = test_config(dir.path(), &[]);
+    config.toolchains.go = script.display().to_string();
+    let kiln = TestKiln::start_with(dir, config).await;
+    let token = kiln.tenant("web").await;
+    let repo = git.create_repo("team/loud");
+    let sha = repo.commit_files(&[("go.mod", &b"module example.com/loud\n\ngo 1.19\n"[..], false), ("main.go", b"package main\n\nfunc main() {}\n", false)], "loud");
+    let mut spec = app_spec("loud", &git.url("team/loud"), "team/loud", "127.0.0.1:9/team/loud", "secret-loud");
+    spec["git_token"] = GIT_TOKEN.into();
+    kiln.app(&token, spec).await;
+    let (_, body) = kiln.request(Method::POST, "/api/v1/apps/loud/builds", Some(&token), Some(json!({"commit": sha}))).await;
+    let id = body["build"]["id"].as_i64().unwrap();
+    kiln.wait_final(id, Duration::from_secs(120)).await;
+    let stored = kiln.ctx.store.log_after(id, 0, 1_000_000).await.unwrap().len();
+    assert!(stored > LINES, "{stored} lines stored");
+
+    let browser = Browser::launch().await;
+    let page = browser.new_page().await;
+    page.navigate(&kiln.url("/ui/")).await;
+    page.wait_for("the page", "document.readyState === 'complete'", Duration::from_secs(10)).await;
+    page.eval(&format!("localStorage.setItem('kiln.token', {})", Value::from(token.clone()))).await;
+    let t = Instant::now();
+    page.navigate(&kiln.url(&format!("/ui/builds/{id}"))).await;
+    page.wait_for(
+        "every line shown",
+        &format!("window.kilnBuildPage && window.kilnBuildPage.lineCount === {stored} && document.body.dataset.stream === 'ended'"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let took = t.elapsed();
+    let flushes = page.eval("window.kilnBuildPage.flushes").await.as_u64().unwrap();
+    println!("{stored} lines shown in {:.2}s in {flushes} DOM insertions", took.as_secs_f64());
+    assert_eq!(page.eval("document.querySelectorAll('#log .line').length").await, stored);
+    assert_eq!(page.eval("document.querySelectorAll('#log span.fg-36').length").await, LINES / 10);
+    assert!(flushes * 100 < stored as u64, "{flushes} DOM insertions for {stored} lines: not batched");
+    assert!(took < Duration::from_secs(20), "{stored} lines took {took:?}");
+    // Followed to the bottom.
+    assert_eq!(page.eval("(l => l.scrollTop + l.clientHeight >= l.scrollHeight - 8)(document.getElementById('log'))").await, true);
 }

@@ -14,6 +14,7 @@
   let pending = [];          // events not yet in the DOM
   let frameQueued = false;
   let lineCount = 0;
+  let flushes = 0;           // DOM insertions so far (one per frame at most)
   let stick = true;          // follow the bottom of the log
   let follower = null;
 
@@ -129,6 +130,7 @@
   // One DOM insertion per frame, however many lines arrived.
   function flush() {
     frameQueued = false;
+    flushes++;
     const log = $('log');
     const batch = pending.length > MAX_LINES_PER_FRAME ? pending.splice(0, MAX_LINES_PER_FRAME) : pending;
     if (batch === pending) pending = [];
@@ -251,6 +253,7 @@
       get lastEventId() { return follower.lastId; },
       get lineCount() { return lineCount; },
       get connections() { return follower.connections; },
+      get flushes() { return flushes; },
     };
     await follower.done;
   });
