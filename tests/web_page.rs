@@ -319,7 +319,7 @@ async fn the_build_page_follows_a_running_build_live_and_shows_the_final_state()
 }
 
 #[tokio::test]
-async fn the_page_sse_parser_and_colours_handle_any_chunking() {
+async fn the_page_sse_parser_and_colours_handle_any_chunking_and_a_refused_token_asks_again() {
     let kiln = TestKiln::start(&[]).await;
     let browser = Browser::launch().await;
     let page = browser.new_page().await;
@@ -351,6 +351,16 @@ async fn the_page_sse_parser_and_colours_handle_any_chunking() {
     for r in runs {
         assert_eq!(serde_json::from_str::<Value>(&r).unwrap(), want);
     }
+    // A refused token: the page says so and asks for another.
+    page.eval("localStorage.setItem('kiln.token', 'not-a-token')").await;
+    page.navigate(&kiln.url("/ui/")).await;
+    page.wait_for(
+        "the token form after a 401",
+        "!document.getElementById('token-form').hidden && document.getElementById('builds-section').hidden && document.getElementById('error').textContent.includes('refused')",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(page.eval("localStorage.getItem('kiln.token')").await, Value::Null, "a refused token is kept");
     let segs = page.eval(r#"Kiln.ansiSegments('\x1b[1;31mred\x1b[0m plain \x1b[92mgreen\x1b[39m x\x1b[K\x1b[38;5;202m256')"#).await;
     assert_eq!(segs, json!([["red", "fg-31 bold"], [" plain ", ""], ["green", "fg-92"], [" x", ""], ["256", ""]]));
 }

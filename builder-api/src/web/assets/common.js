@@ -65,7 +65,8 @@ const Kiln = (() => {
         if (e instanceof HttpError && e.status === 401) {
           setToken('');
           await askToken('The token was refused (' + e.message + '). Enter another one.');
-          return run();
+          location.reload(); // start clean with the new token
+          return;
         }
         showError(e.message || String(e));
       }
