@@ -4,6 +4,7 @@
 mod fake_kube;
 mod git_clone;
 mod job_templates;
+mod kube_builds;
 mod support;
 mod api;
 mod builds;
@@ -11,4 +12,5 @@ mod deploy_manifests;
 mod lifecycle;
 mod log_streaming;
 mod registry_assemble;
+mod web_page;
 mod webhooks;

@@ -134,13 +134,12 @@ impl KubeWorld {
 }
 
 #[tokio::test]
-async fn go_maven_and_dockerfile_pushes_become_images_through_one_job_each() {
+async fn go_and_maven_pushes_become_images_through_one_job_each() {
     let w = KubeWorld::new(|_, _| {}).await;
     let go = w.app(&w.token, "team", "hello", "go-hello", json!({"kind": "go"})).await;
     let maven = w.app(&w.token, "team", "jhello", "maven-hello", json!({"kind": "maven"})).await;
-    let docker = w.app(&w.token, "team", "dhello", "dockerfile-hello", json!({"kind": "dockerfile"})).await;
-    let ids = [w.push("team", "hello", &go).await, w.push("team", "jhello", &maven).await, w.push("team", "dhello", &docker).await];
-    for (id, kind) in ids.iter().zip(["go", "maven", "dockerfile"]) {
+    let ids = [w.push("team", "hello", &go).await, w.push("team", "jhello", &maven).await];
+    for (id, kind) in ids.iter().zip(["go", "maven"]) {
         let (build, log) = w.ended(*id, BuildState::Succeeded).await;
         assert_eq!(build.kind.as_deref(), Some(kind));
         let digest = build.image_digest.clone().expect("a digest from the termination message");

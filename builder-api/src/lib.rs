@@ -6,7 +6,8 @@
 //! - a build's steps are planned in [`plan`], taken from the queue by the [`scheduler`] and run by
 //!   an [`executor`],
 //! - a log line is captured and followed in [`logs`] and kept by the [`store`],
-//! - the commands that run inside build pods (`kiln step …`) are in [`steps`].
+//! - the commands that run inside build pods (`kiln step …`) are in [`steps`],
+//! - the web page (builds list, build page with the live log) is in [`web`].
 
 pub mod auth;
 pub mod cli;
@@ -25,3 +26,4 @@ pub mod server;
 pub mod steps;
 pub mod store;
 pub mod validate;
+pub mod web;

@@ -1,7 +1,8 @@
 //! The build plan: the steps of one build as data — argv and env, never text templated from user
 //! strings. The local executor runs the steps as host processes; the kube executor renders the same
-//! steps into the containers of one Job. `$(VAR)` in argv and workdir expands from the step's env,
-//! exactly as Kubernetes expands container args.
+//! steps into the containers of one Job. `$(VAR)` in argv expands from the step's env, exactly as
+//! Kubernetes expands container args; a workdir may use `$(WORKSPACE)` only (the renderer writes
+//! the mount path, since Kubernetes does not expand workingDir).
 
 use std::path::Path;
 

@@ -7,6 +7,7 @@ use axum::Router;
 use crate::context::AppState;
 use crate::handlers::{apps, builds, health, tenants};
 use crate::hooks;
+use crate::web;
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
@@ -14,6 +15,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        // The web page (`web/`): HTML, CSS and JS only, no data, so no token; the page's script
+        // reads everything from the API below with the token the user gives it.
+        .route("/", get(web::root))
+        .route("/ui", get(web::root))
+        .route("/ui/", get(web::builds_page))
+        .route("/ui/builds/{id}", get(web::build_page))
+        .route("/ui/assets/{file}", get(web::asset))
         // Webhooks: verified by their own secrets, not by API tokens.
         .route("/hooks/gitlab", post(hooks::gitlab::receive))
         // The API: every handler takes a `Principal` (bearer token).

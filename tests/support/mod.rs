@@ -1,6 +1,7 @@
-//! Real parts for the tests: registries, git servers, the Kiln service itself.
+//! Real parts for the tests: registries, git servers, the Kiln service itself, headless Chromium.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod git_server;

@@ -234,7 +234,8 @@ fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Re
     // `command` replaces the image's entrypoint; Kubernetes expands $(VAR) in it from env.
     c.command = Some(step.argv.clone());
     c.args = None;
-    c.working_dir = step.workdir.clone();
+    // Kubernetes expands $(VAR) in command, args and env, never in workingDir: write the path.
+    c.working_dir = step.workdir.as_ref().map(|w| w.replace("$(WORKSPACE)", &workspace));
     Ok(())
 }
 

@@ -1,0 +1,316 @@
+// Kiln's web page, shared parts: the API token, fetch with a bearer header, a Server-Sent Events
+// reader over fetch (EventSource cannot send headers), ANSI colours, formatting.
+// Nothing from the API is ever inserted as HTML: text goes in with textContent / text nodes.
+'use strict';
+
+const Kiln = (() => {
+  const TOKEN_KEY = 'kiln.token';
+
+  const $ = (id) => document.getElementById(id);
+
+  function token() {
+    try { return localStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; }
+  }
+
+  function setToken(t) {
+    if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
+  }
+
+  function showError(msg) {
+    const e = $('error');
+    if (!e) return;
+    e.textContent = msg || '';
+    e.hidden = !msg;
+  }
+
+  class HttpError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  // Asks for a token (the form in the page) and resolves once one is saved.
+  function askToken(why) {
+    const form = $('token-form');
+    const input = $('token-input');
+    for (const s of document.querySelectorAll('main > section')) s.hidden = true;
+    showError(why || '');
+    form.hidden = false;
+    input.value = '';
+    input.focus();
+    return new Promise((resolve) => {
+      form.addEventListener('submit', function onSubmit(ev) {
+        ev.preventDefault();
+        const t = input.value.trim();
+        if (!t) return;
+        setToken(t);
+        form.removeEventListener('submit', onSubmit);
+        form.hidden = true;
+        showError('');
+        resolve(t);
+      });
+    });
+  }
+
+  // Starts `main` once there is a token; again after a 401 asks for a new one.
+  function boot(main) {
+    const forget = $('forget-token');
+    if (forget) {
+      forget.addEventListener('click', () => { setToken(''); location.reload(); });
+    }
+    const run = async () => {
+      if (!token()) await askToken('');
+      if (forget) forget.hidden = false;
+      try {
+        await main();
+      } catch (e) {
+        if (e instanceof HttpError && e.status === 401) {
+          setToken('');
+          await askToken('The token was refused (' + e.message + '). Enter another one.');
+          location.reload(); // start clean with the new token
+          return;
+        }
+        showError(e.message || String(e));
+      }
+    };
+    run();
+  }
+
+  async function errorOf(res) {
+    let msg = res.status + ' ' + res.statusText;
+    try {
+      const body = await res.json();
+      if (body && body.error) msg = body.error;
+    } catch (_) { /* not JSON */ }
+    return new HttpError(res.status, msg);
+  }
+
+  // fetch with the bearer token; throws HttpError on a non-2xx answer.
+  async function api(path, opts) {
+    opts = opts || {};
+    const headers = new Headers(opts.headers || {});
+    headers.set('Authorization', 'Bearer ' + token());
+    if (!headers.has('Accept')) headers.set('Accept', 'application/json');
+    const res = await fetch(path, Object.assign({}, opts, { headers, cache: 'no-store' }));
+    if (!res.ok) throw await errorOf(res);
+    return res;
+  }
+
+  async function apiJson(path, opts) {
+    return (await api(path, opts)).json();
+  }
+
+  // ---- Server-Sent Events -------------------------------------------------------------------
+  // Text in (any chunking: an event or a line split across reads, CRLF, LF or CR line ends),
+  // events out: {event, id, data} where `id` is the event's own id field (or null). Comments
+  // (keep-alives) are skipped. As in the SSE spec an id sticks: `lastId` is the last one seen,
+  // what a reconnect sends as Last-Event-ID.
+  class SseParser {
+    constructor() {
+      this.buf = '';
+      this.event = '';
+      this.data = null;
+      this.id = null;
+      this.lastId = null;
+      this.pendingCR = false;
+    }
+
+    feed(text) {
+      const out = [];
+      let s = this.buf + text;
+      if (this.pendingCR && s.startsWith('\n')) s = s.slice(1); // the LF of a CRLF split across reads
+      this.pendingCR = false;
+      let start = 0;
+      for (let i = 0; i < s.length; i++) {
+        const c = s.charCodeAt(i);
+        if (c !== 10 && c !== 13) continue;
+        this.line(s.slice(start, i), out);
+        if (c === 13) {
+          if (i + 1 < s.length) {
+            if (s.charCodeAt(i + 1) === 10) i++;
+          } else {
+            this.pendingCR = true;
+          }
+        }
+        start = i + 1;
+      }
+      this.buf = s.slice(start);
+      return out;
+    }
+
+    line(line, out) {
+      if (line === '') {
+        if (this.data !== null) {
+          out.push({ event: this.event || 'message', id: this.id, data: this.data });
+        }
+        this.event = '';
+        this.data = null;
+        this.id = null;
+        return;
+      }
+      if (line.charCodeAt(0) === 58) return; // ':' a comment
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? '' : line.slice(colon + 1);
+      if (value.charCodeAt(0) === 32) value = value.slice(1);
+      if (field === 'event') this.event = value;
+      else if (field === 'data') this.data = this.data === null ? value : this.data + '\n' + value;
+      else if (field === 'id') { if (value.indexOf('\0') < 0) { this.id = value; this.lastId = value; } }
+      // `retry` and unknown fields: ignored
+    }
+  }
+
+  // Follows an SSE URL with the token. Calls onEvent({event, id, data}) for each event, once:
+  // a dropped connection is reopened with Last-Event-ID = the last id seen, and an event whose
+  // numeric id is not past it is dropped. Ends after an `end` event (resolves), or on an HTTP
+  // error the server means (401/403/404: rejects). Returns {done, abort, stop}: `abort` cuts the
+  // current connection (it is reopened), `stop` ends the follow.
+  function followSse(url, onEvent, onStatus) {
+    let controller = null;
+    let stopped = false;
+    let lastId = null;
+    let connections = 0;
+    const status = onStatus || (() => {});
+    const done = (async () => {
+      let delay = 250;
+      for (;;) {
+        if (stopped) return;
+        controller = new AbortController();
+        try {
+          const headers = { Accept: 'text/event-stream' };
+          if (lastId !== null) headers['Last-Event-ID'] = lastId;
+          const res = await api(url, { headers, signal: controller.signal });
+          connections++;
+          status('live');
+          const reader = res.body.getReader();
+          const decoder = new TextDecoder();
+          const parser = new SseParser();
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            delay = 250;
+            for (const ev of parser.feed(decoder.decode(value, { stream: true }))) {
+              if (ev.id !== null && ev.id !== '') {
+                if (lastId !== null && Number(ev.id) <= Number(lastId)) continue; // seen already
+                lastId = ev.id;
+              }
+              onEvent(ev);
+              if (ev.event === 'end') {
+                stopped = true;
+                try { controller.abort(); } catch (_) { /* gone */ }
+                status('ended');
+                return;
+              }
+            }
+          }
+        } catch (e) {
+          if (e instanceof HttpError && e.status !== 502 && e.status !== 503 && e.status !== 504 && e.status !== 429) {
+            status('error');
+            throw e;
+          }
+        }
+        if (stopped) return;
+        status('reconnecting');
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 5000);
+      }
+    })();
+    return {
+      done,
+      abort() { if (controller) controller.abort(); },
+      stop() { stopped = true; if (controller) controller.abort(); },
+      get lastId() { return lastId; },
+      get connections() { return connections; },
+    };
+  }
+
+  // ---- ANSI colours ---------------------------------------------------------------------------
+  // SGR escapes (ESC [ … m) become classes: fg-30..37 / fg-90..97, bg-40..47 / bg-100..107, bold;
+  // 0 resets, 22 ends bold, 39/49 the default colours. Other escape sequences are dropped.
+  // Returns [[text, className], …]; the caller puts each text in as text, never as HTML.
+  const ESC_RE = /\x1b\[([0-9;?]*)([A-Za-z])|\x1b[^[]?/g;
+
+  function ansiSegments(line) {
+    const out = [];
+    if (line.indexOf('\x1b') < 0) { out.push([line, '']); return out; }
+    let fg = '', bg = '', bold = false;
+    let last = 0;
+    const cls = () => [fg, bg, bold ? 'bold' : ''].filter(Boolean).join(' ');
+    ESC_RE.lastIndex = 0;
+    let m;
+    while ((m = ESC_RE.exec(line)) !== null) {
+      if (m.index > last) out.push([line.slice(last, m.index), cls()]);
+      last = ESC_RE.lastIndex;
+      if (m[2] !== 'm') continue;
+      const codes = m[1] === '' ? [0] : m[1].split(';').map((c) => (c === '' ? 0 : Number(c)));
+      for (let i = 0; i < codes.length; i++) {
+        const c = codes[i];
+        if (c === 0) { fg = ''; bg = ''; bold = false; }
+        else if (c === 1) bold = true;
+        else if (c === 22) bold = false;
+        else if ((c >= 30 && c <= 37) || (c >= 90 && c <= 97)) fg = 'fg-' + c;
+        else if (c === 39) fg = '';
+        else if ((c >= 40 && c <= 47) || (c >= 100 && c <= 107)) bg = 'bg-' + c;
+        else if (c === 49) bg = '';
+        else if (c === 38 || c === 48) { // 256 colours / truecolour: skip their arguments
+          if (codes[i + 1] === 5) i += 2; else if (codes[i + 1] === 2) i += 4;
+        }
+      }
+    }
+    if (last < line.length) out.push([line.slice(last), cls()]);
+    return out.filter((s) => s[0] !== '');
+  }
+
+  // Appends a line's text to `el`: plain text nodes, and spans with classes for coloured runs.
+  function appendAnsi(el, line) {
+    for (const [text, cls] of ansiSegments(line)) {
+      if (cls) {
+        const span = document.createElement('span');
+        span.className = cls;
+        span.textContent = text;
+        el.appendChild(span);
+      } else {
+        el.appendChild(document.createTextNode(text));
+      }
+    }
+  }
+
+  // ---- formatting -----------------------------------------------------------------------------
+  function duration(ms) {
+    if (ms === null || ms === undefined || ms < 0) return '';
+    const s = Math.round(ms / 1000);
+    if (s < 60) return (ms < 10000 ? (ms / 1000).toFixed(1) : s) + 's';
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + 'm ' + (s % 60) + 's';
+    return Math.floor(m / 60) + 'h ' + (m % 60) + 'm';
+  }
+
+  function buildDuration(b, now) {
+    if (!b.started_at) return '';
+    return duration((b.finished_at || now || Date.now()) - b.started_at);
+  }
+
+  function ago(ms) {
+    const s = Math.round((Date.now() - ms) / 1000);
+    if (s < 60) return s + 's ago';
+    if (s < 3600) return Math.floor(s / 60) + 'm ago';
+    if (s < 86400) return Math.floor(s / 3600) + 'h ago';
+    return new Date(ms).toLocaleString();
+  }
+
+  const shortCommit = (c) => (c || '').slice(0, 10);
+  const shortDigest = (d) => (d ? d.replace(/^sha256:/, '').slice(0, 12) : '');
+  const shortRef = (r) => (r || '').replace(/^refs\/(heads|tags)\//, '');
+  const FINAL = new Set(['Succeeded', 'Failed', 'Cancelled', 'TimedOut']);
+  const isFinal = (state) => FINAL.has(state);
+
+  // Sets a state badge: its text and a class by state.
+  function stateBadge(el, state) {
+    el.textContent = state || '';
+    el.className = 'state state-' + String(state || 'unknown').toLowerCase();
+  }
+
+  return {
+    $, token, setToken, boot, api, apiJson, HttpError, showError, SseParser, followSse,
+    ansiSegments, appendAnsi, duration, buildDuration, ago, shortCommit, shortDigest, shortRef,
+    isFinal, stateBadge,
+  };
+})();
