@@ -129,7 +129,7 @@ impl KubeWorld {
     /// The lines one step's process wrote, as stored (Kiln's own lines left out).
     async fn step_output(&self, id: i64, step: &str) -> Vec<String> {
         let lines = self.kiln.ctx.store.log_after(id, 0, 1_000_000).await.unwrap();
-        lines.into_iter().filter(|l| l.step == step && l.stream != builder_api::store::Stream::System).map(|l| l.line).collect()
+        lines.into_iter().filter(|l| l.step == step && matches!(l.stream, builder_api::store::Stream::Stdout | builder_api::store::Stream::Stderr)).map(|l| l.line).collect()
     }
 }
 
