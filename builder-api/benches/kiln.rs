@@ -354,7 +354,7 @@ async fn kube() {
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let running = ctx.store.builds(None, Some(BuildState::Running), None, 10_000).await.unwrap().len();
+        let running = ctx.store.builds(None, None, Some(BuildState::Running), 10_000).await.unwrap().len();
         if running == 0 {
             break;
         }
