@@ -210,8 +210,10 @@ async fn the_build_page_follows_a_running_build_live_and_shows_the_final_state()
     // Cut the stream mid-build too: the page reconnects with Last-Event-ID (checked below: no
     // line twice, none missing).
     page.eval("window.kilnBuildPage.abortStream()").await;
+    // Lines already read before the cut may still be rendering: wait for the reconnect itself.
+    page.wait_for("the stream reopened", "window.kilnBuildPage.connections >= 2", Duration::from_secs(20)).await;
     page.wait_for("lines while scrolled up", &format!("window.kilnBuildPage.lineCount > {before}"), Duration::from_secs(20)).await;
-    assert_eq!(page.eval("window.kilnBuildPage.connections").await, 2, "the cut stream was not reopened once");
+    assert_eq!(page.eval("window.kilnBuildPage.connections").await, 2, "the cut stream was reopened more than once");
     assert_eq!(page.eval("document.getElementById('log').scrollTop").await, 0, "new lines scrolled the log while the reader was up");
     assert_eq!(page.eval("document.getElementById('follow').hidden").await, false, "no way back to following");
     // Back to the bottom: following resumes.
