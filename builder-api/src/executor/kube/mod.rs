@@ -299,7 +299,8 @@ impl KubeExecutor {
                 let _ = job.store.start_step(job.build.id, position as i64, name).await;
                 job.log.step_started(name).await;
             }
-            let skip = job.store.output_line_count(job.build.id, name).await.unwrap_or(0) as u64;
+            // Only a resumed build has stored lines of this container to skip.
+            let skip = if job.resumed { job.store.output_line_count(job.build.id, name).await.unwrap_or(0) as u64 } else { 0 };
             let mut cursor = LogCursor::skipping(skip);
             self.stream_container(job, pods, &pod_name, name, &mut cursor, view, deadline).await?;
 
