@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use builder_api::config::Config;
-use builder_api::store::{Build, BuildState};
+use builder_api::store::{Build, BuildState, Store};
 use serde_json::{json, Value};
 
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
@@ -17,6 +17,7 @@ use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::{test_config, TestKiln};
 use crate::support::registry::TestRegistry;
+use crate::support::serve_process::ServeProcess;
 
 const GIT_TOKEN: &str = "glpat-kube-token-0123456";
 const SECRET: &str = "hook-secret-kube";
@@ -183,8 +184,15 @@ async fn every_line_arrives_once_and_in_order_when_log_streams_and_watches_are_c
     w.fake.drop_watches();
     w.fake.expire_history();
 
-    let (build, _log) = w.ended(id, BuildState::Succeeded).await;
+    let (build, log) = w.ended(id, BuildState::Succeeded).await;
     assert!(build.image_digest.is_some());
+    // 120 lines 15 ms apart: the compile step's recorded duration is at least 1.8 s, to the tenth.
+    let secs: f64 = log
+        .lines()
+        .find_map(|l| l.split("── step compile succeeded in ").nth(1))
+        .and_then(|s| s.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("no compile duration in:\n{log}"));
+    assert!(secs >= 1.8, "compile took {secs}s by the log");
     let compile = w.step_output(id, "compile").await;
     let expected: Vec<String> = (1..=LINES).map(|i| format!("slow line {i}")).collect();
     assert_eq!(compile, expected, "the compile step's log has a gap, a repeat or a reordering");
@@ -267,4 +275,120 @@ async fn a_tenants_job_lands_in_its_namespace_and_reads_only_its_own_secrets() {
         let name = format!("kiln-build-{id}");
         w.fake.wait_for("jobs", ns, &name, Duration::from_secs(30), |j| if j.is_none() { Some(()) } else { None }).await;
     }
+}
+
+#[tokio::test]
+async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_second_job_or_a_lost_line() {
+    const LINES: u32 = 150;
+    crate::support::init();
+    let git = GitServer::start_with_token(GIT_TOKEN).await;
+    let registry = TestRegistry::start().await;
+    let fake_root = tempfile::tempdir().unwrap();
+    let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team"]));
+    let kubeconfig = fake.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config_file = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[server]\nadmin_token = \"{}\"\n[store]\ndata_dir = \"{}\"\n\
+             [executor]\nkind = \"kube\"\nmax_concurrent_builds = 3\nkiln_binary = \"{}\"\n\
+             [registry]\ninsecure = [\"{}\"]\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n",
+            crate::support::kiln::ADMIN,
+            data.display(),
+            env!("CARGO_BIN_EXE_kiln"),
+            registry.host(),
+            slow_go(dir.path(), LINES, 20).display(),
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let env = [("KUBECONFIG", kubeconfig.as_str())];
+    let port = crate::support::registry::free_port();
+    let http = reqwest::Client::new();
+
+    let mut serve = ServeProcess::start_with_env(&config_file, port, &env);
+    serve.ready().await;
+    let tenant: Value = http
+        .post(format!("{}/api/v1/tenants", serve.url))
+        .bearer_auth(crate::support::kiln::ADMIN)
+        .json(&json!({"name": "team"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tenant["token"].as_str().unwrap().to_string();
+    let repo = git.create_repo("team/hello");
+    let files = fixture_files("go-hello");
+    let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+    let sha = repo.commit_files(&files, "first");
+    let mut spec = app_spec("hello", &git.url("team/hello"), "team/hello", &format!("{}/team/hello", registry.host()), SECRET);
+    spec["git_token"] = GIT_TOKEN.into();
+    spec["kind"] = "go".into();
+    let res = http.post(format!("{}/api/v1/apps", serve.url)).bearer_auth(&token).json(&spec).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let mut ids = vec![];
+    for _ in 0..3 {
+        let res: Value = http
+            .post(format!("{}/api/v1/apps/hello/builds", serve.url))
+            .bearer_auth(&token)
+            .json(&json!({"commit": sha}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(res["build"]["id"].as_i64().unwrap());
+    }
+
+    // All three mid-compile, as far as the store knows, when kiln is SIGKILLed.
+    let store = Store::open(&data).await.unwrap();
+    let compile_lines = |lines: Vec<builder_api::store::LogLine>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| l.step == "compile" && matches!(l.stream, builder_api::store::Stream::Stdout | builder_api::store::Stream::Stderr))
+            .map(|l| l.line)
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    for id in &ids {
+        while !compile_lines(store.log_after(*id, 0, 1_000_000).await.unwrap()).iter().any(|l| l == "slow line 10") {
+            assert!(tokio::time::Instant::now() < deadline, "build {id} never got to compile");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    serve.kill();
+    let mut stored_before = vec![];
+    for id in &ids {
+        stored_before.push(store.log_after(*id, 0, 1_000_000).await.unwrap());
+    }
+
+    let serve = ServeProcess::start_with_env(&config_file, port, &env);
+    serve.ready().await;
+    let expected: Vec<String> = (1..=LINES).map(|i| format!("slow line {i}")).collect();
+    for (id, before) in ids.iter().zip(stored_before) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let build = loop {
+            let build = store.build(*id).await.unwrap().unwrap();
+            if build.state.is_final() {
+                break build;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "build {id} did not finish after the restart");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let after = store.log_after(*id, 0, 1_000_000).await.unwrap();
+        let log: Vec<&str> = after.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(build.state, BuildState::Succeeded, "build {id}: {:?}\n{}", build.reason, log.join("\n"));
+        assert!(build.image_digest.is_some(), "build {id} has no digest");
+        assert_eq!(&after[..before.len()], &before[..], "build {id}: a stored line changed or vanished");
+        assert_eq!(compile_lines(after.clone()), expected, "build {id}: the compile log has a gap, a repeat or a reordering");
+        assert!(log.iter().any(|l| l.contains("kiln restarted; following Job")), "build {id}:\n{}", log.join("\n"));
+    }
+    // One create per build, before the restart; the restarted kiln adopted the Jobs.
+    assert_eq!(fake.count("create", "jobs"), 3, "Job creates: {:?}", fake.requests_for_prefix("kiln-build-"));
+    drop(serve);
 }

@@ -11,7 +11,8 @@ use serde_json::json;
 use crate::support::fixtures::app_spec;
 use crate::support::git_server::GitServer;
 use crate::support::kiln::{test_config, TestKiln, ADMIN};
-use crate::support::registry::TestRegistry;
+use crate::support::registry::{free_port, TestRegistry};
+use crate::support::serve_process::ServeProcess;
 
 const GIT_TOKEN: &str = "glpat-lifecycle-token";
 
@@ -102,45 +103,6 @@ async fn a_build_past_its_time_limit_ends_timed_out() {
     assert!(!alive(&pid_file));
 }
 
-/// `kiln serve` as its own process, so it can be SIGKILLed.
-struct ServeProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl ServeProcess {
-    fn start(config_file: &Path, port: u16) -> ServeProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--config"])
-            .arg(config_file)
-            .env("KILN_LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        ServeProcess { child, url: format!("http://127.0.0.1:{port}") }
-    }
-
-    async fn ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !reqwest::get(format!("{}/readyz", self.url)).await.is_ok_and(|r| r.status().is_success()) {
-            assert!(tokio::time::Instant::now() < deadline, "kiln serve did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn kiln_killed_mid_build_and_restarted_marks_the_build_interrupted_and_loses_no_stored_line() {
     crate::support::init();
@@ -195,8 +157,7 @@ async fn kiln_killed_mid_build_and_restarted_marks_the_build_interrupted_and_los
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut serve = serve;
-    serve.child.kill().unwrap(); // SIGKILL
-    serve.child.wait().unwrap();
+    serve.kill();
 
     let stored_before = {
         let store = Store::open(&data).await.unwrap();

@@ -11,7 +11,11 @@
 //!   created, Kubernetes writes and reads per build over its whole life (create … cancel), and
 //!   watch connections opened.
 //!
-//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube]`
+//! - `followers`: 1,000 SSE followers of one build whose compile step writes 2,000 timestamped
+//!   lines a second, `kiln serve` in its own process: p50/p99 from the step writing a line to a
+//!   follower reading it, and the server's resident memory per follower.
+//!
+//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube|followers]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,6 +34,11 @@ const ADMIN: &str = "bench-admin-token";
 #[path = "../../tests/support/fake_kube/mod.rs"]
 mod fake_kube;
 
+/// `kiln serve` as its own process (the bench profile's binary), as the tests run it.
+#[allow(dead_code)]
+#[path = "../../tests/support/serve_process.rs"]
+mod serve_process;
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -42,6 +51,9 @@ fn main() {
     }
     if which.is_empty() || which.iter().any(|w| w == "kube") {
         rt.block_on(kube());
+    }
+    if which.is_empty() || which.iter().any(|w| w == "followers") {
+        rt.block_on(followers());
     }
 }
 
@@ -140,48 +152,70 @@ fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A real registry and a real git server holding the sample Go app, for benchmarks that build.
+struct GoAppWorld {
+    registry: std::process::Child,
+    /// `127.0.0.1:PORT` of the registry.
+    reg: String,
+    git_url: String,
+    sha: String,
+}
+
+impl Drop for GoAppWorld {
+    fn drop(&mut self) {
+        let _ = self.registry.kill();
+        let _ = self.registry.wait();
+    }
+}
+
+impl GoAppWorld {
+    async fn start(root: &Path) -> GoAppWorld {
+        let reg_port = free_port();
+        std::fs::write(
+            root.join("registry.yml"),
+            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/registry\nhttp:\n  addr: 127.0.0.1:{reg_port}\n", root.display()),
+        )
+        .unwrap();
+        let registry = Command::new("docker-registry").arg("serve").arg(root.join("registry.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps/go-hello");
+        let bare = root.join("git/bench/hello.git");
+        run(Command::new("git").args(["init", "-q", "--bare", "--initial-branch=main"]).arg(&bare));
+        let work = root.join("work");
+        run(Command::new("cp").arg("-r").arg(&sample).arg(&work));
+        run(Command::new("git").args(["init", "-q", "--initial-branch=main"]).arg(&work));
+        run(Command::new("git").arg("-C").arg(&work).args(["add", "-A"]));
+        run(Command::new("git").arg("-C").arg(&work).args(["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "x"]));
+        run(Command::new("git").arg("-C").arg(&work).arg("push").arg("-q").arg(&bare).arg("main"));
+        let sha = String::from_utf8(Command::new("git").arg("-C").arg(&work).args(["rev-parse", "HEAD"]).output().unwrap().stdout).unwrap().trim().to_string();
+        let git_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let git_url = format!("http://{}/bench/hello.git", git_listener.local_addr().unwrap());
+        let git = builder_api::devtools::git_http::GitHttp { root: root.join("git"), token: Some("bench-git-token".into()) };
+        tokio::spawn(async move { axum::serve(git_listener, git.router()).await.unwrap() });
+        let reg = format!("127.0.0.1:{reg_port}");
+        for _ in 0..100 {
+            if reqwest::get(format!("http://{reg}/v2/")).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        GoAppWorld { registry, reg, git_url, sha }
+    }
+
+    /// The app as the benchmarks register it.
+    fn app(&self) -> serde_json::Value {
+        json!({"name": "hello", "git_url": self.git_url, "project_path": "bench/hello", "image_repository": format!("{}/bench/hello", self.reg),
+               "webhook_secret": "bench-secret", "git_token": "bench-git-token"})
+    }
+}
+
 async fn build() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    // A real registry and a real git server with the sample Go app.
-    let reg_port = free_port();
-    std::fs::write(
-        root.join("registry.yml"),
-        format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/registry\nhttp:\n  addr: 127.0.0.1:{reg_port}\n", root.display()),
-    )
-    .unwrap();
-    let mut registry = Command::new("docker-registry").arg("serve").arg(root.join("registry.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps/go-hello");
-    let bare = root.join("git/bench/hello.git");
-    run(Command::new("git").args(["init", "-q", "--bare", "--initial-branch=main"]).arg(&bare));
-    let work = root.join("work");
-    run(Command::new("cp").arg("-r").arg(&sample).arg(&work));
-    run(Command::new("git").args(["init", "-q", "--initial-branch=main"]).arg(&work));
-    run(Command::new("git").arg("-C").arg(&work).args(["add", "-A"]));
-    run(Command::new("git").arg("-C").arg(&work).args(["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "x"]));
-    run(Command::new("git").arg("-C").arg(&work).arg("push").arg("-q").arg(&bare).arg("main"));
-    let sha = String::from_utf8(Command::new("git").arg("-C").arg(&work).args(["rev-parse", "HEAD"]).output().unwrap().stdout).unwrap().trim().to_string();
-    let git_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let git_url = format!("http://{}/bench/hello.git", git_listener.local_addr().unwrap());
-    let git = builder_api::devtools::git_http::GitHttp { root: root.join("git"), token: Some("bench-git-token".into()) };
-    tokio::spawn(async move { axum::serve(git_listener, git.router()).await.unwrap() });
-    let reg = format!("127.0.0.1:{reg_port}");
-    for _ in 0..100 {
-        if reqwest::get(format!("http://{reg}/v2/")).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+    let world = GoAppWorld::start(root).await;
+    let (reg, git_url, sha) = (world.reg.clone(), world.git_url.clone(), world.sha.clone());
     let (ctx, url) = start_kiln(root, &[reg.clone()], 1).await;
     let http = reqwest::Client::new();
-    let token = setup_tenant(
-        &http,
-        &url,
-        json!({"name": "hello", "git_url": git_url, "project_path": "bench/hello", "image_repository": format!("{reg}/bench/hello"),
-               "webhook_secret": "bench-secret", "git_token": "bench-git-token"}),
-    )
-    .await;
+    let token = setup_tenant(&http, &url, world.app()).await;
 
     const RUNS: usize = 5;
     let mut kiln_times = vec![];
@@ -239,7 +273,7 @@ rm -rf "$W"
             script_times.push(t.elapsed());
         }
     }
-    let _ = registry.kill();
+    drop(world);
     kiln_times.sort();
     script_times.sort();
     let (k, s) = (kiln_times[RUNS / 2], script_times[RUNS / 2]);
@@ -380,4 +414,173 @@ async fn kube() {
         watches_before.0 - 1 + fake.watches_opened("jobs"),
         watches_before.1 + fake.watches_opened("pods")
     );
+}
+
+/// What one follower saw.
+#[derive(Default)]
+struct FollowerReport {
+    bytes: u64,
+    lines: u64,
+    ended: bool,
+    /// Write → read latencies of the paced lines (only sampled followers parse them).
+    latencies: Vec<Duration>,
+}
+
+async fn follow_sse(http: reqwest::Client, url: String, token: String, sampled: bool, connected: Arc<tokio::sync::Barrier>) -> FollowerReport {
+    use futures_util::StreamExt;
+    let res = http.get(url).bearer_auth(token).header("accept", "text/event-stream").send().await.unwrap();
+    assert!(res.status().is_success());
+    connected.wait().await;
+    let mut report = FollowerReport::default();
+    let mut body = res.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        report.bytes += chunk.len() as u64;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        pending.extend_from_slice(&chunk);
+        // Whole lines only; the rest waits for the next chunk.
+        let Some(last_nl) = pending.iter().rposition(|b| *b == b'\n') else { continue };
+        for line in pending[..last_nl].split(|b| *b == b'\n') {
+            if line == b"event: end" {
+                report.ended = true;
+            }
+            if !line.starts_with(b"data: ") {
+                continue;
+            }
+            let Some(at) = find(line, b"\"line\":\"t=") else { continue };
+            report.lines += 1;
+            if sampled {
+                let rest = &line[at + 10..];
+                let end = rest.iter().position(|b| *b == b' ').unwrap();
+                let written: f64 = std::str::from_utf8(&rest[..end]).unwrap().parse().unwrap();
+                report.latencies.push(Duration::from_secs_f64((now - written).max(0.0)));
+            }
+        }
+        pending.drain(..=last_nl);
+    }
+    report
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `followers`: 1,000 SSE followers of one build whose compile step writes 2,000 lines a second.
+async fn followers() {
+    const FOLLOWERS: usize = 1000;
+    const RATE: u32 = 2000;
+    const SECS: u32 = 10;
+    const SAMPLE_EVERY: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let world = GoAppWorld::start(root).await;
+    // The compile step: waits for the go-ahead, writes RATE timestamped lines a second (paced
+    // against the clock, not by sleeps that drift), then runs the real Go build.
+    let go_ahead = root.join("go-ahead");
+    let script = root.join("paced-go");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.01; done\n\
+             perl -MTime::HiRes=time,sleep -e '$|=1; my $t0=time; for my $i (1..{n}) {{ my $d=$t0+$i/{RATE}-time; sleep($d) if $d>0; printf \"t=%.6f i=%d\\n\", time, $i }}'\n\
+             exec go \"$@\"\n",
+            go = go_ahead.display(),
+            n = RATE * SECS,
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config_file = root.join("kiln.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n\
+             [registry]\ninsecure = [\"{}\"]\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n",
+            root.join("data").display(),
+            kiln_binary().display(),
+            world.reg,
+            script.display()
+        ),
+    )
+    .unwrap();
+    let serve = serve_process::ServeProcess::start(&config_file, free_port());
+    serve.ready().await;
+    let http = reqwest::Client::new();
+    let token = setup_tenant(&http, &serve.url, world.app()).await;
+    let b: serde_json::Value = http
+        .post(format!("{}/api/v1/apps/hello/builds", serve.url))
+        .bearer_auth(&token)
+        .json(&json!({"commit": world.sha}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = b["build"]["id"].as_i64().unwrap();
+    let logs_url = format!("{}/api/v1/builds/{id}/logs", serve.url);
+    // Wait until the compile step waits for the go-ahead.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http.get(&logs_url).bearer_auth(&token).send().await.unwrap().text().await.unwrap().contains("── step compile") {
+        assert!(Instant::now() < deadline, "the build never reached its compile step");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_before = serve.rss();
+
+    // One client connection per follower, as browsers and `kiln logs -f` would have.
+    let connected = Arc::new(tokio::sync::Barrier::new(FOLLOWERS + 1));
+    let tasks: Vec<_> = (0..FOLLOWERS)
+        .map(|i| {
+            let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            tokio::spawn(follow_sse(http, logs_url.clone(), token.clone(), i % SAMPLE_EVERY == 0, connected.clone()))
+        })
+        .collect();
+    connected.wait().await;
+    let rss_connected = serve.rss();
+    let started = Instant::now();
+    std::fs::write(&go_ahead, "").unwrap();
+    let mut rss_peak = rss_connected;
+    let mut done = futures_util::future::join_all(tasks);
+    let reports: Vec<FollowerReport> = loop {
+        tokio::select! {
+            reports = &mut done => break reports.into_iter().map(|r| r.unwrap()).collect(),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => rss_peak = rss_peak.max(serve.rss()),
+        }
+    };
+    let wall = started.elapsed();
+    let build: serde_json::Value = http.get(format!("{}/api/v1/builds/{id}", serve.url)).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+
+    let expected = (RATE * SECS) as u64;
+    let complete = reports.iter().filter(|r| r.ended && r.lines == expected).count();
+    let bytes: Vec<u64> = reports.iter().map(|r| r.bytes).collect();
+    let mut latencies: Vec<Duration> = reports.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+    latencies.sort();
+    println!("followers: {FOLLOWERS} SSE followers of one build writing {RATE} lines/s for {SECS} s (kiln serve as its own process)");
+    println!(
+        "  write -> read latency ({} samples from every {SAMPLE_EVERY}th follower): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 100 ms)",
+        latencies.len(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap())
+    );
+    println!(
+        "  server memory: {:.1} MiB before followers, {:.1} MiB with them connected, {:.1} MiB peak while streaming",
+        rss_before as f64 / 1048576.0,
+        rss_connected as f64 / 1048576.0,
+        rss_peak as f64 / 1048576.0
+    );
+    println!(
+        "  per follower: {:.1} KiB connected, {:.1} KiB at peak (target < 64 KiB)",
+        rss_connected.saturating_sub(rss_before) as f64 / FOLLOWERS as f64 / 1024.0,
+        rss_peak.saturating_sub(rss_before) as f64 / FOLLOWERS as f64 / 1024.0
+    );
+    println!(
+        "  {complete} of {FOLLOWERS} followers got all {expected} lines and the end event; bytes per follower min {} max {}; build {} in {:.1} s",
+        bytes.iter().min().unwrap(),
+        bytes.iter().max().unwrap(),
+        build["build"]["state"],
+        wall.as_secs_f64()
+    );
+    assert_eq!(complete, FOLLOWERS, "some followers missed lines");
 }

@@ -77,22 +77,36 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
-    let max = ctx.config.executor.max_concurrent_builds;
-    if ctx.scheduler.running_count() >= max {
+    let free = ctx.config.executor.max_concurrent_builds.saturating_sub(ctx.scheduler.running_count());
+    if free == 0 {
         return Ok(());
     }
-    for build in ctx.store.builds_in_state(BuildState::Queued).await? {
-        if ctx.scheduler.running_count() >= max {
-            break;
+    let queued: Vec<Build> = ctx.store.builds_in_state(BuildState::Queued).await?.into_iter().take(free).collect();
+    if queued.is_empty() {
+        return Ok(());
+    }
+    // The tokens are registered first so a cancel that sees a build Running finds it. All the
+    // builds taken move to Running in one transaction: a burst of webhooks costs one write here,
+    // not one per build.
+    let tokens: Vec<CancellationToken> = {
+        let mut running = ctx.scheduler.running.lock().unwrap();
+        queued.iter().map(|b| running.entry(b.id).or_default().clone()).collect()
+    };
+    let ids: Vec<i64> = queued.iter().map(|b| b.id).collect();
+    let started = match ctx.store.mark_running_many(&ids).await {
+        Ok(started) => started,
+        Err(e) => {
+            let mut running = ctx.scheduler.running.lock().unwrap();
+            ids.iter().for_each(|id| drop(running.remove(id)));
+            return Err(e);
         }
-        // The token is registered first so a cancel that sees the build Running finds it.
-        let token = CancellationToken::new();
-        ctx.scheduler.running.lock().unwrap().insert(build.id, token.clone());
-        if !ctx.store.mark_running(build.id).await? {
-            ctx.scheduler.running.lock().unwrap().remove(&build.id);
-            continue; // cancelled meanwhile
+    };
+    for (build, token) in queued.into_iter().zip(tokens) {
+        if started.contains(&build.id) {
+            spawn_execute(ctx.clone(), build, token, false);
+        } else {
+            ctx.scheduler.running.lock().unwrap().remove(&build.id); // cancelled meanwhile
         }
-        spawn_execute(ctx.clone(), build, token, false);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod git_server;
 pub mod kiln;
 pub mod registry;
+pub mod serve_process;
 
 /// Once per test process: the TLS crypto provider (one for the whole workspace: ring).
 pub fn init() {

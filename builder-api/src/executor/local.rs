@@ -10,7 +10,7 @@ use super::{BuildJob, Executor, Outcome};
 use crate::config::{RegistryConfig, ToolchainConfig};
 use crate::plan::{self, DockerfileBuilder, PlanInput, StepSpec};
 use crate::steps::{CloneInfo, ImageResult};
-use crate::store::{BuildState, StepState};
+use crate::store::{BuildKind, BuildState, StepState};
 
 pub struct LocalExecutor {
     pub kiln_binary: PathBuf,
@@ -67,8 +67,11 @@ impl LocalExecutor {
             }
         };
         job.log.system("plan", format!("[kiln] building {} as {}", &job.build.commit, kind.as_str())).await;
-        if let Err(e) = job.store.set_build_kind(job.build.id, kind.as_str()).await {
-            return Outcome::failed(format!("store: {e}"));
+        // A fixed kind was recorded when the build started; only a resolved `auto` is written.
+        if job.app.kind == BuildKind::Auto {
+            if let Err(e) = job.store.set_build_kind(job.build.id, kind.as_str()).await {
+                return Outcome::failed(format!("store: {e}"));
+            }
         }
         let input = PlanInput {
             app: &job.app,

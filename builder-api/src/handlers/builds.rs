@@ -166,12 +166,7 @@ pub async fn logs(
             None => None,
         };
         let after = last_event_id.or(q.after).unwrap_or(0).max(0);
-        let stream = crate::logs::sse::sse(s.store.clone(), s.hub.clone(), build.id, after);
-        return Ok((
-            [(header::CACHE_CONTROL, "no-cache"), (header::HeaderName::from_static("x-accel-buffering"), "no")],
-            stream,
-        )
-            .into_response());
+        return Ok(crate::logs::sse::sse(s.store.clone(), s.hub.clone(), build.id, after));
     }
     let following = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
     let lines = follow(s.store.clone(), s.hub.clone(), build.id, 0);

@@ -166,7 +166,7 @@ impl LogCapture {
                     continue;
                 }
                 store.append_log(build_id, &batch).await?;
-                hub.stored(build_id, Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
+                hub.stored(build_id, Arc::new(super::Lines::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))));
             }
             Ok(())
         });

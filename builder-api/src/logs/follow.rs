@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{Batch, LogHub};
+use super::{Batch, Lines, LogHub};
 use crate::store::{LogLine, Store, StoreError};
 
 const PAGE: i64 = 1000;
@@ -37,7 +37,7 @@ impl Drop for Follower {
 }
 
 /// Every line after `after`, then live lines, ending once the build is final and drained.
-pub fn follow(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl Stream<Item = Result<Vec<LogLine>, StoreError>> {
+pub fn follow(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl Stream<Item = Result<Batch, StoreError>> {
     // Subscribed before the backlog is read, so no batch falls between the two.
     let rx = hub.subscribe_lines(build_id);
     let f = Follower { store, hub, build_id, rx, after, behind: true, ending: false, done: false };
@@ -57,7 +57,7 @@ pub fn follow(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl
 }
 
 impl Follower {
-    async fn next(&mut self) -> Result<Option<Vec<LogLine>>, StoreError> {
+    async fn next(&mut self) -> Result<Option<Batch>, StoreError> {
         if self.ending {
             return self.last_read().await;
         }
@@ -66,7 +66,7 @@ impl Follower {
                 let lines = self.store.log_after(self.build_id, self.after, PAGE).await?;
                 if let Some(last) = lines.last() {
                     self.after = last.seq;
-                    return Ok(Some(lines));
+                    return Ok(Some(Arc::new(Lines::new(lines))));
                 }
                 self.behind = false;
                 // Caught up with the store: done if the build is final (its capture closed, and
@@ -77,15 +77,23 @@ impl Follower {
             }
             match tokio::time::timeout(RECHECK, self.rx.recv()).await {
                 Ok(Ok(batch)) => {
+                    let (Some(first), Some(last)) = (batch.first(), batch.last()) else { continue };
+                    if last.seq <= self.after {
+                        continue;
+                    }
+                    if first.seq == self.after + 1 {
+                        // The usual case: the whole batch, shared with every other follower.
+                        self.after = last.seq;
+                        return Ok(Some(batch));
+                    }
                     let fresh: Vec<LogLine> = batch.iter().filter(|l| l.seq > self.after).cloned().collect();
-                    let Some(first) = fresh.first() else { continue };
-                    if first.seq != self.after + 1 {
+                    if fresh[0].seq != self.after + 1 {
                         // A gap (lines stored before this follower subscribed): the store has them.
                         self.behind = true;
                         continue;
                     }
-                    self.after = fresh.last().unwrap().seq;
-                    return Ok(Some(fresh));
+                    self.after = last.seq;
+                    return Ok(Some(Arc::new(Lines::new(fresh))));
                 }
                 // Too slow for the broadcast, or nothing for a while: read the store.
                 Ok(Err(RecvError::Lagged(_))) | Err(_) => self.behind = true,
@@ -96,13 +104,13 @@ impl Follower {
     }
 
     /// The build ended: the rest from the store, a page at a time, then the end.
-    async fn last_read(&mut self) -> Result<Option<Vec<LogLine>>, StoreError> {
+    async fn last_read(&mut self) -> Result<Option<Batch>, StoreError> {
         self.ending = true;
         let lines = self.store.log_after(self.build_id, self.after, PAGE).await?;
         match lines.last() {
             Some(last) => {
                 self.after = last.seq;
-                Ok(Some(lines))
+                Ok(Some(Arc::new(Lines::new(lines))))
             }
             None => {
                 self.done = true;

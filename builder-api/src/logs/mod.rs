@@ -17,7 +17,33 @@ use tokio::sync::{broadcast, watch};
 use crate::store::LogLine;
 
 /// One stored batch, shared by every follower.
-pub type Batch = Arc<Vec<LogLine>>;
+pub type Batch = Arc<Lines>;
+
+/// Consecutive log lines, and their Server-Sent Events text rendered once for every follower
+/// that sends them (a thousand followers of one build must not each re-encode every line).
+#[derive(Debug, Default)]
+pub struct Lines {
+    lines: Vec<LogLine>,
+    sse: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Lines {
+    pub fn new(lines: Vec<LogLine>) -> Lines {
+        Lines { lines, sse: std::sync::OnceLock::new() }
+    }
+
+    /// The lines as `event:`/`id:`/`data:` records.
+    pub fn sse(&self) -> bytes::Bytes {
+        self.sse.get_or_init(|| sse::render(&self.lines)).clone()
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [LogLine];
+    fn deref(&self) -> &[LogLine] {
+        &self.lines
+    }
+}
 
 /// Batches kept for followers that read a little late; one further behind reads the store.
 const BROADCAST_BATCHES: usize = 256;

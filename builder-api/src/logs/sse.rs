@@ -5,10 +5,14 @@
 //! stream.
 
 use std::convert::Infallible;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
@@ -19,23 +23,31 @@ use crate::store::{LogLine, Store, Stream as LogStream};
 /// How often an idle stream gets a keep-alive comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub fn line_event(l: &LogLine) -> Event {
-    let name = if l.stream == LogStream::Step { "step" } else { "line" };
-    let mut data = json!({"seq": l.seq, "step": l.step, "stream": l.stream.as_str(), "at": l.at, "line": l.line});
-    if let Some(meta) = &l.meta {
-        data["meta"] = meta.clone();
+/// One record per line: `event: line|step`, `id: <seq>`, `data: <json>`. The text is rendered
+/// once per stored batch and shared by every follower (see [`super::Lines::sse`]).
+pub fn render(lines: &[LogLine]) -> Bytes {
+    let mut out = String::with_capacity(lines.iter().map(|l| l.line.len() + 96).sum());
+    for l in lines {
+        let name = if l.stream == LogStream::Step { "step" } else { "line" };
+        let mut data = json!({"seq": l.seq, "step": l.step, "stream": l.stream.as_str(), "at": l.at, "line": l.line});
+        if let Some(meta) = &l.meta {
+            data["meta"] = meta.clone();
+        }
+        // JSON text has no raw newline, so `data` is one field line.
+        let _ = write!(out, "event: {name}\nid: {}\ndata: {data}\n\n", l.seq);
     }
-    Event::default().event(name).id(l.seq.to_string()).data(data.to_string())
+    Bytes::from(out)
 }
 
-/// Every line after `after`, live, then the result.
-pub fn events(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl Stream<Item = Result<Event, Infallible>> {
-    let lines = follow(store.clone(), hub, build_id, after).flat_map(|batch| {
-        let events: Vec<Result<Event, Infallible>> = match batch {
-            Ok(lines) => lines.iter().map(|l| Ok(line_event(l))).collect(),
-            Err(e) => vec![Ok(Event::default().event("error").data(json!({"error": e.to_string()}).to_string()))],
-        };
-        futures_util::stream::iter(events)
+fn record(event: &str, data: serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// Every line after `after`, live, then the result, as SSE text.
+pub fn events(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl Stream<Item = Bytes> {
+    let lines = follow(store.clone(), hub, build_id, after).map(|batch| match batch {
+        Ok(lines) => lines.sse(),
+        Err(e) => record("error", json!({"error": e.to_string()})),
     });
     let end = futures_util::stream::once(async move {
         let data = match store.build(build_id).await {
@@ -43,11 +55,32 @@ pub fn events(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl
             Ok(None) => json!({"state": "Unknown", "reason": "the build was deleted"}),
             Err(e) => json!({"state": "Unknown", "reason": e.to_string()}),
         };
-        Ok(Event::default().event("end").data(data.to_string()))
+        record("end", data)
     });
     lines.chain(end)
 }
 
-pub fn sse(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    Sse::new(events(store, hub, build_id, after)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+/// Inserts a comment whenever `inner` has been quiet for `every`, so proxies keep the stream.
+fn with_keep_alive(inner: impl Stream<Item = Bytes> + Send + 'static, every: Duration) -> impl Stream<Item = Bytes> {
+    futures_util::stream::unfold(Box::pin(inner), move |mut inner| async move {
+        match tokio::time::timeout(every, inner.next()).await {
+            Ok(Some(bytes)) => Some((bytes, inner)),
+            Ok(None) => None,
+            Err(_) => Some((Bytes::from_static(b":keep-alive\n\n"), inner)),
+        }
+    })
+}
+
+/// The streaming answer: `text/event-stream`, never cached or buffered by proxies.
+pub fn sse(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> Response {
+    let body = Body::from_stream(with_keep_alive(events(store, hub, build_id, after), KEEP_ALIVE).map(Ok::<_, Infallible>));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response()
 }

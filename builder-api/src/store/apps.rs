@@ -138,7 +138,7 @@ impl Store {
         .bind(&new.webhook_secret)
         .bind(&new.git_token)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict(format!("app {}", new.name)) } else { e.into() })?
         .get(0);

@@ -151,7 +151,7 @@ pub(super) async fn insert_build(conn: &mut SqliteConnection, new: &NewBuild) ->
 
 impl Store {
     pub async fn create_build(&self, new: &NewBuild) -> Result<Build> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         let id = insert_build(&mut conn, new).await?;
         drop(conn);
         Ok(self.build(id).await?.expect("just inserted"))
@@ -193,14 +193,24 @@ impl Store {
         sqlx::query(&sql).bind(state.as_str()).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
     }
 
-    /// Queued → Running. False when the build was no longer queued (cancelled meanwhile).
-    pub async fn mark_running(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query("UPDATE builds SET state = 'Running', started_at = ? WHERE id = ? AND state = 'Queued'")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    /// Queued → Running for several builds in one transaction; returns the ids that moved (a build
+    /// cancelled meanwhile does not). A build of an app with a fixed kind gets that kind here, so
+    /// the executor writes the kind only when it resolved `auto`.
+    pub async fn mark_running_many(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let marks = vec!["?"; ids.len()].join(", ");
+        let sql = format!(
+            "UPDATE builds SET state = 'Running', started_at = ?,
+                    kind = COALESCE(kind, (SELECT NULLIF(a.kind, 'auto') FROM apps a WHERE a.id = builds.app_id))
+             WHERE state = 'Queued' AND id IN ({marks}) RETURNING id"
+        );
+        let mut query = sqlx::query(&sql).bind(now_ms());
+        for id in ids {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.writer).await?.iter().map(|r| r.get(0)).collect())
     }
 
     /// Moves a build that is not yet final to a final state. False when it already was final.
@@ -213,13 +223,13 @@ impl Store {
         .bind(reason)
         .bind(now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn set_build_kind(&self, id: i64, kind: &str) -> Result<()> {
-        sqlx::query("UPDATE builds SET kind = ? WHERE id = ?").bind(kind).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE builds SET kind = ? WHERE id = ?").bind(kind).bind(id).execute(&self.writer).await?;
         Ok(())
     }
 
@@ -228,7 +238,7 @@ impl Store {
             .bind(image)
             .bind(digest)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -242,7 +252,7 @@ impl Store {
         .bind(position)
         .bind(name)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -254,7 +264,7 @@ impl Store {
             .bind(now_ms())
             .bind(build_id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -264,7 +274,7 @@ impl Store {
         sqlx::query("UPDATE build_steps SET state = 'Failed', finished_at = ? WHERE build_id = ? AND state = 'Running'")
             .bind(now_ms())
             .bind(build_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

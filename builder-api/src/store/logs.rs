@@ -55,7 +55,7 @@ impl Store {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for l in lines {
             sqlx::query("INSERT OR IGNORE INTO log_lines (build_id, seq, step, stream, at, line, meta) VALUES (?, ?, ?, ?, ?, ?, ?)")
                 .bind(build_id)

@@ -35,7 +35,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone)]
 pub struct Store {
+    /// Reads: several connections (WAL lets readers run beside the writer).
     pool: SqlitePool,
+    /// Writes: one connection. Writers wait in sqlx's fair async queue for it instead of racing
+    /// for SQLite's write lock, whose busy handler sleeps up to 100 ms per retry; under a burst
+    /// of builds that sleep is what made the tail latency.
+    writer: SqlitePool,
     /// The one task that records webhook deliveries, many per transaction (group commit).
     deliveries: deliveries::DeliveryWriter,
 }
@@ -58,10 +63,11 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        migrations::run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        migrations::run(&pool).await?;
-        let deliveries = deliveries::DeliveryWriter::start(pool.clone());
-        Ok(Store { pool, deliveries })
+        let deliveries = deliveries::DeliveryWriter::start(writer.clone());
+        Ok(Store { pool, writer, deliveries })
     }
 
     pub async fn ping(&self) -> Result<()> {

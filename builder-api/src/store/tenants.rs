@@ -36,7 +36,7 @@ impl Store {
         let id = sqlx::query("INSERT INTO tenants (name, created_at) VALUES (?, ?) RETURNING id")
             .bind(name)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict(format!("tenant {name}")) } else { e.into() })?
             .get(0);
@@ -63,7 +63,7 @@ impl Store {
             .bind(token_sha256(token))
             .bind(name)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -169,6 +169,33 @@ impl FakeKube {
         kube::Client::new(api::router(self.shared.clone()), "default")
     }
 
+    /// Serves the fake on a loopback port too, for a client in another process (`kiln serve` as
+    /// a subprocess, which finds it through `KUBECONFIG`), and returns the kubeconfig written for
+    /// it. The listener stops with the fake.
+    pub async fn serve_tcp(&self) -> PathBuf {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        let router = api::router(self.shared.clone());
+        let shutdown = self.shared.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = axum::serve(listener, router) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+        let kubeconfig = self.shared.root.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+                 current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+            ),
+        )
+        .expect("write kubeconfig");
+        kubeconfig
+    }
+
     /// Where volumes and scratch dirs live.
     pub fn root(&self) -> &Path {
         &self.shared.root

@@ -133,8 +133,11 @@ impl KubeExecutor {
             }
             job.log.system("kiln", format!("[kiln] kiln restarted; following Job {ns}/{name} again")).await;
         } else {
-            if let Err(e) = job.store.set_build_kind(build.id, kind.as_str()).await {
-                return Outcome::failed(format!("store: {e}"));
+            // A fixed kind was recorded when the build started; only a resolved `auto` is written.
+            if job.app.kind == BuildKind::Auto {
+                if let Err(e) = job.store.set_build_kind(build.id, kind.as_str()).await {
+                    return Outcome::failed(format!("store: {e}"));
+                }
             }
             let git_secret = match &job.app.git_token {
                 Some(token) => match self.ensure_git_secret(&ns, &job.app.name, token).await {
@@ -295,6 +298,9 @@ impl KubeExecutor {
                 }
                 self.wait_change(job, view, deadline, name).await?;
             };
+            // Step durations come from Kiln's clock (the watch reports a container's start and end
+            // within milliseconds); the container's own timestamps have whole-second precision.
+            let started_ms = before.and_then(|s| s.started_at).unwrap_or_else(crate::store::now_ms);
             if before.is_none() {
                 let _ = job.store.start_step(job.build.id, position as i64, name).await;
                 job.log.step_started(name).await;
@@ -312,11 +318,7 @@ impl KubeExecutor {
             let Some(t) = terminated else {
                 return Err(view_ended_reason(&view.borrow(), name));
             };
-            let started = t.started_at.as_ref().map(|s| s.0);
-            let secs = match (started, t.finished_at.as_ref().map(|s| s.0)) {
-                (Some(a), Some(b)) => (b - a).get_milliseconds() as f64 / 1000.0,
-                _ => 0.0,
-            };
+            let secs = (crate::store::now_ms() - started_ms).max(0) as f64 / 1000.0;
             if t.exit_code == 0 {
                 job.log.step_finished(name, "Succeeded", secs, Some(0), None).await;
                 let _ = job.store.finish_step(job.build.id, name, StepState::Succeeded, Some(0)).await;
