@@ -17,6 +17,55 @@ pub struct Config {
     pub toolchains: ToolchainConfig,
     pub kube: KubeConfig,
     pub logs: LogsConfig,
+    /// The clusters Kiln rolls out to, each with its own registry (`[[clusters]]`).
+    pub clusters: Vec<ClusterConfig>,
+    pub harbor: HarborConfig,
+    pub rollout: RolloutConfig,
+}
+
+/// One cluster: where its Deployments live and which registry its nodes pull from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// `host[:port]` of the cluster's own registry; rollouts pin `registry/repo@sha256:…` to it.
+    pub registry: String,
+    /// A context of the kubeconfig (`KUBECONFIG` / `~/.kube/config`); the current one when unset.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Use the service account Kiln runs under (Kiln's own cluster).
+    #[serde(default)]
+    pub in_cluster: bool,
+}
+
+/// `POST /hooks/harbor`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HarborConfig {
+    /// The value Harbor sends in `Authorization` (the webhook policy's "Auth Header"); every
+    /// Harbor webhook is refused until it is set.
+    pub webhook_auth: Option<String>,
+}
+
+impl std::fmt::Debug for HarborConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HarborConfig").field("webhook_auth", &self.webhook_auth.as_ref().map(|_| "***")).finish()
+    }
+}
+
+/// Rollouts of new images to subscribed Deployments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// A rollout not complete after this long fails (and rolls back when its subscription says
+    /// so), whatever the Deployment's own `progressDeadlineSeconds`.
+    pub deadline_secs: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self { deadline_secs: 600 }
+    }
 }
 
 /// Build logs.
@@ -257,6 +306,9 @@ impl Config {
         if let Some(v) = var("KILN_LOG_MAX_BYTES") {
             self.logs.max_bytes_per_build = parse("KILN_LOG_MAX_BYTES", v)?;
         }
+        if let Some(v) = var("KILN_HARBOR_WEBHOOK_AUTH") {
+            self.harbor.webhook_auth = Some(v);
+        }
         if let Some(v) = var("KILN_EXECUTOR") {
             self.executor.kind = v;
         }
@@ -275,6 +327,14 @@ impl Config {
                     field: "toolchains.dockerfile_builder",
                     message: format!("{b:?} is not one of buildah, buildkit"),
                 });
+            }
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            if c.name.is_empty() || c.registry.is_empty() {
+                return Err(ConfigError::Invalid { field: "clusters", message: format!("cluster #{} needs a name and a registry", i + 1) });
+            }
+            if self.clusters[..i].iter().any(|o| o.name == c.name) {
+                return Err(ConfigError::Invalid { field: "clusters", message: format!("cluster {:?} is configured twice", c.name) });
             }
         }
         if self.executor.max_concurrent_builds == 0 {

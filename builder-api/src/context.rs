@@ -5,6 +5,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::logs::LogHub;
+use crate::rollout::clusters::Clusters;
+use crate::rollout::Rollouts;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -14,6 +16,8 @@ pub struct Context {
     pub hub: Arc<LogHub>,
     pub scheduler: Scheduler,
     pub executor: Arc<dyn Executor>,
+    pub clusters: Clusters,
+    pub rollouts: Rollouts,
 }
 
 /// Axum state: the shared context.

@@ -1,13 +1,14 @@
 //! Kiln: an in-cluster build service.
 //!
 //! Where things are, by file name:
-//! - a webhook lands in [`hooks`] (`hooks/gitlab.rs`),
+//! - a webhook lands in [`hooks`] (`hooks/gitlab.rs`, `hooks/harbor.rs`),
 //! - every HTTP route is listed in [`router`]; handlers are grouped by resource in [`handlers`],
 //! - a build's steps are planned in [`plan`], taken from the queue by the [`scheduler`] and run by
 //!   an [`executor`],
 //! - a log line is captured and followed in [`logs`] and kept by the [`store`],
 //! - the commands that run inside build pods (`kiln step …`) are in [`steps`],
-//! - the web page (builds list, build page with the live log) is in [`web`].
+//! - the web page (builds list, build page with the live log) is in [`web`],
+//! - a new image rolls out to subscribed Deployments in every cluster in [`rollout`].
 
 pub mod auth;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod handlers;
 pub mod hooks;
 pub mod logs;
 pub mod plan;
+pub mod rollout;
 pub mod router;
 pub mod scheduler;
 pub mod server;

@@ -1,11 +1,11 @@
 //! Every route Kiln serves, in one place.
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::context::AppState;
-use crate::handlers::{apps, builds, health, tenants};
+use crate::handlers::{apps, builds, health, rollouts, tenants};
 use crate::hooks;
 use crate::web;
 
@@ -24,12 +24,17 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/assets/{file}", get(web::asset))
         // Webhooks: verified by their own secrets, not by API tokens.
         .route("/hooks/gitlab", post(hooks::gitlab::receive))
+        .route("/hooks/harbor", post(hooks::harbor::receive))
         // The API: every handler takes a `Principal` (bearer token).
         .route("/api/v1/tenants", get(tenants::list).post(tenants::create))
         .route("/api/v1/tenants/{tenant}/tokens", post(tenants::create_token))
         .route("/api/v1/apps", get(apps::list).post(apps::create))
         .route("/api/v1/apps/{app}", get(apps::get))
         .route("/api/v1/apps/{app}/builds", post(builds::trigger))
+        .route("/api/v1/apps/{app}/subscriptions", get(rollouts::list_subscriptions).post(rollouts::create_subscription))
+        .route("/api/v1/apps/{app}/subscriptions/{id}", delete(rollouts::delete_subscription))
+        .route("/api/v1/apps/{app}/releases", get(rollouts::releases))
+        .route("/api/v1/apps/{app}/rollback", post(rollouts::rollback))
         .route("/api/v1/builds", get(builds::list))
         .route("/api/v1/builds/{id}", get(builds::get))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))

@@ -11,6 +11,8 @@ use crate::executor::kube::render::Templates;
 use crate::executor::kube::{KubeExecutor, KubeSettings};
 use crate::executor::local::LocalExecutor;
 use crate::logs::LogHub;
+use crate::rollout::clusters::Clusters;
+use crate::rollout::Rollouts;
 use crate::scheduler::{self, Scheduler};
 use crate::store::{new_token, Store};
 
@@ -56,11 +58,13 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         Arc::new(local_executor(&config, kiln_binary, data_dir))
     };
     Ok(Arc::new(Context {
+        clusters: Clusters::new(config.clusters.clone()),
         config,
         store,
         hub: Arc::new(LogHub::default()),
         scheduler: Scheduler::default(),
         executor,
+        rollouts: Rollouts::default(),
     }))
 }
 
@@ -86,6 +90,7 @@ pub async fn start_background(ctx: &Arc<Context>) -> anyhow::Result<()> {
         tracing::warn!("{n} build(s) were interrupted by the last stop and are marked Failed");
     }
     tokio::spawn(scheduler::run(ctx.clone()));
+    tokio::spawn(crate::rollout::run(ctx.clone()));
     Ok(())
 }
 

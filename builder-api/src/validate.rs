@@ -55,16 +55,25 @@ pub fn image_repository(s: &str) -> Result<(), String> {
     let Some((host, path)) = s.split_once('/') else { return err() };
     let host_ok = !host.is_empty() && (host.contains('.') || host.contains(':') || host == "localhost")
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
-    let path_ok = !path.is_empty()
+    if host_ok && image_repository_path(path).is_ok() {
+        Ok(())
+    } else {
+        err()
+    }
+}
+
+/// A repository path inside a registry (`project/app`): lowercase components, no host.
+pub fn image_repository_path(path: &str) -> Result<(), String> {
+    let ok = !path.is_empty()
         && path.split('/').all(|c| {
             !c.is_empty()
                 && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
         });
-    if host_ok && path_ok {
+    if ok {
         Ok(())
     } else {
-        err()
+        Err(format!("repository {path:?} must be a lowercase path like project/app"))
     }
 }
 

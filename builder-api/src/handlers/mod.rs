@@ -3,6 +3,7 @@
 pub mod apps;
 pub mod builds;
 pub mod health;
+pub mod rollouts;
 pub mod tenants;
 
 use axum::body::Bytes;

@@ -2,3 +2,4 @@
 //! redeliveries) together with the builds it starts, and answers at once; the work happens after.
 
 pub mod gitlab;
+pub mod harbor;

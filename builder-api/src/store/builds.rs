@@ -193,6 +193,12 @@ impl Store {
         sqlx::query(&sql).bind(state.as_str()).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
     }
 
+    /// Succeeded builds that produced `digest`, newest first.
+    pub async fn succeeded_builds_with_digest(&self, digest: &str) -> Result<Vec<Build>> {
+        let sql = format!("SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.image_digest = ? AND b.state = 'Succeeded' ORDER BY b.id DESC");
+        sqlx::query(&sql).bind(digest).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
+    }
+
     /// Queued → Running for several builds in one transaction; returns the ids that moved (a build
     /// cancelled meanwhile does not). A build of an app with a fixed kind gets that kind here, so
     /// the executor writes the kind only when it resolved `auto`.

@@ -6,6 +6,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::builds::insert_build;
+use super::rollouts::{insert_image_events, NewImageEvent};
 use super::{now_ms, NewBuild, Result, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ pub struct DeliveryOutcome {
 struct Pending {
     delivery: NewDelivery,
     builds: Vec<NewBuild>,
+    image_events: Vec<NewImageEvent>,
     ignored: Option<String>,
     reply: oneshot::Sender<Result<(DeliveryOutcome, bool)>>,
 }
@@ -78,18 +80,14 @@ async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(Deliv
     let mut tx = pool.begin().await?;
     let mut outcomes = Vec::with_capacity(group.len());
     for p in group {
-        outcomes.push(record_one(&mut tx, &p.delivery, &p.builds, p.ignored.clone()).await?);
+        outcomes.push(record_one(&mut tx, p).await?);
     }
     tx.commit().await?;
     Ok(outcomes)
 }
 
-async fn record_one(
-    conn: &mut SqliteConnection,
-    delivery: &NewDelivery,
-    builds: &[NewBuild],
-    ignored: Option<String>,
-) -> Result<(DeliveryOutcome, bool)> {
+async fn record_one(conn: &mut SqliteConnection, p: &Pending) -> Result<(DeliveryOutcome, bool)> {
+    let Pending { delivery, builds, image_events, ignored, .. } = p;
     // The INSERT comes first so the transaction takes SQLite's write lock at once.
     let inserted: Option<i64> = sqlx::query(
         "INSERT INTO webhook_deliveries (source, delivery_key, event, app_id, outcome, received_at)
@@ -118,7 +116,8 @@ async fn record_one(
     for build in builds {
         build_ids.push(insert_build(&mut *conn, build).await?);
     }
-    let outcome = DeliveryOutcome { build_ids, ignored };
+    insert_image_events(&mut *conn, image_events).await?;
+    let outcome = DeliveryOutcome { build_ids, ignored: ignored.clone() };
     sqlx::query("UPDATE webhook_deliveries SET outcome = ?, build_id = ? WHERE id = ?")
         .bind(serde_json::to_string(&outcome).expect("outcome serialises"))
         .bind(outcome.build_ids.first())
@@ -139,7 +138,22 @@ impl Store {
         ignored: Option<String>,
     ) -> Result<(DeliveryOutcome, bool)> {
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { delivery: delivery.clone(), builds: builds.to_vec(), ignored, reply };
+        let pending = Pending { delivery: delivery.clone(), builds: builds.to_vec(), image_events: vec![], ignored, reply };
+        let closed = || StoreError::Db(sqlx::Error::PoolClosed);
+        self.deliveries.tx.send(pending).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Records a registry webhook delivery with the image arrivals it reports, durably, before it
+    /// returns; false when the same key was delivered before (no event is recorded twice).
+    pub async fn record_image_delivery(
+        &self,
+        delivery: &NewDelivery,
+        image_events: &[NewImageEvent],
+        ignored: Option<String>,
+    ) -> Result<(DeliveryOutcome, bool)> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { delivery: delivery.clone(), builds: vec![], image_events: image_events.to_vec(), ignored, reply };
         let closed = || StoreError::Db(sqlx::Error::PoolClosed);
         self.deliveries.tx.send(pending).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?

@@ -88,6 +88,52 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE log_lines ADD COLUMN meta TEXT;
     "#,
+    // 3: rollouts. Deployments that follow an app's images, the image arrivals that trigger
+    // them (Harbor webhooks, registry-sync), and every rollout with the image it replaced.
+    r#"
+    CREATE TABLE subscriptions (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        cluster TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        container TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        rollback_on_failure INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (cluster, namespace, deployment, container)
+    );
+    CREATE INDEX subscriptions_by_repository ON subscriptions(repository);
+    CREATE TABLE image_events (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        tag TEXT,
+        received_at INTEGER NOT NULL,
+        handled_at INTEGER
+    );
+    CREATE INDEX image_events_pending ON image_events(handled_at, id);
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        subscription_id INTEGER NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        cluster TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        image TEXT NOT NULL,
+        previous_image TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        trigger TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX rollouts_by_subscription ON rollouts(subscription_id, id);
+    CREATE INDEX rollouts_by_state ON rollouts(state, id);
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

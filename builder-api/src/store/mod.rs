@@ -6,6 +6,7 @@ mod builds;
 mod deliveries;
 mod logs;
 mod migrations;
+mod rollouts;
 mod tenants;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ pub use apps::{App, BuildKind, KindSettings, NewApp};
 pub use builds::{Build, BuildState, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
+pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, Subscription};
 pub use tenants::{new_token, token_sha256, Principal, Tenant};
 
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@
 //! as written. `workingDir` is never `$(VAR)`-expanded (Kubernetes does not) and must be absolute.
 
 pub mod api;
+mod deployment_controller;
 mod job_controller;
 mod kubelet;
 pub mod logs;
@@ -96,6 +97,8 @@ pub(crate) struct Faults {
     pub log_reset_epoch: u64,
     pub unpullable: Vec<String>,
     pub oom: HashSet<String>,
+    /// Rollouts to an image containing one of these never become available.
+    pub bad_images: Vec<String>,
 }
 
 #[derive(Default)]
@@ -160,6 +163,7 @@ impl FakeKube {
             shared.store.create(store::res_ns(), "", json!({"metadata": {"name": ns}})).expect("namespace");
         }
         tokio::spawn(job_controller::run(shared.clone()));
+        tokio::spawn(deployment_controller::run(shared.clone()));
         tokio::spawn(kubelet::run(shared.clone()));
         FakeKube { shared, _tmp: tmp }
     }
@@ -194,6 +198,13 @@ impl FakeKube {
         )
         .expect("write kubeconfig");
         kubeconfig
+    }
+
+    /// Rollouts of a Deployment to an image containing `substring` stall, and fail with
+    /// `ProgressDeadlineExceeded` after the Deployment's `progressDeadlineSeconds`.
+    pub fn fail_rollouts_of(&self, substring: &str) {
+        self.shared.faults.lock().unwrap().bad_images.push(substring.to_string());
+        self.shared.store.poke();
     }
 
     /// Where volumes and scratch dirs live.

@@ -1,0 +1,200 @@
+//! An app's rollouts: `/api/v1/apps/{app}/subscriptions` (which Deployments follow the app's
+//! images), `/api/v1/apps/{app}/releases` (what runs where, by digest, with history) and
+//! `/api/v1/apps/{app}/rollback` (back to an earlier successful build, in one or all clusters).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::apps::{find_app, TenantQuery};
+use super::{bad, JsonBody};
+use crate::auth::Principal;
+use crate::context::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::rollout::policy::Policy;
+use crate::store::{NewRollout, NewSubscription, Rollout};
+use crate::validate;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscription {
+    pub cluster: String,
+    pub namespace: String,
+    pub deployment: String,
+    pub container: String,
+    /// The repository path in the cluster registries; by default the app's image repository
+    /// without its registry host.
+    pub repository: Option<String>,
+    pub policy: String,
+    #[serde(default = "yes")]
+    pub rollback_on_failure: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn create_subscription(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(app): Path<String>,
+    Query(q): Query<TenantQuery>,
+    JsonBody(req): JsonBody<CreateSubscription>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    if s.clusters.get(&req.cluster).is_none() {
+        let known: Vec<&str> = s.clusters.all().iter().map(|c| c.name.as_str()).collect();
+        return Err(ApiError::Unprocessable(format!("no cluster {:?} is configured (known: {})", req.cluster, known.join(", "))));
+    }
+    validate::dns_label("namespace", &req.namespace).map_err(bad)?;
+    validate::dns_label("deployment", &req.deployment).map_err(bad)?;
+    validate::dns_label("container", &req.container).map_err(bad)?;
+    req.policy.parse::<Policy>().map_err(bad)?;
+    let repository = match req.repository {
+        Some(r) => r,
+        None => app.image_repository.split_once('/').map(|(_, path)| path.to_string()).unwrap_or_default(),
+    };
+    validate::image_repository_path(&repository).map_err(bad)?;
+    let sub = s
+        .store
+        .create_subscription(&NewSubscription {
+            app_id: app.id,
+            cluster: req.cluster,
+            namespace: req.namespace,
+            deployment: req.deployment,
+            container: req.container,
+            repository,
+            policy: req.policy,
+            rollback_on_failure: req.rollback_on_failure,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "subscription": sub }))))
+}
+
+pub async fn list_subscriptions(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(app): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Json<Value>> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    Ok(Json(json!({ "subscriptions": s.store.subscriptions_of_app(app.id).await? })))
+}
+
+pub async fn delete_subscription(
+    State(s): State<AppState>,
+    who: Principal,
+    Path((app, id)): Path<(String, i64)>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<StatusCode> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    if s.store.delete_subscription(app.id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no subscription {id} of app {}", app.name)))
+    }
+}
+
+/// Per subscription: the digest it runs (its last complete rollout) and its rollouts, newest
+/// first.
+pub async fn releases(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(app): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Json<Value>> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    let history = s.store.rollouts_of_app(app.id, 1000).await?;
+    let releases: Vec<Value> = s
+        .store
+        .subscriptions_of_app(app.id)
+        .await?
+        .into_iter()
+        .map(|sub| {
+            let mine: Vec<&Rollout> = history.iter().filter(|r| r.subscription_id == sub.id).collect();
+            let current = mine.iter().find(|r| r.state == "Complete");
+            json!({
+                "cluster": sub.cluster,
+                "namespace": sub.namespace,
+                "deployment": sub.deployment,
+                "container": sub.container,
+                "policy": sub.policy,
+                "digest": current.map(|r| &r.digest),
+                "image": current.map(|r| &r.image),
+                "history": mine,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "app": app.name, "releases": releases })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// An earlier successful build of the app…
+    pub build: Option<i64>,
+    /// …or the digest one produced.
+    pub digest: Option<String>,
+    /// One cluster; every cluster with a subscription when unset.
+    pub cluster: Option<String>,
+}
+
+/// Queues a rollout of an earlier build's digest to the app's subscriptions (manual ones too).
+pub async fn rollback(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(app): Path<String>,
+    Query(q): Query<TenantQuery>,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    let digest = match (req.build, req.digest) {
+        (Some(id), None) => {
+            let build = s.store.build(id).await?.filter(|b| b.app_id == app.id).ok_or_else(|| ApiError::NotFound(format!("no build {id} of app {}", app.name)))?;
+            build.image_digest.filter(|_| build.state == crate::store::BuildState::Succeeded).ok_or_else(|| {
+                ApiError::Unprocessable(format!("build {id} did not succeed with an image; only a successful build can be rolled back to"))
+            })?
+        }
+        (None, Some(digest)) => {
+            if !s.store.succeeded_builds_with_digest(&digest).await?.iter().any(|b| b.app_id == app.id) {
+                return Err(ApiError::Unprocessable(format!("no successful build of app {} produced {digest}", app.name)));
+            }
+            digest
+        }
+        _ => return Err(bad("give exactly one of \"build\" (a build id) or \"digest\"".into())),
+    };
+    if let Some(c) = &req.cluster {
+        if s.clusters.get(c).is_none() {
+            return Err(ApiError::Unprocessable(format!("no cluster {c:?} is configured")));
+        }
+    }
+    let subs: Vec<_> = s
+        .store
+        .subscriptions_of_app(app.id)
+        .await?
+        .into_iter()
+        .filter(|sub| req.cluster.as_ref().is_none_or(|c| *c == sub.cluster))
+        .collect();
+    if subs.is_empty() {
+        return Err(ApiError::Unprocessable(format!("app {} has no subscription to roll back", app.name)));
+    }
+    let rollouts: Vec<NewRollout> = subs
+        .iter()
+        .filter_map(|sub| {
+            let cluster = s.clusters.get(&sub.cluster)?;
+            Some(NewRollout {
+                subscription_id: sub.id,
+                app_id: app.id,
+                cluster: sub.cluster.clone(),
+                digest: digest.clone(),
+                image: format!("{}/{}@{digest}", cluster.registry, sub.repository),
+                trigger: "rollback".into(),
+            })
+        })
+        .collect();
+    let ids = s.store.queue_rollouts(None, &rollouts).await?;
+    s.rollouts.wake();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "digest": digest, "rollouts": ids }))))
+}

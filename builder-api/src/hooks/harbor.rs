@@ -1,0 +1,192 @@
+//! `POST /hooks/harbor`: Harbor webhooks, in both of Harbor's payload formats.
+//!
+//! - Default: `{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"digest", "tag",
+//!   "resource_url"}], "repository": {"repo_full_name": "project/name", …}}, …}`
+//! - CloudEvents: `{"specversion": "1.0", "id": …, "type": "harbor.artifact.pushed", "data":
+//!   {"resources": […], "repository": {…}}}`
+//!
+//! A push by digest carries the digest in `tag` too; such a "tag" is no tag. Replication events
+//! are recorded and start nothing: they carry no digest, and for registries Kiln fills itself
+//! registry-sync's verified copy is the trigger.
+//!
+//! Answers: 202 with the number of image events queued; 200 with the reason for an event that
+//! starts nothing (GitLab and Harbor alike retry or disable hooks on 4xx) and for a redelivery;
+//! 400 for a body that is not a Harbor event; 401 for a wrong `Authorization` header.
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::context::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{parse_json, read_body};
+use crate::store::{NewDelivery, NewImageEvent};
+
+/// What a Harbor webhook says, once parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HarborEvent {
+    /// Artifacts pushed; `id` is the CloudEvents id when the payload has one.
+    Pushed { id: Option<String>, images: Vec<NewImageEvent> },
+    /// Recorded, starts nothing.
+    Ignored { id: Option<String>, reason: String },
+}
+
+/// Parses either payload format. Err is why the body is not a Harbor event (a 400).
+pub fn parse(payload: &Value) -> Result<HarborEvent, String> {
+    let Some(obj) = payload.as_object() else { return Err("the webhook body must be a JSON object".into()) };
+    let kind = obj.get("type").and_then(Value::as_str).ok_or("the Harbor event has no \"type\"")?;
+    let cloud = obj.contains_key("specversion");
+    let id = if cloud {
+        Some(obj.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or("a CloudEvents Harbor event needs an \"id\"")?.to_string())
+    } else {
+        None
+    };
+    let pushed = matches!(kind, "PUSH_ARTIFACT" | "harbor.artifact.pushed");
+    if !pushed {
+        let reason = if kind.contains("REPLICATION") || kind.contains("replication") {
+            format!("{kind}: replication events carry no digest and start no rollout (registry-sync's verified copy does)")
+        } else {
+            format!("{kind}: only artifact pushes start rollouts")
+        };
+        return Ok(HarborEvent::Ignored { id, reason });
+    }
+    let data = if cloud { obj.get("data") } else { obj.get("event_data") };
+    let data = data.and_then(Value::as_object).ok_or(if cloud { "the event has no \"data\" object" } else { "the event has no \"event_data\" object" })?;
+    let repository = data
+        .get("repository")
+        .and_then(|r| r.get("repo_full_name"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("the event names no repository (repository.repo_full_name)")?;
+    crate::validate::image_repository_path(repository)?;
+    let resources = data.get("resources").and_then(Value::as_array).ok_or("the event has no \"resources\" list")?;
+    let mut images = Vec::with_capacity(resources.len());
+    for (i, r) in resources.iter().enumerate() {
+        let field = |k: &str| r.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+        let tag = field("tag");
+        let digest = field("digest").or(tag.filter(|t| t.starts_with("sha256:"))).ok_or(format!("resources[{i}] has no digest"))?;
+        if !is_digest(digest) {
+            return Err(format!("resources[{i}].digest {digest:?} is not a sha256 digest"));
+        }
+        let tag = tag.filter(|t| !t.starts_with("sha256:"));
+        let url = field("resource_url").ok_or(format!("resources[{i}] has no resource_url"))?;
+        let registry = url.split('/').next().unwrap_or_default();
+        if registry.is_empty() || !registry.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')) {
+            return Err(format!("resources[{i}].resource_url {url:?} does not start with a registry host"));
+        }
+        images.push(NewImageEvent {
+            source: "harbor",
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            digest: digest.to_string(),
+            tag: tag.map(str::to_string),
+        });
+    }
+    if images.is_empty() {
+        return Ok(HarborEvent::Ignored { id, reason: "the push names no artifact".into() });
+    }
+    Ok(HarborEvent::Pushed { id, images })
+}
+
+fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+}
+
+/// The dedupe key: the CloudEvents id, else what was pushed where.
+fn delivery_key(id: &Option<String>, images: &[NewImageEvent], body: &[u8]) -> String {
+    match id {
+        Some(id) => format!("id:{id}"),
+        None if images.is_empty() => format!("sha256:{}", hex::encode(Sha256::digest(body))),
+        None => {
+            let mut parts: Vec<String> =
+                images.iter().map(|e| format!("{}/{}@{}:{}", e.registry, e.repository, e.digest, e.tag.as_deref().unwrap_or(""))).collect();
+            parts.sort();
+            format!("push:{}", parts.join(","))
+        }
+    }
+}
+
+pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let Some(expected) = s.config.harbor.webhook_auth.as_deref() else {
+        return Err(ApiError::Unauthorized("Harbor webhooks are not configured (harbor.webhook_auth is unset)".into()));
+    };
+    if !bool::from(expected.as_bytes().ct_eq(auth.as_bytes())) {
+        return Err(ApiError::Unauthorized("the Authorization header does not match harbor.webhook_auth".into()));
+    }
+    let body = read_body(req, &s).await?;
+    let payload: Value = parse_json(&body)?;
+    let event = parse(&payload).map_err(ApiError::BadRequest)?;
+    let kind = payload.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+    let (id, images, ignored) = match event {
+        HarborEvent::Pushed { id, images } => {
+            // Only what some subscription follows becomes an event to act on (the rollout loop
+            // decides again when it acts: subscriptions may change in between).
+            let mut followed = Vec::with_capacity(images.len());
+            for image in images {
+                if !crate::rollout::rollouts_for(&s, &image).await?.is_empty() {
+                    followed.push(image);
+                }
+            }
+            let ignored = followed.is_empty().then(|| {
+                "no subscription follows this image (none in the cluster of this registry, for this repository, whose policy matches)".to_string()
+            });
+            (id, followed, ignored)
+        }
+        HarborEvent::Ignored { id, reason } => (id, vec![], Some(reason)),
+    };
+    let key = delivery_key(&id, &images, &body);
+    let delivery = NewDelivery { source: "harbor", key, event: kind, app_id: None };
+    let (outcome, new) = s.store.record_image_delivery(&delivery, &images, ignored).await?;
+    if !new {
+        return Ok((StatusCode::OK, Json(json!({"status": "duplicate", "reason": "this delivery was received before"}))));
+    }
+    if let Some(reason) = outcome.ignored {
+        return Ok((StatusCode::OK, Json(json!({"status": "ignored", "reason": reason}))));
+    }
+    s.rollouts.wake();
+    Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued", "images": images.len()}))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn both_formats_and_a_push_by_digest() {
+        let default = json!({"type": "PUSH_ARTIFACT", "occur_at": 1, "operator": "admin", "event_data": {
+            "resources": [{"digest": D, "tag": "v1.2.0", "resource_url": "harbor.east:8443/team/hello:v1.2.0"}],
+            "repository": {"name": "hello", "namespace": "team", "repo_full_name": "team/hello", "repo_type": "private"}}});
+        let HarborEvent::Pushed { id, images } = parse(&default).unwrap() else { panic!() };
+        assert_eq!(id, None);
+        assert_eq!((images[0].registry.as_str(), images[0].repository.as_str(), images[0].tag.as_deref()), ("harbor.east:8443", "team/hello", Some("v1.2.0")));
+        let cloud = json!({"specversion": "1.0", "id": "e-1", "type": "harbor.artifact.pushed", "data": {
+            "resources": [{"digest": D, "tag": D, "resource_url": format!("harbor.east/team/hello@{D}")}],
+            "repository": {"repo_full_name": "team/hello"}}});
+        let HarborEvent::Pushed { id, images } = parse(&cloud).unwrap() else { panic!() };
+        assert_eq!(id.as_deref(), Some("e-1"));
+        assert_eq!((images[0].digest.as_str(), images[0].tag.as_deref()), (D, None));
+    }
+
+    #[test]
+    fn replication_is_ignored_and_garbage_is_refused_with_a_reason() {
+        let repl = json!({"type": "REPLICATION", "event_data": {"replication": {"job_status": "Success"}}});
+        assert!(matches!(parse(&repl).unwrap(), HarborEvent::Ignored { .. }));
+        for (body, why) in [
+            (json!([1]), "JSON object"),
+            (json!({"event_data": {}}), "type"),
+            (json!({"type": "PUSH_ARTIFACT"}), "event_data"),
+            (json!({"type": "PUSH_ARTIFACT", "event_data": {"repository": {"repo_full_name": "a/b"}, "resources": [{"digest": "md5:x", "resource_url": "h/a/b"}]}}), "sha256"),
+            (json!({"type": "PUSH_ARTIFACT", "event_data": {"repository": {"repo_full_name": "../etc"}, "resources": []}}), "repository"),
+            (json!({"specversion": "1.0", "type": "harbor.artifact.pushed", "data": {}}), "id"),
+        ] {
+            let err = parse(&body).unwrap_err();
+            assert!(err.contains(why), "{body}: {err}");
+        }
+    }
+}

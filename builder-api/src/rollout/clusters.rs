@@ -1,0 +1,52 @@
+//! The clusters Kiln rolls out to: their registries, and a Kubernetes client for each, made on
+//! first use (an unreachable cluster fails only its own rollouts).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::config::ClusterConfig;
+
+pub struct Clusters {
+    configs: Vec<ClusterConfig>,
+    clients: Mutex<HashMap<String, kube::Client>>,
+}
+
+impl Clusters {
+    pub fn new(configs: Vec<ClusterConfig>) -> Clusters {
+        Clusters { configs, clients: Mutex::default() }
+    }
+
+    pub fn all(&self) -> &[ClusterConfig] {
+        &self.configs
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ClusterConfig> {
+        self.configs.iter().find(|c| c.name == name)
+    }
+
+    /// The cluster whose nodes pull from `registry` (`host[:port]`).
+    pub fn by_registry(&self, registry: &str) -> Option<&ClusterConfig> {
+        self.configs.iter().find(|c| c.registry == registry)
+    }
+
+    /// Uses `client` for the cluster `name` (tests hand in the fake API server's).
+    pub fn set_client(&self, name: &str, client: kube::Client) {
+        self.clients.lock().unwrap().insert(name.to_string(), client);
+    }
+
+    pub async fn client(&self, name: &str) -> Result<kube::Client, String> {
+        if let Some(c) = self.clients.lock().unwrap().get(name) {
+            return Ok(c.clone());
+        }
+        let cluster = self.get(name).ok_or_else(|| format!("cluster {name:?} is not configured"))?;
+        let config = if cluster.in_cluster {
+            kube::Config::incluster().map_err(|e| e.to_string())?
+        } else {
+            let options = kube::config::KubeConfigOptions { context: cluster.context.clone(), ..Default::default() };
+            kube::Config::from_kubeconfig(&options).await.map_err(|e| e.to_string())?
+        };
+        let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+        self.clients.lock().unwrap().insert(name.to_string(), client.clone());
+        Ok(client)
+    }
+}

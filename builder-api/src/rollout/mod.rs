@@ -1,0 +1,178 @@
+//! Rollout: when an image arrives in a cluster's registry (a Harbor webhook, or registry-sync's
+//! verified copy), every Deployment container subscribed to that repository, in that cluster,
+//! whose policy follows the image, is set to `registry/repo@sha256:…` — the cluster's own
+//! registry host, pinned by digest — and watched until complete; a failed rollout rolls back to
+//! the image it replaced when the subscription says so.
+//!
+//! Image events and rollouts live in the store first ([`crate::store::Rollout`]); the loop here
+//! turns pending events into rollouts and drives at most one rollout per Deployment at a time
+//! (a newer image supersedes a pending one). A cluster that cannot be reached fails its own
+//! rollouts with the reason; the others go on.
+
+pub mod clusters;
+pub mod deployment;
+pub mod policy;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use tokio::sync::Notify;
+
+use crate::context::Context;
+use crate::store::{NewImageEvent, NewRollout, Rollout, StoreError};
+use policy::Policy;
+
+#[derive(Default)]
+pub struct Rollouts {
+    wake: Notify,
+    /// Deployments with a rollout being driven: (cluster, namespace, name).
+    active: Mutex<HashSet<(String, String, String)>>,
+}
+
+impl Rollouts {
+    /// An image event or a rollout was queued, or a rollout ended.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The rollout loop; runs for the life of the service.
+pub async fn run(ctx: Arc<Context>) {
+    if let Err(e) = ctx.store.requeue_running_rollouts().await {
+        tracing::error!("rollouts: {e}");
+    }
+    loop {
+        if let Err(e) = handle_image_events(&ctx).await {
+            tracing::error!("rollouts: {e}");
+        }
+        if let Err(e) = dispatch(&ctx).await {
+            tracing::error!("rollouts: {e}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.rollouts.wake.notified()).await;
+    }
+}
+
+/// Turns each pending image event into rollouts of the subscriptions that follow it.
+async fn handle_image_events(ctx: &Context) -> Result<(), StoreError> {
+    loop {
+        let events = ctx.store.pending_image_events(200).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in events {
+            let arrived = NewImageEvent {
+                source: if event.source == "harbor" { "harbor" } else { "sync" },
+                registry: event.registry,
+                repository: event.repository,
+                digest: event.digest,
+                tag: event.tag,
+            };
+            let rollouts = rollouts_for(ctx, &arrived).await?;
+            ctx.store.queue_rollouts(Some(event.id), &rollouts).await?;
+        }
+    }
+}
+
+/// The rollouts an image arrival asks for: one per subscription, in the cluster that pulls from
+/// the event's registry, whose policy follows the image.
+pub async fn rollouts_for(ctx: &Context, event: &NewImageEvent) -> Result<Vec<NewRollout>, StoreError> {
+    let Some(cluster) = ctx.clusters.by_registry(&event.registry) else {
+        tracing::info!(registry = event.registry, "image event for a registry no configured cluster pulls from");
+        return Ok(vec![]);
+    };
+    let builds = ctx.store.succeeded_builds_with_digest(&event.digest).await?;
+    let mut out = vec![];
+    for sub in ctx.store.subscriptions_for_repository(&event.repository).await? {
+        if sub.cluster != cluster.name {
+            continue;
+        }
+        let Ok(policy) = sub.policy.parse::<Policy>() else { continue };
+        let branch = builds
+            .iter()
+            .find(|b| b.app_id == sub.app_id)
+            .and_then(|b| b.git_ref.as_deref())
+            .and_then(|r| r.strip_prefix("refs/heads/"));
+        if policy.follows(event.tag.as_deref(), branch) {
+            out.push(NewRollout {
+                subscription_id: sub.id,
+                app_id: sub.app_id,
+                cluster: cluster.name.clone(),
+                digest: event.digest.clone(),
+                image: format!("{}/{}@{}", cluster.registry, event.repository, event.digest),
+                trigger: event.source.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Starts a driver for each Deployment that has a pending rollout and none running.
+async fn dispatch(ctx: &Arc<Context>) -> Result<(), StoreError> {
+    for rollout in ctx.store.rollouts_in_state("Pending").await? {
+        let key = (rollout.cluster.clone(), rollout.namespace.clone(), rollout.deployment.clone());
+        if !ctx.rollouts.active.lock().unwrap().insert(key.clone()) {
+            continue;
+        }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let id = rollout.id;
+            if let Err(e) = drive(&ctx, rollout).await {
+                tracing::error!(rollout = id, "rollout could not be recorded: {e}");
+            }
+            ctx.rollouts.active.lock().unwrap().remove(&key);
+            ctx.rollouts.wake();
+        });
+    }
+    Ok(())
+}
+
+async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
+    if !ctx.store.start_rollout(rollout.id).await? {
+        return Ok(()); // superseded meanwhile
+    }
+    let rollback = ctx.store.subscription(rollout.subscription_id).await?.is_some_and(|s| s.rollback_on_failure);
+    let (state, reason) = match roll(ctx, &rollout, rollback).await {
+        Ok(None) => ("Complete", None),
+        Ok(Some(note)) => ("Complete", Some(note)),
+        Err((state, reason)) => (state, Some(reason)),
+    };
+    tracing::info!(rollout = rollout.id, deployment = rollout.deployment, state, reason, "rollout ended");
+    ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await
+}
+
+/// Ok(note) when the Deployment runs the image; Err((state, reason)) otherwise.
+async fn roll(ctx: &Context, r: &Rollout, rollback: bool) -> Result<Option<String>, (&'static str, String)> {
+    let failed = |why: String| ("Failed", why);
+    let client = ctx.clusters.client(&r.cluster).await.map_err(|e| failed(format!("cluster {} is unreachable: {e}", r.cluster)))?;
+    let api: Api<Deployment> = Api::namespaced(client, &r.namespace);
+    let current = deployment::get(&api, &r.deployment).await.map_err(failed)?;
+    let previous = deployment::container_image(&current, &r.container)
+        .ok_or_else(|| failed(format!("Deployment {} has no container {:?}", r.deployment, r.container)))?;
+    if previous == r.image {
+        return Ok(Some("the Deployment already ran this image".into()));
+    }
+    // A rollout resumed after a restart already recorded what it replaced.
+    let previous = match &r.previous_image {
+        Some(p) => p.clone(),
+        None => {
+            ctx.store.set_rollout_previous_image(r.id, &previous).await.map_err(|e| failed(e.to_string()))?;
+            previous
+        }
+    };
+    let deadline = Duration::from_secs(ctx.config.rollout.deadline_secs);
+    let generation = deployment::set_image(&api, &r.deployment, &r.container, &r.image).await.map_err(failed)?;
+    let Err(why) = deployment::wait(&api, &r.deployment, generation, deadline).await else { return Ok(None) };
+    if !rollback {
+        return Err(failed(why));
+    }
+    let generation = deployment::set_image(&api, &r.deployment, &r.container, &previous)
+        .await
+        .map_err(|e| failed(format!("{why}; rolling back to {previous} failed: {e}")))?;
+    match deployment::wait(&api, &r.deployment, generation, deadline).await {
+        Ok(()) => Err(("RolledBack", format!("{why}; rolled back to {previous}"))),
+        Err(e) => Err(failed(format!("{why}; the rollback to {previous} did not complete either: {e}"))),
+    }
+}

@@ -1,0 +1,325 @@
+//! Rollouts: subscriptions (a Deployment's container that follows an app's image), image events
+//! (an image arrived in a cluster's registry: a Harbor webhook or registry-sync's verified copy)
+//! and rollouts (Pending → Running → Complete | Failed | RolledBack, or Superseded while
+//! Pending by a newer image for the same subscription).
+
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{is_unique_violation, now_ms, Result, Store, StoreError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Subscription {
+    pub id: i64,
+    pub app_id: i64,
+    pub cluster: String,
+    pub namespace: String,
+    pub deployment: String,
+    pub container: String,
+    /// The repository path inside every cluster's registry (`team/hello`).
+    pub repository: String,
+    /// `branch:NAME`, `glob:PATTERN`, `semver:RANGE` or `manual`.
+    pub policy: String,
+    pub rollback_on_failure: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSubscription {
+    pub app_id: i64,
+    pub cluster: String,
+    pub namespace: String,
+    pub deployment: String,
+    pub container: String,
+    pub repository: String,
+    pub policy: String,
+    pub rollback_on_failure: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageEvent {
+    pub id: i64,
+    /// `harbor`, `sync`.
+    pub source: String,
+    /// `host[:port]` of the registry the image is in.
+    pub registry: String,
+    pub repository: String,
+    pub digest: String,
+    pub tag: Option<String>,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewImageEvent {
+    pub source: &'static str,
+    pub registry: String,
+    pub repository: String,
+    pub digest: String,
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rollout {
+    pub id: i64,
+    pub subscription_id: i64,
+    pub app_id: i64,
+    pub cluster: String,
+    pub namespace: String,
+    pub deployment: String,
+    pub container: String,
+    pub digest: String,
+    /// What the container is set to: `registry/repo@sha256:…`.
+    pub image: String,
+    /// What the container ran before (the rollback target).
+    pub previous_image: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    /// `harbor`, `sync`, `rollback`.
+    pub trigger: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    pub subscription_id: i64,
+    pub app_id: i64,
+    pub cluster: String,
+    pub digest: String,
+    pub image: String,
+    pub trigger: String,
+}
+
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, created_at";
+
+fn subscription_from_row(r: &SqliteRow) -> Subscription {
+    Subscription {
+        id: r.get(0),
+        app_id: r.get(1),
+        cluster: r.get(2),
+        namespace: r.get(3),
+        deployment: r.get(4),
+        container: r.get(5),
+        repository: r.get(6),
+        policy: r.get(7),
+        rollback_on_failure: r.get::<i64, _>(8) != 0,
+        created_at: r.get(9),
+    }
+}
+
+const ROLLOUT_SELECT: &str = "SELECT r.id, r.subscription_id, r.app_id, r.cluster, s.namespace, s.deployment, s.container, r.digest,
+    r.image, r.previous_image, r.state, r.reason, r.trigger, r.created_at, r.started_at, r.finished_at
+    FROM rollouts r JOIN subscriptions s ON s.id = r.subscription_id";
+
+fn rollout_from_row(r: &SqliteRow) -> Rollout {
+    Rollout {
+        id: r.get(0),
+        subscription_id: r.get(1),
+        app_id: r.get(2),
+        cluster: r.get(3),
+        namespace: r.get(4),
+        deployment: r.get(5),
+        container: r.get(6),
+        digest: r.get(7),
+        image: r.get(8),
+        previous_image: r.get(9),
+        state: r.get(10),
+        reason: r.get(11),
+        trigger: r.get(12),
+        created_at: r.get(13),
+        started_at: r.get(14),
+        finished_at: r.get(15),
+    }
+}
+
+/// Inserts image events inside the caller's transaction (with the webhook delivery that brought
+/// them, so a redelivery adds none).
+pub(super) async fn insert_image_events(conn: &mut SqliteConnection, events: &[NewImageEvent]) -> Result<()> {
+    for e in events {
+        sqlx::query("INSERT INTO image_events (source, registry, repository, digest, tag, received_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(e.source)
+            .bind(&e.registry)
+            .bind(&e.repository)
+            .bind(&e.digest)
+            .bind(&e.tag)
+            .bind(now_ms())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription> {
+        let sql = format!(
+            "INSERT INTO subscriptions (app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SUBSCRIPTION_COLUMNS}"
+        );
+        sqlx::query(&sql)
+            .bind(new.app_id)
+            .bind(&new.cluster)
+            .bind(&new.namespace)
+            .bind(&new.deployment)
+            .bind(&new.container)
+            .bind(&new.repository)
+            .bind(&new.policy)
+            .bind(new.rollback_on_failure as i64)
+            .bind(now_ms())
+            .fetch_one(&self.writer)
+            .await
+            .map(|r| subscription_from_row(&r))
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!(
+                        "a subscription for container {} of {}/{} in cluster {}",
+                        new.container, new.namespace, new.deployment, new.cluster
+                    ))
+                } else {
+                    e.into()
+                }
+            })
+    }
+
+    pub async fn subscriptions_of_app(&self, app_id: i64) -> Result<Vec<Subscription>> {
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE app_id = ? ORDER BY id");
+        Ok(sqlx::query(&sql).bind(app_id).fetch_all(&self.pool).await?.iter().map(subscription_from_row).collect())
+    }
+
+    pub async fn subscriptions_for_repository(&self, repository: &str) -> Result<Vec<Subscription>> {
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE repository = ? ORDER BY id");
+        Ok(sqlx::query(&sql).bind(repository).fetch_all(&self.pool).await?.iter().map(subscription_from_row).collect())
+    }
+
+    pub async fn subscription(&self, id: i64) -> Result<Option<Subscription>> {
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?");
+        Ok(sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(subscription_from_row))
+    }
+
+    /// False when the app has no such subscription.
+    pub async fn delete_subscription(&self, app_id: i64, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = ? AND app_id = ?").bind(id).bind(app_id).execute(&self.writer).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records image arrivals not tied to a webhook delivery (registry-sync's verified copies).
+    pub async fn record_image_events(&self, events: &[NewImageEvent]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        insert_image_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Image events not yet turned into rollouts, oldest first.
+    pub async fn pending_image_events(&self, limit: i64) -> Result<Vec<ImageEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, source, registry, repository, digest, tag, received_at FROM image_events
+             WHERE handled_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ImageEvent {
+                id: r.get(0),
+                source: r.get(1),
+                registry: r.get(2),
+                repository: r.get(3),
+                digest: r.get(4),
+                tag: r.get(5),
+                received_at: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Queues rollouts (and marks the image event that caused them handled, if any) in one
+    /// transaction. A Pending rollout of the same subscription is superseded by the new one.
+    pub async fn queue_rollouts(&self, event_id: Option<i64>, rollouts: &[NewRollout]) -> Result<Vec<i64>> {
+        let mut tx = self.writer.begin().await?;
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(rollouts.len());
+        for r in rollouts {
+            let id: i64 = sqlx::query(
+                "INSERT INTO rollouts (subscription_id, app_id, cluster, digest, image, state, trigger, created_at)
+                 VALUES (?, ?, ?, ?, ?, 'Pending', ?, ?) RETURNING id",
+            )
+            .bind(r.subscription_id)
+            .bind(r.app_id)
+            .bind(&r.cluster)
+            .bind(&r.digest)
+            .bind(&r.image)
+            .bind(&r.trigger)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+            sqlx::query(
+                "UPDATE rollouts SET state = 'Superseded', reason = ?, finished_at = ?
+                 WHERE subscription_id = ? AND state = 'Pending' AND id < ?",
+            )
+            .bind(format!("superseded by rollout {id} ({})", r.image))
+            .bind(now)
+            .bind(r.subscription_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        if let Some(event_id) = event_id {
+            sqlx::query("UPDATE image_events SET handled_at = ? WHERE id = ?").bind(now).bind(event_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub async fn rollout(&self, id: i64) -> Result<Option<Rollout>> {
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.id = ?");
+        Ok(sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(rollout_from_row))
+    }
+
+    pub async fn rollouts_in_state(&self, state: &str) -> Result<Vec<Rollout>> {
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.state = ? ORDER BY r.id");
+        Ok(sqlx::query(&sql).bind(state).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
+    }
+
+    /// An app's rollouts, newest first.
+    pub async fn rollouts_of_app(&self, app_id: i64, limit: i64) -> Result<Vec<Rollout>> {
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.app_id = ? ORDER BY r.id DESC LIMIT ?");
+        Ok(sqlx::query(&sql).bind(app_id).bind(limit).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
+    }
+
+    /// Pending → Running. False when it was superseded meanwhile.
+    pub async fn start_rollout(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE rollouts SET state = 'Running', started_at = ? WHERE id = ? AND state = 'Pending'")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn set_rollout_previous_image(&self, id: i64, previous: &str) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET previous_image = ? WHERE id = ?").bind(previous).bind(id).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    pub async fn finish_rollout(&self, id: i64, state: &str, reason: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET state = ?, reason = ?, finished_at = ? WHERE id = ?")
+            .bind(state)
+            .bind(reason)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Rollouts a previous process left Running go back to Pending: the rollout is driven again
+    /// (setting the same image twice is a no-op for the Deployment).
+    pub async fn requeue_running_rollouts(&self) -> Result<u64> {
+        Ok(sqlx::query("UPDATE rollouts SET state = 'Pending' WHERE state = 'Running'").execute(&self.writer).await?.rows_affected())
+    }
+}

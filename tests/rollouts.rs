@@ -1,0 +1,260 @@
+//! Rollouts: Harbor webhooks (recorded payloads in both formats) and rollback requests move
+//! subscribed Deployments to `registry/repo@sha256:…` in each cluster — two fake API servers with
+//! a Deployment controller — and a rollout that fails rolls back to the image it replaced.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use builder_api::config::ClusterConfig;
+use serde_json::{json, Value};
+
+use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
+use crate::support::kiln::{test_config, TestKiln};
+
+const AUTH: &str = "Basic a2lsbjpoYXJib3ItaG9vay1zZWNyZXQ=";
+const EAST: &str = "harbor.east.example:8443";
+const WEST: &str = "harbor.west.example";
+const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+const LIMIT: Duration = Duration::from_secs(60);
+
+pub struct RolloutWorld {
+    pub kiln: TestKiln,
+    pub east: FakeKube,
+    pub west: FakeKube,
+    pub token: String,
+}
+
+/// A fake cluster with `shop/web` (container `app`, 2 replicas) running `image`, rolled out.
+async fn cluster_with_web(image: &str) -> FakeKube {
+    let fake = FakeKube::start(FakeKubeOptions { kubelet: false, namespaces: vec!["default".into(), "shop".into()], ..FakeKubeOptions::default() });
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"kiln.dev/app": "hello"}},
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                {"name": "app", "image": image},
+                {"name": "sidecar", "image": "registry.example/mesh/proxy:1"}
+            ]}}
+        }
+    });
+    fake.create("shop", "deployments", deployment).unwrap();
+    fake.wait_for("deployments", "shop", "web", LIMIT, |d| {
+        let d = d?;
+        (d["status"]["updatedReplicas"] == 2 && d["status"]["conditions"][1]["reason"] == "NewReplicaSetAvailable").then_some(())
+    })
+    .await;
+    fake
+}
+
+impl RolloutWorld {
+    pub async fn new() -> RolloutWorld {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path(), &[]);
+        config.clusters = vec![
+            ClusterConfig { name: "east".into(), registry: EAST.into(), context: None, in_cluster: false },
+            ClusterConfig { name: "west".into(), registry: WEST.into(), context: None, in_cluster: false },
+        ];
+        config.harbor.webhook_auth = Some(AUTH.into());
+        config.rollout.deadline_secs = 30;
+        let kiln = TestKiln::start_with(dir, config).await;
+        let east = cluster_with_web(&format!("{EAST}/team/hello:old")).await;
+        let west = cluster_with_web(&format!("{WEST}/team/hello:old")).await;
+        kiln.ctx.clusters.set_client("east", east.client());
+        kiln.ctx.clusters.set_client("west", west.client());
+        let token = kiln.tenant("team").await;
+        let (status, body) = kiln
+            .request(
+                Method::POST,
+                "/api/v1/apps",
+                Some(&token),
+                Some(json!({"name": "hello", "git_url": "http://127.0.0.1:9/team/hello.git", "image_repository": format!("{EAST}/team/hello"),
+                            "webhook_secret": "hello-hook-secret"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        RolloutWorld { kiln, east, west, token }
+    }
+
+    pub async fn subscribe(&self, cluster: &str, policy: &str) {
+        let (status, body) = self
+            .kiln
+            .request(
+                Method::POST,
+                "/api/v1/apps/hello/subscriptions",
+                Some(&self.token),
+                Some(json!({"cluster": cluster, "namespace": "shop", "deployment": "web", "container": "app", "policy": policy})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    pub async fn harbor(&self, body: &str, auth: &str) -> (StatusCode, Value) {
+        let req = Request::post("/hooks/harbor").header("authorization", auth).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+        self.kiln.send(req).await
+    }
+
+    pub async fn releases(&self) -> Value {
+        let (status, body) = self.kiln.request(Method::GET, "/api/v1/apps/hello/releases", Some(&self.token), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Waits until every image event became rollouts and no rollout of the app is Pending or
+    /// Running; returns the releases.
+    pub async fn settled(&self) -> Value {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let unhandled = !self.kiln.ctx.store.pending_image_events(1).await.unwrap().is_empty();
+            let releases = self.releases().await;
+            let busy = releases["releases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r["history"].as_array().unwrap())
+                .any(|h| h["state"] == "Pending" || h["state"] == "Running");
+            if !busy && !unhandled {
+                return releases;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "rollouts did not settle: {releases:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/harbor").join(name)).unwrap()
+}
+
+pub fn image_of(fake: &FakeKube, container: &str) -> String {
+    let d = fake.get("deployments", "shop", "web").unwrap();
+    let c = d["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == container).unwrap().clone();
+    c["image"].as_str().unwrap().to_string()
+}
+
+fn history(releases: &Value, cluster: &str) -> Vec<Value> {
+    releases["releases"].as_array().unwrap().iter().find(|r| r["cluster"] == cluster).unwrap()["history"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn harbor_payloads_in_both_formats_roll_out_exactly_what_subscriptions_follow_and_nothing_twice() {
+    let w = RolloutWorld::new().await;
+    w.subscribe("east", "glob:v*").await;
+    w.subscribe("west", "semver:^1").await;
+
+    // Default format, push by tag, to east's registry: one rollout there.
+    let (status, body) = w.harbor(&fixture("push-default-tag.json"), AUTH).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // The same delivery again: a duplicate.
+    let (status, body) = w.harbor(&fixture("push-default-tag.json"), AUTH).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{body}");
+    // CloudEvents, push by digest, to west: semver needs a tag, so nothing follows it.
+    let (status, body) = w.harbor(&fixture("push-cloudevents-digest.json"), AUTH).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("no subscription follows"), "{body}");
+    // CloudEvents, push by tag v1.2.0, to west: one rollout there; redelivered (same id): none.
+    let (status, body) = w.harbor(&fixture("push-cloudevents-tag.json"), AUTH).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = w.harbor(&fixture("push-cloudevents-tag.json"), AUTH).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{body}");
+    // Replication: recorded, starts nothing.
+    let (status, body) = w.harbor(&fixture("replication-default.json"), AUTH).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("replication"), "{body}");
+    // A wrong Authorization header, a malformed body, a body that is no Harbor event.
+    let (status, body) = w.harbor(&fixture("push-default-tag.json"), "Basic d3Jvbmc=").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = w.harbor("{\"type\": \"PUSH_ARTIFACT\", ", AUTH).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("invalid JSON"), "{body}");
+    let (status, body) = w.harbor("{\"type\": \"PUSH_ARTIFACT\", \"event_data\": {\"resources\": []}}", AUTH).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("repository"), "{body}");
+    // An image of a repository nobody follows.
+    let other = fixture("push-default-tag.json").replace("team/hello", "team/other");
+    let (status, body) = w.harbor(&other, AUTH).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let releases = w.settled().await;
+    // Each cluster's Deployment runs its own registry's copy, pinned by digest; the sidecar is untouched.
+    assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello@{D1}"));
+    assert_eq!(image_of(&w.west, "app"), format!("{WEST}/team/hello@{D2}"));
+    assert_eq!(image_of(&w.east, "sidecar"), "registry.example/mesh/proxy:1");
+    let (east, west) = (history(&releases, "east"), history(&releases, "west"));
+    assert_eq!((east.len(), west.len()), (1, 1), "exactly one rollout per cluster: {releases:#}");
+    assert_eq!(east[0]["state"], "Complete", "{releases:#}");
+    assert_eq!(east[0]["previous_image"], format!("{EAST}/team/hello:old"));
+    let current: Vec<(&str, &str)> =
+        releases["releases"].as_array().unwrap().iter().map(|r| (r["cluster"].as_str().unwrap(), r["digest"].as_str().unwrap())).collect();
+    assert_eq!(current, [("east", D1), ("west", D2)]);
+    // One Deployment patch per rollout, nothing more.
+    assert_eq!(w.east.count("patch", "deployments"), 1);
+    assert_eq!(w.west.count("patch", "deployments"), 1);
+}
+
+#[tokio::test]
+async fn a_rollout_that_makes_no_progress_rolls_back_to_the_image_it_replaced() {
+    let w = RolloutWorld::new().await;
+    w.subscribe("east", "glob:v*").await;
+    let (status, _) = w.harbor(&fixture("push-default-tag.json"), AUTH).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    w.settled().await;
+    assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello@{D1}"));
+
+    // The next version never becomes available: ProgressDeadlineExceeded after 2 s, then back.
+    w.east.fail_rollouts_of(D3.trim_start_matches("sha256:"));
+    let bad = fixture("push-default-tag.json").replace(D1, D3).replace("v1.0.0", "v2.0.0");
+    let (status, body) = w.harbor(&bad, AUTH).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let releases = w.settled().await;
+    let east = history(&releases, "east");
+    assert_eq!(east.len(), 2, "{releases:#}");
+    assert_eq!(east[0]["state"], "RolledBack", "{releases:#}");
+    let reason = east[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("ProgressDeadlineExceeded") && reason.contains(&format!("rolled back to {EAST}/team/hello@{D1}")), "{reason}");
+    assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello@{D1}"));
+    // What runs is still the last complete release.
+    assert_eq!(releases["releases"][0]["digest"], D1);
+}
+
+#[tokio::test]
+async fn subscriptions_and_rollbacks_refuse_what_does_not_exist_with_a_reason() {
+    let w = RolloutWorld::new().await;
+    let sub = |body: Value| {
+        let w = &w;
+        async move { w.kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&w.token), Some(body)).await }
+    };
+    let base = json!({"cluster": "east", "namespace": "shop", "deployment": "web", "container": "app", "policy": "glob:v*"});
+    for (field, value, status, why) in [
+        ("cluster", json!("mars"), StatusCode::UNPROCESSABLE_ENTITY, "no cluster"),
+        ("policy", json!("whenever"), StatusCode::BAD_REQUEST, "policy"),
+        ("namespace", json!("Shop!"), StatusCode::BAD_REQUEST, "namespace"),
+        ("repository", json!("../etc"), StatusCode::BAD_REQUEST, "repository"),
+    ] {
+        let mut body = base.clone();
+        body[field] = value;
+        let (got, answer) = sub(body).await;
+        assert_eq!(got, status, "{field}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(why), "{field}: {answer}");
+    }
+    let (status, _) = sub(base.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, answer) = sub(base).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    // A rollback needs an earlier successful build of this app.
+    let (status, answer) = w.kiln.request(Method::POST, "/api/v1/apps/hello/rollback", Some(&w.token), Some(json!({"digest": D1}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let (status, answer) = w.kiln.request(Method::POST, "/api/v1/apps/hello/rollback", Some(&w.token), Some(json!({"build": 9999}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let (status, answer) = w.kiln.request(Method::POST, "/api/v1/apps/hello/rollback", Some(&w.token), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    // Another tenant sees none of it.
+    let other = w.kiln.tenant("other").await;
+    let (status, _) = w.kiln.request(Method::GET, "/api/v1/apps/hello/releases", Some(&other), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
