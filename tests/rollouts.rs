@@ -32,7 +32,7 @@ async fn cluster_with_web(image: &str) -> FakeKube {
     let fake = FakeKube::start(FakeKubeOptions { kubelet: false, namespaces: vec!["default".into(), "shop".into()], ..FakeKubeOptions::default() });
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "annotations": {"kiln.dev/app": "hello"}},
+        "metadata": {"name": "web"},
         "spec": {
             "replicas": 2,
             "progressDeadlineSeconds": 2,
@@ -257,4 +257,37 @@ async fn subscriptions_and_rollbacks_refuse_what_does_not_exist_with_a_reason() 
     let other = w.kiln.tenant("other").await;
     let (status, _) = w.kiln.request(Method::GET, "/api/v1/apps/hello/releases", Some(&other), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_deployment_annotated_with_its_app_is_subscribed_and_follows_its_pushes() {
+    let w = RolloutWorld::new().await;
+    let annotated = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "api", "annotations": {"kiln.dev/app": "team/hello", "kiln.dev/policy": "semver:>=1.0.0", "kiln.dev/container": "server"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "api"}}, "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [
+            {"name": "init-db", "image": "registry.example/tools/migrate:1"},
+            {"name": "server", "image": format!("{EAST}/team/hello:old")}
+        ]}}}
+    });
+    w.east.create("shop", "deployments", annotated).unwrap();
+    // Annotations naming an unknown app or a bad policy are skipped, not fatal.
+    let stray = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "stray", "annotations": {"kiln.dev/app": "team/nope"}},
+        "spec": {"selector": {"matchLabels": {"app": "s"}}, "template": {"metadata": {"labels": {"app": "s"}}, "spec": {"containers": [{"name": "c", "image": "x/y:1"}]}}}});
+    w.east.create("shop", "deployments", stray).unwrap();
+    assert_eq!(builder_api::rollout::discovery::discover(&w.kiln.ctx).await, 1);
+    assert_eq!(builder_api::rollout::discovery::discover(&w.kiln.ctx).await, 0, "a second pass adds nothing");
+    let (_, subs) = w.kiln.request(Method::GET, "/api/v1/apps/hello/subscriptions", Some(&w.token), None).await;
+    let subs = subs["subscriptions"].as_array().unwrap().clone();
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!((subs[0]["deployment"].as_str(), subs[0]["container"].as_str(), subs[0]["policy"].as_str()), (Some("api"), Some("server"), Some("semver:>=1.0.0")));
+
+    let (status, body) = w.harbor(&fixture("push-default-tag.json"), AUTH).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    w.settled().await;
+    let d = w.east.get("deployments", "shop", "api").unwrap();
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][1]["image"], format!("{EAST}/team/hello@{D1}"));
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/tools/migrate:1");
+    // The unannotated Deployment `web` was left alone.
+    assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello:old"));
 }

@@ -15,7 +15,10 @@
 //!   lines a second, `kiln serve` in its own process: p50/p99 from the step writing a line to a
 //!   follower reading it, and the server's resident memory per follower.
 //!
-//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube|followers]`
+//! - `rollout`: 500 Harbor webhooks for 100 subscribed Deployments on the fake API server:
+//!   p50/p99 from the webhook's arrival to the Deployment patched to the pushed digest.
+//!
+//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube|followers|rollout]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,6 +57,9 @@ fn main() {
     }
     if which.is_empty() || which.iter().any(|w| w == "followers") {
         rt.block_on(followers());
+    }
+    if which.is_empty() || which.iter().any(|w| w == "rollout") {
+        rt.block_on(rollout());
     }
 }
 
@@ -583,4 +589,128 @@ async fn followers() {
         wall.as_secs_f64()
     );
     assert_eq!(complete, FOLLOWERS, "some followers missed lines");
+}
+
+/// `rollout`: 500 Harbor webhooks (5 pushes to each of 100 repositories) for 100 Deployments, each
+/// subscribed to one repository, on the fake API server: webhook arrival → Deployment patched.
+async fn rollout() {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::runtime::watcher;
+
+    const APPS: usize = 100;
+    const PUSHES: usize = 5;
+    const AUTH: &str = "Basic YmVuY2g6aGFyYm9y";
+    const REGISTRY: &str = "harbor.bench.example";
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_kube::FakeKube::start(fake_kube::FakeKubeOptions {
+        root: Some(dir.path().join("fake")),
+        kubelet: false,
+        namespaces: vec!["default".into(), "shop".into()],
+        ..fake_kube::FakeKubeOptions::default()
+    });
+    for i in 0..APPS {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("web-{i}")},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": format!("web-{i}")}},
+                     "template": {"metadata": {"labels": {"app": format!("web-{i}")}},
+                                  "spec": {"containers": [{"name": "app", "image": format!("{REGISTRY}/bench/app-{i}:old")}]}}}});
+        fake.create("shop", "deployments", d).unwrap();
+    }
+    let mut c = Config::default();
+    c.store.data_dir = dir.path().join("data");
+    c.server.admin_token = Some(ADMIN.into());
+    c.harbor.webhook_auth = Some(AUTH.into());
+    c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), context: None, in_cluster: false }];
+    let ctx = builder_api::server::build_context(c).await.unwrap();
+    ctx.clusters.set_client("bench", fake.client());
+    builder_api::server::start_background(&ctx).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = builder_api::router::router(AppState(ctx.clone()));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let http = reqwest::Client::new();
+    let t: serde_json::Value =
+        http.post(format!("{url}/api/v1/tenants")).bearer_auth(ADMIN).json(&json!({"name": "bench"})).send().await.unwrap().json().await.unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    for i in 0..APPS {
+        let app = json!({"name": format!("app-{i}"), "git_url": "http://127.0.0.1:9/bench/app.git", "image_repository": format!("{REGISTRY}/bench/app-{i}"),
+                         "webhook_secret": "bench-secret"});
+        assert!(http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap().status().is_success());
+        let sub = json!({"cluster": "bench", "namespace": "shop", "deployment": format!("web-{i}"), "container": "app", "policy": "glob:*"});
+        let res = http.post(format!("{url}/api/v1/apps/app-{i}/subscriptions")).bearer_auth(&token).json(&sub).send().await.unwrap();
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    }
+
+    // The benchmark's own watch sees each image set (the digest says which push it was).
+    let patched: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let seen = patched.clone();
+    let api: kube::Api<Deployment> = kube::Api::namespaced(fake.client(), "shop");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            match event {
+                watcher::Event::InitDone => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                watcher::Event::Apply(d) | watcher::Event::InitApply(d) => {
+                    let image = d.spec.and_then(|s| s.template.spec).and_then(|s| s.containers.into_iter().next()).and_then(|c| c.image).unwrap_or_default();
+                    if let Some((_, digest)) = image.split_once('@') {
+                        seen.lock().unwrap().entry(digest.to_string()).or_insert_with(Instant::now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    ready_rx.await.unwrap();
+
+    let digest = |app: usize, push: usize| format!("sha256:{:064x}", app * 1000 + push + 1);
+    let sends = (0..PUSHES).flat_map(|p| (0..APPS).map(move |a| (a, p))).map(|(a, p)| {
+        let (http, url) = (http.clone(), url.clone());
+        let d = digest(a, p);
+        async move {
+            let body = json!({"type": "PUSH_ARTIFACT", "occur_at": 1, "operator": "bench", "event_data": {
+                "resources": [{"digest": d, "tag": format!("v1.0.{p}"), "resource_url": format!("{REGISTRY}/bench/app-{a}:v1.0.{p}")}],
+                "repository": {"name": format!("app-{a}"), "namespace": "bench", "repo_full_name": format!("bench/app-{a}"), "repo_type": "private"}}});
+            let sent = Instant::now();
+            let res = http.post(format!("{url}/hooks/harbor")).header("authorization", AUTH).json(&body).send().await.unwrap();
+            assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+            (d, sent)
+        }
+    });
+    let started = Instant::now();
+    let sent: Vec<(String, Instant)> = futures_util::future::join_all(sends).await;
+    let intake = started.elapsed();
+    // Done when every Deployment runs its last push (earlier pushes may be superseded unpatched).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = (0..APPS).filter(|a| patched.lock().unwrap().contains_key(&digest(*a, PUSHES - 1))).count();
+        if done == APPS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of {APPS} Deployments reached their last image");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let patched = patched.lock().unwrap().clone();
+    let mut latencies: Vec<Duration> = sent.iter().filter_map(|(d, at)| patched.get(d).map(|p| p.saturating_duration_since(*at))).collect();
+    latencies.sort();
+    let states = ctx.store.rollouts_in_state("Superseded").await.unwrap().len();
+    println!("rollout: {} Harbor webhooks ({PUSHES} pushes to each of {APPS} repositories), one subscribed Deployment each (fake API server)", APPS * PUSHES);
+    println!(
+        "  webhook -> Deployment patched: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over the {} pushes that were rolled out (target p99 < 500 ms)",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+        latencies.len()
+    );
+    println!(
+        "  {states} pushes superseded by a newer one before their turn; all {} webhooks answered in {:.0} ms; Deployment patches: {}",
+        APPS * PUSHES,
+        ms(intake),
+        fake.count("patch", "deployments")
+    );
 }

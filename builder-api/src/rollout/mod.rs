@@ -11,6 +11,7 @@
 
 pub mod clusters;
 pub mod deployment;
+pub mod discovery;
 pub mod policy;
 
 use std::collections::HashSet;
@@ -24,6 +25,9 @@ use tokio::sync::Notify;
 use crate::context::Context;
 use crate::store::{NewImageEvent, NewRollout, Rollout, StoreError};
 use policy::Policy;
+
+/// How often the clusters' Deployments are listed for `kiln.dev/app` annotations.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 pub struct Rollouts {
@@ -44,7 +48,15 @@ pub async fn run(ctx: Arc<Context>) {
     if let Err(e) = ctx.store.requeue_running_rollouts().await {
         tracing::error!("rollouts: {e}");
     }
+    let mut next_discovery = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_discovery {
+            next_discovery = tokio::time::Instant::now() + DISCOVERY_INTERVAL;
+            let added = discovery::discover(&ctx).await;
+            if added > 0 {
+                tracing::info!("{added} subscription(s) added from Deployment annotations");
+            }
+        }
         if let Err(e) = handle_image_events(&ctx).await {
             tracing::error!("rollouts: {e}");
         }

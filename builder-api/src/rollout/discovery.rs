@@ -1,0 +1,90 @@
+//! Subscriptions declared on the Deployments themselves: a Deployment annotated
+//! `kiln.dev/app: TENANT/APP` follows that app's images, with `kiln.dev/policy` (default
+//! `manual`) and `kiln.dev/container` (default: its first container). Kiln lists the
+//! Deployments of every cluster at start and every few minutes and adds the subscriptions it
+//! does not have yet; it never changes or removes one (the API does that).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::ListParams;
+use kube::Api;
+
+use super::policy::Policy;
+use crate::context::Context;
+use crate::store::{NewSubscription, StoreError};
+
+pub const APP: &str = "kiln.dev/app";
+pub const POLICY: &str = "kiln.dev/policy";
+pub const CONTAINER: &str = "kiln.dev/container";
+
+/// Adds the subscriptions the annotated Deployments of every cluster ask for; returns how many.
+pub async fn discover(ctx: &Context) -> usize {
+    let mut added = 0;
+    for cluster in ctx.clusters.all() {
+        match discover_in(ctx, &cluster.name).await {
+            Ok(n) => added += n,
+            Err(e) => tracing::warn!(cluster = cluster.name, "discovering annotated Deployments: {e}"),
+        }
+    }
+    added
+}
+
+async fn discover_in(ctx: &Context, cluster: &str) -> Result<usize, String> {
+    let client = ctx.clusters.client(cluster).await?;
+    let api: Api<Deployment> = Api::all(client);
+    let list = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+    let mut added = 0;
+    for d in list {
+        let annotations = d.metadata.annotations.clone().unwrap_or_default();
+        let Some(target) = annotations.get(APP) else { continue };
+        let (ns, name) = (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default());
+        let why = match subscribe(ctx, cluster, &ns, &name, &d, target, &annotations).await {
+            Ok(true) => {
+                added += 1;
+                continue;
+            }
+            Ok(false) => continue,
+            Err(why) => why,
+        };
+        tracing::warn!(cluster, namespace = ns, deployment = name, "annotation {APP}={target:?} ignored: {why}");
+    }
+    Ok(added)
+}
+
+/// Ok(false) when the subscription exists already.
+async fn subscribe(
+    ctx: &Context,
+    cluster: &str,
+    ns: &str,
+    name: &str,
+    d: &Deployment,
+    target: &str,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let (tenant, app) = target.split_once('/').ok_or("the value must be TENANT/APP")?;
+    let db = |e: StoreError| e.to_string();
+    let tenant = ctx.store.tenant_by_name(tenant).await.map_err(db)?.ok_or("no such tenant")?;
+    let app = ctx.store.app_by_name(tenant.id, app).await.map_err(db)?.ok_or("no such app")?;
+    let policy = annotations.get(POLICY).map(String::as_str).unwrap_or("manual");
+    policy.parse::<Policy>()?;
+    let containers = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|s| s.containers.clone()).unwrap_or_default();
+    let container = match annotations.get(CONTAINER) {
+        Some(c) => containers.iter().find(|x| &x.name == c).ok_or(format!("no container {c:?}"))?.name.clone(),
+        None => containers.first().ok_or("no containers")?.name.clone(),
+    };
+    let repository = app.image_repository.split_once('/').map(|(_, p)| p.to_string()).unwrap_or_default();
+    let new = NewSubscription {
+        app_id: app.id,
+        cluster: cluster.to_string(),
+        namespace: ns.to_string(),
+        deployment: name.to_string(),
+        container,
+        repository,
+        policy: policy.to_string(),
+        rollback_on_failure: true,
+    };
+    match ctx.store.create_subscription(&new).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
+}
