@@ -12,5 +12,6 @@ mod deploy_manifests;
 mod lifecycle;
 mod log_streaming;
 mod registry_assemble;
+mod registry_copy;
 mod web_page;
 mod webhooks;
