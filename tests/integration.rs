@@ -12,6 +12,7 @@ mod deploy_manifests;
 mod lifecycle;
 mod log_streaming;
 mod registry_assemble;
+mod registry_copy;
 mod rollouts;
 mod web_page;
 mod webhooks;

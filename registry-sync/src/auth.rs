@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Credentials for one registry. Bearer-token flows (Harbor, Docker Hub) are handled by oci-client
-/// from basic credentials, so these two cases are all Kiln needs.
+/// Credentials for one registry. Bearer-token flows (Harbor, Docker Hub) exchange basic
+/// credentials at the registry's token service (oci-client for assembly, `session` for copies), so
+/// these two cases are all Kiln needs.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub enum RegistryAuth {
     #[default]
@@ -35,7 +36,7 @@ impl RegistryAuth {
         }
     }
 
-    pub(crate) fn username(&self) -> Option<&str> {
+    pub fn username(&self) -> Option<&str> {
         match self {
             RegistryAuth::Anonymous => None,
             RegistryAuth::Basic { username, .. } => Some(username),
@@ -111,9 +112,102 @@ impl RegistryOptions {
     }
 }
 
+/// Why a docker `config.json` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    #[error("cannot read registry credentials from {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("registry credentials file {path} is not a docker config.json: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// Reads the `auths` of a docker `config.json` (`{"auths": {"host": {"auth": base64(user:pass)}}}`,
+/// or `username`/`password` fields), keyed by `host[:port]`. Entries without credentials (those
+/// handled by a credential helper) are left out.
+pub fn load_docker_config(
+    path: &std::path::Path,
+) -> Result<BTreeMap<String, RegistryAuth>, AuthFileError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_docker_config(&text).map_err(|reason| AuthFileError::Invalid {
+        path: shown,
+        reason,
+    })
+}
+
+fn parse_docker_config(text: &str) -> Result<BTreeMap<String, RegistryAuth>, String> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        auths: BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+    }
+    let config: Config = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for (key, entry) in config.auths {
+        // Keys are `host`, `host:port`, or legacy URLs like `https://index.docker.io/v1/`.
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let auth = match (entry.auth.filter(|a| !a.is_empty()), entry.username, entry.password) {
+            (Some(encoded), _, _) => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|_| format!("auths.{key}.auth is not base64"))?;
+                let decoded = String::from_utf8(decoded)
+                    .map_err(|_| format!("auths.{key}.auth is not UTF-8"))?;
+                let (user, pass) = decoded
+                    .split_once(':')
+                    .ok_or_else(|| format!("auths.{key}.auth is not user:password"))?;
+                RegistryAuth::basic(user, pass)
+            }
+            (None, Some(user), Some(pass)) => RegistryAuth::basic(user, pass),
+            _ => continue,
+        };
+        out.insert(host, auth);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_docker_config_auths() {
+        use base64::Engine as _;
+        let robot = base64::engine::general_purpose::STANDARD.encode("robot$team+ci:s3cret:with:colons");
+        let text = format!(
+            r#"{{"auths": {{"harbor.a.io": {{"auth": "{robot}"}},
+                "https://index.docker.io/v1/": {{"username": "u", "password": "p"}},
+                "helper.io": {{}}}}, "credsStore": "desktop"}}"#
+        );
+        let auths = parse_docker_config(&text).unwrap();
+        assert_eq!(
+            auths.get("harbor.a.io"),
+            Some(&RegistryAuth::basic("robot$team+ci", "s3cret:with:colons"))
+        );
+        assert_eq!(auths.get("index.docker.io"), Some(&RegistryAuth::basic("u", "p")));
+        assert!(!auths.contains_key("helper.io"));
+        let err = parse_docker_config(r#"{"auths": {"x.io": {"auth": "%%%"}}}"#).unwrap_err();
+        assert!(err.contains("not base64"), "{err}");
+    }
 
     #[test]
     fn debug_never_shows_password() {

@@ -74,6 +74,13 @@ pub enum RegistryError {
     },
     #[error("{what} not found on registry {registry}")]
     NotFound { registry: String, what: String },
+    /// A 429, a 5xx, or a connection that broke halfway, still so after the retries.
+    #[error("registry {registry} is unavailable during {operation}: {message}")]
+    Unavailable {
+        registry: String,
+        operation: String,
+        message: String,
+    },
     #[error("registry {registry} answered an error during {operation}: {message}")]
     Protocol {
         registry: String,
@@ -85,6 +92,14 @@ pub enum RegistryError {
 impl RegistryError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, RegistryError::NotFound { .. })
+    }
+
+    /// Unreachable or unavailable: another attempt later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Unreachable { .. } | RegistryError::Unavailable { .. }
+        )
     }
 }
 
@@ -220,7 +235,7 @@ pub(crate) fn classify(
 }
 
 /// `connection refused`, `connection timed out`, `dns error: …` — the innermost cause in words.
-fn connect_reason(e: &reqwest::Error) -> String {
+pub(crate) fn connect_reason(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "connection timed out".to_string();
     }
@@ -242,7 +257,7 @@ fn connect_reason(e: &reqwest::Error) -> String {
     innermost.unwrap_or_else(|| e.to_string())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -256,7 +271,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     truncate(&out)
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     const MAX: usize = 500;
     let s = s.trim();
     if s.len() <= MAX {

@@ -1,5 +1,6 @@
 //! Everything that speaks the OCI distribution protocol: image references, registry auth,
-//! reproducible layers, daemonless image assembly and push, pulling and unpacking.
+//! reproducible layers, daemonless image assembly and push, pulling and unpacking, and copying
+//! images between registries.
 //!
 //! TLS is rustls with the `ring` provider; the process must install it once at start
 //! (`rustls::crypto::ring::default_provider().install_default()`).
@@ -7,13 +8,20 @@
 pub mod assemble;
 pub mod auth;
 pub mod client;
+pub mod copy;
 pub mod layer;
 pub mod pull;
 pub mod reference;
+pub mod session;
 
 pub use assemble::{assemble_and_push, AssembleError, AssembleSpec, PushedImage};
-pub use auth::{RegistryAuth, RegistryOptions};
+pub use auth::{load_docker_config, AuthFileError, RegistryAuth, RegistryOptions};
 pub use client::{human_bytes, Platform, RegistryError};
+pub use copy::{
+    copy_image, BlobLocations, CopyError, CopyEvent, CopyOptions, CopyReport, TargetReport,
+    TargetState,
+};
+pub use session::RetryPolicy;
 pub use layer::{build_layer, BuiltLayer, LayerEntry, LayerError, LayerSpec};
 pub use pull::{pull_image, pull_image_for, unpack_layers, PullError, PulledImage};
 pub use reference::{ImageRef, ReferenceError};

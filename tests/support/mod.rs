@@ -6,7 +6,9 @@ pub mod fake_kube;
 pub mod fixtures;
 pub mod git_server;
 pub mod kiln;
+pub mod oci_images;
 pub mod registry;
+pub mod registry_proxy;
 pub mod serve_process;
 
 /// Once per test process: the TLS crypto provider (one for the whole workspace: ring).

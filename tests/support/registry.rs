@@ -73,15 +73,7 @@ impl TestRegistry {
             }
             let config_path = dir.path().join("config.yml");
             std::fs::write(&config_path, config).expect("config.yml");
-            let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log fd"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn docker-registry (apt package docker-registry)");
+            let child = spawn_registry(dir.path());
             let mut registry = TestRegistry { child, port, dir };
             if registry.wait_ready(Duration::from_secs(30)).await {
                 return registry;
@@ -89,6 +81,23 @@ impl TestRegistry {
             last_log = registry.log();
         }
         panic!("docker-registry did not start; last log:\n{last_log}");
+    }
+
+    /// Kills the registry process (as a crash would: no graceful shutdown). Storage is kept.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same port and storage, after [`TestRegistry::kill`].
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_registry(self.dir.path());
+        assert!(
+            self.wait_ready(Duration::from_secs(30)).await,
+            "docker-registry did not restart; log:\n{}",
+            self.log()
+        );
     }
 
     /// Polls `GET /v2/` until it answers 200 or 401, the process dies, or the deadline passes.
@@ -116,6 +125,23 @@ impl Drop for TestRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `docker-registry serve DIR/config.yml`, logging to DIR/registry.log (appended, across restarts).
+fn spawn_registry(dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))
+        .expect("log file");
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn docker-registry (apt package docker-registry)")
 }
 
 /// A loopback port nobody listens on (at the moment of the call).

@@ -3,6 +3,7 @@
 mod client;
 pub mod sse;
 mod step;
+mod sync;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,13 @@ pub enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Copy an image from one registry to others: each blob read once, sent only where missing,
+    /// every target verified by digest.
+    ///
+    /// SRC is host/repo@sha256:… or host/repo:tag; each DST is host/repo and gets SRC's tag.
+    /// Progress is shown per target, then a summary per target. Exit code 0 when every target
+    /// verified, 1 otherwise (with the reason per target).
+    Sync(sync::SyncArgs),
     /// Tools for trying Kiln on one machine.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -101,6 +109,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Logs { build, app, follow, api } => client::logs(&api, build, app, follow).await,
             Command::Builds { app, state, limit, api } => client::builds(&api, app, state, limit).await.map(|()| 0),
             Command::Step(step) => step::run(step).await.map(|()| 0),
+            Command::Sync(args) => sync::run(args).await,
             Command::Dev(DevCommand::GitServer { root, listen, token }) => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 eprintln!("kiln dev git-server: serving {} on http://{listen}", root.display());

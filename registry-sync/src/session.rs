@@ -1,0 +1,550 @@
+//! One registry spoken to over HTTP directly: its base URL, credentials, bearer tokens per scope
+//! set, and the retry policy.
+//!
+//! The copy engine needs what oci-client does not expose: status codes to decide what to retry, a
+//! `202` mount answer kept as the upload session it is, tokens that cover two repositories (pull on
+//! the source, push on the target, for cross-repository mounts), streamed request bodies, and
+//! response headers (`Docker-Content-Digest`, `OCI-Subject`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::{header, Method, StatusCode, Url};
+
+use crate::auth::{RegistryAuth, RegistryOptions};
+use crate::client::{connect_reason, error_chain, truncate, RegistryError};
+
+/// Accept header for manifests: every manifest kind Kiln copies (schema 1 is not supported).
+pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// How often and how patiently a request is retried on connection errors, 429 and 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the second attempt; doubled for each further one, up to `max_delay`.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy for tests: a few attempts, milliseconds apart.
+    pub fn fast(attempts: u32) -> Self {
+        RetryPolicy {
+            attempts,
+            first_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        }
+    }
+
+    /// The pause after failed attempt `attempt` (1-based): exponential, with jitter between half
+    /// and the whole of it so that many clients retrying one registry do not stay in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .first_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_delay);
+        exp.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+/// `repository:<repo>:pull`.
+pub(crate) fn pull_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+/// `repository:<repo>:pull,push`.
+pub(crate) fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+/// How the registry asked to be authenticated (its `WWW-Authenticate` on `GET /v2/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Challenge {
+    Open,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// A connection to one registry, shared by every copy to or from it.
+pub(crate) struct RegistrySession {
+    http: reqwest::Client,
+    registry: String,
+    base_url: String,
+    auth: RegistryAuth,
+    opts: RegistryOptions,
+    retry: RetryPolicy,
+    challenge: tokio::sync::OnceCell<Challenge>,
+    /// Bearer tokens by their scope set (scopes sorted, space separated).
+    tokens: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+impl RegistrySession {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        registry: &str,
+        opts: &RegistryOptions,
+        retry: RetryPolicy,
+    ) -> Self {
+        let scheme = if opts.insecure_registries.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        RegistrySession {
+            http,
+            registry: registry.to_string(),
+            base_url: format!("{scheme}://{registry}"),
+            auth: opts.auth_for(registry).clone(),
+            opts: opts.clone(),
+            retry,
+            challenge: tokio::sync::OnceCell::new(),
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The HTTP client Kiln uses for registries: no overall timeout (a blob may take minutes),
+    /// a connect timeout so a dead host fails fast.
+    pub(crate) fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(16)
+            .build()
+            .expect("reqwest client (is the rustls ring provider installed?)")
+    }
+
+    pub(crate) fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    pub(crate) fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// `https://host/v2/<path>`.
+    pub(crate) fn url(&self, path: &str) -> Url {
+        Url::parse(&format!("{}/v2/{path}", self.base_url)).expect("registry URL")
+    }
+
+    /// A `Location` header (absolute, or relative to the registry) as a URL.
+    pub(crate) fn resolve_location(&self, location: &str) -> Result<Url, RegistryError> {
+        Url::parse(&self.base_url)
+            .and_then(|base| base.join(location))
+            .map_err(|e| self.protocol("upload", format!("bad Location {location:?}: {e}")))
+    }
+
+    /// Proves the credentials work for `scopes` with one cheap request, so a bad password fails
+    /// clearly before any work.
+    pub(crate) async fn authenticate(&self, scopes: &[String]) -> Result<(), RegistryError> {
+        let challenge = self.challenge().await?;
+        match challenge {
+            Challenge::Open => Ok(()),
+            Challenge::Bearer { .. } => self.token(scopes, true).await.map(|_| ()),
+            Challenge::Basic => {
+                let res = self
+                    .send(scopes, "authentication", || self.http.get(self.url("")))
+                    .await?;
+                self.expect_status(res, &[StatusCode::OK], "authentication")
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Sends the request `make` builds, with authorization for `scopes`, retrying connection
+    /// errors, 429 and 5xx with backoff, and re-authenticating once on 401. Other answers (404,
+    /// 202, 400…) are returned for the caller to read.
+    pub(crate) async fn send(
+        &self,
+        scopes: &[String],
+        operation: &str,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut reauthenticated = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let request = self.authorize(make(), scopes, false).await?;
+            let failure = match request.send().await {
+                Ok(res) if res.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
+                    // An expired token, or the first request before the challenge was known.
+                    reauthenticated = true;
+                    attempt -= 1;
+                    if self.refresh_token(scopes).await? {
+                        continue;
+                    }
+                    return Err(self.unauthorized(&res));
+                }
+                Ok(res) if matches!(res.status().as_u16(), 401 | 403) => {
+                    return Err(self.unauthorized(&res))
+                }
+                Ok(res) if is_transient_status(res.status()) => {
+                    let message = format!("HTTP {}: {}", res.status(), body_excerpt(res).await);
+                    RegistryError::Unavailable {
+                        registry: self.registry.clone(),
+                        operation: operation.to_string(),
+                        message: self.opts.redact(&message),
+                    }
+                }
+                Ok(res) => return Ok(res),
+                Err(e) => self.transport_error(&e, operation),
+            };
+            if attempt >= self.retry.attempts {
+                return Err(failure);
+            }
+            tracing::debug!(registry = %self.registry, %operation, attempt, error = %failure, "retrying");
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+        }
+    }
+
+    /// Sends once, without retry: for requests whose body is a stream that cannot be replayed.
+    /// The token for `scopes` must have been fetched by an earlier request (the upload's POST).
+    pub(crate) async fn send_once(
+        &self,
+        scopes: &[String],
+        operation: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let request = self.authorize(request, scopes, false).await?;
+        match request.send().await {
+            Ok(res) if matches!(res.status().as_u16(), 401 | 403) => Err(self.unauthorized(&res)),
+            Ok(res) if is_transient_status(res.status()) => {
+                let message = format!("HTTP {}: {}", res.status(), body_excerpt(res).await);
+                Err(RegistryError::Unavailable {
+                    registry: self.registry.clone(),
+                    operation: operation.to_string(),
+                    message: self.opts.redact(&message),
+                })
+            }
+            Ok(res) => Ok(res),
+            Err(e) => Err(self.transport_error(&e, operation)),
+        }
+    }
+
+    /// Returns `res` when its status is one of `ok`, else a protocol error with the body's start.
+    pub(crate) async fn expect_status(
+        &self,
+        res: reqwest::Response,
+        ok: &[StatusCode],
+        operation: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        if ok.contains(&res.status()) {
+            return Ok(res);
+        }
+        let status = res.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound {
+                registry: self.registry.clone(),
+                what: operation.to_string(),
+            });
+        }
+        let message = format!("HTTP {status}: {}", body_excerpt(res).await);
+        Err(self.protocol(operation, message))
+    }
+
+    pub(crate) fn protocol(&self, operation: &str, message: String) -> RegistryError {
+        RegistryError::Protocol {
+            registry: self.registry.clone(),
+            operation: operation.to_string(),
+            message: self.opts.redact(&truncate(&message)),
+        }
+    }
+
+    pub(crate) fn transport_error(&self, e: &reqwest::Error, operation: &str) -> RegistryError {
+        if e.is_connect() || e.is_timeout() {
+            RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                reason: self.opts.redact(&connect_reason(e)),
+            }
+        } else {
+            // A connection reset or closed halfway through: as transient as a refused connection.
+            RegistryError::Unavailable {
+                registry: self.registry.clone(),
+                operation: operation.to_string(),
+                message: self.opts.redact(&error_chain(e)),
+            }
+        }
+    }
+
+    fn unauthorized(&self, res: &reqwest::Response) -> RegistryError {
+        RegistryError::Unauthorized {
+            registry: self.registry.clone(),
+            username: self.auth.username().map(str::to_string),
+            detail: format!("HTTP {}", res.status()),
+        }
+    }
+
+    /// Learns the registry's challenge once, from `GET /v2/`.
+    async fn challenge(&self) -> Result<&Challenge, RegistryError> {
+        self.challenge
+            .get_or_try_init(|| async {
+                let mut attempt = 0;
+                let res = loop {
+                    attempt += 1;
+                    let failure = match self.http.get(self.url("")).send().await {
+                        Ok(res) if is_transient_status(res.status()) => RegistryError::Unavailable {
+                            registry: self.registry.clone(),
+                            operation: "ping".into(),
+                            message: format!("HTTP {}", res.status()),
+                        },
+                        Ok(res) => break res,
+                        Err(e) => self.transport_error(&e, "ping"),
+                    };
+                    if attempt >= self.retry.attempts {
+                        return Err(failure);
+                    }
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                };
+                if res.status() != StatusCode::UNAUTHORIZED {
+                    return Ok(Challenge::Open);
+                }
+                let header = res
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                Ok(parse_challenge(header).unwrap_or(Challenge::Basic))
+            })
+            .await
+    }
+
+    /// Adds the Authorization header the registry's challenge asks for.
+    async fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+        scopes: &[String],
+        fresh: bool,
+    ) -> Result<reqwest::RequestBuilder, RegistryError> {
+        Ok(match self.challenge().await? {
+            Challenge::Open => request,
+            Challenge::Basic => match &self.auth {
+                RegistryAuth::Basic { username, password } => {
+                    request.basic_auth(username, Some(password))
+                }
+                RegistryAuth::Anonymous => request,
+            },
+            Challenge::Bearer { .. } => match self.token(scopes, fresh).await? {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            },
+        })
+    }
+
+    /// After a 401: fetches a new token. False when nothing would change (basic auth, or no
+    /// challenge), so the 401 stands.
+    async fn refresh_token(&self, scopes: &[String]) -> Result<bool, RegistryError> {
+        match self.challenge().await? {
+            Challenge::Bearer { .. } => Ok(self.token(scopes, true).await?.is_some()),
+            _ => Ok(false),
+        }
+    }
+
+    /// A bearer token for `scopes` from the registry's token service, cached per scope set.
+    /// Robot accounts (Harbor's `robot$project+name`) are basic credentials exchanged here.
+    async fn token(&self, scopes: &[String], fresh: bool) -> Result<Option<String>, RegistryError> {
+        let Challenge::Bearer { realm, service } = self.challenge().await? else {
+            return Ok(None);
+        };
+        let mut sorted: Vec<&String> = scopes.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let key = sorted
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut tokens = self.tokens.lock().await;
+        if !fresh {
+            if let Some(t) = tokens.get(&key) {
+                return Ok(Some(t.clone()));
+            }
+        }
+        let mut url = Url::parse(realm)
+            .map_err(|e| self.protocol("authentication", format!("bad token realm: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = service {
+                q.append_pair("service", service);
+            }
+            for scope in &sorted {
+                q.append_pair("scope", scope);
+            }
+        }
+        let mut attempt = 0;
+        let res = loop {
+            attempt += 1;
+            let mut request = self.http.get(url.clone());
+            if let RegistryAuth::Basic { username, password } = &self.auth {
+                request = request.basic_auth(username, Some(password));
+            }
+            let failure = match request.send().await {
+                Ok(res) if matches!(res.status().as_u16(), 401 | 403) => {
+                    return Err(self.unauthorized(&res))
+                }
+                Ok(res) if is_transient_status(res.status()) => RegistryError::Unavailable {
+                    registry: self.registry.clone(),
+                    operation: "token".into(),
+                    message: format!("HTTP {}", res.status()),
+                },
+                Ok(res) => break res,
+                Err(e) => self.transport_error(&e, "token"),
+            };
+            if attempt >= self.retry.attempts {
+                return Err(failure);
+            }
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+        };
+        let res = self
+            .expect_status(res, &[StatusCode::OK], "token")
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: TokenAnswer = res
+            .json()
+            .await
+            .map_err(|e| self.protocol("token", format!("token answer is not JSON: {e}")))?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .ok_or_else(|| self.protocol("token", "token answer has no token".into()))?;
+        tokens.insert(key, token.clone());
+        Ok(Some(token))
+    }
+
+    /// HEAD `path`; `Some(Docker-Content-Digest or "")` when it exists, None on 404.
+    pub(crate) async fn head(
+        &self,
+        scopes: &[String],
+        path: &str,
+        accept: Option<&str>,
+        operation: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let url = self.url(path);
+        let res = self
+            .send(scopes, operation, || {
+                let r = self.http.request(Method::HEAD, url.clone());
+                match accept {
+                    Some(a) => r.header(header::ACCEPT, a),
+                    None => r,
+                }
+            })
+            .await?;
+        match res.status() {
+            StatusCode::OK => Ok(Some(header_str(&res, "docker-content-digest").unwrap_or_default())),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => self
+                .expect_status(res, &[StatusCode::OK], operation)
+                .await
+                .map(|_| None),
+        }
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// 429 and 5xx: worth another try.
+fn is_transient_status(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
+}
+
+/// A response header as text.
+pub(crate) fn header_str(res: &reqwest::Response, name: &str) -> Option<String> {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn body_excerpt(res: reqwest::Response) -> String {
+    truncate(&res.text().await.unwrap_or_default())
+}
+
+/// `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut realm = None;
+    let mut service = None;
+    let mut rest = params;
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim();
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"').unwrap_or(quoted.len());
+                (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
+            }
+            None => {
+                let end = after.find(',').unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value.to_string()),
+            "service" => service = Some(value.to_string()),
+            _ => {}
+        }
+        rest = after;
+    }
+    Some(Challenge::Bearer {
+        realm: realm?,
+        service,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="https://h.io/service/token",service="harbor-registry",scope="repository:a/b:pull""#),
+            Some(Challenge::Bearer {
+                realm: "https://h.io/service/token".into(),
+                service: Some("harbor-registry".into())
+            })
+        );
+        assert_eq!(parse_challenge(r#"Basic realm="kiln-test""#), Some(Challenge::Basic));
+        assert_eq!(parse_challenge("Negotiate"), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let p = RetryPolicy {
+            attempts: 10,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let d1 = p.delay(1);
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+        let d3 = p.delay(3);
+        assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+        assert!(p.delay(30) <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,455 @@
+//! `registry-sync` copies between real `docker-registry` instances: one source, two targets, each
+//! target behind a counting/faulting proxy so the tests see exactly what was sent.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::http::Method;
+use registry_sync::{
+    copy_image, BlobLocations, CopyEvent, CopyOptions, CopyReport, ImageRef, RegistryAuth,
+    RegistryOptions, RetryPolicy, TargetState,
+};
+
+use crate::support::oci_images::{random_bytes, ImagePusher, OCI_MANIFEST};
+use crate::support::registry::{free_port, TestRegistry};
+use crate::support::registry_proxy::RegistryProxy;
+
+/// A source registry (behind a proxy too, for faults) and two targets behind proxies.
+struct Rig {
+    source: TestRegistry,
+    source_proxy: RegistryProxy,
+    targets: Vec<TestRegistry>,
+    proxies: Vec<RegistryProxy>,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        crate::support::init();
+        let source = TestRegistry::start().await;
+        let source_proxy = RegistryProxy::start(&source.host()).await;
+        let mut targets = Vec::new();
+        let mut proxies = Vec::new();
+        for _ in 0..2 {
+            let t = TestRegistry::start().await;
+            proxies.push(RegistryProxy::start(&t.host()).await);
+            targets.push(t);
+        }
+        Rig {
+            source,
+            source_proxy,
+            targets,
+            proxies,
+        }
+    }
+
+    fn pusher(&self) -> ImagePusher {
+        ImagePusher::new(&self.source.host())
+    }
+
+    /// Checks on the target registries themselves, not through the proxies.
+    fn target_reader(&self, i: usize) -> ImagePusher {
+        ImagePusher::new(&self.targets[i].host())
+    }
+
+    /// `source-proxy/repo…`.
+    fn source_ref(&self, rest: &str) -> ImageRef {
+        ImageRef::parse(&format!("{}/{rest}", self.source_proxy.host())).unwrap()
+    }
+
+    /// `target-proxy/repo` for both targets.
+    fn target_refs(&self, repo: &str) -> Vec<ImageRef> {
+        self.proxies
+            .iter()
+            .map(|p| ImageRef::parse(&format!("{}/{repo}", p.host())).unwrap())
+            .collect()
+    }
+
+    fn options(&self) -> CopyOptions {
+        let mut registry = RegistryOptions::default();
+        registry.insecure_registries.push(self.source_proxy.host());
+        for p in &self.proxies {
+            registry.insecure_registries.push(p.host());
+        }
+        CopyOptions {
+            registry,
+            retry: RetryPolicy::fast(3),
+            ..CopyOptions::default()
+        }
+    }
+
+    fn reset_counters(&self) {
+        self.source_proxy.reset();
+        for p in &self.proxies {
+            p.reset();
+        }
+    }
+}
+
+async fn copy(source: &ImageRef, targets: &[ImageRef], tags: &[&str], options: &CopyOptions) -> CopyReport {
+    let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    copy_image(source, targets, &tags, options, &|_| {}).await.expect("copy")
+}
+
+fn assert_all_verified(report: &CopyReport) {
+    for t in &report.targets {
+        assert_eq!(t.state, TargetState::Verified, "{}: {:?}", t.target, t);
+    }
+}
+
+/// The `PUT …/manifests/<reference>` requests a proxy saw, by reference, in order.
+fn manifest_puts(proxy: &RegistryProxy) -> Vec<String> {
+    proxy
+        .requests()
+        .iter()
+        .filter_map(|r| r.strip_prefix("PUT "))
+        .filter_map(|p| p.split_once("/manifests/").map(|(_, reference)| reference.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn multi_layer_image_reaches_both_targets_and_a_second_run_sends_no_blob_bytes() {
+    let rig = Rig::start().await;
+    let layers = [random_bytes(1 << 20), random_bytes(2 << 20), random_bytes(300_000)];
+    let layer_refs: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
+    let image = rig.pusher().push_image("team/app", Some("v1"), &layer_refs, "linux", "amd64").await;
+
+    let report = copy(&rig.source_ref("team/app:v1"), &rig.target_refs("team/app"), &["v1"], &rig.options()).await;
+    assert_all_verified(&report);
+    assert_eq!(report.digest, image.digest);
+    assert_eq!(report.blobs, 4);
+    for (i, t) in report.targets.iter().enumerate() {
+        let reader = rig.target_reader(i);
+        assert_eq!(reader.manifest_digest("team/app", &image.digest).await.as_deref(), Some(image.digest.as_str()));
+        assert_eq!(reader.manifest_digest("team/app", "v1").await.as_deref(), Some(image.digest.as_str()));
+        // Raw bytes, never re-serialised.
+        assert_eq!(reader.manifest_bytes("team/app", &image.digest).await.unwrap(), image.manifest);
+        for (digest, _) in &image.blobs {
+            assert!(reader.blob_exists("team/app", digest).await, "{digest} missing on target {i}");
+        }
+        assert_eq!((t.blobs_sent, t.blobs_skipped, t.blobs_mounted), (4, 0, 0));
+        assert_eq!(t.bytes_sent, image.blob_bytes());
+        // The target lacked everything: it got each blob byte exactly once.
+        assert_eq!(rig.proxies[i].blob_upload_bytes(), image.blob_bytes(), "target {i}");
+        assert_eq!(t.target.to_string(), format!("{}/team/app@{}", rig.proxies[i].host(), image.digest));
+    }
+
+    rig.reset_counters();
+    let again = copy(&rig.source_ref("team/app:v1"), &rig.target_refs("team/app"), &["v1"], &rig.options()).await;
+    assert_all_verified(&again);
+    for (i, t) in again.targets.iter().enumerate() {
+        assert_eq!(rig.proxies[i].blob_upload_bytes(), 0, "second run sent blob bytes to target {i}");
+        assert_eq!((t.bytes_sent, t.blobs_sent, t.manifests_pushed), (0, 0, 0));
+        assert_eq!(t.blobs_skipped, 4);
+        assert!(manifest_puts(&rig.proxies[i]).is_empty(), "{:?}", rig.proxies[i].requests());
+    }
+}
+
+#[tokio::test]
+async fn multi_arch_index_copies_children_before_the_index_and_the_tag_last() {
+    let rig = Rig::start().await;
+    let pusher = rig.pusher();
+    let base = random_bytes(1 << 20);
+    let (amd, arm) = (random_bytes(500_000), random_bytes(600_000));
+    let amd64 = pusher.push_image("team/multi", None, &[&base, &amd], "linux", "amd64").await;
+    let arm64 = pusher.push_image("team/multi", None, &[&base, &arm], "linux", "arm64").await;
+    let (index_digest, index_bytes) = pusher
+        .push_index("team/multi", "2.0", &[(&amd64, "linux", "amd64"), (&arm64, "linux", "arm64")])
+        .await;
+    let unique: u64 = {
+        let mut blobs = amd64.blobs.clone();
+        blobs.extend(arm64.blobs.clone());
+        blobs.sort();
+        blobs.dedup();
+        blobs.iter().map(|(_, s)| s).sum()
+    };
+
+    let source = rig.source_ref(&format!("team/multi@{index_digest}"));
+    let report = copy(&source, &rig.target_refs("team/multi"), &["2.0"], &rig.options()).await;
+    assert_all_verified(&report);
+    assert_eq!(report.digest, index_digest);
+    assert_eq!(report.media_type, "application/vnd.oci.image.index.v1+json");
+    for i in 0..2 {
+        let reader = rig.target_reader(i);
+        assert_eq!(reader.manifest_bytes("team/multi", "2.0").await.unwrap(), index_bytes);
+        for child in [&amd64, &arm64] {
+            assert_eq!(reader.manifest_digest("team/multi", &child.digest).await.as_deref(), Some(child.digest.as_str()));
+        }
+        // The shared base layer crossed once.
+        assert_eq!(rig.proxies[i].blob_upload_bytes(), unique, "target {i}");
+        let puts = manifest_puts(&rig.proxies[i]);
+        let pos = |r: &str| puts.iter().position(|p| p == r).unwrap_or_else(|| panic!("{r} not pushed: {puts:?}"));
+        assert!(pos(&amd64.digest) < pos(&index_digest) && pos(&arm64.digest) < pos(&index_digest), "{puts:?}");
+        assert_eq!(puts.last().map(String::as_str), Some("2.0"), "tag not last: {puts:?}");
+    }
+}
+
+#[tokio::test]
+async fn referrer_is_copied_with_its_image() {
+    let rig = Rig::start().await;
+    let pusher = rig.pusher();
+    let layer = random_bytes(700_000);
+    let image = pusher.push_image("team/signed", Some("1.0"), &[&layer], "linux", "amd64").await;
+    let signature = pusher.push_referrer("team/signed", &image, b"signature of the image").await;
+    let fallback_tag = image.digest.replacen(':', "-", 1);
+    let source_index = pusher.manifest_bytes("team/signed", &fallback_tag).await.unwrap();
+
+    let report = copy(&rig.source_ref("team/signed:1.0"), &rig.target_refs("team/signed"), &["1.0"], &rig.options()).await;
+    assert_all_verified(&report);
+    assert_eq!(report.digest, image.digest);
+    assert_eq!(report.manifests, 2, "image and its referrer");
+    for i in 0..2 {
+        let reader = rig.target_reader(i);
+        assert_eq!(reader.manifest_bytes("team/signed", &signature.digest).await.unwrap(), signature.manifest);
+        for (digest, _) in &signature.blobs {
+            assert!(reader.blob_exists("team/signed", digest).await, "{digest} missing on target {i}");
+        }
+        // distribution 2.8 has no referrers API: the tag schema index is copied byte for byte.
+        assert_eq!(reader.manifest_bytes("team/signed", &fallback_tag).await.unwrap(), source_index);
+        let puts = manifest_puts(&rig.proxies[i]);
+        let pos = |r: &str| puts.iter().position(|p| p == r).unwrap();
+        assert!(pos(&image.digest) < pos(&signature.digest), "referrer before its subject: {puts:?}");
+        assert_eq!(puts.last().map(String::as_str), Some("1.0"), "{puts:?}");
+    }
+}
+
+#[tokio::test]
+async fn target_killed_mid_copy_fails_alone_and_the_next_run_sends_only_what_it_lacked() {
+    let mut rig = Rig::start().await;
+    let (small1, small2, large) = (random_bytes(200_000), random_bytes(300_000), random_bytes(24 << 20));
+    let image = rig
+        .pusher()
+        .push_image("team/big", Some("v1"), &[&small1, &small2, &large], "linux", "amd64")
+        .await;
+    let small_total = image.blob_bytes() - large.len() as u64;
+    // One blob at a time, in manifest order (config, small, small, large): the stall point lands
+    // 4 MiB into the large layer, after the small blobs were confirmed.
+    let options = CopyOptions {
+        parallel_blobs: 1,
+        ..rig.options()
+    };
+    rig.proxies[1].stall_uploads_after(small_total + (4 << 20));
+    let source = rig.source_ref("team/big:v1");
+    let targets = rig.target_refs("team/big");
+    let (report, ()) = tokio::join!(copy(&source, &targets, &["v1"], &options), async {
+        rig.proxies[1].wait_stalled(Duration::from_secs(60)).await;
+        rig.targets[1].kill();
+    });
+    assert_eq!(report.targets[0].state, TargetState::Verified, "{:?}", report.targets[0]);
+    let TargetState::Failed { reason } = &report.targets[1].state else {
+        panic!("target 1 should have failed: {:?}", report.targets[1]);
+    };
+    assert!(reason.contains(&rig.proxies[1].host()), "reason names the registry: {reason}");
+    assert_eq!(report.targets[1].blobs_sent, 3, "{:?}", report.targets[1]);
+    assert_eq!(rig.target_reader(0).manifest_digest("team/big", "v1").await.as_deref(), Some(image.digest.as_str()));
+
+    rig.targets[1].restart().await;
+    let reader = rig.target_reader(1);
+    assert_eq!(reader.manifest_digest("team/big", &image.digest).await, None, "no manifest before its blobs");
+    let mut lacking = 0;
+    for (digest, size) in &image.blobs {
+        if !reader.blob_exists("team/big", digest).await {
+            lacking += size;
+        }
+    }
+    assert_eq!(lacking, large.len() as u64, "the small blobs survived the kill");
+
+    rig.reset_counters();
+    let again = copy(&source, &targets, &["v1"], &options).await;
+    assert_all_verified(&again);
+    assert_eq!(rig.proxies[1].blob_upload_bytes(), lacking, "resent only what target 1 lacked");
+    assert_eq!(rig.proxies[0].blob_upload_bytes(), 0);
+    assert_eq!((again.targets[1].blobs_sent, again.targets[1].blobs_skipped), (1, 3));
+    assert_eq!(reader.manifest_digest("team/big", "v1").await.as_deref(), Some(image.digest.as_str()));
+}
+
+#[tokio::test]
+async fn registries_answering_500_twice_then_succeeding_are_retried() {
+    let rig = Rig::start().await;
+    let layers = [random_bytes(400_000), random_bytes(500_000)];
+    let image = rig
+        .pusher()
+        .push_image("team/flaky", Some("v1"), &[&layers[0], &layers[1]], "linux", "amd64")
+        .await;
+    // The source fails two blob reads, target 0 two manifest pushes, target 1 two blob uploads.
+    rig.source_proxy.fail_next(Method::GET, "/blobs/sha256:", 2);
+    rig.proxies[0].fail_next(Method::PUT, "/manifests/", 2);
+    rig.proxies[1].fail_next(Method::PUT, "/blobs/uploads/", 2);
+
+    let report = copy(&rig.source_ref("team/flaky:v1"), &rig.target_refs("team/flaky"), &["v1"], &rig.options()).await;
+    assert_all_verified(&report);
+    assert_eq!(rig.source_proxy.faults_served(), 2);
+    for i in 0..2 {
+        assert_eq!(rig.proxies[i].faults_served(), 2, "target {i}");
+        assert_eq!(rig.target_reader(i).manifest_digest("team/flaky", "v1").await.as_deref(), Some(image.digest.as_str()));
+        // Refused uploads carried no bytes to the registry; each blob arrived once.
+        assert_eq!(rig.proxies[i].blob_upload_bytes(), image.blob_bytes(), "target {i}");
+    }
+
+    // Still failing after the last attempt: that target fails, alone, naming the cause.
+    rig.proxies[1].fail_next(Method::PUT, "/manifests/", 10);
+    let other = rig.pusher().push_image("team/flaky", Some("v2"), &[&layers[0]], "linux", "arm64").await;
+    let report = copy(&rig.source_ref("team/flaky:v2"), &rig.target_refs("team/flaky"), &["v2"], &rig.options()).await;
+    assert_eq!(report.targets[0].state, TargetState::Verified);
+    let TargetState::Failed { reason } = &report.targets[1].state else { panic!("{:?}", report.targets[1]) };
+    assert!(reason.contains("500"), "{reason}");
+    assert_eq!(rig.proxies[1].faults_served(), 2 + 3, "three attempts");
+    assert_eq!(rig.target_reader(1).manifest_digest("team/flaky", "v2").await, None);
+    assert_eq!(rig.target_reader(0).manifest_digest("team/flaky", "v2").await, Some(other.digest));
+}
+
+#[tokio::test]
+async fn wrong_password_fails_clearly_without_showing_it_and_the_right_one_copies() {
+    crate::support::init();
+    let source = TestRegistry::start().await;
+    let open = TestRegistry::start().await;
+    let user = "robot$team+ci";
+    let locked = TestRegistry::start_with_htpasswd(user, "right-password-1").await;
+    ImagePusher::new(&source.host())
+        .push_image("team/app", Some("v1"), &[&random_bytes(100_000)], "linux", "amd64")
+        .await;
+    let src = ImageRef::parse(&format!("{}/team/app:v1", source.host())).unwrap();
+    let targets = [
+        ImageRef::parse(&format!("{}/team/app", open.host())).unwrap(),
+        ImageRef::parse(&format!("{}/team/app", locked.host())).unwrap(),
+    ];
+    let mut options = CopyOptions {
+        retry: RetryPolicy::fast(3),
+        ..CopyOptions::default()
+    };
+    options.registry.insecure_registries = vec![source.host(), open.host(), locked.host()];
+    let secret = "wrong-password-S3CRET";
+    options
+        .registry
+        .registry_auth
+        .insert(locked.host(), RegistryAuth::basic(user, secret));
+
+    let report = copy(&src, &targets, &["v1"], &options).await;
+    assert_eq!(report.targets[0].state, TargetState::Verified);
+    let TargetState::Failed { reason } = &report.targets[1].state else { panic!("{:?}", report.targets[1]) };
+    assert!(reason.contains(&locked.host()) && reason.contains("refused access") && reason.contains(user), "{reason}");
+    assert!(!reason.contains(secret), "password leaked: {reason}");
+    assert!(!format!("{report:?}").contains(secret));
+    assert_eq!(report.targets[1].bytes_sent, 0, "nothing sent before authentication");
+
+    options
+        .registry
+        .registry_auth
+        .insert(locked.host(), RegistryAuth::basic(user, "right-password-1"));
+    let report = copy(&src, &targets, &["v1"], &options).await;
+    assert_all_verified(&report);
+    assert_eq!(report.targets[1].blobs_sent, 2);
+    assert_eq!(report.targets[0].blobs_skipped, 2);
+}
+
+#[tokio::test]
+async fn blobs_in_another_repository_of_the_target_are_mounted_not_sent() {
+    let rig = Rig::start().await;
+    let pusher = rig.pusher();
+    let base = random_bytes(1 << 20);
+    let (a_top, b_top) = (random_bytes(100_000), random_bytes(150_000));
+    let a = pusher.push_image("team/a", Some("v1"), &[&base, &a_top], "linux", "amd64").await;
+    let b = pusher.push_image("team/b", Some("v1"), &[&base, &b_top], "linux", "amd64").await;
+    let options = CopyOptions {
+        blob_locations: BlobLocations::default(),
+        ..rig.options()
+    };
+    assert_all_verified(&copy(&rig.source_ref("team/a:v1"), &rig.target_refs("team/a"), &["v1"], &options).await);
+    rig.reset_counters();
+
+    let mounted = Mutex::new(Vec::new());
+    let report = copy_image(
+        &rig.source_ref("team/b:v1"),
+        &rig.target_refs("team/b"),
+        &["v1".to_string()],
+        &options,
+        &|e| {
+            if let CopyEvent::BlobMounted { target, digest, from } = e {
+                mounted.lock().unwrap().push((target, digest, from));
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_all_verified(&report);
+    let base_digest = &a.blobs[1].0;
+    for i in 0..2 {
+        assert!(
+            mounted.lock().unwrap().contains(&(i, base_digest.clone(), "team/a".to_string())),
+            "{:?}",
+            mounted.lock().unwrap()
+        );
+        assert_eq!(report.targets[i].blobs_mounted, 1);
+        // Only b's own layer and config crossed.
+        let own: u64 = b.blobs.iter().filter(|(d, _)| d != base_digest).map(|(_, s)| s).sum();
+        assert_eq!(rig.proxies[i].blob_upload_bytes(), own, "target {i}");
+        assert!(rig.target_reader(i).blob_exists("team/b", base_digest).await);
+    }
+}
+
+#[tokio::test]
+async fn kiln_sync_copies_with_an_authfile_and_exits_1_when_a_target_is_down() {
+    crate::support::init();
+    let source = TestRegistry::start().await;
+    let open = TestRegistry::start().await;
+    let locked = TestRegistry::start_with_htpasswd("robot$team+ci", "pw-from-authfile").await;
+    let image = ImagePusher::new(&source.host())
+        .push_image("team/cli", Some("3.1"), &[&random_bytes(2 << 20), &random_bytes(1 << 20)], "linux", "amd64")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let authfile = dir.path().join("config.json");
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("robot$team+ci:pw-from-authfile");
+    std::fs::write(&authfile, format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, locked.host())).unwrap();
+
+    let kiln = |args: &[String]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.arg("sync")
+            .args(["--insecure", &source.host(), "--insecure", &open.host(), "--insecure", &locked.host()])
+            .arg("--authfile")
+            .arg(&authfile)
+            .args(args)
+            .env("HOME", dir.path());
+        cmd.output().unwrap()
+    };
+    let out = kiln(&[
+        format!("{}/team/cli:3.1", source.host()),
+        format!("{}/team/cli", open.host()),
+        format!("{}/team/cli", locked.host()),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout.matches("verified").count(), 2, "{stdout}");
+    assert!(stdout.contains(&image.digest), "{stdout}");
+    assert!(stderr.contains("100%") || stderr.contains("3.0 MiB / 3.0 MiB"), "progress shown: {stderr}");
+    assert!(!stdout.contains("pw-from-authfile") && !stderr.contains("pw-from-authfile"));
+    for host in [open.host(), locked.host()] {
+        let res = reqwest::Client::new()
+            .head(format!("http://{host}/v2/team/cli/manifests/3.1"))
+            .header("accept", OCI_MANIFEST)
+            .basic_auth("robot$team+ci", Some("pw-from-authfile"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["docker-content-digest"].to_str().unwrap(), image.digest);
+    }
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = kiln(&[
+        "--attempts".into(),
+        "2".into(),
+        "--insecure".into(),
+        dead.clone(),
+        format!("{}/team/cli@{}", source.host(), image.digest),
+        format!("{}/team/cli2", open.host()),
+        format!("{dead}/team/cli"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("FAILED") && stdout.contains(&dead) && stdout.contains("connection refused"), "{stdout}");
+    assert_eq!(stdout.matches("verified").count(), 1, "{stdout}");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["sync", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--authfile") && help.contains("--insecure") && help.contains("verified by digest"), "{help}");
+}
+
