@@ -57,8 +57,8 @@ impl RolloutWorld {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path(), &[]);
         config.clusters = vec![
-            ClusterConfig { name: "east".into(), registry: EAST.into(), context: None, in_cluster: false },
-            ClusterConfig { name: "west".into(), registry: WEST.into(), context: None, in_cluster: false },
+            ClusterConfig { name: "east".into(), registry: EAST.into(), ..Default::default() },
+            ClusterConfig { name: "west".into(), registry: WEST.into(), ..Default::default() },
         ];
         config.harbor.webhook_auth = Some(AUTH.into());
         config.rollout.deadline_secs = 30;
@@ -290,4 +290,133 @@ async fn a_deployment_annotated_with_its_app_is_subscribed_and_follows_its_pushe
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/tools/migrate:1");
     // The unannotated Deployment `web` was left alone.
     assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello:old"));
+}
+
+/// The whole way: a GitLab push is built (real git, Go, registry), the image is replicated to
+/// both clusters' real registries, each cluster's Deployment is set to its own registry's copy
+/// by digest; a rollback request moves every cluster back, and in the cluster where that rollout
+/// is made to fail the Deployment returns to what it ran.
+#[tokio::test]
+async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_digest_and_rolled_back() {
+    use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
+    use crate::support::git_server::GitServer;
+    use crate::support::registry::TestRegistry;
+    const TOKEN: &str = "glpat-rollout-e2e-token";
+    const SECRET: &str = "hook-secret-rollout";
+
+    let git = GitServer::start_with_token(TOKEN).await;
+    let (source, east_registry, west_registry) = (TestRegistry::start().await, TestRegistry::start().await, TestRegistry::start().await);
+    let (east_host, west_host) = (east_registry.host(), west_registry.host());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), &[&source.host(), &east_host, &west_host]);
+    config.clusters = vec![
+        ClusterConfig { name: "east".into(), registry: east_host.clone(), ..Default::default() },
+        // West keeps the team's images in its own project.
+        ClusterConfig { name: "west".into(), registry: west_host.clone(), projects: [("team".to_string(), "team-west".to_string())].into(), ..Default::default() },
+    ];
+    config.rollout.deadline_secs = 30;
+    let kiln = TestKiln::start_with(dir, config).await;
+    let east = cluster_with_web(&format!("{east_host}/team/hello:old")).await;
+    let west = cluster_with_web(&format!("{west_host}/team-west/hello:old")).await;
+    kiln.ctx.clusters.set_client("east", east.client());
+    kiln.ctx.clusters.set_client("west", west.client());
+    let token = kiln.tenant("team").await;
+    let repo = git.create_repo("team/hello");
+    let files = fixture_files("go-hello");
+    let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+    let first = repo.commit_files(&files, "first");
+    let mut spec = app_spec("hello", &git.url("team/hello"), "team/hello", &format!("{}/team/hello", source.host()), SECRET);
+    spec["git_token"] = TOKEN.into();
+    spec["kind"] = "go".into();
+    kiln.app(&token, spec).await;
+    for cluster in ["east", "west"] {
+        let body = json!({"cluster": cluster, "namespace": "shop", "deployment": "web", "container": "app", "policy": "branch:main"});
+        let (status, answer) = kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&token), Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let w = RolloutWorld { kiln, east, west, token };
+
+    let push = |sha: String| {
+        let w = &w;
+        let git = &git;
+        async move {
+            let push = GitlabPush::branch("team/hello", &git.url("team/hello"), "main", &sha);
+            let req = Request::post("/hooks/gitlab").header("x-gitlab-event", push.event()).header("x-gitlab-token", SECRET).body(Body::from(push.body().to_string())).unwrap();
+            let (status, body) = w.kiln.send(req).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            let id = body["builds"][0].as_i64().unwrap();
+            let build = w.kiln.wait_final(id, Duration::from_secs(240)).await;
+            assert_eq!(build.state, builder_api::store::BuildState::Succeeded, "{:?}\n{}", build.reason, w.kiln.log(id).await);
+            (id, build.image_digest.unwrap())
+        }
+    };
+    // Replication and rollout follow the build on their own.
+    let wait_for_images = |east_image: String, west_image: String| {
+        let w = &w;
+        async move {
+            let deadline = tokio::time::Instant::now() + LIMIT;
+            while image_of(&w.east, "app") != east_image || image_of(&w.west, "app") != west_image {
+                assert!(tokio::time::Instant::now() < deadline, "east {} west {}: {:#}", image_of(&w.east, "app"), image_of(&w.west, "app"), w.releases().await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            w.settled().await
+        }
+    };
+
+    let (b1, d1) = push(first).await;
+    wait_for_images(format!("{east_host}/team/hello@{d1}"), format!("{west_host}/team-west/hello@{d1}")).await;
+    let (_, build) = w.kiln.request(Method::GET, &format!("/api/v1/builds/{b1}"), Some(&w.token), None).await;
+    let syncs = build["syncs"].as_array().unwrap();
+    assert_eq!(syncs.len(), 2, "{build:#}");
+    for s in syncs {
+        assert_eq!(s["state"], "Verified", "{s}");
+        assert!(s["bytes_sent"].as_i64().unwrap() > 0 && s["blobs_sent"].as_i64().unwrap() > 0, "{s}");
+    }
+    // The copies are really there, under the same digest.
+    for (registry, path) in [(&east_registry, "team/hello"), (&west_registry, "team-west/hello")] {
+        let reference: registry_sync::ImageRef = format!("{}/{path}@{d1}", registry.host()).parse().unwrap();
+        let opts = registry_sync::RegistryOptions { insecure_registries: vec![registry.host()], ..Default::default() };
+        assert_eq!(registry_sync::pull_image(&reference, &opts).await.unwrap().manifest_digest, d1);
+    }
+    // Re-running the sync sends nothing: every blob is there.
+    let asked = builder_api::store::now_ms();
+    let (status, _) = w.kiln.request(Method::POST, &format!("/api/v1/builds/{b1}/sync"), Some(&w.token), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let syncs = w.kiln.ctx.store.syncs(b1).await.unwrap();
+        if syncs.iter().all(|s| s.state == "Verified" && s.updated_at >= asked) {
+            assert!(syncs.iter().all(|s| s.bytes_sent == 0 && s.blobs_sent == 0), "{syncs:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{syncs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A second commit rolls both clusters forward.
+    let second = repo.commit_files(&[("main.go", b"package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"second\") }\n".as_slice(), false)], "second");
+    let (_, d2) = push(second).await;
+    assert_ne!(d1, d2);
+    wait_for_images(format!("{east_host}/team/hello@{d2}"), format!("{west_host}/team-west/hello@{d2}")).await;
+
+    // Back to the first build everywhere — but in west that rollout never becomes available.
+    w.west.fail_rollouts_of(d1.trim_start_matches("sha256:"));
+    let (status, answer) = w.kiln.request(Method::POST, "/api/v1/apps/hello/rollback", Some(&w.token), Some(json!({"build": b1}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let releases = wait_for_images(format!("{east_host}/team/hello@{d1}"), format!("{west_host}/team-west/hello@{d2}")).await;
+    let (east, west) = (history(&releases, "east"), history(&releases, "west"));
+    assert_eq!((east[0]["trigger"].as_str(), east[0]["state"].as_str()), (Some("rollback"), Some("Complete")), "{releases:#}");
+    assert_eq!(west[0]["state"], "RolledBack", "{releases:#}");
+    assert!(west[0]["reason"].as_str().unwrap().contains("ProgressDeadlineExceeded"), "{releases:#}");
+    let current: Vec<(&str, &str)> =
+        releases["releases"].as_array().unwrap().iter().map(|r| (r["cluster"].as_str().unwrap(), r["digest"].as_str().unwrap())).collect();
+    assert_eq!(current, [("east", d1.as_str()), ("west", d2.as_str())]);
+    // Every rollout of the history, oldest first: the first build, the re-sync of it (a no-op:
+    // the Deployment ran that image already), the second build, the rollback.
+    let triggers: Vec<(&str, Option<&str>)> = east.iter().rev().map(|r| (r["trigger"].as_str().unwrap(), r["reason"].as_str())).collect();
+    assert_eq!(
+        triggers,
+        [("sync", None), ("sync", Some("the Deployment already ran this image")), ("sync", None), ("rollback", None)],
+        "{releases:#}"
+    );
 }

@@ -636,7 +636,7 @@ async fn rollout() {
     c.store.data_dir = dir.path().join("data");
     c.server.admin_token = Some(ADMIN.into());
     c.harbor.webhook_auth = Some(AUTH.into());
-    c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), context: None, in_cluster: false }];
+    c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), ..Default::default() }];
     let ctx = builder_api::server::build_context(c).await.unwrap();
     ctx.clusters.set_client("bench", fake.client());
     builder_api::server::start_background(&ctx).await.unwrap();

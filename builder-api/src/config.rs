@@ -24,7 +24,7 @@ pub struct Config {
 }
 
 /// One cluster: where its Deployments live and which registry its nodes pull from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
@@ -36,6 +36,28 @@ pub struct ClusterConfig {
     /// Use the service account Kiln runs under (Kiln's own cluster).
     #[serde(default)]
     pub in_cluster: bool,
+    /// Credentials for pushing to the registry (a Harbor robot account `robot$project+name`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Tenant → the project its images go to in this registry; the source project when unset.
+    #[serde(default)]
+    pub projects: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("registry", &self.registry)
+            .field("context", &self.context)
+            .field("in_cluster", &self.in_cluster)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "****"))
+            .field("projects", &self.projects)
+            .finish()
+    }
 }
 
 /// `POST /hooks/harbor`.

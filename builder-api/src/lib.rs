@@ -8,7 +8,8 @@
 //! - a log line is captured and followed in [`logs`] and kept by the [`store`],
 //! - the commands that run inside build pods (`kiln step …`) are in [`steps`],
 //! - the web page (builds list, build page with the live log) is in [`web`],
-//! - a new image rolls out to subscribed Deployments in every cluster in [`rollout`].
+//! - a built image is copied to every cluster's registry in [`replication`] (the copy engine is
+//!   `registry-sync`), and rolls out to subscribed Deployments in [`rollout`].
 
 pub mod auth;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod handlers;
 pub mod hooks;
 pub mod logs;
 pub mod plan;
+pub mod replication;
 pub mod rollout;
 pub mod router;
 pub mod scheduler;

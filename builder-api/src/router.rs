@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds", get(builds::list))
         .route("/api/v1/builds/{id}", get(builds::get))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
+        .route("/api/v1/builds/{id}/sync", post(builds::sync))
         .route("/api/v1/builds/{id}/logs", get(builds::logs))
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))

@@ -121,6 +121,10 @@ fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resu
         ctx.scheduler.running.lock().unwrap().remove(&id);
         ctx.hub.ended(id);
         ctx.scheduler.wake();
+        // A pushed image goes on to every cluster's registry.
+        if !ctx.clusters.all().is_empty() && ctx.store.build(id).await.ok().flatten().is_some_and(|b| b.state == BuildState::Succeeded) {
+            crate::replication::spawn(ctx.clone(), id);
+        }
     });
 }
 

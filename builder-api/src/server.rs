@@ -91,6 +91,7 @@ pub async fn start_background(ctx: &Arc<Context>) -> anyhow::Result<()> {
     }
     tokio::spawn(scheduler::run(ctx.clone()));
     tokio::spawn(crate::rollout::run(ctx.clone()));
+    crate::replication::resume(ctx).await?;
     Ok(())
 }
 

@@ -92,7 +92,22 @@ async fn visible_build(s: &AppState, who: &Principal, id: i64) -> ApiResult<Buil
 pub async fn get(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     let build = visible_build(&s, &who, id).await?;
     let steps = s.store.steps(id).await?;
-    Ok(Json(json!({ "build": build, "steps": steps })))
+    let syncs = s.store.syncs(id).await?;
+    Ok(Json(json!({ "build": build, "steps": steps, "syncs": syncs })))
+}
+
+/// `POST /api/v1/builds/{id}/sync`: copies the build's image to every cluster's registry again
+/// (what a target already has is not sent again). 202; the outcome shows in the build's `syncs`.
+pub async fn sync(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let build = visible_build(&s, &who, id).await?;
+    if s.clusters.all().is_empty() {
+        return Err(ApiError::Unprocessable("no cluster is configured to replicate to ([[clusters]] in the config)".into()));
+    }
+    if build.state != BuildState::Succeeded || build.image.is_none() {
+        return Err(ApiError::Unprocessable(format!("build {id} has no pushed image ({}); only a successful build is replicated", build.state.as_str())));
+    }
+    crate::replication::spawn(s.0.clone(), id);
+    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "replicating", "clusters": s.clusters.all().iter().map(|c| &c.name).collect::<Vec<_>>() }))))
 }
 
 #[derive(Deserialize, Default)]

@@ -24,8 +24,8 @@ pub struct CreateSubscription {
     pub namespace: String,
     pub deployment: String,
     pub container: String,
-    /// The repository path in the cluster registries; by default the app's image repository
-    /// without its registry host.
+    /// The repository path in the cluster's registry; by default the app's image repository
+    /// without its registry host, in the tenant's project of that registry.
     pub repository: Option<String>,
     pub policy: String,
     #[serde(default = "yes")]
@@ -44,17 +44,20 @@ pub async fn create_subscription(
     JsonBody(req): JsonBody<CreateSubscription>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
-    if s.clusters.get(&req.cluster).is_none() {
+    let Some(cluster) = s.clusters.get(&req.cluster) else {
         let known: Vec<&str> = s.clusters.all().iter().map(|c| c.name.as_str()).collect();
         return Err(ApiError::Unprocessable(format!("no cluster {:?} is configured (known: {})", req.cluster, known.join(", "))));
-    }
+    };
     validate::dns_label("namespace", &req.namespace).map_err(bad)?;
     validate::dns_label("deployment", &req.deployment).map_err(bad)?;
     validate::dns_label("container", &req.container).map_err(bad)?;
     req.policy.parse::<Policy>().map_err(bad)?;
     let repository = match req.repository {
         Some(r) => r,
-        None => app.image_repository.split_once('/').map(|(_, path)| path.to_string()).unwrap_or_default(),
+        None => {
+            let path = app.image_repository.split_once('/').map(|(_, path)| path).unwrap_or_default();
+            crate::replication::repository_in(cluster, &app.tenant, path)
+        }
     };
     validate::image_repository_path(&repository).map_err(bad)?;
     let sub = s

@@ -71,7 +71,9 @@ async fn subscribe(
         Some(c) => containers.iter().find(|x| &x.name == c).ok_or(format!("no container {c:?}"))?.name.clone(),
         None => containers.first().ok_or("no containers")?.name.clone(),
     };
-    let repository = app.image_repository.split_once('/').map(|(_, p)| p.to_string()).unwrap_or_default();
+    let cluster_config = ctx.clusters.get(cluster).ok_or("no such cluster")?;
+    let path = app.image_repository.split_once('/').map(|(_, p)| p).unwrap_or_default();
+    let repository = crate::replication::repository_in(cluster_config, &app.tenant, path);
     let new = NewSubscription {
         app_id: app.id,
         cluster: cluster.to_string(),

@@ -134,6 +134,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX rollouts_by_subscription ON rollouts(subscription_id, id);
     CREATE INDEX rollouts_by_state ON rollouts(state, id);
     "#,
+    // 4: replication of each built image to every cluster's registry, one row per cluster.
+    r#"
+    CREATE TABLE build_syncs (
+        build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+        cluster TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        bytes_sent INTEGER NOT NULL DEFAULT 0,
+        blobs_sent INTEGER NOT NULL DEFAULT 0,
+        blobs_mounted INTEGER NOT NULL DEFAULT 0,
+        blobs_skipped INTEGER NOT NULL DEFAULT 0,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (build_id, cluster)
+    );
+    CREATE INDEX build_syncs_by_state ON build_syncs(state);
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

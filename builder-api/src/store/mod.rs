@@ -7,6 +7,7 @@ mod deliveries;
 mod logs;
 mod migrations;
 mod rollouts;
+mod syncs;
 mod tenants;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ pub use builds::{Build, BuildState, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
 pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, Subscription};
+pub use syncs::BuildSync;
 pub use tenants::{new_token, token_sha256, Principal, Tenant};
 
 #[derive(Debug, thiserror::Error)]

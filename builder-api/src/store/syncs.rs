@@ -1,0 +1,95 @@
+//! Replication records: one row per (build, cluster) — where the built image was copied, whether
+//! the copy is verified, and what it cost. A re-run replaces the row.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{now_ms, Result, Store};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BuildSync {
+    pub cluster: String,
+    /// `registry/repo@sha256:…` in the cluster's registry.
+    pub target: String,
+    /// `Running`, `Verified` or `Failed`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub bytes_sent: i64,
+    pub blobs_sent: i64,
+    pub blobs_mounted: i64,
+    pub blobs_skipped: i64,
+    pub duration_ms: i64,
+    pub updated_at: i64,
+}
+
+impl Store {
+    /// Records that copies to these (cluster, target) pairs started.
+    pub async fn start_syncs(&self, build_id: i64, targets: &[(String, String)]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for (cluster, target) in targets {
+            sqlx::query(
+                "INSERT INTO build_syncs (build_id, cluster, target, state, updated_at) VALUES (?, ?, ?, 'Running', ?)
+                 ON CONFLICT (build_id, cluster) DO UPDATE SET target = excluded.target, state = 'Running', reason = NULL,
+                    bytes_sent = 0, blobs_sent = 0, blobs_mounted = 0, blobs_skipped = 0, duration_ms = 0, updated_at = excluded.updated_at",
+            )
+            .bind(build_id)
+            .bind(cluster)
+            .bind(target)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn finish_sync(&self, build_id: i64, s: &BuildSync) -> Result<()> {
+        sqlx::query(
+            "UPDATE build_syncs SET state = ?, reason = ?, bytes_sent = ?, blobs_sent = ?, blobs_mounted = ?, blobs_skipped = ?,
+                duration_ms = ?, updated_at = ? WHERE build_id = ? AND cluster = ?",
+        )
+        .bind(&s.state)
+        .bind(&s.reason)
+        .bind(s.bytes_sent)
+        .bind(s.blobs_sent)
+        .bind(s.blobs_mounted)
+        .bind(s.blobs_skipped)
+        .bind(s.duration_ms)
+        .bind(now_ms())
+        .bind(build_id)
+        .bind(&s.cluster)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn syncs(&self, build_id: i64) -> Result<Vec<BuildSync>> {
+        let rows = sqlx::query(
+            "SELECT cluster, target, state, reason, bytes_sent, blobs_sent, blobs_mounted, blobs_skipped, duration_ms, updated_at
+             FROM build_syncs WHERE build_id = ? ORDER BY cluster",
+        )
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| BuildSync {
+                cluster: r.get(0),
+                target: r.get(1),
+                state: r.get(2),
+                reason: r.get(3),
+                bytes_sent: r.get(4),
+                blobs_sent: r.get(5),
+                blobs_mounted: r.get(6),
+                blobs_skipped: r.get(7),
+                duration_ms: r.get(8),
+                updated_at: r.get(9),
+            })
+            .collect())
+    }
+
+    /// Builds whose replication a previous process left running.
+    pub async fn builds_with_running_syncs(&self) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT build_id FROM build_syncs WHERE state = 'Running' ORDER BY build_id").fetch_all(&self.pool).await?)
+    }
+}
