@@ -796,7 +796,7 @@ async fn sync() {
     // Kiln: one copy per image to both targets; blob locations shared so later images mount the
     // base layers the first one brought.
     let mut registry = RegistryOptions::default();
-    registry.insecure_registries = [&source].iter().chain(&kiln_targets).map(|r| r.host()).collect();
+    registry.insecure_registries = std::iter::once(&source).chain(&kiln_targets).map(|r| r.host()).collect();
     let options = CopyOptions { registry, ..CopyOptions::default() };
     let run_kiln = || async {
         let mut sent = 0u64;

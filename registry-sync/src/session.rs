@@ -290,27 +290,39 @@ impl RegistrySession {
         }
     }
 
+    /// Sends without the registry's authorization (the ping, the token service), retrying
+    /// connection errors, 429 and 5xx.
+    async fn send_unauthorized(
+        &self,
+        operation: &str,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match make().send().await {
+                Ok(res) if is_transient_status(res.status()) => RegistryError::Unavailable {
+                    registry: self.registry.clone(),
+                    operation: operation.to_string(),
+                    message: format!("HTTP {}", res.status()),
+                },
+                Ok(res) => return Ok(res),
+                Err(e) => self.transport_error(&e, operation),
+            };
+            if attempt >= self.retry.attempts {
+                return Err(failure);
+            }
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+        }
+    }
+
     /// Learns the registry's challenge once, from `GET /v2/`.
     async fn challenge(&self) -> Result<&Challenge, RegistryError> {
         self.challenge
             .get_or_try_init(|| async {
-                let mut attempt = 0;
-                let res = loop {
-                    attempt += 1;
-                    let failure = match self.http.get(self.url("")).send().await {
-                        Ok(res) if is_transient_status(res.status()) => RegistryError::Unavailable {
-                            registry: self.registry.clone(),
-                            operation: "ping".into(),
-                            message: format!("HTTP {}", res.status()),
-                        },
-                        Ok(res) => break res,
-                        Err(e) => self.transport_error(&e, "ping"),
-                    };
-                    if attempt >= self.retry.attempts {
-                        return Err(failure);
-                    }
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
-                };
+                let res = self
+                    .send_unauthorized("ping", || self.http.get(self.url("")))
+                    .await?;
                 if res.status() != StatusCode::UNAUTHORIZED {
                     return Ok(Challenge::Open);
                 }
@@ -386,30 +398,20 @@ impl RegistrySession {
                 q.append_pair("scope", scope);
             }
         }
-        let mut attempt = 0;
-        let res = loop {
-            attempt += 1;
-            let mut request = self.http.get(url.clone());
-            if let RegistryAuth::Basic { username, password } = &self.auth {
-                request = request.basic_auth(username, Some(password));
-            }
-            let failure = match request.send().await {
-                Ok(res) if matches!(res.status().as_u16(), 401 | 403) => {
-                    return Err(self.unauthorized(&res))
+        let res = self
+            .send_unauthorized("token", || {
+                let request = self.http.get(url.clone());
+                match &self.auth {
+                    RegistryAuth::Basic { username, password } => {
+                        request.basic_auth(username, Some(password))
+                    }
+                    RegistryAuth::Anonymous => request,
                 }
-                Ok(res) if is_transient_status(res.status()) => RegistryError::Unavailable {
-                    registry: self.registry.clone(),
-                    operation: "token".into(),
-                    message: format!("HTTP {}", res.status()),
-                },
-                Ok(res) => break res,
-                Err(e) => self.transport_error(&e, "token"),
-            };
-            if attempt >= self.retry.attempts {
-                return Err(failure);
-            }
-            tokio::time::sleep(self.retry.delay(attempt)).await;
-        };
+            })
+            .await?;
+        if matches!(res.status().as_u16(), 401 | 403) {
+            return Err(self.unauthorized(&res));
+        }
         let res = self
             .expect_status(res, &[StatusCode::OK], "token")
             .await?;
