@@ -193,6 +193,28 @@
     $('stream-status').textContent = { live: '● live', reconnecting: 'reconnecting…', ended: '', error: '' }[s] || '';
   }
 
+  // ---- replication to the clusters' registries ------------------------------------------------
+  let syncPoll = null;
+  function renderSyncs(list) {
+    const ul = $('syncs');
+    ul.hidden = !list || list.length === 0;
+    const frag = document.createDocumentFragment();
+    for (const s of list || []) {
+      const li = document.createElement('li');
+      li.dataset.state = s.state;
+      const what = s.state === 'Verified'
+        ? 'verified · ' + Kiln.bytes(s.bytes_sent) + ' sent, ' + s.blobs_mounted + ' mounted, ' + s.blobs_skipped + ' already there · ' + Kiln.duration(s.duration_ms)
+        : s.state === 'Failed' ? 'failed: ' + (s.reason || '') : 'copying…';
+      li.textContent = s.cluster + ' — ' + what;
+      li.title = s.target;
+      frag.appendChild(li);
+    }
+    ul.replaceChildren(frag);
+    // Replication runs after the build: look again while a copy is going on.
+    clearTimeout(syncPoll);
+    if ((list || []).some((s) => s.state === 'Running')) syncPoll = setTimeout(() => load().catch(() => {}), 2000);
+  }
+
   async function load() {
     const body = await Kiln.apiJson('/api/v1/builds/' + id);
     build = body.build;
@@ -200,6 +222,7 @@
     else if (Kiln.isFinal(build.state)) finalState = build.state;
     renderHeader();
     stepsFromApi(body.steps);
+    renderSyncs(body.syncs);
   }
 
   async function download() {

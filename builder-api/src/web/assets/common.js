@@ -283,6 +283,14 @@ const Kiln = (() => {
     return Math.floor(m / 60) + 'h ' + (m % 60) + 'm';
   }
 
+  function bytes(n) {
+    const units = ['B', 'KiB', 'MiB', 'GiB'];
+    let v = n || 0;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return (i === 0 ? v : v.toFixed(1)) + ' ' + units[i];
+  }
+
   function buildDuration(b, now) {
     if (!b.started_at) return '';
     return duration((b.finished_at || now || Date.now()) - b.started_at);
@@ -310,7 +318,7 @@ const Kiln = (() => {
 
   return {
     $, token, setToken, boot, api, apiJson, HttpError, showError, SseParser, followSse,
-    ansiSegments, appendAnsi, duration, buildDuration, ago, shortCommit, shortDigest, shortRef,
+    ansiSegments, appendAnsi, duration, bytes, buildDuration, ago, shortCommit, shortDigest, shortRef,
     isFinal, stateBadge,
   };
 })();
