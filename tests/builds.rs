@@ -8,7 +8,7 @@ use axum::http::{Method, Request, StatusCode};
 use builder_api::store::{Build, BuildState};
 use serde_json::{json, Value};
 
-use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
+use crate::support::fixtures::{app_spec, fixture_files, push_busybox_base, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::TestKiln;
 use crate::support::registry::TestRegistry;
@@ -145,22 +145,7 @@ async fn a_maven_push_becomes_an_image_with_the_jar_and_rebuilds_to_the_same_dig
 #[tokio::test]
 async fn a_multi_stage_dockerfile_push_is_built_with_buildah() {
     let w = World::new().await;
-    // A busybox base image in the registry, assembled by Kiln itself.
-    let base = format!("{}/library/busybox:1", w.registry.host());
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", bin.path().join("busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", bin.path().join("sh")).unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["step", "assemble", "--base", "scratch", "--image", &base])
-        .arg("--add")
-        .arg(format!("{}:/bin", bin.path().display()))
-        .arg("--result-file")
-        .arg(bin.path().join("result.json"))
-        .env("KILN_INSECURE_REGISTRIES", w.registry.host())
-        .status()
-        .unwrap();
-    assert!(status.success());
-
+    let base = push_busybox_base(&w.registry.host());
     let sha = w.app_from_fixture("staged", "dockerfile-hello", json!({"settings": {"build_args": {"BASE": base}}})).await;
     let build = w.succeeded(w.push("staged", &sha).await).await;
     assert_eq!(build.kind.as_deref(), Some("dockerfile"));

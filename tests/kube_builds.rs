@@ -13,7 +13,7 @@ use builder_api::store::{Build, BuildState, Store};
 use serde_json::{json, Value};
 
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
-use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
+use crate::support::fixtures::{app_spec, fixture_files, push_busybox_base, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::{test_config, TestKiln};
 use crate::support::registry::TestRegistry;
@@ -135,12 +135,15 @@ impl KubeWorld {
 }
 
 #[tokio::test]
-async fn go_and_maven_pushes_become_images_through_one_job_each() {
+async fn go_maven_and_dockerfile_pushes_become_images_through_one_job_each() {
     let w = KubeWorld::new(|_, _| {}).await;
     let go = w.app(&w.token, "team", "hello", "go-hello", json!({"kind": "go"})).await;
     let maven = w.app(&w.token, "team", "jhello", "maven-hello", json!({"kind": "maven"})).await;
-    let ids = [w.push("team", "hello", &go).await, w.push("team", "jhello", &maven).await];
-    for (id, kind) in ids.iter().zip(["go", "maven"]) {
+    // The Dockerfile kind: buildah stands in for rootless BuildKit on this host.
+    let base = push_busybox_base(&w.registry.host());
+    let staged = w.app(&w.token, "team", "staged", "dockerfile-hello", json!({"settings": {"build_args": {"BASE": base}}})).await;
+    let ids = [w.push("team", "hello", &go).await, w.push("team", "jhello", &maven).await, w.push("team", "staged", &staged).await];
+    for (id, kind) in ids.iter().zip(["go", "maven", "dockerfile"]) {
         let (build, log) = w.ended(*id, BuildState::Succeeded).await;
         assert_eq!(build.kind.as_deref(), Some(kind));
         let digest = build.image_digest.clone().expect("a digest from the termination message");

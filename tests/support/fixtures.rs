@@ -96,3 +96,23 @@ fn collect(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String,
         }
     }
 }
+
+/// A busybox base image (`/bin/busybox`, `/bin/sh`) pushed to `registry` as
+/// `library/busybox:1`, assembled by Kiln itself (there is no internet to pull one from).
+pub fn push_busybox_base(registry: &str) -> String {
+    let base = format!("{registry}/library/busybox:1");
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", bin.path().join("busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", bin.path().join("sh")).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["step", "assemble", "--base", "scratch", "--image", &base])
+        .arg("--add")
+        .arg(format!("{}:/bin", bin.path().display()))
+        .arg("--result-file")
+        .arg(bin.path().join("result.json"))
+        .env("KILN_INSECURE_REGISTRIES", registry)
+        .status()
+        .unwrap();
+    assert!(status.success(), "pushing the busybox base image failed");
+    base
+}
