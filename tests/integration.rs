@@ -11,6 +11,7 @@ mod builds;
 mod deploy_manifests;
 mod lifecycle;
 mod log_streaming;
+mod queueing;
 mod registry_assemble;
 mod registry_copy;
 mod rollouts;

@@ -127,7 +127,9 @@ async fn intake() {
         &http,
         &url,
         json!({"name": "hello", "git_url": "http://127.0.0.1:9/bench/hello.git", "project_path": "bench/hello",
-               "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret"}),
+               "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret",
+               // Every push is built (the benchmark counts them), none superseded.
+               "settings": {"supersede": false}}),
     )
     .await;
     const N: usize = 200;
@@ -339,7 +341,8 @@ async fn kube() {
         &http,
         &url,
         json!({"name": "hello", "kind": "go", "git_url": "http://127.0.0.1:9/bench/hello.git", "project_path": "bench/hello",
-               "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret"}),
+               "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret",
+               "settings": {"supersede": false}}),
     )
     .await;
 

@@ -1,6 +1,8 @@
-//! The scheduler: takes Queued builds oldest first while fewer than `max_concurrent_builds` run,
-//! runs each through the executor with its log captured, and records how it ended. Woken by new
-//! builds and finished ones; a periodic tick covers anything missed.
+//! The scheduler: takes Queued builds while fewer than `max_concurrent_builds` run — round robin
+//! across the tenants with waiting builds, oldest first within a tenant, so a tenant with fifty
+//! waiting builds does not starve one with a single build — runs each through the executor with
+//! its log captured, and records how it ended. Woken by new builds and finished ones; a periodic
+//! tick covers anything missed. The queue is the store's Queued builds, so it survives a restart.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,37 @@ use crate::store::{Build, BuildState, StoreError};
 pub struct Scheduler {
     wake: Notify,
     running: Mutex<HashMap<i64, CancellationToken>>,
+    /// Why a running build is being cancelled, when not by a plain cancel request.
+    cancel_reasons: Mutex<HashMap<i64, String>>,
+    /// The tenant whose build was started last: the round robin goes on after it.
+    last_tenant: Mutex<Option<i64>>,
+}
+
+/// Up to `free` builds from `queued` (oldest first): one per tenant in turn, the turn starting
+/// after `last_tenant`, FIFO within a tenant.
+pub fn pick_fair(queued: &[Build], free: usize, last_tenant: Option<i64>) -> Vec<Build> {
+    let mut tenants: Vec<i64> = queued.iter().map(|b| b.tenant_id).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    // Rotate so the tenant after the last one served comes first.
+    if let Some(last) = last_tenant {
+        let at = tenants.iter().position(|t| *t > last).unwrap_or(0);
+        tenants.rotate_left(at);
+    }
+    let mut lanes: Vec<std::collections::VecDeque<&Build>> =
+        tenants.iter().map(|t| queued.iter().filter(|b| b.tenant_id == *t).collect()).collect();
+    let mut picked = Vec::with_capacity(free);
+    while picked.len() < free && lanes.iter().any(|l| !l.is_empty()) {
+        for lane in lanes.iter_mut() {
+            if picked.len() == free {
+                break;
+            }
+            if let Some(b) = lane.pop_front() {
+                picked.push(b.clone());
+            }
+        }
+    }
+    picked
 }
 
 /// Why a cancel request did nothing.
@@ -81,10 +114,10 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
     if free == 0 {
         return Ok(());
     }
-    let queued: Vec<Build> = ctx.store.builds_in_state(BuildState::Queued).await?.into_iter().take(free).collect();
-    if queued.is_empty() {
-        return Ok(());
-    }
+    let last_tenant = *ctx.scheduler.last_tenant.lock().unwrap();
+    let queued = pick_fair(&ctx.store.builds_in_state(BuildState::Queued).await?, free, last_tenant);
+    let Some(last) = queued.last() else { return Ok(()) };
+    *ctx.scheduler.last_tenant.lock().unwrap() = Some(last.tenant_id);
     // The tokens are registered first so a cancel that sees a build Running finds it. All the
     // builds taken move to Running in one transaction: a burst of webhooks costs one write here,
     // not one per build.
@@ -145,7 +178,12 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(ctx.config.executor.build_timeout_secs);
     let job = BuildJob { build: build.clone(), app, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, resumed };
-    let Outcome { state, reason } = ctx.executor.run(job).await;
+    let Outcome { state, mut reason } = ctx.executor.run(job).await;
+    if state == BuildState::Cancelled {
+        if let Some(why) = ctx.scheduler.cancel_reasons.lock().unwrap().remove(&build.id) {
+            reason = Some(why);
+        }
+    }
     let summary = match &reason {
         Some(reason) => format!("[kiln] build {} {}: {reason}", build.id, state.as_str()),
         None => format!("[kiln] build {} {}", build.id, state.as_str()),
@@ -162,15 +200,87 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
 
 /// Cancels a queued build at once, or asks the executor to stop a running one.
 pub async fn cancel(ctx: &Context, build: &Build) -> Result<CancelResult, StoreError> {
+    cancel_because(ctx, build, None).await
+}
+
+/// As [`cancel`], with the reason the build record and its log give (`None`: a cancel request).
+pub async fn cancel_because(ctx: &Context, build: &Build, why: Option<&str>) -> Result<CancelResult, StoreError> {
     if build.state == BuildState::Queued
-        && ctx.store.finish_build(build.id, BuildState::Cancelled, Some("cancelled before it started")).await?
+        && ctx.store.finish_build(build.id, BuildState::Cancelled, Some(why.unwrap_or("cancelled before it started"))).await?
     {
         return Ok(CancelResult::Cancelled);
     }
     if let Some(token) = ctx.scheduler.running.lock().unwrap().get(&build.id) {
+        if let Some(why) = why {
+            // The first reason stands (two pushes in a row both supersede a running build).
+            ctx.scheduler.cancel_reasons.lock().unwrap().entry(build.id).or_insert_with(|| why.to_string());
+        }
         token.cancel();
         return Ok(CancelResult::Stopping);
     }
     let now = ctx.store.build(build.id).await?.map(|b| b.state).unwrap_or(build.state);
     Ok(CancelResult::AlreadyFinished(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_fair;
+    use crate::store::{Build, BuildState};
+
+    fn queued(id: i64, tenant_id: i64) -> Build {
+        Build {
+            id,
+            tenant_id,
+            tenant: format!("t{tenant_id}"),
+            app_id: tenant_id,
+            app: "app".into(),
+            state: BuildState::Queued,
+            reason: None,
+            git_ref: None,
+            commit: "0".repeat(40),
+            trigger: "webhook".into(),
+            kind: None,
+            image: None,
+            image_digest: None,
+            queued_at: 0,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// Starts builds one slot at a time, as finishing builds free them.
+    fn start_order(mut waiting: Vec<Build>, mut last: Option<i64>) -> Vec<i64> {
+        let mut order = vec![];
+        while let Some(b) = pick_fair(&waiting, 1, last).pop() {
+            last = Some(b.tenant_id);
+            order.push(b.id);
+            waiting.retain(|w| w.id != b.id);
+        }
+        order
+    }
+
+    #[test]
+    fn tenants_take_turns_and_each_keeps_its_order() {
+        // Tenant 1 queued 30 (ids 1..=30), two already started; tenant 2 queued 3 just after.
+        let mut waiting: Vec<Build> = (3..=30).map(|id| queued(id, 1)).collect();
+        waiting.extend((31..=33).map(|id| queued(id, 2)));
+        let order = start_order(waiting, Some(1));
+        assert_eq!(&order[..7], &[31, 3, 32, 4, 33, 5, 6]);
+        let a7 = order.iter().position(|id| *id == 7).unwrap();
+        assert!(order.iter().position(|id| *id == 33).unwrap() < a7);
+        // Within a tenant: first in, first out.
+        let a: Vec<i64> = order.iter().copied().filter(|id| *id <= 30).collect();
+        assert_eq!(a, (3..=30).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn several_free_slots_go_round_the_tenants() {
+        let waiting = vec![queued(1, 5), queued(2, 5), queued(3, 5), queued(4, 7), queued(5, 9)];
+        let ids: Vec<i64> = pick_fair(&waiting, 4, None).iter().map(|b| b.id).collect();
+        assert_eq!(ids, [1, 4, 5, 2]);
+        let ids: Vec<i64> = pick_fair(&waiting, 2, Some(7)).iter().map(|b| b.id).collect();
+        assert_eq!(ids, [5, 1]);
+        assert!(pick_fair(&waiting, 0, None).is_empty());
+        assert!(pick_fair(&[], 3, None).is_empty());
+    }
 }

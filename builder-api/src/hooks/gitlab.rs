@@ -79,8 +79,31 @@ pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(Stat
     if let Some(reason) = outcome.ignored {
         return Ok((StatusCode::OK, Json(json!({ "status": "ignored", "reason": reason }))));
     }
+    // After the answer: cancelling what the push supersedes is work, not intake.
+    let (state, ids) = (s.clone(), outcome.build_ids.clone());
+    tokio::spawn(async move {
+        if let Err(e) = supersede_older(&state, &apps, &ids, &builds).await {
+            tracing::error!("superseding older builds: {e}");
+        }
+    });
     s.scheduler.wake();
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "queued", "builds": outcome.build_ids }))))
+}
+
+/// A push to a branch makes the app's older queued or running builds of that branch pointless:
+/// they are cancelled (unless the app's `settings.supersede` is false), and say by which build.
+async fn supersede_older(s: &AppState, apps: &[App], ids: &[i64], builds: &[NewBuild]) -> Result<(), crate::store::StoreError> {
+    for (id, new) in ids.iter().zip(builds) {
+        let Some(git_ref) = new.git_ref.as_deref().filter(|r| r.starts_with("refs/heads/")) else { continue };
+        if apps.iter().any(|a| a.id == new.app_id && a.settings.supersede == Some(false)) {
+            continue;
+        }
+        for older in s.store.active_builds_of_ref(new.app_id, git_ref, *id).await? {
+            let why = format!("superseded by build {id} (a newer push to {git_ref})");
+            crate::scheduler::cancel_because(&s, &older, Some(&why)).await?;
+        }
+    }
+    Ok(())
 }
 
 enum Decision {

@@ -47,6 +47,9 @@ pub struct KindSettings {
     /// Multi-stage target.
     pub dockerfile_target: Option<String>,
     pub build_args: BTreeMap<String, String>,
+    /// A new push to a branch cancels the app's older queued or running builds of that branch
+    /// (default true; false builds every push).
+    pub supersede: Option<bool>,
 }
 
 #[derive(Clone, Serialize)]

@@ -193,6 +193,14 @@ impl Store {
         sqlx::query(&sql).bind(state.as_str()).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
     }
 
+    /// Queued or Running builds of `app_id` at `git_ref` older than `before`.
+    pub async fn active_builds_of_ref(&self, app_id: i64, git_ref: &str, before: i64) -> Result<Vec<Build>> {
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.app_id = ? AND b.git_ref = ? AND b.id < ? AND b.state IN ('Queued', 'Running') ORDER BY b.id"
+        );
+        sqlx::query(&sql).bind(app_id).bind(git_ref).bind(before).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
+    }
+
     /// Succeeded builds that produced `digest`, newest first.
     pub async fn succeeded_builds_with_digest(&self, digest: &str) -> Result<Vec<Build>> {
         let sql = format!("SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.image_digest = ? AND b.state = 'Succeeded' ORDER BY b.id DESC");

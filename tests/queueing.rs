@@ -1,0 +1,168 @@
+//! The queue across tenants: round robin between tenants with waiting builds (a tenant with thirty
+//! waiting builds does not starve one with three), and a newer push to a branch supersedes the
+//! builds of that branch still queued or running.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use builder_api::store::BuildState;
+use serde_json::json;
+
+use crate::kube_builds::slow_go;
+use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
+use crate::support::git_server::GitServer;
+use crate::support::kiln::{test_config, TestKiln};
+use crate::support::registry::TestRegistry;
+
+/// A git "server" that accepts connections and answers nothing until it is opened; then every
+/// held connection and every new one is closed (so each clone fails at once). It holds builds
+/// in their first step for as long as a test needs.
+struct Gate {
+    url: String,
+    open: Arc<tokio::sync::Notify>,
+    held: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+}
+
+impl Gate {
+    async fn start() -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/gate/app.git", listener.local_addr().unwrap());
+        let open = Arc::new(tokio::sync::Notify::new());
+        let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+        let (opened, hold) = (open.clone(), held.clone());
+        tokio::spawn(async move {
+            let mut is_open = false;
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((socket, _)) = accepted else { return };
+                        if !is_open {
+                            hold.lock().unwrap().push(socket);
+                        }
+                    }
+                    _ = opened.notified(), if !is_open => {
+                        is_open = true;
+                        hold.lock().unwrap().clear();
+                    }
+                }
+            }
+        });
+        Gate { url, open, held }
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    fn open(&self) {
+        self.open.notify_one();
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_with_three_builds_is_not_starved_by_one_with_thirty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), &[]);
+    config.executor.max_concurrent_builds = 2;
+    let kiln = TestKiln::start_with(dir, config).await;
+    let gate = Gate::start().await;
+    let (a, b) = (kiln.tenant("alpha").await, kiln.tenant("beta").await);
+    for token in [&a, &b] {
+        kiln.app(token, app_spec("svc", &gate.url, "gate/app", "127.0.0.1:9/gate/app", "gate-hook-secret")).await;
+    }
+    let trigger = |token: String| {
+        let kiln = &kiln;
+        async move {
+            let (status, body) =
+                kiln.request(Method::POST, "/api/v1/apps/svc/builds", Some(&token), Some(json!({"commit": "a".repeat(40), "ref": "main"}))).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["build"]["id"].as_i64().unwrap()
+        }
+    };
+    let mut alpha = vec![];
+    for _ in 0..30 {
+        alpha.push(trigger(a.clone()).await);
+    }
+    let mut beta = vec![];
+    for _ in 0..3 {
+        beta.push(trigger(b.clone()).await);
+    }
+    // Alpha's first two hold both slots at the gate while everything else waits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gate.held() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the first builds never reached the git server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.open();
+    for id in alpha.iter().chain(&beta) {
+        kiln.wait_final(*id, Duration::from_secs(60)).await;
+    }
+    let started = |id: i64| {
+        let kiln = &kiln;
+        async move { kiln.build(id).await.started_at.expect("started") }
+    };
+    let alpha_7th = started(alpha[6]).await;
+    for id in &beta {
+        let at = started(*id).await;
+        assert!(at <= alpha_7th, "beta's build {id} started at {at}, after alpha's 7th ({alpha_7th})");
+    }
+    // Within a tenant, first in, first started.
+    let mut last = 0;
+    for id in &alpha {
+        let at = started(*id).await;
+        assert!(at >= last, "alpha's builds started out of order");
+        last = at;
+    }
+}
+
+#[tokio::test]
+async fn three_pushes_to_one_branch_leave_one_build_and_two_that_say_what_superseded_them() {
+    const TOKEN: &str = "glpat-supersede-token";
+    const SECRET: &str = "hook-secret-supersede";
+    let git = GitServer::start_with_token(TOKEN).await;
+    let registry = TestRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), &[&registry.host()]);
+    // Each compile prints for a few seconds first, so a build is mid-step when the next push comes.
+    config.toolchains.go = slow_go(dir.path(), 100, 30).display().to_string();
+    let kiln = TestKiln::start_with(dir, config).await;
+    let token = kiln.tenant("team").await;
+    let repo = git.create_repo("team/hello");
+    let files = fixture_files("go-hello");
+    let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+    let mut shas = vec![repo.commit_files(&files, "one")];
+    let mut spec = app_spec("hello", &git.url("team/hello"), "team/hello", &format!("{}/team/hello", registry.host()), SECRET);
+    spec["git_token"] = TOKEN.into();
+    spec["kind"] = "go".into();
+    kiln.app(&token, spec).await;
+    shas.push(repo.commit_files(&[("NOTES", "two", false)], "two"));
+    shas.push(repo.commit_files(&[("NOTES", "three", false)], "three"));
+
+    let mut ids = vec![];
+    for (i, sha) in shas.iter().enumerate() {
+        let push = GitlabPush::branch("team/hello", &git.url("team/hello"), "main", sha);
+        let req = Request::post("/hooks/gitlab").header("x-gitlab-event", push.event()).header("x-gitlab-token", SECRET).body(Body::from(push.body().to_string())).unwrap();
+        let (status, body) = kiln.send(req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["builds"][0].as_i64().unwrap());
+        if i == 0 {
+            // The first is running when the second push arrives.
+            kiln.wait_state(ids[0], BuildState::Running, Duration::from_secs(30)).await;
+        }
+    }
+    let last = kiln.wait_final(ids[2], Duration::from_secs(240)).await;
+    assert_eq!(last.state, BuildState::Succeeded, "{:?}\n{}", last.reason, kiln.log(ids[2]).await);
+    for older in [ids[0], ids[1]] {
+        let build = kiln.wait_final(older, Duration::from_secs(60)).await;
+        // Superseded by a later push (the second or the third: both supersede the first).
+        let why = build.reason.clone().unwrap_or_default();
+        let by = ids.iter().find(|n| why == format!("superseded by build {n} (a newer push to refs/heads/main)"));
+        assert!(build.state == BuildState::Cancelled && by.is_some_and(|n| *n > older), "build {older}: {:?} {why:?}", build.state);
+        let log = kiln.log(older).await;
+        if build.started_at.is_some() {
+            assert!(log.contains(&why), "build {older}'s log does not say why it stopped:\n{log}");
+        }
+    }
+}
