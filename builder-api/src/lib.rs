@@ -7,8 +7,10 @@
 //!   an [`executor`],
 //! - a log line is captured and followed in [`logs`] and kept by the [`store`],
 //! - the commands that run inside build pods (`kiln step …`) are in [`steps`],
-//! - the web page (builds list, build page with the live log) is in [`web`].
+//! - the web page (builds list, build page with the live log) is in [`web`],
+//! - APM agents (which one, its layer, its injection into an image) are in [`apm`].
 
+pub mod apm;
 pub mod auth;
 pub mod cli;
 pub mod config;

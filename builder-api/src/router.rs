@@ -5,7 +5,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::context::AppState;
-use crate::handlers::{apps, builds, health, tenants};
+use crate::handlers::{apm, apps, builds, health, tenants};
 use crate::hooks;
 use crate::web;
 
@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{id}", get(builds::get))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
         .route("/api/v1/builds/{id}/logs", get(builds::logs))
+        .route("/api/v1/builds/{id}/apm", post(apm::reinject))
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -47,6 +47,9 @@ pub struct KindSettings {
     /// Multi-stage target.
     pub dockerfile_target: Option<String>,
     pub build_args: BTreeMap<String, String>,
+    /// An APM agent injected into every image of the app (`crate::apm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apm: Option<crate::apm::ApmSetting>,
 }
 
 #[derive(Clone, Serialize)]
