@@ -130,13 +130,14 @@ async fn a_go_push_becomes_an_image_whose_binary_runs_and_rebuilds_to_the_same_d
 }
 
 #[tokio::test]
-async fn a_maven_push_becomes_an_image_with_the_jar_and_rebuilds_to_the_same_digest() {
+async fn a_maven_push_becomes_an_image_with_its_classes_and_rebuilds_to_the_same_digest() {
     let w = World::new().await;
     let sha = w.app_from_fixture("greeter", "maven-hello", json!({})).await;
     let first = w.succeeded(w.push("greeter", &sha).await).await;
     assert_eq!(first.kind.as_deref(), Some("maven"));
     let root = w.unpack(&first).await;
-    let out = std::process::Command::new("java").arg("-jar").arg(root.path().join("app/app.jar")).output().unwrap();
+    // Jib-style layout: classes (and resources) under /app/classes, started by Main-Class.
+    let out = std::process::Command::new("java").arg("-cp").arg(root.path().join("app/classes")).arg("dev.kiln.hello.Main").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kiln maven sample\n");
     let again = w.succeeded(w.trigger("greeter", &sha).await).await;
     assert_eq!(again.image_digest, first.image_digest);

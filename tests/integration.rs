@@ -7,6 +7,7 @@ mod job_templates;
 mod kube_builds;
 mod support;
 mod api;
+mod apm;
 mod builds;
 mod deploy_manifests;
 mod lifecycle;

@@ -50,6 +50,9 @@ fn sample_build(branch: &str) -> Build {
         kind: None,
         image: None,
         image_digest: None,
+        apm_agent: None,
+        apm_version: None,
+        original_image: None,
         queued_at: 0,
         started_at: None,
         finished_at: None,
@@ -71,6 +74,7 @@ fn render_kind(kind: ResolvedKind, app: &App, build: &Build) -> Rendered {
         toolchains: &toolchains,
         registry: &registry,
         dockerfile_builder: DockerfileBuilder::Buildkit,
+        apm: None,
     };
     let steps = plan::steps(&input);
     let job = render::render(

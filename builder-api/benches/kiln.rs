@@ -15,6 +15,10 @@
 //!   lines a second, `kiln serve` in its own process: p50/p99 from the step writing a line to a
 //!   follower reading it, and the server's resident memory per follower.
 //!
+//! - `apm`: the image of the layered Maven sample with an APM agent — `kiln step assemble` (Jib-style
+//!   layers + agent injection, pushed) versus `buildah bud` of the equivalent Dockerfile +
+//!   `buildah push`, same registry, same JRE-sized base, cold and after a one-line code change.
+//!
 //! - `rollout`: 500 Harbor webhooks for 100 subscribed Deployments on the fake API server:
 //!   p50/p99 from the webhook's arrival to the Deployment patched to the pushed digest.
 //!
@@ -23,7 +27,7 @@
 //!   (to two other fresh registries) in the same run, versus the floor of reading every unique
 //!   blob once from the source; then Kiln again with everything present.
 //!
-//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube|followers|rollout|sync]`
+//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube|followers|rollout|sync|apm]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -76,6 +80,9 @@ fn main() {
     }
     if which.is_empty() || which.iter().any(|w| w == "sync") {
         rt.block_on(sync());
+    }
+    if which.is_empty() || which.iter().any(|w| w == "apm") {
+        rt.block_on(apm());
     }
 }
 
@@ -853,4 +860,146 @@ async fn sync() {
         kiln.as_secs_f64() / floor.as_secs_f64()
     );
     println!("  kiln re-run, everything present:   {:>8.0} ms (target < 1000 ms)", ms(rerun));
+}
+
+/// `apm`: the image step alone (Maven has compiled already; both sides start from the same
+/// `target/`). Kiln: `kiln step assemble --maven-target` with `KILN_APM_*` — dependencies,
+/// resources and classes as layers, pushed, then the agent injected and pushed. buildah: the
+/// equivalent Dockerfile (base, dependencies, agent, classes — the cache-friendliest order) with
+/// its layer cache on, then `buildah push`. Cold: empty agent cache / empty buildah storage and
+/// new repositories. Code change: one string in Main.java, recompiled (not timed), built again.
+async fn apm() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let world = GoAppWorld::start(root).await; // its registry; the git server is unused
+    let reg = world.reg.clone();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps");
+
+    // A JRE-sized base: the JDK's module image (what a JRE base layer mostly is) and JAVA_HOME.
+    let jre = root.join("jre");
+    std::fs::create_dir_all(jre.join("lib")).unwrap();
+    std::fs::copy("/usr/lib/jvm/default-java/lib/modules", jre.join("lib/modules")).unwrap();
+    let base = format!("{reg}/library/jre:17");
+    run(Command::new(kiln_binary())
+        .args(["step", "assemble", "--base", "scratch", "--image", &base, "--env", "JAVA_HOME=/opt/java"])
+        .arg("--add")
+        .arg(format!("{}:/opt/java", jre.display()))
+        .arg("--result-file")
+        .arg(root.join("base.json"))
+        .env("KILN_INSECURE_REGISTRIES", &reg));
+
+    // The agent, and the app with its dependency jar.
+    let javac_jar = |name: &str, src: &str, file: &str, manifest: Option<&str>, out: &Path| {
+        let d = root.join(format!("javac-{name}"));
+        let f = d.join("src").join(file);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, src).unwrap();
+        run(Command::new("javac").arg("-d").arg(d.join("classes")).arg(&f));
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let mut jar = Command::new("jar");
+        match manifest {
+            Some(m) => {
+                std::fs::write(d.join("mf"), m).unwrap();
+                jar.arg("cfm").arg(out).arg(d.join("mf"))
+            }
+            None => jar.arg("cf").arg(out),
+        };
+        run(jar.arg("-C").arg(d.join("classes")).arg("."));
+    };
+    let agent_dir = root.join("agent");
+    javac_jar(
+        "agent",
+        "package b; public class Agent { public static void premain(String a) { System.out.println(\"agent\"); } }",
+        "b/Agent.java",
+        Some("Premain-Class: b.Agent\n"),
+        &agent_dir.join("tracer.jar"),
+    );
+    let app = root.join("app");
+    run(Command::new("cp").arg("-r").arg(fixtures.join("maven-layered")).arg(&app));
+    javac_jar(
+        "greeting",
+        "package dev.kiln.greeting; public class Greeting { public static String word() { return \"greetings\"; } }",
+        "dev/kiln/greeting/Greeting.java",
+        None,
+        &app.join("lib/greeting-1.0.jar"),
+    );
+    let main_java = app.join("src/main/java/dev/kiln/layered/Main.java");
+    let original_main = std::fs::read_to_string(&main_java).unwrap();
+    let compile = |edit: usize| {
+        std::fs::write(&main_java, original_main.replace("hello from", &format!("hello ({edit}) from"))).unwrap();
+        run(Command::new("mvn")
+            .current_dir(&app)
+            .args(["-B", "-q", "-o", "-Dmaven.repo.local=/usr/share/maven-repo", "package", "-DskipTests"])
+            .arg("-Dproject.build.outputTimestamp=1700000000"));
+    };
+    let java_options = "-javaagent:/opt/apm/tracer.jar -Dapm.service.name=bench -Dapm.tenant=bench";
+
+    let apm_cache = root.join("apm-cache");
+    let kiln_image = |tag: &str| {
+        let t = Instant::now();
+        run(Command::new(kiln_binary())
+            .args(["step", "assemble", "--base", &base, "--image", &format!("{reg}/bench/kiln-apm:{tag}"), "--created", "1700000000"])
+            .arg("--maven-target")
+            .arg(app.join("target"))
+            .arg("--result-file")
+            .arg(root.join("result.json"))
+            .env("KILN_INSECURE_REGISTRIES", &reg)
+            .env("KILN_APM_AGENT", "tracer")
+            .env("KILN_APM_VERSION", "1.0")
+            .env("KILN_APM_SOURCE", json!({"dir": agent_dir}).to_string())
+            .env("KILN_APM_JAVA_OPTIONS", java_options)
+            .env("KILN_APM_CACHE", &apm_cache));
+        t.elapsed()
+    };
+    // The equivalent Dockerfile, in the app directory (target/ and the agent copied beside it).
+    run(Command::new("cp").arg("-r").arg(&agent_dir).arg(app.join("apm-agent")));
+    std::fs::write(
+        app.join("Dockerfile.bench"),
+        format!(
+            "FROM {base}\nCOPY target/dependency/ /app/libs/\nCOPY apm-agent/ /opt/apm/\nCOPY target/classes/ /app/classes/\n\
+             ENV JAVA_TOOL_OPTIONS=\"{java_options}\"\n\
+             ENTRYPOINT [\"java\", \"-cp\", \"/app/classes:/app/libs/*\", \"dev.kiln.layered.Main\"]\n"
+        ),
+    )
+    .unwrap();
+    let storage = root.join("buildah");
+    let buildah = |args: &[&str]| {
+        let mut c = Command::new("buildah");
+        c.arg("--root").arg(storage.join("root")).arg("--runroot").arg(storage.join("run")).args(["--storage-driver", "vfs"]).args(args);
+        c
+    };
+    let buildah_image = |tag: &str| {
+        let t = Instant::now();
+        let app_s = app.display().to_string();
+        let file = app.join("Dockerfile.bench").display().to_string();
+        run(&mut buildah(&["bud", "-q", "--isolation=chroot", "--layers", "--tls-verify=false", "-f", &file, "-t", "localhost/bench-apm", &app_s]));
+        run(&mut buildah(&["push", "-q", "--tls-verify=false", "localhost/bench-apm", &format!("docker://{reg}/bench/buildah-apm:{tag}")]));
+        t.elapsed()
+    };
+
+    compile(0);
+    let kiln_cold = kiln_image("cold");
+    let buildah_cold = buildah_image("cold");
+    const RUNS: usize = 3;
+    let (mut kiln_change, mut buildah_change) = (vec![], vec![]);
+    for edit in 1..=RUNS {
+        compile(edit);
+        kiln_change.push(kiln_image(&format!("change{edit}")));
+        buildah_change.push(buildah_image(&format!("change{edit}")));
+    }
+    drop(world);
+    kiln_change.sort();
+    buildah_change.sort();
+    let (k, b) = (kiln_change[RUNS / 2], buildah_change[RUNS / 2]);
+    let all = |v: &[Duration]| v.iter().map(|d| ms(*d).round()).collect::<Vec<_>>();
+    println!("apm: image of the layered Maven sample with an APM agent, pushed (base: {} MiB JRE module image)", std::fs::metadata(jre.join("lib/modules")).unwrap().len() >> 20);
+    println!("  cold:        kiln {:.0} ms, buildah bud + push {:.0} ms, ratio kiln/buildah {:.3}", ms(kiln_cold), ms(buildah_cold), kiln_cold.as_secs_f64() / buildah_cold.as_secs_f64());
+    println!(
+        "  code change: kiln {:.0} ms {:?}, buildah bud + push {:.0} ms {:?} (median of {RUNS}), ratio kiln/buildah {:.3} (target ≤ 0.20)",
+        ms(k),
+        all(&kiln_change),
+        ms(b),
+        all(&buildah_change),
+        k.as_secs_f64() / b.as_secs_f64()
+    );
 }

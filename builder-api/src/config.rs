@@ -21,6 +21,7 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     pub harbor: HarborConfig,
     pub rollout: RolloutConfig,
+    pub apm: ApmConfig,
 }
 
 /// One cluster: where its Deployments live and which registry its nodes pull from.
@@ -87,6 +88,95 @@ pub struct RolloutConfig {
 impl Default for RolloutConfig {
     fn default() -> Self {
         Self { deadline_secs: 600 }
+    }
+}
+
+/// APM agents an app may ask for (`settings.apm`): named, versioned sources of agent files, and
+/// the JVM options that load them. See `crate::apm`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApmConfig {
+    pub agents: Vec<ApmAgent>,
+}
+
+/// One version of one agent. A version names fixed content: its layer is built once and cached
+/// by name and version, so publish changed files under a new version.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApmAgent {
+    pub name: String,
+    pub version: String,
+    pub source: AgentSource,
+    /// Appended to the image's `JAVA_TOOL_OPTIONS`. Placeholders: `{agent}` (the name),
+    /// `{version}`, `{app}`, `{tenant}`. The agent's files are under `/opt/apm/` in the image.
+    #[serde(default = "default_java_options")]
+    pub java_options: String,
+}
+
+/// Where an agent's files come from; exactly one of `dir`, `tar_gz`, `image` (with `path`).
+/// Their contents go to `/opt/apm/` in the image.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSource {
+    /// A directory on the disk of whatever runs the image step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A `.tar.gz` (or `.tar`) on that disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tar_gz: Option<PathBuf>,
+    /// An image in a registry (works in a cluster); the files under `path` in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+pub fn default_java_options() -> String {
+    "-javaagent:/opt/apm/{agent}.jar -Dapm.service.name={app} -Dapm.tenant={tenant}".into()
+}
+
+impl ApmConfig {
+    /// Names and versions are path and tag material (the layer cache, the injected image's tag):
+    /// `[A-Za-z0-9._-]`, no duplicates; every source is exactly one kind; options use known
+    /// placeholders only.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { field: "apm.agents", message };
+        let token = |s: &str| {
+            !s.is_empty() && s.len() <= 40 && !s.starts_with(['.', '-']) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        for (i, a) in self.agents.iter().enumerate() {
+            if !token(&a.name) || !token(&a.version) {
+                return Err(invalid(format!(
+                    "agent {:?} version {:?}: names and versions are 1-40 of A-Z a-z 0-9 . _ - (not starting with . or -)",
+                    a.name, a.version
+                )));
+            }
+            if self.agents[..i].iter().any(|b| b.name == a.name && b.version == a.version) {
+                return Err(invalid(format!("agent {} version {} is listed twice", a.name, a.version)));
+            }
+            let s = &a.source;
+            let kinds = [s.dir.is_some(), s.tar_gz.is_some(), s.image.is_some()].iter().filter(|k| **k).count();
+            if kinds != 1 || s.image.is_some() != s.path.is_some() {
+                return Err(invalid(format!(
+                    "agent {} {}: source needs exactly one of dir, tar_gz, or image with path",
+                    a.name, a.version
+                )));
+            }
+            let mut rest = a.java_options.as_str();
+            while let Some(open) = rest.find('{') {
+                let after = &rest[open + 1..];
+                let close = after.find('}').ok_or_else(|| invalid(format!("agent {}: unclosed {{ in java_options", a.name)))?;
+                if !["agent", "version", "app", "tenant"].contains(&&after[..close]) {
+                    return Err(invalid(format!(
+                        "agent {}: java_options placeholder {{{}}} is not one of {{agent}}, {{version}}, {{app}}, {{tenant}}",
+                        a.name,
+                        &after[..close]
+                    )));
+                }
+                rest = &after[close + 1..];
+            }
+        }
+        Ok(())
     }
 }
 
@@ -203,6 +293,20 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+impl RegistryConfig {
+    /// Options for talking to registries: plain HTTP for the `insecure` hosts, the credentials
+    /// offered only to `target_registry` — never to the registry a base image comes from.
+    pub fn options_for(&self, target_registry: &str) -> registry_sync::RegistryOptions {
+        let mut opts = registry_sync::RegistryOptions::anonymous();
+        opts.insecure_registries = self.insecure.clone();
+        if let Some(user) = self.username.as_deref().filter(|u| !u.is_empty()) {
+            let auth = registry_sync::RegistryAuth::basic(user, self.password.clone().unwrap_or_default());
+            opts.registry_auth.insert(target_registry.to_string(), auth);
+        }
+        opts
+    }
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -359,6 +463,7 @@ impl Config {
                 return Err(ConfigError::Invalid { field: "clusters", message: format!("cluster {:?} is configured twice", c.name) });
             }
         }
+        self.apm.validate()?;
         if self.executor.max_concurrent_builds == 0 {
             return Err(ConfigError::Env {
                 name: "KILN_MAX_CONCURRENT_BUILDS",
@@ -386,6 +491,23 @@ mod tests {
         assert!(toml::from_str::<Config>("[server]\nlisen = 1\n").unwrap_err().to_string().contains("lisen"));
         let err = Config::default().apply_env(|n| (n == "KILN_LISTEN").then(|| "nope".into())).unwrap_err();
         assert!(err.to_string().contains("KILN_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn apm_agents_are_checked() {
+        let ok = "[[apm.agents]]\nname = \"tracer\"\nversion = \"1.2\"\nsource = { dir = \"/opt/agents/tracer\" }\n";
+        let mut c: Config = toml::from_str(ok).unwrap();
+        c.apply_env(|_| None).unwrap();
+        assert!(c.apm.agents[0].java_options.contains("{agent}"));
+        for bad in [
+            "[[apm.agents]]\nname = \"t\"\nversion = \"1\"\nsource = { dir = \"/a\", tar_gz = \"/b\" }\n",
+            "[[apm.agents]]\nname = \"t\"\nversion = \"1\"\nsource = { image = \"r.io/a:1\" }\n",
+            "[[apm.agents]]\nname = \"../t\"\nversion = \"1\"\nsource = { dir = \"/a\" }\n",
+            "[[apm.agents]]\nname = \"t\"\nversion = \"1\"\nsource = { dir = \"/a\" }\njava_options = \"-D{nope}\"\n",
+        ] {
+            let mut c: Config = toml::from_str(bad).unwrap();
+            assert!(c.apply_env(|_| None).is_err(), "{bad}");
+        }
     }
 
     #[test]

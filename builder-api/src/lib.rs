@@ -9,8 +9,10 @@
 //! - the commands that run inside build pods (`kiln step …`) are in [`steps`],
 //! - the web page (builds list, build page with the live log) is in [`web`],
 //! - a built image is copied to every cluster's registry in [`replication`] (the copy engine is
-//!   `registry-sync`), and rolls out to subscribed Deployments in [`rollout`].
+//!   `registry-sync`), and rolls out to subscribed Deployments in [`rollout`],
+//! - APM agents (which one, its layer, its injection into an image) are in [`apm`].
 
+pub mod apm;
 pub mod auth;
 pub mod cli;
 pub mod config;

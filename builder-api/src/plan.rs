@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::config::{RegistryConfig, ToolchainConfig};
+use crate::config::{ApmAgent, RegistryConfig, ToolchainConfig};
 use crate::store::{App, Build, BuildKind};
 
 /// One step: a process with its argv and env.
@@ -124,6 +124,9 @@ pub struct PlanInput<'a> {
     pub toolchains: &'a ToolchainConfig,
     pub registry: &'a RegistryConfig,
     pub dockerfile_builder: DockerfileBuilder,
+    /// The APM agent the app asked for, resolved from the config by the executor (which fails
+    /// the build clearly when it is not configured).
+    pub apm: Option<&'a ApmAgent>,
 }
 
 impl PlanInput<'_> {
@@ -146,8 +149,8 @@ pub fn steps(p: &PlanInput) -> Vec<StepSpec> {
 pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
     let s = &p.app.settings;
     let mut steps = Vec::new();
-    let entrypoint;
-    let add;
+    // What the assemble step puts into the image: its own flags per kind.
+    let content: Vec<String>;
     match p.kind {
         ResolvedKind::Go => {
             let ldflags = literal(s.go_ldflags.as_deref().unwrap_or("-s -w"));
@@ -170,8 +173,12 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
                     .env("GOMODCACHE", format!("{CACHE}/go-mod"))
                     .env("GOPATH", format!("{CACHE}/go")),
             );
-            add = format!("$(WORKSPACE)/out/app:/app/{}", p.app.name);
-            entrypoint = format!("[\"/app/{}\"]", p.app.name);
+            content = vec![
+                "--add".into(),
+                format!("$(WORKSPACE)/out/app:/app/{}", p.app.name),
+                "--entrypoint".into(),
+                format!("[\"/app/{}\"]", p.app.name),
+            ];
         }
         ResolvedKind::Maven => {
             // `kiln step exec` appends -Dproject.build.outputTimestamp=<commit time>.
@@ -185,8 +192,9 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
             compile.argv.extend(goals.iter().map(|g| literal(g)));
             compile.workdir = Some("$(WORKSPACE)/src".into());
             steps.push(compile.env("MAVEN_OPTS", "-Xmx512m").env("HOME", format!("{CACHE}/home")));
-            add = "$(WORKSPACE)/src/target/*.jar:/app/app.jar".into();
-            entrypoint = "[\"java\", \"-jar\", \"/app/app.jar\"]".into();
+            // Jib-style: dependencies, resources and classes as separate layers, the entrypoint
+            // from the jar's Main-Class (steps/java_layers.rs).
+            content = vec!["--maven-target".into(), "$(WORKSPACE)/src/target".into()];
         }
         ResolvedKind::Dockerfile => {
             let tool = match p.dockerfile_builder {
@@ -211,20 +219,31 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
                     .env("KILN_BUILDAH_ARGS", p.toolchains.buildah_args.join(" "))
                     .env("KILN_BUILDAH_ISOLATION", &p.toolchains.buildah_isolation);
             }
-            steps.push(with_registry(image, p));
+            steps.push(with_apm(with_registry(image, p), p));
             return steps;
         }
     }
     let mut image = StepSpec::new("image", ["kiln", "step", "assemble", "--base"]);
     image.argv.push(literal(p.app.base_image.as_deref().unwrap_or("scratch")));
-    image.argv.extend(["--image".into(), literal(&p.target_image()), "--add".into(), add]);
-    image.argv.extend(["--entrypoint".into(), entrypoint]);
+    image.argv.extend(["--image".into(), literal(&p.target_image())]);
+    image.argv.extend(content);
     image.argv.extend(["--created-from".into(), CLONE_INFO.into()]);
     image.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
     image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", literal(&p.build.commit))]);
     image.argv.extend(["--result-file".into(), RESULT_FILE.into()]);
-    steps.push(with_registry(image, p));
+    steps.push(with_apm(with_registry(image, p), p));
     steps
+}
+
+/// The agent for the image step (`steps/apm.rs`), as env values: the source as JSON, the JVM
+/// options already filled in with the app and tenant names.
+fn with_apm(step: StepSpec, p: &PlanInput) -> StepSpec {
+    let Some(agent) = p.apm else { return step };
+    let source = serde_json::to_string(&agent.source).expect("a source serialises");
+    step.env("KILN_APM_AGENT", literal(&agent.name))
+        .env("KILN_APM_VERSION", literal(&agent.version))
+        .env("KILN_APM_SOURCE", literal(&source))
+        .env("KILN_APM_JAVA_OPTIONS", literal(&crate::apm::java_options(agent, &p.app.name, &p.app.tenant)))
 }
 
 /// A user's string placed into argv: `$` doubled so `$(VAR)` expansion leaves it as written

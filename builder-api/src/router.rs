@@ -5,7 +5,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::context::AppState;
-use crate::handlers::{apps, builds, health, rollouts, tenants};
+use crate::handlers::{apm, apps, builds, health, rollouts, tenants};
 use crate::hooks;
 use crate::web;
 
@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
         .route("/api/v1/builds/{id}/sync", post(builds::sync))
         .route("/api/v1/builds/{id}/logs", get(builds::logs))
+        .route("/api/v1/builds/{id}/apm", post(apm::reinject))
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -245,6 +245,9 @@ mod tests {
             queued_at: 0,
             started_at: None,
             finished_at: None,
+            apm_agent: None,
+            apm_version: None,
+            original_image: None,
         }
     }
 

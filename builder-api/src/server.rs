@@ -52,6 +52,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
             cache_claim: config.kube.cache_claim.clone(),
             registry_secret: config.kube.registry_secret.clone(),
             data_dir: data_dir.clone(),
+            apm: config.apm.clone(),
         };
         Arc::new(KubeExecutor::new(client, templates, settings, config.toolchains.clone(), config.registry.clone()))
     } else {
@@ -79,6 +80,7 @@ fn local_executor(config: &Config, kiln_binary: PathBuf, data_dir: PathBuf) -> L
             Some("buildkit") => crate::plan::DockerfileBuilder::Buildkit,
             _ => crate::plan::DockerfileBuilder::Buildah,
         },
+        apm: config.apm.clone(),
     }
 }
 

@@ -23,6 +23,8 @@ pub struct AssembleSpec {
     pub base: Option<ImageRef>,
     /// New layers, bottom to top.
     pub layers: Vec<LayerSpec>,
+    /// Layers built before (a cached APM agent layer), pushed after `layers`.
+    pub prebuilt_layers: Vec<BuiltLayer>,
     /// Where to push; must carry a tag.
     pub target: ImageRef,
     /// Replaces the base entrypoint. Like `docker build`, setting it without `cmd` clears the
@@ -31,11 +33,19 @@ pub struct AssembleSpec {
     pub cmd: Option<Vec<String>>,
     /// Set or override, in order, on top of the base env.
     pub env: Vec<(String, String)>,
+    /// Appended, after `env`, to the value the image already has, with one space between (a
+    /// `JAVA_TOOL_OPTIONS` the image sets keeps its options); set when the image has none.
+    pub env_append: Vec<(String, String)>,
     /// Merged over the base labels.
     pub labels: BTreeMap<String, String>,
     pub workdir: Option<String>,
     /// Unix seconds for the config's `created` and the history entries (reproducibility).
     pub created: i64,
+    /// Keep the base config's `created` instead of `created` (a mutation of a built image is
+    /// then as reproducible as the image itself, without knowing its commit time).
+    pub keep_base_created: bool,
+    /// What the history entries of the new layers say made them (`kiln assemble`).
+    pub created_by: String,
     /// Which manifest to pick from a base image index, and the platform of a scratch image.
     pub platform: Platform,
 }
@@ -50,9 +60,13 @@ impl AssembleSpec {
             entrypoint: None,
             cmd: None,
             env: Vec::new(),
+            env_append: Vec::new(),
+            prebuilt_layers: Vec::new(),
             labels: BTreeMap::new(),
             workdir: None,
             created: 0,
+            keep_base_created: false,
+            created_by: "kiln assemble".into(),
             platform: Platform::default(),
         }
     }
@@ -89,6 +103,9 @@ pub enum AssembleError {
     BaseNotFound { base: String, platform: String },
     #[error("base image {base} is unusable: {reason}")]
     InvalidBase { base: String, reason: String },
+    /// The caller's check of the base config said no; nothing was pushed.
+    #[error("base image {base} refused: {reason}")]
+    BaseRefused { base: String, reason: String },
     #[error("layer {index}: {source}")]
     Layer { index: usize, source: LayerError },
     #[error("internal error: {0}")]
@@ -102,17 +119,31 @@ struct Base {
     config: Value,
 }
 
+/// A check of the base image's config, run before anything is pushed: `Err(reason)` stops the
+/// push with [`AssembleError::BaseRefused`].
+pub type BaseCheck<'a> = &'a (dyn Fn(&Value) -> Result<(), String> + Send + Sync);
+
 /// Assembles the image described by `spec` and pushes it to `spec.target`.
 pub async fn assemble_and_push(
     spec: &AssembleSpec,
     opts: &RegistryOptions,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<PushedImage, AssembleError> {
+    assemble_checked(spec, opts, progress, &|_| Ok(())).await
+}
+
+/// [`assemble_and_push`], refusing a base whose config fails `check` before any upload.
+pub async fn assemble_checked(
+    spec: &AssembleSpec,
+    opts: &RegistryOptions,
+    progress: &mut (dyn FnMut(String) + Send),
+    check: BaseCheck<'_>,
+) -> Result<PushedImage, AssembleError> {
     let target = &spec.target;
     if target.tag().is_none() || target.digest().is_some() {
         return Err(AssembleError::InvalidTarget(target.to_string()));
     }
-    let created = chrono::DateTime::from_timestamp(spec.created, 0)
+    let mut created = chrono::DateTime::from_timestamp(spec.created, 0)
         .ok_or_else(|| {
             AssembleError::InvalidSpec(format!("created {} is out of range", spec.created))
         })?
@@ -127,6 +158,17 @@ pub async fn assemble_and_push(
         Some(base) => Some(pull_base(&client, opts, base, &spec.platform, progress).await?),
         None => None,
     };
+    if let Some(base) = &base {
+        check(&base.config).map_err(|reason| AssembleError::BaseRefused {
+            base: base.reference.to_string(),
+            reason,
+        })?;
+        if spec.keep_base_created {
+            if let Some(c) = base.config.get("created").and_then(Value::as_str) {
+                created = c.to_string();
+            }
+        }
+    }
 
     // Build the new layers off the async threads.
     let mut built: Vec<BuiltLayer> = Vec::with_capacity(spec.layers.len());
@@ -143,6 +185,7 @@ pub async fn assemble_and_push(
         ));
         built.push(layer);
     }
+    built.extend(spec.prebuilt_layers.iter().cloned());
 
     let mut stats = Stats::default();
     let mut manifest_layers = Vec::new();
@@ -453,7 +496,7 @@ fn build_config(
         AssembleError::InvalidSpec("base config's \"config\" is not an object".into())
     })?;
 
-    if !spec.env.is_empty() {
+    if !spec.env.is_empty() || !spec.env_append.is_empty() {
         let mut env: Vec<String> = inner
             .get("Env")
             .and_then(Value::as_array)
@@ -464,18 +507,25 @@ fn build_config(
             })
             .unwrap_or_default();
         for (key, value) in &spec.env {
-            if key.is_empty() || key.contains('=') {
-                return Err(AssembleError::InvalidSpec(format!(
-                    "invalid env name {key:?}"
-                )));
-            }
+            check_env_name(key)?;
             let line = format!("{key}={value}");
-            match env
-                .iter_mut()
-                .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
-            {
+            match env.iter_mut().find(|e| env_name(e) == key) {
                 Some(existing) => *existing = line,
                 None => env.push(line),
+            }
+        }
+        for (key, value) in &spec.env_append {
+            check_env_name(key)?;
+            match env.iter_mut().find(|e| env_name(e) == key) {
+                Some(existing) => {
+                    let old = existing.split_once('=').map_or("", |(_, v)| v);
+                    *existing = if old.trim().is_empty() {
+                        format!("{key}={value}")
+                    } else {
+                        format!("{key}={old} {value}")
+                    };
+                }
+                None => env.push(format!("{key}={value}")),
             }
         }
         inner.insert("Env".into(), json!(env));
@@ -526,17 +576,29 @@ fn build_config(
         entry.insert("created".into(), json!(created));
         entry.insert(
             "created_by".into(),
-            json!(format!("kiln assemble: layer {}", i + 1)),
+            json!(format!("{}: layer {}", spec.created_by, i + 1)),
         );
         entry.insert("comment".into(), json!(layer.diff_id));
         history.push(Value::Object(entry));
     }
     if layers.is_empty() {
         history.push(
-            json!({"created": created, "created_by": "kiln assemble: config", "empty_layer": true}),
+            json!({"created": created, "created_by": format!("{}: config", spec.created_by), "empty_layer": true}),
         );
     }
     Ok(config)
+}
+
+/// `KEY` of a config env line `KEY=VALUE`.
+fn env_name(line: &str) -> &str {
+    line.split_once('=').map_or(line, |(k, _)| k)
+}
+
+fn check_env_name(key: &str) -> Result<(), AssembleError> {
+    if key.is_empty() || key.contains('=') {
+        return Err(AssembleError::InvalidSpec(format!("invalid env name {key:?}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Everything that speaks the OCI distribution protocol: image references, registry auth,
-//! reproducible layers, daemonless image assembly and push, pulling and unpacking, and copying
-//! images between registries.
+//! reproducible layers, daemonless image assembly and push, image mutation (APM agent
+//! injection), pulling and unpacking, and copying images between registries.
 //!
 //! TLS is rustls with the `ring` provider; the process must install it once at start
 //! (`rustls::crypto::ring::default_provider().install_default()`).
@@ -10,11 +10,12 @@ pub mod auth;
 pub mod client;
 pub mod copy;
 pub mod layer;
+pub mod mutate;
 pub mod pull;
 pub mod reference;
 pub mod session;
 
-pub use assemble::{assemble_and_push, AssembleError, AssembleSpec, PushedImage};
+pub use assemble::{assemble_and_push, assemble_checked, AssembleError, AssembleSpec, PushedImage};
 pub use auth::{load_docker_config, AuthFileError, RegistryAuth, RegistryOptions};
 pub use client::{human_bytes, Platform, RegistryError};
 pub use copy::{
@@ -23,5 +24,6 @@ pub use copy::{
 };
 pub use session::RetryPolicy;
 pub use layer::{build_layer, BuiltLayer, LayerEntry, LayerError, LayerSpec};
-pub use pull::{pull_image, pull_image_for, unpack_layers, PullError, PulledImage};
+pub use mutate::{java_evidence, mutate_and_push, MutateError, MutateSpec};
+pub use pull::{pull_image, pull_image_for, unpack_archive, unpack_layers, PullError, PulledImage};
 pub use reference::{ImageRef, ReferenceError};

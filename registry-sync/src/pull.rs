@@ -127,6 +127,25 @@ pub fn unpack_layers(pulled: &PulledImage, dest: &Path) -> Result<(), PullError>
     Ok(())
 }
 
+/// Unpacks one tar or tar+gzip archive (a layer, an APM agent's `.tar.gz`) into `dest`, with the
+/// same refusals as [`unpack_layers`]; `name` says which archive in errors.
+pub fn unpack_archive(reader: impl Read, dest: &Path, name: &str) -> Result<(), PullError> {
+    fs::create_dir_all(dest).map_err(|source| PullError::Unpack {
+        digest: name.to_string(),
+        source,
+    })?;
+    let mut reader = io::BufReader::new(reader);
+    let head = io::BufRead::fill_buf(&mut reader).map_err(|source| PullError::Unpack {
+        digest: name.to_string(),
+        source,
+    })?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        unpack_tar(flate2::read::GzDecoder::new(reader), dest, name)
+    } else {
+        unpack_tar(reader, dest, name)
+    }
+}
+
 fn unpack_tar(reader: impl Read, dest: &Path, digest: &str) -> Result<(), PullError> {
     let io_err = |source| PullError::Unpack {
         digest: digest.to_string(),

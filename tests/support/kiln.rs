@@ -107,6 +107,18 @@ impl TestKiln {
         body
     }
 
+    /// Sends a GitLab push webhook with the app's secret; returns the id of the one build queued.
+    pub async fn push_hook(&self, push: &crate::support::fixtures::GitlabPush, secret: &str) -> i64 {
+        let req = Request::post("/hooks/gitlab")
+            .header("x-gitlab-event", push.event())
+            .header("x-gitlab-token", secret)
+            .body(Body::from(push.body().to_string()))
+            .unwrap();
+        let (status, body) = self.send(req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["builds"][0].as_i64().unwrap()
+    }
+
     pub async fn build(&self, id: i64) -> Build {
         self.ctx.store.build(id).await.unwrap().expect("build exists")
     }

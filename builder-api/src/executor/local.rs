@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 
 use super::process::{self, Pipe, ProcessEnd, ProcessSpec};
 use super::{BuildJob, Executor, Outcome};
-use crate::config::{RegistryConfig, ToolchainConfig};
+use crate::config::{ApmConfig, RegistryConfig, ToolchainConfig};
 use crate::plan::{self, DockerfileBuilder, PlanInput, StepSpec};
 use crate::steps::{CloneInfo, ImageResult};
 use crate::store::{BuildKind, BuildState, StepState};
@@ -19,6 +19,7 @@ pub struct LocalExecutor {
     pub toolchains: ToolchainConfig,
     pub registry: RegistryConfig,
     pub dockerfile_builder: DockerfileBuilder,
+    pub apm: ApmConfig,
 }
 
 impl Executor for LocalExecutor {
@@ -73,6 +74,13 @@ impl LocalExecutor {
                 return Outcome::failed(format!("store: {e}"));
             }
         }
+        let apm = match super::resolve_apm(&self.apm, &job.app) {
+            Ok(apm) => apm,
+            Err(reason) => {
+                job.log.system("plan", format!("[kiln] {reason}")).await;
+                return Outcome::failed(reason);
+            }
+        };
         let input = PlanInput {
             app: &job.app,
             build: &job.build,
@@ -80,6 +88,7 @@ impl LocalExecutor {
             toolchains: &self.toolchains,
             registry: &self.registry,
             dockerfile_builder: self.dockerfile_builder,
+            apm,
         };
         for (i, step) in plan::steps_after_clone(&input).iter().enumerate() {
             if let Some(end) = self.run_step(job, i as i64 + 1, step, workspace, cache).await {
@@ -91,7 +100,7 @@ impl LocalExecutor {
             Ok(r) => r,
             Err(e) => return Outcome::failed(format!("the image step reported no digest: {e}")),
         };
-        if let Err(e) = job.store.set_build_image(job.build.id, &result.image, &result.digest).await {
+        if let Err(e) = super::record_image(&job.store, job.build.id, &result).await {
             return Outcome::failed(format!("store: {e}"));
         }
         job.log.system("image", format!("[kiln] pushed {}", result.image)).await;

@@ -46,6 +46,20 @@ impl Outcome {
     }
 }
 
+/// Records what the image step pushed (and, with APM, the agent and the original image).
+pub async fn record_image(store: &Store, build_id: i64, result: &crate::steps::ImageResult) -> crate::store::Result<()> {
+    store.set_build_image(build_id, &result.image, &result.digest).await?;
+    if let Some(apm) = &result.apm {
+        store.set_build_apm(build_id, &apm.agent, &apm.version, &apm.original_image).await?;
+    }
+    Ok(())
+}
+
+/// The agent the app asks for, resolved before the plan is made; `Err` is the build's reason.
+pub fn resolve_apm<'a>(config: &'a crate::config::ApmConfig, app: &App) -> Result<Option<&'a crate::config::ApmAgent>, String> {
+    crate::apm::for_app(config, app).map_err(|e| format!("cannot apply APM: {e}"))
+}
+
 pub trait Executor: Send + Sync + 'static {
     /// Runs the build to its end. Lines go to `job.log`; steps and the image digest to the store.
     fn run(&self, job: BuildJob) -> BoxFuture<'_, Outcome>;

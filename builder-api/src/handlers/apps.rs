@@ -72,6 +72,11 @@ pub async fn create(
     if let Some(df) = &req.settings.dockerfile {
         validate::repo_path("dockerfile", df).map_err(bad)?;
     }
+    if let Some(apm) = &req.settings.apm {
+        // 422: the request is well-formed, but names an agent this Kiln does not have.
+        crate::apm::find_agent(&s.config.apm, &apm.agent, apm.version.as_deref())
+            .map_err(|e| ApiError::Unprocessable(format!("settings.apm: {e}")))?;
+    }
     if let Some(base) = &req.base_image {
         if base != "scratch" && !base.contains('/') {
             return Err(bad(format!("base_image {base:?} needs a registry host, e.g. registry.example.com/library/base:1")));

@@ -81,7 +81,7 @@ async fn resolve_ref(s: &AppState, app: &crate::store::App, git_ref: &str) -> Ap
 }
 
 /// A build visible to the caller, else 404 (the same answer for another tenant's build).
-async fn visible_build(s: &AppState, who: &Principal, id: i64) -> ApiResult<Build> {
+pub(crate) async fn visible_build(s: &AppState, who: &Principal, id: i64) -> ApiResult<Build> {
     s.store
         .build(id)
         .await?

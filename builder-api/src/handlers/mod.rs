@@ -1,5 +1,6 @@
 //! HTTP handlers grouped by resource. Routes are listed in `router.rs`.
 
+pub mod apm;
 pub mod apps;
 pub mod builds;
 pub mod health;

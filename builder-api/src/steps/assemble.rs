@@ -1,14 +1,16 @@
 //! `kiln step assemble`: the daemonless image step for Go and Maven apps (the way ko and Jib
-//! build): the base image, plus the build's artifacts as one reproducible layer, plus a config
-//! with entrypoint, env and OCI labels; pushed with `registry-sync`, reported by digest.
+//! build): the base image, plus the build's artifacts as reproducible layers (one for `--add`;
+//! dependencies, resources and classes apart for `--maven-target`, see [`super::java_layers`]),
+//! plus a config with entrypoint, env and OCI labels; pushed with `registry-sync`, reported by
+//! digest — after APM injection when the plan asks for it ([`super::apm`]).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use registry_sync::{assemble_and_push, AssembleSpec, ImageRef, LayerEntry, LayerSpec, RegistryAuth, RegistryOptions};
+use registry_sync::{assemble_and_push, AssembleSpec, ImageRef, LayerEntry, LayerSpec, RegistryOptions};
 
-use super::{write_result, ImageResult};
+use super::ImageResult;
 
 #[derive(Debug, Args)]
 pub struct AssembleArgs {
@@ -20,8 +22,12 @@ pub struct AssembleArgs {
     pub image: String,
     /// `SRC:DEST` — a file or directory on disk and its path in the image. The file name of SRC
     /// may hold one `*`, which must match exactly one file. Repeatable.
-    #[arg(long = "add", required = true)]
+    #[arg(long = "add", required_unless_present = "maven_target")]
     pub add: Vec<String>,
+    /// A Maven `target/` directory: dependencies, resources and classes as three layers, and
+    /// the entrypoint `java -cp … <Main-Class of target/*.jar>` (unless `--entrypoint`).
+    #[arg(long)]
+    pub maven_target: Option<PathBuf>,
     /// Entrypoint as a JSON array.
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -55,13 +61,22 @@ pub async fn run(mut args: AssembleArgs) -> anyhow::Result<()> {
     if args.base != "scratch" {
         spec.base = Some(ImageRef::parse(&args.base).with_context(|| format!("--base {}", args.base))?);
     }
+    let mtime = u64::try_from(args.created).unwrap_or(0);
+    if let Some(target_dir) = &args.maven_target {
+        let jar = resolve_source(&format!("{}/*.jar", target_dir.display()))?;
+        let layout = super::java_layers::maven_layout(target_dir, &jar)?;
+        println!("Maven layers: {} (dependencies, resources, classes; empty ones left out)", layout.layers.len());
+        spec.layers.extend(layout.layers);
+        spec.entrypoint = Some(layout.entrypoint);
+    }
     let mut entries = Vec::new();
     for add in &args.add {
         let (src, dest) = add.rsplit_once(':').with_context(|| format!("--add {add:?} is not SRC:DEST"))?;
         entries.push(LayerEntry::new(resolve_source(src)?, dest));
     }
-    let mtime = u64::try_from(args.created).unwrap_or(0);
-    spec.layers.push(LayerSpec::new(entries).with_mtime(mtime));
+    if !entries.is_empty() {
+        spec.layers.push(LayerSpec::new(entries).with_mtime(mtime));
+    }
     if let Some(ep) = &args.entrypoint {
         spec.entrypoint = Some(serde_json::from_str(ep).with_context(|| format!("--entrypoint {ep:?} is not a JSON array of strings"))?);
     }
@@ -69,6 +84,8 @@ pub async fn run(mut args: AssembleArgs) -> anyhow::Result<()> {
     spec.labels = args.labels.iter().map(|kv| split_kv("--label", kv)).collect::<anyhow::Result<_>>()?;
     spec.workdir = args.workdir.clone();
     spec.created = args.created;
+    let apm = super::apm::from_env(target.registry()).await?;
+    spec.target = super::apm::first_push_target(&target, apm.as_ref());
 
     let opts = registry_options_from_env(target.registry());
     let mut progress = |line: String| println!("{line}");
@@ -81,8 +98,8 @@ pub async fn run(mut args: AssembleArgs) -> anyhow::Result<()> {
         pushed.layers_mounted,
         registry_sync::client::human_bytes(pushed.bytes_pushed)
     );
-    write_result(&args.result_file, &ImageResult { image: pushed.reference.to_string(), digest: pushed.digest })?;
-    Ok(())
+    let pushed = ImageResult { image: pushed.reference.to_string(), digest: pushed.digest, apm: None };
+    super::apm::finish(pushed, &target, apm.as_ref(), &args.result_file).await
 }
 
 fn split_kv(flag: &str, kv: &str) -> anyhow::Result<(String, String)> {
@@ -94,20 +111,13 @@ fn split_kv(flag: &str, kv: &str) -> anyhow::Result<(String, String)> {
 /// plain HTTP) and `KILN_REGISTRY_USERNAME` / `KILN_REGISTRY_PASSWORD` (from a Secret), offered
 /// only to the target registry — never to the registry a base image comes from.
 pub fn registry_options_from_env(target_registry: &str) -> RegistryOptions {
-    let mut opts = RegistryOptions::anonymous();
-    opts.insecure_registries = std::env::var("KILN_INSECURE_REGISTRIES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
-    let user = std::env::var("KILN_REGISTRY_USERNAME").unwrap_or_default();
-    if !user.is_empty() {
-        let auth = RegistryAuth::basic(user, std::env::var("KILN_REGISTRY_PASSWORD").unwrap_or_default());
-        opts.registry_auth.insert(target_registry.to_string(), auth);
-    }
-    opts
+    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    let config = crate::config::RegistryConfig {
+        insecure: env("KILN_INSECURE_REGISTRIES").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        username: Some(env("KILN_REGISTRY_USERNAME")),
+        password: Some(env("KILN_REGISTRY_PASSWORD")),
+    };
+    config.options_for(target_registry)
 }
 
 /// Resolves a `SRC` that may hold one `*` in its file name to exactly one existing path.

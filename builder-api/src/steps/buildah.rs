@@ -8,7 +8,7 @@ use std::process::Stdio;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use super::{write_result, ImageResult};
+use super::ImageResult;
 
 #[derive(Debug, Args)]
 pub struct BuildahArgs {
@@ -51,6 +51,9 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| vec!["--storage-driver".into(), "vfs".into()]);
     let isolation = std::env::var("KILN_BUILDAH_ISOLATION").unwrap_or_else(|_| "chroot".into());
     let target = registry_sync::ImageRef::parse(&args.image).with_context(|| format!("--image {}", args.image))?;
+    // With APM on, the build pushes the original under `<tag>-noapm`; the injected image gets the tag.
+    let apm = super::apm::from_env(target.registry()).await?;
+    let first = super::apm::first_push_target(&target, apm.as_ref());
     let registry_host = target.registry().to_string();
     let insecure = super::assemble::registry_options_from_env(&registry_host).insecure_registries;
     let tls_verify = if insecure.iter().any(|h| *h == registry_host) { "--tls-verify=false" } else { "--tls-verify=true" };
@@ -97,18 +100,17 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
             push.arg("--authfile").arg(&auth_file);
         }
     }
-    push.arg(&tag).arg(format!("docker://{}", args.image));
-    println!("pushing {}", args.image);
+    push.arg(&tag).arg(format!("docker://{first}"));
+    println!("pushing {first}");
     let pushed = run_inheriting(&mut push, "buildah push").await;
     // Free the vfs copy of the image whatever happened.
     let _ = tokio::process::Command::new(&buildah).args(&global).arg("rmi").arg("-f").arg(&tag).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
     pushed?;
     let digest = std::fs::read_to_string(&digest_file).context("buildah wrote no digest")?.trim().to_string();
     let _ = std::fs::remove_file(&digest_file);
-    let image = target.with_digest(digest.clone()).to_string();
+    let image = first.with_digest(digest.clone()).to_string();
     println!("pushed {image}");
-    write_result(&args.result_file, &ImageResult { image, digest })?;
-    Ok(())
+    super::apm::finish(ImageResult { image, digest, apm: None }, &target, apm.as_ref(), &args.result_file).await
 }
 
 fn tempfile_path(what: &str) -> PathBuf {

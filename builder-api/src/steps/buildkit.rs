@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 
 use super::buildah::BuildahArgs;
-use super::{write_result, ImageResult};
+use super::ImageResult;
 
 pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
     if let Some(info) = &args.created_from {
@@ -16,6 +16,9 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
     }
     let buildctl = std::env::var("KILN_BUILDCTL").unwrap_or_else(|_| "buildctl-daemonless.sh".into());
     let target = registry_sync::ImageRef::parse(&args.image).with_context(|| format!("--image {}", args.image))?;
+    // With APM on, the build pushes the original under `<tag>-noapm`; the injected image gets the tag.
+    let apm = super::apm::from_env(target.registry()).await?;
+    let first = super::apm::first_push_target(&target, apm.as_ref());
     let registry_host = target.registry().to_string();
     let insecure = super::assemble::registry_options_from_env(&registry_host).insecure_registries;
 
@@ -46,7 +49,7 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
     for l in &args.labels {
         cmd.arg("--opt").arg(format!("label:{l}"));
     }
-    let mut output = format!("type=image,name={},push=true", args.image);
+    let mut output = format!("type=image,name={first},push=true");
     if let Some(created) = args.created {
         // Reproducible: every timestamp in the image becomes the commit time.
         cmd.arg("--opt").arg(format!("build-arg:SOURCE_DATE_EPOCH={created}"));
@@ -77,8 +80,7 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     let digest = result?;
-    let image = target.with_digest(digest.clone()).to_string();
+    let image = first.with_digest(digest.clone()).to_string();
     println!("pushed {image}");
-    write_result(&args.result_file, &ImageResult { image, digest })?;
-    Ok(())
+    super::apm::finish(ImageResult { image, digest, apm: None }, &target, apm.as_ref(), &args.result_file).await
 }

@@ -3,10 +3,12 @@
 //! vars and argv, never from templated text, prints progress to stdout (the build log), prints its
 //! error as the last line on stderr, and exits non-zero on failure.
 
+pub mod apm;
 pub mod assemble;
 pub mod buildah;
 pub mod buildkit;
 pub mod clone;
+pub mod java_layers;
 
 use std::path::Path;
 
@@ -26,6 +28,9 @@ pub struct ImageResult {
     /// `registry/repo@sha256:…`
     pub image: String,
     pub digest: String,
+    /// Set when an APM agent was injected: `image`/`digest` are then the injected image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apm: Option<crate::apm::ApmApplied>,
 }
 
 /// Writes a small JSON result atomically (write then rename), creating the directory.

@@ -50,6 +50,9 @@ pub struct KindSettings {
     /// A new push to a branch cancels the app's older queued or running builds of that branch
     /// (default true; false builds every push).
     pub supersede: Option<bool>,
+    /// An APM agent injected into every image of the app (`crate::apm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apm: Option<crate::apm::ApmSetting>,
 }
 
 #[derive(Clone, Serialize)]

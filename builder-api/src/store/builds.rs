@@ -62,6 +62,11 @@ pub struct Build {
     /// The image reference pinned by digest, once pushed.
     pub image: Option<String>,
     pub image_digest: Option<String>,
+    /// The APM agent and version injected into `image`, if any.
+    pub apm_agent: Option<String>,
+    pub apm_version: Option<String>,
+    /// With APM: the image as built, before injection (by digest).
+    pub original_image: Option<String>,
     pub queued_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -106,7 +111,8 @@ pub struct NewBuild {
 }
 
 const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name, b.app_id, a.name, b.state, b.reason, b.git_ref, b.commit_sha,
-    b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at";
+    b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at,
+    b.apm_agent, b.apm_version, b.original_image";
 const BUILD_FROM: &str = "FROM builds b JOIN tenants t ON t.id = b.tenant_id JOIN apps a ON a.id = b.app_id";
 
 fn build_from_row(r: &SqliteRow) -> Result<Build> {
@@ -128,6 +134,9 @@ fn build_from_row(r: &SqliteRow) -> Result<Build> {
         queued_at: r.get(13),
         started_at: r.get(14),
         finished_at: r.get(15),
+        apm_agent: r.get(16),
+        apm_version: r.get(17),
+        original_image: r.get(18),
     })
 }
 
@@ -254,6 +263,35 @@ impl Store {
             .bind(id)
             .execute(&self.writer)
             .await?;
+        Ok(())
+    }
+
+    /// The agent in the build's image and the image before injection.
+    pub async fn set_build_apm(&self, id: i64, agent: &str, version: &str, original_image: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET apm_agent = ?, apm_version = ?, original_image = ? WHERE id = ?")
+            .bind(agent)
+            .bind(version)
+            .bind(original_image)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// A re-injection (`POST /builds/{id}/apm`): the build's image becomes the new one; the
+    /// original is kept (set now if the build had no agent, whose image was the original).
+    pub async fn set_build_reinjected(&self, id: i64, image: &str, digest: &str, agent: &str, version: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE builds SET original_image = COALESCE(original_image, image), image = ?, image_digest = ?,
+                    apm_agent = ?, apm_version = ? WHERE id = ?",
+        )
+        .bind(image)
+        .bind(digest)
+        .bind(agent)
+        .bind(version)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 

@@ -152,6 +152,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX build_syncs_by_state ON build_syncs(state);
     "#,
+    // 5: APM — the agent and version in the build's image, and the image before injection (by
+    // digest) that a re-injection starts from. `image`/`image_digest` stay the image to deploy.
+    r#"
+    ALTER TABLE builds ADD COLUMN apm_agent TEXT;
+    ALTER TABLE builds ADD COLUMN apm_version TEXT;
+    ALTER TABLE builds ADD COLUMN original_image TEXT;
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

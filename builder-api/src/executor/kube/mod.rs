@@ -48,6 +48,9 @@ pub struct KubeSettings {
     pub registry_secret: Option<String>,
     /// Where the scratch clone for `auto` builds goes.
     pub data_dir: PathBuf,
+    /// APM agents apps may ask for; the image container reads the agent's source itself (an
+    /// `image` source works in any cluster; `dir`/`tar_gz` only where the template mounts it).
+    pub apm: crate::config::ApmConfig,
 }
 
 pub struct KubeExecutor {
@@ -113,7 +116,12 @@ impl KubeExecutor {
             Ok(kind) => kind,
             Err(reason) => return Outcome::failed(reason),
         };
+        let apm = match super::resolve_apm(&self.settings.apm, &job.app) {
+            Ok(apm) => apm,
+            Err(reason) => return Outcome::failed(reason),
+        };
         let input = PlanInput {
+            apm,
             app: &job.app,
             build,
             kind,
@@ -426,7 +434,7 @@ impl KubeExecutor {
             Ok(r) => r,
             Err(e) => return Outcome::failed(format!("the image step's termination message is not a result: {e}")),
         };
-        if let Err(e) = job.store.set_build_image(job.build.id, &result.image, &result.digest).await {
+        if let Err(e) = super::record_image(&job.store, job.build.id, &result).await {
             return Outcome::failed(format!("store: {e}"));
         }
         job.log.system("image", format!("[kiln] pushed {}", result.image)).await;
