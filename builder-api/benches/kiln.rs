@@ -695,7 +695,10 @@ async fn rollout() {
     ready_rx.await.unwrap();
 
     let digest = |app: usize, push: usize| format!("sha256:{:064x}", app * 1000 + push + 1);
-    let sends = (0..PUSHES).flat_map(|p| (0..APPS).map(move |a| (a, p))).map(|(a, p)| {
+    // Five waves: each repository's pushes arrive in push order (as Harbor sends them), the
+    // 100 repositories' pushes of a wave at once. A newer push supersedes an older one that has
+    // not rolled out yet, so the last wave is what every Deployment must end on.
+    let send = |a: usize, p: usize| {
         let (http, url) = (http.clone(), url.clone());
         let d = digest(a, p);
         async move {
@@ -707,9 +710,12 @@ async fn rollout() {
             assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
             (d, sent)
         }
-    });
+    };
     let started = Instant::now();
-    let sent: Vec<(String, Instant)> = futures_util::future::join_all(sends).await;
+    let mut sent: Vec<(String, Instant)> = Vec::with_capacity(APPS * PUSHES);
+    for p in 0..PUSHES {
+        sent.extend(futures_util::future::join_all((0..APPS).map(|a| send(a, p))).await);
+    }
     let intake = started.elapsed();
     // Done when every Deployment runs its last push (earlier pushes may be superseded unpatched).
     let deadline = Instant::now() + Duration::from_secs(120);
