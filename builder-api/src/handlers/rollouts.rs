@@ -197,7 +197,7 @@ pub async fn rollback(
             })
         })
         .collect();
-    let ids = s.store.queue_rollouts(None, &rollouts).await?;
+    let ids = s.store.queue_rollouts(&[], &rollouts).await?;
     s.rollouts.wake();
     Ok((StatusCode::ACCEPTED, Json(json!({ "digest": digest, "rollouts": ids }))))
 }

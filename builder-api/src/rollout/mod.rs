@@ -57,8 +57,11 @@ pub async fn run(ctx: Arc<Context>) {
                 tracing::info!("{added} subscription(s) added from Deployment annotations");
             }
         }
-        if let Err(e) = handle_image_events(&ctx).await {
-            tracing::error!("rollouts: {e}");
+        match handle_image_events(&ctx).await {
+            // More events wait: dispatch what is queued, then come straight back.
+            Ok(true) => ctx.rollouts.wake(),
+            Ok(false) => {}
+            Err(e) => tracing::error!("rollouts: {e}"),
         }
         if let Err(e) = dispatch(&ctx).await {
             tracing::error!("rollouts: {e}");
@@ -67,25 +70,30 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
-/// Turns each pending image event into rollouts of the subscriptions that follow it.
-async fn handle_image_events(ctx: &Context) -> Result<(), StoreError> {
-    loop {
-        let events = ctx.store.pending_image_events(200).await?;
-        if events.is_empty() {
-            return Ok(());
-        }
-        for event in events {
-            let arrived = NewImageEvent {
-                source: if event.source == "harbor" { "harbor" } else { "sync" },
-                registry: event.registry,
-                repository: event.repository,
-                digest: event.digest,
-                tag: event.tag,
-            };
-            let rollouts = rollouts_for(ctx, &arrived).await?;
-            ctx.store.queue_rollouts(Some(event.id), &rollouts).await?;
-        }
+/// Events turned into rollouts per pass: one transaction for all, then the rollouts start.
+const EVENT_BATCH: i64 = 100;
+
+/// Turns pending image events (a batch, oldest first) into rollouts of the subscriptions that
+/// follow them. True when more events are waiting.
+async fn handle_image_events(ctx: &Context) -> Result<bool, StoreError> {
+    let events = ctx.store.pending_image_events(EVENT_BATCH).await?;
+    let more = events.len() as i64 == EVENT_BATCH;
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let mut rollouts = Vec::new();
+    for event in events {
+        let arrived = NewImageEvent {
+            source: if event.source == "harbor" { "harbor" } else { "sync" },
+            registry: event.registry,
+            repository: event.repository,
+            digest: event.digest,
+            tag: event.tag,
+        };
+        rollouts.extend(rollouts_for(ctx, &arrived).await?);
     }
+    if !ids.is_empty() {
+        ctx.store.queue_rollouts(&ids, &rollouts).await?;
+    }
+    Ok(more)
 }
 
 /// The rollouts an image arrival asks for: one per subscription, in the cluster that pulls from
@@ -95,15 +103,20 @@ pub async fn rollouts_for(ctx: &Context, event: &NewImageEvent) -> Result<Vec<Ne
         tracing::info!(registry = event.registry, "image event for a registry no configured cluster pulls from");
         return Ok(vec![]);
     };
-    let builds = ctx.store.succeeded_builds_with_digest(&event.digest).await?;
+    // The builds that made the digest matter only to `branch:` policies: read once, if needed.
+    let mut builds: Option<Vec<crate::store::Build>> = None;
     let mut out = vec![];
     for sub in ctx.store.subscriptions_for_repository(&event.repository).await? {
         if sub.cluster != cluster.name {
             continue;
         }
         let Ok(policy) = sub.policy.parse::<Policy>() else { continue };
+        if matches!(policy, Policy::Branch(_)) && builds.is_none() {
+            builds = Some(ctx.store.succeeded_builds_with_digest(&event.digest).await?);
+        }
         let branch = builds
             .iter()
+            .flatten()
             .find(|b| b.app_id == sub.app_id)
             .and_then(|b| b.git_ref.as_deref())
             .and_then(|r| r.strip_prefix("refs/heads/"));

@@ -235,9 +235,9 @@ impl Store {
             .collect())
     }
 
-    /// Queues rollouts (and marks the image event that caused them handled, if any) in one
-    /// transaction. A Pending rollout of the same subscription is superseded by the new one.
-    pub async fn queue_rollouts(&self, event_id: Option<i64>, rollouts: &[NewRollout]) -> Result<Vec<i64>> {
+    /// Queues rollouts (and marks the image events that caused them handled) in one transaction.
+    /// A Pending rollout of the same subscription is superseded by the newer one.
+    pub async fn queue_rollouts(&self, event_ids: &[i64], rollouts: &[NewRollout]) -> Result<Vec<i64>> {
         let mut tx = self.writer.begin().await?;
         let now = now_ms();
         let mut ids = Vec::with_capacity(rollouts.len());
@@ -268,7 +268,7 @@ impl Store {
             .await?;
             ids.push(id);
         }
-        if let Some(event_id) = event_id {
+        for event_id in event_ids {
             sqlx::query("UPDATE image_events SET handled_at = ? WHERE id = ?").bind(now).bind(event_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
