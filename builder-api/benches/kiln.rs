@@ -116,10 +116,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn setup_tenant(http: &reqwest::Client, url: &str, app: serde_json::Value) -> String {
+/// Tenant `bench`; returns its token.
+async fn create_tenant(http: &reqwest::Client, url: &str) -> String {
     let t: serde_json::Value =
         http.post(format!("{url}/api/v1/tenants")).bearer_auth(ADMIN).json(&json!({"name": "bench"})).send().await.unwrap().json().await.unwrap();
-    let token = t["token"].as_str().unwrap().to_string();
+    t["token"].as_str().unwrap().to_string()
+}
+
+async fn setup_tenant(http: &reqwest::Client, url: &str, app: serde_json::Value) -> String {
+    let token = create_tenant(http, url).await;
     let res = http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap();
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
     token
@@ -318,10 +323,45 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn kube() {
+/// Watches `api` (one watch connection of the benchmark's own) and records when each key
+/// (`key` of an object, None to skip it) was first seen. Returns once the initial list is in.
+async fn first_seen<K>(
+    api: kube::Api<K>,
+    key: impl Fn(K) -> Option<String> + Send + 'static,
+) -> Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
     use futures_util::StreamExt;
-    use k8s_openapi::api::batch::v1::Job;
     use kube::runtime::watcher;
+    let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let record = seen.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            match event {
+                watcher::Event::InitDone => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                    if let Some(k) = key(obj) {
+                        record.lock().unwrap().entry(k).or_insert_with(Instant::now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    ready_rx.await.unwrap();
+    seen
+}
+
+async fn kube() {
+    use k8s_openapi::api::batch::v1::Job;
 
     const N: usize = 200;
     let dir = tempfile::tempdir().unwrap();
@@ -354,29 +394,8 @@ async fn kube() {
     .await;
 
     // The benchmark's own watch sees each Job arrive (one more watch connection, not Kiln's).
-    let created: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
-    let seen = created.clone();
     let jobs: kube::Api<Job> = kube::Api::namespaced(fake.client(), "kiln-bench");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut stream = watcher::watcher(jobs, watcher::Config::default()).boxed();
-        while let Some(Ok(event)) = stream.next().await {
-            match event {
-                watcher::Event::InitDone => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
-                    let name = job.metadata.name.unwrap_or_default();
-                    seen.lock().unwrap().entry(name).or_insert_with(Instant::now);
-                }
-                _ => {}
-            }
-        }
-    });
-    ready_rx.await.unwrap();
+    let created = first_seen(jobs, |job: Job| job.metadata.name).await;
     let watches_before = (fake.watches_opened("jobs"), fake.watches_opened("pods"));
     fake.reset_counters();
 
@@ -620,9 +639,7 @@ async fn followers() {
 /// `rollout`: 500 Harbor webhooks (5 pushes to each of 100 repositories) for 100 Deployments, each
 /// subscribed to one repository, on the fake API server: webhook arrival → Deployment patched.
 async fn rollout() {
-    use futures_util::StreamExt;
     use k8s_openapi::api::apps::v1::Deployment;
-    use kube::runtime::watcher;
 
     const APPS: usize = 100;
     const PUSHES: usize = 5;
@@ -655,9 +672,7 @@ async fn rollout() {
     let router = builder_api::router::router(AppState(ctx.clone()));
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let http = reqwest::Client::new();
-    let t: serde_json::Value =
-        http.post(format!("{url}/api/v1/tenants")).bearer_auth(ADMIN).json(&json!({"name": "bench"})).send().await.unwrap().json().await.unwrap();
-    let token = t["token"].as_str().unwrap().to_string();
+    let token = create_tenant(&http, &url).await;
     for i in 0..APPS {
         let app = json!({"name": format!("app-{i}"), "git_url": "http://127.0.0.1:9/bench/app.git", "image_repository": format!("{REGISTRY}/bench/app-{i}"),
                          "webhook_secret": "bench-secret"});
@@ -668,31 +683,12 @@ async fn rollout() {
     }
 
     // The benchmark's own watch sees each image set (the digest says which push it was).
-    let patched: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
-    let seen = patched.clone();
     let api: kube::Api<Deployment> = kube::Api::namespaced(fake.client(), "shop");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-        while let Some(Ok(event)) = stream.next().await {
-            match event {
-                watcher::Event::InitDone => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                watcher::Event::Apply(d) | watcher::Event::InitApply(d) => {
-                    let image = d.spec.and_then(|s| s.template.spec).and_then(|s| s.containers.into_iter().next()).and_then(|c| c.image).unwrap_or_default();
-                    if let Some((_, digest)) = image.split_once('@') {
-                        seen.lock().unwrap().entry(digest.to_string()).or_insert_with(Instant::now);
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
-    ready_rx.await.unwrap();
+    let patched = first_seen(api, |d: Deployment| {
+        let image = d.spec.and_then(|s| s.template.spec).and_then(|s| s.containers.into_iter().next()).and_then(|c| c.image)?;
+        image.split_once('@').map(|(_, digest)| digest.to_string())
+    })
+    .await;
 
     let digest = |app: usize, push: usize| format!("sha256:{:064x}", app * 1000 + push + 1);
     // Five waves: each repository's pushes arrive in push order (as Harbor sends them), the
