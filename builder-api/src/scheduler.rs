@@ -147,24 +147,30 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
 fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resumed: bool) {
     tokio::spawn(async move {
         let id = build.id;
-        if let Err(e) = execute(&ctx, build, token, resumed).await {
-            tracing::error!(build = id, "build could not be recorded: {e}");
-            let _ = ctx.store.finish_build(id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
-        }
+        let ended = match execute(&ctx, build, token, resumed).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(build = id, "build could not be recorded: {e}");
+                let _ = ctx.store.finish_build(id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
+                None
+            }
+        };
         ctx.scheduler.running.lock().unwrap().remove(&id);
+        ctx.scheduler.cancel_reasons.lock().unwrap().remove(&id);
         ctx.hub.ended(id);
         ctx.scheduler.wake();
         // A pushed image goes on to every cluster's registry.
-        if !ctx.clusters.all().is_empty() && ctx.store.build(id).await.ok().flatten().is_some_and(|b| b.state == BuildState::Succeeded) {
+        if ended == Some(BuildState::Succeeded) && !ctx.clusters.all().is_empty() {
             crate::replication::spawn(ctx.clone(), id);
         }
     });
 }
 
-async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed: bool) -> Result<(), StoreError> {
+/// Runs the build; returns the final state when this call recorded it.
+async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed: bool) -> Result<Option<BuildState>, StoreError> {
     let Some(app) = ctx.store.app(build.app_id).await? else {
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
-        return Ok(());
+        return Ok(None);
     };
     let mut secrets = vec![app.webhook_secret.clone()];
     secrets.extend(app.git_token.clone());
@@ -194,8 +200,8 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     // state has seen the whole log.
     capture.close().await?;
     ctx.store.fail_open_steps(build.id).await?;
-    ctx.store.finish_build(build.id, state, reason.as_deref()).await?;
-    Ok(())
+    let recorded = ctx.store.finish_build(build.id, state, reason.as_deref()).await?;
+    Ok(recorded.then_some(state))
 }
 
 /// Cancels a queued build at once, or asks the executor to stop a running one.
@@ -205,9 +211,9 @@ pub async fn cancel(ctx: &Context, build: &Build) -> Result<CancelResult, StoreE
 
 /// As [`cancel`], with the reason the build record and its log give (`None`: a cancel request).
 pub async fn cancel_because(ctx: &Context, build: &Build, why: Option<&str>) -> Result<CancelResult, StoreError> {
-    if build.state == BuildState::Queued
-        && ctx.store.finish_build(build.id, BuildState::Cancelled, Some(why.unwrap_or("cancelled before it started"))).await?
-    {
+    // Not by the snapshot's state: the scheduler may have started the build since it was read,
+    // and a running build must end through its executor (which flushes its log).
+    if ctx.store.cancel_queued(build.id, why.unwrap_or("cancelled before it started")).await? {
         return Ok(CancelResult::Cancelled);
     }
     if let Some(token) = ctx.scheduler.running.lock().unwrap().get(&build.id) {

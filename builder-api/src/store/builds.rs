@@ -251,6 +251,18 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Queued → Cancelled. False when the build was no longer queued (the scheduler started it,
+    /// or it is final): a running build is stopped by its executor, never finished from outside.
+    pub async fn cancel_queued(&self, id: i64, reason: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE builds SET state = 'Cancelled', reason = ?, finished_at = ? WHERE id = ? AND state = 'Queued'")
+            .bind(reason)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn set_build_kind(&self, id: i64, kind: &str) -> Result<()> {
         sqlx::query("UPDATE builds SET kind = ? WHERE id = ?").bind(kind).bind(id).execute(&self.writer).await?;
         Ok(())
