@@ -227,6 +227,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// The admin token. When unset, one is generated on first start and printed once.
     pub admin_token: Option<String>,
+    /// Whether the audit log takes the client's address from `X-Forwarded-For` (set this only
+    /// behind a proxy that sets it; anyone can send the header) instead of the socket's peer.
+    pub trust_forwarded_for: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -235,13 +238,14 @@ impl std::fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "****"))
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
             .finish()
     }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None }
+        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None, trust_forwarded_for: false }
     }
 }
 
@@ -401,6 +405,9 @@ impl Config {
         }
         if let Some(v) = var("KILN_ADMIN_TOKEN") {
             self.server.admin_token = Some(v);
+        }
+        if let Some(v) = var("KILN_TRUST_FORWARDED_FOR") {
+            self.server.trust_forwarded_for = parse("KILN_TRUST_FORWARDED_FOR", v)?;
         }
         if let Some(v) = var("KILN_DATA_DIR") {
             self.store.data_dir = v.into();

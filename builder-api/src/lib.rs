@@ -2,7 +2,9 @@
 //!
 //! Where things are, by file name:
 //! - a webhook lands in [`hooks`] (`hooks/gitlab.rs`, `hooks/harbor.rs`),
-//! - every HTTP route is listed in [`router`]; handlers are grouped by resource in [`handlers`],
+//! - every HTTP route is listed in [`router`], each API route with the role it needs and its
+//!   audit action; the role check ([`auth`]) and the audit log ([`audit`]) apply that table;
+//!   handlers are grouped by resource in [`handlers`],
 //! - a build's steps are planned in [`plan`], taken from the queue by the [`scheduler`] and run by
 //!   an [`executor`],
 //! - a log line is captured and followed in [`logs`] and kept by the [`store`],
@@ -13,6 +15,7 @@
 //! - APM agents (which one, its layer, its injection into an image) are in [`apm`].
 
 pub mod apm;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -14,7 +14,7 @@ use crate::logs::LogHub;
 use crate::rollout::clusters::Clusters;
 use crate::rollout::Rollouts;
 use crate::scheduler::{self, Scheduler};
-use crate::store::{new_token, Store};
+use crate::store::{new_token, Role, Store};
 
 /// Builds the context: store opened and migrated, executor chosen, admin token ensured.
 pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
@@ -29,7 +29,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         .with_context(|| format!("cannot open the store under {}", config.store.data_dir.display()))?;
     if config.server.admin_token.is_none() && !store.has_admin_token().await? {
         let token = new_token();
-        store.add_token(None, "generated admin", &token).await?;
+        store.add_token(None, "generated admin", Role::Admin, None, &token).await?;
         // Printed once: only its hash is kept.
         eprintln!("kiln: generated admin token (shown once, keep it): {token}");
     }
@@ -105,6 +105,8 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("kiln: listening on http://{}", listener.local_addr()?);
     let app = crate::router::router(AppState(ctx));
+    // With the peer's address in each request: the audit log records where a change came from.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
 }

@@ -60,7 +60,7 @@ impl TestKiln {
         let addr = listener.local_addr().unwrap();
         let served = router.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, served).await.unwrap();
+            axum::serve(listener, served.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
         });
         TestKiln { ctx, router, addr, dir, server }
     }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::builds::visible_build;
 use super::JsonBody;
 use crate::apm::{self, ApmError};
+use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -31,7 +32,7 @@ pub async fn reinject(
     who: Principal,
     Path(id): Path<i64>,
     JsonBody(req): JsonBody<Reinject>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(axum::Extension<Audited>, Json<Value>)> {
     let build = visible_build(&s, &who, id).await?;
     let original = match (build.state, build.original_image.as_ref().or(build.image.as_ref())) {
         (BuildState::Succeeded, Some(image)) => image.clone(),
@@ -57,14 +58,14 @@ pub async fn reinject(
         apm::inject(&original, target, agent, layer, &options, &opts, &mut progress).await.map_err(api_error)?;
     let image = pushed.reference.to_string();
     s.store.set_build_reinjected(id, &image, &pushed.digest, &agent.name, &agent.version).await?;
-    Ok(Json(json!({
+    Ok((Audited::new(build.tenant_id, format!("build/{id}")), Json(json!({
         "build": id,
         "image": image,
         "digest": pushed.digest,
         "agent": agent.name,
         "version": agent.version,
         "original_image": original.to_string(),
-    })))
+    }))))
 }
 
 /// 422 for what the caller can change (agent, image kind), 502 for the registry, 500 otherwise.

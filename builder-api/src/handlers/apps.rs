@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{bad, JsonBody};
+use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -43,7 +44,8 @@ fn default_kind() -> BuildKind {
     BuildKind::Auto
 }
 
-/// `?tenant=` lets an admin name the tenant; tenants always act in their own.
+/// `?tenant=` lets an admin name the tenant; tenant tokens always act in their own (naming
+/// another tenant answers 404, see [`named_tenant`]).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuery {
@@ -54,9 +56,9 @@ pub async fn create(
     State(s): State<AppState>,
     who: Principal,
     JsonBody(req): JsonBody<CreateApp>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     let tenant_id = match (&who, &req.tenant) {
-        (Principal::Tenant { id, name }, t) => {
+        (Principal::Tenant { id, name, .. }, t) => {
             if t.as_ref().is_some_and(|t| t != name) {
                 return Err(ApiError::Forbidden("a tenant token creates apps only in its own tenant".into()));
             }
@@ -103,11 +105,12 @@ pub async fn create(
             git_token: req.git_token.filter(|t| !t.is_empty()),
         })
         .await?;
+    let audited = Audited::new(app.tenant_id, format!("app/{}", app.name));
     let mut body = json!({ "app": app });
     if generated {
         body["webhook_secret"] = json!(secret);
     }
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((StatusCode::CREATED, audited, Json(body)))
 }
 
 fn check_git_url(url: &str) -> ApiResult<()> {
@@ -123,8 +126,22 @@ fn check_git_url(url: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn list(State(s): State<AppState>, who: Principal) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "apps": s.store.apps(who.tenant_scope()).await? })))
+pub async fn list(State(s): State<AppState>, who: Principal, Query(q): Query<TenantQuery>) -> ApiResult<Json<Value>> {
+    let tenant = named_tenant(&s, &who, q.tenant.as_deref()).await?;
+    Ok(Json(json!({ "apps": s.store.apps(tenant).await? })))
+}
+
+/// The tenant a request acts in. An admin names one with `?tenant=` (None: every tenant); a
+/// tenant token acts in its own, and naming another tenant is answered 404 as an unknown one
+/// is, so tenant names cannot be probed.
+pub async fn named_tenant(s: &AppState, who: &Principal, tenant: Option<&str>) -> ApiResult<Option<i64>> {
+    let not_found = |t: &str| ApiError::NotFound(format!("no tenant {t}"));
+    match (who, tenant) {
+        (Principal::Tenant { name, .. }, Some(t)) if t != name => Err(not_found(t)),
+        (Principal::Tenant { id, .. }, _) => Ok(Some(*id)),
+        (Principal::Admin, Some(t)) => Ok(Some(s.store.tenant_by_name(t).await?.ok_or_else(|| not_found(t))?.id)),
+        (Principal::Admin, None) => Ok(None),
+    }
 }
 
 pub async fn get(
@@ -142,7 +159,10 @@ pub async fn get(
 pub async fn find_app(s: &AppState, who: &Principal, name: &str, tenant: Option<&str>) -> ApiResult<App> {
     let not_found = || ApiError::NotFound(format!("no app {name}"));
     match who {
-        Principal::Tenant { id, .. } => s.store.app_by_name(*id, name).await?.ok_or_else(not_found),
+        Principal::Tenant { id, .. } => {
+            named_tenant(s, who, tenant).await?;
+            s.store.app_by_name(*id, name).await?.ok_or_else(not_found)
+        }
         Principal::Admin => {
             let mut apps: Vec<App> = s.store.apps(None).await?.into_iter().filter(|a| a.name == name).collect();
             if let Some(t) = tenant {

@@ -9,8 +9,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::apps::{find_app, TenantQuery};
+use super::apps::{find_app, named_tenant, TenantQuery};
 use super::{bad, JsonBody};
+use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -35,7 +36,7 @@ pub async fn trigger(
     Path(app): Path<String>,
     Query(q): Query<TenantQuery>,
     JsonBody(req): JsonBody<TriggerBuild>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
     let git_ref = match req.git_ref {
         Some(r) => {
@@ -58,7 +59,7 @@ pub async fn trigger(
         .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into() })
         .await?;
     s.scheduler.wake();
-    Ok((StatusCode::CREATED, Json(json!({ "build": build }))))
+    Ok((StatusCode::CREATED, Audited::new(build.tenant_id, format!("build/{}", build.id)), Json(json!({ "build": build }))))
 }
 
 async fn resolve_ref(s: &AppState, app: &crate::store::App, git_ref: &str) -> ApiResult<String> {
@@ -98,7 +99,11 @@ pub async fn get(State(s): State<AppState>, who: Principal, Path(id): Path<i64>)
 
 /// `POST /api/v1/builds/{id}/sync`: copies the build's image to every cluster's registry again
 /// (what a target already has is not sent again). 202; the outcome shows in the build's `syncs`.
-pub async fn sync(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn sync(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(id): Path<i64>,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     let build = visible_build(&s, &who, id).await?;
     if s.clusters.all().is_empty() {
         return Err(ApiError::Unprocessable("no cluster is configured to replicate to ([[clusters]] in the config)".into()));
@@ -107,7 +112,7 @@ pub async fn sync(State(s): State<AppState>, who: Principal, Path(id): Path<i64>
         return Err(ApiError::Unprocessable(format!("build {id} has no pushed image ({}); only a successful build is replicated", build.state.as_str())));
     }
     crate::replication::spawn(s.0.clone(), id);
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "replicating", "clusters": s.clusters.all().iter().map(|c| &c.name).collect::<Vec<_>>() }))))
+    Ok((StatusCode::ACCEPTED, Audited::new(build.tenant_id, format!("build/{id}")), Json(json!({ "status": "replicating", "clusters": s.clusters.all().iter().map(|c| &c.name).collect::<Vec<_>>() }))))
 }
 
 #[derive(Deserialize, Default)]
@@ -131,11 +136,16 @@ pub async fn list(State(s): State<AppState>, who: Principal, Query(q): Query<Lis
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let builds = s.store.builds(who.tenant_scope(), app_id, state, limit).await?;
+    let tenant = named_tenant(&s, &who, q.tenant.as_deref()).await?;
+    let builds = s.store.builds(tenant, app_id, state, limit).await?;
     Ok(Json(json!({ "builds": builds })))
 }
 
-pub async fn cancel(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn cancel(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(id): Path<i64>,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     let build = visible_build(&s, &who, id).await?;
     let (status, message) = match scheduler::cancel(&s, &build).await? {
         CancelResult::Cancelled => (StatusCode::OK, "cancelled".to_string()),
@@ -144,7 +154,7 @@ pub async fn cancel(State(s): State<AppState>, who: Principal, Path(id): Path<i6
             return Err(ApiError::Conflict(format!("build {id} already ended {}", st.as_str())));
         }
     };
-    Ok((status, Json(json!({ "build": id, "result": message }))))
+    Ok((status, Audited::new(build.tenant_id, format!("build/{id}")), Json(json!({ "build": id, "result": message }))))
 }
 
 #[derive(Deserialize, Default)]

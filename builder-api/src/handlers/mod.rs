@@ -1,7 +1,9 @@
-//! HTTP handlers grouped by resource. Routes are listed in `router.rs`.
+//! HTTP handlers grouped by resource. Routes, with the role each needs, are listed in
+//! `router.rs`; handlers take the authenticated `Principal` and scope by tenant.
 
 pub mod apm;
 pub mod apps;
+pub mod audit;
 pub mod builds;
 pub mod health;
 pub mod rollouts;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::apps::{find_app, TenantQuery};
 use super::{bad, JsonBody};
+use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -42,7 +43,7 @@ pub async fn create_subscription(
     Path(app): Path<String>,
     Query(q): Query<TenantQuery>,
     JsonBody(req): JsonBody<CreateSubscription>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
     let Some(cluster) = s.clusters.get(&req.cluster) else {
         let known: Vec<&str> = s.clusters.all().iter().map(|c| c.name.as_str()).collect();
@@ -73,7 +74,7 @@ pub async fn create_subscription(
             rollback_on_failure: req.rollback_on_failure,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "subscription": sub }))))
+    Ok((StatusCode::CREATED, Audited::new(app.tenant_id, format!("subscription/{}", sub.id)), Json(json!({ "subscription": sub }))))
 }
 
 pub async fn list_subscriptions(
@@ -91,10 +92,10 @@ pub async fn delete_subscription(
     who: Principal,
     Path((app, id)): Path<(String, i64)>,
     Query(q): Query<TenantQuery>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<(StatusCode, axum::Extension<Audited>)> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
     if s.store.delete_subscription(app.id, id).await? {
-        Ok(StatusCode::NO_CONTENT)
+        Ok((StatusCode::NO_CONTENT, Audited::new(app.tenant_id, format!("subscription/{id}"))))
     } else {
         Err(ApiError::NotFound(format!("no subscription {id} of app {}", app.name)))
     }
@@ -151,7 +152,7 @@ pub async fn rollback(
     Path(app): Path<String>,
     Query(q): Query<TenantQuery>,
     JsonBody(req): JsonBody<RollbackRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
     let digest = match (req.build, req.digest) {
         (Some(id), None) => {
@@ -199,5 +200,6 @@ pub async fn rollback(
         .collect();
     let ids = s.store.queue_rollouts(&[], &rollouts).await?;
     s.rollouts.wake();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "digest": digest, "rollouts": ids }))))
+    let audited = Audited::new(app.tenant_id, format!("app/{}@{digest}", app.name));
+    Ok((StatusCode::ACCEPTED, audited, Json(json!({ "digest": digest, "rollouts": ids }))))
 }

@@ -1,4 +1,5 @@
-//! `/api/v1/tenants`: admins create tenants; a tenant's first API token is returned once.
+//! `/api/v1/tenants`: admins create tenants (the answer carries the tenant's first token, an
+//! owner token, once); owners (and admins) create, list and revoke their tenant's tokens.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -7,10 +8,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{bad, JsonBody};
+use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::store::new_token;
+use crate::store::{new_token, now_ms, Revoked, Role, Tenant};
 use crate::validate;
 
 #[derive(Deserialize)]
@@ -21,19 +23,17 @@ pub struct CreateTenant {
 
 pub async fn create(
     State(s): State<AppState>,
-    who: Principal,
     JsonBody(req): JsonBody<CreateTenant>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    who.require_admin()?;
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     validate::dns_label("tenant", &req.name).map_err(bad)?;
     let tenant = s.store.create_tenant(&req.name).await?;
     let token = new_token();
-    s.store.add_token(Some(tenant.id), "initial", &token).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "tenant": tenant, "token": token }))))
+    s.store.add_token(Some(tenant.id), "initial", Role::Owner, None, &token).await?;
+    let audited = Audited::new(tenant.id, format!("tenant/{}", tenant.name));
+    Ok((StatusCode::CREATED, audited, Json(json!({ "tenant": tenant, "token": token, "role": Role::Owner }))))
 }
 
-pub async fn list(State(s): State<AppState>, who: Principal) -> ApiResult<Json<Value>> {
-    who.require_admin()?;
+pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "tenants": s.store.tenants().await? })))
 }
 
@@ -42,24 +42,90 @@ pub async fn list(State(s): State<AppState>, who: Principal) -> ApiResult<Json<V
 pub struct CreateToken {
     #[serde(default)]
     pub name: Option<String>,
+    /// `viewer`, `developer` or `owner` (the default): at most the caller's own role.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// The token stops working this many seconds from now…
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// …or at this time (milliseconds since the epoch, as every time in the API). Never, unset.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
-/// A new token for a tenant: by an admin, or by the tenant itself.
+/// The tenant named in the path, if the caller sees it; 404 otherwise (whether or not it
+/// exists), so tenant names cannot be probed.
+async fn visible_tenant(s: &AppState, who: &Principal, name: &str) -> ApiResult<Tenant> {
+    s.store.tenant_by_name(name).await?.filter(|t| who.sees(t.id)).ok_or_else(|| ApiError::NotFound(format!("no tenant {name}")))
+}
+
+/// A new token for a tenant, by an admin or the tenant's owner. The secret is in this answer
+/// only; Kiln keeps its hash.
 pub async fn create_token(
     State(s): State<AppState>,
     who: Principal,
     Path(tenant): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) { CreateToken::default() } else { super::parse_json(&body)? };
-    let tenant = s
-        .store
-        .tenant_by_name(&tenant)
-        .await?
-        .filter(|t| who.sees(t.id))
-        .ok_or_else(|| ApiError::NotFound(format!("no tenant {tenant}")))?;
+    let tenant = visible_tenant(&s, &who, &tenant).await?;
+    let role = req.role.unwrap_or(Role::Owner);
+    if role == Role::Admin {
+        return Err(if who.role() == Role::Admin {
+            bad("admin tokens belong to no tenant; a tenant's token is a viewer, developer or owner token".into())
+        } else {
+            ApiError::Forbidden(format!("a {} token cannot create an admin token", who.role()))
+        });
+    }
+    if role > who.role() {
+        return Err(ApiError::Forbidden(format!("a {} token cannot create a {role} token", who.role())));
+    }
     let name = req.name.unwrap_or_else(|| "api".into());
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(bad("token name must be 1 to 100 characters, without control characters".into()));
+    }
+    let now = now_ms();
+    let expires_at = match (req.expires_in_secs, req.expires_at) {
+        (Some(_), Some(_)) => return Err(bad("give \"expires_in_secs\" or \"expires_at\", not both".into())),
+        (Some(0), None) => return Err(bad("expires_in_secs must be at least 1".into())),
+        (Some(secs), None) => Some(i64::try_from(secs).ok().and_then(|s| s.checked_mul(1000)).and_then(|ms| now.checked_add(ms)).ok_or_else(|| bad(format!("expires_in_secs {secs} is too far away")))?),
+        (None, Some(at)) if at <= now => return Err(bad(format!("expires_at {at} is not in the future (milliseconds since the epoch; now is {now})"))),
+        (None, at) => at,
+    };
     let token = new_token();
-    s.store.add_token(Some(tenant.id), &name, &token).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "tenant": tenant.name, "name": name, "token": token }))))
+    let stored = s.store.add_token(Some(tenant.id), &name, role, expires_at, &token).await?;
+    let audited = Audited::new(tenant.id, format!("token/{}", stored.id));
+    Ok((
+        StatusCode::CREATED,
+        audited,
+        Json(json!({
+            "tenant": tenant.name,
+            "id": stored.id,
+            "name": stored.name,
+            "role": stored.role,
+            "expires_at": stored.expires_at,
+            "token": token,
+        })),
+    ))
+}
+
+/// `GET /api/v1/tenants/{tenant}/tokens`: id, name, role and times of each token; never the
+/// secret nor its hash.
+pub async fn list_tokens(State(s): State<AppState>, who: Principal, Path(tenant): Path<String>) -> ApiResult<Json<Value>> {
+    let tenant = visible_tenant(&s, &who, &tenant).await?;
+    Ok(Json(json!({ "tenant": tenant.name, "tokens": s.store.tokens(tenant.id).await? })))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/tokens/{id}`: the token is refused from now on (401).
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    who: Principal,
+    Path((tenant, id)): Path<(String, i64)>,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>)> {
+    let tenant = visible_tenant(&s, &who, &tenant).await?;
+    match s.store.revoke_token(tenant.id, id).await? {
+        Revoked::Now => Ok((StatusCode::NO_CONTENT, Audited::new(tenant.id, format!("token/{id}")))),
+        Revoked::Already => Err(ApiError::Conflict(format!("token {id} of tenant {} is already revoked", tenant.name))),
+        Revoked::NoSuchToken => Err(ApiError::NotFound(format!("no token {id} in tenant {}", tenant.name))),
+    }
 }

@@ -159,6 +159,28 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE builds ADD COLUMN apm_version TEXT;
     ALTER TABLE builds ADD COLUMN original_image TEXT;
     "#,
+    // 6: roles, expiry and revocation of API tokens (tokens made before roles existed were their
+    // tenant's only kind, with every right a tenant had: owner), and the audit log. The audit
+    // log keeps the tenant's id without a foreign key: history outlives what it mentions.
+    r#"
+    ALTER TABLE api_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'owner';
+    ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN last_used_at INTEGER;
+    UPDATE api_tokens SET role = 'admin' WHERE tenant_id IS NULL;
+    CREATE INDEX api_tokens_by_tenant ON api_tokens(tenant_id, id);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        token_id INTEGER,
+        tenant_id INTEGER,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        client_addr TEXT
+    );
+    CREATE INDEX audit_log_by_tenant ON audit_log(tenant_id, id);
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
@@ -178,4 +200,35 @@ pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             .await?;
     }
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn tokens_from_before_roles_become_owner_tokens_and_admin_tokens_stay_admin() {
+        // One connection: an in-memory database lives as long as its connection.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        // The database as the release before roles (schema 5) left it.
+        sqlx::raw_sql("CREATE TABLE schema_version (version INTEGER NOT NULL)").execute(&pool).await.unwrap();
+        for (i, sql) in MIGRATIONS[..5].iter().enumerate() {
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)").bind(i as i64 + 1).execute(&pool).await.unwrap();
+        }
+        sqlx::raw_sql(
+            "INSERT INTO tenants (id, name, created_at) VALUES (1, 'team-a', 0);
+             INSERT INTO api_tokens (tenant_id, token_sha256, name, created_at) VALUES (1, 'h1', 'initial', 0);
+             INSERT INTO api_tokens (tenant_id, token_sha256, name, created_at) VALUES (NULL, 'h2', 'generated admin', 0);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        run(&pool).await.unwrap();
+        let roles: Vec<(String, Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT role, expires_at, revoked_at FROM api_tokens ORDER BY id").fetch_all(&pool).await.unwrap();
+        assert_eq!(roles, vec![("owner".into(), None, None), ("admin".into(), None, None)]);
+    }
 }

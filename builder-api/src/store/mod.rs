@@ -1,7 +1,9 @@
-//! The store: SQLite (WAL) through sqlx. Tenants, tokens, apps, builds, steps, log lines and webhook
-//! deliveries. The schema is migrated at start. History lives here, never in the cluster.
+//! The store: SQLite (WAL) through sqlx. Tenants, tokens (with roles), the audit log, apps,
+//! builds, steps, log lines and webhook deliveries. The schema is migrated at start. History
+//! lives here, never in the cluster.
 
 mod apps;
+mod audit;
 mod builds;
 mod deliveries;
 mod logs;
@@ -18,12 +20,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use apps::{App, BuildKind, KindSettings, NewApp};
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use builds::{Build, BuildState, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
 pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, Subscription};
 pub use syncs::BuildSync;
-pub use tenants::{new_token, token_sha256, Principal, Tenant};
+pub use tenants::{new_token, token_sha256, ApiToken, Principal, Revoked, Role, Tenant, TokenLookup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
