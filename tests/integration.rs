@@ -10,6 +10,7 @@ mod api;
 mod apm;
 mod builds;
 mod deploy_manifests;
+mod isolation;
 mod lifecycle;
 mod log_streaming;
 mod queueing;
