@@ -87,6 +87,10 @@ pub enum Revoked {
     NoSuchToken,
 }
 
+fn stored_role(role: String) -> Result<Role> {
+    Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("token role {role:?}")))
+}
+
 /// How often a token's `last_used_at` is written: often enough to tell an unused token, rarely
 /// enough that reads do not queue on the one writer connection.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
@@ -171,11 +175,10 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let role: String = r.get(2);
                 Ok(ApiToken {
                     id: r.get(0),
                     name: r.get(1),
-                    role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("token role {role:?}")))?,
+                    role: stored_role(r.get(2))?,
                     created_at: r.get(3),
                     expires_at: r.get(4),
                     last_used_at: r.get(5),
@@ -231,11 +234,10 @@ impl Store {
         let principal = match r.get::<Option<i64>, _>(1) {
             None => Principal::Admin,
             Some(id) => {
-                let role: String = r.get(4);
                 Principal::Tenant {
                     id,
                     name: r.get(2),
-                    role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("token role {role:?}")))?,
+                    role: stored_role(r.get(4))?,
                     token_id,
                     token_name: r.get(3),
                 }
