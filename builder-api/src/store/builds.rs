@@ -202,6 +202,30 @@ impl Store {
         sqlx::query(&sql).bind(state.as_str()).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
     }
 
+    /// `(id, tenant id)` of the Queued builds with an id above `after`, oldest first: what the
+    /// scheduler reads on each wake (two integers a build, not the whole row).
+    pub async fn queued_builds_after(&self, after: i64) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query("SELECT id, tenant_id FROM builds WHERE state = 'Queued' AND id > ? ORDER BY id")
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The builds with these ids, in id order.
+    pub async fn builds_by_ids(&self, ids: &[i64]) -> Result<Vec<Build>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let marks = vec!["?"; ids.len()].join(", ");
+        let sql = format!("SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.id IN ({marks}) ORDER BY b.id");
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
+    }
+
     /// Queued or Running builds of `app_id` at `git_ref` older than `before`.
     pub async fn active_builds_of_ref(&self, app_id: i64, git_ref: &str, before: i64) -> Result<Vec<Build>> {
         let sql = format!(

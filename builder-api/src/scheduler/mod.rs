@@ -1,8 +1,11 @@
 //! The scheduler: takes Queued builds while fewer than `max_concurrent_builds` run — round robin
 //! across the tenants with waiting builds, oldest first within a tenant, so a tenant with fifty
-//! waiting builds does not starve one with a single build — runs each through the executor with
-//! its log captured, and records how it ended. Woken by new builds and finished ones; a periodic
-//! tick covers anything missed. The queue is the store's Queued builds, so it survives a restart.
+//! waiting builds does not starve one with a single build, and never more of one tenant's builds
+//! than its cap — runs each through the executor with its log captured, and records how it ended.
+//! Woken by new builds and finished ones; a periodic tick covers anything missed. The queue is the
+//! store's Queued builds, so it survives a restart; `queue.rs` is its in-memory index.
+
+mod queue;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use self::queue::FairQueue;
 use crate::context::Context;
 use crate::executor::{BuildJob, Outcome};
 use crate::logs::capture::{LogCapture, Masker};
@@ -19,38 +23,27 @@ use crate::store::{Build, BuildState, StoreError};
 #[derive(Default)]
 pub struct Scheduler {
     wake: Notify,
-    running: Mutex<HashMap<i64, CancellationToken>>,
+    running: Mutex<HashMap<i64, RunningBuild>>,
     /// Why a running build is being cancelled, when not by a plain cancel request.
     cancel_reasons: Mutex<HashMap<i64, String>>,
-    /// The tenant whose build was started last: the round robin goes on after it.
-    last_tenant: Mutex<Option<i64>>,
+    queue: Mutex<Waiting>,
+    /// Tenant id → most builds of that tenant running at once (tenants without a cap are absent).
+    caps: Mutex<HashMap<i64, u32>>,
 }
 
-/// Up to `free` builds from `queued` (oldest first): one per tenant in turn, the turn starting
-/// after `last_tenant`, FIFO within a tenant.
-pub fn pick_fair(queued: &[Build], free: usize, last_tenant: Option<i64>) -> Vec<Build> {
-    let mut tenants: Vec<i64> = queued.iter().map(|b| b.tenant_id).collect();
-    tenants.sort_unstable();
-    tenants.dedup();
-    // Rotate so the tenant after the last one served comes first.
-    if let Some(last) = last_tenant {
-        let at = tenants.iter().position(|t| *t > last).unwrap_or(0);
-        tenants.rotate_left(at);
-    }
-    let mut lanes: Vec<std::collections::VecDeque<&Build>> =
-        tenants.iter().map(|t| queued.iter().filter(|b| b.tenant_id == *t).collect()).collect();
-    let mut picked = Vec::with_capacity(free);
-    while picked.len() < free && lanes.iter().any(|l| !l.is_empty()) {
-        for lane in lanes.iter_mut() {
-            if picked.len() == free {
-                break;
-            }
-            if let Some(b) = lane.pop_front() {
-                picked.push(b.clone());
-            }
-        }
-    }
-    picked
+struct RunningBuild {
+    tenant: i64,
+    cancel: CancellationToken,
+}
+
+/// The builds waiting to start, and the newest build id read from the store into them.
+#[derive(Default)]
+struct Waiting {
+    fair: FairQueue,
+    /// Builds only enter Queued when they are inserted, and every insert goes through the store's
+    /// one writer connection, so ids become visible in increasing order: reading `id > seen_up_to`
+    /// finds every build queued since the last read, and none twice.
+    seen_up_to: i64,
 }
 
 /// Why a cancel request did nothing.
@@ -71,6 +64,52 @@ impl Scheduler {
     pub fn running_count(&self) -> usize {
         self.running.lock().unwrap().len()
     }
+
+    /// Builds waiting to start (as far as the scheduler has read them).
+    pub fn queued_count(&self) -> usize {
+        self.queue.lock().unwrap().fair.len()
+    }
+
+    /// Replaces the per-tenant concurrency caps; the next pick obeys them.
+    pub fn set_tenant_caps(&self, caps: HashMap<i64, u32>) {
+        *self.caps.lock().unwrap() = caps;
+        self.wake();
+    }
+
+    fn register(&self, build: &Build) -> CancellationToken {
+        let mut running = self.running.lock().unwrap();
+        running.entry(build.id).or_insert_with(|| RunningBuild { tenant: build.tenant_id, cancel: CancellationToken::new() }).cancel.clone()
+    }
+
+    /// Reads into the queue the builds queued since the last read.
+    async fn read_arrivals(&self, ctx: &Context) -> Result<(), StoreError> {
+        let seen = self.queue.lock().unwrap().seen_up_to;
+        let arrived = ctx.store.queued_builds_after(seen).await?;
+        let mut queue = self.queue.lock().unwrap();
+        for (id, tenant) in arrived {
+            if id > queue.seen_up_to {
+                queue.fair.push(tenant, id);
+                queue.seen_up_to = id;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `free` builds to start now, by the fair order and the tenants' caps.
+    fn pick(&self, free: usize) -> Vec<queue::Picked> {
+        let mut per_tenant: HashMap<i64, usize> = HashMap::new();
+        for r in self.running.lock().unwrap().values() {
+            *per_tenant.entry(r.tenant).or_default() += 1;
+        }
+        let caps = self.caps.lock().unwrap();
+        self.queue.lock().unwrap().fair.pick(free, &per_tenant, &caps)
+    }
+
+    /// Forgets the queue so the next read takes every Queued build from the store again: what
+    /// a failed start does, since the builds it took out may still be Queued there.
+    fn reread_queue(&self) {
+        *self.queue.lock().unwrap() = Waiting::default();
+    }
 }
 
 /// Builds left Running by a previous process. An executor whose work outlives Kiln (kube: the
@@ -80,8 +119,7 @@ pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError
     let running = ctx.store.builds_in_state(BuildState::Running).await?;
     if ctx.executor.adopts_running() {
         for build in running {
-            let token = CancellationToken::new();
-            ctx.scheduler.running.lock().unwrap().insert(build.id, token.clone());
+            let token = ctx.scheduler.register(&build);
             spawn_execute(ctx.clone(), build, token, true);
         }
         return Ok(0);
@@ -110,38 +148,35 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
-    let free = ctx.config.executor.max_concurrent_builds.saturating_sub(ctx.scheduler.running_count());
-    if free == 0 {
-        return Ok(());
-    }
-    let last_tenant = *ctx.scheduler.last_tenant.lock().unwrap();
-    let queued = pick_fair(&ctx.store.builds_in_state(BuildState::Queued).await?, free, last_tenant);
-    let Some(last) = queued.last() else { return Ok(()) };
-    *ctx.scheduler.last_tenant.lock().unwrap() = Some(last.tenant_id);
-    // The tokens are registered first so a cancel that sees a build Running finds it. All the
-    // builds taken move to Running in one transaction: a burst of webhooks costs one write here,
-    // not one per build.
-    let tokens: Vec<CancellationToken> = {
-        let mut running = ctx.scheduler.running.lock().unwrap();
-        queued.iter().map(|b| running.entry(b.id).or_default().clone()).collect()
-    };
-    let ids: Vec<i64> = queued.iter().map(|b| b.id).collect();
-    let started = match ctx.store.mark_running_many(&ids).await {
-        Ok(started) => started,
-        Err(e) => {
-            let mut running = ctx.scheduler.running.lock().unwrap();
-            ids.iter().for_each(|id| drop(running.remove(id)));
-            return Err(e);
+    let sched = &ctx.scheduler;
+    sched.read_arrivals(ctx).await?;
+    loop {
+        let free = ctx.config.executor.max_concurrent_builds.saturating_sub(sched.running_count());
+        let picked = sched.pick(free);
+        if picked.is_empty() {
+            return Ok(());
         }
-    };
-    for (build, token) in queued.into_iter().zip(tokens) {
-        if started.contains(&build.id) {
+        // The builds taken move to Running in one transaction: a burst of webhooks costs one
+        // write here, not one per build. A build cancelled since it was queued does not move.
+        let ids: Vec<i64> = picked.iter().map(|(_, id)| *id).collect();
+        let started = match ctx.store.mark_running_many(&ids).await {
+            Ok(started) => started,
+            Err(e) => {
+                sched.reread_queue();
+                return Err(e);
+            }
+        };
+        let builds = ctx.store.builds_by_ids(&started).await?;
+        for build in builds {
+            // Registered before the spawn so a cancel that sees the build Running finds it.
+            let token = sched.register(&build);
             spawn_execute(ctx.clone(), build, token, false);
-        } else {
-            ctx.scheduler.running.lock().unwrap().remove(&build.id); // cancelled meanwhile
         }
+        if started.len() == ids.len() {
+            return Ok(());
+        }
+        // Slots that went to cancelled builds are still free: pick again.
     }
-    Ok(())
 }
 
 fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resumed: bool) {
@@ -214,9 +249,10 @@ pub async fn cancel_because(ctx: &Context, build: &Build, why: Option<&str>) -> 
     // Not by the snapshot's state: the scheduler may have started the build since it was read,
     // and a running build must end through its executor (which flushes its log).
     if ctx.store.cancel_queued(build.id, why.unwrap_or("cancelled before it started")).await? {
+        ctx.scheduler.queue.lock().unwrap().fair.remove(build.tenant_id, build.id);
         return Ok(CancelResult::Cancelled);
     }
-    if let Some(token) = ctx.scheduler.running.lock().unwrap().get(&build.id) {
+    if let Some(token) = ctx.scheduler.running.lock().unwrap().get(&build.id).map(|r| r.cancel.clone()) {
         if let Some(why) = why {
             // The first reason stands (two pushes in a row both supersede a running build).
             ctx.scheduler.cancel_reasons.lock().unwrap().entry(build.id).or_insert_with(|| why.to_string());
@@ -226,70 +262,4 @@ pub async fn cancel_because(ctx: &Context, build: &Build, why: Option<&str>) -> 
     }
     let now = ctx.store.build(build.id).await?.map(|b| b.state).unwrap_or(build.state);
     Ok(CancelResult::AlreadyFinished(now))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pick_fair;
-    use crate::store::{Build, BuildState};
-
-    fn queued(id: i64, tenant_id: i64) -> Build {
-        Build {
-            id,
-            tenant_id,
-            tenant: format!("t{tenant_id}"),
-            app_id: tenant_id,
-            app: "app".into(),
-            state: BuildState::Queued,
-            reason: None,
-            git_ref: None,
-            commit: "0".repeat(40),
-            trigger: "webhook".into(),
-            kind: None,
-            image: None,
-            image_digest: None,
-            queued_at: 0,
-            started_at: None,
-            finished_at: None,
-            apm_agent: None,
-            apm_version: None,
-            original_image: None,
-        }
-    }
-
-    /// Starts builds one slot at a time, as finishing builds free them.
-    fn start_order(mut waiting: Vec<Build>, mut last: Option<i64>) -> Vec<i64> {
-        let mut order = vec![];
-        while let Some(b) = pick_fair(&waiting, 1, last).pop() {
-            last = Some(b.tenant_id);
-            order.push(b.id);
-            waiting.retain(|w| w.id != b.id);
-        }
-        order
-    }
-
-    #[test]
-    fn tenants_take_turns_and_each_keeps_its_order() {
-        // Tenant 1 queued 30 (ids 1..=30), two already started; tenant 2 queued 3 just after.
-        let mut waiting: Vec<Build> = (3..=30).map(|id| queued(id, 1)).collect();
-        waiting.extend((31..=33).map(|id| queued(id, 2)));
-        let order = start_order(waiting, Some(1));
-        assert_eq!(&order[..7], &[31, 3, 32, 4, 33, 5, 6]);
-        let a7 = order.iter().position(|id| *id == 7).unwrap();
-        assert!(order.iter().position(|id| *id == 33).unwrap() < a7);
-        // Within a tenant: first in, first out.
-        let a: Vec<i64> = order.iter().copied().filter(|id| *id <= 30).collect();
-        assert_eq!(a, (3..=30).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn several_free_slots_go_round_the_tenants() {
-        let waiting = vec![queued(1, 5), queued(2, 5), queued(3, 5), queued(4, 7), queued(5, 9)];
-        let ids: Vec<i64> = pick_fair(&waiting, 4, None).iter().map(|b| b.id).collect();
-        assert_eq!(ids, [1, 4, 5, 2]);
-        let ids: Vec<i64> = pick_fair(&waiting, 2, Some(7)).iter().map(|b| b.id).collect();
-        assert_eq!(ids, [5, 1]);
-        assert!(pick_fair(&waiting, 0, None).is_empty());
-        assert!(pick_fair(&[], 3, None).is_empty());
-    }
 }
