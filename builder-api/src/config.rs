@@ -22,6 +22,24 @@ pub struct Config {
     pub harbor: HarborConfig,
     pub rollout: RolloutConfig,
     pub apm: ApmConfig,
+    pub hooks: HooksConfig,
+}
+
+/// Webhook intake (`/hooks/gitlab`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Verified deliveries accepted per app and minute, on average; 0 turns the limit off. Past
+    /// it a delivery is answered 429 with `Retry-After` and starts nothing. Counted per process.
+    pub rate_per_app_per_minute: u32,
+    /// Deliveries an idle app may send at once before the rate applies (a push of many branches).
+    pub burst: u32,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self { rate_per_app_per_minute: 600, burst: 120 }
+    }
 }
 
 /// One cluster: where its Deployments live and which registry its nodes pull from.
@@ -434,6 +452,12 @@ impl Config {
         }
         if let Some(v) = var("KILN_HARBOR_WEBHOOK_AUTH") {
             self.harbor.webhook_auth = Some(v);
+        }
+        if let Some(v) = var("KILN_HOOKS_RATE_PER_APP_PER_MINUTE") {
+            self.hooks.rate_per_app_per_minute = parse("KILN_HOOKS_RATE_PER_APP_PER_MINUTE", v)?;
+        }
+        if let Some(v) = var("KILN_HOOKS_BURST") {
+            self.hooks.burst = parse("KILN_HOOKS_BURST", v)?;
         }
         if let Some(v) = var("KILN_EXECUTOR") {
             self.executor.kind = v;

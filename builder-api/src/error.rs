@@ -28,6 +28,9 @@ pub enum ApiError {
     /// A server Kiln depends on (the git server) failed or could not be reached.
     #[error("{0}")]
     BadGateway(String),
+    /// Over a rate limit: 429 with `Retry-After` (whole seconds, at least 1).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,8 +69,14 @@ impl IntoResponse for ApiError {
             tracing::error!("internal error: {detail}");
         }
         let mut res = (self.status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response();
-        if matches!(self, ApiError::Unauthorized(_)) {
-            res.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        match &self {
+            ApiError::Unauthorized(_) => {
+                res.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests { retry_after_secs, .. } => {
+                res.headers_mut().insert("retry-after", axum::http::HeaderValue::from((*retry_after_secs).max(1)));
+            }
+            _ => {}
         }
         res
     }

@@ -3,7 +3,8 @@
 //! Answers: 202 with the queued build ids; 200 for an event Kiln ignores (with the reason — GitLab
 //! disables hooks that get 4xx) and for a redelivery (with the original outcome); 400 for a body
 //! that is not a push event; 401 for a wrong `X-Gitlab-Token`; 404 for a project no app builds;
-//! 413 for a body over the limit.
+//! 413 for a body over the limit; 429 with `Retry-After` when the app is over its webhook rate
+//! (`[hooks]`, see `rate.rs`).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -142,6 +143,22 @@ pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(Stat
     let apps: Vec<App> = candidates.into_iter().filter(|a| bool::from(a.webhook_secret.as_bytes().ct_eq(token.as_bytes()))).collect();
     if apps.is_empty() {
         return Err(ApiError::Unauthorized("X-Gitlab-Token does not match the app's webhook secret".into()));
+    }
+    // Only a verified delivery is charged: a sender without the secret cannot spend an app's
+    // budget. Over it, nothing is recorded, so GitLab's retry after `Retry-After` builds.
+    let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
+    if let Err(wait) = s.hook_limits.take(&ids) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "app {} received more than {} webhook deliveries a minute (burst {}); retry in {secs}s",
+                names.join(", "),
+                s.config.hooks.rate_per_app_per_minute,
+                s.config.hooks.burst
+            ),
+            retry_after_secs: secs,
+        });
     }
 
     let event = parsed.event;
