@@ -511,6 +511,16 @@ mod tests {
     }
 
     #[test]
+    fn webhook_rate_limit_from_file_and_env() {
+        let mut c: Config = toml::from_str("[hooks]\nrate_per_app_per_minute = 30\nburst = 5\n").unwrap();
+        c.apply_env(|n| (n == "KILN_HOOKS_BURST").then(|| "7".to_string())).unwrap();
+        assert_eq!((c.hooks.rate_per_app_per_minute, c.hooks.burst), (30, 7));
+        assert!(toml::from_str::<Config>("[hooks]\nrate = 1\n").is_err(), "unknown keys are refused");
+        let err = Config::default().apply_env(|n| (n == "KILN_HOOKS_RATE_PER_APP_PER_MINUTE").then(|| "-1".into())).unwrap_err();
+        assert!(err.to_string().contains("KILN_HOOKS_RATE_PER_APP_PER_MINUTE"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_clear_errors() {
         assert!(toml::from_str::<Config>("[server]\nlisen = 1\n").unwrap_err().to_string().contains("lisen"));
         let err = Config::default().apply_env(|n| (n == "KILN_LISTEN").then(|| "nope".into())).unwrap_err();
