@@ -2,6 +2,8 @@
 //! real parts the tests run against (docker-registry, git over HTTP, the Kiln service itself).
 
 mod fake_kube;
+mod fuzz;
+mod hostile_input;
 mod git_clone;
 mod job_templates;
 mod kube_builds;

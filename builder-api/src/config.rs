@@ -22,6 +22,24 @@ pub struct Config {
     pub harbor: HarborConfig,
     pub rollout: RolloutConfig,
     pub apm: ApmConfig,
+    pub hooks: HooksConfig,
+}
+
+/// Webhook intake (`/hooks/gitlab`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Verified deliveries accepted per app and minute, on average; 0 turns the limit off. Past
+    /// it a delivery is answered 429 with `Retry-After` and starts nothing. Counted per process.
+    pub rate_per_app_per_minute: u32,
+    /// Deliveries an idle app may send at once before the rate applies (a push of many branches).
+    pub burst: u32,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self { rate_per_app_per_minute: 600, burst: 120 }
+    }
 }
 
 /// One cluster: where its Deployments live and which registry its nodes pull from.
@@ -442,6 +460,12 @@ impl Config {
         if let Some(v) = var("KILN_HARBOR_WEBHOOK_AUTH") {
             self.harbor.webhook_auth = Some(v);
         }
+        if let Some(v) = var("KILN_HOOKS_RATE_PER_APP_PER_MINUTE") {
+            self.hooks.rate_per_app_per_minute = parse("KILN_HOOKS_RATE_PER_APP_PER_MINUTE", v)?;
+        }
+        if let Some(v) = var("KILN_HOOKS_BURST") {
+            self.hooks.burst = parse("KILN_HOOKS_BURST", v)?;
+        }
         if let Some(v) = var("KILN_EXECUTOR") {
             self.executor.kind = v;
         }
@@ -491,6 +515,16 @@ mod tests {
         c.apply_env(|n| (n == "KILN_LISTEN").then(|| "127.0.0.1:9100".to_string())).unwrap();
         assert_eq!(c.server.listen.port(), 9100);
         assert_eq!(c.executor.kind, "local");
+    }
+
+    #[test]
+    fn webhook_rate_limit_from_file_and_env() {
+        let mut c: Config = toml::from_str("[hooks]\nrate_per_app_per_minute = 30\nburst = 5\n").unwrap();
+        c.apply_env(|n| (n == "KILN_HOOKS_BURST").then(|| "7".to_string())).unwrap();
+        assert_eq!((c.hooks.rate_per_app_per_minute, c.hooks.burst), (30, 7));
+        assert!(toml::from_str::<Config>("[hooks]\nrate = 1\n").is_err(), "unknown keys are refused");
+        let err = Config::default().apply_env(|n| (n == "KILN_HOOKS_RATE_PER_APP_PER_MINUTE").then(|| "-1".into())).unwrap_err();
+        assert!(err.to_string().contains("KILN_HOOKS_RATE_PER_APP_PER_MINUTE"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct Context {
     pub executor: Arc<dyn Executor>,
     pub clusters: Clusters,
     pub rollouts: Rollouts,
+    /// Per-app webhook budgets (`[hooks]`), per process.
+    pub hook_limits: crate::hooks::rate::RateLimiter,
 }
 
 /// Axum state: the shared context.

@@ -95,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
+        // Every refusal is `{"error": …}`, axum's own rejections (query, path, 405) included.
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .with_state(state)
 }
 

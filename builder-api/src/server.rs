@@ -60,6 +60,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
     };
     Ok(Arc::new(Context {
         clusters: Clusters::new(config.clusters.clone()),
+        hook_limits: crate::hooks::rate::RateLimiter::new(&config.hooks),
         config,
         store,
         hub: Arc::new(LogHub::default()),

@@ -102,6 +102,18 @@ mod tests {
     }
 
     #[test]
+    fn hostile_names_are_not_dns_labels() {
+        let long = "a".repeat(64);
+        for bad in ["", "A", "a_b", "a.b", "../x", "a/b", "$(id)", "a b", "a\nb", "x\0", "\u{1b}[31m", "ünï", "a-", "-a", long.as_str()] {
+            let err = dns_label("tenant", bad).unwrap_err();
+            assert!(err.contains("not a valid name"), "{bad:?}: {err}");
+        }
+        for good in ["a", "0", "team-a", "a1-b2", &"a".repeat(63)] {
+            assert!(dns_label("tenant", good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
     fn names_and_repositories() {
         assert!(dns_label("app", "my-app1").is_ok());
         assert!(dns_label("app", "My_App").is_err());

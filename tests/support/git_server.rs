@@ -44,6 +44,7 @@ impl GitServer {
     /// Serve only to requests with HTTP Basic auth whose password is `token` (any user name, GitLab
     /// style `oauth2:<token>`); others get `401` with `WWW-Authenticate: Basic realm="git"`.
     pub async fn start_with_token(token: &str) -> GitServer {
+        crate::support::secrets::register(token);
         Self::start_inner(Some(token.to_owned())).await
     }
 

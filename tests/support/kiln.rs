@@ -15,6 +15,8 @@ use builder_api::store::{Build, BuildState};
 use serde_json::Value;
 use tower::ServiceExt;
 
+use crate::support::secrets;
+
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
 pub struct TestKiln {
@@ -53,6 +55,12 @@ impl TestKiln {
     /// With the kube executor's client given (the fake API server's).
     pub async fn start_with_kube(dir: tempfile::TempDir, config: Config, kube: Option<kube::Client>) -> TestKiln {
         crate::support::init();
+        for secret in [&config.server.admin_token, &config.registry.password, &config.harbor.webhook_auth] {
+            secrets::register(secret.as_deref().unwrap_or_default());
+        }
+        for c in &config.clusters {
+            secrets::register(c.password.as_deref().unwrap_or_default());
+        }
         let ctx = builder_api::server::build_context_with(config, kube).await.unwrap();
         builder_api::server::start_background(&ctx).await.unwrap();
         let router = builder_api::router::router(AppState(ctx.clone()));
@@ -76,6 +84,7 @@ impl TestKiln {
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        let sent = body.clone();
         let body = match body {
             Some(v) => {
                 req = req.header("content-type", "application/json");
@@ -83,32 +92,69 @@ impl TestKiln {
             }
             None => Body::empty(),
         };
-        self.send(req.body(body).unwrap()).await
+        let (status, answer) = self.send(req.body(body).unwrap()).await;
+        // What Kiln accepted as a secret (an app's webhook secret, git token) must never come back.
+        if let Some(sent) = sent.filter(|_| status.is_success()) {
+            secrets::register_from_request(&sent);
+        }
+        (status, answer)
     }
 
+    /// Sends a request; the answer is captured for the secrets scan (`support::secrets`).
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let what = format!("{} {} answer", req.method(), req.uri().path());
+        let (status, bytes) = self.answer(req).await;
+        secrets::capture(&what, &String::from_utf8_lossy(&bytes));
+        (status, parse_answer(&bytes))
+    }
+
+    /// The raw answer, not captured: for the answers that hand out a secret by design, which
+    /// their caller captures with that one value masked.
+    async fn answer(&self, req: Request<Body>) -> (StatusCode, Vec<u8>) {
         let res = self.router.clone().oneshot(req).await.unwrap();
         let status = res.status();
         let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&bytes) }));
-        (status, value)
+        (status, bytes.to_vec())
     }
 
     /// A new tenant; returns its token.
     pub async fn tenant(&self, name: &str) -> String {
-        let (status, body) = self.request(Method::POST, "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({ "name": name }))).await;
+        let req = Request::post("/api/v1/tenants")
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::json!({ "name": name }).to_string()))
+            .unwrap();
+        let (status, bytes) = self.answer(req).await;
+        let body = parse_answer(&bytes);
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["token"].as_str().unwrap().to_string()
+        let token = body["token"].as_str().unwrap().to_string();
+        secrets::capture_issuing("POST /api/v1/tenants answer", &String::from_utf8_lossy(&bytes), &token);
+        token
     }
 
+    /// Creates an app; its webhook secret and git token are registered as secrets, and a
+    /// generated webhook secret (returned once by design) too.
     pub async fn app(&self, token: &str, spec: Value) -> Value {
-        let (status, body) = self.request(Method::POST, "/api/v1/apps", Some(token), Some(spec)).await;
+        let req = Request::post("/api/v1/apps")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from(spec.to_string()))
+            .unwrap();
+        let (status, bytes) = self.answer(req).await;
+        let body = parse_answer(&bytes);
         assert_eq!(status, StatusCode::CREATED, "{body}");
+        secrets::register_from_request(&spec);
+        let text = String::from_utf8_lossy(&bytes);
+        match body["webhook_secret"].as_str() {
+            Some(generated) => secrets::capture_issuing("POST /api/v1/apps answer", &text, generated),
+            None => secrets::capture("POST /api/v1/apps answer", &text),
+        }
         body
     }
 
     /// Sends a GitLab push webhook with the app's secret; returns the id of the one build queued.
     pub async fn push_hook(&self, push: &crate::support::fixtures::GitlabPush, secret: &str) -> i64 {
+        secrets::register(secret);
         let req = Request::post("/hooks/gitlab")
             .header("x-gitlab-event", push.event())
             .header("x-gitlab-token", secret)
@@ -130,6 +176,8 @@ impl TestKiln {
         loop {
             let b = self.build(id).await;
             if b.state.is_final() {
+                // Read once so that the whole log goes through the secrets scan.
+                self.log(id).await;
                 return b;
             }
             if tokio::time::Instant::now() > deadline {
@@ -155,12 +203,24 @@ impl TestKiln {
     /// The whole stored log as text.
     pub async fn log(&self, id: i64) -> String {
         let lines = self.ctx.store.log_after(id, 0, 1_000_000).await.unwrap();
-        lines.iter().map(|l| format!("{}\n", l.line)).collect()
+        let text: String = lines.iter().map(|l| format!("{}\n", l.line)).collect();
+        secrets::capture(&format!("build {id} log"), &text);
+        text
     }
 }
 
 impl Drop for TestKiln {
     fn drop(&mut self) {
         self.server.abort();
+        // Every test that runs Kiln checks the no-secret rule on its way out (not while already
+        // failing: the first failure is the one to read).
+        if !std::thread::panicking() {
+            secrets::assert_no_leaks();
+        }
     }
+}
+
+/// An answer body as JSON, or `{"text": …}` when it is not JSON.
+fn parse_answer(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(bytes) }))
 }

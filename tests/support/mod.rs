@@ -5,13 +5,18 @@ pub mod browser;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod git_server;
+pub mod hostile;
 pub mod kiln;
 pub mod oci_images;
 pub mod registry;
 pub mod registry_proxy;
+pub mod secrets;
 pub mod serve_process;
 
-/// Once per test process: the TLS crypto provider (one for the whole workspace: ring).
+/// Once per test process: the TLS crypto provider (one for the whole workspace: ring), and the
+/// capture of every tracing event for the secrets scan.
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    secrets::install_tracing_capture();
+    secrets::register(kiln::ADMIN);
 }

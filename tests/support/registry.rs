@@ -26,6 +26,7 @@ impl TestRegistry {
 
     /// A registry that requires HTTP basic auth with `user`/`pass`.
     pub async fn start_with_htpasswd(user: &str, pass: &str) -> TestRegistry {
+        crate::support::secrets::register(pass);
         Self::start_inner(Some((user, pass))).await
     }
 

@@ -3,7 +3,8 @@
 //! Answers: 202 with the queued build ids; 200 for an event Kiln ignores (with the reason — GitLab
 //! disables hooks that get 4xx) and for a redelivery (with the original outcome); 400 for a body
 //! that is not a push event; 401 for a wrong `X-Gitlab-Token`; 404 for a project no app builds;
-//! 413 for a body over the limit.
+//! 413 for a body over the limit; 429 with `Retry-After` when the app is over its webhook rate
+//! (`[hooks]`, see `rate.rs`).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -29,41 +30,145 @@ struct PushEvent {
     checkout_sha: Option<String>,
 }
 
-pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
-    let headers = req.headers().clone();
-    let body = read_body(req, &s).await?;
-    let payload: Value = parse_json(&body)?;
+/// A GitLab webhook delivery, parsed without the store: who it is for and what it asks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// `project.path_with_namespace` (may be empty when the body has only URLs).
+    pub project: String,
+    /// Up to two clone URLs of the project, for apps registered by URL.
+    pub urls: Vec<String>,
+    /// `X-Gitlab-Event` (empty when absent).
+    pub event: String,
+    /// What the event asks for. Kept as a value, not an early error: a body that is a JSON object
+    /// naming a project is answered 404/401 before its push fields are judged, so that an
+    /// unauthenticated sender learns nothing about what Kiln would accept.
+    pub push: Result<Push, Decision>,
+}
+
+/// A push or tag push to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// The full ref, `refs/heads/…` or `refs/tags/…`.
+    pub git_ref: String,
+    /// The branch or tag name (the ref without its prefix), a valid git ref name.
+    pub name: String,
+    /// The commit to build: 40 lowercase hex.
+    pub commit: String,
+    pub is_tag: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Answered 200 with the reason (GitLab disables hooks that get 4xx).
+    Ignore(String),
+    /// Answered 400 with the reason.
+    Reject(String),
+}
+
+/// Parses a delivery from its headers and body. Err is why the body is no GitLab event at all
+/// (a 400). Pure, so the fuzz harness can drive it directly.
+pub fn parse_push(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ApiError> {
+    let payload: Value = parse_json(body)?;
     if !payload.is_object() {
         return Err(ApiError::BadRequest("the webhook body must be a JSON object".into()));
     }
-
-    let project = payload.pointer("/project/path_with_namespace").and_then(Value::as_str).unwrap_or_default();
-    let urls: Vec<&str> = ["/project/git_http_url", "/repository/git_http_url", "/project/http_url", "/repository/url"]
+    let project = payload.pointer("/project/path_with_namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+    let urls: Vec<String> = ["/project/git_http_url", "/repository/git_http_url", "/project/http_url", "/repository/url"]
         .iter()
         .filter_map(|p| payload.pointer(p).and_then(Value::as_str))
         .take(2)
+        .map(str::to_string)
         .collect();
     if project.is_empty() && urls.is_empty() {
         return Err(ApiError::BadRequest("the webhook body has no project.path_with_namespace".into()));
     }
-    let candidates = s.store.apps_for_project(project, &urls).await?;
+    let event = header(headers, "x-gitlab-event").unwrap_or_default().to_string();
+    let push = classify(&event, payload);
+    Ok(Delivery { project, urls, event, push })
+}
+
+/// What a verified event asks for.
+fn classify(event: &str, payload: Value) -> Result<Push, Decision> {
+    let kind = payload.get("object_kind").and_then(Value::as_str).unwrap_or_default();
+    let is_tag = match (event, kind) {
+        ("Push Hook", _) | ("", "push") => false,
+        ("Tag Push Hook", _) | ("", "tag_push") => true,
+        _ => {
+            let what = if event.is_empty() { kind } else { event };
+            return Err(Decision::Ignore(format!("event {what:?} does not start builds (only Push Hook and Tag Push Hook do)")));
+        }
+    };
+    let push: PushEvent =
+        serde_json::from_value(payload).map_err(|e| Decision::Reject(format!("not a valid push event: {e}")))?;
+    if push.after == ZERO_SHA {
+        return Err(Decision::Ignore(format!("{} was deleted", push.git_ref)));
+    }
+    let commit = push.checkout_sha.filter(|c| !c.is_empty()).unwrap_or(push.after);
+    validate::commit_sha(&commit).map_err(Decision::Reject)?;
+    let prefix = if is_tag { "refs/tags/" } else { "refs/heads/" };
+    let name = push
+        .git_ref
+        .strip_prefix(prefix)
+        .ok_or_else(|| Decision::Reject(format!("ref {:?} does not start with {prefix}", push.git_ref)))?
+        .to_string();
+    validate::git_ref(&name).map_err(Decision::Reject)?;
+    Ok(Push { git_ref: push.git_ref, name, commit, is_tag })
+}
+
+/// The builds a push asks of the apps it reached.
+fn plan_builds(push: &Push, apps: &[App]) -> Vec<NewBuild> {
+    apps.iter()
+        // Tags are release builds: the branch filter applies to branches only.
+        .filter(|app| push.is_tag || branch_matches(&app.branch_filter, &push.name))
+        .map(|app| NewBuild {
+            tenant_id: app.tenant_id,
+            app_id: app.id,
+            git_ref: Some(push.git_ref.clone()),
+            commit: push.commit.clone(),
+            trigger: "webhook".into(),
+        })
+        .collect()
+}
+
+pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
+    let headers = req.headers().clone();
+    let body = read_body(req, &s).await?;
+    let parsed = parse_push(&headers, &body)?;
+    let urls: Vec<&str> = parsed.urls.iter().map(String::as_str).collect();
+    let candidates = s.store.apps_for_project(&parsed.project, &urls).await?;
     if candidates.is_empty() {
-        return Err(ApiError::NotFound(format!("no app builds project {project:?}")));
+        return Err(ApiError::NotFound(format!("no app builds project {:?}", parsed.project)));
     }
     let token = header(&headers, "x-gitlab-token").unwrap_or_default();
     let apps: Vec<App> = candidates.into_iter().filter(|a| bool::from(a.webhook_secret.as_bytes().ct_eq(token.as_bytes()))).collect();
     if apps.is_empty() {
         return Err(ApiError::Unauthorized("X-Gitlab-Token does not match the app's webhook secret".into()));
     }
+    // Only a verified delivery is charged: a sender without the secret cannot spend an app's
+    // budget. Over it, nothing is recorded, so GitLab's retry after `Retry-After` builds.
+    let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
+    if let Err(wait) = s.hook_limits.take(&ids) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "app {} received more than {} webhook deliveries a minute (burst {}); retry in {secs}s",
+                names.join(", "),
+                s.config.hooks.rate_per_app_per_minute,
+                s.config.hooks.burst
+            ),
+            retry_after_secs: secs,
+        });
+    }
 
-    let event = header(&headers, "x-gitlab-event").unwrap_or_default().to_string();
+    let event = parsed.event;
     let key = header(&headers, "idempotency-key")
         .or_else(|| header(&headers, "x-gitlab-event-uuid"))
         .map(str::to_string)
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&body))));
     let delivery = NewDelivery { source: "gitlab", key, event: event.clone(), app_id: apps.first().map(|a| a.id) };
 
-    let (builds, ignored) = match plan_builds(&event, &payload, &apps) {
+    let (builds, ignored) = match parsed.push.map(|push| plan_builds(&push, &apps)) {
         Ok(builds) if builds.is_empty() => (vec![], Some("no app's branch filter matches this branch".to_string())),
         Ok(builds) => (builds, None),
         Err(Decision::Ignore(reason)) => (vec![], Some(reason)),
@@ -104,49 +209,6 @@ async fn supersede_older(s: &AppState, apps: &[App], ids: &[i64], builds: &[NewB
         }
     }
     Ok(())
-}
-
-enum Decision {
-    Ignore(String),
-    Reject(String),
-}
-
-/// The builds a verified event asks for.
-fn plan_builds(event: &str, payload: &Value, apps: &[App]) -> Result<Vec<NewBuild>, Decision> {
-    let kind = payload.get("object_kind").and_then(Value::as_str).unwrap_or_default();
-    let is_tag = match (event, kind) {
-        ("Push Hook", _) | ("", "push") => false,
-        ("Tag Push Hook", _) | ("", "tag_push") => true,
-        _ => {
-            let what = if event.is_empty() { kind } else { event };
-            return Err(Decision::Ignore(format!("event {what:?} does not start builds (only Push Hook and Tag Push Hook do)")));
-        }
-    };
-    let push: PushEvent = serde_json::from_value(payload.clone())
-        .map_err(|e| Decision::Reject(format!("not a valid push event: {e}")))?;
-    if push.after == ZERO_SHA {
-        return Err(Decision::Ignore(format!("{} was deleted", push.git_ref)));
-    }
-    let commit = push.checkout_sha.filter(|c| !c.is_empty()).unwrap_or(push.after);
-    validate::commit_sha(&commit).map_err(Decision::Reject)?;
-    let prefix = if is_tag { "refs/tags/" } else { "refs/heads/" };
-    let name = push
-        .git_ref
-        .strip_prefix(prefix)
-        .ok_or_else(|| Decision::Reject(format!("ref {:?} does not start with {prefix}", push.git_ref)))?;
-    validate::git_ref(name).map_err(Decision::Reject)?;
-    Ok(apps
-        .iter()
-        // Tags are release builds: the branch filter applies to branches only.
-        .filter(|app| is_tag || branch_matches(&app.branch_filter, name))
-        .map(|app| NewBuild {
-            tenant_id: app.tenant_id,
-            app_id: app.id,
-            git_ref: Some(push.git_ref.clone()),
-            commit: commit.clone(),
-            trigger: "webhook".into(),
-        })
-        .collect())
 }
 
 /// Glob over the branch name: `*` matches within one path segment, `**` across.
