@@ -181,6 +181,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_log_by_tenant ON audit_log(tenant_id, id);
     "#,
+    // 7: per-tenant settings (`store::TenantSettings` as JSON): namespace, registry project and
+    // Secret, concurrency cap, CPU/memory, build timeout, cache claim. `{}` is "all from config".
+    r#"
+    ALTER TABLE tenants ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
@@ -230,5 +235,20 @@ mod tests {
         let roles: Vec<(String, Option<i64>, Option<i64>)> =
             sqlx::query_as("SELECT role, expires_at, revoked_at FROM api_tokens ORDER BY id").fetch_all(&pool).await.unwrap();
         assert_eq!(roles, vec![("owner".into(), None, None), ("admin".into(), None, None)]);
+    }
+
+    #[tokio::test]
+    async fn tenants_from_before_settings_have_none_and_read_as_all_defaults() {
+        let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        sqlx::raw_sql("CREATE TABLE schema_version (version INTEGER NOT NULL)").execute(&pool).await.unwrap();
+        for (i, sql) in MIGRATIONS[..6].iter().enumerate() {
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)").bind(i as i64 + 1).execute(&pool).await.unwrap();
+        }
+        sqlx::raw_sql("INSERT INTO tenants (id, name, created_at) VALUES (1, 'team-a', 0)").execute(&pool).await.unwrap();
+        run(&pool).await.unwrap();
+        let settings: String = sqlx::query_scalar("SELECT settings FROM tenants WHERE id = 1").fetch_one(&pool).await.unwrap();
+        let parsed: crate::store::TenantSettings = serde_json::from_str(&settings).unwrap();
+        assert_eq!(parsed, crate::store::TenantSettings::default());
     }
 }
