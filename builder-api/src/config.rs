@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::store::Tenant;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -218,6 +220,26 @@ impl Default for KubeConfig {
     }
 }
 
+/// Where a tenant's settings meet the service-wide config: the one place each per-tenant value
+/// falls back to its `[kube]` default.
+impl KubeConfig {
+    /// The namespace of the tenant's build Jobs (and its git token Secrets): its own, else
+    /// `<namespace_prefix><tenant>`.
+    pub fn namespace_for(&self, tenant: &Tenant) -> String {
+        tenant.settings.namespace.clone().unwrap_or_else(|| format!("{}{}", self.namespace_prefix, tenant.name))
+    }
+
+    /// The Secret with the tenant's registry credentials, if any.
+    pub fn registry_secret_for<'a>(&'a self, tenant: &'a Tenant) -> Option<&'a str> {
+        tenant.settings.registry_secret.as_deref().or(self.registry_secret.as_deref())
+    }
+
+    /// The tenant's cache PVC, if any.
+    pub fn cache_claim_for<'a>(&'a self, tenant: &'a Tenant) -> Option<&'a str> {
+        tenant.settings.cache_claim.as_deref().or(self.cache_claim.as_deref())
+    }
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -275,6 +297,14 @@ pub struct ExecutorConfig {
     pub kiln_binary: Option<PathBuf>,
     /// Keep a build's workspace after it ends (for debugging).
     pub keep_workspaces: bool,
+}
+
+impl ExecutorConfig {
+    /// How long a build of the tenant may run: its own timeout, else `build_timeout_secs`.
+    /// (Apps have no timeout of their own.)
+    pub fn build_timeout_for(&self, tenant: &Tenant) -> std::time::Duration {
+        std::time::Duration::from_secs(tenant.settings.build_timeout_secs.unwrap_or(self.build_timeout_secs))
+    }
 }
 
 impl Default for ExecutorConfig {
