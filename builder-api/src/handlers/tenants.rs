@@ -182,9 +182,10 @@ pub async fn put_settings(
     State(s): State<AppState>,
     who: Principal,
     Path(tenant): Path<String>,
-    JsonBody(settings): JsonBody<TenantSettings>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(axum::Extension<Audited>, Json<Value>)> {
     let mut tenant = visible_tenant(&s, &who, &tenant).await?;
+    let settings = parse_settings(&body)?;
     settings.validate().map_err(bad)?;
     let mut proposed = tenant.clone();
     proposed.settings = settings.clone();
@@ -219,4 +220,24 @@ pub async fn put_settings(
     tenant.settings = settings;
     let audited = Audited::new(tenant.id, format!("tenant/{}", tenant.name));
     Ok((audited, Json(settings_answer(&s, &tenant))))
+}
+
+/// The body of a settings PUT, strictly, with the field a wrong type or value is at (serde's own
+/// message says only "invalid type: string, expected u32").
+fn parse_settings(body: &[u8]) -> ApiResult<TenantSettings> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad("request body is empty; expected a JSON object of settings ({} unsets them all)".into()));
+    }
+    // serde reads a struct from an array too (`["ns"]` sets the first field): only an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(bad("invalid JSON body: expected a JSON object of settings".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let settings = serde_path_to_error::deserialize(&mut de).map_err(|e| match e.path().to_string().as_str() {
+        "." => bad(format!("invalid JSON body: {}", e.inner())),
+        field => bad(format!("invalid JSON body: {field}: {}", e.inner())),
+    })?;
+    // Nothing may follow the object.
+    de.end().map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    Ok(settings)
 }
