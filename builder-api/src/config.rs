@@ -548,6 +548,26 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_settings_win_over_the_config_and_fall_back_to_it() {
+        let mut c = Config::default();
+        c.kube.registry_secret = Some("kiln-registry".into());
+        c.executor.build_timeout_secs = 1200;
+        let mut t = Tenant { id: 1, name: "team".into(), created_at: 0, settings: Default::default() };
+        assert_eq!(c.kube.namespace_for(&t), "kiln-team");
+        assert_eq!(c.kube.registry_secret_for(&t), Some("kiln-registry"));
+        assert_eq!(c.kube.cache_claim_for(&t), None);
+        assert_eq!(c.executor.build_timeout_for(&t).as_secs(), 1200);
+        t.settings.namespace = Some("builds".into());
+        t.settings.registry_secret = Some("team-robot".into());
+        t.settings.cache_claim = Some("team-cache".into());
+        t.settings.build_timeout_secs = Some(600);
+        assert_eq!(c.kube.namespace_for(&t), "builds");
+        assert_eq!(c.kube.registry_secret_for(&t), Some("team-robot"));
+        assert_eq!(c.kube.cache_claim_for(&t), Some("team-cache"));
+        assert_eq!(c.executor.build_timeout_for(&t).as_secs(), 600);
+    }
+
+    #[test]
     fn debug_never_shows_secrets() {
         let mut c = Config::default();
         c.server.admin_token = Some("adm1n-secret".into());

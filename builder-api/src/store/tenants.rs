@@ -236,9 +236,10 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The tenants that have a concurrency cap of their own: tenant id → cap. One indexed-free
-    /// scan of the small tenants table reading one JSON field per row, for the scheduler to call
-    /// whenever it picks; tenants without a cap are absent (only the global cap applies).
+    /// The tenants that have a concurrency cap of their own: tenant id → cap; tenants without
+    /// one are absent (only the global cap applies to them). One read of the tenants table (one
+    /// row per tenant, SQLite reading one JSON field each), cheap enough for the scheduler to call
+    /// per pick or to cache.
     pub async fn tenant_caps(&self) -> Result<HashMap<i64, u32>> {
         let rows: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT id, json_extract(settings, '$.max_concurrent_builds') AS cap FROM tenants WHERE cap IS NOT NULL",
