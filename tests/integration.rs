@@ -19,5 +19,6 @@ mod queueing;
 mod registry_assemble;
 mod registry_copy;
 mod rollouts;
+mod tenant_settings;
 mod web_page;
 mod webhooks;

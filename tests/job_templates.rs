@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use builder_api::config::{RegistryConfig, ToolchainConfig};
-use builder_api::executor::kube::render::{self, RenderInput, Templates};
+use builder_api::config::{KubeConfig, RegistryConfig, ToolchainConfig};
+use builder_api::executor::kube::render::{self, RenderInput, Templates, TenantPlacement};
 use builder_api::plan::{self, DockerfileBuilder, PlanInput, ResolvedKind};
-use builder_api::store::{App, Build, BuildKind, BuildState, KindSettings};
+use builder_api::store::{App, Build, BuildKind, BuildState, KindSettings, Tenant, TenantSettings};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 
@@ -63,7 +63,27 @@ struct Rendered {
     job: Job,
 }
 
+/// The `[kube]` config the samples render with: a cache claim and a registry Secret for all.
+fn sample_kube() -> KubeConfig {
+    KubeConfig {
+        namespace_prefix: "kiln-".into(),
+        cache_claim: Some("kiln-cache".into()),
+        registry_secret: Some("kiln-registry".into()),
+        ..KubeConfig::default()
+    }
+}
+
+/// The sample app's tenant, with `settings`.
+fn sample_tenant(settings: TenantSettings) -> Tenant {
+    Tenant { id: 3, name: "payments".into(), created_at: 0, settings }
+}
+
 fn render_kind(kind: ResolvedKind, app: &App, build: &Build) -> Rendered {
+    render_for(kind, app, build, &sample_tenant(TenantSettings::default()))
+}
+
+/// Renders as the kube executor does: the tenant's placement from its settings over `[kube]`.
+fn render_for(kind: ResolvedKind, app: &App, build: &Build, tenant: &Tenant) -> Rendered {
     let templates = Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../job-templates")).unwrap();
     let toolchains = ToolchainConfig::default();
     let registry = RegistryConfig { username: Some("robot$payments+kiln".into()), password: Some("robot-password".into()), ..Default::default() };
@@ -77,17 +97,16 @@ fn render_kind(kind: ResolvedKind, app: &App, build: &Build) -> Rendered {
         apm: None,
     };
     let steps = plan::steps(&input);
+    let placement = TenantPlacement::of(&sample_kube(), tenant);
     let job = render::render(
         templates.for_kind(kind),
         &RenderInput {
             build_id: build.id,
             tenant: &app.tenant,
             app: &app.name,
-            namespace: "kiln-payments",
+            placement: &placement,
             steps: &steps,
             active_deadline_secs: 1800,
-            cache_claim: Some("kiln-cache"),
-            registry_secret: Some("kiln-registry"),
             git_secret: app.git_token.as_ref().map(|_| "kiln-git-ledger"),
         },
     )
@@ -218,6 +237,8 @@ fn every_template_renders_a_job_that_keeps_the_invariants() {
     }
 }
 
+/// The sample tenant has no settings of its own: what it renders is the `[kube]` defaults over
+/// the template, byte for byte the goldens.
 #[test]
 fn rendered_jobs_match_the_golden_files() {
     let app = sample_app(BuildKind::Auto, Some("git-token-value"));
@@ -280,4 +301,88 @@ fn a_template_without_a_step_container_is_refused_at_load() {
     std::fs::copy(src.join("go.yaml"), dir.path().join("go.yaml")).unwrap();
     let err = Templates::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("maven.yaml"), "{err}");
+}
+
+/// A tenant with every setting that reaches a Job: exactly those values, and nothing else of the
+/// Job differs from what the same build renders for a tenant without settings.
+#[test]
+fn a_tenants_settings_reach_its_job_and_change_nothing_else() {
+    let app = sample_app(BuildKind::Auto, Some("git-token-value"));
+    let build = sample_build("main");
+    let tenant = sample_tenant(TenantSettings {
+        namespace: Some("builds-payments".into()),
+        registry_secret: Some("payments-robot".into()),
+        cache_claim: Some("payments-cache".into()),
+        cpu: Some("1500m".into()),
+        memory: Some("3Gi".into()),
+        // Settings that are not the Job's business (the scheduler's, the API's).
+        max_concurrent_builds: Some(2),
+        registry_project: Some("payments".into()),
+        build_timeout_secs: Some(900),
+    });
+    for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
+        let what = kind.as_str();
+        let plain = render_kind(kind, &app, &build).job;
+        let job = render_for(kind, &app, &build, &tenant).job;
+        assert_eq!(job.metadata.namespace.as_deref(), Some("builds-payments"), "{what}");
+
+        let p = pod(&job);
+        // The claim wherever the template has a cache (Go and Maven; a Dockerfile build has none).
+        let cache = p.volumes.iter().flatten().find(|v| v.name == "cache");
+        assert_eq!(cache.is_some(), kind != ResolvedKind::Dockerfile, "{what}");
+        if let Some(cache) = cache {
+            assert_eq!(cache.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("payments-cache"), "{what}");
+        }
+        for c in containers(&job) {
+            let registry: Vec<_> = secret_refs(c).into_iter().filter(|(n, _, _)| n.starts_with("KILN_REGISTRY_")).collect();
+            let want = if c.name == "image" {
+                vec![
+                    ("KILN_REGISTRY_USERNAME".to_string(), "payments-robot".to_string(), "username".to_string()),
+                    ("KILN_REGISTRY_PASSWORD".into(), "payments-robot".into(), "password".into()),
+                ]
+            } else {
+                vec![]
+            };
+            assert_eq!(registry, want, "{what}/{}", c.name);
+        }
+
+        // The compiling container (image, where BuildKit compiles, for a Dockerfile) gets the
+        // tenant's CPU and memory as requests and limits; every other container keeps the
+        // template's.
+        let sized = if kind == ResolvedKind::Dockerfile { "image" } else { "compile" };
+        for (c, before) in containers(&job).into_iter().zip(containers(&plain)) {
+            let res = c.resources.as_ref().unwrap();
+            if c.name == sized {
+                for side in [res.requests.as_ref().unwrap(), res.limits.as_ref().unwrap()] {
+                    assert_eq!(side.get("cpu").map(|q| q.0.as_str()), Some("1500m"), "{what}/{}", c.name);
+                    assert_eq!(side.get("memory").map(|q| q.0.as_str()), Some("3Gi"), "{what}/{}", c.name);
+                }
+            } else {
+                assert_eq!(c.resources, before.resources, "{what}/{}: the template's resources", c.name);
+            }
+        }
+
+        // Undo exactly those values: what is left is the plain Job.
+        let mut undone = job.clone();
+        undone.metadata.namespace = plain.metadata.namespace.clone();
+        let up = undone.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        let pp = pod(&plain);
+        up.volumes = pp.volumes.clone();
+        for (c, before) in up.init_containers.iter_mut().flatten().chain(up.containers.iter_mut()).zip(containers(&plain)) {
+            c.resources = before.resources.clone();
+            c.env = before.env.clone();
+        }
+        assert_eq!(undone, plain, "{what}: the settings changed more than their own values");
+    }
+
+    // Only what is set overrides the template: memory alone leaves the template's CPU.
+    let memory_only = sample_tenant(TenantSettings { memory: Some("768Mi".into()), ..TenantSettings::default() });
+    let job = render_for(ResolvedKind::Go, &app, &build, &memory_only).job;
+    let compile = containers(&job).into_iter().find(|c| c.name == "compile").unwrap();
+    let res = compile.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "768Mi");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "768Mi");
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "1", "the template's CPU request stays");
+    assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "2", "the template's CPU limit stays");
+    assert_eq!(job.metadata.namespace.as_deref(), Some("kiln-payments"), "the default namespace");
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::store::Tenant;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -236,6 +238,26 @@ impl Default for KubeConfig {
     }
 }
 
+/// Where a tenant's settings meet the service-wide config: the one place each per-tenant value
+/// falls back to its `[kube]` default.
+impl KubeConfig {
+    /// The namespace of the tenant's build Jobs (and its git token Secrets): its own, else
+    /// `<namespace_prefix><tenant>`.
+    pub fn namespace_for(&self, tenant: &Tenant) -> String {
+        tenant.settings.namespace.clone().unwrap_or_else(|| format!("{}{}", self.namespace_prefix, tenant.name))
+    }
+
+    /// The Secret with the tenant's registry credentials, if any.
+    pub fn registry_secret_for<'a>(&'a self, tenant: &'a Tenant) -> Option<&'a str> {
+        tenant.settings.registry_secret.as_deref().or(self.registry_secret.as_deref())
+    }
+
+    /// The tenant's cache PVC, if any.
+    pub fn cache_claim_for<'a>(&'a self, tenant: &'a Tenant) -> Option<&'a str> {
+        tenant.settings.cache_claim.as_deref().or(self.cache_claim.as_deref())
+    }
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -293,6 +315,14 @@ pub struct ExecutorConfig {
     pub kiln_binary: Option<PathBuf>,
     /// Keep a build's workspace after it ends (for debugging).
     pub keep_workspaces: bool,
+}
+
+impl ExecutorConfig {
+    /// How long a build of the tenant may run: its own timeout, else `build_timeout_secs`.
+    /// (Apps have no timeout of their own.)
+    pub fn build_timeout_for(&self, tenant: &Tenant) -> std::time::Duration {
+        std::time::Duration::from_secs(tenant.settings.build_timeout_secs.unwrap_or(self.build_timeout_secs))
+    }
 }
 
 impl Default for ExecutorConfig {
@@ -549,6 +579,26 @@ mod tests {
             let mut c: Config = toml::from_str(bad).unwrap();
             assert!(c.apply_env(|_| None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tenants_settings_win_over_the_config_and_fall_back_to_it() {
+        let mut c = Config::default();
+        c.kube.registry_secret = Some("kiln-registry".into());
+        c.executor.build_timeout_secs = 1200;
+        let mut t = Tenant { id: 1, name: "team".into(), created_at: 0, settings: Default::default() };
+        assert_eq!(c.kube.namespace_for(&t), "kiln-team");
+        assert_eq!(c.kube.registry_secret_for(&t), Some("kiln-registry"));
+        assert_eq!(c.kube.cache_claim_for(&t), None);
+        assert_eq!(c.executor.build_timeout_for(&t).as_secs(), 1200);
+        t.settings.namespace = Some("builds".into());
+        t.settings.registry_secret = Some("team-robot".into());
+        t.settings.cache_claim = Some("team-cache".into());
+        t.settings.build_timeout_secs = Some(600);
+        assert_eq!(c.kube.namespace_for(&t), "builds");
+        assert_eq!(c.kube.registry_secret_for(&t), Some("team-robot"));
+        assert_eq!(c.kube.cache_claim_for(&t), Some("team-cache"));
+        assert_eq!(c.executor.build_timeout_for(&t).as_secs(), 600);
     }
 
     #[test]

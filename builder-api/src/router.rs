@@ -38,10 +38,10 @@ where
     ApiRoute { method, path, role, audit, handler: axum::routing::on(filter, handler) }
 }
 
-/// The API. Reads need `viewer`; triggering, cancelling and re-syncing builds `developer`;
-/// what changes an app or what runs (app create, subscriptions, rollback, APM re-injection,
-/// which changes the image a build deploys) and tokens and the audit log `owner`; tenants
-/// `admin`.
+/// The API. Reads need `viewer` (a tenant's settings too); triggering, cancelling and
+/// re-syncing builds `developer`; what changes an app or what runs (app create, subscriptions,
+/// rollback, APM re-injection, which changes the image a build deploys) and tokens and the audit
+/// log `owner`; tenants and their settings (namespace, cap, registry project) `admin`.
 pub fn api_routes() -> Vec<ApiRoute> {
     use Method as M;
     use Role::{Admin, Developer, Owner, Viewer};
@@ -51,6 +51,8 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::GET, "/api/v1/tenants/{tenant}/tokens", Owner, None, tenants::list_tokens),
         route(M::POST, "/api/v1/tenants/{tenant}/tokens", Owner, Some("token.create"), tenants::create_token),
         route(M::DELETE, "/api/v1/tenants/{tenant}/tokens/{token_id}", Owner, Some("token.revoke"), tenants::revoke_token),
+        route(M::GET, "/api/v1/tenants/{tenant}/settings", Viewer, None, tenants::get_settings),
+        route(M::PUT, "/api/v1/tenants/{tenant}/settings", Admin, Some("tenant.settings"), tenants::put_settings),
         route(M::GET, "/api/v1/audit", Owner, None, audit::list),
         route(M::GET, "/api/v1/apps", Viewer, None, apps::list),
         route(M::POST, "/api/v1/apps", Owner, Some("app.create"), apps::create),

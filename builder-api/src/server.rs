@@ -48,9 +48,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
             None => kube::Client::try_default().await.context("cannot reach the Kubernetes API (executor = kube)")?,
         };
         let settings = KubeSettings {
-            namespace_prefix: config.kube.namespace_prefix.clone(),
-            cache_claim: config.kube.cache_claim.clone(),
-            registry_secret: config.kube.registry_secret.clone(),
+            kube: config.kube.clone(),
             data_dir: data_dir.clone(),
             apm: config.apm.clone(),
         };

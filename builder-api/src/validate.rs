@@ -15,6 +15,82 @@ pub fn dns_label(what: &str, s: &str) -> Result<(), String> {
     }
 }
 
+/// A DNS-1123 subdomain (Secret and PersistentVolumeClaim names): at most 253 characters,
+/// dot-separated labels of lowercase letters, digits and `-`, each alphanumeric at both ends.
+pub fn dns_subdomain(what: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {s:?} is not a valid Kubernetes name: use at most 253 lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// What a resource quantity measures: which suffixes make sense for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantityOf {
+    /// CPU: cores (`2`, `0.5`) or millicores (`500m`).
+    Cpu,
+    /// Memory: bytes, decimal (`k`, `M`, `G`, `T`) or binary (`Ki`, `Mi`, `Gi`, `Ti`) multiples.
+    Memory,
+}
+
+/// A Kubernetes resource quantity as the API server would accept it for a container's requests
+/// and limits, restricted to the forms people write: a positive decimal number (no sign, no
+/// exponent) and one suffix of its kind. Returns the amount in millicores (CPU) or bytes
+/// (memory), so a value that rounds to nothing (`0.0001m`) is refused here rather than by the
+/// cluster at the first build.
+pub fn quantity(what: &str, s: &str, of: QuantityOf) -> Result<u128, String> {
+    let rule = match of {
+        QuantityOf::Cpu => "a positive number of cores like \"2\" or \"0.5\", or millicores like \"500m\"",
+        QuantityOf::Memory => "a positive number of bytes with a suffix like \"512Mi\", \"1Gi\" or \"500M\" (Ki Mi Gi Ti k M G T)",
+    };
+    let err = || Err(format!("{what} {s:?} is not a Kubernetes quantity: use {rule}"));
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    // Millicores (CPU) or bytes (memory) per unit of the suffix.
+    let scale: u128 = match (of, suffix) {
+        (QuantityOf::Cpu, "") => 1000,
+        (QuantityOf::Cpu, "m") => 1,
+        (QuantityOf::Memory, "") => 1,
+        (QuantityOf::Memory, "k") => 1000,
+        (QuantityOf::Memory, "M") => 1000u128.pow(2),
+        (QuantityOf::Memory, "G") => 1000u128.pow(3),
+        (QuantityOf::Memory, "T") => 1000u128.pow(4),
+        (QuantityOf::Memory, "Ki") => 1 << 10,
+        (QuantityOf::Memory, "Mi") => 1 << 20,
+        (QuantityOf::Memory, "Gi") => 1 << 30,
+        (QuantityOf::Memory, "Ti") => 1 << 40,
+        _ => return err(),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if s.len() > 32 || (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') || number.ends_with('.') {
+        return err();
+    }
+    let digits = |d: &str| if d.is_empty() { Some(0u128) } else { d.parse::<u128>().ok() };
+    let (Some(w), Some(f)) = (digits(whole), digits(fraction)) else { return err() };
+    // whole × scale + fraction × scale / 10^digits, rounded down; the 32-character bound keeps
+    // every term far below u128's range, checked anyway.
+    let amount = w
+        .checked_mul(scale)
+        .zip(f.checked_mul(scale).map(|f| f / 10u128.pow(fraction.len() as u32)))
+        .and_then(|(w, f)| w.checked_add(f));
+    match amount {
+        Some(amount) if amount > 0 => Ok(amount),
+        Some(_) => Err(format!("{what} {s:?} is zero or less than one {}: use {rule}", if of == QuantityOf::Cpu { "millicore" } else { "byte" })),
+        None => err(),
+    }
+}
+
 /// A full commit id: 40 lowercase hex characters.
 pub fn commit_sha(s: &str) -> Result<(), String> {
     if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
@@ -127,5 +203,31 @@ mod tests {
         assert!(commit_sha("abc").is_err());
         assert!(repo_path("x", "../Dockerfile").is_err());
         assert!(repo_path("x", "docker/Dockerfile").is_ok());
+    }
+
+    #[test]
+    fn kubernetes_names_and_quantities() {
+        assert!(dns_subdomain("secret", "kiln-registry").is_ok());
+        assert!(dns_subdomain("secret", "harbor.robot-1").is_ok());
+        for bad in ["", "Kiln", "a..b", "-a", "a-", "a_b", ".a", &"a".repeat(254)] {
+            assert!(dns_subdomain("secret", bad).is_err(), "{bad:?}");
+        }
+        use QuantityOf::{Cpu, Memory};
+        assert_eq!(quantity("cpu", "500m", Cpu), Ok(500));
+        assert_eq!(quantity("cpu", "2", Cpu), Ok(2000));
+        assert_eq!(quantity("cpu", "0.5", Cpu), Ok(500));
+        assert_eq!(quantity("cpu", "1.5", Cpu), Ok(1500));
+        assert_eq!(quantity("memory", "512Mi", Memory), Ok(512 << 20));
+        assert_eq!(quantity("memory", "1Gi", Memory), Ok(1 << 30));
+        assert_eq!(quantity("memory", "1.5Gi", Memory), Ok(3 << 29));
+        assert_eq!(quantity("memory", "500M", Memory), Ok(500_000_000));
+        assert_eq!(quantity("memory", "1048576", Memory), Ok(1 << 20));
+        for bad in ["", "0", "0m", "0.0001", "-1", "+1", "1e3", "1.", ".", "1..2", "1.2.3", "2 ", " 2", "1Gi", "500Mi", "2cores", "1k"] {
+            let e = quantity("cpu", bad, Cpu).unwrap_err();
+            assert!(e.starts_with(&format!("cpu {bad:?}")), "{e}");
+        }
+        for bad in ["", "0", "0Mi", "1m", "1g", "1gi", "1Pi", "-1Gi", "1 Gi", "1Gib", "Gi", &"9".repeat(40)] {
+            assert!(quantity("memory", bad, Memory).is_err(), "{bad:?}");
+        }
     }
 }

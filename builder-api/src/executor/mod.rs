@@ -12,18 +12,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::capture::{LogSink, Masker};
-use crate::store::{App, Build, BuildState, Store};
+use crate::store::{App, Build, BuildState, Store, Tenant};
 
 /// Everything an executor needs to run one build.
 pub struct BuildJob {
     pub build: Build,
     pub app: App,
+    /// The app's tenant with its settings (namespace, Secrets, resources) as the build started.
+    pub tenant: Tenant,
     pub store: Store,
     pub log: LogSink,
     pub masker: Arc<Masker>,
     /// Cancelled by `POST /builds/{id}/cancel` (and by a superseding push, later).
     pub cancel: CancellationToken,
-    /// Past this the build ends TimedOut.
+    /// Past this the build ends TimedOut: the tenant's timeout from the start
+    /// (`ExecutorConfig::build_timeout_for`).
     pub deadline: Instant,
     /// The build was Running when Kiln last stopped: an executor that adopts running builds
     /// follows what is already there instead of starting it again.

@@ -70,6 +70,14 @@ pub async fn create(
     validate::dns_label("app", &req.name).map_err(bad)?;
     check_git_url(&req.git_url)?;
     validate::image_repository(&req.image_repository).map_err(bad)?;
+    let tenant = s.store.tenant(tenant_id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {tenant_id}")))?;
+    if !tenant.settings.allows_repository(&req.image_repository) {
+        let project = tenant.settings.registry_project.as_deref().unwrap_or_default();
+        return Err(bad(format!(
+            "image_repository {:?} is outside the tenant's registry project {project:?}: use <registry>/{project}/<name>",
+            req.image_repository
+        )));
+    }
     globset::Glob::new(&req.branch_filter).map_err(|e| bad(format!("branch_filter {:?}: {e}", req.branch_filter)))?;
     if let Some(df) = &req.settings.dockerfile {
         validate::repo_path("dockerfile", df).map_err(bad)?;

@@ -1,5 +1,6 @@
 //! `/api/v1/tenants`: admins create tenants (the answer carries the tenant's first token, an
-//! owner token, once); owners (and admins) create, list and revoke their tenant's tokens.
+//! owner token, once); owners (and admins) create, list and revoke their tenant's tokens; every
+//! role of a tenant reads its settings, only admins change them.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,7 +13,7 @@ use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{new_token, now_ms, Revoked, Role, Tenant};
+use crate::store::{new_token, now_ms, Revoked, Role, Tenant, TenantSettings};
 use crate::validate;
 
 #[derive(Deserialize)]
@@ -26,6 +27,14 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     validate::dns_label("tenant", &req.name).map_err(bad)?;
+    // The new tenant's Jobs would go to `<prefix><name>`: not a namespace another tenant has.
+    let namespace = format!("{}{}", s.config.kube.namespace_prefix, req.name);
+    if let Some(other) = namespace_user(&s, &namespace, None).await? {
+        return Err(ApiError::Conflict(format!(
+            "tenant {:?} would build in the namespace {namespace:?}, which is tenant {other}'s namespace",
+            req.name
+        )));
+    }
     let tenant = s.store.create_tenant(&req.name).await?;
     let token = new_token();
     s.store.add_token(Some(tenant.id), "initial", Role::Owner, None, &token).await?;
@@ -128,4 +137,107 @@ pub async fn revoke_token(
         Revoked::Already => Err(ApiError::Conflict(format!("token {id} of tenant {} is already revoked", tenant.name))),
         Revoked::NoSuchToken => Err(ApiError::NotFound(format!("no token {id} in tenant {}", tenant.name))),
     }
+}
+
+/// The tenant whose builds run in `namespace`, other than `except`. Two tenants in one
+/// namespace would share Secrets, caches and pods: refused wherever a namespace is decided.
+async fn namespace_user(s: &AppState, namespace: &str, except: Option<i64>) -> ApiResult<Option<String>> {
+    let tenants = s.store.tenants().await?;
+    Ok(tenants.into_iter().find(|t| Some(t.id) != except && s.config.kube.namespace_for(t) == namespace).map(|t| t.name))
+}
+
+/// The settings of a tenant as stored (`null`: unset) and as builds use them (`effective`:
+/// unset values filled from the config; CPU and memory unset are the Job template's).
+fn settings_answer(s: &AppState, tenant: &Tenant) -> Value {
+    let kube = &s.config.kube;
+    json!({
+        "tenant": tenant.name,
+        "settings": tenant.settings,
+        "effective": {
+            "namespace": kube.namespace_for(tenant),
+            "registry_project": tenant.settings.registry_project,
+            "registry_secret": kube.registry_secret_for(tenant),
+            "max_concurrent_builds": tenant.settings.max_concurrent_builds,
+            "global_max_concurrent_builds": s.config.executor.max_concurrent_builds,
+            "cpu": tenant.settings.cpu,
+            "memory": tenant.settings.memory,
+            "build_timeout_secs": s.config.executor.build_timeout_for(tenant).as_secs(),
+            "cache_claim": kube.cache_claim_for(tenant),
+        },
+    })
+}
+
+/// `GET /api/v1/tenants/{tenant}/settings`: any role of the tenant reads them — they hold names
+/// of Secrets and claims, never their contents, and a developer wants to know its timeout.
+pub async fn get_settings(State(s): State<AppState>, who: Principal, Path(tenant): Path<String>) -> ApiResult<Json<Value>> {
+    let tenant = visible_tenant(&s, &who, &tenant).await?;
+    Ok(Json(settings_answer(&s, &tenant)))
+}
+
+/// `PUT /api/v1/tenants/{tenant}/settings`: replaces them all (a field left out is unset and
+/// falls back to the config). Admin only (the route table says so): the namespace, the cap and
+/// the registry project are where one tenant ends and another begins, so an owner must not move
+/// itself into another namespace or raise its own cap.
+pub async fn put_settings(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(axum::Extension<Audited>, Json<Value>)> {
+    let mut tenant = visible_tenant(&s, &who, &tenant).await?;
+    let settings = parse_settings(&body)?;
+    settings.validate().map_err(bad)?;
+    let mut proposed = tenant.clone();
+    proposed.settings = settings.clone();
+    let namespace = s.config.kube.namespace_for(&proposed);
+    if let Some(other) = namespace_user(&s, &namespace, Some(tenant.id)).await? {
+        return Err(ApiError::Conflict(format!("namespace {namespace:?} is tenant {other}'s namespace")));
+    }
+    if let Some(project) = &settings.registry_project {
+        let tenants = s.store.tenants().await?;
+        if let Some(other) = tenants.iter().find(|t| t.id != tenant.id && t.settings.registry_project.as_ref() == Some(project)) {
+            return Err(ApiError::Conflict(format!("registry_project {project:?} is tenant {}'s project", other.name)));
+        }
+        // Apps made before the project was set must already push into it.
+        let outside: Vec<String> = s
+            .store
+            .apps(Some(tenant.id))
+            .await?
+            .into_iter()
+            .filter(|a| !settings.allows_repository(&a.image_repository))
+            .map(|a| format!("{} ({})", a.name, a.image_repository))
+            .collect();
+        if !outside.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "registry_project {project:?}: these apps push outside it: {}; move their image_repository first",
+                outside.join(", ")
+            )));
+        }
+    }
+    if !s.store.set_tenant_settings(tenant.id, &settings).await? {
+        return Err(ApiError::NotFound(format!("no tenant {}", tenant.name)));
+    }
+    tenant.settings = settings;
+    let audited = Audited::new(tenant.id, format!("tenant/{}", tenant.name));
+    Ok((audited, Json(settings_answer(&s, &tenant))))
+}
+
+/// The body of a settings PUT, strictly, with the field a wrong type or value is at (serde's own
+/// message says only "invalid type: string, expected u32").
+fn parse_settings(body: &[u8]) -> ApiResult<TenantSettings> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad("request body is empty; expected a JSON object of settings ({} unsets them all)".into()));
+    }
+    // serde reads a struct from an array too (`["ns"]` sets the first field): only an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(bad("invalid JSON body: expected a JSON object of settings".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let settings = serde_path_to_error::deserialize(&mut de).map_err(|e| match e.path().to_string().as_str() {
+        "." => bad(format!("invalid JSON body: {}", e.inner())),
+        field => bad(format!("invalid JSON body: {field}: {}", e.inner())),
+    })?;
+    // Nothing may follow the object.
+    de.end().map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    Ok(settings)
 }

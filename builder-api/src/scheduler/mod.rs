@@ -207,6 +207,10 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
         return Ok(None);
     };
+    let Some(tenant) = ctx.store.tenant(app.tenant_id).await? else {
+        ctx.store.finish_build(build.id, BuildState::Failed, Some("the tenant was deleted")).await?;
+        return Ok(None);
+    };
     let mut secrets = vec![app.webhook_secret.clone()];
     secrets.extend(app.git_token.clone());
     secrets.extend(ctx.config.registry.password.clone());
@@ -217,8 +221,8 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     if !resumed {
         log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(ctx.config.executor.build_timeout_secs);
-    let job = BuildJob { build: build.clone(), app, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, resumed };
+    let deadline = tokio::time::Instant::now() + ctx.config.executor.build_timeout_for(&tenant);
+    let job = BuildJob { build: build.clone(), app, tenant, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, resumed };
     let Outcome { state, mut reason } = ctx.executor.run(job).await;
     if state == BuildState::Cancelled {
         if let Some(why) = ctx.scheduler.cancel_reasons.lock().unwrap().remove(&build.id) {

@@ -181,6 +181,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_log_by_tenant ON audit_log(tenant_id, id);
     "#,
+    // 7: per-tenant settings (`store::TenantSettings` as JSON): namespace, registry project and
+    // Secret, concurrency cap, CPU/memory, build timeout, cache claim. `{}` is "all from config".
+    r#"
+    ALTER TABLE tenants ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
@@ -208,16 +213,22 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn tokens_from_before_roles_become_owner_tokens_and_admin_tokens_stay_admin() {
+    /// An in-memory database as a release at schema `version` left it.
+    async fn database_at(version: usize) -> SqlitePool {
         // One connection: an in-memory database lives as long as its connection.
         let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
-        // The database as the release before roles (schema 5) left it.
         sqlx::raw_sql("CREATE TABLE schema_version (version INTEGER NOT NULL)").execute(&pool).await.unwrap();
-        for (i, sql) in MIGRATIONS[..5].iter().enumerate() {
+        for (i, sql) in MIGRATIONS[..version].iter().enumerate() {
             sqlx::raw_sql(sql).execute(&pool).await.unwrap();
             sqlx::query("INSERT INTO schema_version (version) VALUES (?)").bind(i as i64 + 1).execute(&pool).await.unwrap();
         }
+        pool
+    }
+
+    #[tokio::test]
+    async fn tokens_from_before_roles_become_owner_tokens_and_admin_tokens_stay_admin() {
+        // The database as the release before roles (schema 5) left it.
+        let pool = database_at(5).await;
         sqlx::raw_sql(
             "INSERT INTO tenants (id, name, created_at) VALUES (1, 'team-a', 0);
              INSERT INTO api_tokens (tenant_id, token_sha256, name, created_at) VALUES (1, 'h1', 'initial', 0);
@@ -230,5 +241,15 @@ mod tests {
         let roles: Vec<(String, Option<i64>, Option<i64>)> =
             sqlx::query_as("SELECT role, expires_at, revoked_at FROM api_tokens ORDER BY id").fetch_all(&pool).await.unwrap();
         assert_eq!(roles, vec![("owner".into(), None, None), ("admin".into(), None, None)]);
+    }
+
+    #[tokio::test]
+    async fn tenants_from_before_settings_have_none_and_read_as_all_defaults() {
+        let pool = database_at(6).await;
+        sqlx::raw_sql("INSERT INTO tenants (id, name, created_at) VALUES (1, 'team-a', 0)").execute(&pool).await.unwrap();
+        run(&pool).await.unwrap();
+        let settings: String = sqlx::query_scalar("SELECT settings FROM tenants WHERE id = 1").fetch_one(&pool).await.unwrap();
+        let parsed: crate::store::TenantSettings = serde_json::from_str(&settings).unwrap();
+        assert_eq!(parsed, crate::store::TenantSettings::default());
     }
 }

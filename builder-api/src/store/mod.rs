@@ -26,7 +26,7 @@ pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
 pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, Subscription};
 pub use syncs::BuildSync;
-pub use tenants::{new_token, token_sha256, ApiToken, Principal, Revoked, Role, Tenant, TokenLookup};
+pub use tenants::{new_token, token_sha256, ApiToken, Principal, Revoked, Role, Tenant, TenantSettings, TokenLookup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,7 +1,10 @@
 //! Tenants and their API tokens. Tokens are random and stored only as their SHA-256.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{is_unique_violation, now_ms, Result, Store, StoreError};
@@ -11,6 +14,90 @@ pub struct Tenant {
     pub id: i64,
     pub name: String,
     pub created_at: i64,
+    pub settings: TenantSettings,
+}
+
+/// What an admin sets per tenant (`PUT /api/v1/tenants/{tenant}/settings`). Every field is
+/// optional: unset means the service-wide value of the config (`[kube]`, `[executor]`) or, for
+/// CPU and memory, the Job template's own. Stored as JSON in `tenants.settings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Kubernetes namespace of the tenant's build Jobs (DNS-1123 label); `<kube.namespace_prefix><tenant>`
+    /// when unset.
+    pub namespace: Option<String>,
+    /// The Harbor project the tenant's images must go to: every app's `image_repository` path
+    /// starts with it (checked when an app is created and when this is set).
+    pub registry_project: Option<String>,
+    /// Secret (in the tenant namespace; keys `username`, `password`) with the credentials for
+    /// pushing; `kube.registry_secret` when unset.
+    pub registry_secret: Option<String>,
+    /// Builds of this tenant running at once (at least 1), under the global
+    /// `executor.max_concurrent_builds`; no own cap when unset.
+    pub max_concurrent_builds: Option<u32>,
+    /// CPU request and limit of the container that compiles (`compile`; `image` for Dockerfile
+    /// builds), e.g. `500m`, `2`; the template's when unset.
+    pub cpu: Option<String>,
+    /// Memory request and limit of that container, e.g. `512Mi`, `2Gi`; the template's when unset.
+    pub memory: Option<String>,
+    /// A build running longer ends TimedOut (60..=86400); `executor.build_timeout_secs` when unset.
+    pub build_timeout_secs: Option<u64>,
+    /// PersistentVolumeClaim (in the tenant namespace) for the Go and Maven caches;
+    /// `kube.cache_claim` when unset.
+    pub cache_claim: Option<String>,
+}
+
+impl TenantSettings {
+    pub const MIN_TIMEOUT_SECS: u64 = 60;
+    pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+    /// Every set value against its rule; the error names the field and the rule.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use crate::validate::{self, QuantityOf};
+        if let Some(ns) = &self.namespace {
+            validate::dns_label("namespace", ns)?;
+        }
+        if let Some(project) = &self.registry_project {
+            // A Harbor project is one path component of a repository.
+            if project.contains('/') || validate::image_repository_path(project).is_err() {
+                return Err(format!(
+                    "registry_project {project:?} is not a registry project name: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, no '/'"
+                ));
+            }
+        }
+        if let Some(secret) = &self.registry_secret {
+            validate::dns_subdomain("registry_secret", secret)?;
+        }
+        if let Some(claim) = &self.cache_claim {
+            validate::dns_subdomain("cache_claim", claim)?;
+        }
+        if self.max_concurrent_builds == Some(0) {
+            return Err("max_concurrent_builds must be at least 1 (leave it unset for no cap of the tenant's own)".into());
+        }
+        if let Some(cpu) = &self.cpu {
+            validate::quantity("cpu", cpu, QuantityOf::Cpu)?;
+        }
+        if let Some(memory) = &self.memory {
+            validate::quantity("memory", memory, QuantityOf::Memory)?;
+        }
+        if let Some(secs) = self.build_timeout_secs {
+            if !(Self::MIN_TIMEOUT_SECS..=Self::MAX_TIMEOUT_SECS).contains(&secs) {
+                return Err(format!(
+                    "build_timeout_secs {secs} is out of range: use {} to {} seconds",
+                    Self::MIN_TIMEOUT_SECS,
+                    Self::MAX_TIMEOUT_SECS
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an image repository (`host/path`) is in the tenant's project; always, without one.
+    pub fn allows_repository(&self, image_repository: &str) -> bool {
+        let Some(project) = &self.registry_project else { return true };
+        let path = image_repository.split_once('/').map_or("", |(_, path)| path);
+        path.split_once('/').is_some_and(|(first, _)| first == project)
+    }
 }
 
 /// What a token may do, lowest first: the order is the check (`role >= required`).
@@ -105,6 +192,15 @@ pub fn new_token() -> String {
     format!("kiln_{}", hex::encode(bytes))
 }
 
+const TENANT_COLUMNS: &str = "id, name, created_at, settings";
+
+fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
+    let id: i64 = r.get(0);
+    let settings: String = r.get(3);
+    let settings = serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("settings of tenant {id}: {e}")))?;
+    Ok(Tenant { id, name: r.get(1), created_at: r.get(2), settings })
+}
+
 impl Store {
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
         let now = now_ms();
@@ -115,20 +211,47 @@ impl Store {
             .await
             .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict(format!("tenant {name}")) } else { e.into() })?
             .get(0);
-        Ok(Tenant { id, name: name.into(), created_at: now })
+        Ok(Tenant { id, name: name.into(), created_at: now, settings: TenantSettings::default() })
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| Tenant { id: r.get(0), name: r.get(1), created_at: r.get(2) }).collect())
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name");
+        sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(tenant_from_row).collect()
+    }
+
+    pub async fn tenant(&self, id: i64) -> Result<Option<Tenant>> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?");
+        sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(tenant_from_row).transpose()
     }
 
     pub async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| Tenant { id: r.get(0), name: r.get(1), created_at: r.get(2) }))
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?");
+        sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// Replaces a tenant's settings (already validated by the caller). False: no such tenant.
+    pub async fn set_tenant_settings(&self, id: i64, settings: &TenantSettings) -> Result<bool> {
+        let json = serde_json::to_string(settings).expect("settings serialise");
+        let n = sqlx::query("UPDATE tenants SET settings = ? WHERE id = ?").bind(json).bind(id).execute(&self.writer).await?.rows_affected();
+        Ok(n > 0)
+    }
+
+    /// The tenants that have a concurrency cap of their own: tenant id → cap; tenants without
+    /// one are absent (only the global cap applies to them). One read of the tenants table (one
+    /// row per tenant, SQLite reading one JSON field each), cheap enough for the scheduler to call
+    /// per pick or to cache.
+    pub async fn tenant_caps(&self) -> Result<HashMap<i64, u32>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, json_extract(settings, '$.max_concurrent_builds') AS cap FROM tenants WHERE cap IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, cap)| {
+                let cap = u32::try_from(cap).ok().filter(|c| *c >= 1);
+                cap.map(|c| (id, c)).ok_or_else(|| StoreError::Corrupt(format!("max_concurrent_builds of tenant {id}")))
+            })
+            .collect()
     }
 
     /// Stores a token's hash; `tenant_id` None makes an admin token.
@@ -244,5 +367,71 @@ impl Store {
             }
         };
         Ok(TokenLookup::Valid(principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tenant_caps_lists_only_tenants_with_a_cap_and_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let a = store.create_tenant("team-a").await.unwrap();
+        let b = store.create_tenant("team-b").await.unwrap();
+        let c = store.create_tenant("team-c").await.unwrap();
+        assert!(store.tenant_caps().await.unwrap().is_empty());
+
+        let capped = |n| TenantSettings { max_concurrent_builds: Some(n), ..TenantSettings::default() };
+        assert!(store.set_tenant_settings(a.id, &capped(3)).await.unwrap());
+        assert!(store.set_tenant_settings(b.id, &TenantSettings { cpu: Some("2".into()), ..TenantSettings::default() }).await.unwrap());
+        assert!(store.set_tenant_settings(c.id, &capped(1)).await.unwrap());
+        assert_eq!(store.tenant_caps().await.unwrap(), HashMap::from([(a.id, 3), (c.id, 1)]));
+
+        // Replacing the settings without a cap removes the tenant from the map.
+        assert!(store.set_tenant_settings(c.id, &TenantSettings::default()).await.unwrap());
+        assert_eq!(store.tenant_caps().await.unwrap(), HashMap::from([(a.id, 3)]));
+        assert!(!store.set_tenant_settings(9999, &capped(2)).await.unwrap());
+
+        // The settings round-trip with the tenant, by id and by name.
+        let read = store.tenant(b.id).await.unwrap().unwrap();
+        assert_eq!(read.settings.cpu.as_deref(), Some("2"));
+        assert_eq!(store.tenant_by_name("team-a").await.unwrap().unwrap().settings, capped(3));
+    }
+
+    #[test]
+    fn settings_are_checked_field_by_field() {
+        assert!(TenantSettings::default().validate().is_ok());
+        let full = TenantSettings {
+            namespace: Some("builds-payments".into()),
+            registry_project: Some("payments".into()),
+            registry_secret: Some("harbor-robot".into()),
+            max_concurrent_builds: Some(4),
+            cpu: Some("1500m".into()),
+            memory: Some("3Gi".into()),
+            build_timeout_secs: Some(900),
+            cache_claim: Some("payments-cache".into()),
+        };
+        assert!(full.validate().is_ok());
+        for (bad, field) in [
+            (TenantSettings { namespace: Some("Builds".into()), ..full.clone() }, "namespace"),
+            (TenantSettings { registry_project: Some("a/b".into()), ..full.clone() }, "registry_project"),
+            (TenantSettings { registry_secret: Some("robot$x".into()), ..full.clone() }, "registry_secret"),
+            (TenantSettings { max_concurrent_builds: Some(0), ..full.clone() }, "max_concurrent_builds"),
+            (TenantSettings { cpu: Some("2Gi".into()), ..full.clone() }, "cpu"),
+            (TenantSettings { memory: Some("lots".into()), ..full.clone() }, "memory"),
+            (TenantSettings { build_timeout_secs: Some(59), ..full.clone() }, "build_timeout_secs"),
+            (TenantSettings { build_timeout_secs: Some(86_401), ..full.clone() }, "build_timeout_secs"),
+            (TenantSettings { cache_claim: Some("".into()), ..full.clone() }, "cache_claim"),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        assert!(full.allows_repository("harbor.example.com/payments/ledger"));
+        assert!(full.allows_repository("harbor.example.com/payments/team/ledger"));
+        assert!(!full.allows_repository("harbor.example.com/payments-old/ledger"));
+        assert!(!full.allows_repository("harbor.example.com/payments"));
+        assert!(TenantSettings::default().allows_repository("harbor.example.com/anything/app"));
     }
 }

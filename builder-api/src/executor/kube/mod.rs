@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use self::pod_logs::{LogCursor, PassEnd};
-use self::render::{RenderInput, Templates};
+use self::render::{RenderInput, Templates, TenantPlacement};
 use self::tracker::{BuildView, Tracker};
 use super::{BuildJob, Executor, Outcome};
 use crate::config::{RegistryConfig, ToolchainConfig};
@@ -37,15 +37,12 @@ use crate::plan::{self, DockerfileBuilder, PlanInput, ResolvedKind};
 use crate::steps::ImageResult;
 use crate::store::{BuildKind, BuildState, StepState, Store};
 
-/// Cluster-side settings (`[kube]` in the config).
+/// Cluster-side settings.
 #[derive(Debug, Clone)]
 pub struct KubeSettings {
-    /// A tenant's builds run in `<prefix><tenant>`.
-    pub namespace_prefix: String,
-    /// PVC (in each tenant namespace) for the Go and Maven caches; emptyDir when unset.
-    pub cache_claim: Option<String>,
-    /// Secret (in each tenant namespace; keys `username`, `password`) for pushing images.
-    pub registry_secret: Option<String>,
+    /// `[kube]`: the defaults of each tenant's namespace, cache PVC and registry Secret, which a
+    /// tenant's own settings override (`KubeConfig::namespace_for` and friends).
+    pub kube: crate::config::KubeConfig,
     /// Where the scratch clone for `auto` builds goes.
     pub data_dir: PathBuf,
     /// APM agents apps may ask for; the image container reads the agent's source itself (an
@@ -94,10 +91,6 @@ impl KubeExecutor {
         KubeExecutor { client, templates, tracker, settings, toolchains, registry, git_secrets: Mutex::default() }
     }
 
-    pub fn namespace_for(&self, tenant: &str) -> String {
-        format!("{}{}", self.settings.namespace_prefix, tenant)
-    }
-
     async fn run_build(&self, job: BuildJob) -> Outcome {
         let id = job.build.id;
         let outcome = self.drive(&job).await;
@@ -107,7 +100,8 @@ impl KubeExecutor {
 
     async fn drive(&self, job: &BuildJob) -> Outcome {
         let build = &job.build;
-        let ns = self.namespace_for(&job.app.tenant);
+        let placement = TenantPlacement::of(&self.settings.kube, &job.tenant);
+        let ns = placement.namespace.clone();
         let name = render::job_name(build.id);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
         let mut view = self.tracker.subscribe(build.id);
@@ -160,11 +154,9 @@ impl KubeExecutor {
                     build_id: build.id,
                     tenant: &job.app.tenant,
                     app: &job.app.name,
-                    namespace: &ns,
+                    placement: &placement,
                     steps: &steps,
                     active_deadline_secs: secs_until(job.deadline).max(1),
-                    cache_claim: self.settings.cache_claim.as_deref(),
-                    registry_secret: self.settings.registry_secret.as_deref(),
                     git_secret: git_secret.as_deref(),
                 },
             );

@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, PodSpec, SecretKeySelector, Volume,
 };
 
+use crate::config::KubeConfig;
 use crate::plan::{ResolvedKind, StepSpec};
+use crate::store::Tenant;
 
 /// Labels on every Job and Pod Kiln makes; the tracker watches by the first.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kiln");
@@ -118,17 +121,41 @@ pub struct RenderInput<'a> {
     pub build_id: i64,
     pub tenant: &'a str,
     pub app: &'a str,
-    pub namespace: &'a str,
+    /// Where the tenant's Job goes and what it mounts and gets.
+    pub placement: &'a TenantPlacement,
     /// The plan: clone, compile (not for Dockerfile builds), image — container names.
     pub steps: &'a [StepSpec],
     pub active_deadline_secs: i64,
-    /// The tenant's cache PVC (in its namespace); the template's emptyDir when unset.
-    pub cache_claim: Option<&'a str>,
-    /// Secret (keys `username`, `password`) with the tenant's registry credentials; only the
-    /// image container (the push) reads it.
-    pub registry_secret: Option<&'a str>,
     /// Secret (key `token`) with the app's git token; only the clone container reads it.
     pub git_secret: Option<&'a str>,
+}
+
+/// The tenant's part of its Jobs: its settings over the `[kube]` defaults, decided in one place
+/// for every build (the executor renders with it, tests render with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPlacement {
+    pub namespace: String,
+    /// The tenant's cache PVC (in its namespace); the template's emptyDir when unset.
+    pub cache_claim: Option<String>,
+    /// Secret (keys `username`, `password`) with the tenant's registry credentials; only the
+    /// image container (the push) reads it.
+    pub registry_secret: Option<String>,
+    /// CPU and memory (validated quantities) of the container that compiles, as its requests and
+    /// limits both; the template's values stay for what is unset.
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+}
+
+impl TenantPlacement {
+    pub fn of(kube: &KubeConfig, tenant: &Tenant) -> TenantPlacement {
+        TenantPlacement {
+            namespace: kube.namespace_for(tenant),
+            cache_claim: kube.cache_claim_for(tenant).map(String::from),
+            registry_secret: kube.registry_secret_for(tenant).map(String::from),
+            cpu: tenant.settings.cpu.clone(),
+            memory: tenant.settings.memory.clone(),
+        }
+    }
 }
 
 /// `kiln-build-<id>`: deterministic, so a second create for the same build is a 409, never a
@@ -148,7 +175,7 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
     ]);
     job.metadata.name = Some(job_name(input.build_id));
     job.metadata.generate_name = None;
-    job.metadata.namespace = Some(input.namespace.to_string());
+    job.metadata.namespace = Some(input.placement.namespace.clone());
     job.metadata.labels.get_or_insert_with(Default::default).extend(labels.clone());
 
     let spec = job.spec.as_mut().ok_or("the template has no spec")?;
@@ -162,7 +189,7 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
 
     // Only where the template has a cache: an unused claim would still pin the pod to the
     // claim's node (or leave it Pending when the tenant has none).
-    if let Some(claim) = input.cache_claim {
+    if let Some(claim) = input.placement.cache_claim.as_deref() {
         if let Some(cache) = pod.volumes.iter_mut().flatten().find(|v| v.name == CACHE_VOLUME) {
             *cache = Volume {
                 name: CACHE_VOLUME.into(),
@@ -184,7 +211,35 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
         let container = find_mut(pod, &step.name).ok_or_else(|| format!("the template has no container {:?}", step.name))?;
         fill_container(container, step, input)?;
     }
+    let (cpu, memory) = (input.placement.cpu.as_deref(), input.placement.memory.as_deref());
+    if cpu.is_some() || memory.is_some() {
+        let name = build_container(input.steps);
+        let container = find_mut(pod, name).ok_or_else(|| format!("the template has no container {name:?}"))?;
+        set_resources(container, cpu, memory);
+    }
     Ok(job)
+}
+
+/// The container that does the build's heavy work, which the tenant's CPU and memory size:
+/// `compile`, or `image` for a Dockerfile build (BuildKit compiles there).
+pub fn build_container(steps: &[StepSpec]) -> &'static str {
+    if steps.iter().any(|s| s.name == "compile") {
+        "compile"
+    } else {
+        "image"
+    }
+}
+
+/// Request = limit for each value given: a build gets what it was promised and no more, so one
+/// tenant's builds cannot take a node's spare CPU or memory from another's.
+fn set_resources(c: &mut Container, cpu: Option<&str>, memory: Option<&str>) {
+    let resources = c.resources.get_or_insert_with(Default::default);
+    for (name, value) in [("cpu", cpu), ("memory", memory)] {
+        let Some(value) = value else { continue };
+        for side in [&mut resources.requests, &mut resources.limits] {
+            side.get_or_insert_with(Default::default).insert(name.to_string(), Quantity(value.to_string()));
+        }
+    }
 }
 
 fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Result<(), String> {
@@ -223,7 +278,7 @@ fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Re
         }
     }
     if step.name == "image" {
-        if let Some(secret) = input.registry_secret {
+        if let Some(secret) = input.placement.registry_secret.as_deref() {
             env.push(from_secret("KILN_REGISTRY_USERNAME", secret, "username"));
             env.push(from_secret("KILN_REGISTRY_PASSWORD", secret, "password"));
         }
