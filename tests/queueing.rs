@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::kube_builds::slow_go;
 use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
 use crate::support::git_server::GitServer;
-use crate::support::kiln::{test_config, TestKiln};
+use crate::support::kiln::{test_config, TestKiln, ADMIN};
 use crate::support::registry::TestRegistry;
 
 /// A git "server" that accepts connections and answers nothing until it is opened; then every
@@ -164,5 +164,70 @@ async fn three_pushes_to_one_branch_leave_one_build_and_two_that_say_what_supers
         if build.started_at.is_some() {
             assert!(log.contains(&why), "build {older}'s log does not say why it stopped:\n{log}");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_concurrency_cap_waits_while_another_uses_the_free_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), &[]);
+    config.executor.max_concurrent_builds = 3;
+    let kiln = TestKiln::start_with(dir, config).await;
+    let gate = Gate::start().await;
+    let (a, b) = (kiln.tenant("capped").await, kiln.tenant("free").await);
+    let (status, body) =
+        kiln.request(Method::PUT, "/api/v1/tenants/capped/settings", Some(ADMIN), Some(json!({"max_concurrent_builds": 1}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for token in [&a, &b] {
+        kiln.app(token, app_spec("svc", &gate.url, "gate/app", "127.0.0.1:9/gate/app", "gate-hook-secret")).await;
+    }
+    let trigger = |token: String| {
+        let kiln = &kiln;
+        async move {
+            let (status, body) =
+                kiln.request(Method::POST, "/api/v1/apps/svc/builds", Some(&token), Some(json!({"commit": "b".repeat(40), "ref": "main"}))).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["build"]["id"].as_i64().unwrap()
+        }
+    };
+    let mut capped = vec![];
+    for _ in 0..3 {
+        capped.push(trigger(a.clone()).await);
+    }
+    let mut free = vec![];
+    for _ in 0..3 {
+        free.push(trigger(b.clone()).await);
+    }
+    // Three slots: one for the capped tenant, two for the other; the rest wait at the gate's door.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gate.held() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "only {} builds reached the git server", gate.held());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let running = |ids: Vec<i64>| {
+        let kiln = &kiln;
+        async move {
+            let mut n = 0;
+            for id in ids {
+                n += usize::from(kiln.build(id).await.state == BuildState::Running);
+            }
+            n
+        }
+    };
+    assert_eq!((running(capped.clone()).await, running(free.clone()).await), (1, 2));
+    assert_eq!(kiln.ctx.scheduler.running_count(), 3);
+    gate.open();
+    let mut spans = vec![];
+    for id in &capped {
+        let b = kiln.wait_final(*id, Duration::from_secs(60)).await;
+        spans.push((b.started_at.expect("started"), b.finished_at.expect("finished")));
+    }
+    for id in &free {
+        kiln.wait_final(*id, Duration::from_secs(60)).await;
+    }
+    // Never two of the capped tenant's builds at once.
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "the capped tenant ran two builds at once: {spans:?}");
     }
 }

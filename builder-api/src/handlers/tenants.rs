@@ -217,6 +217,8 @@ pub async fn put_settings(
     if !s.store.set_tenant_settings(tenant.id, &settings).await? {
         return Err(ApiError::NotFound(format!("no tenant {}", tenant.name)));
     }
+    // A new concurrency cap holds from the scheduler's next pick.
+    crate::scheduler::reload_tenant_caps(&s).await?;
     tenant.settings = settings;
     let audited = Audited::new(tenant.id, format!("tenant/{}", tenant.name));
     Ok((audited, Json(settings_answer(&s, &tenant))))

@@ -137,8 +137,18 @@ pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError
     Ok(running.len())
 }
 
+/// Reads the tenants' concurrency caps (`settings.max_concurrent_builds`) into the scheduler: at
+/// start and whenever a tenant's settings change (only `PUT …/settings` changes them).
+pub async fn reload_tenant_caps(ctx: &Context) -> Result<(), StoreError> {
+    ctx.scheduler.set_tenant_caps(ctx.store.tenant_caps().await?);
+    Ok(())
+}
+
 /// The scheduling loop; runs for the life of the service.
 pub async fn run(ctx: Arc<Context>) {
+    if let Err(e) = reload_tenant_caps(&ctx).await {
+        tracing::error!("scheduler: reading the tenants' caps: {e}");
+    }
     loop {
         if let Err(e) = start_queued(&ctx).await {
             tracing::error!("scheduler: {e}");
