@@ -14,6 +14,7 @@ mod tenants;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -50,6 +51,8 @@ pub struct Store {
     writer: SqlitePool,
     /// The one task that records webhook deliveries, many per transaction (group commit).
     deliveries: deliveries::DeliveryWriter,
+    /// The apps by project and git URL, for webhooks.
+    app_directory: Arc<apps::AppDirectory>,
 }
 
 /// Milliseconds since the epoch: how every time is stored.
@@ -74,7 +77,7 @@ impl Store {
         migrations::run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         let deliveries = deliveries::DeliveryWriter::start(writer.clone());
-        Ok(Store { pool, writer, deliveries })
+        Ok(Store { pool, writer, deliveries, app_directory: Arc::default() })
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -137,18 +137,24 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
 
 /// Inserts image events inside the caller's transaction (with the webhook delivery that brought
 /// them, so a redelivery adds none).
+/// Inserts image events in one statement (the list as one JSON array), in order.
 pub(super) async fn insert_image_events(conn: &mut SqliteConnection, events: &[NewImageEvent]) -> Result<()> {
-    for e in events {
-        sqlx::query("INSERT INTO image_events (source, registry, repository, digest, tag, received_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(e.source)
-            .bind(&e.registry)
-            .bind(&e.repository)
-            .bind(&e.digest)
-            .bind(&e.tag)
-            .bind(now_ms())
-            .execute(&mut *conn)
-            .await?;
+    if events.is_empty() {
+        return Ok(());
     }
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::json!({"source": e.source, "registry": e.registry, "repository": e.repository, "digest": e.digest, "tag": e.tag}))
+        .collect();
+    sqlx::query(
+        "INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
+         SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', ?2
+         FROM json_each(?1) j ORDER BY j.key",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
