@@ -209,6 +209,7 @@ async fn start_kiln(dir: &Path, insecure: &[String], max_builds: usize) -> (Arc<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = builder_api::router::router(AppState(ctx.clone()));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     (ctx, url)
 }

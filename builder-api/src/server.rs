@@ -106,6 +106,8 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let app = crate::router::router(AppState(ctx));
     // With the peer's address in each request: the audit log records where a change came from.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Small answers and log events go out at once, not held back by Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
 }
