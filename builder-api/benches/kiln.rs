@@ -618,21 +618,27 @@ async fn follow_sse(http: reqwest::Client, url: String, token: String, sampled: 
     let mut report = FollowerReport::default();
     let mut body = res.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
+    let stamp = memchr::memmem::Finder::new(b"\"line\":\"t=");
     while let Some(chunk) = body.next().await {
         let chunk = chunk.unwrap();
         report.bytes += chunk.len() as u64;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        pending.extend_from_slice(&chunk);
-        // Whole lines only; the rest waits for the next chunk.
-        let Some(last_nl) = pending.iter().rposition(|b| *b == b'\n') else { continue };
-        for line in pending[..last_nl].split(|b| *b == b'\n') {
+        // Whole lines only; the rest waits for the next chunk (most chunks end with a line).
+        let buf: &[u8] = if pending.is_empty() { &chunk } else { pending.extend_from_slice(&chunk); &pending };
+        let Some(last_nl) = memchr::memrchr(b'\n', buf) else {
+            if pending.is_empty() {
+                pending.extend_from_slice(&chunk);
+            }
+            continue;
+        };
+        for line in buf[..last_nl].split(|b| *b == b'\n') {
             if line == b"event: end" {
                 report.ended = true;
             }
             if !line.starts_with(b"data: ") {
                 continue;
             }
-            let Some(at) = find(line, b"\"line\":\"t=") else { continue };
+            let Some(at) = stamp.find(line) else { continue };
             report.lines += 1;
             if sampled {
                 let rest = &line[at + 10..];
@@ -641,13 +647,10 @@ async fn follow_sse(http: reqwest::Client, url: String, token: String, sampled: 
                 report.latencies.push(Duration::from_secs_f64((now - written).max(0.0)));
             }
         }
-        pending.drain(..=last_nl);
+        let rest = buf[last_nl + 1..].to_vec();
+        pending = rest;
     }
     report
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `followers`: 1,000 SSE followers of one build whose compile step writes 2,000 lines a second.

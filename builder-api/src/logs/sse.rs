@@ -6,13 +6,16 @@
 
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
@@ -60,15 +63,83 @@ pub fn events(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl
     lines.chain(end)
 }
 
-/// Inserts a comment whenever `inner` has been quiet for `every`, so proxies keep the stream.
-fn with_keep_alive(inner: impl Stream<Item = Bytes> + Send + 'static, every: Duration) -> impl Stream<Item = Bytes> {
-    futures_util::stream::unfold(Box::pin(inner), move |mut inner| async move {
-        match tokio::time::timeout(every, inner.next()).await {
-            Ok(Some(bytes)) => Some((bytes, inner)),
-            Ok(None) => None,
-            Err(_) => Some((Bytes::from_static(b":keep-alive\n\n"), inner)),
+/// The follower's stream as written to the socket: what `inner` has ready is sent as one chunk
+/// (under load a follower wakes to several stored batches, and one write serves them all), and a
+/// comment goes out whenever `inner` has been quiet for `every`, so proxies keep the stream. The
+/// keep-alive timer is re-armed only when it fires, not on every batch: with a thousand
+/// followers, arming a timer per batch per follower was a good share of the server's work.
+struct KeepAlive<S> {
+    inner: Pin<Box<S>>,
+    every: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When `inner` last yielded.
+    last: tokio::time::Instant,
+    done: bool,
+}
+
+/// Most bytes sent as one chunk.
+const CHUNK: usize = 256 * 1024;
+
+fn with_keep_alive<S: Stream<Item = Bytes>>(inner: S, every: Duration) -> KeepAlive<S> {
+    let now = tokio::time::Instant::now();
+    KeepAlive { inner: Box::pin(inner), every, timer: Box::pin(tokio::time::sleep_until(now + every)), last: now, done: false }
+}
+
+impl<S: Stream<Item = Bytes>> Stream for KeepAlive<S> {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.done {
+            return Poll::Ready(None);
         }
-    })
+        let mut out: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        loop {
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(bytes)) => {
+                    match (&mut joined, out.take()) {
+                        (Some(j), _) => j.extend_from_slice(&bytes),
+                        (None, Some(first)) => {
+                            let mut j = BytesMut::with_capacity(first.len() + bytes.len());
+                            j.extend_from_slice(&first);
+                            j.extend_from_slice(&bytes);
+                            joined = Some(j);
+                        }
+                        (None, None) => out = Some(bytes),
+                    }
+                    let len = joined.as_ref().map_or_else(|| out.as_ref().map_or(0, Bytes::len), BytesMut::len);
+                    if len >= CHUNK {
+                        break;
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if let Some(bytes) = joined.map(BytesMut::freeze).or(out) {
+            self.last = tokio::time::Instant::now();
+            return Poll::Ready(Some(bytes));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        // Quiet: the timer decides. Fired early (there was output since it was armed): re-arm it
+        // for `every` after the last output.
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let due = self.last + self.every;
+            if tokio::time::Instant::now() >= due {
+                let next = tokio::time::Instant::now() + self.every;
+                self.timer.as_mut().reset(next);
+                self.last = tokio::time::Instant::now();
+                return Poll::Ready(Some(Bytes::from_static(b":keep-alive\n\n")));
+            }
+            self.timer.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
 }
 
 /// The streaming answer: `text/event-stream`, never cached or buffered by proxies.
@@ -83,4 +154,39 @@ pub fn sse(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> Respons
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, impl Stream<Item = Bytes>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        (tx, futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }))
+    }
+
+    #[tokio::test]
+    async fn ready_batches_go_out_as_one_chunk_and_a_quiet_stream_gets_keep_alives() {
+        let every = Duration::from_millis(100);
+        let (tx, inner) = channel();
+        let mut stream = with_keep_alive(inner, every);
+        for part in ["a\n\n", "b\n\n", "c\n\n"] {
+            tx.send(Bytes::from_static(part.as_bytes())).unwrap();
+        }
+        assert_eq!(stream.next().await.unwrap(), Bytes::from_static(b"a\n\nb\n\nc\n\n"));
+        // Quiet: a comment after `every`, not before.
+        let quiet = tokio::time::Instant::now();
+        assert_eq!(stream.next().await.unwrap(), Bytes::from_static(b":keep-alive\n\n"));
+        assert!(quiet.elapsed() >= every - Duration::from_millis(5), "keep-alive after {:?}", quiet.elapsed());
+        // Output resets the quiet time: a line sent at half the period, then a comment one whole
+        // period after that line.
+        tokio::time::sleep(every / 2).await;
+        tx.send(Bytes::from_static(b"d\n\n")).unwrap();
+        assert_eq!(stream.next().await.unwrap(), Bytes::from_static(b"d\n\n"));
+        let after_line = tokio::time::Instant::now();
+        assert_eq!(stream.next().await.unwrap(), Bytes::from_static(b":keep-alive\n\n"));
+        assert!(after_line.elapsed() >= every - Duration::from_millis(5), "keep-alive {:?} after a line", after_line.elapsed());
+        drop(tx);
+        assert_eq!(stream.next().await, None);
+    }
 }
