@@ -181,6 +181,8 @@ impl FakeKube {
         let addr = listener.local_addr().expect("addr");
         let router = api::router(self.shared.clone());
         let shutdown = self.shared.shutdown.clone();
+        // The real API server (Go's net package) answers with TCP_NODELAY set.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
         tokio::spawn(async move {
             tokio::select! {
                 _ = axum::serve(listener, router) => {}
