@@ -340,12 +340,26 @@ async fn the_audit_log_says_who_changed_what_from_where() {
     let (status, _) = kiln.request(Method::POST, &format!("/api/v1/builds/{}/cancel", b.build_id), Some(&a.developer), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // A build a webhook started is audited too, with the sender's address.
+    let push = crate::support::fixtures::GitlabPush::branch("a/api-a", "http://127.0.0.1:9/a/api-a.git", "main", SHA_A);
+    let req = Request::post("/hooks/gitlab")
+        .header("x-gitlab-event", push.event())
+        .header("x-gitlab-token", "hook-secret-of-team-a")
+        .header("x-forwarded-for", "198.51.100.4")
+        .body(Body::from(push.body().to_string()))
+        .unwrap();
+    let (status, body) = kiln.send(req).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let pushed = body["builds"][0].as_i64().unwrap();
+
     let (status, log) = kiln.request(Method::GET, "/api/v1/audit", Some(&a.owner), None).await;
     assert_eq!(status, StatusCode::OK, "{log}");
+    let by_webhook = log["entries"].as_array().unwrap().iter().find(|e| e["actor"] == "webhook:gitlab").unwrap_or_else(|| panic!("no webhook entry in {log}"));
+    assert_eq!((&by_webhook["action"], &by_webhook["target"], &by_webhook["client_addr"]), (&json!("build.trigger"), &json!(format!("build/{pushed}")), &json!("198.51.100.4")));
     let entries = log["entries"].as_array().unwrap();
     assert!(entries.iter().all(|e| e["tenant"] == "team-a"), "{log}");
     let find = |action: &str| entries.iter().find(|e| e["action"] == action).unwrap_or_else(|| panic!("no {action} in {log}")).clone();
-    let trigger = find("build.trigger");
+    let trigger = entries.iter().find(|e| e["action"] == "build.trigger" && e["actor"] != "webhook:gitlab").unwrap_or_else(|| panic!("no API trigger in {log}")).clone();
     assert_eq!(trigger["target"], format!("build/{triggered}"));
     assert_eq!(trigger["client_addr"], "203.0.113.7");
     assert!(trigger["actor"].as_str().unwrap().ends_with(":developer"), "{trigger}");

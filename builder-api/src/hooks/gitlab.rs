@@ -132,6 +132,7 @@ fn plan_builds(push: &Push, apps: &[App]) -> Vec<NewBuild> {
 
 pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
     let headers = req.headers().clone();
+    let client_addr = crate::audit::client_addr(&s, &req);
     let body = read_body(req, &s).await?;
     let parsed = parse_push(&headers, &body)?;
     let urls: Vec<&str> = parsed.urls.iter().map(String::as_str).collect();
@@ -166,7 +167,7 @@ pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(Stat
         .or_else(|| header(&headers, "x-gitlab-event-uuid"))
         .map(str::to_string)
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&body))));
-    let delivery = NewDelivery { source: "gitlab", key, event: event.clone(), app_id: apps.first().map(|a| a.id) };
+    let delivery = NewDelivery { source: "gitlab", key, event: event.clone(), app_id: apps.first().map(|a| a.id), client_addr };
 
     let (builds, ignored) = match parsed.push.map(|push| plan_builds(&push, &apps)) {
         Ok(builds) if builds.is_empty() => (vec![], Some("no app's branch filter matches this branch".to_string())),

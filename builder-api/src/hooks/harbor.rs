@@ -139,7 +139,7 @@ pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(Stat
         HarborEvent::Ignored { id, reason } => (id, vec![], Some(reason)),
     };
     let key = delivery_key(&id, &images, &body);
-    let delivery = NewDelivery { source: "harbor", key, event: kind, app_id: None };
+    let delivery = NewDelivery { source: "harbor", key, event: kind, app_id: None, client_addr: None };
     let (outcome, new) = s.store.record_image_delivery(&delivery, &images, ignored).await?;
     if !new {
         return Ok((StatusCode::OK, Json(json!({"status": "duplicate", "reason": "this delivery was received before"}))));

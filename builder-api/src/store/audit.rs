@@ -1,5 +1,6 @@
 //! The audit log: who changed what, when, from where. One row per successful mutating API call
-//! (written by the router's role check, see `router.rs`), never updated or deleted.
+//! (written by the router's role check, see `router.rs`) and one per build a webhook started
+//! (written with the delivery, see `deliveries.rs`); never updated or deleted.
 
 use serde::Serialize;
 use sqlx::Row;

@@ -19,6 +19,8 @@ pub struct NewDelivery {
     pub key: String,
     pub event: String,
     pub app_id: Option<i64>,
+    /// Where it came from (the sender's address), for the audit log.
+    pub client_addr: Option<String>,
 }
 
 /// What became of a delivery, stored as JSON so a duplicate can be answered like the original.
@@ -77,8 +79,8 @@ impl DeliveryWriter {
     }
 }
 
-/// Records a group of deliveries, their builds and image events in one transaction of four
-/// statements, whatever the group's size: each statement takes the whole group as one JSON
+/// Records a group of deliveries, their builds, image events and audit rows in one transaction of
+/// five statements, whatever the group's size: each statement takes the whole group as one JSON
 /// array (`json_each`), so a burst costs a few round trips to SQLite, not three per delivery.
 async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(DeliveryOutcome, bool)>> {
     let mut tx = pool.begin().await?;
@@ -131,6 +133,26 @@ async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(Deliv
         .collect()
     };
     build_ids.sort_unstable();
+    // Each build a webhook started is in the audit log, like one an API token triggered.
+    let audit: Vec<Value> = fresh
+        .iter()
+        .flat_map(|i| group[*i].builds.iter().map(move |b| (&group[*i].delivery, b)))
+        .zip(&build_ids)
+        .map(|((d, b), id)| {
+            json!({"actor": format!("webhook:{}", d.source), "tenant_id": b.tenant_id, "target": format!("build/{id}"), "client_addr": d.client_addr})
+        })
+        .collect();
+    if !audit.is_empty() {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, tenant_id, action, target, client_addr)
+             SELECT ?2, j.value->>'actor', j.value->>'tenant_id', 'build.trigger', j.value->>'target', j.value->>'client_addr'
+             FROM json_each(?1) j ORDER BY j.key",
+        )
+        .bind(Value::Array(audit).to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     let mut build_ids = build_ids.into_iter();
 
     let events: Vec<NewImageEvent> = fresh.iter().flat_map(|i| group[*i].image_events.iter().cloned()).collect();
