@@ -66,11 +66,13 @@ mod test_registry;
 #[path = "../../tests/support/oci_images.rs"]
 mod oci_images;
 
-/// The test support's secret registry, which `registry.rs` feeds: the benchmarks scan no output
-/// for secrets (the test suite does), so registering is a no-op here.
+/// The test support's secret scan, which `registry.rs` and `serve_process.rs` feed: the benchmarks
+/// scan no output for secrets (the test suite does), so these are no-ops here.
 mod support {
     pub mod secrets {
         pub fn register(_secret: &str) {}
+        pub fn capture(_source: &str, _text: &str) {}
+        pub fn assert_no_leaks() {}
     }
 }
 

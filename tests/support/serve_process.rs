@@ -1,11 +1,15 @@
 //! `kiln serve` as its own process, so a test can SIGKILL it and start it again on the same data.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub struct ServeProcess {
     pub child: std::process::Child,
     pub url: String,
+    /// Where the process's stdout and stderr go: scanned for the tests' secrets when it ends.
+    output: PathBuf,
+    scanned: bool,
 }
 
 impl ServeProcess {
@@ -15,16 +19,30 @@ impl ServeProcess {
 
     /// With extra environment (say `KUBECONFIG` pointing at the fake API server).
     pub fn start_with_env(config_file: &Path, port: u16, env: &[(&str, &str)]) -> ServeProcess {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let output = config_file
+            .parent()
+            .expect("the config file is in a directory")
+            .join(format!("kiln-serve-{port}-{}.log", STARTED.fetch_add(1, Ordering::SeqCst)));
+        let out = std::fs::File::create(&output).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["serve", "--config"])
             .arg(config_file)
             .env("KILN_LISTEN", format!("127.0.0.1:{port}"))
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .spawn()
             .unwrap();
-        ServeProcess { child, url: format!("http://127.0.0.1:{port}") }
+        ServeProcess { child, url: format!("http://127.0.0.1:{port}"), output, scanned: false }
+    }
+
+    /// Hands what the process printed to the suite's secret scan (once).
+    fn scan_output(&mut self) {
+        if !std::mem::replace(&mut self.scanned, true) {
+            let printed = std::fs::read_to_string(&self.output).unwrap_or_default();
+            crate::support::secrets::capture("kiln serve (own process)", &printed);
+        }
     }
 
     pub async fn ready(&self) {
@@ -46,6 +64,7 @@ impl ServeProcess {
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.scan_output();
     }
 }
 
@@ -53,5 +72,9 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.scan_output();
+        if !std::thread::panicking() {
+            crate::support::secrets::assert_no_leaks();
+        }
     }
 }
