@@ -56,9 +56,37 @@ impl Gate {
         self.held.lock().unwrap().len()
     }
 
+    /// Waits until `n` builds are held at the gate (each has taken a slot and reached its clone).
+    async fn wait_held(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.held() < n {
+            assert!(tokio::time::Instant::now() < deadline, "only {} of {n} builds reached the git server", self.held());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn open(&self) {
         self.open.notify_one();
     }
+}
+
+/// The app `svc`, cloning from the gate, for each tenant token.
+async fn gated_apps(kiln: &TestKiln, gate: &Gate, tokens: &[&String]) {
+    for token in tokens {
+        kiln.app(token, app_spec("svc", &gate.url, "gate/app", "127.0.0.1:9/gate/app", "gate-hook-secret")).await;
+    }
+}
+
+/// Triggers `n` builds of the tenant's `svc` at `commit`, one after another; returns their ids.
+async fn trigger_builds(kiln: &TestKiln, token: &str, commit: &str, n: usize) -> Vec<i64> {
+    let mut ids = vec![];
+    for _ in 0..n {
+        let (status, body) =
+            kiln.request(Method::POST, "/api/v1/apps/svc/builds", Some(token), Some(json!({"commit": commit, "ref": "main"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["build"]["id"].as_i64().unwrap());
+    }
+    ids
 }
 
 #[tokio::test]
@@ -69,32 +97,11 @@ async fn a_tenant_with_three_builds_is_not_starved_by_one_with_thirty() {
     let kiln = TestKiln::start_with(dir, config).await;
     let gate = Gate::start().await;
     let (a, b) = (kiln.tenant("alpha").await, kiln.tenant("beta").await);
-    for token in [&a, &b] {
-        kiln.app(token, app_spec("svc", &gate.url, "gate/app", "127.0.0.1:9/gate/app", "gate-hook-secret")).await;
-    }
-    let trigger = |token: String| {
-        let kiln = &kiln;
-        async move {
-            let (status, body) =
-                kiln.request(Method::POST, "/api/v1/apps/svc/builds", Some(&token), Some(json!({"commit": "a".repeat(40), "ref": "main"}))).await;
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            body["build"]["id"].as_i64().unwrap()
-        }
-    };
-    let mut alpha = vec![];
-    for _ in 0..30 {
-        alpha.push(trigger(a.clone()).await);
-    }
-    let mut beta = vec![];
-    for _ in 0..3 {
-        beta.push(trigger(b.clone()).await);
-    }
+    gated_apps(&kiln, &gate, &[&a, &b]).await;
+    let alpha = trigger_builds(&kiln, &a, &"a".repeat(40), 30).await;
+    let beta = trigger_builds(&kiln, &b, &"a".repeat(40), 3).await;
     // Alpha's first two hold both slots at the gate while everything else waits.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while gate.held() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the first builds never reached the git server");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gate.wait_held(2).await;
     gate.open();
     for id in alpha.iter().chain(&beta) {
         kiln.wait_final(*id, Duration::from_secs(60)).await;
@@ -178,32 +185,11 @@ async fn a_tenant_at_its_concurrency_cap_waits_while_another_uses_the_free_slots
     let (status, body) =
         kiln.request(Method::PUT, "/api/v1/tenants/capped/settings", Some(ADMIN), Some(json!({"max_concurrent_builds": 1}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    for token in [&a, &b] {
-        kiln.app(token, app_spec("svc", &gate.url, "gate/app", "127.0.0.1:9/gate/app", "gate-hook-secret")).await;
-    }
-    let trigger = |token: String| {
-        let kiln = &kiln;
-        async move {
-            let (status, body) =
-                kiln.request(Method::POST, "/api/v1/apps/svc/builds", Some(&token), Some(json!({"commit": "b".repeat(40), "ref": "main"}))).await;
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            body["build"]["id"].as_i64().unwrap()
-        }
-    };
-    let mut capped = vec![];
-    for _ in 0..3 {
-        capped.push(trigger(a.clone()).await);
-    }
-    let mut free = vec![];
-    for _ in 0..3 {
-        free.push(trigger(b.clone()).await);
-    }
+    gated_apps(&kiln, &gate, &[&a, &b]).await;
+    let capped = trigger_builds(&kiln, &a, &"b".repeat(40), 3).await;
+    let free = trigger_builds(&kiln, &b, &"b".repeat(40), 3).await;
     // Three slots: one for the capped tenant, two for the other; the rest wait at the gate's door.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while gate.held() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "only {} builds reached the git server", gate.held());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gate.wait_held(3).await;
     let running = |ids: Vec<i64>| {
         let kiln = &kiln;
         async move {
