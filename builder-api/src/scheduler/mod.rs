@@ -77,8 +77,23 @@ impl Scheduler {
     }
 
     fn register(&self, build: &Build) -> CancellationToken {
+        self.reserve(build.tenant_id, build.id)
+    }
+
+    /// Takes a slot for the build and gives its cancel token (the same one on every call).
+    fn reserve(&self, tenant: i64, id: i64) -> CancellationToken {
         let mut running = self.running.lock().unwrap();
-        running.entry(build.id).or_insert_with(|| RunningBuild { tenant: build.tenant_id, cancel: CancellationToken::new() }).cancel.clone()
+        running.entry(id).or_insert_with(|| RunningBuild { tenant, cancel: CancellationToken::new() }).cancel.clone()
+    }
+
+    /// Gives back the slots of builds that were reserved but did not start.
+    fn release(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut running = self.running.lock().unwrap();
+        let mut reasons = self.cancel_reasons.lock().unwrap();
+        for id in ids {
+            running.remove(&id);
+            reasons.remove(&id);
+        }
     }
 
     /// Reads into the queue the builds queued since the last read.
@@ -166,20 +181,36 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
         if picked.is_empty() {
             return Ok(());
         }
+        // Each build's slot and cancel token exist before the store says Running, so a cancel
+        // that finds the build Running (a superseding push, `POST …/cancel`) always finds its
+        // token too; a token cancelled before the build starts ends it at once.
+        let ids: Vec<i64> = picked.iter().map(|(_, id)| *id).collect();
+        let tokens: HashMap<i64, CancellationToken> = picked.iter().map(|&(tenant, id)| (id, sched.reserve(tenant, id))).collect();
         // The builds taken move to Running in one transaction: a burst of webhooks costs one
         // write here, not one per build. A build cancelled since it was queued does not move.
-        let ids: Vec<i64> = picked.iter().map(|(_, id)| *id).collect();
         let started = match ctx.store.mark_running_many(&ids).await {
             Ok(started) => started,
             Err(e) => {
+                sched.release(ids);
                 sched.reread_queue();
                 return Err(e);
             }
         };
-        let builds = ctx.store.builds_by_ids(&started).await?;
+        sched.release(ids.iter().copied().filter(|id| !started.contains(id)));
+        let builds = match ctx.store.builds_by_ids(&started).await {
+            Ok(builds) => builds,
+            Err(e) => {
+                // Running in the store with nobody executing them, and only a restart looks for
+                // those again: fail them now rather than leave them Running until then.
+                for id in &started {
+                    let _ = ctx.store.finish_build(*id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
+                }
+                sched.release(started);
+                return Err(e);
+            }
+        };
         for build in builds {
-            // Registered before the spawn so a cancel that sees the build Running finds it.
-            let token = sched.register(&build);
+            let token = tokens[&build.id].clone();
             spawn_execute(ctx.clone(), build, token, false);
         }
         if started.len() == ids.len() {
