@@ -114,8 +114,19 @@ impl LogCapture {
         masker: Arc<Masker>,
         max_bytes: u64,
     ) -> Result<LogCapture, crate::store::StoreError> {
-        let mut seq = store.last_log_seq(build_id).await?;
-        let mut bytes = store.log_bytes(build_id).await? as u64;
+        let seq = store.last_log_seq(build_id).await?;
+        let bytes = store.log_bytes(build_id).await? as u64;
+        Ok(Self::start_after(store, hub, build_id, masker, max_bytes, seq, bytes))
+    }
+
+    /// The capture of a build that has never run: it has no stored line yet (only a capture
+    /// writes log lines, and a build is Queued only when inserted), so nothing is read first.
+    pub fn start_fresh(store: Store, hub: Arc<LogHub>, build_id: i64, masker: Arc<Masker>, max_bytes: u64) -> LogCapture {
+        Self::start_after(store, hub, build_id, masker, max_bytes, 0, 0)
+    }
+
+    /// Continues after line `seq`, with `bytes` of output already counted against the cap.
+    fn start_after(store: Store, hub: Arc<LogHub>, build_id: i64, masker: Arc<Masker>, max_bytes: u64, mut seq: i64, mut bytes: u64) -> LogCapture {
         let mut truncated = bytes > max_bytes;
         hub.opened(build_id);
         let (tx, mut rx) = mpsc::channel::<Entry>(4096);
@@ -170,7 +181,7 @@ impl LogCapture {
             }
             Ok(())
         });
-        Ok(LogCapture { sink: LogSink { tx }, task })
+        LogCapture { sink: LogSink { tx }, task }
     }
 
     pub fn sink(&self) -> LogSink {

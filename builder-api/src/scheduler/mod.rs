@@ -244,12 +244,8 @@ fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resu
 
 /// Runs the build; returns the final state when this call recorded it.
 async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed: bool) -> Result<Option<BuildState>, StoreError> {
-    let Some(app) = ctx.store.app(build.app_id).await? else {
+    let Some((app, tenant)) = ctx.store.app_with_tenant(build.app_id).await? else {
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
-        return Ok(None);
-    };
-    let Some(tenant) = ctx.store.tenant(app.tenant_id).await? else {
-        ctx.store.finish_build(build.id, BuildState::Failed, Some("the tenant was deleted")).await?;
         return Ok(None);
     };
     let mut secrets = vec![app.webhook_secret.clone()];
@@ -257,7 +253,12 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     secrets.extend(ctx.config.registry.password.clone());
     secrets.extend(ctx.config.server.admin_token.clone());
     let masker = Arc::new(Masker::new(secrets));
-    let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker.clone(), ctx.config.logs.max_bytes_per_build).await?;
+    let (store, hub, cap) = (ctx.store.clone(), ctx.hub.clone(), ctx.config.logs.max_bytes_per_build);
+    let capture = if resumed {
+        LogCapture::start(store, hub, build.id, masker.clone(), cap).await?
+    } else {
+        LogCapture::start_fresh(store, hub, build.id, masker.clone(), cap)
+    };
     let log = capture.sink();
     if !resumed {
         log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;

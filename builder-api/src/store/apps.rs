@@ -159,6 +159,13 @@ impl Store {
         sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(app_from_row).transpose()
     }
 
+    /// The app and its tenant in one read: what every build needs before it starts.
+    pub async fn app_with_tenant(&self, id: i64) -> Result<Option<(App, super::Tenant)>> {
+        let sql = format!("SELECT {APP_COLUMNS}, t.id, t.name, t.created_at, t.settings FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
+        let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else { return Ok(None) };
+        Ok(Some((app_from_row(&row)?, super::tenants::tenant_from_columns(&row, 14)?)))
+    }
+
     pub async fn app_by_name(&self, tenant_id: i64, name: &str) -> Result<Option<App>> {
         let sql = format!(
             "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = ? AND a.name = ?"

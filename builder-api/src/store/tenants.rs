@@ -195,10 +195,15 @@ pub fn new_token() -> String {
 const TENANT_COLUMNS: &str = "id, name, created_at, settings";
 
 fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
-    let id: i64 = r.get(0);
-    let settings: String = r.get(3);
+    tenant_from_columns(r, 0)
+}
+
+/// A tenant from [`TENANT_COLUMNS`] at column `at` onwards (after another table's columns).
+pub(super) fn tenant_from_columns(r: &SqliteRow, at: usize) -> Result<Tenant> {
+    let id: i64 = r.get(at);
+    let settings: String = r.get(at + 3);
     let settings = serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("settings of tenant {id}: {e}")))?;
-    Ok(Tenant { id, name: r.get(1), created_at: r.get(2), settings })
+    Ok(Tenant { id, name: r.get(at + 1), created_at: r.get(at + 2), settings })
 }
 
 impl Store {

@@ -64,7 +64,18 @@ fn reconcile_all(sh: &Shared, rollouts: &mut HashMap<(String, String), Rollout>)
     let now = Instant::now();
     let bad: Vec<String> = sh.faults.lock().unwrap().bad_images.clone();
     let mut seen = vec![];
-    for d in sh.store.list(deployments, None).0 {
+    // Read in place, without the pod template: copying every Deployment on every change made
+    // the fake, not Kiln, the cost of the rollout benchmark.
+    let all = sh.store.scan(deployments, None, |d| {
+        let ns = d["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        Some(json!({
+            "metadata": {"namespace": ns, "name": name_of(d), "generation": d["metadata"]["generation"]},
+            "spec": {"replicas": d["spec"]["replicas"], "progressDeadlineSeconds": d["spec"]["progressDeadlineSeconds"],
+                     "template": {"spec": {"containers": images(d).into_iter().map(|i| json!({"image": i})).collect::<Vec<_>>()}}},
+            "status": d["status"],
+        }))
+    });
+    for d in all {
         let ns = d["metadata"]["namespace"].as_str().unwrap_or("").to_string();
         let name = name_of(&d).to_string();
         let key = (ns.clone(), name.clone());

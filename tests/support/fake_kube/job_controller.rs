@@ -3,6 +3,7 @@
 //! `ttlSecondsAfterFinished`. It wakes on store changes, and on a timer only for the next deadline
 //! or TTL.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +14,59 @@ use tokio::time::Instant;
 use super::store::{name_of, now_rfc3339, res};
 use super::Shared;
 
+/// A Job by namespace and name.
+type JobKey = (String, String);
+
 pub(crate) async fn run(sh: Arc<Shared>) {
     let mut changes = sh.store.subscribe();
+    // As a real controller's work queue: only the Jobs that changed (or whose pods did) are
+    // looked at again, plus those whose deadline or TTL came due. The first pass, and one after
+    // the history was compacted under it, looks at all of them.
+    let mut pos: Option<u64> = None;
+    let mut timers: HashMap<JobKey, Instant> = HashMap::new();
     loop {
         changes.borrow_and_update();
-        let wake = reconcile_all(&sh);
+        let mut dirty = match pos.map(|p| sh.store.events_since(p)) {
+            Some(Ok((events, now))) => {
+                pos = Some(now);
+                Some(events.iter().filter_map(|e| job_of_event(e)).collect::<HashSet<JobKey>>())
+            }
+            None | Some(Err(_)) => {
+                pos = Some(sh.store.resource_version());
+                None
+            }
+        };
+        let now = Instant::now();
+        if let Some(dirty) = dirty.as_mut() {
+            dirty.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()));
+        }
+        match &dirty {
+            Some(keys) => timers.retain(|k, _| !keys.contains(k)),
+            None => timers.clear(),
+        }
+        if dirty.as_ref().is_none_or(|d| !d.is_empty()) {
+            timers.extend(reconcile(&sh, dirty.as_ref()));
+        }
+        let wake = timers.values().min().copied();
         let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
         tokio::select! {
             _ = changes.changed() => {}
             _ = sleep => {}
             _ = sh.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// The Job an event concerns: the Job itself, or the Job that controls the pod.
+fn job_of_event(e: &super::store::Event) -> Option<JobKey> {
+    match e.resource {
+        "jobs" => Some((e.namespace.clone(), name_of(&e.object).to_string())),
+        "pods" => {
+            let refs = e.object["metadata"]["ownerReferences"].as_array()?;
+            let owner = refs.iter().find(|r| r["controller"] == true && r["kind"] == "Job")?;
+            Some((e.namespace.clone(), owner["name"].as_str()?.to_string()))
+        }
+        _ => None,
     }
 }
 
@@ -49,49 +92,90 @@ fn finished_at(job: &Value) -> Option<DateTime<Utc>> {
     })
 }
 
-/// Reconciles every Job; returns when it next has to look again without a store change.
-fn reconcile_all(sh: &Shared) -> Option<Instant> {
-    let jobs = res("jobs").expect("jobs");
+/// What the controller reads of a Job (read in place: copying every Job on every change made
+/// the fake the cost of a benchmark).
+struct JobView {
+    ns: String,
+    name: String,
+    uid: String,
+    finished: Option<DateTime<Utc>>,
+    ttl: Option<i64>,
+    completions: i64,
+    backoff: i64,
+    deadline: Option<i64>,
+    status: Value,
+}
+
+/// What the controller reads of a Pod.
+struct PodView {
+    name: String,
+    phase: String,
+    ready: bool,
+    deleting: bool,
+}
+
+/// The uid of the Job that controls the pod, if any.
+fn controller_uid(pod: &Value) -> Option<String> {
+    let refs = pod["metadata"]["ownerReferences"].as_array()?;
+    refs.iter().find(|r| r["controller"] == true).and_then(|r| r["uid"].as_str()).map(String::from)
+}
+
+/// Reconciles the given Jobs (all when `None`); returns when each has to be looked at again
+/// without a store change (its deadline or TTL).
+fn reconcile(sh: &Shared, only: Option<&HashSet<JobKey>>) -> Vec<(JobKey, Instant)> {
+    let jobs_r = res("jobs").expect("jobs");
     let pods_r = res("pods").expect("pods");
-    let mut wake: Option<Instant> = None;
-    let mut at = |i: Instant| wake = Some(wake.map_or(i, |w: Instant| w.min(i)));
-    for job in sh.store.list(jobs, None).0 {
+    let mut timers = vec![];
+    let view = |job: &Value| {
         if job["metadata"].get("deletionTimestamp").is_some() {
-            continue;
+            return None;
         }
-        let ns = job["metadata"]["namespace"].as_str().unwrap_or("").to_string();
-        let name = name_of(&job).to_string();
-        let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let spec = &job["spec"];
-        if let Some(done) = finished_at(&job) {
-            if let Some(ttl) = spec["ttlSecondsAfterFinished"].as_i64() {
+        Some(JobView {
+            ns: job["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+            name: name_of(job).to_string(),
+            uid: job["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+            finished: finished_at(job),
+            ttl: spec["ttlSecondsAfterFinished"].as_i64(),
+            completions: spec["completions"].as_i64().unwrap_or(1),
+            backoff: spec["backoffLimit"].as_i64().unwrap_or(6),
+            deadline: spec["activeDeadlineSeconds"].as_i64(),
+            status: if job["status"].is_object() { job["status"].clone() } else { json!({}) },
+        })
+    };
+    let jobs: Vec<JobView> = match only {
+        None => sh.store.scan(jobs_r, None, view),
+        Some(keys) => keys.iter().filter_map(|(ns, name)| sh.store.peek(jobs_r, ns, name, view).flatten()).collect(),
+    };
+    // A Job's pods are named `<job>-<suffix>` (generateName) in its namespace.
+    let pods_of = |job: &JobView| {
+        sh.store.scan_prefix(pods_r, &job.ns, &format!("{}-", job.name), |p| {
+            (controller_uid(p)? == job.uid).then(|| PodView {
+                name: name_of(p).to_string(),
+                phase: p["status"]["phase"].as_str().unwrap_or("").to_string(),
+                ready: p["status"]["containerStatuses"].as_array().is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true)),
+                deleting: p["metadata"].get("deletionTimestamp").is_some(),
+            })
+        })
+    };
+    for job in jobs {
+        let JobView { ns, name, uid, .. } = &job;
+        if let Some(done) = job.finished {
+            if let Some(ttl) = job.ttl {
                 if Utc::now() >= done + chrono::Duration::seconds(ttl) {
-                    let _ = super::delete(sh, jobs, &ns, &name, Some("Background"), false);
+                    let _ = super::delete(sh, jobs_r, ns, name, Some("Background"), false);
                 } else {
-                    at(instant_at(done, ttl));
+                    timers.push(((ns.clone(), name.clone()), instant_at(done, ttl)));
                 }
             }
             continue;
         }
-        let pods: Vec<Value> = sh
-            .store
-            .list(pods_r, Some(&ns))
-            .0
-            .into_iter()
-            .filter(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|rs| rs.iter().any(|r| r["uid"] == uid.as_str() && r["controller"] == true)))
-            .collect();
-        let phase = |p: &Value| p["status"]["phase"].as_str().unwrap_or("").to_string();
-        let active: Vec<&Value> = pods.iter().filter(|p| !matches!(phase(p).as_str(), "Succeeded" | "Failed") && p["metadata"].get("deletionTimestamp").is_none()).collect();
-        let succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
-        let mut failed = pods.iter().filter(|p| phase(p) == "Failed").count() as i64;
-        let ready = active
-            .iter()
-            .filter(|p| p["status"]["containerStatuses"].as_array().is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true)))
-            .count() as i64;
-        let mut status = job["status"].clone();
-        if !status.is_object() {
-            status = json!({});
-        }
+        let pods = pods_of(&job);
+        let active: Vec<&PodView> = pods.iter().filter(|p| !matches!(p.phase.as_str(), "Succeeded" | "Failed") && !p.deleting).collect();
+        let succeeded = pods.iter().filter(|p| p.phase == "Succeeded").count() as i64;
+        let mut failed = pods.iter().filter(|p| p.phase == "Failed").count() as i64;
+        let ready = active.iter().filter(|p| p.ready).count() as i64;
+        let mut status = job.status.clone();
         let start = match parse_time(&status["startTime"]) {
             Some(t) => t,
             None => {
@@ -100,34 +184,32 @@ fn reconcile_all(sh: &Shared) -> Option<Instant> {
             }
         };
         let mut active_n = active.len() as i64;
-        let completions = spec["completions"].as_i64().unwrap_or(1);
-        let backoff = spec["backoffLimit"].as_i64().unwrap_or(6);
         let mut conditions: Option<Vec<Value>> = None;
-        let deadline = spec["activeDeadlineSeconds"].as_i64();
-        if deadline.is_some_and(|ads| Utc::now() >= start + chrono::Duration::seconds(ads)) {
+        if job.deadline.is_some_and(|ads| Utc::now() >= start + chrono::Duration::seconds(ads)) {
             // As the real controller: the active pods are deleted (their processes killed).
             for p in &active {
-                let _ = super::kubelet::delete_pod(sh, &ns, name_of(p), true);
+                let _ = super::kubelet::delete_pod(sh, ns, &p.name, true);
             }
             failed += active_n;
             active_n = 0;
             let msg = "Job was active longer than specified deadline";
             conditions = Some(vec![condition("FailureTarget", "DeadlineExceeded", msg), condition("Failed", "DeadlineExceeded", msg)]);
-        } else if succeeded >= completions {
+        } else if succeeded >= job.completions {
             conditions = Some(vec![
                 condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
                 condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
             ]);
             status["completionTime"] = json!(now_rfc3339());
-        } else if failed > backoff {
+        } else if failed > job.backoff {
             let msg = "Job has reached the specified backoff limit";
             conditions = Some(vec![condition("FailureTarget", "BackoffLimitExceeded", msg), condition("Failed", "BackoffLimitExceeded", msg)]);
         } else {
-            if let Some(ads) = deadline {
-                at(instant_at(start, ads));
+            if let Some(ads) = job.deadline {
+                timers.push(((ns.clone(), name.clone()), instant_at(start, ads)));
             }
             if active_n == 0 {
-                match create_pod(sh, &job, &ns, &name, &uid) {
+                // The template is read only here, once per pod the Job needs.
+                match sh.store.get(jobs_r, ns, name).and_then(|full| create_pod(sh, &full, ns, name, uid)) {
                     Ok(()) => active_n = 1,
                     Err(e) => tracing::warn!("fake job controller: creating a pod for {ns}/{name}: {}", e.message),
                 }
@@ -142,13 +224,16 @@ fn reconcile_all(sh: &Shared) -> Option<Instant> {
             status["conditions"] = json!(c);
             status["active"] = json!(0);
         }
-        let _ = sh.store.modify(jobs, &ns, &name, |o| {
+        if status == job.status {
+            continue; // nothing to write, as a real controller skips a no-op update
+        }
+        let _ = sh.store.modify(jobs_r, ns, name, |o| {
             let mut o = o.clone();
             o["status"] = status;
             Ok(o)
         });
     }
-    wake
+    timers
 }
 
 fn create_pod(sh: &Shared, job: &Value, ns: &str, name: &str, uid: &str) -> Result<(), super::store::ApiError> {

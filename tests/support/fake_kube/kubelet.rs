@@ -55,15 +55,16 @@ pub(crate) async fn run(sh: Arc<Shared>) {
     let mut changes = sh.store.subscribe();
     loop {
         changes.borrow_and_update();
-        let all = sh.store.list(pods(), None).0;
+        // Read in place: (uid, the namespace and name of a pod to bind, if unbound).
+        let all = sh.store.scan(pods(), None, |pod| {
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            let unbound = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty) && pod["metadata"].get("deletionTimestamp").is_none();
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+            Some((uid, unbound.then(|| (ns.to_string(), name_of(pod).to_string()))))
+        });
         if sh.kubelet_on.load(Ordering::SeqCst) {
-            for pod in &all {
-                let unbound = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
-                if !unbound || pod["metadata"].get("deletionTimestamp").is_some() {
-                    continue;
-                }
-                let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
-                let Ok(bound) = sh.store.modify(pods(), ns, name_of(pod), |o| {
+            for (ns, name) in all.iter().filter_map(|(_, unbound)| unbound.as_ref()) {
+                let Ok(bound) = sh.store.modify(pods(), ns, name, |o| {
                     let mut o = o.clone();
                     o["spec"]["nodeName"] = json!(NODE);
                     o["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}]);
@@ -78,7 +79,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             }
         }
         // Pods deleted outright while running: kill their processes.
-        let live: std::collections::HashSet<&str> = all.iter().filter_map(|p| p["metadata"]["uid"].as_str()).collect();
+        let live: std::collections::HashSet<&str> = all.iter().map(|(uid, _)| uid.as_str()).collect();
         for (uid, h) in sh.pods.lock().unwrap().iter() {
             if !live.contains(uid.as_str()) {
                 h.kill(Kill::Deleted);

@@ -426,13 +426,7 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
     let dependents: Vec<String> = if r.plural == "namespaces" {
         Vec::new()
     } else {
-        sh.store
-            .list(pods, Some(ns))
-            .0
-            .iter()
-            .filter(|p| owned_by(p, &uid))
-            .map(|p| store::name_of(p).to_string())
-            .collect()
+        sh.store.scan(pods, Some(ns), |p| owned_by(p, &uid).then(|| store::name_of(p).to_string()))
     };
     let deleted = match policy {
         "Background" => {
@@ -473,8 +467,8 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
     if r.plural == "namespaces" {
         // The namespace controller empties a deleted namespace.
         for kind in store::RESOURCES.iter().filter(|k| k.namespaced) {
-            for o in sh.store.list(kind, Some(name)).0 {
-                let _ = delete(sh, kind, name, store::name_of(&o), Some("Background"), true);
+            for o in sh.store.scan(kind, Some(name), |o| Some(store::name_of(o).to_string())) {
+                let _ = delete(sh, kind, name, &o, Some("Background"), true);
             }
         }
     }

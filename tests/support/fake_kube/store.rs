@@ -3,7 +3,7 @@
 //! resourceVersion and an event, whoever made it (a client, the Job controller, the kubelet).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -138,7 +138,9 @@ type Key = (&'static str, String, String);
 struct Inner {
     rv: u64,
     objects: BTreeMap<Key, Value>,
-    history: VecDeque<Event>,
+    /// Shared with the watches that read it: a watch takes the events past its position
+    /// without copying the objects in them.
+    history: VecDeque<Arc<Event>>,
     /// Watches from a resourceVersion older than this get 410 Gone.
     compacted: u64,
     limit: usize,
@@ -209,6 +211,39 @@ impl Store {
             .map(|(_, v)| v.clone())
             .collect();
         (items, inner.rv)
+    }
+
+    /// Looks at the objects of one resource (in one namespace, or all) in place, under the
+    /// store's lock, keeping what `f` returns. The controllers and the kubelet look at every
+    /// object on every change; copying them all made the fake, not Kiln, the cost of a benchmark.
+    pub fn scan<T>(&self, res: &'static Res, ns: Option<&str>, mut f: impl FnMut(&Value) -> Option<T>) -> Vec<T> {
+        let inner = self.inner.lock().unwrap();
+        let from: Key = (res.plural, ns.unwrap_or("").to_string(), String::new());
+        inner
+            .objects
+            .range(from..)
+            .take_while(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
+            .filter_map(|(_, v)| f(v))
+            .collect()
+    }
+
+    /// As [`Store::scan`], over the objects of one namespace whose names start with `prefix` (a
+    /// Job's pods are named after it).
+    pub fn scan_prefix<T>(&self, res: &'static Res, ns: &str, prefix: &str, mut f: impl FnMut(&Value) -> Option<T>) -> Vec<T> {
+        let inner = self.inner.lock().unwrap();
+        let from: Key = (res.plural, ns.to_string(), prefix.to_string());
+        inner
+            .objects
+            .range(from..)
+            .take_while(|((r, n, name), _)| *r == res.plural && n == ns && name.starts_with(prefix))
+            .filter_map(|(_, v)| f(v))
+            .collect()
+    }
+
+    /// Looks at one object in place.
+    pub fn peek<T>(&self, res: &'static Res, ns: &str, name: &str, f: impl FnOnce(&Value) -> T) -> Option<T> {
+        let inner = self.inner.lock().unwrap();
+        inner.objects.get(&(res.plural, ns.to_string(), name.to_string())).map(f)
     }
 
     pub fn create(&self, res: &'static Res, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
@@ -364,12 +399,14 @@ impl Store {
 
     /// Events after `rv` and the resourceVersion they lead up to, or 410 when the history no
     /// longer reaches back that far.
-    pub fn events_since(&self, rv: u64) -> Result<(Vec<Event>, u64), ApiError> {
+    pub fn events_since(&self, rv: u64) -> Result<(Vec<Arc<Event>>, u64), ApiError> {
         let inner = self.inner.lock().unwrap();
         if rv < inner.compacted {
             return Err(too_old(rv, inner.compacted));
         }
-        Ok((inner.history.iter().filter(|e| e.rv > rv).cloned().collect(), inner.rv))
+        // The history is in resourceVersion order.
+        let from = inner.history.partition_point(|e| e.rv <= rv);
+        Ok((inner.history.range(from..).cloned().collect(), inner.rv))
     }
 
     /// Checks a watch's starting point without reading the history.
@@ -399,7 +436,7 @@ fn too_old(rv: u64, compacted: u64) -> ApiError {
 }
 
 fn push(inner: &mut Inner, ev: Event) {
-    inner.history.push_back(ev);
+    inner.history.push_back(Arc::new(ev));
     while inner.history.len() > inner.limit {
         let e = inner.history.pop_front().expect("non-empty");
         inner.compacted = inner.compacted.max(e.rv);

@@ -14,9 +14,11 @@ use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{ApiError, EventType, Res};
 use super::Shared;
 
+/// One event line, serialized straight from the stored object (`json!` would copy it first).
 fn line(kind: &str, object: &Value) -> Bytes {
-    let mut s = json!({"type": kind, "object": object}).to_string();
-    s.push('\n');
+    let mut s = format!("{{\"type\":\"{kind}\",\"object\":");
+    s.push_str(&object.to_string());
+    s.push_str("}\n");
     Bytes::from(s)
 }
 
