@@ -566,6 +566,16 @@ async fn kube() {
         answered.iter().map(|(id, at)| created[&format!("kiln-build-{id}")].saturating_duration_since(*at)).collect()
     };
     latencies.sort();
+    // Where the time goes: how the answers and the Jobs spread out after the first answer.
+    let timeline = {
+        let created = created.lock().unwrap();
+        let first = answered.iter().map(|(_, at)| *at).min().expect("answers");
+        let after = |t: Instant| ms(t.saturating_duration_since(first));
+        let last_answer = answered.iter().map(|(_, at)| *at).max().expect("answers");
+        let jobs: Vec<Instant> = answered.iter().map(|(id, _)| created[&format!("kiln-build-{id}")]).collect();
+        let (first_job, last_job) = (*jobs.iter().min().expect("jobs"), *jobs.iter().max().expect("jobs"));
+        format!("answers over {:.1} ms; Jobs created from {:.1} ms to {:.1} ms after the first answer", after(last_answer), after(first_job), after(last_job))
+    };
 
     // The rest of each build's life: cancelled, so its Job is deleted.
     for (id, _) in &answered {
@@ -590,6 +600,7 @@ async fn kube() {
         ms(percentile(&latencies, 0.99)),
         ms(latencies[N - 1])
     );
+    println!("  {timeline}");
     println!(
         "  Kubernetes requests per build over its life: {:.2} writes (target <= 2), {:.2} reads ({writes} writes, {reads} reads in all)",
         writes as f64 / N as f64,

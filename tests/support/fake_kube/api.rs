@@ -133,13 +133,13 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
             record(sh, "update", &t, Some(name.clone()));
             let obj = parse_body(&body)?;
             if r.plural == "namespaces" && sub.is_none() {
-                return Ok(json_response(200, &sh.store.replace(r, "", &name, obj, false)?));
+                return Ok(json_response(200, &*sh.store.replace(r, "", &name, obj, false)?));
             }
             let status_only = sub == Some("status");
             if status_only && !r.status {
                 return Err(not_served());
             }
-            Ok(json_response(200, &sh.store.replace(r, &ns, &name, obj, status_only)?))
+            Ok(json_response(200, &*sh.store.replace(r, &ns, &name, obj, status_only)?))
         }
         (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
             record(sh, "patch", &t, Some(name.clone()));
@@ -183,7 +183,7 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
             } else if let Some(m) = next["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
-            Ok(json_response(200, &sh.store.replace(r, key_ns, &name, next, status_only)?))
+            Ok(json_response(200, &*sh.store.replace(r, key_ns, &name, next, status_only)?))
         }
         (&Method::DELETE, Some(name), None) => {
             record(sh, "delete", &t, Some(name.clone()));
@@ -235,7 +235,7 @@ fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, 
             if let Some(m) = next["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
-            Ok(json_response(200, &sh.store.replace(r, ns, name, next, status_only)?))
+            Ok(json_response(200, &*sh.store.replace(r, ns, name, next, status_only)?))
         }
     }
 }

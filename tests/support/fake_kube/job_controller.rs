@@ -209,7 +209,8 @@ fn reconcile(sh: &Shared, only: Option<&HashSet<JobKey>>) -> Vec<(JobKey, Instan
             }
             if active_n == 0 {
                 // The template is read only here, once per pod the Job needs.
-                match sh.store.get(jobs_r, ns, name).and_then(|full| create_pod(sh, &full, ns, name, uid)) {
+                let pod = sh.store.peek(jobs_r, ns, name, |full| pod_of(full, name, uid)).ok_or_else(|| super::store::ApiError::not_found(jobs_r, name));
+                match pod.and_then(|pod| sh.store.create(pods_r, ns, pod).map(|_| ())) {
                     Ok(()) => active_n = 1,
                     Err(e) => tracing::warn!("fake job controller: creating a pod for {ns}/{name}: {}", e.message),
                 }
@@ -221,7 +222,7 @@ fn reconcile(sh: &Shared, only: Option<&HashSet<JobKey>>) -> Vec<(JobKey, Instan
         status["ready"] = json!(if conditions.is_some() { 0 } else { ready });
         status["terminating"] = json!(0);
         if let Some(c) = conditions {
-            status["conditions"] = json!(c);
+            status["conditions"] = Value::Array(c);
             status["active"] = json!(0);
         }
         if status == job.status {
@@ -236,7 +237,8 @@ fn reconcile(sh: &Shared, only: Option<&HashSet<JobKey>>) -> Vec<(JobKey, Instan
     timers
 }
 
-fn create_pod(sh: &Shared, job: &Value, ns: &str, name: &str, uid: &str) -> Result<(), super::store::ApiError> {
+/// The pod the Job's template describes, owned by the Job.
+fn pod_of(job: &Value, name: &str, uid: &str) -> Value {
     let tmpl = &job["spec"]["template"];
     let mut labels = tmpl["metadata"]["labels"].clone();
     if !labels.is_object() {
@@ -258,6 +260,5 @@ fn create_pod(sh: &Shared, job: &Value, ns: &str, name: &str, uid: &str) -> Resu
     if let Some(a) = tmpl["metadata"].get("annotations") {
         md["annotations"] = a.clone();
     }
-    let pod = json!({"metadata": md, "spec": tmpl["spec"].clone()});
-    sh.store.create(res("pods").expect("pods"), ns, pod).map(|_| ())
+    json!({"metadata": md, "spec": tmpl["spec"].clone()})
 }

@@ -75,7 +75,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                 let handle = PodHandle { cancel: sh.shutdown.child_token(), cause: Arc::new(Mutex::new(None)) };
                 let uid = bound["metadata"]["uid"].as_str().unwrap_or("").to_string();
                 sh.pods.lock().unwrap().insert(uid, handle.clone());
-                tokio::spawn(run_pod(sh.clone(), bound, handle));
+                tokio::spawn(run_pod(sh.clone(), Value::clone(&bound), handle));
             }
         }
         // Pods deleted outright while running: kill their processes.
@@ -110,7 +110,8 @@ pub(crate) fn delete_pod(sh: &Shared, ns: &str, name: &str, grace0: bool) -> Res
                 o["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
                 o["metadata"]["deletionGracePeriodSeconds"] = json!(30);
                 Ok(o)
-            });
+            })
+            .map(|v| Value::clone(&v));
         }
     }
     drop(running);

@@ -448,7 +448,7 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
                 let _ = kubelet::delete_pod(sh, ns, p, true);
             }
             sh.store.delete(r, ns, name)?;
-            marked
+            Value::clone(&marked)
         }
         "Orphan" => {
             for p in &dependents {

@@ -129,15 +129,16 @@ pub struct Event {
     pub resource: &'static str,
     pub namespace: String,
     pub kind: EventType,
-    pub object: Value,
-    pub prev: Option<Value>,
+    pub object: Arc<Value>,
+    pub prev: Option<Arc<Value>>,
 }
 
 type Key = (&'static str, String, String);
 
 struct Inner {
     rv: u64,
-    objects: BTreeMap<Key, Value>,
+    /// Shared with the events that carry them: a write copies an object once, not per reader.
+    objects: BTreeMap<Key, Arc<Value>>,
     /// Shared with the watches that read it: a watch takes the events past its position
     /// without copying the objects in them.
     history: VecDeque<Arc<Event>>,
@@ -198,7 +199,7 @@ impl Store {
 
     pub fn get(&self, res: &'static Res, ns: &str, name: &str) -> Result<Value, ApiError> {
         let inner = self.inner.lock().unwrap();
-        inner.objects.get(&(res.plural, ns.to_string(), name.to_string())).cloned().ok_or_else(|| ApiError::not_found(res, name))
+        inner.objects.get(&(res.plural, ns.to_string(), name.to_string())).map(|v| Value::clone(v)).ok_or_else(|| ApiError::not_found(res, name))
     }
 
     /// Objects of one resource (in one namespace, or all), and the resourceVersion they are at.
@@ -208,7 +209,7 @@ impl Store {
             .objects
             .iter()
             .filter(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Value::clone(v))
             .collect();
         (items, inner.rv)
     }
@@ -223,7 +224,7 @@ impl Store {
             .objects
             .range(from..)
             .take_while(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
-            .filter_map(|(_, v)| f(v))
+            .filter_map(|(_, v)| f(v.as_ref()))
             .collect()
     }
 
@@ -236,14 +237,14 @@ impl Store {
             .objects
             .range(from..)
             .take_while(|((r, n, name), _)| *r == res.plural && n == ns && name.starts_with(prefix))
-            .filter_map(|(_, v)| f(v))
+            .filter_map(|(_, v)| f(v.as_ref()))
             .collect()
     }
 
     /// Looks at one object in place.
     pub fn peek<T>(&self, res: &'static Res, ns: &str, name: &str, f: impl FnOnce(&Value) -> T) -> Option<T> {
         let inner = self.inner.lock().unwrap();
-        inner.objects.get(&(res.plural, ns.to_string(), name.to_string())).map(f)
+        inner.objects.get(&(res.plural, ns.to_string(), name.to_string())).map(|v| f(v))
     }
 
     pub fn create(&self, res: &'static Res, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
@@ -296,8 +297,9 @@ impl Store {
         if res.plural == "namespaces" {
             obj["status"] = json!({"phase": "Active"});
         }
-        inner.objects.insert(key.clone(), obj.clone());
-        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Added, object: obj.clone(), prev: None });
+        let shared = Arc::new(obj.clone());
+        inner.objects.insert(key.clone(), shared.clone());
+        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Added, object: shared, prev: None });
         drop(inner);
         self.changed.send_replace(rv);
         Ok(obj)
@@ -308,7 +310,7 @@ impl Store {
     /// non-empty `metadata.resourceVersion` in `new` is a precondition (409 Conflict when stale).
     /// A write that changes nothing keeps the resourceVersion and makes no event, as the real
     /// server does.
-    pub fn replace(&self, res: &'static Res, ns: &str, name: &str, new: Value, status_only: bool) -> Result<Value, ApiError> {
+    pub fn replace(&self, res: &'static Res, ns: &str, name: &str, new: Value, status_only: bool) -> Result<Arc<Value>, ApiError> {
         self.modify(res, ns, name, |old| {
             if let Some(rv) = new["metadata"]["resourceVersion"].as_str() {
                 if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() {
@@ -357,7 +359,7 @@ impl Store {
     }
 
     /// The one write path: `f` turns the stored object into the next one.
-    pub fn modify(&self, res: &'static Res, ns: &str, name: &str, f: impl FnOnce(&Value) -> Result<Value, ApiError>) -> Result<Value, ApiError> {
+    pub fn modify(&self, res: &'static Res, ns: &str, name: &str, f: impl FnOnce(&Value) -> Result<Value, ApiError>) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.inner.lock().unwrap();
         let key = (res.plural, ns.to_string(), name.to_string());
         let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res, name))?;
@@ -365,7 +367,7 @@ impl Store {
         next["kind"] = json!(res.kind);
         next["apiVersion"] = json!(res.api_version());
         next["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-        if next == old {
+        if next == *old {
             return Ok(old);
         }
         if res.generation && next.get("spec") != old.get("spec") {
@@ -375,6 +377,7 @@ impl Store {
         inner.rv += 1;
         let rv = inner.rv;
         next["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let next = Arc::new(next);
         inner.objects.insert(key.clone(), next.clone());
         push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Modified, object: next.clone(), prev: Some(old) });
         drop(inner);
@@ -387,11 +390,11 @@ impl Store {
     pub fn delete(&self, res: &'static Res, ns: &str, name: &str) -> Result<Value, ApiError> {
         let mut inner = self.inner.lock().unwrap();
         let key = (res.plural, ns.to_string(), name.to_string());
-        let mut obj = inner.objects.remove(&key).ok_or_else(|| ApiError::not_found(res, name))?;
+        let mut obj = Arc::unwrap_or_clone(inner.objects.remove(&key).ok_or_else(|| ApiError::not_found(res, name))?);
         inner.rv += 1;
         let rv = inner.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Deleted, object: obj.clone(), prev: None });
+        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Deleted, object: Arc::new(obj.clone()), prev: None });
         drop(inner);
         self.changed.send_replace(rv);
         Ok(obj)

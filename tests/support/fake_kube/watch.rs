@@ -91,7 +91,7 @@ pub(crate) fn serve(
                         if e.resource != r.plural {
                             continue;
                         }
-                        let kind = match (e.kind, e.prev.as_ref().map(&matches), matches(&e.object)) {
+                        let kind = match (e.kind, e.prev.as_deref().map(&matches), matches(&e.object)) {
                             (EventType::Modified, Some(true), true) => "MODIFIED",
                             (EventType::Modified, Some(false), true) => "ADDED",
                             (EventType::Modified, Some(true), false) => "DELETED",
