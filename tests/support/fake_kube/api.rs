@@ -98,8 +98,7 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
             if watch {
                 return super::watch::serve(sh.clone(), r, t.ns.clone(), labels, fields, &q);
             }
-            let (items, rv) = sh.store.list(r, t.ns.as_deref());
-            let items: Vec<Value> = items.into_iter().filter(|o| labels.matches(o) && fields.matches(o)).collect();
+            let (items, rv) = sh.store.list_matching(r, t.ns.as_deref(), |o| labels.matches(o) && fields.matches(o));
             Ok(json_response(200, &json!({
                 "kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
                 "metadata": {"resourceVersion": rv.to_string()}, "items": items,

@@ -9,7 +9,7 @@
 //! `Progressing` turns False with reason `ProgressDeadlineExceeded`. Rolling back (a spec change to
 //! a good image) recovers, as on a real cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,12 +28,44 @@ struct Rollout {
     started: Instant,
 }
 
+/// A Deployment by namespace and name.
+type Key = (String, String);
+
 pub(crate) async fn run(sh: Arc<Shared>) {
     let mut changes = sh.store.subscribe();
-    let mut rollouts: HashMap<(String, String), Rollout> = HashMap::new();
+    let mut rollouts: HashMap<Key, Rollout> = HashMap::new();
+    // As the job controller: only Deployments that changed, or whose next replica step is due,
+    // are looked at again; all of them on the first pass, after a compaction, or when the
+    // images marked bad change.
+    let mut pos: Option<u64> = None;
+    let mut timers: HashMap<Key, Instant> = HashMap::new();
+    let mut bad_seen: Option<Vec<String>> = None;
     loop {
         changes.borrow_and_update();
-        let wake = reconcile_all(&sh, &mut rollouts);
+        let bad: Vec<String> = sh.faults.lock().unwrap().bad_images.clone();
+        let mut dirty = match pos.map(|p| sh.store.events_since(p)) {
+            Some(Ok((events, now))) if bad_seen.as_ref() == Some(&bad) => {
+                pos = Some(now);
+                Some(events.iter().filter(|e| e.resource == "deployments").map(|e| (e.namespace.clone(), name_of(&e.object).to_string())).collect::<HashSet<Key>>())
+            }
+            _ => {
+                pos = Some(sh.store.resource_version());
+                None
+            }
+        };
+        bad_seen = Some(bad.clone());
+        let now = Instant::now();
+        if let Some(dirty) = dirty.as_mut() {
+            dirty.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()));
+        }
+        match &dirty {
+            Some(keys) => timers.retain(|k, _| !keys.contains(k)),
+            None => timers.clear(),
+        }
+        if dirty.as_ref().is_none_or(|d| !d.is_empty()) {
+            timers.extend(reconcile(&sh, &mut rollouts, dirty.as_ref(), &bad));
+        }
+        let wake = timers.values().min().copied();
         let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
         tokio::select! {
             _ = changes.changed() => {}
@@ -57,34 +89,49 @@ fn images(deployment: &Value) -> Vec<String> {
         .collect()
 }
 
-fn reconcile_all(sh: &Shared, rollouts: &mut HashMap<(String, String), Rollout>) -> Option<Instant> {
+/// What the controller reads of a Deployment (read in place, without the pod template).
+fn view(d: &Value) -> Value {
+    json!({
+        "metadata": {"namespace": d["metadata"]["namespace"], "name": name_of(d), "generation": d["metadata"]["generation"]},
+        "spec": {"replicas": d["spec"]["replicas"], "progressDeadlineSeconds": d["spec"]["progressDeadlineSeconds"],
+                 "template": {"spec": {"containers": images(d).into_iter().map(|i| json!({"image": i})).collect::<Vec<_>>()}}},
+        "status": d["status"],
+    })
+}
+
+/// Reconciles the given Deployments (all when `None`); returns when each has to be looked at
+/// again without a store change (its next replica step or its progress deadline).
+fn reconcile(sh: &Shared, rollouts: &mut HashMap<Key, Rollout>, only: Option<&HashSet<Key>>, bad: &[String]) -> Vec<(Key, Instant)> {
     let deployments = res("deployments").expect("deployments");
-    let mut wake: Option<Instant> = None;
-    let mut at = |i: Instant| wake = Some(wake.map_or(i, |w: Instant| w.min(i)));
+    let mut timers = vec![];
     let now = Instant::now();
-    let bad: Vec<String> = sh.faults.lock().unwrap().bad_images.clone();
-    let mut seen = vec![];
-    // Read in place, without the pod template: copying every Deployment on every change made
-    // the fake, not Kiln, the cost of the rollout benchmark.
-    let all = sh.store.scan(deployments, None, |d| {
-        let ns = d["metadata"]["namespace"].as_str().unwrap_or("").to_string();
-        Some(json!({
-            "metadata": {"namespace": ns, "name": name_of(d), "generation": d["metadata"]["generation"]},
-            "spec": {"replicas": d["spec"]["replicas"], "progressDeadlineSeconds": d["spec"]["progressDeadlineSeconds"],
-                     "template": {"spec": {"containers": images(d).into_iter().map(|i| json!({"image": i})).collect::<Vec<_>>()}}},
-            "status": d["status"],
-        }))
-    });
+    let all = match only {
+        None => {
+            let all = sh.store.scan(deployments, None, |d| Some(view(d)));
+            let seen: HashSet<Key> = all.iter().map(|d| (d["metadata"]["namespace"].as_str().unwrap_or("").to_string(), name_of(d).to_string())).collect();
+            rollouts.retain(|k, _| seen.contains(k));
+            all
+        }
+        Some(keys) => keys
+            .iter()
+            .filter_map(|(ns, name)| {
+                let found = sh.store.peek(deployments, ns, name, view);
+                if found.is_none() {
+                    rollouts.remove(&(ns.clone(), name.clone())); // deleted
+                }
+                found
+            })
+            .collect(),
+    };
     for d in all {
         let ns = d["metadata"]["namespace"].as_str().unwrap_or("").to_string();
         let name = name_of(&d).to_string();
         let key = (ns.clone(), name.clone());
-        seen.push(key.clone());
         let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
         let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
         let deadline = Duration::from_secs(d["spec"]["progressDeadlineSeconds"].as_u64().unwrap_or(600));
         let first_seen = !rollouts.contains_key(&key);
-        let rollout = rollouts.entry(key).or_insert(Rollout { generation, started: now });
+        let rollout = rollouts.entry(key.clone()).or_insert(Rollout { generation, started: now });
         if rollout.generation != generation {
             *rollout = Rollout { generation, started: now };
         }
@@ -105,7 +152,7 @@ fn reconcile_all(sh: &Shared, rollouts: &mut HashMap<(String, String), Rollout>)
             (condition("Progressing", "False", "ProgressDeadlineExceeded", &format!("ReplicaSet \"{name_of_rs}\" has timed out progressing.")), true)
         } else {
             let next = if failing { rollout.started + deadline } else { rollout.started + REPLICA_STEP * (updated as u32 + 1) };
-            at(next);
+            timers.push((key.clone(), next));
             (condition("Progressing", "True", "ReplicaSetUpdated", &format!("ReplicaSet \"{name_of_rs}\" is progressing.")), false)
         };
         // While replicas are replaced the old ones stay available (maxUnavailable 0).
@@ -133,6 +180,5 @@ fn reconcile_all(sh: &Shared, rollouts: &mut HashMap<(String, String), Rollout>)
             });
         }
     }
-    rollouts.retain(|k, _| seen.contains(k));
-    wake
+    timers
 }

@@ -204,11 +204,19 @@ impl Store {
 
     /// Objects of one resource (in one namespace, or all), and the resourceVersion they are at.
     pub fn list(&self, res: &'static Res, ns: Option<&str>) -> (Vec<Value>, u64) {
+        self.list_matching(res, ns, |_| true)
+    }
+
+    /// As [`Store::list`], copying only the objects `keep` accepts (a selector's matches).
+    pub fn list_matching(&self, res: &'static Res, ns: Option<&str>, keep: impl Fn(&Value) -> bool) -> (Vec<Value>, u64) {
+        // Under one lock: the resourceVersion is the one the items are at.
         let inner = self.inner.lock().unwrap();
+        let from: Key = (res.plural, ns.unwrap_or("").to_string(), String::new());
         let items = inner
             .objects
-            .iter()
-            .filter(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
+            .range(from..)
+            .take_while(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
+            .filter(|(_, v)| keep(v))
             .map(|(_, v)| Value::clone(v))
             .collect();
         (items, inner.rv)

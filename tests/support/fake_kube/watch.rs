@@ -63,8 +63,8 @@ pub(crate) fn serve(
             None => {
                 // No resourceVersion: the current state as synthetic ADDED events first.
                 changes.borrow_and_update();
-                let (items, rv) = sh.store.list(r, None);
-                for o in items.iter().filter(|o| matches(o)) {
+                let (items, rv) = sh.store.list_matching(r, None, &matches);
+                for o in &items {
                     if tx.send(line("ADDED", o)).await.is_err() {
                         return finish(&sh, r);
                     }
