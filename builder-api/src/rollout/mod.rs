@@ -155,42 +155,45 @@ async fn dispatch(ctx: &Arc<Context>) -> Result<(), StoreError> {
 }
 
 async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
-    if !ctx.store.start_rollout(rollout.id).await? {
-        return Ok(()); // superseded meanwhile
-    }
-    let rollback = ctx.store.subscription(rollout.subscription_id).await?.is_some_and(|s| s.rollback_on_failure);
-    let (state, reason) = match roll(ctx, &rollout, rollback).await {
-        Ok(None) => ("Complete", None),
-        Ok(Some(note)) => ("Complete", Some(note)),
+    let (state, reason) = match roll(ctx, &rollout).await {
+        Ok(Rolled::Superseded) => return Ok(()),
+        Ok(Rolled::Done(note)) => ("Complete", note),
         Err((state, reason)) => (state, Some(reason)),
     };
     tracing::info!(rollout = rollout.id, deployment = rollout.deployment, state, reason, "rollout ended");
     ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await
 }
 
-/// Ok(note) when the Deployment runs the image; Err((state, reason)) otherwise.
-async fn roll(ctx: &Context, r: &Rollout, rollback: bool) -> Result<Option<String>, (&'static str, String)> {
+/// How a rollout that did not fail ended.
+enum Rolled {
+    /// The Deployment runs the image (with a note when there was nothing to do).
+    Done(Option<String>),
+    /// A newer image took its place before it started.
+    Superseded,
+}
+
+/// Err((state, reason)) when the Deployment does not run the image.
+async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, (&'static str, String)> {
     let failed = |why: String| ("Failed", why);
     let client = ctx.clusters.client(&r.cluster).await.map_err(|e| failed(format!("cluster {} is unreachable: {e}", r.cluster)))?;
     let api: Api<Deployment> = Api::namespaced(client, &r.namespace);
     let current = deployment::get(&api, &r.deployment).await.map_err(failed)?;
     let previous = deployment::container_image(&current, &r.container)
         .ok_or_else(|| failed(format!("Deployment {} has no container {:?}", r.deployment, r.container)))?;
-    if previous == r.image {
-        return Ok(Some("the Deployment already ran this image".into()));
+    // Running, with what it replaces recorded, in one write before the patch.
+    let replaces = (previous != r.image).then_some(previous.as_str());
+    if !ctx.store.start_rollout(r.id, replaces).await.map_err(|e| failed(e.to_string()))? {
+        return Ok(Rolled::Superseded);
     }
-    // A rollout resumed after a restart already recorded what it replaced.
-    let previous = match &r.previous_image {
-        Some(p) => p.clone(),
-        None => {
-            ctx.store.set_rollout_previous_image(r.id, &previous).await.map_err(|e| failed(e.to_string()))?;
-            previous
-        }
-    };
+    if replaces.is_none() {
+        return Ok(Rolled::Done(Some("the Deployment already ran this image".into())));
+    }
+    // A rollout resumed after a restart keeps what it recorded the first time.
+    let previous = r.previous_image.clone().unwrap_or(previous);
     let deadline = Duration::from_secs(ctx.config.rollout.deadline_secs);
     let generation = deployment::set_image(&api, &r.deployment, &r.container, &r.image).await.map_err(failed)?;
-    let Err(why) = deployment::wait(&api, &r.deployment, generation, deadline).await else { return Ok(None) };
-    if !rollback {
+    let Err(why) = deployment::wait(&api, &r.deployment, generation, deadline).await else { return Ok(Rolled::Done(None)) };
+    if !r.rollback_on_failure {
         return Err(failed(why));
     }
     let generation = deployment::set_image(&api, &r.deployment, &r.container, &previous)

@@ -73,6 +73,9 @@ pub struct Rollout {
     pub image: String,
     /// What the container ran before (the rollback target).
     pub previous_image: Option<String>,
+    /// The subscription's: a failed rollout goes back to `previous_image`.
+    #[serde(skip)]
+    pub rollback_on_failure: bool,
     pub state: String,
     pub reason: Option<String>,
     /// `harbor`, `sync`, `rollback`.
@@ -111,7 +114,7 @@ fn subscription_from_row(r: &SqliteRow) -> Subscription {
 }
 
 const ROLLOUT_SELECT: &str = "SELECT r.id, r.subscription_id, r.app_id, r.cluster, s.namespace, s.deployment, s.container, r.digest,
-    r.image, r.previous_image, r.state, r.reason, r.trigger, r.created_at, r.started_at, r.finished_at
+    r.image, r.previous_image, r.state, r.reason, r.trigger, r.created_at, r.started_at, r.finished_at, s.rollback_on_failure
     FROM rollouts r JOIN subscriptions s ON s.id = r.subscription_id";
 
 fn rollout_from_row(r: &SqliteRow) -> Rollout {
@@ -132,6 +135,7 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
         created_at: r.get(13),
         started_at: r.get(14),
         finished_at: r.get(15),
+        rollback_on_failure: r.get::<i64, _>(16) != 0,
     }
 }
 
@@ -297,23 +301,23 @@ impl Store {
         Ok(sqlx::query(&sql).bind(app_id).bind(limit).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
     }
 
-    /// Pending → Running. False when it was superseded meanwhile.
-    pub async fn start_rollout(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query("UPDATE rollouts SET state = 'Running', started_at = ? WHERE id = ? AND state = 'Pending'")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
+    /// Pending → Running, recording what the container ran before (unless a run of this
+    /// rollout before a restart recorded it already). False when it was superseded meanwhile.
+    pub async fn start_rollout(&self, id: i64, previous: Option<&str>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE rollouts SET state = 'Running', started_at = ?, previous_image = COALESCE(previous_image, ?) WHERE id = ? AND state = 'Pending'",
+        )
+        .bind(now_ms())
+        .bind(previous)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn set_rollout_previous_image(&self, id: i64, previous: &str) -> Result<()> {
-        sqlx::query("UPDATE rollouts SET previous_image = ? WHERE id = ?").bind(previous).bind(id).execute(&self.writer).await?;
-        Ok(())
-    }
-
     pub async fn finish_rollout(&self, id: i64, state: &str, reason: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE rollouts SET state = ?, reason = ?, finished_at = ? WHERE id = ?")
+        // Not over a rollout superseded before it started.
+        sqlx::query("UPDATE rollouts SET state = ?, reason = ?, finished_at = ? WHERE id = ? AND state IN ('Pending', 'Running')")
             .bind(state)
             .bind(reason)
             .bind(now_ms())
