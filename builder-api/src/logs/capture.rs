@@ -14,6 +14,8 @@ use crate::store::{now_ms, LogLine, Store, Stream};
 /// Longest line kept; the rest of a longer line is cut with a marker.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 const BATCH: usize = 512;
+/// Lines streaming in are stored (and sent to followers) at most this often.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
 struct Entry {
     step: String,
@@ -132,51 +134,67 @@ impl LogCapture {
         let (tx, mut rx) = mpsc::channel::<Entry>(4096);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut last_flush: Option<tokio::time::Instant> = None;
             while let Some(first) = rx.recv().await {
                 batch.clear();
                 let mut next = Some(first);
-                while let Some(entry) = next.take() {
-                    let output = matches!(entry.stream, Stream::Stdout | Stream::Stderr);
-                    let mut keep = Some(entry);
-                    if output {
-                        let len = keep.as_ref().map_or(0, |e| e.line.len() as u64 + 1);
-                        if truncated {
-                            keep = None;
-                        } else if bytes + len > max_bytes {
-                            truncated = true;
-                            let step = keep.take().map(|e| e.step).unwrap_or_default();
-                            keep = Some(Entry {
-                                step,
-                                stream: Stream::System,
-                                line: format!(
-                                    "[kiln] log truncated: this build's output reached the cap of {}; further output is dropped, the build goes on",
-                                    registry_sync::human_bytes(max_bytes)
-                                ),
-                                meta: None,
+                let due = last_flush.map_or_else(tokio::time::Instant::now, |t| t + FLUSH_EVERY);
+                loop {
+                    while let Some(entry) = next.take() {
+                        let output = matches!(entry.stream, Stream::Stdout | Stream::Stderr);
+                        let mut keep = Some(entry);
+                        if output {
+                            let len = keep.as_ref().map_or(0, |e| e.line.len() as u64 + 1);
+                            if truncated {
+                                keep = None;
+                            } else if bytes + len > max_bytes {
+                                truncated = true;
+                                let step = keep.take().map(|e| e.step).unwrap_or_default();
+                                keep = Some(Entry {
+                                    step,
+                                    stream: Stream::System,
+                                    line: format!(
+                                        "[kiln] log truncated: this build's output reached the cap of {}; further output is dropped, the build goes on",
+                                        registry_sync::human_bytes(max_bytes)
+                                    ),
+                                    meta: None,
+                                });
+                            } else {
+                                bytes += len;
+                            }
+                        }
+                        if let Some(entry) = keep {
+                            seq += 1;
+                            batch.push(LogLine {
+                                seq,
+                                step: entry.step,
+                                stream: entry.stream,
+                                at: now_ms(),
+                                line: masker.mask(entry.line),
+                                meta: entry.meta,
                             });
-                        } else {
-                            bytes += len;
+                        }
+                        if batch.len() < BATCH {
+                            next = rx.try_recv().ok();
                         }
                     }
-                    if let Some(entry) = keep {
-                        seq += 1;
-                        batch.push(LogLine {
-                            seq,
-                            step: entry.step,
-                            stream: entry.stream,
-                            at: now_ms(),
-                            line: masker.mask(entry.line),
-                            meta: entry.meta,
-                        });
+                    if batch.len() >= BATCH {
+                        break;
                     }
-                    if batch.len() < BATCH {
-                        next = rx.try_recv().ok();
+                    // Lines arriving faster than one store per FLUSH_EVERY are gathered until it
+                    // is due (a line after a quiet spell goes out at once): each stored batch wakes
+                    // every follower, so a thousand followers of a chatty build cost a thousand
+                    // wake-ups per batch, not per line.
+                    match tokio::time::timeout_at(due, rx.recv()).await {
+                        Ok(Some(entry)) => next = Some(entry),
+                        Ok(None) | Err(_) => break,
                     }
                 }
                 if batch.is_empty() {
                     continue;
                 }
                 store.append_log(build_id, &batch).await?;
+                last_flush = Some(tokio::time::Instant::now());
                 hub.stored(build_id, Arc::new(super::Lines::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))));
             }
             Ok(())
