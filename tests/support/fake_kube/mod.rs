@@ -8,6 +8,11 @@
 //! default), and the pod `log` subresource with `follow`, `timestamps`, `sinceTime`, `tailLines`.
 //! Fault switches and request counters let tests and benchmarks provoke and measure.
 //!
+//! It shares the benchmarks' two cores with Kiln, so it must cost what a real server costs Kiln
+//! (nothing): objects and events share one copy (`Arc`), controllers read objects in place
+//! (`Store::scan`, `peek`) and, as real controllers with a work queue, look again only at the
+//! objects a change or a due timer concerns.
+//!
 //! Volumes have no bind mounts: a volume is a host directory, and the kubelet rewrites any env
 //! value, argument, `workingDir` or `terminationMessagePath` that is a volumeMount's `mountPath`
 //! (or below it) to that host directory. `$(VAR)` in command and args expands from the mapped env
