@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::store::{name_of, now_rfc3339, res};
+use super::work_queue::{ObjectKey, WorkQueue};
 use super::Shared;
 
 /// How long the fake takes to replace one replica.
@@ -28,49 +29,26 @@ struct Rollout {
     started: Instant,
 }
 
-/// A Deployment by namespace and name.
-type Key = (String, String);
+type Key = ObjectKey;
 
 pub(crate) async fn run(sh: Arc<Shared>) {
     let mut changes = sh.store.subscribe();
     let mut rollouts: HashMap<Key, Rollout> = HashMap::new();
-    // As the job controller: only Deployments that changed, or whose next replica step is due,
-    // are looked at again; all of them on the first pass, after a compaction, or when the
-    // images marked bad change.
-    let mut pos: Option<u64> = None;
-    let mut timers: HashMap<Key, Instant> = HashMap::new();
+    // Only the Deployments that changed, or whose next replica step or deadline is due; all of
+    // them when the images marked bad change.
+    let mut queue = WorkQueue::default();
     let mut bad_seen: Option<Vec<String>> = None;
     loop {
         changes.borrow_and_update();
         let bad: Vec<String> = sh.faults.lock().unwrap().bad_images.clone();
-        let mut dirty = match pos.map(|p| sh.store.events_since(p)) {
-            Some(Ok((events, now))) if bad_seen.as_ref() == Some(&bad) => {
-                pos = Some(now);
-                Some(events.iter().filter(|e| e.resource == "deployments").map(|e| (e.namespace.clone(), name_of(&e.object).to_string())).collect::<HashSet<Key>>())
-            }
-            _ => {
-                pos = Some(sh.store.resource_version());
-                None
-            }
-        };
+        let everything = bad_seen.as_ref() != Some(&bad);
+        let dirty = queue.next(&sh.store, everything, |e| (e.resource == "deployments").then(|| (e.namespace.clone(), name_of(&e.object).to_string())));
         bad_seen = Some(bad.clone());
-        let now = Instant::now();
-        if let Some(dirty) = dirty.as_mut() {
-            dirty.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()));
-        }
-        match &dirty {
-            Some(keys) => timers.retain(|k, _| !keys.contains(k)),
-            None => timers.clear(),
-        }
         if dirty.as_ref().is_none_or(|d| !d.is_empty()) {
-            timers.extend(reconcile(&sh, &mut rollouts, dirty.as_ref(), &bad));
+            queue.schedule(reconcile(&sh, &mut rollouts, dirty.as_ref(), &bad));
         }
-        let wake = timers.values().min().copied();
-        let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = sleep => {}
-            _ = sh.shutdown.cancelled() => return,
+        if !queue.wait(&sh, &mut changes).await {
+            return;
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `ttlSecondsAfterFinished`. It wakes on store changes, and on a timer only for the next deadline
 //! or TTL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,47 +12,23 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::store::{name_of, now_rfc3339, res};
+use super::work_queue::{ObjectKey, WorkQueue};
 use super::Shared;
 
-/// A Job by namespace and name.
-type JobKey = (String, String);
+type JobKey = ObjectKey;
 
 pub(crate) async fn run(sh: Arc<Shared>) {
     let mut changes = sh.store.subscribe();
-    // As a real controller's work queue: only the Jobs that changed (or whose pods did) are
-    // looked at again, plus those whose deadline or TTL came due. The first pass, and one after
-    // the history was compacted under it, looks at all of them.
-    let mut pos: Option<u64> = None;
-    let mut timers: HashMap<JobKey, Instant> = HashMap::new();
+    // Only the Jobs that changed (or whose pods did), and those whose deadline or TTL came due.
+    let mut queue = WorkQueue::default();
     loop {
         changes.borrow_and_update();
-        let mut dirty = match pos.map(|p| sh.store.events_since(p)) {
-            Some(Ok((events, now))) => {
-                pos = Some(now);
-                Some(events.iter().filter_map(|e| job_of_event(e)).collect::<HashSet<JobKey>>())
-            }
-            None | Some(Err(_)) => {
-                pos = Some(sh.store.resource_version());
-                None
-            }
-        };
-        let now = Instant::now();
-        if let Some(dirty) = dirty.as_mut() {
-            dirty.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()));
-        }
-        match &dirty {
-            Some(keys) => timers.retain(|k, _| !keys.contains(k)),
-            None => timers.clear(),
-        }
+        let dirty = queue.next(&sh.store, false, job_of_event);
         if dirty.as_ref().is_none_or(|d| !d.is_empty()) {
-            timers.extend(reconcile(&sh, dirty.as_ref()));
+            queue.schedule(reconcile(&sh, dirty.as_ref()));
         }
-        let wake = timers.values().min().copied();
-        let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = sleep => {}
-            _ = sh.shutdown.cancelled() => return,
+        if !queue.wait(&sh, &mut changes).await {
+            return;
         }
     }
 }

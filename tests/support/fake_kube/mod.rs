@@ -32,6 +32,7 @@ pub mod patch;
 pub mod selectors;
 pub mod store;
 mod watch;
+mod work_queue;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
