@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::Method;
 use registry_sync::{
     copy_image, BlobLocations, CopyEvent, CopyOptions, CopyReport, ImageRef, RegistryAuth,
-    RegistryOptions, RetryPolicy, TargetState,
+    RegistryOptions, RetryPolicy, TargetState, TransferSlots,
 };
 
 use crate::support::oci_images::{random_bytes, ImagePusher, OCI_MANIFEST};
@@ -224,7 +224,7 @@ async fn target_killed_mid_copy_fails_alone_and_the_next_run_sends_only_what_it_
     // One blob at a time, in manifest order (config, small, small, large): the stall point lands
     // 4 MiB into the large layer, after the small blobs were confirmed.
     let options = CopyOptions {
-        parallel_blobs: 1,
+        transfers: TransferSlots::new(1),
         ..rig.options()
     };
     rig.proxies[1].stall_uploads_after(small_total + (4 << 20));
@@ -384,6 +384,58 @@ async fn blobs_in_another_repository_of_the_target_are_mounted_not_sent() {
         assert_eq!(rig.proxies[i].blob_upload_bytes(), own, "target {i}");
         assert!(rig.target_reader(i).blob_exists("team/b", base_digest).await);
     }
+}
+
+#[tokio::test]
+async fn images_copied_at_the_same_time_send_each_shared_blob_once_per_target_and_mount_the_rest() {
+    let rig = Rig::start().await;
+    let pusher = rig.pusher();
+    // A base every image has, a middle layer two of them have, and one layer of each's own.
+    let (base, middle) = (random_bytes(3 << 20), random_bytes(1 << 20));
+    let mut images = Vec::new();
+    for i in 0..4 {
+        let own = random_bytes(200_000 + i * 1000);
+        let mut layers: Vec<&[u8]> = vec![&base];
+        if i < 2 {
+            layers.push(&middle);
+        }
+        layers.push(&own);
+        let repo = format!("team/svc-{i}");
+        images.push((repo.clone(), pusher.push_image(&repo, Some("v1"), &layers, "linux", "amd64").await));
+    }
+    let unique: std::collections::BTreeMap<String, u64> =
+        images.iter().flat_map(|(_, img)| img.blobs.iter().cloned()).collect();
+    let unique_bytes: u64 = unique.values().sum();
+
+    // One `CopyOptions` for all four copies, run at once (as the builds of one push finishing).
+    let options = rig.options();
+    let reports = futures_util::future::join_all(images.iter().map(|(repo, _)| {
+        let (source, targets, options) = (rig.source_ref(&format!("{repo}:v1")), rig.target_refs(repo), &options);
+        async move { copy(&source, &targets, &["v1"], options).await }
+    }))
+    .await;
+    for (report, (repo, image)) in reports.iter().zip(&images) {
+        assert_all_verified(report);
+        assert_eq!(report.digest, image.digest, "{repo}");
+    }
+    for i in 0..2 {
+        assert_eq!(
+            rig.proxies[i].blob_upload_bytes(),
+            unique_bytes,
+            "target {i} got each unique blob exactly once"
+        );
+        let sent: usize = reports.iter().map(|r| r.targets[i].blobs_sent).sum();
+        let mounted: usize = reports.iter().map(|r| r.targets[i].blobs_mounted).sum();
+        assert_eq!(sent, unique.len(), "target {i}");
+        // base: sent to one repository, mounted into 3; middle: sent to one, mounted into 1.
+        assert_eq!(mounted, 4, "target {i}");
+        for (repo, image) in &images {
+            for (digest, _) in &image.blobs {
+                assert!(rig.target_reader(i).blob_exists(repo, digest).await, "{repo} {digest} on target {i}");
+            }
+        }
+    }
+    assert!(options.transfers.peak() > 1, "the copies' transfers overlapped");
 }
 
 #[tokio::test]

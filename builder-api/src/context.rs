@@ -20,6 +20,8 @@ pub struct Context {
     pub rollouts: Rollouts,
     /// Per-app webhook budgets (`[hooks]`), per process.
     pub hook_limits: crate::hooks::rate::RateLimiter,
+    /// What the image copies to cluster registries share, per process.
+    pub replication: crate::replication::SharedCopies,
 }
 
 /// Axum state: the shared context.

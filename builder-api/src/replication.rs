@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use registry_sync::{copy_image, CopyOptions, ImageRef, RegistryAuth, RegistryOptions, TargetState};
+use registry_sync::{copy_image, BlobLocations, CopyOptions, TransferSlots, ImageRef, RegistryAuth, RegistryOptions, TargetState};
 
 use crate::config::ClusterConfig;
 use crate::context::Context;
@@ -25,6 +25,15 @@ pub enum ReplicationError {
     BadReference(String, String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+}
+
+/// What every copy to the cluster registries shares: where blobs are and which are being sent
+/// (so builds finishing together send a shared base layer once per registry and mount it
+/// elsewhere), and the blob streams allowed at once across all of them.
+#[derive(Debug, Default)]
+pub struct SharedCopies {
+    pub blob_locations: BlobLocations,
+    pub transfers: TransferSlots,
 }
 
 /// Replicates in the background; the outcome lands in the build's sync records.
@@ -95,7 +104,12 @@ pub async fn replicate(ctx: &Context, build_id: i64) -> Result<Vec<BuildSync>, R
     if targets.is_empty() {
         return Ok(records);
     }
-    let options = CopyOptions { registry: registry_options(ctx, &source), ..CopyOptions::default() };
+    let options = CopyOptions {
+        registry: registry_options(ctx, &source),
+        blob_locations: ctx.replication.blob_locations.clone(),
+        transfers: ctx.replication.transfers.clone(),
+        ..CopyOptions::default()
+    };
     let refs: Vec<ImageRef> = targets.iter().map(|(_, t)| t.clone()).collect();
     // copy_image's future is not provably `Send` (a higher-ranked lifetime in its fan-out
     // closures), so it cannot be a spawned task; it runs on a blocking thread of its own instead.

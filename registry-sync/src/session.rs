@@ -120,13 +120,19 @@ impl RegistrySession {
     }
 
     /// The HTTP client Kiln uses for registries: no overall timeout (a blob may take minutes),
-    /// a connect timeout so a dead host fails fast.
+    /// a connect timeout so a dead host fails fast. One per process, so copies running at the
+    /// same time share its pool of connections to each registry.
     pub(crate) fn http_client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(16)
-            .build()
-            .expect("reqwest client (is the rustls ring provider installed?)")
+        static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        CLIENT
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .pool_max_idle_per_host(16)
+                    .build()
+                    .expect("reqwest client (is the rustls ring provider installed?)")
+            })
+            .clone()
     }
 
     pub(crate) fn registry(&self) -> &str {

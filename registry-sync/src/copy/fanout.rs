@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{future, StreamExt};
 use reqwest::{header, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
@@ -177,6 +177,12 @@ async fn put_blob(
     }
 }
 
+/// The size of the pieces the source's bytes are gathered into before they go to the targets: a
+/// socket read gives 8–64 KiB, and each piece costs a channel send per target and a progress
+/// event, so gathering makes those a few per MiB. Memory stays bounded: `chunk_buffer` pieces
+/// per target per blob.
+const SEND_PIECE: usize = 256 << 10;
+
 /// A target's index and the channel feeding its upload.
 type Sender = (usize, mpsc::Sender<Result<Bytes, std::io::Error>>);
 
@@ -194,6 +200,9 @@ async fn pump(
 ) -> Result<(), PumpError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
+    // Bytes gathered towards the next piece, and the last full piece (held back until the next
+    // one is full, so that the end of the blob goes out only after its digest is proven).
+    let mut pending = BytesMut::new();
     let mut held: Option<Bytes> = None;
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -207,7 +216,12 @@ async fn pump(
         };
         hasher.update(&chunk);
         size += chunk.len() as u64;
-        if let Some(prev) = held.replace(chunk) {
+        pending.extend_from_slice(&chunk);
+        if pending.len() < SEND_PIECE {
+            continue;
+        }
+        let piece = pending.split().freeze();
+        if let Some(prev) = held.replace(piece) {
             broadcast(&mut senders, prev, stall_timeout, progress).await;
         }
         if senders.iter().all(Option::is_none) {
@@ -224,8 +238,8 @@ async fn pump(
         broadcast_error(&mut senders, &why).await;
         return Err(PumpError::Mismatch(why));
     }
-    if let Some(last) = held {
-        broadcast(&mut senders, last, stall_timeout, progress).await;
+    for piece in held.into_iter().chain((!pending.is_empty()).then(|| pending.freeze())) {
+        broadcast(&mut senders, piece, stall_timeout, progress).await;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! is verified by digest at the end; a target that fails fails alone.
 
 mod fanout;
+mod locations;
 mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,8 @@ use crate::session::{
     header_str, pull_scope, push_scope, RegistrySession, RetryPolicy, MANIFEST_ACCEPT,
 };
 
+use locations::{Claim, SendingBlob};
+pub use locations::{BlobLocations, TransferSlots};
 use plan::{fetch_manifest, referrers_tag, Manifest, Plan};
 
 /// Why a copy could not start or could not read its source. (A target's failure is not an error
@@ -49,31 +52,6 @@ pub enum CopyError {
     },
 }
 
-/// Where blobs are known to be on each registry (`registry`, `digest`) → repository, so that a
-/// later copy to another repository of that registry mounts instead of sending. Share one between
-/// copies (it is a cheap handle); it only ever holds hints: a wrong one costs one refused mount.
-#[derive(Debug, Clone, Default)]
-pub struct BlobLocations(Arc<Mutex<HashMap<(String, String), String>>>);
-
-impl BlobLocations {
-    pub fn record(&self, registry: &str, digest: &str, repository: &str) {
-        self.0
-            .lock()
-            .expect("blob locations lock")
-            .insert((registry.to_string(), digest.to_string()), repository.to_string());
-    }
-
-    /// A repository of `registry` other than `except` known to hold `digest`.
-    pub fn find(&self, registry: &str, digest: &str, except: &str) -> Option<String> {
-        self.0
-            .lock()
-            .expect("blob locations lock")
-            .get(&(registry.to_string(), digest.to_string()))
-            .filter(|repo| repo.as_str() != except)
-            .cloned()
-    }
-}
-
 /// How to copy.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
@@ -81,14 +59,16 @@ pub struct CopyOptions {
     pub retry: RetryPolicy,
     /// Also copy the referrers (signatures, SBOMs) of every manifest copied.
     pub referrers: bool,
-    /// Blobs streamed at the same time.
-    pub parallel_blobs: usize,
-    /// Chunks buffered per target while streaming a blob (bounds memory: a slow target slows the
+    /// Blobs streamed at the same time, across every copy sharing these options.
+    pub transfers: TransferSlots,
+    /// 256 KiB pieces buffered per target while streaming a blob (bounds memory: a slow target slows the
     /// read rather than filling memory).
     pub chunk_buffer: usize,
     /// A target that accepts no bytes for this long is cut off from the blob being streamed (and
     /// retried), so a hung registry does not hold the others back.
     pub stall_timeout: Duration,
+    /// Where blobs are and which are being sent, shared by every copy with these options: run
+    /// many copies at once with one `CopyOptions` and each shared blob crosses once per registry.
     pub blob_locations: BlobLocations,
 }
 
@@ -98,8 +78,8 @@ impl Default for CopyOptions {
             registry: RegistryOptions::default(),
             retry: RetryPolicy::default(),
             referrers: true,
-            parallel_blobs: 4,
-            chunk_buffer: 16,
+            transfers: TransferSlots::default(),
+            chunk_buffer: 8,
             stall_timeout: Duration::from_secs(120),
             blob_locations: BlobLocations::default(),
         }
@@ -196,6 +176,8 @@ pub(crate) struct TargetCopy {
     failure: Mutex<Option<String>>,
     /// Upload sessions left open by mounts answered 202, by digest.
     uploads: Mutex<HashMap<String, Url>>,
+    /// The blobs this copy sends to the target, claimed so that other copies wait and mount.
+    sending: Mutex<HashMap<String, SendingBlob>>,
     bytes_sent: Arc<AtomicU64>,
     blobs_sent: AtomicUsize,
     blobs_mounted: AtomicUsize,
@@ -209,13 +191,29 @@ impl TargetCopy {
         self.reference.repository()
     }
 
-    /// Records the first failure; later steps skip a failed target.
+    /// Records the first failure; later steps skip a failed target. Its claims end, so copies
+    /// waiting for its blobs send them themselves.
     fn fail(&self, reason: String) {
-        let mut failure = self.failure.lock().expect("failure lock");
-        if failure.is_none() {
-            tracing::warn!(target = %self.reference, %reason, "copy to target failed");
-            *failure = Some(reason);
+        {
+            let mut failure = self.failure.lock().expect("failure lock");
+            if failure.is_none() {
+                tracing::warn!(target = %self.reference, %reason, "copy to target failed");
+                *failure = Some(reason);
+            }
         }
+        self.sending.lock().expect("sending lock").clear();
+    }
+
+    fn hold_claim(&self, digest: &str, claim: SendingBlob) {
+        self.sending
+            .lock()
+            .expect("sending lock")
+            .insert(digest.to_string(), claim);
+    }
+
+    /// The send of `digest` to this target ended (its location is recorded if it worked).
+    fn end_claim(&self, digest: &str) {
+        self.sending.lock().expect("sending lock").remove(digest);
     }
 
     fn failed(&self) -> bool {
@@ -310,6 +308,7 @@ pub async fn copy_image(
             locations: options.blob_locations.clone(),
             failure: Mutex::new(None),
             uploads: Mutex::new(HashMap::new()),
+            sending: Mutex::new(HashMap::new()),
             bytes_sent: Arc::new(AtomicU64::new(0)),
             blobs_sent: AtomicUsize::new(0),
             blobs_mounted: AtomicUsize::new(0),
@@ -327,7 +326,10 @@ pub async fn copy_image(
     )
     .await;
 
-    // 2. Stream each missing blob once to every target that needs it.
+    // 2. Stream each missing blob once to every target that needs it, in the transfer slots
+    //    shared with other copies; meanwhile, blobs another copy is sending to a target's
+    //    registry are waited for and mounted. (A wait never holds a slot, and a stream never
+    //    waits for another copy, so copies waiting on each other's blobs cannot deadlock.)
     let mut wanted: Vec<(usize, Vec<&TargetCopy>)> = Vec::new();
     for (blob, _) in plan.blobs.iter().enumerate() {
         let ts: Vec<&TargetCopy> = target_copies
@@ -340,21 +342,21 @@ pub async fn copy_image(
             wanted.push((blob, ts));
         }
     }
-    stream::iter(wanted)
-        .map(|(blob, ts)| {
-            fanout::copy_blob(
-                &src,
-                source.repository(),
-                &plan.blobs[blob],
-                ts,
-                options.chunk_buffer,
-                options.stall_timeout,
-                progress,
-            )
-        })
-        .buffer_unordered(options.parallel_blobs.max(1))
-        .collect::<Vec<()>>()
-        .await;
+    let sender = BlobSender {
+        src: &src,
+        source,
+        plan: &plan,
+        options,
+        progress,
+    };
+    let own = future::join_all(wanted.into_iter().map(|(blob, ts)| sender.send(blob, ts)));
+    let others = future::join_all(target_copies.iter().zip(&needs).flat_map(|(t, need)| {
+        let sender = &sender;
+        need.awaited
+            .iter()
+            .map(move |(blob, done)| sender.mount_after_other_send(t, *blob, done.clone()))
+    }));
+    future::join(own, others).await;
 
     // 3. Manifests, referrers, tags; then verify.
     future::join_all(
@@ -376,6 +378,63 @@ pub async fn copy_image(
     })
 }
 
+/// Streams blobs of one copy's plan, in the shared transfer slots.
+struct BlobSender<'a> {
+    src: &'a RegistrySession,
+    source: &'a ImageRef,
+    plan: &'a Plan,
+    options: &'a CopyOptions,
+    progress: &'a (dyn Fn(CopyEvent) + Send + Sync),
+}
+
+impl BlobSender<'_> {
+    /// Streams blob `blob` once to every target in `targets`, then ends their claims on it.
+    async fn send(&self, blob: usize, targets: Vec<&TargetCopy>) {
+        let _slot = self.options.transfers.acquire().await;
+        let blob = &self.plan.blobs[blob];
+        fanout::copy_blob(
+            self.src,
+            self.source.repository(),
+            blob,
+            targets.clone(),
+            self.options.chunk_buffer,
+            self.options.stall_timeout,
+            self.progress,
+        )
+        .await;
+        for t in targets {
+            t.end_claim(&blob.digest);
+        }
+    }
+
+    /// Waits until another copy's send of `blob` to `t`'s registry ends, then mounts it from
+    /// where that put it — or, when that send failed, sends it (or waits for whoever does now).
+    async fn mount_after_other_send(
+        &self,
+        t: &TargetCopy,
+        blob: usize,
+        mut done: tokio::sync::watch::Receiver<()>,
+    ) {
+        let digest = &self.plan.blobs[blob].digest;
+        loop {
+            // The sender side closes when that send ends, whatever its outcome.
+            let _ = done.changed().await;
+            if t.failed() {
+                return;
+            }
+            match ensure_blob_without_sending(t, digest, self.source, self.progress).await {
+                Ok(BlobCheck::There) => return,
+                Ok(BlobCheck::Awaited(next)) => done = next,
+                Ok(BlobCheck::Send(claim)) => {
+                    t.hold_claim(digest, claim);
+                    return self.send(blob, vec![t]).await;
+                }
+                Err(e) => return t.fail(e.to_string()),
+            }
+        }
+    }
+}
+
 /// What one target lacks.
 #[derive(Debug, Default)]
 struct TargetNeeds {
@@ -383,6 +442,18 @@ struct TargetNeeds {
     present_manifests: HashSet<usize>,
     /// Indexes into `plan.blobs` to stream to it.
     missing_blobs: HashSet<usize>,
+    /// Blobs another copy is sending to its registry right now: mounted when that ends.
+    awaited: Vec<(usize, tokio::sync::watch::Receiver<()>)>,
+}
+
+/// Where a blob the target needs stands.
+enum BlobCheck {
+    /// The target has it (it was there, or it was mounted).
+    There,
+    /// This copy sends it, and holds the claim meanwhile.
+    Send(SendingBlob),
+    /// Another copy is sending it to this registry; this closes when that ends.
+    Awaited(tokio::sync::watch::Receiver<()>),
 }
 
 /// Authenticates, HEADs manifests then the blobs of the missing ones, and mounts what it can.
@@ -440,11 +511,13 @@ async fn prepare_target(
     let mut bytes = 0;
     for (b, check) in checks {
         match check {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(BlobCheck::There) => {}
+            Ok(BlobCheck::Send(claim)) => {
                 bytes += plan.blobs[b].size;
+                t.hold_claim(&plan.blobs[b].digest, claim);
                 needs.missing_blobs.insert(b);
             }
+            Ok(BlobCheck::Awaited(done)) => needs.awaited.push((b, done)),
             Err(e) => {
                 t.fail(e.to_string());
                 return needs;
@@ -459,15 +532,24 @@ async fn prepare_target(
     needs
 }
 
-/// True when the target has the blob (HEAD) or got it by a mount; false when it must be sent.
+/// Whether the target has the blob (HEAD) or got it by a mount, must be sent it by this copy,
+/// or gets it from another copy's send that is under way. The claim comes first, so a send that
+/// ends between our HEAD and our claim cannot make us send the blob a second time.
 async fn ensure_blob_without_sending(
     t: &TargetCopy,
     digest: &str,
     source: &ImageRef,
     progress: &(dyn Fn(CopyEvent) + Send + Sync),
-) -> Result<bool, RegistryError> {
+) -> Result<BlobCheck, RegistryError> {
     let repo = t.repository();
     let registry = t.session.registry();
+    let claim = match t.locations.claim(registry, digest, repo) {
+        Claim::Mine(claim) => claim,
+        Claim::Theirs { repository, done } => {
+            tracing::debug!(%digest, %registry, from = %repository, "another copy is sending this blob; mounting it after");
+            return Ok(BlobCheck::Awaited(done));
+        }
+    };
     let path = format!("{repo}/blobs/{digest}");
     if t.session.head(&t.scopes, &path, None, "check blob").await?.is_some() {
         t.blobs_skipped.fetch_add(1, Ordering::Relaxed);
@@ -476,7 +558,7 @@ async fn ensure_blob_without_sending(
             target: t.index,
             digest: digest.to_string(),
         });
-        return Ok(true);
+        return Ok(BlobCheck::There);
     }
     let from = if source.registry() == registry && source.repository() != repo {
         Some(source.repository().to_string())
@@ -484,7 +566,7 @@ async fn ensure_blob_without_sending(
         t.locations.find(registry, digest, repo)
     };
     let Some(from) = from else {
-        return Ok(false);
+        return Ok(BlobCheck::Send(claim));
     };
     let mut url = t.session.url(&format!("{repo}/blobs/uploads/"));
     url.query_pairs_mut()
@@ -510,7 +592,7 @@ async fn ensure_blob_without_sending(
                 digest: digest.to_string(),
                 from,
             });
-            Ok(true)
+            Ok(BlobCheck::There)
         }
         Ok(res) if res.status() == StatusCode::ACCEPTED => {
             // Not mounted (the blob is not there, or we may not read `from`): the registry opened
@@ -523,15 +605,15 @@ async fn ensure_blob_without_sending(
                     .expect("uploads lock")
                     .insert(digest.to_string(), url);
             }
-            Ok(false)
+            Ok(BlobCheck::Send(claim))
         }
         Ok(res) => {
             tracing::debug!(%digest, status = %res.status(), "cross-repository mount refused");
-            Ok(false)
+            Ok(BlobCheck::Send(claim))
         }
         Err(e) => {
             tracing::debug!(%digest, error = %e, "cross-repository mount failed");
-            Ok(false)
+            Ok(BlobCheck::Send(claim))
         }
     }
 }
