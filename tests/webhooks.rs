@@ -175,3 +175,25 @@ async fn hostile_branch_names_are_stored_verbatim_or_refused_never_run() {
     }
     assert!(!std::path::Path::new("/tmp/kiln-pwned").exists());
 }
+
+/// A burst of more connections than std's and tokio's default backlog (128) is queued by the
+/// listener `kiln serve` uses, not dropped: a dropped SYN is only sent again a second later.
+#[tokio::test]
+async fn a_burst_of_connections_beyond_the_default_backlog_is_queued_not_dropped() {
+    const BURST: usize = 400;
+    let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Nothing accepts, so the kernel completes a handshake only while the accept queue has room;
+    // a dropped SYN would be retried after 1 s, past the timeout.
+    let connects = (0..BURST).map(|_| {
+        tokio::time::timeout(std::time::Duration::from_millis(800), tokio::net::TcpStream::connect(addr))
+    });
+    let results = futures_util::future::join_all(connects).await;
+    let established = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(
+        established, BURST,
+        "connections queued at once (the kernel caps the backlog at net.core.somaxconn = {})",
+        std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap_or_default().trim()
+    );
+    drop(listener);
+}

@@ -208,7 +208,7 @@ async fn start_kiln(dir: &Path, insecure: &[String], max_builds: usize) -> (Arc<
     c.toolchains.goproxy = "off".into();
     let ctx = builder_api::server::build_context(c).await.unwrap();
     builder_api::server::start_background(&ctx).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = builder_api::router::router(AppState(ctx.clone()));
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
@@ -258,18 +258,26 @@ async fn intake() {
     )
     .await;
     const N: usize = 200;
+    // The client is a few lines of HTTP/1.1 over tokio sockets rather than reqwest: its 200
+    // connections share the 2 cores with Kiln, and GitLab's would not, so it should cost little.
+    let addr = url.trim_start_matches("http://").to_string();
     // The floor: the same burst of fresh connections to a route that does nothing (`GET /`
     // answers a redirect), so the HTTP cost of this machine is printed beside Kiln's.
-    let bare = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let (floor, _) = burst(N, |_| bare.get(format!("{url}/"))).await;
+    let get_root = |_| raw_http::request(&addr, "GET", "/", &[], b"");
+    let (floor, _) = raw_http::burst(&addr, (0..N).map(get_root).collect(), None).await;
     // Cold: every delivery on a new connection, as GitLab sends them straight to Kiln.
-    let cold = reqwest::Client::new();
-    let (cold_latencies, cold_wall) = burst(N, |i| push(&cold, &url, i)).await;
+    let (cold_latencies, cold_wall) = raw_http::burst(&addr, (0..N).map(|i| push(&addr, i)).collect(), None).await;
     // Warm: over connections already open, as an ingress that keeps upstream connections alive
-    // forwards them (the pool is opened by a burst of no-op requests first).
-    let warm = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    burst(N, |_| warm.get(format!("{url}/"))).await;
-    let (warm_latencies, warm_wall) = burst(N, |i| push(&warm, &url, N + i)).await;
+    // forwards them (each opened by a no-op request first).
+    let mut open = Vec::new();
+    for _ in 0..N {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let status = raw_http::exchange(&mut stream, &get_root(0)).await;
+        assert!((300..400).contains(&status), "{status}");
+        open.push(stream);
+    }
+    let (warm_latencies, warm_wall) =
+        raw_http::burst(&addr, (0..N).map(|i| push(&addr, N + i)).collect(), Some(open)).await;
 
     let persisted = ctx.store.delivery_count("gitlab").await.unwrap();
     let builds = ctx.store.builds(None, None, None, 10_000).await.unwrap().len();
@@ -282,35 +290,99 @@ async fn intake() {
     assert_eq!((persisted as usize, builds), (2 * N, 2 * N));
 }
 
-/// One Push Hook for commit number `i`, checked to be accepted.
-fn push(http: &reqwest::Client, url: &str, i: usize) -> reqwest::RequestBuilder {
+/// One Push Hook for commit number `i`, as the bytes of its HTTP request.
+fn push(addr: &str, i: usize) -> Vec<u8> {
     let sha = format!("{:040x}", i + 1);
     let body = json!({"object_kind": "push", "ref": "refs/heads/main", "before": "0".repeat(40), "after": sha,
                       "checkout_sha": sha, "project": {"path_with_namespace": "bench/hello"}});
-    http.post(format!("{url}/hooks/gitlab"))
-        .header("x-gitlab-event", "Push Hook")
-        .header("x-gitlab-token", "bench-secret")
-        .header("x-gitlab-event-uuid", format!("bench-{i}"))
-        .json(&body)
+    let uuid = format!("bench-{i}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-gitlab-event", "Push Hook"),
+        ("x-gitlab-token", "bench-secret"),
+        ("x-gitlab-event-uuid", uuid.as_str()),
+    ];
+    raw_http::request(addr, "POST", "/hooks/gitlab", &headers, body.to_string().as_bytes())
 }
 
-/// Sends `n` requests at once; returns each one's time to its answer (sorted) and the wall time.
-/// Every answer must be a success or a redirect.
-async fn burst(n: usize, request: impl Fn(usize) -> reqwest::RequestBuilder) -> (Vec<Duration>, Duration) {
-    let started = Instant::now();
-    let sends = (0..n).map(|i| {
-        let req = request(i);
-        async move {
-            let t = Instant::now();
-            let res = req.send().await.unwrap();
-            assert!(res.status().is_success() || res.status().is_redirection(), "{}", res.status());
-            t.elapsed()
+/// HTTP/1.1 by hand, for bursts where the client must cost little: requests are prebuilt bytes,
+/// answers are read to the end of their body (`Content-Length`) and only the status is kept.
+mod raw_http {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n", body.len());
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
-    });
-    let mut latencies: Vec<Duration> = futures_util::future::join_all(sends).await;
-    let wall = started.elapsed();
-    latencies.sort();
-    (latencies, wall)
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// Sends one request on `stream` and reads its whole answer; returns the status code.
+    pub async fn exchange(stream: &mut TcpStream, request: &[u8]) -> u16 {
+        stream.write_all(request).await.unwrap();
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        let head_end = loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before the answer's head");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(at) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = std::str::from_utf8(&buf[..head_end]).unwrap().to_ascii_lowercase();
+        let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("answers carry a content-length");
+        while buf.len() < head_end + length {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed inside the answer's body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        status
+    }
+
+    /// Sends every request at once, each on a new connection (`open` = None) or on one of the
+    /// given open connections; returns each one's time to its whole answer (sorted; a new
+    /// connection's connect included) and the wall time. Every answer must be 2xx or 3xx.
+    pub async fn burst(addr: &str, requests: Vec<Vec<u8>>, open: Option<Vec<TcpStream>>) -> (Vec<Duration>, Duration) {
+        let mut open = open.map(|v| v.into_iter());
+        let started = Instant::now();
+        let sends: Vec<_> = requests
+            .into_iter()
+            .map(|request| {
+                let stream = open.as_mut().map(|o| o.next().expect("a connection per request"));
+                let addr = addr.to_string();
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let mut stream = match stream {
+                        Some(s) => s,
+                        None => TcpStream::connect(&addr).await.unwrap(),
+                    };
+                    let status = exchange(&mut stream, &request).await;
+                    assert!((200..400).contains(&status), "{status}");
+                    t.elapsed()
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(sends.len());
+        for send in sends {
+            latencies.push(send.await.unwrap());
+        }
+        let wall = started.elapsed();
+        latencies.sort();
+        (latencies, wall)
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -514,7 +586,7 @@ async fn kube() {
     c.executor.max_concurrent_builds = N + 10;
     let ctx = builder_api::server::build_context_with(c, Some(fake.client())).await.unwrap();
     builder_api::server::start_background(&ctx).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = builder_api::router::router(AppState(ctx.clone()));
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -823,7 +895,7 @@ async fn rollout() {
     let ctx = builder_api::server::build_context(c).await.unwrap();
     ctx.clusters.set_client("bench", fake.client());
     builder_api::server::start_background(&ctx).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = builder_api::router::router(AppState(ctx.clone()));
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });

@@ -64,7 +64,8 @@ impl TestKiln {
         let ctx = builder_api::server::build_context_with(config, kube).await.unwrap();
         builder_api::server::start_background(&ctx).await.unwrap();
         let router = builder_api::router::router(AppState(ctx.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The listener `kiln serve` uses (its backlog included).
+        let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let served = router.clone();
         let server = tokio::spawn(async move {
