@@ -111,14 +111,7 @@ pub async fn replicate(ctx: &Context, build_id: i64) -> Result<Vec<BuildSync>, R
         ..CopyOptions::default()
     };
     let refs: Vec<ImageRef> = targets.iter().map(|(_, t)| t.clone()).collect();
-    // copy_image's future is not provably `Send` (a higher-ranked lifetime in its fan-out
-    // closures), so it cannot be a spawned task; it runs on a blocking thread of its own instead.
-    let report = {
-        let (source, tags, handle) = (source.clone(), vec![tag.clone()], tokio::runtime::Handle::current());
-        tokio::task::spawn_blocking(move || handle.block_on(copy_image(&source, &refs, &tags, &options, &|_| {})))
-            .await
-            .unwrap_or_else(|e| panic!("the copy task panicked: {e}"))
-    };
+    let report = copy_image(&source, &refs, std::slice::from_ref(&tag), &options, &|_| {}).await;
     let mut arrived = Vec::new();
     match report {
         Err(e) => {

@@ -435,6 +435,13 @@ impl BlobSender<'_> {
     }
 }
 
+/// Runs `futures`, at most `n` at a time. (The futures are made before the stream, rather than
+/// by a closure inside it: a closure held across an await makes rustc unable to prove the whole
+/// copy `Send`, rust-lang/rust#64552.)
+async fn at_most<F: std::future::Future>(n: usize, futures: Vec<F>) -> Vec<F::Output> {
+    stream::iter(futures).buffer_unordered(n).collect().await
+}
+
 /// What one target lacks.
 #[derive(Debug, Default)]
 struct TargetNeeds {
@@ -468,14 +475,16 @@ async fn prepare_target(
         t.fail(e.to_string());
         return needs;
     }
-    let heads = stream::iter(plan.manifests.iter().enumerate())
+    let heads: Vec<_> = plan
+        .manifests
+        .iter()
+        .enumerate()
         .map(|(i, m)| async move {
             let path = format!("{}/manifests/{}", t.repository(), m.digest);
             (i, t.session.head(&t.scopes, &path, Some(MANIFEST_ACCEPT), "check manifest").await)
         })
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await;
+        .collect();
+    let heads = at_most(8, heads).await;
     for (i, head) in heads {
         match head {
             Ok(Some(_)) => {
@@ -503,11 +512,11 @@ async fn prepare_target(
     let skipped_with_manifests = plan.blobs.len() - candidates.len();
     t.blobs_skipped
         .fetch_add(skipped_with_manifests, Ordering::Relaxed);
-    let checks = stream::iter(candidates)
+    let checks: Vec<_> = candidates
+        .into_iter()
         .map(|b| async move { (b, ensure_blob_without_sending(t, &plan.blobs[b].digest, source, progress).await) })
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await;
+        .collect();
+    let checks = at_most(8, checks).await;
     let mut bytes = 0;
     for (b, check) in checks {
         match check {
@@ -829,5 +838,22 @@ fn referrers_index(added: &[Value], mut existing: Vec<Value>) -> Manifest {
         bytes: bytes.into(),
         blobs: Vec::new(),
         children: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kiln spawns copies as tasks; this stops compiling if the copy's future stops being `Send`.
+    #[test]
+    fn a_copy_can_be_spawned() {
+        fn spawnable<T: Send + 'static>(_: &T) {}
+        let copy = async {
+            let source = ImageRef::parse("registry.example/team/app:v1").unwrap();
+            let targets = [ImageRef::parse("mirror.example/team/app").unwrap()];
+            copy_image(&source, &targets, &[], &CopyOptions::default(), &|_| {}).await
+        };
+        spawnable(&copy);
     }
 }
