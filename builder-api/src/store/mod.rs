@@ -53,7 +53,12 @@ pub struct Store {
     deliveries: deliveries::DeliveryWriter,
     /// The apps by project and git URL, for webhooks.
     app_directory: Arc<apps::AppDirectory>,
+    /// Held by every clone; the checkpoint task ends once the last one is gone.
+    _alive: Arc<()>,
 }
+
+/// How often the WAL is copied into the database file, off the writer's path.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the epoch: how every time is stored.
 pub fn now_ms() -> i64 {
@@ -73,16 +78,38 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        // The writer never checkpoints: SQLite's automatic checkpoint runs inside the commit that
+        // fills the WAL past 1000 pages and fsyncs the database file there, which stalled that
+        // commit (a batch of log lines every few MiB, and its followers) by tens of ms. A task
+        // checkpoints instead, beside the writer (PASSIVE: it waits for nobody).
+        let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(writer_options).await?;
         migrations::run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         let deliveries = deliveries::DeliveryWriter::start(writer.clone());
-        Ok(Store { pool, writer, deliveries, app_directory: Arc::default() })
+        let alive = Arc::new(());
+        tokio::spawn(checkpoint_periodically(pool.clone(), Arc::downgrade(&alive)));
+        Ok(Store { pool, writer, deliveries, app_directory: Arc::default(), _alive: alive })
     }
 
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`] while the store is in use.
+async fn checkpoint_periodically(pool: SqlitePool, alive: std::sync::Weak<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.upgrade().is_none() || pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            tracing::warn!("WAL checkpoint: {e}");
+        }
     }
 }
 
