@@ -1092,12 +1092,12 @@ async fn sync() {
         ms(kiln),
         sent as f64 / (1 << 20) as f64
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "  the two target registries' own CPU during kiln's copy: {:.0} + {:.0} ms (on {} cores: at least {:.0} ms of wall time); {} blob streams at a time, peak {}",
+        "  the two target registries' own CPU during kiln's copy: {:.0} + {:.0} ms (on {cores} cores: at least {:.0} ms of wall time); {} blob streams at a time, peak {}",
         ms(target_cpu[0]),
         ms(target_cpu[1]),
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        ms(target_cpu.iter().sum::<Duration>()) / std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+        ms(target_cpu.iter().sum::<Duration>()) / cores as f64,
         options.transfers.size(),
         options.transfers.peak()
     );
