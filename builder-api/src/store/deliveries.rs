@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rollouts::{insert_image_events, NewImageEvent};
+use super::rollouts::NewImageEvent;
 use super::{now_ms, NewBuild, Result, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -79,60 +79,121 @@ impl DeliveryWriter {
     }
 }
 
-/// Records a group of deliveries, their builds, image events and audit rows in one transaction of
-/// five statements, whatever the group's size: each statement takes the whole group as one JSON
-/// array (`json_each`), so a burst costs a few round trips to SQLite, not three per delivery.
+/// Records a group of deliveries, their builds, image events and audit rows in one transaction
+/// of two round trips to SQLite's connection thread, whatever the group's size: one command
+/// begins, finds the keys recorded before and inserts the new deliveries' builds; the other
+/// inserts the rest and commits. Each statement takes the whole group as one JSON array
+/// (`json_each`). The round trips are what costs: each one waits for the connection's thread to
+/// be scheduled, which on a machine busy with a burst of webhooks took about 1 ms apiece (sqlx's
+/// own BEGIN and COMMIT, a command each, made it four).
+///
+/// This task is the only writer of `webhook_deliveries`, and the writer connection is held from
+/// BEGIN to COMMIT, so "recorded before" cannot change inside the transaction.
 async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(DeliveryOutcome, bool)>> {
-    let mut tx = pool.begin().await?;
     let now = now_ms();
-    // Which keys were recorded before: those deliveries are answered with their first outcome.
-    let keys: Vec<Value> = group.iter().map(|p| json!([p.delivery.source, p.delivery.key])).collect();
-    let earlier: HashMap<(String, String), String> = sqlx::query(
-        "SELECT d.source, d.delivery_key, d.outcome FROM json_each(?1) j
-         JOIN webhook_deliveries d ON d.source = j.value->>0 AND d.delivery_key = j.value->>1",
-    )
-    .bind(Value::Array(keys).to_string())
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-    .collect();
-
-    // The new ones: not recorded before, and the first of their key in this group.
+    // The first of each key in this group; a repeat within the group gets the first's outcome.
     let mut first_of_key: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut fresh: Vec<usize> = vec![];
+    let mut candidates: Vec<usize> = vec![];
     for (i, p) in group.iter().enumerate() {
-        let key = (p.delivery.source, p.delivery.key.as_str());
-        if !earlier.contains_key(&(key.0.to_string(), key.1.to_string())) && !first_of_key.contains_key(&key) {
-            first_of_key.insert(key, i);
-            fresh.push(i);
+        if let std::collections::hash_map::Entry::Vacant(e) = first_of_key.entry((p.delivery.source, p.delivery.key.as_str())) {
+            e.insert(i);
+            candidates.push(i);
         }
     }
-
-    // Their builds, in order: ids ascend in insertion order (one writer, one statement).
-    let builds: Vec<Value> = fresh
+    let keys: Vec<Value> = candidates.iter().map(|i| json!([group[*i].delivery.source, group[*i].delivery.key])).collect();
+    // Every candidate's builds, in candidate order; those of a key recorded before are skipped
+    // by the insert itself.
+    let builds: Vec<Value> = candidates
         .iter()
-        .flat_map(|i| &group[*i].builds)
-        .map(|b| json!({"tenant_id": b.tenant_id, "app_id": b.app_id, "git_ref": b.git_ref, "commit": b.commit, "trigger": b.trigger}))
+        .flat_map(|i| group[*i].builds.iter().map(move |b| (&group[*i].delivery, b)))
+        .map(|(d, b)| {
+            json!({"source": d.source, "key": d.key, "tenant_id": b.tenant_id, "app_id": b.app_id, "git_ref": b.git_ref,
+                   "commit": b.commit, "trigger": b.trigger})
+        })
         .collect();
-    let mut build_ids: Vec<i64> = if builds.is_empty() {
-        vec![]
-    } else {
-        sqlx::query(
-            "INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at)
-             SELECT j.value->>'tenant_id', j.value->>'app_id', 'Queued', j.value->>'git_ref', j.value->>'commit',
-                    j.value->>'trigger', ?2
-             FROM json_each(?1) j ORDER BY j.key RETURNING id",
-        )
-        .bind(Value::Array(builds).to_string())
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-    };
+
+    let mut conn = pool.acquire().await?;
+    let recorded = record_in_transaction(&mut conn, group, now, &candidates, keys, builds).await;
+    if recorded.is_err() {
+        // The transaction is the connection's, not sqlx's: end it here, or the next user of the
+        // writer connection would find it open. (An error before BEGIN makes this a no-op error.)
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    let (earlier, mut outcomes) = recorded?;
+
+    // The repeats: the outcome of the delivery recorded first.
+    for (i, p) in group.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        let key = (p.delivery.source, p.delivery.key.as_str());
+        let outcome = match first_of_key.get(&key).and_then(|first| outcomes[*first].as_ref()) {
+            Some((first, _)) => first.clone(),
+            None => earlier
+                .get(&(key.0.to_string(), key.1.to_string()))
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or(DeliveryOutcome { build_ids: vec![], ignored: Some("recorded earlier".into()) }),
+        };
+        outcomes[i] = Some((outcome, false));
+    }
+    Ok(outcomes.into_iter().map(|o| o.expect("every delivery has an outcome")).collect())
+}
+
+/// Keys recorded before (with their outcome) and the outcome of each new delivery, by position.
+type Recorded = (HashMap<(String, String), String>, Vec<Option<(DeliveryOutcome, bool)>>);
+
+/// The two commands of [`record_group`]: BEGIN IMMEDIATE with the reads and the builds, then the
+/// other rows with COMMIT. On an error the transaction may be left open for the caller to roll
+/// back.
+async fn record_in_transaction(
+    conn: &mut sqlx::SqliteConnection,
+    group: &[Pending],
+    now: i64,
+    candidates: &[usize],
+    keys: Vec<Value>,
+    builds: Vec<Value>,
+) -> Result<Recorded> {
+    // Rows of three columns answer the SELECT, rows of one the INSERT. Each command binds one
+    // JSON document as ?1 that all of its statements read: sqlx binds the parameters of a
+    // multi-statement query by position across statements, so a statement that skipped a number
+    // (using ?1 and ?3) would shift the binding of the next ones.
+    let input = json!({"keys": keys, "builds": builds, "now": now});
+    let rows = sqlx::query(
+        "BEGIN IMMEDIATE;
+         SELECT d.source, d.delivery_key, d.outcome FROM json_each(?1, '$.keys') j
+         JOIN webhook_deliveries d ON d.source = j.value->>0 AND d.delivery_key = j.value->>1;
+         INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at)
+         SELECT j.value->>'tenant_id', j.value->>'app_id', 'Queued', j.value->>'git_ref', j.value->>'commit',
+                j.value->>'trigger', ?1->>'now'
+         FROM json_each(?1, '$.builds') j
+         WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                           WHERE d.source = j.value->>'source' AND d.delivery_key = j.value->>'key')
+         ORDER BY j.key RETURNING id",
+    )
+    .bind(input.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut earlier: HashMap<(String, String), String> = HashMap::new();
+    // Ids ascend in insertion order (one writer, one statement).
+    let mut build_ids: Vec<i64> = vec![];
+    for row in &rows {
+        if row.len() == 3 {
+            earlier.insert((row.get(0), row.get(1)), row.get(2));
+        } else {
+            build_ids.push(row.get(0));
+        }
+    }
     build_ids.sort_unstable();
+    let fresh: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|i| !earlier.contains_key(&(group[*i].delivery.source.to_string(), group[*i].delivery.key.clone())))
+        .collect();
+    let expected: usize = fresh.iter().map(|i| group[*i].builds.len()).sum();
+    if build_ids.len() != expected {
+        return Err(StoreError::Corrupt(format!("{} builds inserted for {expected} new ones", build_ids.len())));
+    }
+
     // Each build a webhook started is in the audit log, like one an API token triggered.
     let audit: Vec<Value> = fresh
         .iter()
@@ -142,64 +203,43 @@ async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(Deliv
             json!({"actor": format!("webhook:{}", d.source), "tenant_id": b.tenant_id, "target": format!("build/{id}"), "client_addr": d.client_addr})
         })
         .collect();
-    if !audit.is_empty() {
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor, tenant_id, action, target, client_addr)
-             SELECT ?2, j.value->>'actor', j.value->>'tenant_id', 'build.trigger', j.value->>'target', j.value->>'client_addr'
-             FROM json_each(?1) j ORDER BY j.key",
-        )
-        .bind(Value::Array(audit).to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let mut build_ids = build_ids.into_iter();
-
-    let events: Vec<NewImageEvent> = fresh.iter().flat_map(|i| group[*i].image_events.iter().cloned()).collect();
-    insert_image_events(&mut tx, &events).await?;
-
+    let events: Vec<Value> = fresh
+        .iter()
+        .flat_map(|i| &group[*i].image_events)
+        .map(|e| json!({"source": e.source, "registry": e.registry, "repository": e.repository, "digest": e.digest, "tag": e.tag}))
+        .collect();
     let mut outcomes: Vec<Option<(DeliveryOutcome, bool)>> = vec![None; group.len()];
-    let mut rows = Vec::with_capacity(fresh.len());
+    let mut deliveries = Vec::with_capacity(fresh.len());
+    let mut build_ids = build_ids.into_iter();
     for i in &fresh {
         let p = &group[*i];
         let ids: Vec<i64> = build_ids.by_ref().take(p.builds.len()).collect();
         let outcome = DeliveryOutcome { build_ids: ids, ignored: p.ignored.clone() };
-        rows.push(json!({
+        deliveries.push(json!({
             "source": p.delivery.source, "key": p.delivery.key, "event": p.delivery.event, "app_id": p.delivery.app_id,
             "build_id": outcome.build_ids.first(), "outcome": serde_json::to_string(&outcome).expect("outcome serialises"),
         }));
         outcomes[*i] = Some((outcome, true));
     }
-    if !rows.is_empty() {
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (source, delivery_key, event, app_id, build_id, outcome, received_at)
-             SELECT j.value->>'source', j.value->>'key', j.value->>'event', j.value->>'app_id', j.value->>'build_id',
-                    j.value->>'outcome', ?2
-             FROM json_each(?1) j ORDER BY j.key",
-        )
-        .bind(Value::Array(rows).to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-
-    // The repeats: the outcome of the delivery recorded first.
-    for (i, p) in group.iter().enumerate() {
-        if outcomes[i].is_some() {
-            continue;
-        }
-        let key = (p.delivery.source, p.delivery.key.as_str());
-        let outcome = match first_of_key.get(&key) {
-            Some(first) => outcomes[*first].as_ref().expect("recorded above").0.clone(),
-            None => earlier
-                .get(&(key.0.to_string(), key.1.to_string()))
-                .and_then(|o| serde_json::from_str(o).ok())
-                .unwrap_or(DeliveryOutcome { build_ids: vec![], ignored: Some("recorded earlier".into()) }),
-        };
-        outcomes[i] = Some((outcome, false));
-    }
-    Ok(outcomes.into_iter().map(|o| o.expect("every delivery has an outcome")).collect())
+    // Always run, even with nothing to insert: it ends the transaction.
+    let input = json!({"audit": audit, "events": events, "deliveries": deliveries, "now": now});
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, tenant_id, action, target, client_addr)
+         SELECT ?1->>'now', j.value->>'actor', j.value->>'tenant_id', 'build.trigger', j.value->>'target', j.value->>'client_addr'
+         FROM json_each(?1, '$.audit') j ORDER BY j.key;
+         INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
+         SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', ?1->>'now'
+         FROM json_each(?1, '$.events') j ORDER BY j.key;
+         INSERT INTO webhook_deliveries (source, delivery_key, event, app_id, build_id, outcome, received_at)
+         SELECT j.value->>'source', j.value->>'key', j.value->>'event', j.value->>'app_id', j.value->>'build_id',
+                j.value->>'outcome', ?1->>'now'
+         FROM json_each(?1, '$.deliveries') j ORDER BY j.key;
+         COMMIT",
+    )
+    .bind(input.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok((earlier, outcomes))
 }
 
 impl Store {
@@ -239,5 +279,91 @@ impl Store {
             .bind(source)
             .fetch_one(&self.pool)
             .await?)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BuildKind, KindSettings, NewApp};
+
+    async fn store_with_app() -> (tempfile::TempDir, Store, i64, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let tenant = store.create_tenant("team").await.unwrap();
+        let app = store
+            .create_app(&NewApp {
+                tenant_id: tenant.id,
+                name: "hello".into(),
+                git_url: "http://git.example/team/hello.git".into(),
+                project_path: Some("team/hello".into()),
+                branch_filter: "*".into(),
+                kind: BuildKind::Go,
+                settings: KindSettings::default(),
+                base_image: None,
+                image_repository: "registry.example/team/hello".into(),
+                webhook_secret: "s".into(),
+                git_token: None,
+            })
+            .await
+            .unwrap();
+        (dir, store, tenant.id, app.id)
+    }
+
+    fn delivery(key: &str, app_id: i64) -> NewDelivery {
+        NewDelivery { source: "gitlab", key: key.into(), event: "Push Hook".into(), app_id: Some(app_id), client_addr: None }
+    }
+
+    fn build(tenant_id: i64, app_id: i64, commit: &str) -> NewBuild {
+        NewBuild { tenant_id, app_id, git_ref: Some("refs/heads/main".into()), commit: commit.into(), trigger: "webhook".into() }
+    }
+
+    #[tokio::test]
+    async fn a_group_with_repeats_and_keys_seen_before_queues_each_new_key_once() {
+        let (_dir, store, tenant, app) = store_with_app().await;
+        let (first, new) = store.record_delivery(&delivery("k0", app), &[build(tenant, app, "a0")], None).await.unwrap();
+        assert!(new);
+        // Sent at once, so the writer takes several of them in one transaction.
+        let sends = [("k0", "b0"), ("k1", "a1"), ("k1", "b1"), ("k2", "a2"), ("k3", "a3")]
+            .map(|(key, commit)| (delivery(key, app), [build(tenant, app, commit)]));
+        let answers = futures_util::future::join_all(sends.iter().map(|(d, b)| store.record_delivery(d, b, None))).await;
+        let answers: Vec<(DeliveryOutcome, bool)> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers[0], (first.clone(), false), "k0 was recorded before: its first outcome");
+        assert!(answers[1].1 && !answers[2].1, "the first k1 is new, the second a repeat");
+        assert_eq!(answers[1].0, answers[2].0, "a repeat gets the first's outcome");
+        assert!(answers[3].1 && answers[4].1);
+        let mut ids: Vec<i64> = [&first, &answers[1].0, &answers[3].0, &answers[4].0].iter().map(|o| o.build_ids[0]).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "four keys, four builds: {ids:?}");
+        let builds = store.builds(None, None, None, 100).await.unwrap();
+        let mut commits: Vec<&str> = builds.iter().map(|b| b.commit.as_str()).collect();
+        commits.sort();
+        assert_eq!(commits, ["a0", "a1", "a2", "a3"], "each build is the first delivery's of its key");
+        for (outcome, _) in &answers {
+            let build = store.build(outcome.build_ids[0]).await.unwrap().expect("the answered build exists");
+            assert!(builds.iter().any(|b| b.id == build.id));
+        }
+        assert_eq!(store.delivery_count("gitlab").await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_fails_fails_alone_and_leaves_the_writer_usable() {
+        let (_dir, store, tenant, app) = store_with_app().await;
+        // No app 999: the foreign key refuses its build, and with it the transaction.
+        let bad = (delivery("bad", app), [build(tenant, 999, "bad")]);
+        let good = (delivery("good", app), [build(tenant, app, "good")]);
+        let (bad_answer, good_answer) =
+            tokio::join!(store.record_delivery(&bad.0, &bad.1, None), store.record_delivery(&good.0, &good.1, None));
+        assert!(bad_answer.is_err(), "{bad_answer:?}");
+        assert!(good_answer.unwrap().1);
+        // The failed transaction was rolled back, not left open on the writer connection.
+        let after = store.record_delivery(&delivery("after", app), &[build(tenant, app, "after")], None).await.unwrap();
+        assert!(after.1);
+        let commits: Vec<String> = store.builds(None, None, None, 100).await.unwrap().into_iter().map(|b| b.commit).collect();
+        assert!(commits.contains(&"good".to_string()) && commits.contains(&"after".to_string()) && !commits.contains(&"bad".to_string()), "{commits:?}");
+        assert_eq!(store.delivery_count("gitlab").await.unwrap(), 2);
+        // And the rest of the store writes on: a new tenant through the same writer connection.
+        store.create_tenant("second").await.unwrap();
     }
 }

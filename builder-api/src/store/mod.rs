@@ -83,9 +83,12 @@ impl Store {
         // commit (a batch of log lines every few MiB, and its followers) by tens of ms. A task
         // checkpoints instead, beside the writer (PASSIVE: it waits for nobody).
         let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(writer_options).await?;
+        // No ping before handing out a connection (sqlx's default, for network databases): a
+        // SQLite connection is a file, never stale, and the ping was one more round trip to the
+        // connection's thread for every query, which a busy machine schedules late.
+        let writer = SqlitePoolOptions::new().max_connections(1).test_before_acquire(false).connect_with(writer_options).await?;
         migrations::run(&writer).await?;
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
         let deliveries = deliveries::DeliveryWriter::start(writer.clone());
         let alive = Arc::new(());
         tokio::spawn(checkpoint_periodically(pool.clone(), Arc::downgrade(&alive)));
