@@ -6,7 +6,11 @@
 //! 413 for a body over the limit; 429 with `Retry-After` when the app is over its webhook rate
 //! (`[hooks]`, see `rate.rs`).
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use axum::extract::{Request, State};
+use globset::GlobMatcher;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
@@ -212,13 +216,28 @@ async fn supersede_older(s: &AppState, apps: &[App], ids: &[i64], builds: &[NewB
     Ok(())
 }
 
-/// Glob over the branch name: `*` matches within one path segment, `**` across.
+/// Glob over the branch name: `*` matches within one path segment, `**` across. A filter is
+/// compiled (into a regex, which cost more than the rest of a webhook's handling) once per
+/// process, not on every push; a filter that does not compile matches nothing.
 pub fn branch_matches(filter: &str, branch: &str) -> bool {
-    globset::GlobBuilder::new(filter)
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher().is_match(branch))
-        .unwrap_or(false)
+    /// Filters are per app: a few thousand at most. Past that the cache starts over.
+    const MOST: usize = 4096;
+    static COMPILED: OnceLock<Mutex<HashMap<String, Option<GlobMatcher>>>> = OnceLock::new();
+    let matcher = {
+        let mut compiled = COMPILED.get_or_init(Default::default).lock().unwrap();
+        match compiled.get(filter) {
+            Some(m) => m.clone(),
+            None => {
+                if compiled.len() >= MOST {
+                    compiled.clear();
+                }
+                let m = globset::GlobBuilder::new(filter).literal_separator(true).build().ok().map(|g| g.compile_matcher());
+                compiled.insert(filter.to_string(), m.clone());
+                m
+            }
+        }
+    };
+    matcher.is_some_and(|m| m.is_match(branch))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -236,5 +255,8 @@ mod tests {
         assert!(branch_matches("**", "feature/x"));
         assert!(branch_matches("release/*", "release/1.2"));
         assert!(!branch_matches("main", "mainline"));
+        // A filter that does not compile matches nothing, also the second time (from the cache).
+        assert!(!branch_matches("[", "main"));
+        assert!(!branch_matches("[", "main"));
     }
 }
