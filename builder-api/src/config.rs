@@ -315,6 +315,10 @@ pub struct ExecutorConfig {
     pub kiln_binary: Option<PathBuf>,
     /// Keep a build's workspace after it ends (for debugging).
     pub keep_workspaces: bool,
+    /// How much nicer than `kiln serve` the local executor's build steps run (0 to 19; default
+    /// 10): a compile filling every core must not starve the webhooks, the API and the log
+    /// followers of the same machine. 0 runs them at Kiln's own priority.
+    pub step_nice: i32,
 }
 
 impl ExecutorConfig {
@@ -333,6 +337,7 @@ impl Default for ExecutorConfig {
             build_timeout_secs: 3600,
             kiln_binary: None,
             keep_workspaces: false,
+            step_nice: 10,
         }
     }
 }
@@ -466,6 +471,9 @@ impl Config {
         if let Some(v) = var("KILN_BUILD_TIMEOUT_SECS") {
             self.executor.build_timeout_secs = parse("KILN_BUILD_TIMEOUT_SECS", v)?;
         }
+        if let Some(v) = var("KILN_STEP_NICE") {
+            self.executor.step_nice = parse("KILN_STEP_NICE", v)?;
+        }
         if let Some(v) = var("KILN_BINARY") {
             self.executor.kiln_binary = Some(v.into());
         }
@@ -525,6 +533,12 @@ impl Config {
             }
         }
         self.apm.validate()?;
+        if !(0..=19).contains(&self.executor.step_nice) {
+            return Err(ConfigError::Invalid {
+                field: "executor.step_nice (KILN_STEP_NICE)",
+                message: format!("{} is not between 0 and 19", self.executor.step_nice),
+            });
+        }
         if self.executor.max_concurrent_builds == 0 {
             return Err(ConfigError::Env {
                 name: "KILN_MAX_CONCURRENT_BUILDS",

@@ -81,6 +81,7 @@ fn local_executor(config: &Config, kiln_binary: PathBuf, data_dir: PathBuf) -> L
             _ => crate::plan::DockerfileBuilder::Buildah,
         },
         apm: config.apm.clone(),
+        step_nice: config.executor.step_nice,
     }
 }
 

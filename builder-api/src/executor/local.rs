@@ -20,6 +20,8 @@ pub struct LocalExecutor {
     pub registry: RegistryConfig,
     pub dockerfile_builder: DockerfileBuilder,
     pub apm: ApmConfig,
+    /// `executor.step_nice`: see [`ProcessSpec::nice`].
+    pub step_nice: i32,
 }
 
 impl Executor for LocalExecutor {
@@ -130,7 +132,7 @@ impl LocalExecutor {
         let argv: Vec<String> = step.argv.iter().map(|a| plan::expand(a, &env)).collect();
         let workdir = step.workdir.as_deref().map(|w| PathBuf::from(plan::expand(w, &env))).unwrap_or_else(|| workspace.into());
         let program: PathBuf = if argv[0] == "kiln" { self.kiln_binary.clone() } else { PathBuf::from(&argv[0]) };
-        let spec = ProcessSpec { program: program.clone(), args: argv[1..].to_vec(), env, workdir };
+        let spec = ProcessSpec { program: program.clone(), args: argv[1..].to_vec(), env, workdir, nice: self.step_nice };
 
         let sink = job.log.clone();
         let step_name = name.to_string();

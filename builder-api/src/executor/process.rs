@@ -23,6 +23,10 @@ pub struct ProcessSpec {
     /// The whole environment; `PATH` and `LANG` come from the host unless set here.
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
+    /// How much nicer than Kiln the process (and all it starts) runs, 0 to 19. Build steps on
+    /// the host run niced so that a compile filling every core does not starve `kiln serve`:
+    /// webhooks, the API and log followers keep their latency while builds run.
+    pub nice: i32,
 }
 
 /// How a process ended.
@@ -69,7 +73,7 @@ pub async fn run(spec: &ProcessSpec, pipe: &Pipe, cancel: &CancellationToken, de
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
+    let mut child = if spec.nice > 0 { niced::spawn(cmd, spec.nice).await? } else { cmd.spawn()? };
     let pgid = child.id();
     let out = pipe(Stream::Stdout, Box::new(child.stdout.take().expect("piped stdout")));
     let err = pipe(Stream::Stderr, Box::new(child.stderr.take().expect("piped stderr")));
@@ -91,6 +95,60 @@ pub async fn run(spec: &ProcessSpec, pipe: &Pipe, cancel: &CancellationToken, de
     Ok(Finished { end, last_stderr, last_stdout })
 }
 
+/// Starting processes below Kiln's priority. On Linux the nice value belongs to a thread, and a
+/// child takes the value of the thread that spawned it. So steps are spawned from a thread of
+/// their own that runs at their niceness: the child is niced from its first instruction, and it
+/// is still started by posix_spawn. A `pre_exec` hook calling nice(2) would do the same, but it
+/// makes std fork the whole server instead: copying its page tables and then copy-on-write
+/// faults in every worker thread until the child execs, which measurably slowed the webhook
+/// intake while builds started.
+mod niced {
+    use std::collections::HashMap;
+    use std::sync::{mpsc, Mutex, OnceLock};
+
+    use tokio::process::{Child, Command};
+    use tokio::sync::oneshot;
+
+    type Request = (Command, tokio::runtime::Handle, oneshot::Sender<std::io::Result<Child>>);
+
+    /// One spawner thread per niceness, started on first use and kept for the process's life.
+    static SPAWNERS: OnceLock<Mutex<HashMap<i32, mpsc::Sender<Request>>>> = OnceLock::new();
+
+    pub async fn spawn(cmd: Command, nice: i32) -> std::io::Result<Child> {
+        let spawner = {
+            let mut spawners = SPAWNERS.get_or_init(Default::default).lock().unwrap();
+            match spawners.get(&nice) {
+                Some(tx) => tx.clone(),
+                None => {
+                    let tx = start(nice)?;
+                    spawners.insert(nice, tx.clone());
+                    tx
+                }
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        // The child registers with the runtime of the caller (tests run many runtimes).
+        spawner
+            .send((cmd, tokio::runtime::Handle::current(), reply))
+            .map_err(|_| std::io::Error::other("the step spawner thread has ended"))?;
+        answer.await.map_err(|_| std::io::Error::other("the step spawner thread has ended"))?
+    }
+
+    fn start(nice: i32) -> std::io::Result<mpsc::Sender<Request>> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new().name(format!("kiln-spawn-nice{nice}")).spawn(move || {
+            // SAFETY: nice(2) changes only this thread's priority (Linux). A positive increment
+            // needs no privilege; the kernel caps the result at 19.
+            unsafe { libc::nice(nice) };
+            for (mut cmd, runtime, reply) in rx {
+                let _entered = runtime.enter();
+                let _ = reply.send(cmd.spawn());
+            }
+        })?;
+        Ok(tx)
+    }
+}
+
 fn kill_group(pgid: Option<u32>) {
     if let Some(pgid) = pgid {
         // SAFETY: kill(2) with a negative pid signals the process group the step leads.
@@ -109,4 +167,53 @@ pub fn expand_env(env: &[(String, String)]) -> Vec<(String, String)> {
         out.push((k.clone(), value));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Runs `sh -c script` with the given niceness; returns what it wrote on stdout.
+    async fn sh(script: &str, nice: i32) -> String {
+        let spec = ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+            workdir: std::env::temp_dir(),
+            nice,
+        };
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = out.clone();
+        let pipe: Pipe = Box::new(move |stream, mut reader| {
+            let sink = sink.clone();
+            Box::pin(async move {
+                let mut text = String::new();
+                reader.read_to_string(&mut text).await.unwrap();
+                if stream == Stream::Stdout {
+                    sink.lock().unwrap().push_str(&text);
+                }
+                None
+            })
+        });
+        let far = Instant::now() + std::time::Duration::from_secs(30);
+        let finished = run(&spec, &pipe, &CancellationToken::new(), far).await.unwrap();
+        assert!(matches!(finished.end, ProcessEnd::Exited(s) if s.success()), "{finished:?}");
+        let text = out.lock().unwrap().clone();
+        text
+    }
+
+    #[tokio::test]
+    async fn a_niced_step_and_what_it_forks_run_below_kilns_priority() {
+        // SAFETY: getpriority(2) only reads this process's niceness.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        // `nice` with no operand prints the niceness it runs at: a child of the step's shell.
+        let niced: i32 = sh("nice", 10).await.trim().parse().unwrap();
+        assert_eq!(niced, (own + 10).min(19));
+        let unniced: i32 = sh("nice", 0).await.trim().parse().unwrap();
+        assert_eq!(unniced, own);
+    }
 }

@@ -510,7 +510,7 @@ async fn run_container(ctx: &PodCtx, c: &Value, key: &str, idx: usize) -> Option
         None => (128, "StartError", Some("no command specified".to_string())),
         Some((prog, args)) => {
             let program = if prog == "kiln" { sh.opts.kiln_binary.clone().unwrap_or_else(|| PathBuf::from("kiln")) } else { PathBuf::from(prog) };
-            let spec = ProcessSpec { program, args: args.to_vec(), env: env.clone(), workdir };
+            let spec = ProcessSpec { program, args: args.to_vec(), env: env.clone(), workdir, nice: 0 };
             let pipe = log_pipe(log.clone());
             let far = tokio::time::Instant::now() + Duration::from_secs(7 * 86400);
             match process::run(&spec, &pipe, &ctoken, far).await {
