@@ -3,7 +3,8 @@
 //! - `intake`: 200 concurrent GitLab Push Hooks for distinct commits over a real socket, on new
 //!   connections and then on connections already open (as behind an ingress): p50/p99 time to
 //!   the 202, deliveries per second, a check that every one was persisted, and the floor: the
-//!   same burst to a route that does nothing.
+//!   same burst to a route that does nothing. `kiln serve` runs in its own process (the bench
+//!   profile's binary), and its CPU time during the bursts is printed.
 //! - `build`: one warm build of the sample Go app through Kiln versus the same steps as a shell
 //!   script (`git clone --depth 1`, `go build`, `buildah bud` + `buildah push`), in the same run,
 //!   against the same git server and registry; prints both medians and the ratio.
@@ -201,8 +202,8 @@ async fn start_kiln(dir: &Path, insecure: &[String], max_builds: usize) -> (Arc<
     c.server.admin_token = Some(ADMIN.into());
     c.executor.kiln_binary = Some(kiln_binary());
     c.executor.max_concurrent_builds = max_builds;
-    // The intake bench sends 200 pushes of one app at once, past the per-app webhook rate limit
-    // (burst 120): it measures what Kiln does with deliveries it accepts.
+    // Benchmarks send pushes faster than the per-app webhook rate: they measure what Kiln does
+    // with the deliveries it accepts.
     c.hooks.rate_per_app_per_minute = 0;
     c.registry.insecure = insecure.to_vec();
     c.toolchains.goproxy = "off".into();
@@ -245,8 +246,26 @@ async fn setup_tenant(http: &reqwest::Client, url: &str, app: serde_json::Value)
 
 async fn intake() {
     let dir = tempfile::tempdir().unwrap();
-    // Builds run (and fail fast: nothing serves the git URL) while hooks arrive, as in life.
-    let (ctx, url) = start_kiln(dir.path(), &[], 2).await;
+    // `kiln serve` in its own process, as it is deployed: the benchmark's client and Kiln do not
+    // share a runtime, and Kiln's own CPU time is read from /proc. Builds run (and fail fast:
+    // nothing serves the git URL) while hooks arrive.
+    let config_file = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\nmax_concurrent_builds = 2\n\
+             [toolchains]\ngoproxy = \"off\"\n\
+             # 200 pushes of one app at once are past the per-app webhook rate (burst 120): the\n\
+             # benchmark measures what Kiln does with deliveries it accepts.\n\
+             [hooks]\nrate_per_app_per_minute = 0\n",
+            dir.path().join("data").display(),
+            kiln_binary().display(),
+        ),
+    )
+    .unwrap();
+    let serve = serve_process::ServeProcess::start(&config_file, free_port());
+    serve.ready().await;
+    let url = serve.url.clone();
     let http = reqwest::Client::new();
     setup_tenant(
         &http,
@@ -264,9 +283,13 @@ async fn intake() {
     // The floor: the same burst of fresh connections to a route that does nothing (`GET /`
     // answers a redirect), so the HTTP cost of this machine is printed beside Kiln's.
     let get_root = |_| raw_http::request(&addr, "GET", "/", &[], b"");
+    let cpu_before = serve.cpu_time();
     let (floor, _) = raw_http::burst(&addr, (0..N).map(get_root).collect(), None).await;
+    let floor_cpu = serve.cpu_time() - cpu_before;
     // Cold: every delivery on a new connection, as GitLab sends them straight to Kiln.
+    let cpu_before = serve.cpu_time();
     let (cold_latencies, cold_wall) = raw_http::burst(&addr, (0..N).map(|i| push(&addr, i)).collect(), None).await;
+    let cold_cpu = serve.cpu_time() - cpu_before;
     // Warm: over connections already open, as an ingress that keeps upstream connections alive
     // forwards them (each opened by a no-op request first).
     let mut open = Vec::new();
@@ -279,13 +302,22 @@ async fn intake() {
     let (warm_latencies, warm_wall) =
         raw_http::burst(&addr, (0..N).map(|i| push(&addr, N + i)).collect(), Some(open)).await;
 
-    let persisted = ctx.store.delivery_count("gitlab").await.unwrap();
-    let builds = ctx.store.builds(None, None, None, 10_000).await.unwrap().len();
+    drop(serve);
+    // Counted from the database the process wrote, after it is gone.
+    let store = builder_api::store::Store::open(&dir.path().join("data")).await.unwrap();
+    let persisted = store.delivery_count("gitlab").await.unwrap();
+    let builds = store.builds(None, None, None, 10_000).await.unwrap().len();
     let p = |l: &[Duration], q: f64| ms(percentile(l, q));
     println!("intake: {N} concurrent Push Hooks for distinct commits, twice (target p99 < 50 ms)");
     println!("  new connections:  time to 202 p50 {:.1} ms, p99 {:.1} ms; {:.0} deliveries/s", p(&cold_latencies, 0.5), p(&cold_latencies, 0.99), N as f64 / cold_wall.as_secs_f64());
     println!("  open connections: time to 202 p50 {:.1} ms, p99 {:.1} ms; {:.0} deliveries/s", p(&warm_latencies, 0.5), p(&warm_latencies, 0.99), N as f64 / warm_wall.as_secs_f64());
     println!("  floor, a no-op route on new connections: p50 {:.1} ms, p99 {:.1} ms (new connections p99 / floor p99: {:.2})", p(&floor, 0.5), p(&floor, 0.99), p(&cold_latencies, 0.99) / p(&floor, 0.99));
+    println!(
+        "  kiln serve's CPU during the new-connection bursts: {:.1} ms for the deliveries ({:.0} µs each), {:.1} ms for the floor's requests",
+        ms(cold_cpu),
+        cold_cpu.as_secs_f64() * 1e6 / N as f64,
+        ms(floor_cpu)
+    );
     println!("  persisted: {persisted} deliveries, {builds} builds");
     assert_eq!((persisted as usize, builds), (2 * N, 2 * N));
 }

@@ -60,6 +60,19 @@ impl ServeProcess {
         kb.parse::<u64>().expect("VmRSS in kB") * 1024
     }
 
+    /// CPU time all of the process's threads have used so far, from each thread's
+    /// `/proc/<pid>/task/<tid>/schedstat` (nanoseconds, unlike `stat`'s 10 ms ticks). Threads
+    /// that ended are not counted.
+    #[allow(dead_code)]
+    pub fn cpu_time(&self) -> Duration {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).expect("the process is gone");
+        let ns: u64 = tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(ns)
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
