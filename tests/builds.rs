@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use builder_api::store::{Build, BuildState};
 use serde_json::{json, Value};
 
-use crate::support::fixtures::{app_spec, fixture_files, push_busybox_base, GitlabPush};
+use crate::support::fixtures::{app_spec, fixture_app, push_busybox_base, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::TestKiln;
 use crate::support::registry::TestRegistry;
@@ -36,29 +35,15 @@ impl World {
 
     /// Creates repo `team/NAME` with the fixture's files and an app building it; returns the sha.
     async fn app_from_fixture(&self, name: &str, fixture: &str, extra: Value) -> String {
-        let repo = self.git.create_repo(&format!("team/{name}"));
-        let files = fixture_files(fixture);
-        let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
-        let sha = repo.commit_files(&files, "first");
-        let mut spec = app_spec(name, &self.git.url(&format!("team/{name}")), &format!("team/{name}"), &format!("{}/team/{name}", self.registry.host()), SECRET);
-        spec["git_token"] = GIT_TOKEN.into();
-        for (k, v) in extra.as_object().into_iter().flatten() {
-            spec[k] = v.clone();
-        }
+        let path = format!("team/{name}");
+        let (sha, spec) = fixture_app(&self.git, &self.registry.host(), &path, fixture, (SECRET, GIT_TOKEN), extra);
         self.kiln.app(&self.tenant_token, spec).await;
         sha
     }
 
     async fn push(&self, name: &str, sha: &str) -> i64 {
-        let push = GitlabPush::branch(&format!("team/{name}"), &self.git.url(&format!("team/{name}")), "main", sha);
-        let req = Request::post("/hooks/gitlab")
-            .header("x-gitlab-event", push.event())
-            .header("x-gitlab-token", SECRET)
-            .body(Body::from(push.body().to_string()))
-            .unwrap();
-        let (status, body) = self.kiln.send(req).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        body["builds"][0].as_i64().unwrap()
+        let path = format!("team/{name}");
+        self.kiln.push_hook(&GitlabPush::branch(&path, &self.git.url(&path), "main", sha), SECRET).await
     }
 
     async fn trigger(&self, name: &str, sha: &str) -> i64 {

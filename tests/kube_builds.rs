@@ -6,14 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use builder_api::config::Config;
 use builder_api::store::{Build, BuildState, Store};
 use serde_json::{json, Value};
 
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
-use crate::support::fixtures::{app_spec, fixture_files, push_busybox_base, GitlabPush};
+use crate::support::fixtures::{fixture_app, push_busybox_base, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::{test_config, TestKiln};
 use crate::support::registry::TestRegistry;
@@ -84,30 +83,14 @@ impl KubeWorld {
 
     async fn app(&self, token: &str, tenant: &str, name: &str, fixture: &str, extra: Value) -> String {
         let path = format!("{tenant}/{name}");
-        let repo = self.git.create_repo(&path);
-        let files = fixture_files(fixture);
-        let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
-        let sha = repo.commit_files(&files, "first");
-        let mut spec = app_spec(name, &self.git.url(&path), &path, &format!("{}/{path}", self.registry.host()), SECRET);
-        spec["git_token"] = GIT_TOKEN.into();
-        for (k, v) in extra.as_object().into_iter().flatten() {
-            spec[k] = v.clone();
-        }
+        let (sha, spec) = fixture_app(&self.git, &self.registry.host(), &path, fixture, (SECRET, GIT_TOKEN), extra);
         self.kiln.app(token, spec).await;
         sha
     }
 
     async fn push(&self, tenant: &str, name: &str, sha: &str) -> i64 {
         let path = format!("{tenant}/{name}");
-        let push = GitlabPush::branch(&path, &self.git.url(&path), "main", sha);
-        let req = Request::post("/hooks/gitlab")
-            .header("x-gitlab-event", push.event())
-            .header("x-gitlab-token", SECRET)
-            .body(Body::from(push.body().to_string()))
-            .unwrap();
-        let (status, body) = self.kiln.send(req).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        body["builds"][0].as_i64().unwrap()
+        self.kiln.push_hook(&GitlabPush::branch(&path, &self.git.url(&path), "main", sha), SECRET).await
     }
 
     async fn trigger(&self, token: &str, name: &str, sha: &str) -> i64 {
@@ -324,13 +307,7 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
         .await
         .unwrap();
     let token = tenant["token"].as_str().unwrap().to_string();
-    let repo = git.create_repo("team/hello");
-    let files = fixture_files("go-hello");
-    let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
-    let sha = repo.commit_files(&files, "first");
-    let mut spec = app_spec("hello", &git.url("team/hello"), "team/hello", &format!("{}/team/hello", registry.host()), SECRET);
-    spec["git_token"] = GIT_TOKEN.into();
-    spec["kind"] = "go".into();
+    let (sha, spec) = fixture_app(&git, &registry.host(), "team/hello", "go-hello", (SECRET, GIT_TOKEN), json!({"kind": "go"}));
     let res = http.post(format!("{}/api/v1/apps", serve.url)).bearer_auth(&token).json(&spec).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let mut ids = vec![];

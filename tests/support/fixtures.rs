@@ -77,6 +77,31 @@ pub fn app_spec(name: &str, git_url: &str, project: &str, image_repository: &str
     })
 }
 
+/// Commits the sample app `fixture` as the first commit of repo `path` (`tenant/name`) on `git`;
+/// returns its sha and the spec of an app named `name` that builds it into
+/// `REGISTRY/path`, cloning with `git_token`, with `extra`'s fields set over the defaults.
+pub fn fixture_app(
+    git: &crate::support::git_server::GitServer,
+    registry: &str,
+    path: &str,
+    fixture: &str,
+    secrets: (&str, &str),
+    extra: Value,
+) -> (String, Value) {
+    let (webhook_secret, git_token) = secrets;
+    let name = path.rsplit('/').next().expect("path is tenant/name");
+    let repo = git.create_repo(path);
+    let files = fixture_files(fixture);
+    let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+    let sha = repo.commit_files(&files, "first");
+    let mut spec = app_spec(name, &git.url(path), path, &format!("{registry}/{path}"), webhook_secret);
+    spec["git_token"] = git_token.into();
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        spec[k] = v.clone();
+    }
+    (sha, spec)
+}
+
 /// The files of a sample app under `tests/fixtures/apps/NAME`: (path, content, executable).
 pub fn fixture_files(app: &str) -> Vec<(String, Vec<u8>, bool)> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/apps").join(app);
