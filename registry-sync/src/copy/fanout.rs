@@ -216,11 +216,16 @@ async fn pump(
         };
         hasher.update(&chunk);
         size += chunk.len() as u64;
-        pending.extend_from_slice(&chunk);
-        if pending.len() < SEND_PIECE {
-            continue;
-        }
-        let piece = pending.split().freeze();
+        // A chunk that is a whole piece by itself goes on as it is, not copied.
+        let piece = if pending.is_empty() && chunk.len() >= SEND_PIECE {
+            chunk
+        } else {
+            pending.extend_from_slice(&chunk);
+            if pending.len() < SEND_PIECE {
+                continue;
+            }
+            pending.split().freeze()
+        };
         if let Some(prev) = held.replace(piece) {
             broadcast(&mut senders, prev, stall_timeout, progress).await;
         }
