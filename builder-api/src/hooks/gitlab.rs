@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use axum::extract::{Request, State};
-use globset::GlobMatcher;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use globset::GlobMatcher;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

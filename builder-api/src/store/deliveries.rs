@@ -82,15 +82,14 @@ impl DeliveryWriter {
 /// Records a group of deliveries, their builds, image events and audit rows in one transaction
 /// of two round trips to SQLite's connection thread, whatever the group's size: one command
 /// begins, finds the keys recorded before and inserts the new deliveries' builds; the other
-/// inserts the rest and commits. Each statement takes the whole group as one JSON array
-/// (`json_each`). The round trips are what costs: each one waits for the connection's thread to
+/// inserts the rest and commits. Each command takes the whole group as one JSON document
+/// (read with `json_each`). The round trips are what costs: each one waits for the connection's thread to
 /// be scheduled, which on a machine busy with a burst of webhooks took about 1 ms apiece (sqlx's
 /// own BEGIN and COMMIT, a command each, made it four).
 ///
 /// This task is the only writer of `webhook_deliveries`, and the writer connection is held from
 /// BEGIN to COMMIT, so "recorded before" cannot change inside the transaction.
 async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(DeliveryOutcome, bool)>> {
-    let now = now_ms();
     // The first of each key in this group; a repeat within the group gets the first's outcome.
     let mut first_of_key: HashMap<(&str, &str), usize> = HashMap::new();
     let mut candidates: Vec<usize> = vec![];
@@ -100,20 +99,8 @@ async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(Deliv
             candidates.push(i);
         }
     }
-    let keys: Vec<Value> = candidates.iter().map(|i| json!([group[*i].delivery.source, group[*i].delivery.key])).collect();
-    // Every candidate's builds, in candidate order; those of a key recorded before are skipped
-    // by the insert itself.
-    let builds: Vec<Value> = candidates
-        .iter()
-        .flat_map(|i| group[*i].builds.iter().map(move |b| (&group[*i].delivery, b)))
-        .map(|(d, b)| {
-            json!({"source": d.source, "key": d.key, "tenant_id": b.tenant_id, "app_id": b.app_id, "git_ref": b.git_ref,
-                   "commit": b.commit, "trigger": b.trigger})
-        })
-        .collect();
-
     let mut conn = pool.acquire().await?;
-    let recorded = record_in_transaction(&mut conn, group, now, &candidates, keys, builds).await;
+    let recorded = record_in_transaction(&mut conn, group, &candidates).await;
     if recorded.is_err() {
         // The transaction is the connection's, not sqlx's: end it here, or the next user of the
         // writer connection would find it open. (An error before BEGIN makes this a no-op error.)
@@ -142,17 +129,23 @@ async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(Deliv
 /// Keys recorded before (with their outcome) and the outcome of each new delivery, by position.
 type Recorded = (HashMap<(String, String), String>, Vec<Option<(DeliveryOutcome, bool)>>);
 
-/// The two commands of [`record_group`]: BEGIN IMMEDIATE with the reads and the builds, then the
-/// other rows with COMMIT. On an error the transaction may be left open for the caller to roll
-/// back.
-async fn record_in_transaction(
-    conn: &mut sqlx::SqliteConnection,
-    group: &[Pending],
-    now: i64,
-    candidates: &[usize],
-    keys: Vec<Value>,
-    builds: Vec<Value>,
-) -> Result<Recorded> {
+/// The two commands of [`record_group`] for its `candidates` (the first delivery of each key):
+/// BEGIN IMMEDIATE with the reads and the builds, then the other rows with COMMIT. On an error
+/// the transaction may be left open for the caller to roll back.
+async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pending], candidates: &[usize]) -> Result<Recorded> {
+    let now = now_ms();
+    let keys: Vec<Value> = candidates.iter().map(|i| json!([group[*i].delivery.source, group[*i].delivery.key])).collect();
+    // Every candidate's builds, in candidate order; those of a key recorded before are skipped
+    // by the insert itself.
+    let builds: Vec<Value> = candidates
+        .iter()
+        .flat_map(|i| group[*i].builds.iter().map(move |b| (&group[*i].delivery, b)))
+        .map(|(d, b)| {
+            json!({"source": d.source, "key": d.key, "tenant_id": b.tenant_id, "app_id": b.app_id, "git_ref": b.git_ref,
+                   "commit": b.commit, "trigger": b.trigger})
+        })
+        .collect();
+
     // Rows of three columns answer the SELECT, rows of one the INSERT. Each command binds one
     // JSON document as ?1 that all of its statements read: sqlx binds the parameters of a
     // multi-statement query by position across statements, so a statement that skipped a number
