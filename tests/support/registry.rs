@@ -101,16 +101,10 @@ impl TestRegistry {
         );
     }
 
-    /// CPU time the registry process has used so far (user + system), from `/proc`; benchmarks
-    /// use it to show how much of a copy's time the registries' own work accounts for.
+    /// CPU time the registry process has used so far; see `serve_process::cpu_time_of`.
     #[allow(dead_code)]
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks: u64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
-        // USER_HZ is 100 on Linux.
-        Duration::from_millis(ticks * 10)
+        super::serve_process::cpu_time_of(self.child.id()).unwrap_or_default()
     }
 
     /// Polls `GET /v2/` until it answers 200 or 401, the process dies, or the deadline passes.

@@ -60,17 +60,10 @@ impl ServeProcess {
         kb.parse::<u64>().expect("VmRSS in kB") * 1024
     }
 
-    /// CPU time all of the process's threads have used so far, from each thread's
-    /// `/proc/<pid>/task/<tid>/schedstat` (nanoseconds, unlike `stat`'s 10 ms ticks). Threads
-    /// that ended are not counted.
+    /// CPU time the process has used so far; see [`cpu_time_of`].
     #[allow(dead_code)]
     pub fn cpu_time(&self) -> Duration {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).expect("the process is gone");
-        let ns: u64 = tasks
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum();
-        Duration::from_nanos(ns)
+        cpu_time_of(self.child.id()).expect("the process is gone")
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -79,6 +72,20 @@ impl ServeProcess {
         self.child.wait().unwrap();
         self.scan_output();
     }
+}
+
+/// CPU time all of process `pid`'s threads have used so far, from each thread's
+/// `/proc/<pid>/task/<tid>/schedstat` (nanoseconds, unlike `stat`'s 10 ms ticks, which are
+/// coarser than a 50 ms burst). Threads that ended are not counted; None once the process is gone.
+/// Benchmarks use it to show how much of a run a server's own work accounts for.
+#[allow(dead_code)]
+pub fn cpu_time_of(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Some(Duration::from_nanos(ns))
 }
 
 impl Drop for ServeProcess {
