@@ -217,6 +217,25 @@ async fn start_kiln(dir: &Path, insecure: &[String], max_builds: usize) -> (Arc<
     (ctx, url)
 }
 
+/// `kiln serve` in its own process (the bench profile's binary), with its data under
+/// `root/data`, the benchmarks' admin token, and `config` appended to a TOML file whose last
+/// section is `[executor]` (so `config` may begin with executor keys), ready to answer.
+async fn start_serve(root: &Path, config: &str) -> serve_process::ServeProcess {
+    let config_file = root.join("kiln.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n{config}",
+            root.join("data").display(),
+            kiln_binary().display(),
+        ),
+    )
+    .unwrap();
+    let serve = serve_process::ServeProcess::start(&config_file, free_port());
+    serve.ready().await;
+    serve
+}
+
 /// target/<profile>/kiln, built by `cargo build --release --bin kiln` (scripts/bench does it).
 fn kiln_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -249,22 +268,14 @@ async fn intake() {
     // `kiln serve` in its own process, as it is deployed: the benchmark's client and Kiln do not
     // share a runtime, and Kiln's own CPU time is read from /proc. Builds run (and fail fast:
     // nothing serves the git URL) while hooks arrive.
-    let config_file = dir.path().join("kiln.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\nmax_concurrent_builds = 2\n\
-             [toolchains]\ngoproxy = \"off\"\n\
-             # 200 pushes of one app at once are past the per-app webhook rate (burst 120): the\n\
-             # benchmark measures what Kiln does with deliveries it accepts.\n\
-             [hooks]\nrate_per_app_per_minute = 0\n",
-            dir.path().join("data").display(),
-            kiln_binary().display(),
-        ),
+    let serve = start_serve(
+        dir.path(),
+        "max_concurrent_builds = 2\n[toolchains]\ngoproxy = \"off\"\n\
+         # 200 pushes of one app at once are past the per-app webhook rate (burst 120): the\n\
+         # benchmark measures what Kiln does with deliveries it accepts.\n\
+         [hooks]\nrate_per_app_per_minute = 0\n",
     )
-    .unwrap();
-    let serve = serve_process::ServeProcess::start(&config_file, free_port());
-    serve.ready().await;
+    .await;
     let url = serve.url.clone();
     let http = reqwest::Client::new();
     setup_tenant(
@@ -802,21 +813,11 @@ async fn followers() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let config_file = root.join("kiln.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n\
-             [registry]\ninsecure = [\"{}\"]\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n",
-            root.join("data").display(),
-            kiln_binary().display(),
-            world.reg,
-            script.display()
-        ),
+    let serve = start_serve(
+        root,
+        &format!("[registry]\ninsecure = [\"{}\"]\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n", world.reg, script.display()),
     )
-    .unwrap();
-    let serve = serve_process::ServeProcess::start(&config_file, free_port());
-    serve.ready().await;
+    .await;
     let http = reqwest::Client::new();
     let token = setup_tenant(&http, &serve.url, world.app()).await;
     let b: serde_json::Value = http
