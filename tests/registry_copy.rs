@@ -302,6 +302,53 @@ async fn registries_answering_500_twice_then_succeeding_are_retried() {
     assert_eq!(rig.target_reader(0).manifest_digest("team/flaky", "v2").await, Some(other.digest));
 }
 
+/// How long after the first request starting with `request` the last one came, as the proxy saw
+/// them.
+fn first_to_last(proxy: &RegistryProxy, request: &str) -> Duration {
+    let times: Vec<_> = proxy.requests_at().into_iter().filter(|(_, r)| r.starts_with(request)).map(|(t, _)| t).collect();
+    assert!(times.len() >= 2, "{request}: {:?}", proxy.requests());
+    times[times.len() - 1] - times[0]
+}
+
+#[tokio::test]
+async fn a_registry_answering_429_with_retry_after_is_waited_for_and_one_asking_too_long_fails_at_once() {
+    let rig = Rig::start().await;
+    let layer = random_bytes(300_000);
+    let image = rig.pusher().push_image("team/busy", Some("v1"), &[&layer], "linux", "amd64").await;
+    // Target 0 throttles its manifest push, target 1 its streamed blob upload, each once, asking
+    // for 1 s: far longer than the test policy's backoff (5–50 ms).
+    rig.proxies[0].throttle_next(Method::PUT, "/manifests/", 1, "1");
+    rig.proxies[1].throttle_next(Method::PUT, "/blobs/uploads/", 1, "1");
+
+    let report = copy(&rig.source_ref("team/busy:v1"), &rig.target_refs("team/busy"), &["v1"], &rig.options()).await;
+    assert_all_verified(&report);
+    assert_eq!((rig.proxies[0].faults_served(), rig.proxies[1].faults_served()), (1, 1));
+    // The one manifest PUT, refused, then its retry.
+    let manifest_gap = first_to_last(&rig.proxies[0], "PUT /v2/team/busy/manifests/");
+    assert!(manifest_gap >= Duration::from_millis(950), "manifest retried after {manifest_gap:?}");
+    // The first blob PUT was refused; the other blob's went on at once, and the refused one's
+    // retry (in a new upload session) came last.
+    let upload_gap = first_to_last(&rig.proxies[1], "PUT /v2/team/busy/blobs/uploads/");
+    assert!(upload_gap >= Duration::from_millis(950), "upload retried after {upload_gap:?}");
+    for i in 0..2 {
+        assert_eq!(rig.target_reader(i).manifest_digest("team/busy", "v1").await.as_deref(), Some(image.digest.as_str()));
+    }
+
+    // A rate limit that resets in an hour is more than the policy waits (5 s here): that target
+    // fails at once, saying what the registry asked; the other is not held up.
+    rig.reset_counters();
+    rig.proxies[1].throttle_next(Method::PUT, "/manifests/", 10, "3600");
+    let other = rig.pusher().push_image("team/busy", Some("v2"), &[&layer], "linux", "arm64").await;
+    let started = std::time::Instant::now();
+    let report = copy(&rig.source_ref("team/busy:v2"), &rig.target_refs("team/busy"), &["v2"], &rig.options()).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(report.targets[0].state, TargetState::Verified);
+    let TargetState::Failed { reason } = &report.targets[1].state else { panic!("{:?}", report.targets[1]) };
+    assert!(reason.contains("429") && reason.contains("Retry-After: 3600 s"), "{reason}");
+    assert_eq!(rig.proxies[1].faults_served(), 1, "no second attempt");
+    assert_eq!(rig.target_reader(0).manifest_digest("team/busy", "v2").await, Some(other.digest));
+}
+
 #[tokio::test]
 async fn wrong_password_fails_clearly_without_showing_it_and_the_right_one_copies() {
     crate::support::init();

@@ -80,6 +80,8 @@ pub enum RegistryError {
         registry: String,
         operation: String,
         message: String,
+        /// The pause the registry asked for (`Retry-After`), if it did.
+        retry_after: Option<std::time::Duration>,
     },
     #[error("registry {registry} answered an error during {operation}: {message}")]
     Protocol {
@@ -100,6 +102,14 @@ impl RegistryError {
             self,
             RegistryError::Unreachable { .. } | RegistryError::Unavailable { .. }
         )
+    }
+
+    /// The pause the registry asked for before another attempt (`Retry-After` on a 429 or 503).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RegistryError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 

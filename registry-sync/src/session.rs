@@ -28,6 +28,10 @@ pub struct RetryPolicy {
     /// Delay before the second attempt; doubled for each further one, up to `max_delay`.
     pub first_delay: Duration,
     pub max_delay: Duration,
+    /// The longest `Retry-After` honoured: a registry asking for a longer pause (a rate limit
+    /// that resets in an hour) fails the operation at once, naming the pause, instead of holding
+    /// a build's sync that long.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -36,6 +40,7 @@ impl Default for RetryPolicy {
             attempts: 5,
             first_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
         }
     }
 }
@@ -47,6 +52,23 @@ impl RetryPolicy {
             attempts,
             first_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(50),
+            max_retry_after: Duration::from_secs(5),
+        }
+    }
+
+    /// The pause before the attempt after failed attempt `attempt` ended in `failure`: the
+    /// backoff, or the registry's `Retry-After` when that is longer. `None` when there is no
+    /// next attempt: the attempts are spent, or the registry asked for more than
+    /// `max_retry_after`.
+    pub fn pause(&self, attempt: u32, failure: &RegistryError) -> Option<Duration> {
+        if attempt >= self.attempts {
+            return None;
+        }
+        let backoff = self.delay(attempt);
+        match failure.retry_after() {
+            Some(asked) if asked > self.max_retry_after => None,
+            Some(asked) => Some(asked.max(backoff)),
+            None => Some(backoff),
         }
     }
 
@@ -201,21 +223,16 @@ impl RegistrySession {
                     return Err(self.unauthorized(&res))
                 }
                 Ok(res) if is_transient_status(res.status()) => {
-                    let message = format!("HTTP {}: {}", res.status(), body_excerpt(res).await);
-                    RegistryError::Unavailable {
-                        registry: self.registry.clone(),
-                        operation: operation.to_string(),
-                        message: self.opts.redact(&message),
-                    }
+                    self.unavailable(res, operation).await
                 }
                 Ok(res) => return Ok(res),
                 Err(e) => self.transport_error(&e, operation),
             };
-            if attempt >= self.retry.attempts {
+            let Some(pause) = self.retry.pause(attempt, &failure) else {
                 return Err(failure);
-            }
-            tracing::debug!(registry = %self.registry, %operation, attempt, error = %failure, "retrying");
-            tokio::time::sleep(self.retry.delay(attempt)).await;
+            };
+            tracing::debug!(registry = %self.registry, %operation, attempt, error = %failure, ?pause, "retrying");
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -230,16 +247,26 @@ impl RegistrySession {
         let request = self.authorize(request, scopes, false).await?;
         match request.send().await {
             Ok(res) if matches!(res.status().as_u16(), 401 | 403) => Err(self.unauthorized(&res)),
-            Ok(res) if is_transient_status(res.status()) => {
-                let message = format!("HTTP {}: {}", res.status(), body_excerpt(res).await);
-                Err(RegistryError::Unavailable {
-                    registry: self.registry.clone(),
-                    operation: operation.to_string(),
-                    message: self.opts.redact(&message),
-                })
-            }
+            Ok(res) if is_transient_status(res.status()) => Err(self.unavailable(res, operation).await),
             Ok(res) => Ok(res),
             Err(e) => Err(self.transport_error(&e, operation)),
+        }
+    }
+
+    /// The error for a 429 or 5xx answer: its status, the start of its body, and the pause the
+    /// registry asked for, if any.
+    async fn unavailable(&self, res: reqwest::Response, operation: &str) -> RegistryError {
+        let retry_after = retry_after(&res);
+        let status = res.status();
+        let mut message = format!("HTTP {status}: {}", body_excerpt(res).await);
+        if let Some(pause) = retry_after {
+            message.push_str(&format!(" (Retry-After: {} s)", pause.as_secs_f64().ceil()));
+        }
+        RegistryError::Unavailable {
+            registry: self.registry.clone(),
+            operation: operation.to_string(),
+            message: self.opts.redact(&message),
+            retry_after,
         }
     }
 
@@ -284,6 +311,7 @@ impl RegistrySession {
                 registry: self.registry.clone(),
                 operation: operation.to_string(),
                 message: self.opts.redact(&error_chain(e)),
+                retry_after: None,
             }
         }
     }
@@ -307,18 +335,14 @@ impl RegistrySession {
         loop {
             attempt += 1;
             let failure = match make().send().await {
-                Ok(res) if is_transient_status(res.status()) => RegistryError::Unavailable {
-                    registry: self.registry.clone(),
-                    operation: operation.to_string(),
-                    message: format!("HTTP {}", res.status()),
-                },
+                Ok(res) if is_transient_status(res.status()) => self.unavailable(res, operation).await,
                 Ok(res) => return Ok(res),
                 Err(e) => self.transport_error(&e, operation),
             };
-            if attempt >= self.retry.attempts {
+            let Some(pause) = self.retry.pause(attempt, &failure) else {
                 return Err(failure);
-            }
-            tokio::time::sleep(self.retry.delay(attempt)).await;
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -471,6 +495,20 @@ impl RegistrySession {
     }
 }
 
+/// `Retry-After` as a pause: delay-seconds, or an HTTP date (a date past means no pause).
+fn retry_after(res: &reqwest::Response) -> Option<Duration> {
+    parse_retry_after(res.headers().get(header::RETRY_AFTER)?.to_str().ok()?, chrono::Utc::now())
+}
+
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO))
+}
+
 /// 429 and 5xx: worth another try.
 fn is_transient_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
@@ -543,11 +581,39 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_read_as_seconds_or_as_a_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Sun, 29 Nov 2026 10:00:30 GMT", now), Some(Duration::from_secs(30)));
+        // A date already past: no pause asked for beyond the backoff.
+        assert_eq!(parse_retry_after("Sun, 29 Nov 2026 09:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_backoff_is_waited_and_one_beyond_the_limit_ends_the_retries() {
+        let p = RetryPolicy::fast(5);
+        let asked = |secs: u64| RegistryError::Unavailable {
+            registry: "r".into(),
+            operation: "o".into(),
+            message: "HTTP 429".into(),
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(p.pause(1, &asked(2)), Some(Duration::from_secs(2)));
+        assert!(p.pause(1, &asked(0)).unwrap() <= p.max_delay, "the backoff when the asked pause is shorter");
+        assert_eq!(p.pause(1, &asked(6)), None, "more than max_retry_after (5 s)");
+        assert_eq!(p.pause(5, &asked(1)), None, "attempts spent");
+    }
+
+    #[test]
     fn backoff_grows_and_is_bounded() {
         let p = RetryPolicy {
             attempts: 10,
             first_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(60),
         };
         let d1 = p.delay(1);
         assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));

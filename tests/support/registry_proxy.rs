@@ -4,7 +4,8 @@
 //! - counts blob upload bytes (request bodies of PUT/PATCH under `/blobs/uploads/`), so tests can
 //!   prove a copy sent no more than the bytes the target lacked;
 //! - records every request line, to assert the order of manifest pushes;
-//! - answers 500 to the next N requests matching a method and path fragment;
+//! - answers 500 to the next N requests matching a method and path fragment, or 429 with a
+//!   `Retry-After`;
 //! - can stall a blob upload after N bytes (and say so), so a test can kill the registry behind
 //!   it at a known point of a copy.
 //!
@@ -13,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -32,7 +33,7 @@ struct Shared {
     http: reqwest::Client,
     blob_upload_bytes: AtomicU64,
     faults_served: AtomicU64,
-    requests: Mutex<Vec<String>>,
+    requests: Mutex<Vec<(Instant, String)>>,
     faults: Mutex<Vec<Fault>>,
     stall_after: Mutex<Option<u64>>,
     stalled: tokio::sync::Notify,
@@ -42,6 +43,8 @@ struct Fault {
     method: Method,
     path_contains: String,
     remaining: u32,
+    status: StatusCode,
+    retry_after: Option<String>,
 }
 
 impl RegistryProxy {
@@ -89,6 +92,11 @@ impl RegistryProxy {
 
     /// `METHOD /path` of every request so far (query strings left out).
     pub fn requests(&self) -> Vec<String> {
+        self.requests_at().into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// [`RegistryProxy::requests`] with the time each arrived.
+    pub fn requests_at(&self) -> Vec<(Instant, String)> {
         self.shared.requests.lock().unwrap().clone()
     }
 
@@ -105,10 +113,24 @@ impl RegistryProxy {
             method,
             path_contains: path_contains.to_string(),
             remaining: times,
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            retry_after: None,
         });
     }
 
-    /// How many injected 500s were answered.
+    /// Answers 429 Too Many Requests with `Retry-After: retry_after` to the next `times` requests
+    /// with `method` whose path contains `path_contains`.
+    pub fn throttle_next(&self, method: Method, path_contains: &str, times: u32, retry_after: &str) {
+        self.shared.faults.lock().unwrap().push(Fault {
+            method,
+            path_contains: path_contains.to_string(),
+            remaining: times,
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(retry_after.to_string()),
+        });
+    }
+
+    /// How many injected faults (500s and 429s) were answered.
     pub fn faults_served(&self) -> u64 {
         self.shared.faults_served.load(Ordering::SeqCst)
     }
@@ -152,22 +174,25 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .requests
         .lock()
         .unwrap()
-        .push(format!("{method} {path}"));
+        .push((Instant::now(), format!("{method} {path}")));
 
     let fault = {
         let mut faults = shared.faults.lock().unwrap();
         faults
             .iter_mut()
             .find(|f| f.remaining > 0 && f.method == method && path.contains(&f.path_contains))
-            .map(|f| f.remaining -= 1)
-            .is_some()
+            .map(|f| {
+                f.remaining -= 1;
+                (f.status, f.retry_after.clone())
+            })
     };
-    if fault {
+    if let Some((status, retry_after)) = fault {
         shared.faults_served.fetch_add(1, Ordering::SeqCst);
-        return Response::builder()
-            .status(StatusCode::INTERNAL_SERVER_ERROR)
-            .body(Body::from("injected fault"))
-            .unwrap();
+        let mut response = Response::builder().status(status);
+        if let Some(pause) = retry_after {
+            response = response.header("retry-after", pause);
+        }
+        return response.body(Body::from("injected fault")).unwrap();
     }
 
     let proxy_host = request

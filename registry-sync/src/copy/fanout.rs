@@ -90,6 +90,7 @@ pub(crate) async fn copy_blob(
         let (pumped, put_results) = future::join(pump, future::join_all(puts)).await;
 
         let mut retry = Vec::new();
+        let mut pause = std::time::Duration::ZERO;
         for ((t, _), put) in uploads.iter().zip(put_results) {
             match (&pumped, put) {
                 (Err(PumpError::Mismatch(why)), _) => t.fail(why.clone()),
@@ -105,12 +106,17 @@ pub(crate) async fn copy_blob(
                 (Err(PumpError::Source(e)), Err(_)) if last => {
                     t.fail(format!("read blob {} from the source: {e}", blob.digest))
                 }
-                (_, Err(e)) if e.is_transient() && !last => retry.push(*t),
-                (_, Err(e)) => t.fail(format!("push blob {}: {e}", blob.digest)),
+                (_, Err(e)) => match policy.pause(attempt, &e).filter(|_| e.is_transient()) {
+                    Some(p) => {
+                        pause = pause.max(p);
+                        retry.push(*t);
+                    }
+                    None => t.fail(format!("push blob {}: {e}", blob.digest)),
+                },
             }
         }
         if !retry.is_empty() {
-            tokio::time::sleep(policy.delay(attempt)).await;
+            tokio::time::sleep(pause).await;
         }
         targets = retry;
     }
