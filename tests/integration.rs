@@ -18,6 +18,7 @@ mod log_streaming;
 mod queueing;
 mod registry_assemble;
 mod registry_copy;
+mod replication;
 mod rollouts;
 mod tenant_settings;
 mod web_page;

@@ -30,10 +30,31 @@ pub enum ReplicationError {
 /// What every copy to the cluster registries shares: where blobs are and which are being sent
 /// (so builds finishing together send a shared base layer once per registry and mount it
 /// elsewhere), and the blob streams allowed at once across all of them.
+///
+/// Where blobs are is kept in the store too (`blob_locations`): after a restart, the first copy
+/// of a new app still mounts the base layers an earlier app's copy put on that registry.
 #[derive(Debug, Default)]
 pub struct SharedCopies {
     pub blob_locations: BlobLocations,
     pub transfers: TransferSlots,
+}
+
+impl SharedCopies {
+    /// Hints that remember what they learn, seeded with what earlier processes learnt.
+    pub async fn load(store: &crate::store::Store) -> Result<SharedCopies, crate::store::StoreError> {
+        let blob_locations = BlobLocations::remembering();
+        blob_locations.seed(store.blob_locations().await?);
+        Ok(SharedCopies { blob_locations, transfers: TransferSlots::default() })
+    }
+
+    /// Saves the locations learnt since the last save. They are only hints: a failure to save is
+    /// logged, and costs a later process a HEAD and a send instead of a mount.
+    async fn save_learnt(&self, store: &crate::store::Store) {
+        let learnt = self.blob_locations.take_learnt();
+        if let Err(e) = store.remember_blob_locations(&learnt).await {
+            tracing::warn!("replication: could not save {} blob locations: {e}", learnt.len());
+        }
+    }
 }
 
 /// Replicates in the background; the outcome lands in the build's sync records.
@@ -112,6 +133,7 @@ pub async fn replicate(ctx: &Context, build_id: i64) -> Result<Vec<BuildSync>, R
     };
     let refs: Vec<ImageRef> = targets.iter().map(|(_, t)| t.clone()).collect();
     let report = copy_image(&source, &refs, std::slice::from_ref(&tag), &options, &|_| {}).await;
+    ctx.replication.save_learnt(&ctx.store).await;
     let mut arrived = Vec::new();
     match report {
         Err(e) => {

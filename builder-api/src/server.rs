@@ -58,7 +58,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
     };
     Ok(Arc::new(Context {
         clusters: Clusters::new(config.clusters.clone()),
-        replication: Default::default(),
+        replication: crate::replication::SharedCopies::load(&store).await?,
         hook_limits: crate::hooks::rate::RateLimiter::new(&config.hooks),
         config,
         store,

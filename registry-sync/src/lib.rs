@@ -19,7 +19,7 @@ pub use assemble::{assemble_and_push, assemble_checked, AssembleError, AssembleS
 pub use auth::{load_docker_config, AuthFileError, RegistryAuth, RegistryOptions};
 pub use client::{human_bytes, Platform, RegistryError};
 pub use copy::{
-    copy_image, BlobLocations, CopyError, CopyEvent, CopyOptions, CopyReport, TargetReport, TransferSlots,
+    copy_image, BlobLocation, BlobLocations, CopyError, CopyEvent, CopyOptions, CopyReport, TargetReport, TransferSlots,
     TargetState,
 };
 pub use session::RetryPolicy;

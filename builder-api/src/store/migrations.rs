@@ -186,6 +186,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tenants ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
     "#,
+    // 8: where replication put each blob on each cluster registry (one repository per blob), so
+    // that after a restart a copy to another repository mounts a base layer instead of sending it.
+    r#"
+    CREATE TABLE blob_locations (
+        registry TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        PRIMARY KEY (registry, digest)
+    );
+    CREATE INDEX blob_locations_by_age ON blob_locations(recorded_at);
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

@@ -22,6 +22,10 @@ pub struct BuildSync {
     pub updated_at: i64,
 }
 
+/// How many remembered blob locations a new process loads: hints, so the newest are enough (a
+/// blob not among them is looked for with a HEAD and sent, as without hints).
+pub const BLOB_LOCATIONS_LOADED: i64 = 200_000;
+
 impl Store {
     /// Records that copies to these (cluster, target) pairs started.
     pub async fn start_syncs(&self, build_id: i64, targets: &[(String, String)]) -> Result<()> {
@@ -86,6 +90,37 @@ impl Store {
                 updated_at: r.get(9),
             })
             .collect())
+    }
+
+    /// Remembers where replication put blobs (a later location replaces an earlier one).
+    pub async fn remember_blob_locations(&self, locations: &[registry_sync::BlobLocation]) -> Result<()> {
+        if locations.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        let now = now_ms();
+        for (registry, digest, repository) in locations {
+            sqlx::query(
+                "INSERT INTO blob_locations (registry, digest, repository, recorded_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (registry, digest) DO UPDATE SET repository = excluded.repository, recorded_at = excluded.recorded_at",
+            )
+            .bind(registry)
+            .bind(digest)
+            .bind(repository)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The [`BLOB_LOCATIONS_LOADED`] most recently remembered blob locations.
+    pub async fn blob_locations(&self) -> Result<Vec<registry_sync::BlobLocation>> {
+        Ok(sqlx::query_as("SELECT registry, digest, repository FROM blob_locations ORDER BY recorded_at DESC LIMIT ?")
+            .bind(BLOB_LOCATIONS_LOADED)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Builds whose replication a previous process left running.

@@ -18,13 +18,22 @@ type Key = (String, String);
 
 /// Where blobs are, or are being sent, on each registry. Share one between copies (it is a cheap
 /// handle); it only ever holds hints: a wrong one costs one refused mount.
+///
+/// A long-lived owner (Kiln) keeps the hints across restarts: [`BlobLocations::remembering`]
+/// journals every location learnt, [`BlobLocations::take_learnt`] hands them over for saving, and
+/// [`BlobLocations::seed`] loads the saved ones into the next process.
 #[derive(Debug, Clone, Default)]
 pub struct BlobLocations(Arc<Mutex<Locations>>);
+
+/// A blob's location: (registry, digest, repository).
+pub type BlobLocation = (String, String, String);
 
 #[derive(Debug, Default)]
 struct Locations {
     /// A repository known to hold the blob.
     known: HashMap<Key, String>,
+    /// Locations learnt since the last [`BlobLocations::take_learnt`], when remembering.
+    learnt: Option<Vec<BlobLocation>>,
     /// Blobs a copy is sending now: its claim's id, the repository, and a channel that closes
     /// when the send ends (whether it worked or not).
     sending: HashMap<Key, (u64, String, watch::Receiver<()>)>,
@@ -67,10 +76,36 @@ impl BlobLocations {
         self.0.lock().expect("blob locations lock")
     }
 
+    /// Hints that journal what they learn, for [`BlobLocations::take_learnt`].
+    pub fn remembering() -> Self {
+        let locations = BlobLocations::default();
+        locations.lock().learnt = Some(Vec::new());
+        locations
+    }
+
+    /// Adds saved locations (not journalled again).
+    pub fn seed(&self, saved: impl IntoIterator<Item = BlobLocation>) {
+        let mut l = self.lock();
+        for (registry, digest, repository) in saved {
+            l.known.insert((registry, digest), repository);
+        }
+    }
+
+    /// The locations learnt since the last call (none unless [`BlobLocations::remembering`]).
+    pub fn take_learnt(&self) -> Vec<BlobLocation> {
+        self.lock().learnt.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     pub fn record(&self, registry: &str, digest: &str, repository: &str) {
-        self.lock()
-            .known
-            .insert((registry.to_string(), digest.to_string()), repository.to_string());
+        let mut l = self.lock();
+        let key = (registry.to_string(), digest.to_string());
+        if l.known.get(&key).map(String::as_str) == Some(repository) {
+            return;
+        }
+        if let Some(learnt) = &mut l.learnt {
+            learnt.push((key.0.clone(), key.1.clone(), repository.to_string()));
+        }
+        l.known.insert(key, repository.to_string());
     }
 
     /// A repository of `registry` other than `except` known to hold `digest`.
@@ -178,6 +213,22 @@ mod tests {
         assert_eq!(locations.find("r:5000", "sha256:a", "app-2").as_deref(), Some("app-1"));
         // The claim is gone: a later copy that still lacks it sends it itself.
         assert!(matches!(locations.claim("r:5000", "sha256:a", "app-3"), Claim::Mine(_)));
+    }
+
+    #[test]
+    fn remembering_hints_journal_what_they_learn_once_and_not_what_they_were_seeded_with() {
+        let locations = BlobLocations::remembering();
+        locations.seed([("r:5000".into(), "sha256:a".into(), "app-1".into())]);
+        assert_eq!(locations.find("r:5000", "sha256:a", "app-2").as_deref(), Some("app-1"));
+        locations.record("r:5000", "sha256:a", "app-1");
+        locations.record("r:5000", "sha256:b", "app-2");
+        locations.record("r:5000", "sha256:b", "app-2");
+        assert_eq!(locations.take_learnt(), [("r:5000".to_string(), "sha256:b".to_string(), "app-2".to_string())]);
+        assert!(locations.take_learnt().is_empty(), "taken once");
+        // Plain hints keep no journal.
+        let plain = BlobLocations::default();
+        plain.record("r:5000", "sha256:c", "app-3");
+        assert!(plain.take_learnt().is_empty());
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ use crate::session::{
 };
 
 use locations::{Claim, SendingBlob};
-pub use locations::{BlobLocations, TransferSlots};
+pub use locations::{BlobLocation, BlobLocations, TransferSlots};
 use plan::{fetch_manifest, referrers_tag, Manifest, Plan};
 
 /// Why a copy could not start or could not read its source. (A target's failure is not an error
