@@ -25,17 +25,7 @@ const LIMIT: Duration = Duration::from_secs(240);
 /// A stand-in for `go` that prints `slow line 1..=lines` (one every `ms`), then runs the real Go
 /// with the same arguments — so a build is visibly mid-step for a while and still succeeds.
 pub fn slow_go(dir: &Path, lines: u32, ms: u32) -> PathBuf {
-    let script = dir.join("slow-go");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ni=1\nwhile [ $i -le {lines} ]; do echo \"slow line $i\"; i=$((i+1)); sleep {}; done\nexec go \"$@\"\n",
-            ms as f64 / 1000.0
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    script
+    crate::support::fixtures::fake_go(dir, "slow-go", &crate::support::fixtures::numbered_lines(lines, ms))
 }
 
 pub fn fake_options(root: &Path, namespaces: &[&str]) -> FakeKubeOptions {
@@ -274,21 +264,17 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
     let kubeconfig = fake.serve_tcp().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config_file = dir.path().join("kiln.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "[server]\nadmin_token = \"{}\"\n[store]\ndata_dir = \"{}\"\n\
-             [executor]\nkind = \"kube\"\nmax_concurrent_builds = 3\nkiln_binary = \"{}\"\n\
+    let config_file = crate::support::serve_process::write_config(
+        dir.path(),
+        crate::support::kiln::ADMIN,
+        std::path::Path::new(env!("CARGO_BIN_EXE_kiln")),
+        &format!(
+            "kind = \"kube\"\nmax_concurrent_builds = 3\n\
              [registry]\ninsecure = [\"{}\"]\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n",
-            crate::support::kiln::ADMIN,
-            data.display(),
-            env!("CARGO_BIN_EXE_kiln"),
             registry.host(),
             slow_go(dir.path(), LINES, 20).display(),
         ),
-    )
-    .unwrap();
+    );
     let kubeconfig = kubeconfig.display().to_string();
     let env = [("KUBECONFIG", kubeconfig.as_str())];
     let port = crate::support::registry::free_port();

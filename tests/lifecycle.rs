@@ -8,26 +8,20 @@ use axum::http::{Method, StatusCode};
 use builder_api::store::{BuildState, Store};
 use serde_json::json;
 
-use crate::support::fixtures::app_spec;
+use crate::support::fixtures::{app_spec, fake_go, numbered_lines};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::{test_config, TestKiln, ADMIN};
 use crate::support::registry::{free_port, TestRegistry};
-use crate::support::serve_process::ServeProcess;
+use crate::support::serve_process::{write_config, ServeProcess};
 
 const GIT_TOKEN: &str = "glpat-lifecycle-token";
 
 /// A stand-in for `go` that prints a numbered line every 50 ms for a long time and records its
 /// pid, so a test can see a build mid-step. The clone before it is real.
+/// A `go` that writes its pid to `DIR/slow.pid`, then prints a line every 50 ms for over an hour.
 fn slow_compiler(dir: &Path) -> PathBuf {
-    let script = dir.join("slow-go");
-    let pid_file = dir.join("slow.pid");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho $$ > {}\ni=1\nwhile [ $i -le 100000 ]; do echo \"slow line $i\"; i=$((i+1)); sleep 0.05; done\n", pid_file.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    script
+    let body = format!("echo $$ > {}\n{}", dir.join("slow.pid").display(), numbered_lines(100_000, 50));
+    fake_go(dir, "slow-go", &body)
 }
 
 fn alive(pid_file: &Path) -> bool {
@@ -110,17 +104,7 @@ async fn kiln_killed_mid_build_and_restarted_marks_the_build_interrupted_and_los
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let script = slow_compiler(dir.path());
-    let config_file = dir.path().join("kiln.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n[toolchains]\ngo = \"{}\"\n",
-            data.display(),
-            env!("CARGO_BIN_EXE_kiln"),
-            script.display()
-        ),
-    )
-    .unwrap();
+    let config_file = write_config(dir.path(), ADMIN, Path::new(env!("CARGO_BIN_EXE_kiln")), &format!("[toolchains]\ngo = \"{}\"\n", script.display()));
     let port = free_port();
     let http = reqwest::Client::new();
     let sha = repo_with_go_app(&git).await;

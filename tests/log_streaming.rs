@@ -2,7 +2,7 @@
 //! resumed with `Last-Event-ID`, fanned out to many followers, capped per build, and masked in
 //! every view.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use axum::http::Method;
@@ -11,9 +11,10 @@ use builder_api::store::BuildState;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::support::fixtures::app_spec;
+use crate::support::fixtures::{app_spec, fake_go, numbered_lines};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::{test_config, TestKiln, ADMIN};
+use crate::support::serve_process::write_config;
 use crate::support::registry::TestRegistry;
 
 const GIT_TOKEN: &str = "glpat-stream-token-98765";
@@ -21,18 +22,6 @@ const REGISTRY_PASSWORD: &str = "registry-pass-4242-xyz";
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// A stand-in for `go`: `body` (shell) runs first, then the real Go with the same arguments.
-fn go_wrapper(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let script = dir.join(name);
-    std::fs::write(&script, format!("#!/bin/sh\n{body}\nexec go \"$@\"\n")).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    script
-}
-
-/// `slow line 1..=n`, one every `ms`.
-fn numbered(n: u32, ms: u32) -> String {
-    format!("i=1\nwhile [ $i -le {n} ]; do echo \"slow line $i\"; i=$((i+1)); sleep {}; done", ms as f64 / 1000.0)
-}
-
 struct World {
     git: GitServer,
     registry: TestRegistry,
@@ -46,7 +35,7 @@ impl World {
         let registry = TestRegistry::start_with_htpasswd("pusher", REGISTRY_PASSWORD).await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path(), &[&registry.host()]);
-        config.toolchains.go = go_wrapper(dir.path(), "go-wrapper", go_body).display().to_string();
+        config.toolchains.go = fake_go(dir.path(), "go-wrapper", go_body).display().to_string();
         config.registry.username = Some("pusher".into());
         config.registry.password = Some(REGISTRY_PASSWORD.into());
         let kiln = TestKiln::start_with(dir, config).await;
@@ -117,7 +106,7 @@ fn assert_contiguous(events: &[SseEvent]) {
 
 #[tokio::test]
 async fn a_late_follower_gets_the_backlog_then_the_live_tail_then_the_result() {
-    let w = World::new(&numbered(80, 25)).await;
+    let w = World::new(&numbered_lines(80, 25)).await;
     let id = w.build("late").await;
     // Join mid-build: once the compile step has printed a few lines.
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -150,7 +139,7 @@ async fn a_late_follower_gets_the_backlog_then_the_live_tail_then_the_result() {
 
 #[tokio::test]
 async fn a_follower_that_reconnects_with_last_event_id_gets_no_gap_and_no_duplicate() {
-    let w = World::new(&numbered(60, 20)).await;
+    let w = World::new(&numbered_lines(60, 20)).await;
     let id = w.build("resume").await;
     let mut all = Vec::new();
     let mut last: Option<String> = None;
@@ -181,7 +170,7 @@ async fn a_follower_that_reconnects_with_last_event_id_gets_no_gap_and_no_duplic
 
 #[tokio::test]
 async fn fifty_concurrent_followers_receive_identical_streams_and_a_stalled_one_slows_nobody() {
-    let w = World::new(&numbered(200, 5)).await;
+    let w = World::new(&numbered_lines(200, 5)).await;
     let id = w.build("fanout").await;
     // A follower that never reads: its socket buffers fill, the build must not care.
     let stalled = w.open(id, None).await;
@@ -281,20 +270,14 @@ async fn a_200_mib_log_is_cut_at_the_cap_with_a_notice_and_the_build_finishes_in
     let registry = TestRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
     // 200 MiB of output: 2,097,152 lines of 99 characters.
-    let flood = go_wrapper(dir.path(), "go-flood", "head -c 209715200 /dev/zero | tr '\\0' 'x' | fold -w 99");
+    let flood = fake_go(dir.path(), "go-flood", "head -c 209715200 /dev/zero | tr '\\0' 'x' | fold -w 99");
     let data = dir.path().join("data");
-    let config_file = dir.path().join("kiln.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n[registry]\ninsecure = [\"{}\"]\n",
-            data.display(),
-            env!("CARGO_BIN_EXE_kiln"),
-            flood.display(),
-            registry.host()
-        ),
-    )
-    .unwrap();
+    let config_file = write_config(
+        dir.path(),
+        ADMIN,
+        Path::new(env!("CARGO_BIN_EXE_kiln")),
+        &format!("[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n[registry]\ninsecure = [\"{}\"]\n", flood.display(), registry.host()),
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["serve", "--config"])

@@ -221,16 +221,7 @@ async fn start_kiln(dir: &Path, insecure: &[String], max_builds: usize) -> (Arc<
 /// `root/data`, the benchmarks' admin token, and `config` appended to a TOML file whose last
 /// section is `[executor]` (so `config` may begin with executor keys), ready to answer.
 async fn start_serve(root: &Path, config: &str) -> serve_process::ServeProcess {
-    let config_file = root.join("kiln.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "[server]\nadmin_token = \"{ADMIN}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n{config}",
-            root.join("data").display(),
-            kiln_binary().display(),
-        ),
-    )
-    .unwrap();
+    let config_file = serve_process::write_config(root, ADMIN, &kiln_binary(), config);
     let serve = serve_process::ServeProcess::start(&config_file, free_port());
     serve.ready().await;
     serve

@@ -141,3 +141,17 @@ pub fn push_busybox_base(registry: &str) -> String {
     assert!(status.success(), "pushing the busybox base image failed");
     base
 }
+
+/// A `go` for builds that runs `body` (shell) first, then the real `go` with the same arguments:
+/// a build whose compile prints, floods or stalls as a test needs. Written as `DIR/name`.
+pub fn fake_go(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let script = dir.join(name);
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\nexec go \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Shell that prints `slow line 1..=n`, one every `ms`.
+pub fn numbered_lines(n: u32, ms: u32) -> String {
+    format!("i=1\nwhile [ $i -le {n} ]; do echo \"slow line $i\"; i=$((i+1)); sleep {}; done", ms as f64 / 1000.0)
+}

@@ -4,6 +4,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// Writes `DIR/kiln.toml` for `kiln serve`: `admin_token`, the store under `DIR/data`, and
+/// `kiln_binary` for the steps, then `rest` — whose first lines, before any `[table]`, still
+/// belong to `[executor]`. Returns the file's path.
+pub fn write_config(dir: &Path, admin_token: &str, kiln_binary: &Path, rest: &str) -> PathBuf {
+    let config_file = dir.join("kiln.toml");
+    let head = format!(
+        "[server]\nadmin_token = \"{admin_token}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n",
+        dir.join("data").display(),
+        kiln_binary.display(),
+    );
+    std::fs::write(&config_file, head + rest).expect("write kiln.toml");
+    config_file
+}
+
 pub struct ServeProcess {
     pub child: std::process::Child,
     pub url: String,
