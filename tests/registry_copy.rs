@@ -13,6 +13,7 @@ use registry_sync::{
 use crate::support::oci_images::{random_bytes, ImagePusher, OCI_MANIFEST};
 use crate::support::registry::{free_port, TestRegistry};
 use crate::support::registry_proxy::RegistryProxy;
+use crate::support::token_service::TokenService;
 
 /// A source registry (behind a proxy too, for faults) and two targets behind proxies.
 struct Rig {
@@ -347,6 +348,62 @@ async fn a_registry_answering_429_with_retry_after_is_waited_for_and_one_asking_
     assert!(reason.contains("429") && reason.contains("Retry-After: 3600 s"), "{reason}");
     assert_eq!(rig.proxies[1].faults_served(), 1, "no second attempt");
     assert_eq!(rig.target_reader(0).manifest_digest("team/busy", "v2").await, Some(other.digest));
+}
+
+/// Harbor's way: the registry takes only bearer tokens, which its token service issues to a robot
+/// account for the repositories of its project. The registry checks each token's grants itself.
+#[tokio::test]
+async fn a_robot_account_copies_through_a_token_service_and_mounts_with_a_token_for_both_repositories() {
+    crate::support::init();
+    let robot = "robot$team+kiln";
+    let tokens = TokenService::start(robot, "robot-secret-token-0123", "team/").await;
+    let target = TestRegistry::start_with_token(&tokens).await;
+    let source = TestRegistry::start().await;
+    let base = random_bytes(1 << 20);
+    let pusher = ImagePusher::new(&source.host());
+    let app_a = pusher.push_image("team/app-a", Some("v1"), &[&base, &random_bytes(50_000)], "linux", "amd64").await;
+    let app_b = pusher.push_image("team/app-b", Some("v1"), &[&base, &random_bytes(60_000)], "linux", "amd64").await;
+    let options = |password: &str| {
+        let mut registry = RegistryOptions::default();
+        registry.insecure_registries = vec![source.host(), target.host()];
+        registry.registry_auth.insert(target.host(), RegistryAuth::basic(robot, password));
+        CopyOptions { registry, retry: RetryPolicy::fast(3), ..CopyOptions::default() }
+    };
+    let options_right = options("robot-secret-token-0123");
+    let src = |repo: &str| ImageRef::parse(&format!("{}/{repo}:v1", source.host())).unwrap();
+    let dst = |repo: &str| vec![ImageRef::parse(&format!("{}/{repo}", target.host())).unwrap()];
+
+    let report = copy(&src("team/app-a"), &dst("team/app-a"), &["v1"], &options_right).await;
+    assert_all_verified(&report);
+    assert_eq!((report.targets[0].blobs_sent, report.targets[0].blobs_mounted), (3, 0));
+    // The second app's copy (same options, so it knows where the base layer is) mounts it: the
+    // registry allows that only with pull on team/app-a and push on team/app-b in one token.
+    let report = copy(&src("team/app-b"), &dst("team/app-b"), &["v1"], &options_right).await;
+    assert_all_verified(&report);
+    assert_eq!((report.targets[0].blobs_sent, report.targets[0].blobs_mounted), (2, 1), "{:?}", report.targets[0]);
+    assert!(
+        tokens.requests().iter().any(|r| r.account.as_deref() == Some(robot)
+            && r.scopes == ["repository:team/app-a:pull", "repository:team/app-b:pull,push"]),
+        "{:?}",
+        tokens.requests()
+    );
+    for (repo, image) in [("team/app-a", &app_a), ("team/app-b", &app_b)] {
+        // Read back through the same token service (the registry serves nothing anonymously).
+        let reference = ImageRef::parse(&format!("{}/{repo}:v1", target.host())).unwrap();
+        let pulled = registry_sync::pull_image(&reference, &options_right.registry).await.unwrap();
+        assert_eq!(pulled.manifest_digest, image.digest);
+    }
+
+    // Outside the robot's project the service grants nothing, and the registry refuses the push.
+    let report = copy(&src("team/app-a"), &dst("other/app-a"), &["v1"], &options_right).await;
+    let TargetState::Failed { reason } = &report.targets[0].state else { panic!("{:?}", report.targets[0]) };
+    assert!(reason.contains("refused access") && reason.contains(robot), "{reason}");
+
+    // A wrong password: the token service answers 401, and the copy says whose credentials failed.
+    let report = copy(&src("team/app-a"), &dst("team/app-c"), &["v1"], &options("wrong-password-0123")).await;
+    let TargetState::Failed { reason } = &report.targets[0].state else { panic!("{:?}", report.targets[0]) };
+    assert!(reason.contains("refused access") && reason.contains(robot), "{reason}");
+    assert!(!reason.contains("wrong-password-0123"), "{reason}");
 }
 
 #[tokio::test]

@@ -66,6 +66,10 @@ mod test_registry;
 #[allow(dead_code)]
 #[path = "../../tests/support/oci_images.rs"]
 mod oci_images;
+/// What `registry.rs`'s token-auth registries trust (no bench uses one).
+#[allow(dead_code)]
+#[path = "../../tests/support/token_service.rs"]
+mod token_service;
 
 /// The test support's secret scan, which `registry.rs` and `serve_process.rs` feed: the benchmarks
 /// scan no output for secrets (the test suite does), so these are no-ops here.

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod registry_proxy;
 pub mod secrets;
 pub mod serve_process;
+pub mod token_service;
 
 /// Once per test process: the TLS crypto provider (one for the whole workspace: ring), and the
 /// capture of every tracing event for the secrets scan.

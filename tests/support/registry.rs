@@ -1,6 +1,7 @@
 //! A real `docker-registry` (Debian package `docker-registry`, distribution 2.8) on a loopback
 //! port with its own temporary storage, killed when dropped.
 //!
+//! Token auth trusts a [`TokenService`](super::token_service::TokenService) of the test.
 //! Basic auth uses an htpasswd file with a bcrypt hash. It comes from `htpasswd -Bbn` when the
 //! apt package `apache2-utils` is installed, else from perl's `crypt()` (perl-base, backed by
 //! libxcrypt which knows bcrypt `$2b$`).
@@ -12,6 +13,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How a test registry authenticates.
+enum Auth<'a> {
+    None,
+    Htpasswd(&'a str, &'a str),
+    /// Bearer tokens from a token service at `realm`, signed by the key of the certificate `cert`.
+    Token { realm: String, cert: PathBuf },
+}
+
 pub struct TestRegistry {
     child: Child,
     port: u16,
@@ -21,13 +30,19 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// An open registry (no auth).
     pub async fn start() -> TestRegistry {
-        Self::start_inner(None).await
+        Self::start_inner(Auth::None).await
     }
 
     /// A registry that requires HTTP basic auth with `user`/`pass`.
     pub async fn start_with_htpasswd(user: &str, pass: &str) -> TestRegistry {
         crate::support::secrets::register(pass);
-        Self::start_inner(Some((user, pass))).await
+        Self::start_inner(Auth::Htpasswd(user, pass)).await
+    }
+
+    /// A registry that takes only bearer tokens signed by `tokens` (as Harbor's registry does).
+    #[allow(dead_code)]
+    pub async fn start_with_token(tokens: &super::token_service::TokenService) -> TestRegistry {
+        Self::start_inner(Auth::Token { realm: tokens.realm(), cert: tokens.cert_file.clone() }).await
     }
 
     /// `127.0.0.1:PORT`.
@@ -45,7 +60,7 @@ impl TestRegistry {
         self.dir.path().join("storage")
     }
 
-    async fn start_inner(auth: Option<(&str, &str)>) -> TestRegistry {
+    async fn start_inner(auth: Auth<'_>) -> TestRegistry {
         let mut last_log = String::new();
         // The port is picked free, then handed to the registry; retry if someone took it meanwhile.
         for _attempt in 0..3 {
@@ -63,14 +78,23 @@ impl TestRegistry {
                  http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n",
                 storage = storage.display()
             );
-            if let Some((user, pass)) = auth {
-                let htpasswd = dir.path().join("htpasswd");
-                std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt_hash(pass)))
-                    .expect("htpasswd");
-                config.push_str(&format!(
-                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                    htpasswd.display()
-                ));
+            match &auth {
+                Auth::None => {}
+                Auth::Htpasswd(user, pass) => {
+                    let htpasswd = dir.path().join("htpasswd");
+                    std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt_hash(pass)))
+                        .expect("htpasswd");
+                    config.push_str(&format!(
+                        "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                        htpasswd.display()
+                    ));
+                }
+                Auth::Token { realm, cert } => config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    super::token_service::SERVICE,
+                    super::token_service::ISSUER,
+                    cert.display()
+                )),
             }
             let config_path = dir.path().join("config.yml");
             std::fs::write(&config_path, config).expect("config.yml");
