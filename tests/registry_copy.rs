@@ -406,6 +406,36 @@ async fn a_robot_account_copies_through_a_token_service_and_mounts_with_a_token_
     assert!(!reason.contains("wrong-password-0123"), "{reason}");
 }
 
+/// A token service whose tokens live 2 s (the token spec's default is 60 s), and a source that
+/// holds back its blobs for 3 s: the target's token, fetched to see what it lacks, has expired
+/// by the time the bytes flow. A streamed upload cannot be replayed after a 401, so the token
+/// must be renewed before it starts.
+#[tokio::test]
+async fn a_token_that_would_expire_before_a_streamed_upload_is_renewed_first() {
+    crate::support::init();
+    let robot = "robot$team+kiln";
+    let tokens = TokenService::start(robot, "robot-secret-token-0123", "team/").await;
+    tokens.set_lifetime(2);
+    let target = TestRegistry::start_with_token(&tokens).await;
+    let source = TestRegistry::start().await;
+    let source_proxy = RegistryProxy::start(&source.host()).await;
+    let image = ImagePusher::new(&source.host()).push_image("team/app", Some("v1"), &[&random_bytes(200_000)], "linux", "amd64").await;
+    source_proxy.throttle_next(Method::GET, "/blobs/sha256:", 2, "3");
+    let mut registry = RegistryOptions::default();
+    registry.insecure_registries = vec![source_proxy.host(), target.host()];
+    registry.registry_auth.insert(target.host(), RegistryAuth::basic(robot, "robot-secret-token-0123"));
+    let options = CopyOptions { registry, retry: RetryPolicy::fast(3), ..CopyOptions::default() };
+
+    let source_ref = ImageRef::parse(&format!("{}/team/app:v1", source_proxy.host())).unwrap();
+    let target_ref = ImageRef::parse(&format!("{}/team/app", target.host())).unwrap();
+    let report = copy(&source_ref, &[target_ref], &["v1"], &options).await;
+    assert_all_verified(&report);
+    assert_eq!(report.digest, image.digest);
+    assert_eq!(source_proxy.faults_served(), 2, "both blobs were held back");
+    let push_tokens = tokens.requests().iter().filter(|r| r.scopes == ["repository:team/app:pull,push"]).count();
+    assert!(push_tokens >= 2, "the push token was renewed: {:?}", tokens.requests());
+}
+
 #[tokio::test]
 async fn wrong_password_fails_clearly_without_showing_it_and_the_right_one_copies() {
     crate::support::init();

@@ -113,8 +113,9 @@ pub(crate) struct RegistrySession {
     opts: RegistryOptions,
     retry: RetryPolicy,
     challenge: tokio::sync::OnceCell<Challenge>,
-    /// Bearer tokens by their scope set (scopes sorted, space separated).
-    tokens: tokio::sync::Mutex<HashMap<String, String>>,
+    /// Bearer tokens by their scope set (scopes sorted, space separated), with the moment each
+    /// stops being handed out (a little before it expires).
+    tokens: tokio::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl RegistrySession {
@@ -413,10 +414,11 @@ impl RegistrySession {
             .join(" ");
         let mut tokens = self.tokens.lock().await;
         if !fresh {
-            if let Some(t) = tokens.get(&key) {
+            if let Some((t, _)) = tokens.get(&key).filter(|(_, until)| std::time::Instant::now() < *until) {
                 return Ok(Some(t.clone()));
             }
         }
+        let fetched = std::time::Instant::now();
         let mut url = Url::parse(realm)
             .map_err(|e| self.protocol("authentication", format!("bad token realm: {e}")))?;
         {
@@ -449,6 +451,7 @@ impl RegistrySession {
         struct TokenAnswer {
             token: Option<String>,
             access_token: Option<String>,
+            expires_in: Option<u64>,
         }
         let answer: TokenAnswer = res
             .json()
@@ -458,7 +461,7 @@ impl RegistrySession {
             .token
             .or(answer.access_token)
             .ok_or_else(|| self.protocol("token", "token answer has no token".into()))?;
-        tokens.insert(key, token.clone());
+        tokens.insert(key, (token.clone(), fetched + usable_for(answer.expires_in)));
         Ok(Some(token))
     }
 
@@ -493,6 +496,14 @@ impl RegistrySession {
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
+}
+
+/// How long a token answered with `expires_in` is handed out: its lifetime (60 s when not given,
+/// as the token spec says) less a margin, so that no request — above all a streamed upload, which
+/// cannot be replayed after a 401 — starts with a token about to expire.
+fn usable_for(expires_in: Option<u64>) -> Duration {
+    let lifetime = Duration::from_secs(expires_in.unwrap_or(60));
+    lifetime - (lifetime / 4).min(Duration::from_secs(30))
 }
 
 /// `Retry-After` as a pause: delay-seconds, or an HTTP date (a date past means no pause).
@@ -578,6 +589,14 @@ mod tests {
         );
         assert_eq!(parse_challenge(r#"Basic realm="kiln-test""#), Some(Challenge::Basic));
         assert_eq!(parse_challenge("Negotiate"), None);
+    }
+
+    #[test]
+    fn tokens_are_handed_out_until_a_little_before_they_expire() {
+        assert_eq!(usable_for(None), Duration::from_secs(45), "60 s by default, less a quarter");
+        assert_eq!(usable_for(Some(1800)), Duration::from_secs(1770), "Harbor's 30 min, less 30 s");
+        assert_eq!(usable_for(Some(2)), Duration::from_millis(1500));
+        assert_eq!(usable_for(Some(0)), Duration::ZERO);
     }
 
     #[test]

@@ -52,6 +52,8 @@ struct Shared {
     key: EcdsaKeyPair,
     cert_der: Vec<u8>,
     requests: Mutex<Vec<TokenRequest>>,
+    /// Seconds a token is good for ([`TokenService::set_lifetime`]).
+    lifetime: std::sync::atomic::AtomicU64,
 }
 
 impl TokenService {
@@ -67,6 +69,7 @@ impl TokenService {
             key,
             cert_der,
             requests: Mutex::new(Vec::new()),
+            lifetime: std::sync::atomic::AtomicU64::new(300),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -80,6 +83,12 @@ impl TokenService {
     /// The `realm` the registry sends clients to.
     pub fn realm(&self) -> String {
         format!("http://{}/service/token", self.addr)
+    }
+
+    /// Tokens from now on are good for `seconds` (`expires_in`), and the registry accepts them
+    /// that long: their `exp` is 60 s earlier, because docker-registry allows 60 s past it.
+    pub fn set_lifetime(&self, seconds: u64) {
+        self.shared.lifetime.store(seconds, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every token request so far.
@@ -137,18 +146,19 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(q
         access.push(json!({"type": "repository", "name": name, "actions": granted}));
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let lifetime = shared.lifetime.load(std::sync::atomic::Ordering::SeqCst);
     let claims = json!({
         "iss": ISSUER,
         "sub": account.clone().unwrap_or_default(),
         "aud": SERVICE,
-        "exp": now + 300,
-        "nbf": now - 10,
-        "iat": now,
+        "exp": now + lifetime - 60,
+        "nbf": now - 70,
+        "iat": now - 70,
         "jti": format!("{now}-{}", rand_suffix()),
         "access": access,
     });
     let jwt = sign(&shared, &claims);
-    Json(json!({"token": jwt, "access_token": jwt, "expires_in": 300})).into_response()
+    Json(json!({"token": jwt, "access_token": jwt, "expires_in": lifetime})).into_response()
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
