@@ -12,6 +12,7 @@ use registry_sync::{
 
 use crate::support::oci_images::{random_bytes, ImagePusher, OCI_MANIFEST};
 use crate::support::registry::{free_port, TestRegistry};
+use crate::support::hostile_registry::HostileRegistry;
 use crate::support::registry_proxy::RegistryProxy;
 use crate::support::token_service::TokenService;
 
@@ -434,6 +435,46 @@ async fn a_token_that_would_expire_before_a_streamed_upload_is_renewed_first() {
     assert_eq!(source_proxy.faults_served(), 2, "both blobs were held back");
     let push_tokens = tokens.requests().iter().filter(|r| r.scopes == ["repository:team/app:pull,push"]).count();
     assert!(push_tokens >= 2, "the push token was renewed: {:?}", tokens.requests());
+}
+
+/// What a broken or hostile source answers is read only up to what it could sensibly be: a
+/// manifest over 4 MiB, an endless chain of referrers, an error page that never ends — each a
+/// clear error, in bounded time and memory, and nothing pushed.
+#[tokio::test]
+async fn a_hostile_source_gets_clear_errors_not_unbounded_reads() {
+    crate::support::init();
+    let source = HostileRegistry::start().await;
+    let target = TestRegistry::start().await;
+    let mut registry = RegistryOptions::default();
+    registry.insecure_registries = vec![source.host(), target.host()];
+    let options = CopyOptions { registry, retry: RetryPolicy::fast(2), ..CopyOptions::default() };
+    let dst = |repo: &str| vec![ImageRef::parse(&format!("{}/{repo}", target.host())).unwrap()];
+    let attempt = |repo: &'static str| {
+        let (src, dst, options) = (ImageRef::parse(&format!("{}/{repo}:v1", source.host())).unwrap(), dst(repo), &options);
+        async move {
+            let tags = ["v1".to_string()];
+            let started = std::time::Instant::now();
+            let result = tokio::time::timeout(Duration::from_secs(30), copy_image(&src, &dst, &tags, options, &|_| {})).await;
+            let error = result.expect("bounded time").expect_err("refused").to_string();
+            (error, started.elapsed())
+        }
+    };
+
+    let (error, _) = attempt("huge").await;
+    assert!(error.contains("larger than 4194304 bytes"), "{error}");
+
+    let (error, _) = attempt("chain").await;
+    assert!(error.contains("nest more than 16 deep"), "{error}");
+    assert!(source.chain_made() <= 18, "read {} manifests of the chain", source.chain_made());
+
+    let (error, took) = attempt("noisy").await;
+    assert!(error.contains("HTTP 500") && error.len() < 2_000, "{} bytes: {}", error.len(), &error[..error.len().min(300)]);
+    assert_eq!(source.errors_started(), 2, "two attempts");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // Nothing reached the target.
+    let catalog: serde_json::Value = reqwest::get(format!("http://{}/v2/_catalog", target.host())).await.unwrap().json().await.unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!([]), "{catalog}");
 }
 
 #[tokio::test]

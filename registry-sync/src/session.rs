@@ -292,6 +292,28 @@ impl RegistrySession {
         Err(self.protocol(operation, message))
     }
 
+    /// The whole body of `res`, refused (a protocol error) when it is longer than `limit`: what a
+    /// registry answers is read into memory only up to a size it could sensibly be.
+    pub(crate) async fn read_limited(
+        &self,
+        mut res: reqwest::Response,
+        limit: usize,
+        operation: &str,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        let too_large = || self.protocol(operation, format!("the answer is larger than {limit} bytes: refused"));
+        if res.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| self.transport_error(&e, operation))? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
     pub(crate) fn protocol(&self, operation: &str, message: String) -> RegistryError {
         RegistryError::Protocol {
             registry: self.registry.clone(),
@@ -453,9 +475,8 @@ impl RegistrySession {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let answer: TokenAnswer = res
-            .json()
-            .await
+        let body = self.read_limited(res, TOKEN_ANSWER_LIMIT, "token").await?;
+        let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|e| self.protocol("token", format!("token answer is not JSON: {e}")))?;
         let token = answer
             .token
@@ -498,6 +519,9 @@ impl RegistrySession {
     }
 }
 
+/// The largest token service answer read (a JWT with a certificate chain is a few KiB).
+const TOKEN_ANSWER_LIMIT: usize = 1 << 20;
+
 /// How long a token answered with `expires_in` is handed out: its lifetime (60 s when not given,
 /// as the token spec says) less a margin, so that no request — above all a streamed upload, which
 /// cannot be replayed after a 401 — starts with a token about to expire.
@@ -533,8 +557,16 @@ pub(crate) fn header_str(res: &reqwest::Response, name: &str) -> Option<String> 
         .map(str::to_string)
 }
 
-async fn body_excerpt(res: reqwest::Response) -> String {
-    truncate(&res.text().await.unwrap_or_default())
+async fn body_excerpt(mut res: reqwest::Response) -> String {
+    // Only the start is shown, so only the start is read: an error page can be any size.
+    let mut start = Vec::new();
+    while start.len() < 4096 {
+        match res.chunk().await {
+            Ok(Some(chunk)) => start.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    truncate(&String::from_utf8_lossy(&start))
 }
 
 /// `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.

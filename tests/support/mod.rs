@@ -6,6 +6,7 @@ pub mod fake_kube;
 pub mod fixtures;
 pub mod git_server;
 pub mod hostile;
+pub mod hostile_registry;
 pub mod kiln;
 pub mod oci_images;
 pub mod registry;

@@ -16,6 +16,17 @@ use super::CopyError;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
+/// The largest manifest (or referrers list) read: the OCI distribution spec has registries
+/// accept manifests of at least 4 MiB, and a client may refuse larger ones.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// How deep manifests may nest under the one asked for (index → image is 1; a signature of an
+/// image in an index is 2; a signature of that signature 3) and how many one copy may hold. A
+/// source can make up any number of valid manifests, each referring to the next: these bound
+/// what a broken or hostile one can make a copy read.
+const MAX_DEPTH: usize = 16;
+const MAX_MANIFESTS: usize = 10_000;
+
 /// A blob some manifest references.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Blob {
@@ -88,7 +99,7 @@ pub(crate) async fn read_plan(
         manifest_index: HashMap::new(),
         blob_index: HashMap::new(),
     };
-    let root = reader.visit(reference.to_string()).await?;
+    let root = reader.visit(reference.to_string(), 0).await?;
     reader.plan.root = root;
     Ok(reader.plan)
 }
@@ -104,11 +115,21 @@ struct PlanReader<'a> {
 }
 
 impl<'a> PlanReader<'a> {
-    /// Adds the manifest `reference` after its children, then its referrers; returns its index.
-    fn visit(&mut self, reference: String) -> BoxFuture<'_, Result<usize, CopyError>> {
+    /// Adds the manifest `reference`, `depth` levels under the one asked for, after its children,
+    /// then its referrers; returns its index.
+    fn visit(&mut self, reference: String, depth: usize) -> BoxFuture<'_, Result<usize, CopyError>> {
         Box::pin(async move {
             if let Some(&i) = self.manifest_index.get(&reference) {
                 return Ok(i);
+            }
+            if depth > MAX_DEPTH || self.plan.manifests.len() >= MAX_MANIFESTS {
+                return Err(CopyError::InvalidManifest {
+                    digest: reference,
+                    reason: format!(
+                        "the source's manifests nest more than {MAX_DEPTH} deep or number more than {MAX_MANIFESTS} \
+                         (indexes and referrers of referrers): refused"
+                    ),
+                });
             }
             let mut manifest = fetch_manifest(self.source, self.repository, &self.scopes, &reference)
                 .await?
@@ -128,7 +149,7 @@ impl<'a> PlanReader<'a> {
             if let Some(children) = json.get("manifests").and_then(Value::as_array) {
                 for child in children {
                     let digest = descriptor_digest(child, &manifest.digest)?;
-                    let i = self.visit(digest).await?;
+                    let i = self.visit(digest, depth + 1).await?;
                     manifest.children.push(i);
                 }
             }
@@ -162,7 +183,7 @@ impl<'a> PlanReader<'a> {
                 if let Some(referrers) = referrers {
                     for desc in &referrers.descriptors {
                         let d = descriptor_digest(desc, &digest)?;
-                        self.visit(d).await?;
+                        self.visit(d, depth + 1).await?;
                     }
                     self.plan.referrers.push(referrers);
                 }
@@ -207,10 +228,10 @@ pub(crate) async fn fetch_manifest(
         .await
         .map_err(CopyError::Source)?;
     let content_type = header_str(&res, "content-type");
-    let bytes = res
-        .bytes()
+    let bytes = session
+        .read_limited(res, MAX_MANIFEST_BYTES, &operation)
         .await
-        .map_err(|e| CopyError::Source(session.transport_error(&e, &operation)))?;
+        .map_err(CopyError::Source)?;
     let digest = sha256_digest(&bytes);
     if reference.starts_with("sha256:") && digest != reference {
         return Err(CopyError::DigestMismatch {
@@ -263,9 +284,11 @@ async fn list_referrers(
         .map_err(CopyError::Source)?;
     let is_index = header_str(&res, "content-type").is_some_and(|c| c.starts_with(OCI_INDEX));
     if res.status() == StatusCode::OK && is_index {
-        let index: Value = res
-            .json()
+        let body = session
+            .read_limited(res, MAX_MANIFEST_BYTES, &operation)
             .await
+            .map_err(CopyError::Source)?;
+        let index: Value = serde_json::from_slice(&body)
             .map_err(|e| CopyError::Source(session.protocol(&operation, e.to_string())))?;
         let descriptors = index_descriptors(&index);
         return Ok((!descriptors.is_empty()).then(|| Referrers {
