@@ -213,13 +213,20 @@ async fn start_kiln(dir: &Path, insecure: &[String], max_builds: usize) -> (Arc<
     c.registry.insecure = insecure.to_vec();
     c.toolchains.goproxy = "off".into();
     let ctx = builder_api::server::build_context(c).await.unwrap();
-    builder_api::server::start_background(&ctx).await.unwrap();
+    let url = serve_in_process(&ctx).await;
+    (ctx, url)
+}
+
+/// Starts `ctx`'s background work and serves its router in this process, on a listener set up
+/// as `kiln serve` sets up its own (backlog, TCP_NODELAY); returns the base URL.
+async fn serve_in_process(ctx: &Arc<Context>) -> String {
+    builder_api::server::start_background(ctx).await.unwrap();
     let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = builder_api::router::router(AppState(ctx.clone()));
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (ctx, url)
+    url
 }
 
 /// `kiln serve` in its own process (the bench profile's binary), with its data under
@@ -624,11 +631,7 @@ async fn kube() {
     // Every build holds a slot while its Job is pending.
     c.executor.max_concurrent_builds = N + 10;
     let ctx = builder_api::server::build_context_with(c, Some(fake.client())).await.unwrap();
-    builder_api::server::start_background(&ctx).await.unwrap();
-    let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = builder_api::router::router(AppState(ctx.clone()));
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = serve_in_process(&ctx).await;
     let http = reqwest::Client::new();
     let token = setup_tenant(
         &http,
@@ -923,11 +926,7 @@ async fn rollout() {
     c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), ..Default::default() }];
     let ctx = builder_api::server::build_context(c).await.unwrap();
     ctx.clusters.set_client("bench", fake.client());
-    builder_api::server::start_background(&ctx).await.unwrap();
-    let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = builder_api::router::router(AppState(ctx.clone()));
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = serve_in_process(&ctx).await;
     let http = reqwest::Client::new();
     let token = create_tenant(&http, &url).await;
     for i in 0..APPS {
