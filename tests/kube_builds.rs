@@ -278,36 +278,16 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
     let kubeconfig = kubeconfig.display().to_string();
     let env = [("KUBECONFIG", kubeconfig.as_str())];
     let port = crate::support::registry::free_port();
-    let http = reqwest::Client::new();
 
     let mut serve = ServeProcess::start_with_env(&config_file, port, &env);
     serve.ready().await;
-    let tenant: Value = http
-        .post(format!("{}/api/v1/tenants", serve.url))
-        .bearer_auth(crate::support::kiln::ADMIN)
-        .json(&json!({"name": "team"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = tenant["token"].as_str().unwrap().to_string();
+    let token = serve.tenant(crate::support::kiln::ADMIN, "team").await;
     let (sha, spec) = fixture_app(&git, &registry.host(), "team/hello", "go-hello", (SECRET, GIT_TOKEN), json!({"kind": "go"}));
-    let res = http.post(format!("{}/api/v1/apps", serve.url)).bearer_auth(&token).json(&spec).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
+    let (status, answer) = serve.call(Method::POST, "/api/v1/apps", &token, Some(spec)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
     let mut ids = vec![];
     for _ in 0..3 {
-        let res: Value = http
-            .post(format!("{}/api/v1/apps/hello/builds", serve.url))
-            .bearer_auth(&token)
-            .json(&json!({"commit": sha}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, res) = serve.call(Method::POST, "/api/v1/apps/hello/builds", &token, Some(json!({"commit": sha}))).await;
         ids.push(res["build"]["id"].as_i64().unwrap());
     }
 

@@ -106,34 +106,23 @@ async fn kiln_killed_mid_build_and_restarted_marks_the_build_interrupted_and_los
     let script = slow_compiler(dir.path());
     let config_file = write_config(dir.path(), ADMIN, Path::new(env!("CARGO_BIN_EXE_kiln")), &format!("[toolchains]\ngo = \"{}\"\n", script.display()));
     let port = free_port();
-    let http = reqwest::Client::new();
     let sha = repo_with_go_app(&git).await;
 
     let serve = ServeProcess::start(&config_file, port);
     serve.ready().await;
-    let tenant: serde_json::Value =
-        http.post(format!("{}/api/v1/tenants", serve.url)).bearer_auth(ADMIN).json(&json!({"name": "team"})).send().await.unwrap().json().await.unwrap();
-    let token = tenant["token"].as_str().unwrap().to_string();
+    let token = serve.tenant(ADMIN, "team").await;
     let mut spec = app_spec("slow", &git.url("team/slow"), "team/slow", "127.0.0.1:9/team/slow", "secret-slow");
     spec["git_token"] = GIT_TOKEN.into();
-    let res = http.post(format!("{}/api/v1/apps", serve.url)).bearer_auth(&token).json(&spec).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let build: serde_json::Value = http
-        .post(format!("{}/api/v1/apps/slow/builds", serve.url))
-        .bearer_auth(&token)
-        .json(&json!({"commit": sha}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, answer) = serve.call(Method::POST, "/api/v1/apps", &token, Some(spec)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (_, build) = serve.call(Method::POST, "/api/v1/apps/slow/builds", &token, Some(json!({"commit": sha}))).await;
     let id = build["build"]["id"].as_i64().unwrap();
 
     // Wait until the build is well into its compile step, reading the log over HTTP.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let log = http.get(format!("{}/api/v1/builds/{id}/logs", serve.url)).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+        let (_, log) = serve.call(Method::GET, &format!("/api/v1/builds/{id}/logs"), &token, None).await;
+        let log = log.as_str().unwrap_or_default().to_string();
         if log.contains("slow line 10") {
             break;
         }
@@ -151,8 +140,7 @@ async fn kiln_killed_mid_build_and_restarted_marks_the_build_interrupted_and_los
 
     let serve = ServeProcess::start(&config_file, port);
     serve.ready().await;
-    let build: serde_json::Value =
-        http.get(format!("{}/api/v1/builds/{id}", serve.url)).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let (_, build) = serve.call(Method::GET, &format!("/api/v1/builds/{id}"), &token, None).await;
     assert_eq!(build["build"]["state"], "Failed", "{build}");
     assert!(build["build"]["reason"].as_str().unwrap().starts_with("interrupted"), "{build}");
     let store = Store::open(&data).await.unwrap();

@@ -7,7 +7,6 @@
 //!   endless chain of valid, content-addressed manifests;
 //! - `noisy`: every answer is a 500 whose body never ends.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;

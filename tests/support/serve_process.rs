@@ -67,6 +67,26 @@ impl ServeProcess {
         }
     }
 
+    /// `METHOD path` with `token` as the bearer and `body` as JSON: the status and the answer
+    /// (its JSON, or its text as a JSON string when it is not JSON).
+    pub async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<serde_json::Value>) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.url)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let res = request.send().await.expect("kiln serve answers");
+        let status = res.status();
+        let text = res.text().await.expect("an answer body");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// Creates tenant `name` as the admin (`admin_token`); returns the tenant's token.
+    pub async fn tenant(&self, admin_token: &str, name: &str) -> String {
+        let (status, answer) = self.call(reqwest::Method::POST, "/api/v1/tenants", admin_token, Some(serde_json::json!({"name": name}))).await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{answer}");
+        answer["token"].as_str().expect("a tenant token").to_string()
+    }
+
     /// Resident memory (VmRSS) in bytes.
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("the process is gone");
