@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use axum::http::Method;
 use builder_api::cli::sse::{SseEvent, SseParser};
 use builder_api::store::BuildState;
 use futures_util::StreamExt;
@@ -52,8 +51,7 @@ impl World {
         let mut spec = app_spec(name, &self.git.url(&format!("team/{name}")), &format!("team/{name}"), &format!("{}/team/{name}", self.registry.host()), "hook-secret-s");
         spec["git_token"] = GIT_TOKEN.into();
         self.kiln.app(&self.token, spec).await;
-        let (_, body) = self.kiln.request(Method::POST, &format!("/api/v1/apps/{name}/builds"), Some(&self.token), Some(json!({"commit": sha}))).await;
-        body["build"]["id"].as_i64().unwrap()
+        self.kiln.trigger(&self.token, name, json!({"commit": sha})).await
     }
 
     /// Opens the SSE stream (over a real socket) after `last_id`.

@@ -188,6 +188,24 @@ impl TestKiln {
         }
     }
 
+    /// Starts a build of `app` through the API (`POST /api/v1/apps/{app}/builds` with `body`,
+    /// say `{"commit": sha}`); returns its id.
+    pub async fn trigger(&self, token: &str, app: &str, body: Value) -> i64 {
+        let (status, answer) = self.request(Method::POST, &format!("/api/v1/apps/{app}/builds"), Some(token), Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        answer["build"]["id"].as_i64().unwrap()
+    }
+
+    /// Waits until the build is final and asserts it ended in `state`; returns it and its log.
+    /// Its reason and log go through the secrets scan, like every answer.
+    pub async fn ended(&self, id: i64, state: BuildState, limit: Duration) -> (Build, String) {
+        let build = self.wait_final(id, limit).await;
+        let log = self.log(id).await;
+        secrets::capture(&format!("build {id} reason"), build.reason.as_deref().unwrap_or_default());
+        assert_eq!(build.state, state, "reason: {:?}\nlog:\n{log}", build.reason);
+        (build, log)
+    }
+
     /// Waits until the build reached `state` (e.g. Running).
     pub async fn wait_state(&self, id: i64, state: BuildState, limit: Duration) -> Build {
         let deadline = tokio::time::Instant::now() + limit;
