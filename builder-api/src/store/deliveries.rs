@@ -196,11 +196,7 @@ async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pendi
             json!({"actor": format!("webhook:{}", d.source), "tenant_id": b.tenant_id, "target": format!("build/{id}"), "client_addr": d.client_addr})
         })
         .collect();
-    let events: Vec<Value> = fresh
-        .iter()
-        .flat_map(|i| &group[*i].image_events)
-        .map(|e| json!({"source": e.source, "registry": e.registry, "repository": e.repository, "digest": e.digest, "tag": e.tag}))
-        .collect();
+    let events: Vec<&NewImageEvent> = fresh.iter().flat_map(|i| &group[*i].image_events).collect();
     let mut outcomes: Vec<Option<(DeliveryOutcome, bool)>> = vec![None; group.len()];
     let mut deliveries = Vec::with_capacity(fresh.len());
     let mut build_ids = build_ids.into_iter();
@@ -274,7 +270,6 @@ impl Store {
             .await?)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
 
 use super::{is_unique_violation, now_ms, Result, Store, StoreError};
 
@@ -50,7 +50,8 @@ pub struct ImageEvent {
     pub received_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An image arrival to record; serialised as the row the `image_events` inserts read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewImageEvent {
     pub source: &'static str,
     pub registry: String,
@@ -142,26 +143,6 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
 /// Inserts image events inside the caller's transaction (with the webhook delivery that brought
 /// them, so a redelivery adds none).
 /// Inserts image events in one statement (the list as one JSON array), in order.
-pub(super) async fn insert_image_events(conn: &mut SqliteConnection, events: &[NewImageEvent]) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<serde_json::Value> = events
-        .iter()
-        .map(|e| serde_json::json!({"source": e.source, "registry": e.registry, "repository": e.repository, "digest": e.digest, "tag": e.tag}))
-        .collect();
-    sqlx::query(
-        "INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
-         SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', ?2
-         FROM json_each(?1) j ORDER BY j.key",
-    )
-    .bind(serde_json::Value::Array(rows).to_string())
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 impl Store {
     pub async fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription> {
         let sql = format!(
@@ -216,9 +197,18 @@ impl Store {
 
     /// Records image arrivals not tied to a webhook delivery (registry-sync's verified copies).
     pub async fn record_image_events(&self, events: &[NewImageEvent]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        insert_image_events(&mut tx, events).await?;
-        tx.commit().await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
+             SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', ?2
+             FROM json_each(?1) j ORDER BY j.key",
+        )
+        .bind(serde_json::to_string(events).expect("events serialise"))
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 

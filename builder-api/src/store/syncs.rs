@@ -97,21 +97,18 @@ impl Store {
         if locations.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await?;
-        let now = now_ms();
-        for (registry, digest, repository) in locations {
-            sqlx::query(
-                "INSERT INTO blob_locations (registry, digest, repository, recorded_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (registry, digest) DO UPDATE SET repository = excluded.repository, recorded_at = excluded.recorded_at",
-            )
-            .bind(registry)
-            .bind(digest)
-            .bind(repository)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        // One statement for them all (rows as a JSON array of [registry, digest, repository]),
+        // not a round trip to the writer connection per blob. (`WHERE true`: SQLite needs a WHERE
+        // between an INSERT … SELECT and its ON CONFLICT to parse the upsert.)
+        sqlx::query(
+            "INSERT INTO blob_locations (registry, digest, repository, recorded_at)
+             SELECT j.value->>0, j.value->>1, j.value->>2, ?2 FROM json_each(?1) j WHERE true
+             ON CONFLICT (registry, digest) DO UPDATE SET repository = excluded.repository, recorded_at = excluded.recorded_at",
+        )
+        .bind(serde_json::to_string(locations).expect("locations serialise"))
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
