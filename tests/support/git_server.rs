@@ -18,7 +18,6 @@ use axum::{
     response::Response,
     Router,
 };
-use base64::Engine as _;
 use futures_util::TryStreamExt as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -209,14 +208,8 @@ fn git(dir: Option<&Path>, args: &[&str]) -> String {
 
 /// The user name from `Authorization: Basic …` if its password is the token.
 fn authorized_user(headers: &HeaderMap, token: &str) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, password) = decoded.split_once(':')?;
-    (password == token).then(|| user.to_owned())
+    let (user, password) = crate::support::token_service::basic_credentials(headers)?;
+    (password == token).then_some(user)
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {

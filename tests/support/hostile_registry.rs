@@ -14,7 +14,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
-use sha2::{Digest, Sha256};
+
+use crate::support::oci_images::{digest_of, OCI_INDEX, OCI_MANIFEST};
 
 pub struct HostileRegistry {
     addr: std::net::SocketAddr,
@@ -29,9 +30,6 @@ struct Served {
     /// How many error bodies were started.
     errors: usize,
 }
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 impl HostileRegistry {
     pub async fn start() -> HostileRegistry {
@@ -68,10 +66,6 @@ impl Drop for HostileRegistry {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// The chain's manifest number `n` (each differs by an annotation, so each has its own digest).

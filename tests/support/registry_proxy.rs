@@ -109,25 +109,18 @@ impl RegistryProxy {
 
     /// Answers 500 to the next `times` requests with `method` whose path contains `path_contains`.
     pub fn fail_next(&self, method: Method, path_contains: &str, times: u32) {
-        self.shared.faults.lock().unwrap().push(Fault {
-            method,
-            path_contains: path_contains.to_string(),
-            remaining: times,
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            retry_after: None,
-        });
+        self.inject(method, path_contains, times, StatusCode::INTERNAL_SERVER_ERROR, None);
     }
 
     /// Answers 429 Too Many Requests with `Retry-After: retry_after` to the next `times` requests
     /// with `method` whose path contains `path_contains`.
     pub fn throttle_next(&self, method: Method, path_contains: &str, times: u32, retry_after: &str) {
-        self.shared.faults.lock().unwrap().push(Fault {
-            method,
-            path_contains: path_contains.to_string(),
-            remaining: times,
-            status: StatusCode::TOO_MANY_REQUESTS,
-            retry_after: Some(retry_after.to_string()),
-        });
+        self.inject(method, path_contains, times, StatusCode::TOO_MANY_REQUESTS, Some(retry_after.to_string()));
+    }
+
+    fn inject(&self, method: Method, path_contains: &str, times: u32, status: StatusCode, retry_after: Option<String>) {
+        let path_contains = path_contains.to_string();
+        self.shared.faults.lock().unwrap().push(Fault { method, path_contains, remaining: times, status, retry_after });
     }
 
     /// How many injected faults (500s and 429s) were answered.
