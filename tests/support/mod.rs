@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod hostile_registry;
 pub mod kiln;
 pub mod oci_images;
+pub mod recording;
 pub mod registry;
 pub mod registry_proxy;
 pub mod secrets;

@@ -1,4 +1,6 @@
-//! The HTTP surface: URL shapes as kube-rs produces them, JSON bodies, errors as `metav1.Status`.
+//! The HTTP surface: URL shapes as kube-rs produces them, JSON bodies, errors as `metav1.Status`,
+//! `Warning` headers from admission, `dryRun=All`, and lists with `limit`/`continue` paging and
+//! `resourceVersionMatch` as S12 recorded them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,27 @@ pub(crate) fn json_response(code: u16, v: &Value) -> Response {
 
 pub(crate) fn error_response(e: &ApiError) -> Response {
     json_response(e.code, &e.status())
+}
+
+/// A JSON answer with one `Warning` header per admission warning.
+fn warned_response(code: u16, v: &Value, warnings: &[String]) -> Response {
+    let mut resp = json_response(code, v);
+    for w in warnings {
+        if let Ok(h) = axum::http::HeaderValue::from_str(&super::pod_security::warning_header(w)) {
+            resp.headers_mut().append(header::WARNING, h);
+        }
+    }
+    resp
+}
+
+/// `dryRun=All` (query) or `dryRun: ["All"]` (a DeleteOptions body).
+fn dry_run(q: &HashMap<String, String>, opts: Option<&Value>) -> Result<bool, ApiError> {
+    let from_body = opts.and_then(|o| o["dryRun"].as_array()).is_some_and(|d| d.iter().any(|v| v == "All"));
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(from_body),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("Invalid dryRun value: \"{other}\"; supported values: [\"All\"]"))),
+    }
 }
 
 /// Where a request points.
@@ -93,19 +116,17 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
         (&Method::GET, None, None) => {
             let watch = truthy(&q, "watch");
             record(sh, if watch { "watch" } else { "list" }, &t, None);
+            refuse_read(sh, r, if watch { "watch" } else { "list" }, &ns)?;
             let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s.as_str())).map_err(ApiError::bad_request)?;
-            let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", |s| s.as_str())).map_err(ApiError::bad_request)?;
+            let fields = FieldSelector::parse_for(q.get("fieldSelector").map_or("", |s| s.as_str()), r.plural).map_err(ApiError::bad_request)?;
             if watch {
                 return super::watch::serve(sh.clone(), r, t.ns.clone(), labels, fields, &q);
             }
-            let (items, rv) = sh.store.list_matching(r, t.ns.as_deref(), |o| labels.matches(o) && fields.matches(o));
-            Ok(json_response(200, &json!({
-                "kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
-                "metadata": {"resourceVersion": rv.to_string()}, "items": items,
-            })))
+            list(sh, r, t.ns.as_deref(), labels, fields, &q).await
         }
         (&Method::GET, Some(name), None | Some("status")) => {
             record(sh, "get", &t, Some(name.clone()));
+            refuse_read(sh, r, "get", &ns)?;
             Ok(json_response(200, &sh.store.get(r, &ns, &name)?))
         }
         (&Method::GET, Some(name), Some("log")) if r.plural == "pods" => {
@@ -125,20 +146,23 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
                     return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
                 }
             }
+            let dry = dry_run(&q, None)?;
             refuse(sh, r, &ns)?;
-            Ok(json_response(201, &sh.store.create(r, &ns, obj)?))
+            let created = super::admission::create(sh, r, &ns, obj, dry)?;
+            Ok(warned_response(201, &created.object, &created.warnings))
         }
         (&Method::PUT, Some(name), sub @ (None | Some("status"))) => {
             record(sh, "update", &t, Some(name.clone()));
             let obj = parse_body(&body)?;
+            let dry = dry_run(&q, None)?;
             if r.plural == "namespaces" && sub.is_none() {
-                return Ok(json_response(200, &*sh.store.replace(r, "", &name, obj, false)?));
+                return Ok(json_response(200, &*sh.store.replace_with(r, "", &name, obj, false, dry)?));
             }
             let status_only = sub == Some("status");
             if status_only && !r.status {
                 return Err(not_served());
             }
-            Ok(json_response(200, &*sh.store.replace(r, &ns, &name, obj, status_only)?))
+            Ok(json_response(200, &*sh.store.replace_with(r, &ns, &name, obj, status_only, dry)?))
         }
         (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
             record(sh, "patch", &t, Some(name.clone()));
@@ -148,9 +172,10 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
             }
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").split(';').next().unwrap_or("").trim().to_string();
             let p = parse_body(&body)?;
+            let dry = dry_run(&q, None)?;
             let key_ns = if r.namespaced { ns.as_str() } else { "" };
             if ct == "application/apply-patch+yaml" {
-                return apply(sh, r, key_ns, &name, status_only, p, &q);
+                return apply(sh, r, key_ns, &name, status_only, p, &q, dry);
             }
             let current = sh.store.get(r, key_ns, &name)?;
             let mut next = current.clone();
@@ -182,7 +207,7 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
             } else if let Some(m) = next["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
-            Ok(json_response(200, &*sh.store.replace(r, key_ns, &name, next, status_only)?))
+            Ok(json_response(200, &*sh.store.replace_with(r, key_ns, &name, next, status_only, dry)?))
         }
         (&Method::DELETE, Some(name), None) => {
             record(sh, "delete", &t, Some(name.clone()));
@@ -193,7 +218,8 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
                 Some(false) => Some("Background".into()),
                 None => None,
             });
-            let grace0 = opts["gracePeriodSeconds"].as_i64() == Some(0) || q.get("gracePeriodSeconds").is_some_and(|g| g == "0");
+            let grace = opts["gracePeriodSeconds"].as_i64().or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+            let dry = dry_run(&q, Some(&opts))?;
             let key_ns = if r.namespaced { ns.as_str() } else { "" };
             if let Some(pre) = opts["preconditions"]["resourceVersion"].as_str() {
                 let cur = sh.store.get(r, key_ns, &name)?;
@@ -201,7 +227,7 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
                     return Err(ApiError::conflict(r, &name));
                 }
             }
-            Ok(json_response(200, &super::delete(sh, r, key_ns, &name, policy.as_deref(), grace0)?))
+            Ok(json_response(200, &super::delete(sh, r, key_ns, &name, policy.as_deref(), grace, dry)?))
         }
         _ => Err(ApiError { code: 405, reason: "MethodNotAllowed", message: "the server does not allow this method on the requested resource".into(), details: None }),
     }
@@ -211,7 +237,8 @@ async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap,
 /// the object when missing; otherwise merges it in as a strategic merge patch. Field ownership is
 /// not modelled: no conflicts (as if every apply were `force`), and fields a manager stops applying
 /// are not removed.
-fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, p: Value, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+#[allow(clippy::too_many_arguments)]
+fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, p: Value, q: &HashMap<String, String>, dry: bool) -> Result<Response, ApiError> {
     if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
         return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
     }
@@ -225,7 +252,8 @@ fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, 
         Err(e) if e.code == 404 && !status_only => {
             let mut obj = p;
             obj["metadata"]["name"] = json!(name);
-            Ok(json_response(201, &sh.store.create(r, ns, obj)?))
+            let created = super::admission::create(sh, r, ns, obj, dry)?;
+            Ok(warned_response(201, &created.object, &created.warnings))
         }
         Err(e) => Err(e),
         Ok(current) => {
@@ -234,9 +262,125 @@ fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, 
             if let Some(m) = next["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
-            Ok(json_response(200, &*sh.store.replace(r, ns, name, next, status_only)?))
+            Ok(json_response(200, &*sh.store.replace_with(r, ns, name, next, status_only, dry)?))
         }
     }
+}
+
+/// A list continue token, as the real server writes it: base64 of
+/// `{"v":"meta.k8s.io/v1","rv":<rv>,"start":"<key after the last item>\u0000"}`.
+fn continue_token(rv: u64, ns: &str, name: &str, cluster_wide: bool) -> String {
+    use base64::Engine;
+    let key = if cluster_wide { format!("/{ns}/{name}\u{0}") } else { format!("/{name}\u{0}") };
+    let t = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": key});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t.to_string())
+}
+
+/// The resourceVersion and the (namespace, name) a continue token resumes after.
+fn parse_continue(token: &str, ns: Option<&str>) -> Result<(u64, (String, String)), ApiError> {
+    use base64::Engine;
+    let bad = |why: &str| ApiError::bad_request(format!("continue key is not valid: {why}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(token))
+        .map_err(|_| bad("illegal base64 data"))?;
+    let t: Value = serde_json::from_slice(&raw).map_err(|_| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+    let rv = t["rv"].as_u64().ok_or_else(|| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+    let start = t["start"].as_str().ok_or_else(|| bad("continue key is not valid"))?.trim_end_matches('\u{0}').trim_start_matches('/');
+    let key = match (ns, start.split_once('/')) {
+        (Some(ns), _) => (ns.to_string(), start.to_string()),
+        (None, Some((n, name))) => (n.to_string(), name.to_string()),
+        (None, None) => (String::new(), start.to_string()),
+    };
+    Ok((rv, key))
+}
+
+/// A list: from the current state, from the state at a resourceVersion
+/// (`resourceVersionMatch=Exact`, a continue token; 410 once the history is compacted), or —
+/// for a resourceVersion the store has not reached — after waiting up to 3 s, 504 as S12
+/// recorded. `limit` pages it.
+async fn list(sh: &Arc<Shared>, r: &'static Res, ns: Option<&str>, labels: LabelSelector, fields: FieldSelector, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let selective = !labels.is_empty() || !fields.is_empty();
+    let keep = |o: &Value| labels.matches(o) && fields.matches(o);
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let rv_param = q.get("resourceVersion").filter(|v| !v.is_empty());
+    let parse_rv = |v: &str| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: \"{v}\": strconv.ParseUint: parsing \"{v}\": invalid syntax")));
+    let mut after: Option<(String, String)> = None;
+    let (items, rv) = if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
+        let (rv, key) = parse_continue(token, ns)?;
+        after = Some(key);
+        sh.store.list_at(r, ns, rv, keep).map_err(|_| {
+            ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, \
+                 or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an \
+                 inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            )
+        })?
+    } else {
+        let wanted = match rv_param {
+            Some(v) if v != "0" => Some(parse_rv(v)?),
+            _ => None,
+        };
+        if let Some(want) = wanted {
+            // A resourceVersion not reached yet: wait for it, as the watch cache does.
+            let mut changes = sh.store.subscribe();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while sh.store.resource_version() < want {
+                if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                    return Err(ApiError {
+                        code: 504,
+                        reason: "Timeout",
+                        message: format!("Timeout: Too large resource version: {want}, current: {}", sh.store.resource_version()),
+                        details: Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1})),
+                    });
+                }
+            }
+        }
+        match (wanted, q.get("resourceVersionMatch").map(String::as_str)) {
+            (Some(want), Some("Exact")) => sh.store.list_at(r, ns, want, keep)?,
+            _ => sh.store.list_matching(r, ns, keep),
+        }
+    };
+    let cluster_wide = r.namespaced && ns.is_none();
+    let key_of = |o: &Value| (o["metadata"]["namespace"].as_str().unwrap_or("").to_string(), o["metadata"]["name"].as_str().unwrap_or("").to_string());
+    let mut items: Vec<Value> = match &after {
+        Some(a) => items.into_iter().filter(|o| key_of(o) > *a).collect(),
+        None => items,
+    };
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(limit) = limit.filter(|l| items.len() > *l) {
+        let rest = items.split_off(limit);
+        let (last_ns, last_name) = key_of(items.last().expect("limit > 0"));
+        metadata["continue"] = json!(continue_token(rv, &last_ns, &last_name, cluster_wide));
+        if !selective {
+            metadata["remainingItemCount"] = json!(rest.len());
+        }
+    }
+    Ok(json_response(200, &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": metadata, "items": items})))
+}
+
+/// The `refuse_reads` fault: RBAC's answer to a client without the right to read.
+fn refuse_read(sh: &Shared, r: &Res, verb: &str, ns: &str) -> Result<(), ApiError> {
+    let Some(code) = sh.faults.lock().unwrap().refuse_reads.get(r.plural).copied() else { return Ok(()) };
+    let mut details = json!({"kind": r.plural});
+    if !r.group.is_empty() {
+        details["group"] = json!(r.group);
+    }
+    let scope = if ns.is_empty() || !r.namespaced { " at the cluster scope".to_string() } else { format!(" in the namespace \"{ns}\"") };
+    Err(match code {
+        403 => ApiError {
+            code,
+            reason: "Forbidden",
+            message: format!(
+                "{} is forbidden: User \"system:serviceaccount:kiln:kiln\" cannot {verb} resource \"{}\" in API group \"{}\"{scope}",
+                r.qualified(),
+                r.plural,
+                r.group
+            ),
+            details: Some(details),
+        },
+        _ => ApiError { code, reason: "InternalError", message: format!("injected failure {code}"), details: Some(details) },
+    })
 }
 
 /// The `refuse_creates` fault.

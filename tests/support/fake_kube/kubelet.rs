@@ -1,9 +1,11 @@
-//! The kubelet of the one node `fake-node`: binds unscheduled Pods, runs their init containers in
-//! order and then their containers as host processes through `builder_api::executor::process`,
-//! and reports every state change through the store so watches see it. Also serves the pod `log`
-//! subresource, since the logs are the kubelet's.
+//! The kubelet of the one node `fake-node`: runs the pods the scheduler bound to it, their init
+//! containers in order and then their containers as host processes through
+//! `builder_api::executor::process`, and reports every state change through the store so watches
+//! see it. A pod deleted while it runs has its processes killed (exit 137, phase Failed) and is
+//! then deleted again with grace 0, which removes it once its finalizers are gone (S04, S10).
+//! Also serves the pod `log` subresource, since the logs are the kubelet's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -17,7 +19,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::logs::{format_ts, ContainerLog};
-use super::store::{name_of, now_rfc3339, res, ApiError};
+use super::store::{name_of, now_rfc3339, res, ApiError, Deletion};
 use super::Shared;
 
 pub const NODE: &str = "fake-node";
@@ -51,40 +53,40 @@ fn pods() -> &'static super::store::Res {
     res("pods").expect("pods")
 }
 
+fn terminal(pod: &Value) -> bool {
+    matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
 pub(crate) async fn run(sh: Arc<Shared>) {
     let mut changes = sh.store.subscribe();
+    // Pods this kubelet has started, by uid: a pod runs once.
+    let mut started: HashSet<String> = HashSet::new();
     loop {
         changes.borrow_and_update();
-        // Read in place: (uid, the namespace and name of a pod to bind, if unbound).
+        // Read in place: (uid, the namespace and name of a pod bound here and not started yet).
         let all = sh.store.scan(pods(), None, |pod| {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
-            let unbound = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty) && pod["metadata"].get("deletionTimestamp").is_none();
+            let fresh = pod["spec"]["nodeName"] == NODE && !started.contains(&uid) && pod["metadata"].get("deletionTimestamp").is_none() && !terminal(pod);
             let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
-            Some((uid, unbound.then(|| (ns.to_string(), name_of(pod).to_string()))))
+            Some((uid, fresh.then(|| (ns.to_string(), name_of(pod).to_string()))))
         });
-        if sh.kubelet_on.load(Ordering::SeqCst) {
-            for (ns, name) in all.iter().filter_map(|(_, unbound)| unbound.as_ref()) {
-                let Ok(bound) = sh.store.modify(pods(), ns, name, |o| {
-                    let mut o = o.clone();
-                    o["spec"]["nodeName"] = json!(NODE);
-                    o["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}]);
-                    Ok(o)
-                }) else {
-                    continue;
-                };
-                let handle = PodHandle { cancel: sh.shutdown.child_token(), cause: Arc::new(Mutex::new(None)) };
-                let uid = bound["metadata"]["uid"].as_str().unwrap_or("").to_string();
-                sh.pods.lock().unwrap().insert(uid, handle.clone());
-                tokio::spawn(run_pod(sh.clone(), Value::clone(&bound), handle));
-            }
+        // Switched off: the node is not Ready, nothing new starts (running pods go on).
+        let on = sh.kubelet_on.load(Ordering::SeqCst);
+        for (uid, (ns, name)) in all.iter().filter(|_| on).filter_map(|(uid, fresh)| Some((uid, fresh.as_ref()?))) {
+            let Ok(pod) = sh.store.get(pods(), ns, name) else { continue };
+            started.insert(uid.clone());
+            let handle = PodHandle { cancel: sh.shutdown.child_token(), cause: Arc::new(Mutex::new(None)) };
+            sh.pods.lock().unwrap().insert(uid.clone(), handle.clone());
+            tokio::spawn(run_pod(sh.clone(), pod, handle));
         }
-        // Pods deleted outright while running: kill their processes.
-        let live: std::collections::HashSet<&str> = all.iter().map(|(uid, _)| uid.as_str()).collect();
+        // Pods removed outright while running: kill their processes.
+        let live: HashSet<&str> = all.iter().map(|(uid, _)| uid.as_str()).collect();
         for (uid, h) in sh.pods.lock().unwrap().iter() {
             if !live.contains(uid.as_str()) {
                 h.kill(Kill::Deleted);
             }
         }
+        started.retain(|uid| live.contains(uid.as_str()));
         tokio::select! {
             _ = changes.changed() => {}
             _ = sh.shutdown.cancelled() => return,
@@ -92,30 +94,25 @@ pub(crate) async fn run(sh: Arc<Shared>) {
     }
 }
 
-/// What the real server does on a pod delete: a pod running on the node is marked
-/// (`deletionTimestamp`) and the kubelet removes it once its processes are dead; any other pod,
-/// or `gracePeriodSeconds: 0`, goes at once (its processes are killed all the same).
-pub(crate) fn delete_pod(sh: &Shared, ns: &str, name: &str, grace0: bool) -> Result<Value, ApiError> {
+/// What the real server does on a pod delete: a pod running on the node is marked with its grace
+/// period (`grace`, else its `terminationGracePeriodSeconds`) and the kubelet kills its
+/// processes and confirms with grace 0; a pod that is not running (unscheduled, finished) gets
+/// grace 0 at once. Either way finalizers hold the object until they are removed.
+pub(crate) fn delete_pod(sh: &Shared, ns: &str, name: &str, grace: Option<i64>, dry_run: bool) -> Result<Deletion, ApiError> {
     let pod = sh.store.get(pods(), ns, name)?;
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    // Held across the write: a pod whose run ends meanwhile still sees the mark and confirms.
     let running = sh.pods.lock().unwrap();
-    if let Some(h) = running.get(&uid) {
+    let handle = running.get(&uid).cloned();
+    let grace = match &handle {
+        Some(_) if !terminal(&pod) => grace.unwrap_or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)),
+        _ => 0,
+    };
+    let d = sh.store.delete_with(pods(), ns, name, grace, dry_run)?;
+    if let (Some(h), false) = (handle, dry_run) {
         h.kill(Kill::Deleted);
-        if !grace0 {
-            if pod["metadata"].get("deletionTimestamp").is_some() {
-                return Ok(pod);
-            }
-            return sh.store.modify(pods(), ns, name, |o| {
-                let mut o = o.clone();
-                o["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-                o["metadata"]["deletionGracePeriodSeconds"] = json!(30);
-                Ok(o)
-            })
-            .map(|v| Value::clone(&v));
-        }
     }
-    drop(running);
-    sh.store.delete(pods(), ns, name).map(|d| super::deleted_status(pods(), &d))
+    Ok(d)
 }
 
 pub(crate) fn evict(sh: &Shared, ns: &str, name: &str) {
@@ -166,14 +163,21 @@ impl PodCtx {
     /// pod's phase too, as one kubelet status sync does: a watcher never sees a terminated
     /// container in a pod that still says Running.
     fn container(&self, key: &str, idx: usize, cs: Value) {
-        let killed = self.handle.cause().is_some();
+        let cause = self.handle.cause();
         self.status(|s| {
             if let Some(list) = s[key].as_array_mut() {
                 if idx < list.len() {
                     list[idx] = cs;
                 }
             }
-            if killed {
+            if cause == Some(Kill::Deleted) && s[key][idx]["state"].get("terminated").is_some() {
+                // Killed for a deletion (restartPolicy Never): the pod fails with the kill.
+                if !matches!(s["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                    s["phase"] = json!("Failed");
+                }
+                return;
+            }
+            if cause.is_some() {
                 return;
             }
             let code = |c: &Value| c["state"]["terminated"]["exitCode"].as_i64();
@@ -275,12 +279,21 @@ async fn run_pod(sh: Arc<Shared>, pod: Value, handle: PodHandle) {
         }
         ctx.phase(if failed { "Failed" } else { "Succeeded" });
     }
-    // Done: forget the pod; a pod marked for deletion goes now that its processes are dead.
+    if ctx.handle.cause() == Some(Kill::Deleted) {
+        // Killed before any container ran (or between them): the pod fails all the same.
+        ctx.status(|s| {
+            if !matches!(s["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                s["phase"] = json!("Failed");
+            }
+        });
+    }
+    // Done: forget the pod. A pod marked for deletion is deleted again with grace 0, now that its
+    // processes are dead: it goes when its finalizers have gone too.
     let mut running = sh.pods.lock().unwrap();
     running.remove(&ctx.uid);
     if let Ok(p) = sh.store.get(pods(), &ctx.ns, &ctx.name) {
         if p["metadata"]["uid"] == ctx.uid.as_str() && p["metadata"].get("deletionTimestamp").is_some() {
-            let _ = sh.store.delete(pods(), &ctx.ns, &ctx.name);
+            let _ = sh.store.delete_with(pods(), &ctx.ns, &ctx.name, 0, false);
         }
     }
 }

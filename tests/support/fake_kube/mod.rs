@@ -1,17 +1,40 @@
 //! A fake Kubernetes API server for the tests: an in-process axum `Router` handed to
-//! `kube::Client::new`, plus a Job controller and a kubelet that runs pods as host processes
-//! (through `builder_api::executor::process`, the local executor's runner).
+//! `kube::Client::new`, plus the controllers of a control plane (Job, Deployment, scheduler,
+//! garbage collector, quota) and a kubelet that runs pods as host processes (through
+//! `builder_api::executor::process`, the local executor's runner).
 //!
-//! It behaves like the real server where Kiln relies on it: resourceVersions from one counter,
-//! list + watch with bookmarks and 410 Gone, 409/404 `Status` bodies, merge / strategic / JSON
-//! patches, the `/status` subresource, deletion with propagation (Jobs orphan their Pods by
-//! default), and the pod `log` subresource with `follow`, `timestamps`, `sinceTime`, `tailLines`.
+//! It behaves like the real server where Kiln relies on it, as recorded from a v1.36 control
+//! plane in `tests/kube-recordings/` (each module names the scenarios it follows):
+//! - objects: resourceVersions from one counter; 409/404/403/410 `Status` bodies; merge /
+//!   strategic / JSON patches and server-side apply; the `/status` subresource; the server's
+//!   defaults on create (S14: a Job's selector, counts and controller labels, a pod's container
+//!   and scheduling defaults, service account, tolerations, priority, `qosClass`); `dryRun=All`
+//!   on create, update, patch and delete (admission runs, nothing is stored);
+//! - deletion: finalizers and graceful deletion (`deletionTimestamp`, grace periods; the last
+//!   finalizer's removal deletes, S04), propagation (Jobs orphan their Pods by default,
+//!   Background, Foreground through the garbage collector);
+//! - lists and watches: label and field selectors (Events by `involvedObject.*`, `reason`,
+//!   `type`), `limit`/`continue` paging with `remainingItemCount`, `resourceVersionMatch=Exact`
+//!   (410 once compacted), watches with the initial ADDED burst and the `initial-events-end`
+//!   BOOKMARK, periodic bookmarks, a too-old resourceVersion as one ERROR 410 event (S12);
+//! - admission: PodSecurity by namespace labels (403 for pods, `Warning` headers for workloads,
+//!   S08) and ResourceQuota object counts (403, S11);
+//! - controllers: the Job controller with `job-tracking` finalizers, the order of
+//!   `SuccessCriteriaMet`/`FailureTarget` before `Complete`/`Failed`, deadlines that delete the
+//!   pod first, `FailedCreate` back-off (S01–S06, S08, S10); the scheduler with PVCs and node
+//!   capacity, `FailedScheduling`/`Scheduled` Events (S09); a Deployment controller that reports
+//!   rollout status; core/v1 Events for all of these;
+//! - the kubelet: init containers then containers, container states, exit codes, OOM,
+//!   eviction, image pull failures, termination messages, the kill (137) and the final grace-0
+//!   delete of a deleted pod, and the pod `log` subresource with `follow`, `timestamps`,
+//!   `sinceTime`, `tailLines`.
+//!
 //! Fault switches and request counters let tests and benchmarks provoke and measure.
 //!
 //! It shares the benchmarks' two cores with Kiln, so it must cost what a real server costs Kiln
 //! (nothing): objects and events share one copy (`Arc`), controllers read objects in place
 //! (`Store::scan`, `peek`) and, as real controllers with a work queue, look again only at the
-//! objects a change or a due timer concerns.
+//! objects a change or a due timer concerns — no polling.
 //!
 //! Volumes have no bind mounts: a volume is a host directory, and the kubelet rewrites any env
 //! value, argument, `workingDir` or `terminationMessagePath` that is a volumeMount's `mountPath`
@@ -22,13 +45,22 @@
 //! var. Host paths stand in for image contents: a path below a mount (say a toolchain under the
 //! test's temp dir while `/tmp` is a mount) that exists on the host and not in the volume is left
 //! as written. `workingDir` is never `$(VAR)`-expanded (Kubernetes does not) and must be absolute.
+//! A PersistentVolumeClaim is a directory per namespace and claim under the fake's root; the
+//! claim object must exist (`FakeKube::create_pvc`) or the pod is never scheduled.
 
+mod admission;
 pub mod api;
+mod defaults;
 mod deployment_controller;
+mod events;
+mod gc;
 mod job_controller;
 mod kubelet;
 pub mod logs;
 pub mod patch;
+pub mod pod_security;
+mod quota;
+mod scheduler;
 pub mod selectors;
 pub mod store;
 mod watch;
@@ -60,6 +92,9 @@ pub struct FakeKubeOptions {
     pub history_limit: usize,
     /// Namespaces that exist at start.
     pub namespaces: Vec<String>,
+    /// How long the Job controller batches pod updates before it acts on them (the real one:
+    /// about a second). The order of its writes is what a client sees either way.
+    pub job_sync_delay: Duration,
 }
 
 impl Default for FakeKubeOptions {
@@ -71,6 +106,7 @@ impl Default for FakeKubeOptions {
             bookmark_interval: Duration::from_secs(1),
             history_limit: 10_000,
             namespaces: vec!["default".into()],
+            job_sync_delay: Duration::from_millis(100),
         }
     }
 }
@@ -98,6 +134,8 @@ impl Request {
 pub(crate) struct Faults {
     /// resource → (status code, remaining refusals; None = always).
     pub refuse: HashMap<String, (u16, Option<usize>)>,
+    /// resource → status code for every get, list and watch.
+    pub refuse_reads: HashMap<String, u16>,
     /// Follow log streams end after this many more lines; `epoch` tells open streams it changed.
     pub log_reset: Option<usize>,
     pub log_reset_epoch: u64,
@@ -170,6 +208,8 @@ impl FakeKube {
         }
         tokio::spawn(job_controller::run(shared.clone()));
         tokio::spawn(deployment_controller::run(shared.clone()));
+        tokio::spawn(scheduler::run(shared.clone()));
+        tokio::spawn(gc::run(shared.clone()));
         tokio::spawn(kubelet::run(shared.clone()));
         FakeKube { shared, _tmp: tmp }
     }
@@ -223,7 +263,25 @@ impl FakeKube {
     // ---- objects, directly (not counted as requests) ----
 
     pub fn create_namespace(&self, name: &str) {
-        self.shared.store.create(store::res_ns(), "", json!({"metadata": {"name": name}})).expect("create namespace");
+        self.create_namespace_with_labels(name, &[]);
+    }
+
+    /// A namespace with labels, say `pod-security.kubernetes.io/enforce: baseline`.
+    pub fn create_namespace_with_labels(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        self.shared.store.create(store::res_ns(), "", json!({"metadata": {"name": name, "labels": labels}})).expect("create namespace");
+    }
+
+    /// Sets one label of an existing namespace (PodSecurity levels are read at each admission).
+    pub fn label_namespace(&self, name: &str, key: &str, value: &str) {
+        self.shared
+            .store
+            .modify(store::res_ns(), "", name, |o| {
+                let mut o = o.clone();
+                o["metadata"]["labels"][key] = json!(value);
+                Ok(o)
+            })
+            .expect("label namespace");
     }
 
     pub fn create_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
@@ -231,10 +289,36 @@ impl FakeKube {
         self.create(ns, "secrets", json!({"metadata": {"name": name}, "stringData": string_data})).expect("create secret");
     }
 
-    /// Creates any object of a served resource (`pods`, `jobs`, …) as a client would.
+    /// A PersistentVolumeClaim, Bound at once (as a pre-bound claim is on a real cluster). Pods
+    /// mounting a claim that does not exist stay Pending, unschedulable.
+    pub fn create_pvc(&self, ns: &str, name: &str) {
+        let claim = json!({"metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}});
+        self.create(ns, "persistentvolumeclaims", claim).expect("create persistentvolumeclaim");
+    }
+
+    /// A ResourceQuota with these `spec.hard` entries, say `("count/jobs.batch", "0")`.
+    pub fn create_resource_quota(&self, ns: &str, name: &str, hard: &[(&str, &str)]) {
+        let hard: serde_json::Map<String, Value> = hard.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        self.create(ns, "resourcequotas", json!({"metadata": {"name": name}, "spec": {"hard": hard}})).expect("create resourcequota");
+    }
+
+    /// Creates any object of a served resource (`pods`, `jobs`, …) as a client would: defaults,
+    /// PodSecurity and quota admission apply. Err is the `Status` a client would get.
     pub fn create(&self, ns: &str, resource: &str, obj: Value) -> Result<Value, Value> {
         let r = res(resource).expect("served resource");
-        self.shared.store.create(r, ns, obj).map_err(|e| e.status())
+        admission::create(&self.shared, r, if r.namespaced { ns } else { "" }, obj, false).map(|c| c.object).map_err(|e| e.status())
+    }
+
+    /// core/v1 Events, of one namespace or all, oldest first.
+    pub fn events(&self, ns: Option<&str>) -> Vec<Value> {
+        let mut all = self.list("events", ns);
+        all.sort_by_key(|e| e["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse::<u64>().ok()).unwrap_or(0));
+        all
+    }
+
+    /// Events about one object (by kind and name) with this reason, oldest first.
+    pub fn events_for(&self, ns: &str, kind: &str, name: &str, reason: &str) -> Vec<Value> {
+        self.events(Some(ns)).into_iter().filter(|e| e["involvedObject"]["kind"] == kind && e["involvedObject"]["name"] == name && e["reason"] == reason).collect()
     }
 
     /// The object as stored, or None.
@@ -383,6 +467,16 @@ impl FakeKube {
         self.shared.faults.lock().unwrap().refuse.remove(resource);
     }
 
+    /// Gets, lists and watches of `resource` are answered with `code` (403: the client has no
+    /// right to read it), until `stop_refusing_reads`.
+    pub fn refuse_reads(&self, resource: &str, code: u16) {
+        self.shared.faults.lock().unwrap().refuse_reads.insert(resource.to_string(), code);
+    }
+
+    pub fn stop_refusing_reads(&self, resource: &str) {
+        self.shared.faults.lock().unwrap().refuse_reads.remove(resource);
+    }
+
     /// Off: new pods stay Pending and unscheduled (running ones go on). On again: they start.
     pub fn set_kubelet_running(&self, on: bool) {
         self.shared.kubelet_on.store(on, Ordering::SeqCst);
@@ -417,17 +511,41 @@ pub(crate) fn deleted_status(r: &Res, obj: &Value) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 }
 
+fn answer(r: &Res, d: store::Deletion) -> Value {
+    match d {
+        store::Deletion::Gone(o) => deleted_status(r, &o),
+        store::Deletion::Pending(o) => o,
+    }
+}
+
 /// Deletes with the real server's propagation: `Background` deletes the owner then its
-/// dependents, `Foreground` marks the owner, deletes the dependents, then the owner, `Orphan`
-/// strips the owner reference from the dependents. Jobs default to orphaning (batch/v1 legacy);
-/// everything else to Background.
-pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy: Option<&str>, grace0: bool) -> Result<Value, ApiError> {
+/// dependents, `Foreground` marks the owner (finalizer `foregroundDeletion`) and deletes the
+/// dependents, the garbage collector removing the owner once they are gone, `Orphan` strips the
+/// owner reference from the dependents. Jobs default to orphaning (batch/v1 legacy); everything
+/// else to Background. `grace` is a pod's grace period (its own when None). `dry_run`: the answer
+/// without the writes.
+pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy: Option<&str>, grace: Option<i64>, dry_run: bool) -> Result<Value, ApiError> {
     if r.plural == "pods" {
-        return kubelet::delete_pod(sh, ns, name, grace0);
+        return kubelet::delete_pod(sh, ns, name, grace, dry_run).map(|d| answer(r, d));
     }
     let obj = sh.store.get(r, ns, name)?;
     let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let policy = policy.unwrap_or(if r.plural == "jobs" { "Orphan" } else { "Background" });
+    if !matches!(policy, "Background" | "Foreground" | "Orphan") {
+        return Err(ApiError::bad_request(format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{policy}\"")));
+    }
+    if dry_run {
+        if policy == "Foreground" {
+            let mut marked = obj.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(store::now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let mut f = marked["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+            f.push(json!("foregroundDeletion"));
+            marked["metadata"]["finalizers"] = json!(f);
+            return Ok(marked);
+        }
+        return sh.store.delete_with(r, ns, name, 0, true).map(|d| answer(r, d));
+    }
     let pods = res("pods").expect("pods");
     let dependents: Vec<String> = if r.plural == "namespaces" {
         Vec::new()
@@ -436,27 +554,34 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
     };
     let deleted = match policy {
         "Background" => {
-            let d = sh.store.delete(r, ns, name)?;
+            let d = sh.store.delete_with(r, ns, name, 0, false)?;
             for p in &dependents {
-                let _ = kubelet::delete_pod(sh, ns, p, false);
+                let _ = kubelet::delete_pod(sh, ns, p, None, false);
             }
-            deleted_status(r, &d)
+            answer(r, d)
         }
         "Foreground" => {
-            // The answer is the marked owner, as the real server's (it finishes later there).
+            // The answer is the marked owner, as the real server's; the garbage collector
+            // removes it when its dependents are gone.
             let marked = sh.store.modify(r, ns, name, |o| {
                 let mut o = o.clone();
-                o["metadata"]["deletionTimestamp"] = json!(store::now_rfc3339());
-                o["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+                if o["metadata"].get("deletionTimestamp").is_none() {
+                    o["metadata"]["deletionTimestamp"] = json!(store::now_rfc3339());
+                    o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                }
+                let mut f = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                if !f.iter().any(|x| x == "foregroundDeletion") {
+                    f.push(json!("foregroundDeletion"));
+                }
+                o["metadata"]["finalizers"] = json!(f);
                 Ok(o)
             })?;
             for p in &dependents {
-                let _ = kubelet::delete_pod(sh, ns, p, true);
+                let _ = kubelet::delete_pod(sh, ns, p, None, false);
             }
-            sh.store.delete(r, ns, name)?;
             Value::clone(&marked)
         }
-        "Orphan" => {
+        _ => {
             for p in &dependents {
                 let _ = sh.store.modify(pods, ns, p, |o| {
                     let mut o = o.clone();
@@ -466,15 +591,14 @@ pub(crate) fn delete(sh: &Shared, r: &'static Res, ns: &str, name: &str, policy:
                     Ok(o)
                 });
             }
-            deleted_status(r, &sh.store.delete(r, ns, name)?)
+            answer(r, sh.store.delete_with(r, ns, name, 0, false)?)
         }
-        other => return Err(ApiError::bad_request(format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\""))),
     };
     if r.plural == "namespaces" {
         // The namespace controller empties a deleted namespace.
         for kind in store::RESOURCES.iter().filter(|k| k.namespaced) {
             for o in sh.store.scan(kind, Some(name), |o| Some(store::name_of(o).to_string())) {
-                let _ = delete(sh, kind, name, &o, Some("Background"), true);
+                let _ = delete(sh, kind, name, &o, Some("Background"), Some(0), false);
             }
         }
     }

@@ -1,5 +1,8 @@
 //! Label and field selectors with the real server's syntax: `a=b`, `a==b`, `a!=b`, `a in (x,y)`,
-//! `a notin (x,y)`, `a`, `!a`; field selectors `metadata.name=x`, `metadata.namespace!=y`.
+//! `a notin (x,y)`, `a`, `!a`; field selectors `metadata.name=x`, `metadata.namespace!=y` and the
+//! fields each kind supports (Events: `involvedObject.kind`/`name`/`namespace`/`uid`, `reason`,
+//! `type`, `source`, `reportingComponent`; Pods: `spec.nodeName`, `status.phase`, …), refused
+//! (400 `field label not supported`) for another kind, as the real server does.
 
 use serde_json::Value;
 
@@ -67,6 +70,10 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
         let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
@@ -84,11 +91,64 @@ impl LabelSelector {
 #[derive(Debug, Clone, Default)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
-/// The fields the real server accepts for every kind, plus the usual pod ones.
-const FIELDS: &[&str] = &["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"];
+/// The fields every kind supports.
+const COMMON: &[&str] = &["metadata.name", "metadata.namespace"];
+
+/// The fields a kind supports beyond `metadata.name` and `metadata.namespace`, and where a field
+/// label reads its value when that is not the label itself.
+fn kind_fields(plural: &str) -> &'static [&'static str] {
+    match plural {
+        "pods" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "events" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "jobs" => &["status.successful"],
+        "secrets" => &["type"],
+        "namespaces" => &["status.phase"],
+        _ => &[],
+    }
+}
+
+/// Where a field label's value lives in the object.
+fn path_of(label: &str) -> &str {
+    match label {
+        "source" => "source.component",
+        "status.successful" => "status.succeeded",
+        other => other,
+    }
+}
 
 impl FieldSelector {
+    /// A selector over any kind's fields (the union), for callers that know no kind.
     pub fn parse(s: &str) -> Result<Self, String> {
+        Self::parse_with(s, |k| COMMON.contains(&k) || ["pods", "events", "jobs", "secrets", "namespaces"].iter().any(|p| kind_fields(p).contains(&k)))
+    }
+
+    /// A selector for one kind (its plural), refusing fields that kind does not support.
+    pub fn parse_for(s: &str, plural: &str) -> Result<Self, String> {
+        Self::parse_with(s, |k| COMMON.contains(&k) || kind_fields(plural).contains(&k))
+    }
+
+    fn parse_with(s: &str, supported: impl Fn(&str) -> bool) -> Result<Self, String> {
         let mut out = Vec::new();
         for part in split_top(s) {
             let (k, eq, v) = if let Some((k, v)) = part.split_once("!=") {
@@ -101,7 +161,7 @@ impl FieldSelector {
                 return Err(format!("invalid selector: '{part}'; can't understand '{part}'"));
             };
             let k = k.trim();
-            if !FIELDS.contains(&k) {
+            if !supported(k) {
                 return Err(format!("field label not supported: {k}"));
             }
             out.push((k.to_string(), eq, v.trim().to_string()));
@@ -109,14 +169,22 @@ impl FieldSelector {
         Ok(FieldSelector(out))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(path, eq, want)| {
+        self.0.iter().all(|(label, eq, want)| {
             let mut cur = obj;
-            for seg in path.split('.') {
+            for seg in path_of(label).split('.') {
                 cur = &cur[seg];
             }
-            let have = cur.as_str().unwrap_or("");
-            (have == want) == *eq
+            let have = match cur {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (have == *want) == *eq
         })
     }
 }

@@ -1,6 +1,13 @@
 //! The objects, one global resourceVersion counter (as etcd has) and a bounded history of changes
-//! that watches replay from. Every write goes through `commit`, so each change gets its own
-//! resourceVersion and an event, whoever made it (a client, the Job controller, the kubelet).
+//! that watches replay from and older lists are rebuilt from. Every write goes through `modify`,
+//! `create` or `delete`, so each change gets its own resourceVersion and an event, whoever made it
+//! (a client, a controller, the kubelet).
+//!
+//! Deletion is the real server's: an object with `metadata.finalizers` (or a pod still running on
+//! the node) is only marked (`deletionTimestamp`, `deletionGracePeriodSeconds`); the write that
+//! leaves a marked object without finalizers (and, for a pod, with grace 0) removes it, and that
+//! DELETED event carries the last stored state at a new resourceVersion — still listing the
+//! finalizer, as a watcher of a real server sees it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -30,6 +37,9 @@ pub static RESOURCES: &[Res] = &[
     Res { plural: "configmaps", group: "", version: "v1", kind: "ConfigMap", namespaced: true, status: false, generation: false },
     Res { plural: "jobs", group: "batch", version: "v1", kind: "Job", namespaced: true, status: true, generation: true },
     Res { plural: "deployments", group: "apps", version: "v1", kind: "Deployment", namespaced: true, status: true, generation: true },
+    Res { plural: "events", group: "", version: "v1", kind: "Event", namespaced: true, status: false, generation: false },
+    Res { plural: "persistentvolumeclaims", group: "", version: "v1", kind: "PersistentVolumeClaim", namespaced: true, status: true, generation: false },
+    Res { plural: "resourcequotas", group: "", version: "v1", kind: "ResourceQuota", namespaced: true, status: true, generation: false },
 ];
 
 pub fn res(plural: &str) -> Option<&'static Res> {
@@ -102,6 +112,10 @@ impl ApiError {
     pub fn gone(message: impl Into<String>) -> Self {
         ApiError { code: 410, reason: "Expired", message: message.into(), details: None }
     }
+    /// `<resource> "<name>" is forbidden: <why>`, as admission (PodSecurity, quota) refuses.
+    pub fn forbidden(res: &Res, name: &str, why: &str) -> Self {
+        ApiError { code: 403, reason: "Forbidden", message: format!("{} \"{name}\" is forbidden: {why}", res.qualified()), details: Some(Self::details(res, name)) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +135,9 @@ impl EventType {
     }
 }
 
-/// One change. `prev` is the object before a modification: a label-selected watch needs it to
-/// turn "no longer matches" into DELETED and "now matches" into ADDED, as the real server does.
+/// One change. `prev` is the object before a modification or a deletion: a label-selected watch
+/// needs it to turn "no longer matches" into DELETED and "now matches" into ADDED, as the real
+/// server does, and a list at an older resourceVersion is rebuilt from it.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub rv: u64,
@@ -156,6 +171,31 @@ pub struct Store {
 
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// RFC 3339 with microseconds, as `eventTime` (a `MicroTime`) is written.
+pub fn now_micro() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// What a delete did: the object is gone (its last state), or it is marked and waits for its
+/// finalizers or its processes (the marked object).
+#[derive(Debug, Clone)]
+pub enum Deletion {
+    Gone(Value),
+    Pending(Value),
+}
+
+/// An object's finalizers are all gone.
+fn no_finalizers(obj: &Value) -> bool {
+    obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+}
+
+/// A marked object nothing holds any more: it goes. A pod goes only once its grace period is 0
+/// (the kubelet's confirmation that its processes are dead).
+fn removable(res: &Res, obj: &Value) -> bool {
+    let md = &obj["metadata"];
+    md.get("deletionTimestamp").is_some() && no_finalizers(obj) && (res.plural != "pods" || md["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0)
 }
 
 pub fn random_suffix(n: usize) -> String {
@@ -255,7 +295,13 @@ impl Store {
         inner.objects.get(&(res.plural, ns.to_string(), name.to_string())).map(|v| f(v))
     }
 
-    pub fn create(&self, res: &'static Res, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+    pub fn create(&self, res: &'static Res, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        self.create_with(res, ns, obj, false)
+    }
+
+    /// Creates, with the server's defaults (`defaults::apply`). `dry_run`: everything but the
+    /// write — the answer is the object as it would be stored, without a resourceVersion.
+    pub fn create_with(&self, res: &'static Res, ns: &str, mut obj: Value, dry_run: bool) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the body of the request was in an unknown format"));
         }
@@ -277,8 +323,7 @@ impl Store {
         if inner.objects.contains_key(&key) {
             return Err(ApiError::already_exists(res, &name));
         }
-        inner.rv += 1;
-        let rv = inner.rv;
+        let rv = inner.rv + 1;
         obj["kind"] = json!(res.kind);
         obj["apiVersion"] = json!(res.api_version());
         let md = &mut obj["metadata"];
@@ -296,15 +341,21 @@ impl Store {
         }
         if let Some(m) = md.as_object_mut() {
             m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
         }
         normalize(res, &mut obj);
         if res.status {
             // The real server drops a client's status on create for these kinds.
-            obj["status"] = if res.plural == "pods" { json!({"phase": "Pending", "qosClass": "BestEffort"}) } else { json!({}) };
+            obj["status"] = json!({});
         }
-        if res.plural == "namespaces" {
-            obj["status"] = json!({"phase": "Active"});
+        super::defaults::apply(res, &mut obj);
+        if dry_run {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            return Ok(obj);
         }
+        inner.rv = rv;
         let shared = Arc::new(obj.clone());
         inner.objects.insert(key.clone(), shared.clone());
         push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Added, object: shared, prev: None });
@@ -319,7 +370,12 @@ impl Store {
     /// A write that changes nothing keeps the resourceVersion and makes no event, as the real
     /// server does.
     pub fn replace(&self, res: &'static Res, ns: &str, name: &str, new: Value, status_only: bool) -> Result<Arc<Value>, ApiError> {
-        self.modify(res, ns, name, |old| {
+        self.replace_with(res, ns, name, new, status_only, false)
+    }
+
+    /// As [`Store::replace`]; `dry_run`: the answer without the write.
+    pub fn replace_with(&self, res: &'static Res, ns: &str, name: &str, new: Value, status_only: bool, dry_run: bool) -> Result<Arc<Value>, ApiError> {
+        self.modify_with(res, ns, name, dry_run, |old| {
             if let Some(rv) = new["metadata"]["resourceVersion"].as_str() {
                 if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() {
                     return Err(ApiError::conflict(res, name));
@@ -366,8 +422,14 @@ impl Store {
         })
     }
 
-    /// The one write path: `f` turns the stored object into the next one.
+    /// The one write path: `f` turns the stored object into the next one. A write that leaves a
+    /// marked object without finalizers removes it (see the module doc); the answer is then the
+    /// object as written.
     pub fn modify(&self, res: &'static Res, ns: &str, name: &str, f: impl FnOnce(&Value) -> Result<Value, ApiError>) -> Result<Arc<Value>, ApiError> {
+        self.modify_with(res, ns, name, false, f)
+    }
+
+    fn modify_with(&self, res: &'static Res, ns: &str, name: &str, dry_run: bool, f: impl FnOnce(&Value) -> Result<Value, ApiError>) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.inner.lock().unwrap();
         let key = (res.plural, ns.to_string(), name.to_string());
         let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res, name))?;
@@ -382,9 +444,22 @@ impl Store {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             next["metadata"]["generation"] = json!(g + 1);
         }
+        if dry_run {
+            return Ok(Arc::new(next));
+        }
         inner.rv += 1;
         let rv = inner.rv;
         next["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if removable(res, &next) {
+            // The finalizers are gone: so is the object. Watchers get its last stored state.
+            inner.objects.remove(&key);
+            let mut last = Value::clone(&old);
+            last["metadata"]["resourceVersion"] = json!(rv.to_string());
+            push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Deleted, object: Arc::new(last), prev: Some(old) });
+            drop(inner);
+            self.changed.send_replace(rv);
+            return Ok(Arc::new(next));
+        }
         let next = Arc::new(next);
         inner.objects.insert(key.clone(), next.clone());
         push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Modified, object: next.clone(), prev: Some(old) });
@@ -393,19 +468,107 @@ impl Store {
         Ok(next)
     }
 
-    /// Removes an object now. The DELETED event carries the object at the deletion's
-    /// resourceVersion.
+    /// Removes an object now, finalizers or not (the caller is the one who decides). The DELETED
+    /// event carries the object at the deletion's resourceVersion.
     pub fn delete(&self, res: &'static Res, ns: &str, name: &str) -> Result<Value, ApiError> {
         let mut inner = self.inner.lock().unwrap();
         let key = (res.plural, ns.to_string(), name.to_string());
-        let mut obj = Arc::unwrap_or_clone(inner.objects.remove(&key).ok_or_else(|| ApiError::not_found(res, name))?);
+        let old = inner.objects.remove(&key).ok_or_else(|| ApiError::not_found(res, name))?;
         inner.rv += 1;
         let rv = inner.rv;
+        let mut obj = Value::clone(&old);
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Deleted, object: Arc::new(obj.clone()), prev: None });
+        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Deleted, object: Arc::new(obj.clone()), prev: Some(old) });
         drop(inner);
         self.changed.send_replace(rv);
         Ok(obj)
+    }
+
+    /// A delete as the real server does it, with `grace` seconds (the caller works out a pod's):
+    /// without finalizers and with grace 0 the object goes at once; otherwise it is marked
+    /// (`deletionTimestamp` = now + grace) and goes when the last finalizer does (a pod: when its
+    /// grace is 0 too). Shortening a marked pod's grace to 0 writes that first (MODIFIED), then
+    /// removes it, as the kubelet's final delete shows on a real server. `dry_run`: the answer
+    /// without the writes.
+    pub fn delete_with(&self, res: &'static Res, ns: &str, name: &str, grace: i64, dry_run: bool) -> Result<Deletion, ApiError> {
+        let mut inner = self.inner.lock().unwrap();
+        let key = (res.plural, ns.to_string(), name.to_string());
+        let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res, name))?;
+        // Only pods have a grace period; anything else is marked with 0 when finalizers hold it.
+        let grace = if res.plural == "pods" { grace.max(0) } else { 0 };
+        let md = &old["metadata"];
+        let marked = md.get("deletionTimestamp").is_some();
+        let free = no_finalizers(&old);
+        let at = |g: i64| (chrono::Utc::now() + chrono::Duration::seconds(g)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let shorter = !marked || md["deletionGracePeriodSeconds"].as_i64().is_none_or(|g| grace < g);
+        let mut cur = Value::clone(&old);
+        if shorter && !(free && grace == 0 && !marked) {
+            cur["metadata"]["deletionTimestamp"] = json!(at(grace));
+            cur["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            if !dry_run {
+                inner.rv += 1;
+                let rv = inner.rv;
+                cur["metadata"]["resourceVersion"] = json!(rv.to_string());
+                let next = Arc::new(cur.clone());
+                inner.objects.insert(key.clone(), next.clone());
+                push(&mut inner, Event { rv, resource: res.plural, namespace: key.1.clone(), kind: EventType::Modified, object: next, prev: Some(old.clone()) });
+            }
+        }
+        if !(free && (grace == 0 || res.plural != "pods")) {
+            if !dry_run {
+                let rv = inner.rv;
+                drop(inner);
+                self.changed.send_replace(rv);
+            }
+            return Ok(Deletion::Pending(cur));
+        }
+        if dry_run {
+            return Ok(Deletion::Gone(cur));
+        }
+        let prev = inner.objects.remove(&key).expect("present");
+        inner.rv += 1;
+        let rv = inner.rv;
+        cur["metadata"]["resourceVersion"] = json!(rv.to_string());
+        push(&mut inner, Event { rv, resource: res.plural, namespace: key.1, kind: EventType::Deleted, object: Arc::new(cur.clone()), prev: Some(prev) });
+        drop(inner);
+        self.changed.send_replace(rv);
+        Ok(Deletion::Gone(cur))
+    }
+
+    /// The objects of one resource as they were at `rv` (rebuilt from the history), and `rv`;
+    /// 410 Gone when the history no longer reaches back that far. What `resourceVersionMatch=Exact`
+    /// and a continue token read.
+    pub fn list_at(&self, res: &'static Res, ns: Option<&str>, rv: u64, keep: impl Fn(&Value) -> bool) -> Result<(Vec<Value>, u64), ApiError> {
+        let inner = self.inner.lock().unwrap();
+        if rv < inner.compacted {
+            return Err(ApiError::gone("The resourceVersion for the provided list is too old."));
+        }
+        let from: Key = (res.plural, ns.unwrap_or("").to_string(), String::new());
+        let in_scope = |n: &str| ns.is_none_or(|ns| ns == n);
+        let mut state: BTreeMap<(String, String), Arc<Value>> = inner
+            .objects
+            .range(from..)
+            .take_while(|((r, n, _), _)| *r == res.plural && in_scope(n))
+            .map(|((_, n, name), v)| ((n.clone(), name.clone()), v.clone()))
+            .collect();
+        // Undo, newest first, every change made after `rv`.
+        for e in inner.history.iter().rev().take_while(|e| e.rv > rv) {
+            if e.resource != res.plural || !in_scope(&e.namespace) {
+                continue;
+            }
+            let k = (e.namespace.clone(), name_of(&e.object).to_string());
+            match (e.kind, &e.prev) {
+                (EventType::Added, _) => {
+                    state.remove(&k);
+                }
+                (_, Some(prev)) => {
+                    state.insert(k, prev.clone());
+                }
+                (_, None) => {}
+            }
+        }
+        let at = rv.min(inner.rv);
+        Ok((state.values().filter(|v| keep(v)).map(|v| Value::clone(v)).collect(), at))
     }
 
     /// Events after `rv` and the resourceVersion they lead up to, or 410 when the history no

@@ -1,6 +1,9 @@
 //! `?watch=true`: newline-delimited `{"type","object"}` events after a resourceVersion, replayed
-//! from the store's bounded history, with BOOKMARKs and 410 Gone as kube-runtime's `watcher()`
-//! expects them.
+//! from the store's bounded history, as S12 recorded them: without a resourceVersion (or with
+//! "0") the current state first as ADDED, then — with `allowWatchBookmarks` — a BOOKMARK
+//! annotated `k8s.io/initial-events-end`; from an explicit resourceVersion no replay and no such
+//! bookmark; from one older than the history an HTTP 200 whose only line is an ERROR event with
+//! the 410 `Status`; a periodic BOOKMARK with the latest resourceVersion.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +23,26 @@ fn line(kind: &str, object: &Value) -> Bytes {
     s.push_str(&object.to_string());
     s.push_str("}\n");
     Bytes::from(s)
+}
+
+/// A BOOKMARK's object: kind, apiVersion, resourceVersion, and the empty shell of the kind's
+/// required fields the real server serialises with it.
+fn bookmark(r: &Res, rv: u64, initial_end: bool) -> Value {
+    let mut b = json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
+    if initial_end {
+        b["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    let shell = match r.plural {
+        "pods" => json!({"spec": {"containers": null}, "status": {}}),
+        "jobs" => json!({"spec": {"template": {"metadata": {}, "spec": {"containers": null}}}, "status": {}}),
+        "deployments" => json!({"spec": {"replicas": 0, "selector": null, "template": {"metadata": {}, "spec": {"containers": null}}, "strategy": {}}, "status": {}}),
+        "events" => json!({"involvedObject": {}, "source": {}, "firstTimestamp": null, "lastTimestamp": null, "eventTime": null, "reportingComponent": "", "reportingInstance": ""}),
+        _ => json!({}),
+    };
+    for (k, v) in shell.as_object().into_iter().flatten() {
+        b[k] = v.clone();
+    }
+    b
 }
 
 pub(crate) fn serve(
@@ -69,12 +92,9 @@ pub(crate) fn serve(
                         return finish(&sh, r);
                     }
                 }
-                if initial_events {
-                    let b = json!({"kind": r.kind, "apiVersion": r.api_version(),
-                        "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
-                    if tx.send(line("BOOKMARK", &b)).await.is_err() {
-                        return finish(&sh, r);
-                    }
+                // The end of the initial state, for any client that asked for bookmarks.
+                if bookmarks && tx.send(line("BOOKMARK", &bookmark(r, rv, true))).await.is_err() {
+                    return finish(&sh, r);
                 }
                 rv
             }
@@ -103,7 +123,8 @@ pub(crate) fn serve(
                             break 'outer;
                         }
                     }
-                    pos = now;
+                    // A resourceVersion from the future: nothing until the store gets there.
+                    pos = pos.max(now);
                 }
             }
             tokio::select! {
@@ -113,8 +134,7 @@ pub(crate) fn serve(
                 _ = tx.closed() => break,
                 _ = sh.shutdown.cancelled() => break,
                 _ = tick.tick(), if bookmarks => {
-                    let b = json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": pos.to_string()}});
-                    if tx.send(line("BOOKMARK", &b)).await.is_err() {
+                    if tx.send(line("BOOKMARK", &bookmark(r, pos, false))).await.is_err() {
                         break;
                     }
                 }

@@ -27,11 +27,27 @@ impl WorkQueue {
     /// was compacted under the queue, or when the caller asks (`everything`, say a fault switch
     /// flipped). The timers of the objects named are dropped; the pass sets them again.
     pub fn next(&mut self, store: &Store, everything: bool, concerns: impl Fn(&Event) -> Option<ObjectKey>) -> Option<HashSet<ObjectKey>> {
+        self.next_delayed(store, everything, |e| concerns(e).map(|k| (k, Duration::ZERO)))
+    }
+
+    /// As [`WorkQueue::next`], but a change may name its object with a delay: the object is
+    /// looked at then (or sooner, when something else names it first). That is how the real Job
+    /// controller batches pod updates (about a second) while reacting to its Jobs at once.
+    pub fn next_delayed(&mut self, store: &Store, everything: bool, concerns: impl Fn(&Event) -> Option<(ObjectKey, Duration)>) -> Option<HashSet<ObjectKey>> {
         let dirty = match self.pos.map(|p| store.events_since(p)) {
             Some(Ok((events, now))) if !everything => {
                 self.pos = Some(now);
                 let now = Instant::now();
-                let mut dirty: HashSet<ObjectKey> = events.iter().filter_map(|e| concerns(e)).collect();
+                let mut dirty: HashSet<ObjectKey> = HashSet::new();
+                for (key, delay) in events.iter().filter_map(|e| concerns(e)) {
+                    if delay.is_zero() {
+                        dirty.insert(key);
+                    } else {
+                        let at = now + delay;
+                        let due = self.timers.entry(key).or_insert(at);
+                        *due = (*due).min(at);
+                    }
+                }
                 dirty.extend(self.timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()));
                 Some(dirty)
             }
