@@ -41,6 +41,8 @@ const EXPECTED_GRANTS: &[(&str, &str, &[&str])] = &[
     ("batch", "jobs", &["create", "get", "list", "watch", "delete"]),
     ("", "pods", &["get", "list", "watch"]),
     ("", "pods/log", &["get"]),
+    ("", "events", &["list", "watch"]),
+    ("", "namespaces", &["get"]),
     ("", "secrets", &["get", "create", "patch"]),
     ("apps", "deployments", &["get", "list", "watch", "patch"]),
 ];

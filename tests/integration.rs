@@ -7,6 +7,8 @@ mod hostile_input;
 mod git_clone;
 mod job_templates;
 mod kube_builds;
+mod kube_contract;
+mod kube_cluster;
 mod support;
 mod api;
 mod apm;

@@ -101,6 +101,7 @@ fn render_for(kind: ResolvedKind, app: &App, build: &Build, tenant: &Tenant) -> 
     let job = render::render(
         templates.for_kind(kind),
         &RenderInput {
+            instance: INSTANCE,
             build_id: build.id,
             tenant: &app.tenant,
             app: &app.name,
@@ -112,6 +113,19 @@ fn render_for(kind: ResolvedKind, app: &App, build: &Build, tenant: &Tenant) -> 
     )
     .unwrap();
     Rendered { job }
+}
+
+/// The installation the sample Jobs are rendered for.
+const INSTANCE: &str = "k7x2p9qm";
+
+#[test]
+fn job_and_pod_names_lead_back_to_their_build_only_for_their_own_instance() {
+    assert_eq!(render::job_name(INSTANCE, 42), "kiln-k7x2p9qm-42");
+    assert_eq!(render::build_of_name(INSTANCE, "kiln-k7x2p9qm-42"), Some(42));
+    assert_eq!(render::build_of_name(INSTANCE, "kiln-k7x2p9qm-42-x7k2p"), Some(42), "a pod of the Job");
+    for other in ["kiln-other-42", "kiln-k7x2p9qm-", "kiln-k7x2p9qm-4a", "kiln-k7x2p9qmx-42", "kiln-build-42", "k7x2p9qm-42"] {
+        assert_eq!(render::build_of_name(INSTANCE, other), None, "{other}");
+    }
 }
 
 fn pod(job: &Job) -> &PodSpec {
@@ -141,7 +155,7 @@ fn secret_refs(c: &Container) -> Vec<(String, String, String)> {
 /// The invariants of DESIGN.md and issue 3 that every rendered build Job keeps.
 fn assert_invariants(kind: ResolvedKind, job: &Job) {
     let what = kind.as_str();
-    assert_eq!(job.metadata.name.as_deref(), Some("kiln-build-42"));
+    assert_eq!(job.metadata.name.as_deref(), Some("kiln-k7x2p9qm-42"));
     assert_eq!(job.metadata.namespace.as_deref(), Some("kiln-payments"));
     let labels = job.metadata.labels.as_ref().unwrap();
     assert_eq!(labels.get("kiln.dev/build").map(String::as_str), Some("42"));
@@ -149,6 +163,9 @@ fn assert_invariants(kind: ResolvedKind, job: &Job) {
     assert_eq!(labels.get("kiln.dev/app").map(String::as_str), Some("ledger"));
     let pod_labels = job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
     assert_eq!(pod_labels.get("kiln.dev/build").map(String::as_str), Some("42"), "{what}: pods carry the build label");
+    for l in [labels, pod_labels] {
+        assert_eq!(l.get("kiln.dev/instance").map(String::as_str), Some(INSTANCE), "{what}: Job and pods carry the instance");
+    }
 
     let spec = job.spec.as_ref().unwrap();
     assert_eq!(spec.backoff_limit, Some(0), "{what}: a build runs once");

@@ -93,7 +93,7 @@ async fn a_build_past_its_time_limit_ends_timed_out() {
     let (_, body) = kiln.request(Method::POST, "/api/v1/apps/slow/builds", Some(&token), Some(json!({"commit": sha}))).await;
     let build = kiln.wait_final(body["build"]["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(build.state, BuildState::TimedOut, "{:?}", build.reason);
-    assert!(build.reason.unwrap().contains("time limit"));
+    assert!(build.reason.unwrap().contains("exceeded its timeout of"));
     assert!(!alive(&pid_file));
 }
 

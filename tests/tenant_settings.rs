@@ -10,7 +10,7 @@ use axum::http::{Method, StatusCode};
 use builder_api::store::{BuildState, TenantSettings};
 use serde_json::{json, Value};
 
-use crate::kube_builds::{fake_options, kube_config};
+use crate::kube_builds::{fake_options, job_name, kube_config};
 use crate::support::fake_kube::FakeKube;
 use crate::support::fixtures::{app_spec, fixture_files};
 use crate::support::git_server::GitServer;
@@ -144,6 +144,37 @@ async fn bad_settings_are_refused_with_the_field_and_the_rule() {
 }
 
 #[tokio::test]
+async fn a_tenant_whose_default_namespace_is_not_a_namespace_name_needs_one_of_its_own() {
+    let kiln = TestKiln::start(&[]).await;
+    // 63 characters: a valid tenant name, but `kiln-` + it is 68, past a namespace name's 63.
+    let long = format!("team-{}", "a".repeat(58));
+    assert_eq!(long.len(), 63);
+    let create = |body: Value| kiln.request(Method::POST, "/api/v1/tenants", Some(ADMIN), Some(body));
+    let (status, body) = create(json!({"name": long})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("(68 characters)") && error.contains("at most 63") && error.contains("\"namespace\""), "{error}");
+    let (status, body) = kiln.request(Method::GET, "/api/v1/tenants", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.to_string().contains(&long), "a refused tenant was created: {body}");
+
+    // With a namespace of its own it is created, and builds there.
+    let (status, body) = create(json!({"name": long, "namespace": "builds-long"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let owner = body["token"].as_str().unwrap().to_string();
+    let (status, body) = kiln.request(Method::GET, &settings_path(&long), Some(&owner), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["effective"]["namespace"], "builds-long");
+    // Unsetting the namespace would leave it with none: refused the same way.
+    let (status, body) = kiln.request(Method::PUT, &settings_path(&long), Some(ADMIN), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("at most 63"), "{body}");
+    // A bad namespace at creation is the settings' own refusal.
+    let (status, body) = create(json!({"name": "short", "namespace": "Not_A_Name"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
 async fn no_two_tenants_share_a_namespace_or_a_registry_project_and_apps_stay_in_theirs() {
     let kiln = TestKiln::start(&[]).await;
     let owner_a = kiln.tenant("team-a").await;
@@ -199,6 +230,8 @@ async fn a_tenants_kube_build_runs_in_its_namespace_with_its_secret_cache_resour
     let fake_root = tempfile::tempdir().unwrap();
     let fake = FakeKube::start(fake_options(fake_root.path(), &["builds-team", "kiln-team"]));
     fake.create_secret("builds-team", "team-robot", &[("username", "robot-team"), ("password", PUSH_PASSWORD)]);
+    // The tenant's cache claim: a pod mounting a claim that does not exist is never scheduled.
+    fake.create_pvc("builds-team", "team-cache");
     let dir = tempfile::tempdir().unwrap();
     let config = kube_config(dir.path(), &registry);
     let kiln = TestKiln::start_with_kube(dir, config, Some(fake.client())).await;
@@ -227,7 +260,7 @@ async fn a_tenants_kube_build_runs_in_its_namespace_with_its_secret_cache_resour
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["build"]["id"].as_i64().unwrap();
 
-    let name = format!("kiln-build-{id}");
+    let name = job_name(id);
     let job = fake.wait_for("jobs", "builds-team", &name, Duration::from_secs(60), |j| j.cloned()).await;
     assert!(fake.get("jobs", "kiln-team", &name).is_none(), "the Job is also in the default namespace");
     let spec = &job["spec"];

@@ -627,6 +627,7 @@ async fn kube() {
     c.store.data_dir = dir.path().join("data");
     c.server.admin_token = Some(ADMIN.into());
     c.executor.kind = "kube".into();
+    c.kube.instance = Some("bench".into());
     c.hooks.rate_per_app_per_minute = 0; // 200 pushes of one app at once
     // Every build holds a slot while its Job is pending.
     c.executor.max_concurrent_builds = N + 10;
@@ -645,7 +646,7 @@ async fn kube() {
     // The benchmark's own watch sees each Job arrive (one more watch connection, not Kiln's).
     let jobs: kube::Api<Job> = kube::Api::namespaced(fake.client(), "kiln-bench");
     let created = first_seen(jobs, |job: Job| job.metadata.name).await;
-    let watches_before = (fake.watches_opened("jobs"), fake.watches_opened("pods"));
+    let watches_before = (fake.watches_opened("jobs"), fake.watches_opened("pods"), fake.watches_opened("events"));
     fake.reset_counters();
 
     let sends = (0..N).map(|i| {
@@ -677,7 +678,7 @@ async fn kube() {
     }
     let mut latencies: Vec<Duration> = {
         let created = created.lock().unwrap();
-        answered.iter().map(|(id, at)| created[&format!("kiln-build-{id}")].saturating_duration_since(*at)).collect()
+        answered.iter().map(|(id, at)| created[&builder_api::executor::kube::render::job_name("bench", *id)].saturating_duration_since(*at)).collect()
     };
     latencies.sort();
     // Where the time goes: how the answers and the Jobs spread out after the first answer.
@@ -686,7 +687,7 @@ async fn kube() {
         let first = answered.iter().map(|(_, at)| *at).min().expect("answers");
         let after = |t: Instant| ms(t.saturating_duration_since(first));
         let last_answer = answered.iter().map(|(_, at)| *at).max().expect("answers");
-        let jobs: Vec<Instant> = answered.iter().map(|(id, _)| created[&format!("kiln-build-{id}")]).collect();
+        let jobs: Vec<Instant> = answered.iter().map(|(id, _)| created[&builder_api::executor::kube::render::job_name("bench", *id)]).collect();
         let (first_job, last_job) = (*jobs.iter().min().expect("jobs"), *jobs.iter().max().expect("jobs"));
         format!("answers over {:.1} ms; Jobs created from {:.1} ms to {:.1} ms after the first answer", after(last_answer), after(first_job), after(last_job))
     };
@@ -720,10 +721,19 @@ async fn kube() {
         writes as f64 / N as f64,
         reads as f64 / N as f64
     );
+    // By verb (and resource): what a build costs the apiserver.
+    let mut by_verb: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for r in fake.requests() {
+        let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
+        *by_verb.entry(format!("{} {}{sub}", r.verb, r.resource)).or_default() += 1;
+    }
+    let per_build: Vec<String> = by_verb.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / N as f64)).collect();
+    println!("  requests per build by verb: {}", per_build.join(", "));
     println!(
-        "  watch connections opened by Kiln: jobs {}, pods {} (target: 1 per kind whatever the number of builds)",
+        "  watch connections opened by Kiln: jobs {}, pods {}, events {} (target: 1 per kind whatever the number of builds)",
         watches_before.0 - 1 + fake.watches_opened("jobs"),
-        watches_before.1 + fake.watches_opened("pods")
+        watches_before.1 + fake.watches_opened("pods"),
+        watches_before.2 + fake.watches_opened("events")
     );
 }
 

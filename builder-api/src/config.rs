@@ -230,12 +230,37 @@ pub struct KubeConfig {
     /// Secret (same name in every tenant namespace; keys `username`, `password`) with the
     /// credentials for pushing to the tenant's registry project; anonymous when unset.
     pub registry_secret: Option<String>,
+    /// This installation's id: the `kiln.dev/instance` label on everything Kiln creates, and
+    /// part of every Job's name, so two Kilns on one cluster never touch each other's Jobs.
+    /// Generated once and kept in the store when unset.
+    pub instance: Option<String>,
+    /// A build whose pod stays unschedulable this long fails with the scheduler's message.
+    pub unschedulable_timeout_secs: u64,
 }
 
 impl Default for KubeConfig {
     fn default() -> Self {
-        Self { templates_dir: None, namespace_prefix: "kiln-".into(), cache_claim: None, registry_secret: None }
+        Self {
+            templates_dir: None,
+            namespace_prefix: "kiln-".into(),
+            cache_claim: None,
+            registry_secret: None,
+            instance: None,
+            unschedulable_timeout_secs: 300,
+        }
     }
+}
+
+/// The longest instance id: it goes into Job names (`kiln-<instance>-<build>`), which with the
+/// pod's random suffix must stay within a 63-character label.
+pub const MAX_INSTANCE_LEN: usize = 20;
+
+/// An instance id: lowercase letters and digits, 1 to [`MAX_INSTANCE_LEN`].
+pub fn validate_instance(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_INSTANCE_LEN || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Err(format!("{id:?} is not an instance id: use 1-{MAX_INSTANCE_LEN} lowercase letters and digits"));
+    }
+    Ok(())
 }
 
 /// Where a tenant's settings meet the service-wide config: the one place each per-tenant value
@@ -244,7 +269,23 @@ impl KubeConfig {
     /// The namespace of the tenant's build Jobs (and its git token Secrets): its own, else
     /// `<namespace_prefix><tenant>`.
     pub fn namespace_for(&self, tenant: &Tenant) -> String {
+        // A tenant whose default is not a valid namespace name cannot be created without a
+        // namespace of its own (`default_namespace_for`), so this is always a valid name.
         tenant.settings.namespace.clone().unwrap_or_else(|| format!("{}{}", self.namespace_prefix, tenant.name))
+    }
+
+    /// `<namespace_prefix><tenant>`, the namespace of a tenant without its own, when that is a
+    /// valid namespace name (a DNS-1123 label: at most 63 characters).
+    pub fn default_namespace_for(&self, tenant: &str) -> Result<String, String> {
+        let ns = format!("{}{tenant}", self.namespace_prefix);
+        crate::validate::dns_label("namespace", &ns).map_err(|_| {
+            format!(
+                "tenant {tenant:?} would build in the namespace {ns:?} ({} characters), but a namespace name has at most 63 \
+                 characters (lowercase letters, digits and '-'); give the tenant a \"namespace\" of its own",
+                ns.len()
+            )
+        })?;
+        Ok(ns)
     }
 
     /// The Secret with the tenant's registry credentials, if any.
@@ -509,6 +550,12 @@ impl Config {
         }
         if let Some(v) = var("KILN_JOB_TEMPLATES") {
             self.kube.templates_dir = Some(v.into());
+        }
+        if let Some(v) = var("KILN_INSTANCE") {
+            self.kube.instance = Some(v);
+        }
+        if let Some(id) = &self.kube.instance {
+            validate_instance(id).map_err(|message| ConfigError::Invalid { field: "kube.instance (KILN_INSTANCE)", message })?;
         }
         if !["local", "kube"].contains(&self.executor.kind.as_str()) {
             return Err(ConfigError::Invalid {

@@ -47,10 +47,12 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
             Some(c) => c,
             None => kube::Client::try_default().await.context("cannot reach the Kubernetes API (executor = kube)")?,
         };
+        let instance = store.instance_id(config.kube.instance.as_deref()).await?;
         let settings = KubeSettings {
             kube: config.kube.clone(),
             data_dir: data_dir.clone(),
             apm: config.apm.clone(),
+            instance,
         };
         Arc::new(KubeExecutor::new(client, templates, settings, config.toolchains.clone(), config.registry.clone()))
     } else {

@@ -157,7 +157,7 @@ impl LocalExecutor {
                         Some(code) => format!("exit code {code}"),
                         None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
                     };
-                    let reason = step_failure(name, &how, f.cause().map(|l| job.masker.mask(l)));
+                    let reason = super::step_failure(name, &how, f.cause().map(|l| job.masker.mask(l)));
                     (StepState::Failed, Some(Outcome::failed(reason)), status.code())
                 }
                 ProcessEnd::Cancelled => (
@@ -165,10 +165,7 @@ impl LocalExecutor {
                     Some(Outcome { state: BuildState::Cancelled, reason: Some(format!("cancelled during step {name}")) }),
                     None,
                 ),
-                ProcessEnd::TimedOut => {
-                    let reason = format!("build exceeded its time limit during step {name}");
-                    (StepState::Failed, Some(Outcome { state: BuildState::TimedOut, reason: Some(reason) }), None)
-                }
+                ProcessEnd::TimedOut => (StepState::Failed, Some(Outcome::timed_out(job.timeout, name)), None),
             },
         };
         let (state, reason) = match &outcome {
@@ -178,14 +175,6 @@ impl LocalExecutor {
         job.log.step_finished(name, state, secs, exit_code, reason).await;
         let _ = store.finish_step(job.build.id, name, step_state, exit_code).await;
         outcome
-    }
-}
-
-/// A failed step's reason: how it ended, and the last line it wrote (masked by the caller).
-pub fn step_failure(step: &str, how: &str, cause: Option<String>) -> String {
-    match cause {
-        Some(cause) => format!("{step} failed ({how}): {}", cause.trim_start_matches("error: ")),
-        None => format!("{step} failed ({how})"),
     }
 }
 

@@ -28,6 +28,8 @@ pub struct BuildJob {
     /// Past this the build ends TimedOut: the tenant's timeout from the start
     /// (`ExecutorConfig::build_timeout_for`).
     pub deadline: Instant,
+    /// The tenant's timeout that `deadline` was set from, for the reason a timed-out build gives.
+    pub timeout: std::time::Duration,
     /// The build was Running when Kiln last stopped: an executor that adopts running builds
     /// follows what is already there instead of starting it again.
     pub resumed: bool,
@@ -46,6 +48,19 @@ impl Outcome {
     }
     pub fn failed(reason: impl Into<String>) -> Outcome {
         Outcome { state: BuildState::Failed, reason: Some(reason.into()) }
+    }
+    /// The build ran past its timeout: the one outcome every executor gives for it, however the
+    /// cluster reported it.
+    pub fn timed_out(timeout: std::time::Duration, step: &str) -> Outcome {
+        Outcome { state: BuildState::TimedOut, reason: Some(format!("exceeded its timeout of {} s during step {step}", timeout.as_secs())) }
+    }
+}
+
+/// A failed step's reason: how it ended, and the last line it wrote (masked by the caller).
+pub fn step_failure(step: &str, how: &str, cause: Option<String>) -> String {
+    match cause {
+        Some(cause) => format!("{step} failed ({how}): {}", cause.trim_start_matches("error: ")),
+        None => format!("{step} failed ({how})"),
     }
 }
 

@@ -20,6 +20,11 @@ use crate::validate;
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     pub name: String,
+    /// The namespace of the tenant's builds, when `<namespace_prefix><name>` is not the one (or
+    /// not a valid namespace name at all: a long tenant name). The same as setting `namespace`
+    /// in the tenant's settings right after.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 pub async fn create(
@@ -27,15 +32,26 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
     validate::dns_label("tenant", &req.name).map_err(bad)?;
-    // The new tenant's Jobs would go to `<prefix><name>`: not a namespace another tenant has.
-    let namespace = format!("{}{}", s.config.kube.namespace_prefix, req.name);
+    let settings = TenantSettings { namespace: req.namespace.clone(), ..TenantSettings::default() };
+    settings.validate().map_err(bad)?;
+    // The new tenant's Jobs go to its namespace, or else `<prefix><name>`: a valid namespace
+    // name (the apiserver refuses longer ones, and every build would fail), and not one another
+    // tenant has.
+    let namespace = match req.namespace {
+        Some(ns) => ns,
+        None => s.config.kube.default_namespace_for(&req.name).map_err(bad)?,
+    };
     if let Some(other) = namespace_user(&s, &namespace, None).await? {
         return Err(ApiError::Conflict(format!(
             "tenant {:?} would build in the namespace {namespace:?}, which is tenant {other}'s namespace",
             req.name
         )));
     }
-    let tenant = s.store.create_tenant(&req.name).await?;
+    let mut tenant = s.store.create_tenant(&req.name).await?;
+    if settings != TenantSettings::default() {
+        s.store.set_tenant_settings(tenant.id, &settings).await?;
+        tenant.settings = settings;
+    }
     let token = new_token();
     s.store.add_token(Some(tenant.id), "initial", Role::Owner, None, &token).await?;
     let audited = Audited::new(tenant.id, format!("tenant/{}", tenant.name));
@@ -187,9 +203,10 @@ pub async fn put_settings(
     let mut tenant = visible_tenant(&s, &who, &tenant).await?;
     let settings = parse_settings(&body)?;
     settings.validate().map_err(bad)?;
-    let mut proposed = tenant.clone();
-    proposed.settings = settings.clone();
-    let namespace = s.config.kube.namespace_for(&proposed);
+    let namespace = match &settings.namespace {
+        Some(ns) => ns.clone(),
+        None => s.config.kube.default_namespace_for(&tenant.name).map_err(bad)?,
+    };
     if let Some(other) = namespace_user(&s, &namespace, Some(tenant.id)).await? {
         return Err(ApiError::Conflict(format!("namespace {namespace:?} is tenant {other}'s namespace")));
     }

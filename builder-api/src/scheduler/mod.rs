@@ -263,8 +263,9 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     if !resumed {
         log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
     }
-    let deadline = tokio::time::Instant::now() + ctx.config.executor.build_timeout_for(&tenant);
-    let job = BuildJob { build: build.clone(), app, tenant, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, resumed };
+    let timeout = ctx.config.executor.build_timeout_for(&tenant);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let job = BuildJob { build: build.clone(), app, tenant, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, timeout, resumed };
     let Outcome { state, mut reason } = ctx.executor.run(job).await;
     if state == BuildState::Cancelled {
         if let Some(why) = ctx.scheduler.cancel_reasons.lock().unwrap().remove(&build.id) {

@@ -198,6 +198,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX blob_locations_by_age ON blob_locations(recorded_at);
     "#,
+    // 9: facts about this installation that outlive a restart, such as its instance id (the
+    // `kiln.dev/instance` label on everything it creates in a cluster).
+    r#"
+    CREATE TABLE installation (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

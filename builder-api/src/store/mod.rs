@@ -6,6 +6,7 @@ mod apps;
 mod audit;
 mod builds;
 mod deliveries;
+mod installation;
 mod logs;
 mod migrations;
 mod rollouts;

@@ -1,18 +1,27 @@
 //! The kube executor: one batch/v1 Job per build in the tenant's namespace.
 //!
 //! - [`render`]: the plan poured into the operator's template (`job-templates/`).
-//! - [`tracker`]: one watcher on Jobs and one on Pods for all builds.
+//! - [`pod_security`]: the level of the Pod Security Standards a rendered pod needs.
+//! - [`submit`]: the Job handed to the cluster (PodSecurity check, create, adoption).
+//! - [`tracker`]: one watch on Jobs, one on Pods, one on Warning Events, for all builds.
+//! - [`follow`]: one build followed to its end, step by step, cluster warnings in its log.
+//! - [`verdict`]: how the cluster says a build ended, in whatever order it says it.
 //! - [`pod_logs`]: each container's log followed in step order, reopened when cut.
 //!
-//! A build's life costs two Kubernetes writes: the create (deterministic name; a 409 means the Job
-//! exists and is adopted) and the delete with background propagation once the log is stored.
-//! Everything else is read from the shared watches and the log subresource. On start Kiln adopts
-//! the Jobs of builds still Running, fails those whose Job vanished, and deletes Jobs of builds
-//! already final.
+//! A build's life costs two Kubernetes writes: the create (deterministic name; a 409 is a Job that
+//! exists, adopted when it is this build's) and the delete with background propagation once the
+//! log is stored. Everything else is read from the shared watches and the log subresource. On
+//! start Kiln adopts the Jobs of builds still Running, fails those whose Job vanished, and
+//! deletes Jobs of builds already final — only Jobs of its own instance (`kube.instance`) whose
+//! build its own store knows.
 
+pub mod follow;
 pub mod pod_logs;
+pub mod pod_security;
 pub mod render;
+pub mod submit;
 pub mod tracker;
+pub mod verdict;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,21 +30,20 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 
-use self::pod_logs::{LogCursor, PassEnd};
+use self::follow::Follower;
 use self::render::{RenderInput, Templates, TenantPlacement};
 use self::tracker::{BuildView, Tracker};
 use super::{BuildJob, Executor, Outcome};
 use crate::config::{RegistryConfig, ToolchainConfig};
 use crate::plan::{self, DockerfileBuilder, PlanInput, ResolvedKind};
 use crate::steps::ImageResult;
-use crate::store::{BuildKind, BuildState, StepState, Store};
+use crate::store::{BuildKind, BuildState, Store};
 
 /// Cluster-side settings.
 #[derive(Debug, Clone)]
@@ -48,6 +56,8 @@ pub struct KubeSettings {
     /// APM agents apps may ask for; the image container reads the agent's source itself (an
     /// `image` source works in any cluster; `dir`/`tar_gz` only where the template mounts it).
     pub apm: crate::config::ApmConfig,
+    /// This installation's id (`kube.instance`, else generated once and kept in the store).
+    pub instance: String,
 }
 
 pub struct KubeExecutor {
@@ -87,7 +97,7 @@ impl KubeExecutor {
         toolchains: ToolchainConfig,
         registry: RegistryConfig,
     ) -> KubeExecutor {
-        let tracker = Tracker::start(client.clone());
+        let tracker = Tracker::start(client.clone(), &settings.instance);
         KubeExecutor { client, templates, tracker, settings, toolchains, registry, git_secrets: Mutex::default() }
     }
 
@@ -100,11 +110,12 @@ impl KubeExecutor {
 
     async fn drive(&self, job: &BuildJob) -> Outcome {
         let build = &job.build;
+        let instance = self.settings.instance.as_str();
         let placement = TenantPlacement::of(&self.settings.kube, &job.tenant);
         let ns = placement.namespace.clone();
-        let name = render::job_name(build.id);
+        let name = render::job_name(instance, build.id);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
-        let mut view = self.tracker.subscribe(build.id);
+        let view = self.tracker.subscribe(build.id);
 
         let kind = match self.resolve_kind(job).await {
             Ok(kind) => kind,
@@ -135,49 +146,18 @@ impl KubeExecutor {
             }
             job.log.system("kiln", format!("[kiln] kiln restarted; following Job {ns}/{name} again")).await;
         } else {
-            // A fixed kind was recorded when the build started; only a resolved `auto` is written.
-            if job.app.kind == BuildKind::Auto {
-                if let Err(e) = job.store.set_build_kind(build.id, kind.as_str()).await {
-                    return Outcome::failed(format!("store: {e}"));
-                }
-            }
-            let git_secret = match &job.app.git_token {
-                Some(token) => match self.ensure_git_secret(&ns, &job.app.name, token).await {
-                    Ok(name) => Some(name),
-                    Err(reason) => return Outcome::failed(reason),
-                },
-                None => None,
-            };
-            let rendered = render::render(
-                self.templates.for_kind(kind),
-                &RenderInput {
-                    build_id: build.id,
-                    tenant: &job.app.tenant,
-                    app: &job.app.name,
-                    placement: &placement,
-                    steps: &steps,
-                    active_deadline_secs: secs_until(job.deadline).max(1),
-                    git_secret: git_secret.as_deref(),
-                },
-            );
-            let rendered = match rendered {
-                Ok(j) => j,
-                Err(reason) => return Outcome::failed(format!("rendering the {} Job: {reason}", kind.as_str())),
-            };
-            match jobs.create(&PostParams::default(), &rendered).await {
-                Ok(_) => job.log.system("kiln", format!("[kiln] created Job {ns}/{name}")).await,
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    job.log.system("kiln", format!("[kiln] Job {ns}/{name} exists; following it")).await
-                }
-                Err(e) => return Outcome::failed(format!("creating Job {ns}/{name}: {}", api_message(&e))),
+            if let Err(outcome) = self.submit(job, kind, &placement, &steps).await {
+                return outcome;
             }
         }
 
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let outcome = self.follow_steps(job, &steps, &pods, &mut view).await;
-        let outcome = match outcome {
+        let give_up_at = job.deadline + DEADLINE_GRACE;
+        let unschedulable = Duration::from_secs(self.settings.kube.unschedulable_timeout_secs);
+        let mut follower = Follower::new(job, pods, view, give_up_at, unschedulable);
+        let outcome = match follower.steps(&steps).await {
             Ok(()) => {
-                let seen = view.borrow().clone();
+                let seen = follower.view.borrow().clone();
                 self.record_image(job, &seen).await
             }
             Err(outcome) => outcome,
@@ -189,6 +169,49 @@ impl KubeExecutor {
             Err(e) => tracing::warn!(build = build.id, "deleting Job {ns}/{name}: {e}"),
         }
         outcome
+    }
+
+    /// Renders the build's Job, checks it against the namespace's PodSecurity level, and creates
+    /// it (or adopts it, when it exists already), writing the apiserver's warnings to the log.
+    async fn submit(&self, job: &BuildJob, kind: ResolvedKind, placement: &TenantPlacement, steps: &[plan::StepSpec]) -> Result<(), Outcome> {
+        let build = &job.build;
+        let ns = &placement.namespace;
+        // A fixed kind was recorded when the build started; only a resolved `auto` is written.
+        if job.app.kind == BuildKind::Auto {
+            job.store.set_build_kind(build.id, kind.as_str()).await.map_err(|e| Outcome::failed(format!("store: {e}")))?;
+        }
+        let git_secret = match &job.app.git_token {
+            Some(token) => Some(self.ensure_git_secret(ns, &job.app.name, token).await.map_err(Outcome::failed)?),
+            None => None,
+        };
+        let rendered = render::render(
+            self.templates.for_kind(kind),
+            &RenderInput {
+                instance: &self.settings.instance,
+                build_id: build.id,
+                tenant: &job.app.tenant,
+                app: &job.app.name,
+                placement,
+                steps,
+                active_deadline_secs: secs_until(job.deadline).max(1),
+                git_secret: git_secret.as_deref(),
+            },
+        )
+        .map_err(|reason| Outcome::failed(format!("rendering the {} Job: {reason}", kind.as_str())))?;
+        submit::check_pod_security(&self.client, ns, kind.as_str(), &rendered).await.map_err(|e| Outcome::failed(e.to_string()))?;
+        let submitted = submit::create_job(&self.client, &rendered, &self.settings.instance, build.id)
+            .await
+            .map_err(|e| Outcome::failed(job.masker.mask(e.to_string())))?;
+        let name = render::job_name(&self.settings.instance, build.id);
+        for warning in &submitted.warnings {
+            job.log.system("kiln", format!("[kiln] the Kubernetes API warns about Job {ns}/{name}: {warning}")).await;
+        }
+        if submitted.adopted {
+            job.log.system("kiln", format!("[kiln] Job {ns}/{name} exists; following it")).await;
+        } else {
+            job.log.system("kiln", format!("[kiln] created Job {ns}/{name}")).await;
+        }
+        Ok(())
     }
 
     /// `auto` needs the commit's files to pick a template: a shallow fetch in Kiln. Explicit
@@ -247,7 +270,13 @@ impl KubeExecutor {
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some([(render::MANAGED_BY.0.to_string(), render::MANAGED_BY.1.to_string())].into()),
+                labels: Some(
+                    [
+                        (render::MANAGED_BY.0.to_string(), render::MANAGED_BY.1.to_string()),
+                        (render::LABEL_INSTANCE.to_string(), self.settings.instance.clone()),
+                    ]
+                    .into(),
+                ),
                 ..Default::default()
             },
             data: Some([("token".to_string(), ByteString(token.as_bytes().to_vec()))].into()),
@@ -263,159 +292,11 @@ impl KubeExecutor {
         Ok(name)
     }
 
-    /// Follows the containers in order: waits for each to start, streams its log, records how it
-    /// ended. Err is how the build ends early.
-    async fn follow_steps(
-        &self,
-        job: &BuildJob,
-        steps: &[plan::StepSpec],
-        pods: &Api<Pod>,
-        view: &mut watch::Receiver<BuildView>,
-    ) -> Result<(), Outcome> {
-        let deadline = job.deadline + DEADLINE_GRACE;
-        let recorded = job.store.steps(job.build.id).await.map_err(|e| Outcome::failed(format!("store: {e}")))?;
-        for (position, step) in steps.iter().enumerate() {
-            let name = step.name.as_str();
-            let before = recorded.iter().find(|s| s.name == name);
-            // Resumed after a restart: a step that already succeeded is done.
-            if before.is_some_and(|s| s.state == "Succeeded") {
-                continue;
-            }
-            // Wait until the container runs (or has already ended).
-            let pod_name = loop {
-                {
-                    let v = view.borrow_and_update();
-                    if let Some(end) = pod_or_job_failure(&v, name) {
-                        return Err(end);
-                    }
-                    if let Some(pod) = &v.pod {
-                        if let Some(status) = container_status(pod, name) {
-                            if status.state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some()) {
-                                break pod.metadata.name.clone().unwrap_or_default();
-                            }
-                        }
-                    }
-                }
-                self.wait_change(job, view, deadline, name).await?;
-            };
-            // Step durations come from Kiln's clock (the watch reports a container's start and end
-            // within milliseconds); the container's own timestamps have whole-second precision.
-            let started_ms = before.and_then(|s| s.started_at).unwrap_or_else(crate::store::now_ms);
-            if before.is_none() {
-                let _ = job.store.start_step(job.build.id, position as i64, name).await;
-                job.log.step_started(name).await;
-            }
-            // Only a resumed build has stored lines of this container to skip.
-            let skip = if job.resumed { job.store.output_line_count(job.build.id, name).await.unwrap_or(0) as u64 } else { 0 };
-            let mut cursor = LogCursor::skipping(skip);
-            self.stream_container(job, pods, &pod_name, name, &mut cursor, view, deadline).await?;
-
-            // The container has ended: how?
-            let terminated = {
-                let v = view.borrow();
-                v.pod.as_ref().and_then(|p| container_status(p, name)).and_then(|s| s.state.clone()).and_then(|s| s.terminated)
-            };
-            let Some(t) = terminated else {
-                return Err(view_ended_reason(&view.borrow(), name));
-            };
-            let secs = (crate::store::now_ms() - started_ms).max(0) as f64 / 1000.0;
-            if t.exit_code == 0 {
-                job.log.step_finished(name, "Succeeded", secs, Some(0), None).await;
-                let _ = job.store.finish_step(job.build.id, name, StepState::Succeeded, Some(0)).await;
-                continue;
-            }
-            let reason = match t.reason.as_deref() {
-                Some("OOMKilled") => format!("{name} was OOMKilled (exit code {}): the container exceeded its memory limit", t.exit_code),
-                _ => super::local::step_failure(
-                    name,
-                    &format!("exit code {}", t.exit_code),
-                    cursor.last_line.clone().map(|l| job.masker.mask(l)),
-                ),
-            };
-            job.log.step_finished(name, "Failed", secs, Some(t.exit_code), Some(&reason)).await;
-            let _ = job.store.finish_step(job.build.id, name, StepState::Failed, Some(t.exit_code)).await;
-            return Err(Outcome::failed(reason));
-        }
-        Ok(())
-    }
-
-    /// Streams one container's log until the container has ended and every line is read.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_container(
-        &self,
-        job: &BuildJob,
-        pods: &Api<Pod>,
-        pod: &str,
-        container: &str,
-        cursor: &mut LogCursor,
-        view: &mut watch::Receiver<BuildView>,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), Outcome> {
-        loop {
-            let ended_before = { container_ended(&view.borrow(), container) };
-            let pass = tokio::select! {
-                end = pod_logs::pass(pods, pod, container, !ended_before, cursor, &job.log) => end,
-                _ = job.cancel.cancelled() => {
-                    // Flush what the container wrote so far, then stop the Job.
-                    let _ = pod_logs::pass(pods, pod, container, false, cursor, &job.log).await;
-                    return Err(Outcome { state: BuildState::Cancelled, reason: Some(format!("cancelled during step {container}")) });
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let _ = pod_logs::pass(pods, pod, container, false, cursor, &job.log).await;
-                    return Err(Outcome { state: BuildState::TimedOut, reason: Some(format!("the Job did not finish within its deadline (step {container})")) });
-                }
-            };
-            if ended_before {
-                // A whole read after the container ended: nothing more can come.
-                return Ok(());
-            }
-            match pass {
-                PassEnd::Ended => {}
-                PassEnd::Unavailable(e) => {
-                    let v = view.borrow().clone();
-                    if v.pod.is_none() || v.job_deleted {
-                        return Err(view_ended_reason(&v, container));
-                    }
-                    tracing::debug!(build = job.build.id, "log of {pod}/{container}: {e}");
-                }
-            }
-            // Ended or cut: if the container is still running, reopen after a pause; once the
-            // watch shows it ended, one last read picks up anything the cut stream missed.
-            let ended = container_ended(&view.borrow(), container);
-            if !ended {
-                let changed = tokio::time::timeout(pod_logs::REOPEN_DELAY, view.changed()).await;
-                if let Ok(Err(_)) = changed {
-                    return Err(Outcome::failed("kiln's Kubernetes watch stopped"));
-                }
-                let failure = pod_or_job_failure(&view.borrow(), container);
-                if let Some(end) = failure {
-                    let _ = pod_logs::pass(pods, pod, container, false, cursor, &job.log).await;
-                    return Err(end);
-                }
-            }
-        }
-    }
-
-    async fn wait_change(
-        &self,
-        job: &BuildJob,
-        view: &mut watch::Receiver<BuildView>,
-        deadline: tokio::time::Instant,
-        step: &str,
-    ) -> Result<(), Outcome> {
-        tokio::select! {
-            changed = view.changed() => changed.map_err(|_| Outcome::failed("kiln's Kubernetes watch stopped")),
-            _ = job.cancel.cancelled() => Err(Outcome { state: BuildState::Cancelled, reason: Some(format!("cancelled before step {step} started")) }),
-            _ = tokio::time::sleep_until(deadline) => Err(Outcome { state: BuildState::TimedOut, reason: Some(format!("the Job did not finish within its deadline (waiting for step {step})")) }),
-        }
-    }
-
     /// The image container's termination message holds `{"image","digest"}`.
     async fn record_image(&self, job: &BuildJob, view: &BuildView) -> Outcome {
         let message = view
-            .pod
-            .as_ref()
-            .and_then(|p| container_status(p, "image"))
+            .pod()
+            .and_then(|p| verdict::container_status(p, "image"))
             .and_then(|s| s.state.as_ref())
             .and_then(|s| s.terminated.as_ref())
             .and_then(|t| t.message.clone());
@@ -433,24 +314,34 @@ impl KubeExecutor {
         Outcome::succeeded()
     }
 
-    /// At start: Jobs whose build is no longer Running (or unknown) are deleted.
+    /// At start: this instance's Jobs whose build is final are deleted. A Job of a build this
+    /// store does not know is left alone (it is not this installation's work, whatever its labels
+    /// say) and named in the log.
     async fn delete_jobs_of_final_builds(&self, store: &Store) -> anyhow::Result<()> {
+        let instance = &self.settings.instance;
         let jobs: Api<Job> = Api::all(self.client.clone());
-        let selector = format!("{}={}", render::MANAGED_BY.0, render::MANAGED_BY.1);
-        let list = jobs.list(&ListParams::default().labels(&selector)).await?;
+        let list = jobs.list(&ListParams::default().labels(&render::instance_selector(instance))).await?;
         for j in list {
-            let Some(id) = j.metadata.labels.as_ref().and_then(|l| l.get(render::LABEL_BUILD)).and_then(|v| v.parse::<i64>().ok()) else {
+            let (ns, name) = (j.metadata.namespace.clone().unwrap_or_default(), j.metadata.name.clone().unwrap_or_default());
+            let Some(id) = render::build_of_name(instance, &name).filter(|id| name == render::job_name(instance, *id)) else {
+                tracing::warn!("leaving Job {ns}/{name} alone: it carries this instance's labels but not one of its names");
                 continue;
             };
-            let running = matches!(store.build(id).await?, Some(b) if b.state == BuildState::Running || b.state == BuildState::Queued);
-            if !running {
-                let (ns, name) = (j.metadata.namespace.unwrap_or_default(), j.metadata.name.unwrap_or_default());
-                let api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
-                match api.delete(&name, &DeleteParams::background()).await {
-                    Ok(_) => tracing::info!("deleted Job {ns}/{name}: its build {id} is final"),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => tracing::warn!("deleting Job {ns}/{name}: {e}"),
+            let state = match store.build(id).await? {
+                Some(b) => b.state,
+                None => {
+                    tracing::warn!("leaving Job {ns}/{name} alone: build {id} is not in this store");
+                    continue;
                 }
+            };
+            if state == BuildState::Running || state == BuildState::Queued {
+                continue;
+            }
+            let api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => tracing::info!("deleted Job {ns}/{name}: its build {id} is {}", state.as_str()),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => tracing::warn!("deleting Job {ns}/{name}: {e}"),
             }
         }
         Ok(())
@@ -468,66 +359,3 @@ fn api_message(e: &kube::Error) -> String {
     }
 }
 
-fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
-    let status = pod.status.as_ref()?;
-    status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten()).find(|c| c.name == name)
-}
-
-fn container_ended(v: &BuildView, name: &str) -> bool {
-    v.pod
-        .as_ref()
-        .and_then(|p| container_status(p, name))
-        .and_then(|s| s.state.as_ref())
-        .is_some_and(|s: &ContainerState| s.terminated.is_some())
-}
-
-/// Waiting reasons that do not resolve by themselves for a build. (`ErrImagePull` is left out:
-/// the kubelet retries once and reports `ImagePullBackOff` when that fails too.)
-const STUCK_REASONS: [&str; 5] =
-    ["ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError", "RunContainerError"];
-
-/// A reason the build cannot go on, from the Job's conditions, the Pod's phase, or a container
-/// stuck waiting.
-fn pod_or_job_failure(v: &BuildView, step: &str) -> Option<Outcome> {
-    if let Some(job) = &v.job {
-        for c in job.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
-            if c.type_ == "Failed" && c.status == "True" {
-                let reason = c.reason.clone().unwrap_or_else(|| "Failed".into());
-                // BackoffLimitExceeded follows a failed container, which names the cause better.
-                if reason != "BackoffLimitExceeded" {
-                    let msg = c.message.clone().unwrap_or_default();
-                    return Some(Outcome::failed(format!("{reason}: the Job failed during step {step}: {msg}")));
-                }
-            }
-        }
-    }
-    if let Some(pod) = &v.pod {
-        let status = pod.status.as_ref();
-        if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
-            if let Some(reason) = status.and_then(|s| s.reason.clone()) {
-                let msg = status.and_then(|s| s.message.clone()).unwrap_or_default();
-                return Some(Outcome::failed(format!("{reason}: the pod failed during step {step}: {msg}")));
-            }
-        }
-        let statuses = status
-            .into_iter()
-            .flat_map(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()));
-        for cs in statuses {
-            if let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-                if let Some(reason) = waiting.reason.as_deref().filter(|r| STUCK_REASONS.contains(r)) {
-                    let msg = waiting.message.clone().unwrap_or_default();
-                    return Some(Outcome::failed(format!("{reason}: step {} cannot start: {msg}", cs.name)));
-                }
-            }
-        }
-    }
-    if v.job_deleted {
-        return Some(Outcome::failed(format!("the Job was deleted during step {step}")));
-    }
-    None
-}
-
-/// Why following a container stopped when it did not end by itself.
-fn view_ended_reason(v: &BuildView, step: &str) -> Outcome {
-    pod_or_job_failure(v, step).unwrap_or_else(|| Outcome::failed(format!("the pod vanished during step {step}")))
-}

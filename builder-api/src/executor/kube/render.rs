@@ -22,6 +22,9 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kiln");
 pub const LABEL_BUILD: &str = "kiln.dev/build";
 pub const LABEL_TENANT: &str = "kiln.dev/tenant";
 pub const LABEL_APP: &str = "kiln.dev/app";
+/// The installation that made the object (`kube.instance`): the trackers, the Event follower
+/// and the start-up cleanup touch nothing without their own.
+pub const LABEL_INSTANCE: &str = "kiln.dev/instance";
 
 /// The volume every step shares; its mountPath reaches commands as `WORKSPACE`.
 pub const WORKSPACE_VOLUME: &str = "workspace";
@@ -118,6 +121,8 @@ fn mismatch(kind: ResolvedKind, message: String) -> RenderError {
 /// What one build puts into its template.
 #[derive(Debug, Clone)]
 pub struct RenderInput<'a> {
+    /// This installation's id (`kube.instance`).
+    pub instance: &'a str,
     pub build_id: i64,
     pub tenant: &'a str,
     pub app: &'a str,
@@ -158,10 +163,26 @@ impl TenantPlacement {
     }
 }
 
-/// `kiln-build-<id>`: deterministic, so a second create for the same build is a 409, never a
-/// second Job.
-pub fn job_name(build_id: i64) -> String {
-    format!("kiln-build-{build_id}")
+/// `kiln-<instance>-<id>`: deterministic, so a second create for the same build is a 409, never
+/// a second Job; and another installation's build with the same id has another name.
+pub fn job_name(instance: &str, build_id: i64) -> String {
+    format!("kiln-{instance}-{build_id}")
+}
+
+/// The build a Job or Pod of this instance is named after (`kiln-<instance>-<id>` or a pod's
+/// `kiln-<instance>-<id>-<suffix>`); None for anything else.
+pub fn build_of_name(instance: &str, name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("kiln-")?.strip_prefix(instance)?.strip_prefix('-')?;
+    let id = rest.split_once('-').map_or(rest, |(id, _)| id);
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+/// The label selector of everything this instance makes.
+pub fn instance_selector(instance: &str) -> String {
+    format!("{}={},{LABEL_INSTANCE}={instance}", MANAGED_BY.0, MANAGED_BY.1)
 }
 
 /// Renders the Job for one build.
@@ -172,8 +193,9 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
         (LABEL_BUILD.to_string(), input.build_id.to_string()),
         (LABEL_TENANT.to_string(), input.tenant.to_string()),
         (LABEL_APP.to_string(), input.app.to_string()),
+        (LABEL_INSTANCE.to_string(), input.instance.to_string()),
     ]);
-    job.metadata.name = Some(job_name(input.build_id));
+    job.metadata.name = Some(job_name(input.instance, input.build_id));
     job.metadata.generate_name = None;
     job.metadata.namespace = Some(input.placement.namespace.clone());
     job.metadata.labels.get_or_insert_with(Default::default).extend(labels.clone());
