@@ -1476,3 +1476,54 @@ async fn fake_kube_server_defaults_on_jobs_and_their_pods() {
     assert_eq!(qos(json!({"limits": {"cpu": "1", "memory": "1Gi"}})), "Guaranteed");
     assert_eq!(qos(json!({"requests": {"cpu": "100m"}})), "Burstable");
 }
+
+#[tokio::test]
+async fn fake_kube_rbac_allows_what_bindings_grant_and_refuses_the_rest_as_the_real_server() {
+    use crate::support::fake_kube::rbac::Identity;
+    let fk = fake(false);
+    fk.create_namespace("team-b");
+    fk.create_from_yaml(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: reader}\n\
+         rules: [{apiGroups: [\"\"], resources: [pods], verbs: [get, list, watch]}]\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: reader}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reader}\n\
+         subjects: [{kind: ServiceAccount, name: kiln, namespace: kiln}]\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: builder, namespace: team-a}\n\
+         rules: [{apiGroups: [batch], resources: [jobs], verbs: [create, delete]},\n\
+                 {apiGroups: [\"\"], resources: [configmaps], verbs: [get], resourceNames: [allowed]}]\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: builder, namespace: team-a}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: builder}\n\
+         subjects: [{kind: ServiceAccount, name: kiln, namespace: kiln}]\n",
+    );
+    let kiln = fk.client_as(Identity::service_account("kiln", "kiln"));
+    let stranger = fk.client_as(Identity::service_account("kiln", "other"));
+    let user = "system:serviceaccount:kiln:kiln";
+
+    // Granted: cluster-wide reads by the ClusterRoleBinding, Job creates in team-a by the RoleBinding.
+    Api::<Pod>::all(kiln.clone()).list(&ListParams::default()).await.unwrap();
+    let j = job("built", json!({"containers": [{"name": "c", "image": "x", "command": ["true"]}], "restartPolicy": "Never"}));
+    Api::<Job>::namespaced(kiln.clone(), "team-a").create(&PostParams::default(), &j).await.unwrap();
+    fk.create("team-a", "configmaps", json!({"metadata": {"name": "allowed"}})).unwrap();
+    Api::<ConfigMap>::namespaced(kiln.clone(), "team-a").get("allowed").await.unwrap();
+
+    // Refused, with the real server's Status: another namespace, the cluster scope, another name,
+    // a subresource, another identity.
+    let refusal = |e: kube::Error| {
+        let s = api_error(e);
+        assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"), "{s:?}");
+        s.message
+    };
+    let e = Api::<Job>::namespaced(kiln.clone(), "team-b").create(&PostParams::default(), &j).await.unwrap_err();
+    assert_eq!(refusal(e), format!("jobs.batch is forbidden: User \"{user}\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"team-b\""));
+    let e = Api::<Job>::all(kiln.clone()).list(&ListParams::default()).await.unwrap_err();
+    assert_eq!(refusal(e), format!("jobs.batch is forbidden: User \"{user}\" cannot list resource \"jobs\" in API group \"batch\" at the cluster scope"));
+    let e = Api::<ConfigMap>::namespaced(kiln.clone(), "team-a").get("other").await.unwrap_err();
+    assert_eq!(refusal(e), format!("configmaps \"other\" is forbidden: User \"{user}\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"team-a\""));
+    let e = Api::<Pod>::namespaced(kiln.clone(), "team-a").logs("p", &LogParams::default()).await.unwrap_err();
+    assert_eq!(refusal(e), format!("pods \"p\" is forbidden: User \"{user}\" cannot get resource \"pods/log\" in API group \"\" in the namespace \"team-a\""));
+    let e = Api::<Pod>::all(stranger).list(&ListParams::default()).await.unwrap_err();
+    assert!(refusal(e).starts_with("pods is forbidden: User \"system:serviceaccount:kiln:other\" cannot list"));
+    // Nothing refused was done; the admin client is not subject to RBAC.
+    assert!(fk.get("jobs", "team-b", "built").is_none());
+    Api::<Job>::all(fk.client()).list(&ListParams::default()).await.unwrap();
+}

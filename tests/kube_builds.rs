@@ -11,6 +11,7 @@ use builder_api::config::Config;
 use builder_api::store::{Build, BuildState, Store};
 use serde_json::{json, Value};
 
+use crate::support::fake_kube::rbac::Identity;
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
 use crate::support::fixtures::{fixture_app, push_busybox_base, GitlabPush};
 use crate::support::git_server::GitServer;
@@ -45,6 +46,21 @@ pub fn job_name(build: i64) -> String {
     builder_api::executor::kube::render::job_name(INSTANCE, build)
 }
 
+/// Kiln's identity in a cluster (`deploy/`: ServiceAccount kiln in namespace kiln).
+pub fn kiln_identity() -> Identity {
+    Identity::service_account("kiln", "kiln")
+}
+
+/// A client of the fake with exactly the rights `deploy/rbac.yaml` grants Kiln (applied to the
+/// fake once): a right Kiln uses and `deploy/` lacks fails the test that uses it.
+pub fn kiln_client(fake: &FakeKube) -> kube::Client {
+    if fake.get("clusterroles", "", "kiln").is_none() {
+        let rbac = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml")).unwrap();
+        fake.create_from_yaml(&rbac);
+    }
+    fake.client_as(kiln_identity())
+}
+
 /// The config of a Kiln that runs builds as Jobs on the fake.
 pub fn kube_config(dir: &Path, registry: &TestRegistry) -> Config {
     let mut c = test_config(dir, &[&registry.host()]);
@@ -75,7 +91,7 @@ impl KubeWorld {
         let dir = tempfile::tempdir().unwrap();
         let mut config = kube_config(dir.path(), &registry);
         tweak(&mut config, dir.path());
-        let kiln = TestKiln::start_with_kube(dir, config, Some(fake.client())).await;
+        let kiln = TestKiln::start_with_kube(dir, config, Some(kiln_client(&fake))).await;
         let token = kiln.tenant("team").await;
         KubeWorld { git, registry, fake, kiln, token, _fake_root: fake_root }
     }

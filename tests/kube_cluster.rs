@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::kube_builds::{job_name, kube_config, KubeWorld, GIT_TOKEN, INSTANCE, LIMIT, SECRET};
+use crate::kube_builds::{job_name, kiln_client, kube_config, KubeWorld, GIT_TOKEN, INSTANCE, LIMIT, SECRET};
 use crate::support::fixtures::{fixture_app, push_busybox_base};
 use crate::support::kiln::TestKiln;
 
@@ -149,7 +149,7 @@ async fn two_installations_on_one_cluster_never_touch_each_others_jobs_and_a_pla
     let mut config = kube_config(dir.path(), &w.registry);
     config.kube.instance = Some("second".into());
     config.toolchains.go = instant_go(dir.path()).display().to_string();
-    let second = TestKiln::start_with_kube(dir, config, Some(w.fake.client())).await;
+    let second = TestKiln::start_with_kube(dir, config, Some(kiln_client(&w.fake))).await;
     let token2 = second.tenant("team").await;
     let (sha2, spec) = fixture_app(&w.git, &w.registry.host(), "team/quick2", "go-hello", (SECRET, GIT_TOKEN), json!({"kind": "go"}));
     second.app(&token2, spec).await;

@@ -12,12 +12,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 
+use super::rbac::{Attributes, Identity};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{res, ApiError, Res};
 use super::{patch, Request, Shared};
 
+/// The API as a cluster admin (`system:masters`) sees it: RBAC allows everything.
 pub(crate) fn router(sh: Arc<Shared>) -> Router {
-    Router::new().fallback(handle).with_state(sh)
+    router_as(sh, None)
+}
+
+/// The API as `who` sees it: every request is authorized by the RBAC objects in the store.
+pub(crate) fn router_as(sh: Arc<Shared>, who: Option<Identity>) -> Router {
+    Router::new().fallback(handle).with_state((sh, who.map(Arc::new)))
 }
 
 pub(crate) fn json_response(code: u16, v: &Value) -> Response {
@@ -79,8 +86,8 @@ fn not_served() -> ApiError {
     ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into(), details: None }
 }
 
-async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    match serve(&sh, method, &uri, &headers, body).await {
+async fn handle(State((sh, who)): State<(Arc<Shared>, Option<Arc<Identity>>)>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    match serve(&sh, who.as_deref(), method, &uri, &headers, body).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
@@ -104,12 +111,27 @@ fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "true" || v == "1")
 }
 
-async fn serve(sh: &Arc<Shared>, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn serve(sh: &Arc<Shared>, who: Option<&Identity>, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let t = parse_path(uri.path()).ok_or_else(not_served)?;
     let q: HashMap<String, String> = Query::try_from_uri(uri).map(|Query(q)| q).unwrap_or_default();
     let r = t.res;
     if r.namespaced && t.name.is_some() && t.ns.is_none() {
         return Err(not_served());
+    }
+    if let Some(who) = who {
+        // The request verb, as the apiserver derives it from the method.
+        let verb = match (&method, &t.name) {
+            (&Method::GET, None) if truthy(&q, "watch") => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::GET, Some(_)) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "",
+        };
+        let attributes = Attributes { verb, res: r, subresource: t.sub.as_deref(), namespace: t.ns.as_deref(), name: t.name.as_deref() };
+        super::rbac::authorize(&sh.store, who, &attributes)?;
     }
     let ns = t.ns.clone().unwrap_or_default();
     match (&method, t.name.clone(), t.sub.as_deref()) {

@@ -60,6 +60,7 @@ pub mod logs;
 pub mod patch;
 pub mod pod_security;
 mod quota;
+pub mod rbac;
 mod scheduler;
 pub mod selectors;
 pub mod store;
@@ -214,9 +215,34 @@ impl FakeKube {
         FakeKube { shared, _tmp: tmp }
     }
 
-    /// A client whose every request is served by this fake; default namespace `default`.
+    /// A client whose every request is served by this fake as a cluster admin (RBAC allows it
+    /// everything); default namespace `default`.
     pub fn client(&self) -> kube::Client {
         kube::Client::new(api::router(self.shared.clone()), "default")
+    }
+
+    /// A client that authenticates as `who`: the Roles, ClusterRoles and bindings in the fake
+    /// decide what it may do, and a refusal is the real server's 403.
+    pub fn client_as(&self, who: rbac::Identity) -> kube::Client {
+        kube::Client::new(api::router_as(self.shared.clone(), Some(who)), "default")
+    }
+
+    /// Creates every object of a YAML manifest (documents split on `---`, comment-only ones
+    /// skipped), as `kubectl create -f` would, in the object's namespace or `default`.
+    pub fn create_from_yaml(&self, text: &str) -> Vec<Value> {
+        let mut made = vec![];
+        for doc in text.split("\n---") {
+            if doc.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+                continue;
+            }
+            let obj: Value = serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("a YAML document: {e}\n{doc}"));
+            let kind = obj["kind"].as_str().unwrap_or("").to_string();
+            let r = store::RESOURCES.iter().find(|r| r.kind == kind).unwrap_or_else(|| panic!("the fake does not serve {kind}"));
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+            let ns = if r.namespaced { ns } else { String::new() };
+            made.push(self.shared.store.create(r, &ns, obj).unwrap_or_else(|e| panic!("creating a {kind}: {}", e.message)));
+        }
+        made
     }
 
     /// Serves the fake on a loopback port too, for a client in another process (`kiln serve` as

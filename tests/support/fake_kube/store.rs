@@ -40,6 +40,11 @@ pub static RESOURCES: &[Res] = &[
     Res { plural: "events", group: "", version: "v1", kind: "Event", namespaced: true, status: false, generation: false },
     Res { plural: "persistentvolumeclaims", group: "", version: "v1", kind: "PersistentVolumeClaim", namespaced: true, status: true, generation: false },
     Res { plural: "resourcequotas", group: "", version: "v1", kind: "ResourceQuota", namespaced: true, status: true, generation: false },
+    Res { plural: "serviceaccounts", group: "", version: "v1", kind: "ServiceAccount", namespaced: true, status: false, generation: false },
+    Res { plural: "roles", group: "rbac.authorization.k8s.io", version: "v1", kind: "Role", namespaced: true, status: false, generation: false },
+    Res { plural: "rolebindings", group: "rbac.authorization.k8s.io", version: "v1", kind: "RoleBinding", namespaced: true, status: false, generation: false },
+    Res { plural: "clusterroles", group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRole", namespaced: false, status: false, generation: false },
+    Res { plural: "clusterrolebindings", group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRoleBinding", namespaced: false, status: false, generation: false },
 ];
 
 pub fn res(plural: &str) -> Option<&'static Res> {
