@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# ghcr.io/kiln-dev/maven-build:3.9-jdk17 — the `compile` container of job-templates/maven.yaml.
+# ghcr.io/kiln-dev/maven-build:0.1.0-maven3.9-jdk17 — the `compile` container of
+# job-templates/maven.yaml. Tagged <Kiln version>-maven<Maven>-jdk<JDK>: it carries this Kiln's
+# `kiln` binary, so it is rebuilt and retagged with every Kiln release.
 #
 # Kiln runs, in $(WORKSPACE)/src:
 #   kiln step exec --clone-info $(WORKSPACE)/.kiln/clone.json \
@@ -9,7 +11,7 @@
 # HOME=$(CACHE)/home, i.e. ~/.m2 lives on the per-tenant cache volume (/cache). The root
 # filesystem is read-only and /tmp is an emptyDir (java.io.tmpdir, hsperfdata).
 #
-#   docker buildx build -f build-images/maven-build.Dockerfile -t ghcr.io/kiln-dev/maven-build:3.9-jdk17 .
+#   docker buildx build -f build-images/maven-build.Dockerfile -t ghcr.io/kiln-dev/maven-build:0.1.0-maven3.9-jdk17 .
 
 ARG KILN_TOOLS_IMAGE=ghcr.io/kiln-dev/kiln-tools:0.1.0
 ARG MAVEN_IMAGE=maven:3.9-eclipse-temurin-17

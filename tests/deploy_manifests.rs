@@ -3,7 +3,9 @@
 //! Deployment runs `kiln serve` with the config the ConfigMap holds, that config parses with
 //! [`Config`] and selects the kube executor, the ClusterRole grants exactly what the kube executor
 //! uses, the templates Kiln reads in the cluster are the repository's `job-templates/` byte for
-//! byte, and every image the templates name is built by a Dockerfile in `build-images/`.
+//! byte, every image the templates name is built by a Dockerfile in `build-images/` and tagged
+//! with Kiln's version, and the NetworkPolicies let in nothing but Kiln's HTTP port and let out
+//! only DNS and the operator's listed hosts on their ports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
@@ -25,12 +28,15 @@ const IMAGE_DOCKERFILES: &[(&str, &str)] = &[
     // clone (all templates), image (go, maven: `kiln step assemble`), and `kiln serve`.
     ("ghcr.io/kiln-dev/kiln-tools:0.1.0", "kiln-tools.Dockerfile"),
     // compile in go.yaml.
-    ("ghcr.io/kiln-dev/go-build:1.22", "go-build.Dockerfile"),
+    ("ghcr.io/kiln-dev/go-build:0.1.0-go1.27", "go-build.Dockerfile"),
     // compile in maven.yaml (`kiln step exec … -- mvn -B …`).
-    ("ghcr.io/kiln-dev/maven-build:3.9-jdk17", "maven-build.Dockerfile"),
+    ("ghcr.io/kiln-dev/maven-build:0.1.0-maven3.9-jdk17", "maven-build.Dockerfile"),
     // image in dockerfile.yaml (`kiln step buildkit`).
     ("ghcr.io/kiln-dev/buildkit:0.1.0", "buildkit.Dockerfile"),
 ];
+
+/// Kiln's version (the workspace's): the tag, or the start of the tag, of every image Kiln runs.
+const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The templates Kiln knows (render.rs) — the keys of the `kiln-job-templates` ConfigMap.
 const TEMPLATE_FILES: [&str; 3] = ["go.yaml", "maven.yaml", "dockerfile.yaml"];
@@ -68,6 +74,7 @@ enum Object {
     Service(Service),
     Deployment(Deployment),
     Job(Job),
+    NetworkPolicy(NetworkPolicy),
 }
 
 #[derive(Deserialize)]
@@ -106,6 +113,9 @@ struct ImageOverride {
     name: String,
     new_name: Option<String>,
     new_tag: Option<String>,
+    /// What an operator pins at install (deploy/README.md); the repository ships tags.
+    #[allow(dead_code)]
+    digest: Option<String>,
 }
 
 /// The documents of a YAML file, split on `\n---`, without the ones that hold only comments.
@@ -142,6 +152,7 @@ fn parse_object(file: &Path, doc: &str) -> Object {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Object::ClusterRoleBinding(typed(file, doc)),
         ("apps/v1", "Deployment") => Object::Deployment(typed(file, doc)),
         ("batch/v1", "Job") => Object::Job(typed(file, doc)),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(typed(file, doc)),
         (api, kind) => panic!("{}: no typed check for {api} {kind}; add it to deploy_manifests.rs", file.display()),
     }
 }
@@ -288,6 +299,7 @@ fn every_document_under_deploy_is_a_typed_object_and_the_kustomization_lists_the
             Object::Service(x) => &x.metadata.namespace,
             Object::Deployment(x) => &x.metadata.namespace,
             Object::Job(x) => &x.metadata.namespace,
+            Object::NetworkPolicy(x) => &x.metadata.namespace,
             Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_) => continue,
         };
         assert_eq!(ns.as_deref(), Some("kiln"), "{o:?}");
@@ -311,10 +323,10 @@ fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
 
     // The image is the tools image, built by build-images/.
     let image = c.image.as_deref().unwrap();
-    assert_eq!(image, "ghcr.io/kiln-dev/kiln-tools:0.1.0");
+    assert_eq!(image, format!("ghcr.io/kiln-dev/kiln-tools:{KILN_VERSION}"));
     assert!(IMAGE_DOCKERFILES.iter().any(|(i, _)| *i == image));
     let repo_name = image.rsplit_once(':').unwrap().0;
-    assert!(install.kustomization.images.iter().any(|i| i.name == repo_name && i.new_name.is_none() && i.new_tag.as_deref() == Some("0.1.0")));
+    assert!(install.kustomization.images.iter().any(|i| i.name == repo_name && i.new_name.is_none() && i.new_tag.as_deref() == Some(KILN_VERSION)));
 
     // Probes on the named port that the config listens on.
     let http = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
@@ -359,8 +371,12 @@ fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
     probe.apply_env(|n| (n == "KILN_ADMIN_TOKEN").then(|| "t".to_string())).unwrap();
     assert_eq!(probe.server.admin_token.as_deref(), Some("t"), "config.rs reads KILN_ADMIN_TOKEN");
     // No other secret material in the pod spec.
+    // The key of the secrets at rest from its own Secret kiln-secret-key, never beside the database.
+    let env = c.env.iter().flatten().find(|e| e.name == "KILN_SECRET_KEY").expect("KILN_SECRET_KEY");
+    let secret = env.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("from a Secret");
+    assert_eq!((secret.name.as_str(), secret.key.as_str()), ("kiln-secret-key", "key"));
     for e in c.env.iter().flatten() {
-        assert!(e.name == "KILN_ADMIN_TOKEN" || e.value_from.is_none(), "unexpected env from a source: {}", e.name);
+        assert!(["KILN_ADMIN_TOKEN", "KILN_SECRET_KEY"].contains(&e.name.as_str()) || e.value_from.is_none(), "unexpected env from a source: {}", e.name);
     }
 
     // Volumes: the data PVC, the two ConfigMaps, /tmp.
@@ -523,6 +539,16 @@ fn every_image_of_the_job_templates_is_built_by_a_dockerfile_in_build_images() {
             used.insert(*dockerfile);
         }
     }
+    // Every image Kiln runs is tagged with Kiln's version, alone or followed by `-<toolchain>`:
+    // each carries that release's kiln. So is the tools image the others copy kiln from.
+    for (image, dockerfile) in IMAGE_DOCKERFILES {
+        let tag = image.rsplit_once(':').unwrap().1;
+        assert!(tag == KILN_VERSION || tag.starts_with(&format!("{KILN_VERSION}-")), "{image}: tag {tag} is not Kiln's version {KILN_VERSION}");
+        let text = std::fs::read_to_string(dir.join(dockerfile)).unwrap();
+        for arg in text.lines().filter_map(|l| l.strip_prefix("ARG KILN_TOOLS_IMAGE=")) {
+            assert_eq!(arg, format!("ghcr.io/kiln-dev/kiln-tools:{KILN_VERSION}"), "{dockerfile}: the kiln it copies");
+        }
+    }
     // Every build image carries kiln at the same place on PATH.
     for (_, dockerfile) in IMAGE_DOCKERFILES {
         assert!(used.contains(dockerfile), "{dockerfile} is in IMAGE_DOCKERFILES but no template uses it");
@@ -536,4 +562,114 @@ fn every_image_of_the_job_templates_is_built_by_a_dockerfile_in_build_images() {
     for (image, dockerfile) in IMAGE_DOCKERFILES {
         assert!(readme.contains(image) && readme.contains(dockerfile), "build-images/README.md lists {image}");
     }
+}
+
+fn network_policies(install: &Install) -> Vec<(&str, &NetworkPolicy)> {
+    install.objects.iter().filter_map(|(f, o)| if let Object::NetworkPolicy(p) = o { Some((f.as_str(), p)) } else { None }).collect()
+}
+
+/// (protocol, port) of every port of an egress rule; a rule without ports allows every port.
+fn rule_ports(ports: Option<&Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>) -> Vec<(String, IntOrString)> {
+    let ports = ports.filter(|p| !p.is_empty()).expect("a rule without ports allows every port");
+    ports
+        .iter()
+        .map(|p| {
+            assert!(p.end_port.is_none(), "no port ranges: {p:?}");
+            (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port.clone().expect("a port"))
+        })
+        .collect()
+}
+
+/// What a rule's peer may be: CoreDNS in kube-system, or an operator's address block (never the
+/// whole internet). A rule without peers, or a bare namespaceSelector, would reach everything.
+fn is_dns_peer(peer: &k8s_openapi::api::networking::v1::NetworkPolicyPeer) -> bool {
+    let ns = peer.namespace_selector.as_ref().and_then(|s| s.match_labels.as_ref());
+    let pods = peer.pod_selector.as_ref().and_then(|s| s.match_labels.as_ref());
+    ns.and_then(|l| l.get("kubernetes.io/metadata.name")).map(String::as_str) == Some("kube-system")
+        && pods.and_then(|l| l.get("k8s-app")).map(String::as_str) == Some("kube-dns")
+        && peer.ip_block.is_none()
+}
+
+fn assert_limited_egress(what: &str, policy: &NetworkPolicy, allowed: &[(&str, IntOrString)]) -> BTreeSet<(String, String)> {
+    let spec = policy.spec.as_ref().unwrap();
+    let mut seen = BTreeSet::new();
+    let mut dns = false;
+    for rule in spec.egress.iter().flatten() {
+        let peers = rule.to.as_ref().filter(|t| !t.is_empty()).unwrap_or_else(|| panic!("{what}: an egress rule without `to` reaches everything"));
+        let ports = rule_ports(rule.ports.as_ref());
+        for peer in peers {
+            if is_dns_peer(peer) {
+                dns = true;
+                let mut got: Vec<_> = ports.clone();
+                got.sort_by_key(|(p, _)| p.clone());
+                assert_eq!(got, vec![("TCP".to_string(), IntOrString::Int(53)), ("UDP".into(), IntOrString::Int(53))], "{what}: DNS");
+                continue;
+            }
+            let block = peer.ip_block.as_ref().unwrap_or_else(|| panic!("{what}: a peer that is neither DNS nor an address block: {peer:?}"));
+            assert!(peer.namespace_selector.is_none() && peer.pod_selector.is_none(), "{what}: {peer:?}");
+            assert!(!["0.0.0.0/0", "::/0"].contains(&block.cidr.as_str()), "{what}: egress to everywhere");
+            for (proto, port) in &ports {
+                assert!(allowed.iter().any(|(p, n)| p == proto && n == port), "{what}: egress to {} on {proto} {port:?} is not a listed port", block.cidr);
+                let port = match port { IntOrString::Int(n) => n.to_string(), IntOrString::String(s) => s.clone() };
+                seen.insert((block.cidr.clone(), port));
+            }
+        }
+    }
+    assert!(dns, "{what}: DNS to CoreDNS in kube-system");
+    seen
+}
+
+/// deploy/build-namespace/networkpolicy.yaml: every pod of a build namespace, no ingress at all,
+/// egress only to CoreDNS on 53 and to the operator's address blocks (git, registries, proxies) on
+/// HTTPS. Applied per build namespace, so it names none (and kustomization.yaml does not apply it
+/// into `kiln`).
+#[test]
+fn the_build_namespace_policy_denies_all_ingress_and_limits_egress_to_dns_git_registries_and_proxies() {
+    let install = Install::load();
+    let policies = network_policies(&install);
+    let build: Vec<&NetworkPolicy> = policies.iter().filter(|(f, _)| f.starts_with("build-namespace/")).map(|(_, p)| *p).collect();
+    assert_eq!(build.len(), 1, "one policy in deploy/build-namespace/");
+    let policy = build[0];
+    assert_eq!(policy.metadata.namespace, None, "applied with -n <build namespace>");
+    assert!(!install.kustomization.resources.iter().any(|r| r.starts_with("build-namespace/")), "not applied into kiln");
+    let spec = policy.spec.as_ref().unwrap();
+    assert_eq!(spec.pod_selector, Some(Default::default()), "every pod of the namespace");
+    let types = spec.policy_types.clone().unwrap_or_default();
+    assert!(types.contains(&"Ingress".to_string()) && types.contains(&"Egress".to_string()), "{types:?}");
+    assert!(spec.ingress.as_ref().is_none_or(|i| i.is_empty()), "no ingress rule: nothing comes in");
+    let seen = assert_limited_egress("build namespace", policy, &[("TCP", IntOrString::Int(443))]);
+    // Three operator-edited blocks: git, registries, proxies (placeholders in the documentation ranges).
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let text = std::fs::read_to_string(deploy_dir().join("build-namespace/networkpolicy.yaml")).unwrap();
+    for what in ["git", "egistr", "proxy", "RFC 5737", "kubectl -n"] {
+        assert!(text.contains(what), "the comments explain {what}");
+    }
+    let readme = std::fs::read_to_string(deploy_dir().join("README.md")).unwrap();
+    assert!(readme.contains("build-namespace/networkpolicy.yaml"), "deploy/README.md says to apply it per build namespace");
+}
+
+/// deploy/networkpolicy.yaml: the Kiln pod takes traffic only on its HTTP port, and reaches only
+/// DNS, the API server, git and the registries.
+#[test]
+fn the_kiln_namespace_policy_admits_only_the_http_port_and_limits_egress() {
+    let install = Install::load();
+    let applied: Vec<&NetworkPolicy> =
+        install.applied().filter_map(|o| if let Object::NetworkPolicy(p) = o { Some(p) } else { None }).collect();
+    assert_eq!(applied.len(), 1, "kustomization.yaml applies the Kiln policy");
+    let policy = applied[0];
+    assert_eq!(policy.metadata.namespace.as_deref(), Some("kiln"));
+    let spec = policy.spec.as_ref().unwrap();
+    let pod_labels = install.deployment().spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    for (k, v) in spec.pod_selector.as_ref().and_then(|s| s.match_labels.as_ref()).expect("selects the Kiln pod") {
+        assert_eq!(pod_labels.get(k), Some(v), "selector {k}={v}");
+    }
+    let types = spec.policy_types.clone().unwrap_or_default();
+    assert!(types.contains(&"Ingress".to_string()) && types.contains(&"Egress".to_string()), "{types:?}");
+    let ingress = spec.ingress.as_ref().expect("ingress to the HTTP port");
+    assert_eq!(ingress.len(), 1);
+    let container_port = kiln_container(install.deployment()).ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).unwrap();
+    assert_eq!(container_port.container_port, 8080);
+    assert_eq!(rule_ports(ingress[0].ports.as_ref()), vec![("TCP".to_string(), IntOrString::String("http".into()))]);
+    let seen = assert_limited_egress("kiln", policy, &[("TCP", IntOrString::Int(443)), ("TCP", IntOrString::Int(6443))]);
+    assert!(seen.iter().any(|(_, p)| p == "6443"), "the API server: {seen:?}");
 }

@@ -22,6 +22,7 @@ mod registry_assemble;
 mod registry_copy;
 mod replication;
 mod rollouts;
+mod secrets_at_rest;
 mod tenant_settings;
 mod web_page;
 mod webhooks;

@@ -140,6 +140,8 @@ fn body_for(method: &Method, path: &str, b: &World) -> Option<Value> {
         ("POST", "/api/v1/tenants/{tenant}/tokens") => Some(json!({ "name": "probe", "role": "viewer" })),
         ("DELETE", "/api/v1/tenants/{tenant}/tokens/{token_id}") => None,
         ("PUT", "/api/v1/tenants/{tenant}/settings") => Some(json!({ "build_timeout_secs": 600, "max_concurrent_builds": 50 })),
+        ("PUT", "/api/v1/tenants/{tenant}/harbor-webhook-secret") => Some(json!({ "secret": "a-probe-harbor-secret" })),
+        ("DELETE", "/api/v1/tenants/{tenant}/harbor-webhook-secret") => None,
         ("POST", "/api/v1/apps") => {
             let mut spec = app_spec("probe", "http://127.0.0.1:9/z/probe.git", "z/probe", "127.0.0.1:9/z/probe", "probe-secret");
             spec["tenant"] = json!(b.name);
@@ -227,6 +229,7 @@ async fn every_route_and_role_of_one_tenant_is_refused_at_another_tenants_object
     assert!(kiln.ctx.store.tenant_by_name("team-z").await.unwrap().is_none());
     let b_settings = kiln.ctx.store.tenant(b.id).await.unwrap().unwrap().settings;
     assert_eq!(b_settings, builder_api::store::TenantSettings::default(), "B's settings changed");
+    assert_eq!(kiln.ctx.store.harbor_webhook_secret(b.id).await.unwrap(), None, "B's Harbor webhook secret changed");
 }
 
 #[tokio::test]

@@ -128,6 +128,27 @@ fn job_and_pod_names_lead_back_to_their_build_only_for_their_own_instance() {
     }
 }
 
+/// A storage quantity of the templates in bytes (binary suffixes only; that is what they use).
+fn bytes(q: &str) -> u64 {
+    for (suffix, unit) in [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40)] {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap_or_else(|e| panic!("{q}: {e}")) * unit;
+        }
+    }
+    q.parse().unwrap_or_else(|e| panic!("{q}: {e}"))
+}
+
+fn workspace_size_limit(job: &Job) -> Option<String> {
+    let v = pod(job).volumes.iter().flatten().find(|v| v.name == "workspace")?;
+    v.empty_dir.as_ref()?.size_limit.as_ref().map(|q| q.0.clone())
+}
+
+fn storage(c: &Container, side: &str) -> Option<String> {
+    let r = c.resources.as_ref()?;
+    let side = if side == "requests" { r.requests.as_ref() } else { r.limits.as_ref() };
+    side?.get("ephemeral-storage").map(|q| q.0.clone())
+}
+
 fn pod(job: &Job) -> &PodSpec {
     job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
 }
@@ -189,6 +210,9 @@ fn assert_invariants(kind: ResolvedKind, job: &Job) {
         let limits = res.limits.as_ref().unwrap_or_else(|| panic!("{what}/{name}: limits"));
         assert!(requests.contains_key("cpu") && requests.contains_key("memory"), "{what}/{name}: cpu and memory requests");
         assert!(limits.contains_key("memory"), "{what}/{name}: a memory limit");
+        // Disk: no build fills a node's disk (issue 18).
+        assert!(requests.contains_key("ephemeral-storage"), "{what}/{name}: an ephemeral-storage request");
+        assert!(limits.contains_key("ephemeral-storage"), "{what}/{name}: an ephemeral-storage limit");
         if name == "clone" || (name == "image" && kind != ResolvedKind::Dockerfile) {
             assert!(!limits.contains_key("cpu"), "{what}/{name}: no CPU limit on a short helper step");
         }
@@ -234,6 +258,16 @@ fn assert_invariants(kind: ResolvedKind, job: &Job) {
     let text = serde_json::to_string(job).unwrap();
     for secret in ["robot-password", "git-token-value", "whsec-never-in-a-job"] {
         assert!(!text.contains(secret), "{what}: the Job must not hold the secret {secret}");
+    }
+
+    // Every emptyDir has a sizeLimit, and the pod's disk budget (its largest container's limit,
+    // which the kubelet holds the emptyDirs to as well) is at least the largest one.
+    let budget = containers(job).iter().map(|c| bytes(&c.resources.as_ref().unwrap().limits.as_ref().unwrap()["ephemeral-storage"].0)).max().unwrap();
+    for v in p.volumes.iter().flatten() {
+        if let Some(dir) = &v.empty_dir {
+            let size = dir.size_limit.as_ref().unwrap_or_else(|| panic!("{what}: emptyDir {} has no sizeLimit", v.name));
+            assert!(bytes(&size.0) <= budget, "{what}: emptyDir {} ({}) is larger than the pod's disk budget", v.name, size.0);
+        }
     }
 
     let image = containers(job).into_iter().find(|c| c.name == "image").unwrap();
@@ -332,10 +366,13 @@ fn a_tenants_settings_reach_its_job_and_change_nothing_else() {
         cache_claim: Some("payments-cache".into()),
         cpu: Some("1500m".into()),
         memory: Some("3Gi".into()),
+        ephemeral_storage: Some("30Gi".into()),
+        workspace_size: Some("12Gi".into()),
         // Settings that are not the Job's business (the scheduler's, the API's).
         max_concurrent_builds: Some(2),
         registry_project: Some("payments".into()),
         build_timeout_secs: Some(900),
+        deploy_namespaces: Some(vec!["payments".into()]),
     });
     for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
         let what = kind.as_str();
@@ -344,6 +381,7 @@ fn a_tenants_settings_reach_its_job_and_change_nothing_else() {
         assert_eq!(job.metadata.namespace.as_deref(), Some("builds-payments"), "{what}");
 
         let p = pod(&job);
+        assert_eq!(workspace_size_limit(&job).as_deref(), Some("12Gi"), "{what}: the workspace emptyDir's sizeLimit");
         // The claim wherever the template has a cache (Go and Maven; a Dockerfile build has none).
         let cache = p.volumes.iter().flatten().find(|v| v.name == "cache");
         assert_eq!(cache.is_some(), kind != ResolvedKind::Dockerfile, "{what}");
@@ -373,6 +411,7 @@ fn a_tenants_settings_reach_its_job_and_change_nothing_else() {
                 for side in [res.requests.as_ref().unwrap(), res.limits.as_ref().unwrap()] {
                     assert_eq!(side.get("cpu").map(|q| q.0.as_str()), Some("1500m"), "{what}/{}", c.name);
                     assert_eq!(side.get("memory").map(|q| q.0.as_str()), Some("3Gi"), "{what}/{}", c.name);
+                    assert_eq!(side.get("ephemeral-storage").map(|q| q.0.as_str()), Some("30Gi"), "{what}/{}", c.name);
                 }
             } else {
                 assert_eq!(c.resources, before.resources, "{what}/{}: the template's resources", c.name);
@@ -402,4 +441,70 @@ fn a_tenants_settings_reach_its_job_and_change_nothing_else() {
     assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "1", "the template's CPU request stays");
     assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "2", "the template's CPU limit stays");
     assert_eq!(job.metadata.namespace.as_deref(), Some("kiln-payments"), "the default namespace");
+}
+
+/// `workspace_size` alone: the workspace emptyDir gets it, and the container that builds keeps
+/// the template's room for everything else — its limit grows by as much as the workspace grew
+/// (a smaller workspace leaves the template's limit) — so the larger workspace can fill before
+/// the pod's disk budget evicts the build. Requests stay the template's.
+#[test]
+fn a_tenants_workspace_size_sizes_the_workspace_and_keeps_room_in_the_pods_disk_budget() {
+    let app = sample_app(BuildKind::Auto, Some("git-token-value"));
+    let build = sample_build("main");
+    for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
+        let what = kind.as_str();
+        let sized = if kind == ResolvedKind::Dockerfile { "image" } else { "compile" };
+        let plain = render_kind(kind, &app, &build).job;
+        let heavy = |job: &Job| containers(job).into_iter().find(|c| c.name == sized).unwrap().clone();
+        let template_ws = bytes(&workspace_size_limit(&plain).unwrap());
+        let template_limit = bytes(&storage(&heavy(&plain), "limits").unwrap());
+
+        let tenant = sample_tenant(TenantSettings { workspace_size: Some("20Gi".into()), ..TenantSettings::default() });
+        let job = render_for(kind, &app, &build, &tenant).job;
+        assert_eq!(workspace_size_limit(&job).as_deref(), Some("20Gi"), "{what}");
+        let limit = bytes(&storage(&heavy(&job), "limits").unwrap());
+        assert_eq!(limit, template_limit + (20 << 30) - template_ws, "{what}: the budget grows by the workspace's growth");
+        assert_eq!(storage(&heavy(&job), "requests"), storage(&heavy(&plain), "requests"), "{what}: the template's request");
+        for (c, before) in containers(&job).into_iter().zip(containers(&plain)) {
+            if c.name != sized {
+                assert_eq!(c.resources, before.resources, "{what}/{}", c.name);
+            }
+        }
+        // Every other emptyDir keeps the template's sizeLimit.
+        for (v, before) in pod(&job).volumes.iter().flatten().zip(pod(&plain).volumes.iter().flatten()) {
+            if v.name != "workspace" {
+                assert_eq!(v, before, "{what}: volume {}", v.name);
+            }
+        }
+        assert_invariants(kind, &job);
+
+        // Smaller than the template's: the workspace shrinks, the budget stays.
+        let small = sample_tenant(TenantSettings { workspace_size: Some("512Mi".into()), ..TenantSettings::default() });
+        let job = render_for(kind, &app, &build, &small).job;
+        assert_eq!(workspace_size_limit(&job).as_deref(), Some("512Mi"), "{what}");
+        assert_eq!(heavy(&job).resources, heavy(&plain).resources, "{what}");
+    }
+}
+
+/// A template edit that drops a container's ephemeral-storage limit or an emptyDir's sizeLimit
+/// stops Kiln at start, naming what is missing.
+#[test]
+fn a_template_without_disk_limits_is_refused_at_load() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../job-templates");
+    let cases = [
+        ("go.yaml", "limits: {memory: 256Mi, ephemeral-storage: 256Mi}", "limits: {memory: 256Mi}", "\"clone\" has no ephemeral-storage limit"),
+        ("maven.yaml", "emptyDir: {sizeLimit: 1Gi}", "emptyDir: {}", "emptyDir volume \"tmp\" has no sizeLimit"),
+        ("dockerfile.yaml", "emptyDir: {sizeLimit: 10Gi}", "emptyDir: {}", "emptyDir volume \"buildkit-state\" has no sizeLimit"),
+    ];
+    for (file, from, to, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["go.yaml", "maven.yaml", "dockerfile.yaml"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert!(text.contains(from), "{file} has {from:?}");
+        std::fs::write(dir.path().join(file), text.replacen(from, to, 1)).unwrap();
+        let err = Templates::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{file}: {err}");
+    }
 }

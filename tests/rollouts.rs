@@ -10,7 +10,7 @@ use builder_api::config::ClusterConfig;
 use serde_json::{json, Value};
 
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
-use crate::support::kiln::{test_config, TestKiln};
+use crate::support::kiln::{test_config, TestKiln, ADMIN};
 
 const AUTH: &str = "Basic a2lsbjpoYXJib3ItaG9vay1zZWNyZXQ=";
 const EAST: &str = "harbor.east.example:8443";
@@ -29,7 +29,8 @@ pub struct RolloutWorld {
 
 /// A fake cluster with `shop/web` (container `app`, 2 replicas) running `image`, rolled out.
 async fn cluster_with_web(image: &str) -> FakeKube {
-    let fake = FakeKube::start(FakeKubeOptions { kubelet: false, namespaces: vec!["default".into(), "shop".into()], ..FakeKubeOptions::default() });
+    let namespaces = ["default", "shop", "kube-system", "other-shop"].map(String::from).to_vec();
+    let fake = FakeKube::start(FakeKubeOptions { kubelet: false, namespaces, ..FakeKubeOptions::default() });
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web"},
@@ -68,6 +69,7 @@ impl RolloutWorld {
         kiln.ctx.clusters.set_client("east", east.client());
         kiln.ctx.clusters.set_client("west", west.client());
         let token = kiln.tenant("team").await;
+        grant(&kiln, "team", json!({"deploy_namespaces": ["shop"]})).await;
         let (status, body) = kiln
             .request(
                 Method::POST,
@@ -125,6 +127,13 @@ impl RolloutWorld {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// An admin sets the tenant's settings (`deploy_namespaces` is where its apps may roll out).
+pub async fn grant(kiln: &TestKiln, tenant: &str, settings: Value) {
+    let path = format!("/api/v1/tenants/{tenant}/settings");
+    let (status, body) = kiln.request(Method::PUT, &path, Some(ADMIN), Some(settings)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 fn fixture(name: &str) -> String {
@@ -321,6 +330,7 @@ async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_diges
     kiln.ctx.clusters.set_client("east", east.client());
     kiln.ctx.clusters.set_client("west", west.client());
     let token = kiln.tenant("team").await;
+    grant(&kiln, "team", json!({"deploy_namespaces": ["shop"]})).await;
     let repo = git.create_repo("team/hello");
     let files = fixture_files("go-hello");
     let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
@@ -419,4 +429,161 @@ async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_diges
         [("sync", None), ("sync", Some("the Deployment already ran this image")), ("sync", None), ("rollback", None)],
         "{releases:#}"
     );
+}
+
+/// A Deployment in the cluster (`name`, one container `app`), optionally annotated.
+fn deployment(name: &str, image: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": image}]}}}
+    })
+}
+
+/// The fake's requests about Deployments in `ns`: (verb, name).
+fn deployment_requests_in(fake: &FakeKube, ns: &str) -> Vec<(String, Option<String>)> {
+    fake.requests().into_iter().filter(|r| r.resource == "deployments" && r.namespace.as_deref() == Some(ns)).map(|r| (r.verb.to_string(), r.name)).collect()
+}
+
+/// Deploy targets are granted, not claimed: tenant `team` may deploy into `shop` only. Its owner
+/// subscribing a Deployment in `kube-system`, in tenant `team-b`'s namespace or in one nobody
+/// granted is 403 naming the setting; a repository outside its registry project is 403 too.
+#[tokio::test]
+async fn a_subscription_outside_the_tenants_deploy_namespaces_or_registry_project_is_forbidden() {
+    let w = RolloutWorld::new().await;
+    w.kiln.tenant("team-b").await;
+    grant(&w.kiln, "team-b", json!({"deploy_namespaces": ["other-shop"]})).await;
+    let sub = |body: Value| {
+        let w = &w;
+        async move { w.kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&w.token), Some(body)).await }
+    };
+    let base = json!({"cluster": "east", "namespace": "shop", "deployment": "web", "container": "app", "policy": "glob:v*"});
+    for ns in ["kube-system", "other-shop", "default"] {
+        let mut body = base.clone();
+        body["namespace"] = json!(ns);
+        let (status, answer) = sub(body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{ns}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("namespace \"{ns}\" is not one of tenant team's deploy_namespaces [\"shop\"]"))
+                && error.contains("PUT /api/v1/tenants/team/settings"),
+            "{error}"
+        );
+    }
+    // With a registry project, a subscription follows only the tenant's own repositories.
+    grant(&w.kiln, "team", json!({"deploy_namespaces": ["shop"], "registry_project": "team"})).await;
+    let mut body = base.clone();
+    body["repository"] = json!("team-b/hello");
+    let (status, answer) = sub(body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("outside tenant team's registry project \"team\""), "{answer}");
+    // An admin cannot grant another tenant's namespace, nor Kubernetes' own.
+    let path = "/api/v1/tenants/team/settings";
+    let (status, answer) = w.kiln.request(Method::PUT, path, Some(ADMIN), Some(json!({"deploy_namespaces": ["shop", "other-shop"]}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("team-b"), "{answer}");
+    let (status, answer) = w.kiln.request(Method::PUT, path, Some(ADMIN), Some(json!({"deploy_namespaces": ["kube-system"]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    // Nothing was stored by any refusal; the granted one is.
+    let (status, answer) = sub(base).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["subscription"]["repository"], "team/hello");
+    assert_eq!(w.kiln.ctx.store.subscriptions_for_repository("team-b/hello").await.unwrap().len(), 0);
+    let (_, subs) = w.kiln.request(Method::GET, "/api/v1/apps/hello/subscriptions", Some(&w.token), None).await;
+    assert_eq!(subs["subscriptions"].as_array().unwrap().len(), 1, "{subs}");
+}
+
+/// Discovery lists only granted namespaces: an annotated Deployment in `kube-system` is never
+/// even read, one in tenant `team-b`'s namespace that names `team/hello` is ignored, the one in
+/// `shop` is subscribed.
+#[tokio::test]
+async fn annotated_deployments_outside_the_tenants_deploy_namespaces_are_not_discovered() {
+    let w = RolloutWorld::new().await;
+    w.kiln.tenant("team-b").await;
+    grant(&w.kiln, "team-b", json!({"deploy_namespaces": ["other-shop"]})).await;
+    let annotated = json!({"kiln.dev/app": "team/hello", "kiln.dev/policy": "glob:v*"});
+    let old = format!("{EAST}/team/hello:old");
+    for (ns, name) in [("kube-system", "coredns"), ("other-shop", "theirs"), ("default", "ungranted"), ("shop", "api")] {
+        w.east.create(ns, "deployments", deployment(name, &old, annotated.clone())).unwrap();
+    }
+    assert_eq!(builder_api::rollout::discovery::discover(&w.kiln.ctx).await, 1);
+    let subs = w.kiln.ctx.store.subscriptions_for_repository("team/hello").await.unwrap();
+    let targets: Vec<(&str, &str, &str)> = subs.iter().map(|s| (s.cluster.as_str(), s.namespace.as_str(), s.deployment.as_str())).collect();
+    assert_eq!(targets, [("east", "shop", "api")]);
+    // Kiln read no Deployment where no tenant may deploy.
+    for ns in ["kube-system", "default"] {
+        assert_eq!(deployment_requests_in(&w.east, ns), [], "{ns}");
+        assert_eq!(deployment_requests_in(&w.west, ns), [], "{ns}");
+    }
+
+    // A push rolls out into shop only; the others keep their image.
+    let (status, body) = w.harbor(&fixture("push-default-tag.json"), AUTH).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    w.settled().await;
+    let image = |ns: &str, name: &str| w.east.get("deployments", ns, name).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert_eq!(image("shop", "api"), format!("{EAST}/team/hello@{D1}"));
+    for (ns, name) in [("kube-system", "coredns"), ("other-shop", "theirs"), ("default", "ungranted")] {
+        assert_eq!(image(ns, name), old.as_str(), "{ns}/{name}");
+    }
+}
+
+/// The grant is checked again when a rollout starts: a subscription outside it (one an older
+/// release stored, made here straight in the store) gets a Failed rollout with the reason, and
+/// Kiln sends not one request about that Deployment. Narrowing the grant under a subscription is
+/// refused with the list; the one already outside blocks no settings change.
+#[tokio::test]
+async fn a_rollout_never_touches_a_deployment_outside_the_tenants_deploy_namespaces() {
+    let w = RolloutWorld::new().await;
+    w.subscribe("east", "glob:v*").await;
+    w.east.create("default", "deployments", deployment("web", &format!("{EAST}/team/hello:old"), json!({}))).unwrap();
+    let store = &w.kiln.ctx.store;
+    let tenant = store.tenant_by_name("team").await.unwrap().unwrap();
+    let app = store.app_by_name(tenant.id, "hello").await.unwrap().unwrap();
+    let legacy = store
+        .create_subscription(&builder_api::store::NewSubscription {
+            app_id: app.id,
+            cluster: "east".into(),
+            namespace: "default".into(),
+            deployment: "web".into(),
+            container: "app".into(),
+            repository: "team/hello".into(),
+            policy: "glob:v*".into(),
+            rollback_on_failure: true,
+        })
+        .await
+        .unwrap();
+    w.east.reset_counters();
+
+    let (status, body) = w.harbor(&fixture("push-default-tag.json"), AUTH).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let releases = w.settled().await;
+    let of = |ns: &str| releases["releases"].as_array().unwrap().iter().find(|r| r["namespace"] == ns).unwrap()["history"][0].clone();
+    assert_eq!(of("shop")["state"], "Complete", "{releases:#}");
+    let refused = of("default");
+    assert_eq!(refused["state"], "Failed", "{releases:#}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.contains("not touched") && reason.contains("namespace \"default\" is not one of tenant team's deploy_namespaces"), "{reason}");
+    assert_eq!(deployment_requests_in(&w.east, "default"), [], "not even a read outside the grant");
+    assert_eq!(w.east.get("deployments", "default", "web").unwrap()["spec"]["template"]["spec"]["containers"][0]["image"], format!("{EAST}/team/hello:old"));
+    assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello@{D1}"));
+    assert_eq!(w.east.count("patch", "deployments"), 1);
+
+    // Narrowing the grant under the subscription in shop is refused, naming it; the legacy one
+    // (outside already) does not block a change.
+    let path = "/api/v1/tenants/team/settings";
+    let (status, answer) = w.kiln.request(Method::PUT, path, Some(ADMIN), Some(json!({"deploy_namespaces": []}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("of app hello (east/shop/web)") && !error.contains(&format!("subscription {} ", legacy.id)), "{error}");
+    let (status, answer) = w.kiln.request(Method::PUT, path, Some(ADMIN), Some(json!({"deploy_namespaces": ["shop", "staging"]}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["effective"]["deploy_namespaces"], json!(["shop", "staging"]));
+    // Once the subscription is gone, the grant narrows.
+    let (_, subs) = w.kiln.request(Method::GET, "/api/v1/apps/hello/subscriptions", Some(&w.token), None).await;
+    let shop = subs["subscriptions"].as_array().unwrap().iter().find(|s| s["namespace"] == "shop").unwrap()["id"].as_i64().unwrap();
+    let (status, _) = w.kiln.request(Method::DELETE, &format!("/api/v1/apps/hello/subscriptions/{shop}"), Some(&w.token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, answer) = w.kiln.request(Method::PUT, path, Some(ADMIN), Some(json!({"deploy_namespaces": ["staging"]}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
 }

@@ -37,8 +37,11 @@ fn full_settings() -> Value {
         "max_concurrent_builds": 3,
         "cpu": "1500m",
         "memory": "3Gi",
+        "ephemeral_storage": "24Gi",
+        "workspace_size": "10Gi",
         "build_timeout_secs": 900,
         "cache_claim": "team-a-cache",
+        "deploy_namespaces": ["team-a-prod", "team-a-staging"],
     })
 }
 
@@ -59,6 +62,7 @@ async fn settings_round_trip_and_only_an_admin_changes_them() {
     assert_eq!(body["effective"]["build_timeout_secs"], 3600);
     assert_eq!(body["effective"]["registry_secret"], Value::Null);
     assert_eq!(body["effective"]["global_max_concurrent_builds"], 2);
+    assert_eq!(body["effective"]["deploy_namespaces"], json!([]), "unset grants no namespace to deploy to");
 
     // The owner may not change them (nor may anyone below): 403 that says an admin is needed.
     for t in [&owner, &developer, &viewer] {
@@ -79,6 +83,9 @@ async fn settings_round_trip_and_only_an_admin_changes_them() {
     assert_eq!(put["effective"]["namespace"], "builds-team-a");
     assert_eq!(put["effective"]["build_timeout_secs"], 900);
     assert_eq!(put["effective"]["cache_claim"], "team-a-cache");
+    assert_eq!(put["effective"]["deploy_namespaces"], json!(["team-a-prod", "team-a-staging"]));
+    assert_eq!(put["effective"]["ephemeral_storage"], "24Gi");
+    assert_eq!(put["effective"]["workspace_size"], "10Gi");
     let stored = kiln.ctx.store.tenant_by_name("team-a").await.unwrap().unwrap();
     assert_eq!(stored.settings.cpu.as_deref(), Some("1500m"));
     let a_id = stored.id;
@@ -127,8 +134,17 @@ async fn bad_settings_are_refused_with_the_field_and_the_rule() {
         (json!({ "cpu": 2 }), "cpu", "invalid type"),
         (json!({ "memory": "1GB" }), "memory", "Mi"),
         (json!({ "memory": "-512Mi" }), "memory", "Kubernetes quantity"),
+        (json!({ "ephemeral_storage": "20GB" }), "ephemeral_storage", "Kubernetes quantity"),
+        (json!({ "ephemeral_storage": "0" }), "ephemeral_storage", "zero"),
+        (json!({ "workspace_size": "lots" }), "workspace_size", "Gi"),
+        (json!({ "workspace_size": 8 }), "workspace_size", "invalid type"),
+        (json!({ "ephemeral_storage": "4Gi", "workspace_size": "8Gi" }), "ephemeral_storage", "workspace_size"),
         (json!({ "build_timeout_secs": 30 }), "build_timeout_secs", "60 to 86400"),
         (json!({ "build_timeout_secs": 86401 }), "build_timeout_secs", "60 to 86400"),
+        (json!({ "deploy_namespaces": ["Prod"] }), "deploy_namespaces", "lowercase"),
+        (json!({ "deploy_namespaces": ["kube-system"] }), "deploy_namespaces", "system namespace"),
+        (json!({ "deploy_namespaces": ["prod", "prod"] }), "deploy_namespaces", "twice"),
+        (json!({ "deploy_namespaces": "prod" }), "deploy_namespaces", "invalid type"),
         (json!({ "timeout": 600 }), "timeout", "unknown field"),
         (json!(["namespace"]), "invalid JSON body", "JSON object"),
     ];
@@ -213,12 +229,26 @@ async fn no_two_tenants_share_a_namespace_or_a_registry_project_and_apps_stay_in
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body["error"].as_str().unwrap().contains("registry project \"legacy\""), "{body}");
     kiln.app(&owner_a, app_spec("api", "http://127.0.0.1:9/a/api.git", "a/api", "harbor.example.com/legacy/api", "hook-secret-a")).await;
+
+    // A deploy namespace is one tenant's as well: not another's build namespace, not another's
+    // deploy namespace, and no later tenant builds in it.
+    let (status, body) = put("team-b", json!({ "deploy_namespaces": ["kiln-team-a"] })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("deploy_namespaces: namespace \"kiln-team-a\" is tenant team-a's"), "{body}");
+    assert_eq!(put("team-b", json!({ "deploy_namespaces": ["shop-b"] })).await.0, StatusCode::OK);
+    let (status, body) = put("team-a", json!({ "registry_project": "legacy", "deploy_namespaces": ["shop-b"] })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("team-b"), "{body}");
+    let (status, body) = put("team-a", json!({ "registry_project": "legacy", "namespace": "shop-b" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = kiln.request(Method::POST, "/api/v1/tenants", Some(ADMIN), Some(json!({ "name": "team-d", "namespace": "shop-b" }))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
 /// A tenant with every setting a Job uses: its build runs as a Job in its own namespace (the
 /// watchers, which watch all namespaces, follow it there), pushes with the tenant's registry
 /// Secret, keeps its Go cache on the tenant's claim, and the Job carries the tenant's CPU,
-/// memory and timeout.
+/// memory, disk (ephemeral storage, workspace size) and timeout.
 #[tokio::test]
 async fn a_tenants_kube_build_runs_in_its_namespace_with_its_secret_cache_resources_and_timeout() {
     const GIT_TOKEN: &str = "glpat-settings-token-0123";
@@ -234,7 +264,7 @@ async fn a_tenants_kube_build_runs_in_its_namespace_with_its_secret_cache_resour
     fake.create_pvc("builds-team", "team-cache");
     let dir = tempfile::tempdir().unwrap();
     let config = kube_config(dir.path(), &registry);
-    let kiln = TestKiln::start_with_kube(dir, config, Some(fake.client())).await;
+    let kiln = TestKiln::start_with_kube(dir, config, Some(crate::kube_builds::kiln_client(&fake))).await;
     let owner = kiln.tenant("team").await;
     let settings = json!({
         "namespace": "builds-team",
@@ -243,6 +273,8 @@ async fn a_tenants_kube_build_runs_in_its_namespace_with_its_secret_cache_resour
         "cache_claim": "team-cache",
         "cpu": "750m",
         "memory": "1536Mi",
+        "ephemeral_storage": "6Gi",
+        "workspace_size": "3Gi",
         "build_timeout_secs": 900,
     });
     let (status, body) = kiln.request(Method::PUT, &settings_path("team"), Some(ADMIN), Some(settings)).await;
@@ -269,8 +301,10 @@ async fn a_tenants_kube_build_runs_in_its_namespace_with_its_secret_cache_resour
     let pod = &spec["template"]["spec"];
     let compile = pod["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "compile").unwrap();
     for side in ["requests", "limits"] {
-        assert_eq!(compile["resources"][side], json!({ "cpu": "750m", "memory": "1536Mi" }), "{side}: {compile}");
+        assert_eq!(compile["resources"][side], json!({ "cpu": "750m", "memory": "1536Mi", "ephemeral-storage": "6Gi" }), "{side}: {compile}");
     }
+    let workspace = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "workspace").unwrap();
+    assert_eq!(workspace["emptyDir"]["sizeLimit"], "3Gi");
     let cache = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "cache").unwrap();
     assert_eq!(cache["persistentVolumeClaim"]["claimName"], "team-cache");
     let image = &pod["containers"][0];

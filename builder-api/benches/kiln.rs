@@ -939,6 +939,10 @@ async fn rollout() {
     let url = serve_in_process(&ctx).await;
     let http = reqwest::Client::new();
     let token = create_tenant(&http, &url).await;
+    // The tenant deploys only where an admin granted it.
+    let grant = json!({"deploy_namespaces": ["shop"]});
+    let res = http.put(format!("{url}/api/v1/tenants/bench/settings")).bearer_auth(ADMIN).json(&grant).send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
     for i in 0..APPS {
         let app = json!({"name": format!("app-{i}"), "git_url": "http://127.0.0.1:9/bench/app.git", "image_repository": format!("{REGISTRY}/bench/app-{i}"),
                          "webhook_secret": "bench-secret"});

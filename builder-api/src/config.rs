@@ -335,11 +335,33 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// Directory for the SQLite database, build workspaces and caches.
     pub data_dir: PathBuf,
+    /// File holding the key that encrypts the secrets in the store (base64 of 32 bytes, mode
+    /// 0600): in a cluster, a mounted Kubernetes Secret, so the key never sits on the database's
+    /// volume. `KILN_SECRET_KEY` (the key itself) wins over it; with neither, Kiln generates
+    /// `<data_dir>/secret.key` at first start.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from(".kiln") }
+        Self { data_dir: PathBuf::from(".kiln"), secret_key_file: None }
+    }
+}
+
+impl StoreConfig {
+    /// The key of the store's secrets: `KILN_SECRET_KEY`, else `secret_key_file`, else
+    /// `<data_dir>/secret.key` (generated when missing).
+    pub fn secret_key(&self) -> Result<crate::store::SecretKey, crate::store::KeyError> {
+        crate::store::SecretKey::load(&self.data_dir, self.secret_key_file.as_deref())
+    }
+
+    /// The file a key rotation replaces: `secret_key_file`, else the generated default. None
+    /// when the key comes from `KILN_SECRET_KEY`, which Kiln cannot change.
+    pub fn secret_key_path(&self) -> Option<PathBuf> {
+        if std::env::var_os("KILN_SECRET_KEY").is_some() {
+            return None;
+        }
+        Some(self.secret_key_file.clone().unwrap_or_else(|| self.data_dir.join(crate::store::secrets::DEFAULT_KEY_FILE)))
     }
 }
 
@@ -505,6 +527,9 @@ impl Config {
         }
         if let Some(v) = var("KILN_DATA_DIR") {
             self.store.data_dir = v.into();
+        }
+        if let Some(v) = var("KILN_SECRET_KEY_FILE") {
+            self.store.secret_key_file = Some(v.into());
         }
         if let Some(v) = var("KILN_MAX_CONCURRENT_BUILDS") {
             self.executor.max_concurrent_builds = parse("KILN_MAX_CONCURRENT_BUILDS", v)?;

@@ -53,6 +53,8 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::DELETE, "/api/v1/tenants/{tenant}/tokens/{token_id}", Owner, Some("token.revoke"), tenants::revoke_token),
         route(M::GET, "/api/v1/tenants/{tenant}/settings", Viewer, None, tenants::get_settings),
         route(M::PUT, "/api/v1/tenants/{tenant}/settings", Admin, Some("tenant.settings"), tenants::put_settings),
+        route(M::PUT, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret"), tenants::put_harbor_secret),
+        route(M::DELETE, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret.delete"), tenants::delete_harbor_secret),
         route(M::GET, "/api/v1/audit", Owner, None, audit::list),
         route(M::GET, "/api/v1/apps", Viewer, None, apps::list),
         route(M::POST, "/api/v1/apps", Owner, Some("app.create"), apps::create),

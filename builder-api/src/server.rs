@@ -24,7 +24,8 @@ pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
 /// The same, with the Kubernetes client given (tests hand in one for the fake API server);
 /// otherwise the kube executor infers it (`KUBECONFIG`, `~/.kube/config`, or in-cluster).
 pub async fn build_context_with(config: Config, kube_client: Option<kube::Client>) -> anyhow::Result<Arc<Context>> {
-    let store = Store::open(&config.store.data_dir)
+    let key = config.store.secret_key()?;
+    let store = Store::open_with_key(&config.store.data_dir, key)
         .await
         .with_context(|| format!("cannot open the store under {}", config.store.data_dir.display()))?;
     if config.server.admin_token.is_none() && !store.has_admin_token().await? {

@@ -1,5 +1,6 @@
 //! The `kiln` command line: the server, the client commands, and the build steps.
 
+mod admin;
 mod client;
 pub mod sse;
 mod step;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Progress is shown per target, then a summary per target. Exit code 0 when every target
     /// verified, 1 otherwise (with the reason per target).
     Sync(sync::SyncArgs),
+    /// Operations on the store while Kiln is stopped (key rotation).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Tools for trying Kiln on one machine.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -110,6 +114,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Builds { app, state, limit, api } => client::builds(&api, app, state, limit).await.map(|()| 0),
             Command::Step(step) => step::run(step).await.map(|()| 0),
             Command::Sync(args) => sync::run(args).await,
+            Command::Admin(command) => admin::run(command).await,
             Command::Dev(DevCommand::GitServer { root, listen, token }) => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 eprintln!("kiln dev git-server: serving {} on http://{listen}", root.display());

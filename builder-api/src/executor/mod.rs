@@ -88,6 +88,13 @@ pub trait Executor: Send + Sync + 'static {
         false
     }
 
+    /// Secrets a build of `tenant` can see that only the executor knows, for the log masker:
+    /// under `kube`, the password in the tenant's registry Secret (which may differ from every
+    /// password in the config). Never fails: a Secret Kiln cannot read is no secret to mask.
+    fn build_secrets<'a>(&'a self, _tenant: &'a Tenant) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
+
     /// At start, before the scheduler runs: clean up what the executor left behind.
     fn reconcile<'a>(&'a self, _store: &'a Store) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async { Ok(()) })

@@ -22,11 +22,13 @@ use crate::validate;
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscription {
     pub cluster: String,
+    /// One of the tenant's `deploy_namespaces`: a tenant deploys only where an admin granted it.
     pub namespace: String,
     pub deployment: String,
     pub container: String,
     /// The repository path in the cluster's registry; by default the app's image repository
-    /// without its registry host, in the tenant's project of that registry.
+    /// without its registry host, in the tenant's project of that registry. Always in that
+    /// project when the tenant has a `registry_project`: no tenant follows another's images.
     pub repository: Option<String>,
     pub policy: String,
     #[serde(default = "yes")]
@@ -61,6 +63,9 @@ pub async fn create_subscription(
         }
     };
     validate::image_repository_path(&repository).map_err(bad)?;
+    // Only where an admin granted the tenant, following only the tenant's own images.
+    let tenant = s.store.tenant(app.tenant_id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {}", app.tenant)))?;
+    crate::rollout::grants::check(&tenant, cluster, &req.namespace, &repository).map_err(ApiError::Forbidden)?;
     let sub = s
         .store
         .create_subscription(&NewSubscription {

@@ -155,15 +155,49 @@ pub async fn revoke_token(
     }
 }
 
-/// The tenant whose builds run in `namespace`, other than `except`. Two tenants in one
-/// namespace would share Secrets, caches and pods: refused wherever a namespace is decided.
+/// The tenant whose builds run in `namespace`, or who deploys there, other than `except`. Two
+/// tenants in one namespace would share Secrets, caches and pods, or roll out over each other's
+/// Deployments: refused wherever a namespace is decided.
 async fn namespace_user(s: &AppState, namespace: &str, except: Option<i64>) -> ApiResult<Option<String>> {
     let tenants = s.store.tenants().await?;
-    Ok(tenants.into_iter().find(|t| Some(t.id) != except && s.config.kube.namespace_for(t) == namespace).map(|t| t.name))
+    Ok(tenants
+        .into_iter()
+        .find(|t| Some(t.id) != except && (s.config.kube.namespace_for(t) == namespace || t.settings.allows_deploy_namespace(namespace)))
+        .map(|t| t.name))
+}
+
+/// A settings PUT's `deploy_namespaces` against the other tenants (each namespace is one
+/// tenant's, so no tenant rolls out over another's Deployments) and against the tenant's own
+/// subscriptions: narrowing the grant under a subscription is refused with the list, so it is
+/// the admin who decides to delete them rather than rollouts that start failing later.
+/// Subscriptions outside the grant already (from before Kiln checked) do not block a PUT; their
+/// rollouts are refused with the reason.
+async fn check_deploy_namespaces(s: &AppState, tenant: &Tenant, settings: &TenantSettings) -> ApiResult<()> {
+    for ns in settings.deploy_namespaces.iter().flatten() {
+        if let Some(other) = namespace_user(s, ns, Some(tenant.id)).await? {
+            return Err(ApiError::Conflict(format!("deploy_namespaces: namespace {ns:?} is tenant {other}'s namespace")));
+        }
+    }
+    let orphaned: Vec<String> = s
+        .store
+        .subscriptions_of_tenant(tenant.id)
+        .await?
+        .into_iter()
+        .filter(|(_, sub)| tenant.settings.allows_deploy_namespace(&sub.namespace) && !settings.allows_deploy_namespace(&sub.namespace))
+        .map(|(app, sub)| format!("subscription {} of app {app} ({}/{}/{})", sub.id, sub.cluster, sub.namespace, sub.deployment))
+        .collect();
+    if !orphaned.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "deploy_namespaces: these subscriptions deploy into namespaces the new value no longer grants: {}; delete them first (DELETE /api/v1/apps/{{app}}/subscriptions/{{id}})",
+            orphaned.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The settings of a tenant as stored (`null`: unset) and as builds use them (`effective`:
-/// unset values filled from the config; CPU and memory unset are the Job template's).
+/// unset values filled from the config; CPU, memory, ephemeral storage and workspace size unset
+/// are the Job template's).
 fn settings_answer(s: &AppState, tenant: &Tenant) -> Value {
     let kube = &s.config.kube;
     json!({
@@ -177,8 +211,11 @@ fn settings_answer(s: &AppState, tenant: &Tenant) -> Value {
             "global_max_concurrent_builds": s.config.executor.max_concurrent_builds,
             "cpu": tenant.settings.cpu,
             "memory": tenant.settings.memory,
+            "ephemeral_storage": tenant.settings.ephemeral_storage,
+            "workspace_size": tenant.settings.workspace_size,
             "build_timeout_secs": s.config.executor.build_timeout_for(tenant).as_secs(),
             "cache_claim": kube.cache_claim_for(tenant),
+            "deploy_namespaces": tenant.settings.deploy_namespaces.clone().unwrap_or_default(),
         },
     })
 }
@@ -231,6 +268,7 @@ pub async fn put_settings(
             )));
         }
     }
+    check_deploy_namespaces(&s, &tenant, &settings).await?;
     if !s.store.set_tenant_settings(tenant.id, &settings).await? {
         return Err(ApiError::NotFound(format!("no tenant {}", tenant.name)));
     }
@@ -259,4 +297,61 @@ fn parse_settings(body: &[u8]) -> ApiResult<TenantSettings> {
     // Nothing may follow the object.
     de.end().map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     Ok(settings)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HarborSecretRequest {
+    /// The secret to use; generated when left out.
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+/// The shortest Harbor webhook secret accepted: it is the whole authentication of a delivery.
+const MIN_HARBOR_SECRET_LEN: usize = 16;
+
+/// `PUT /api/v1/tenants/{tenant}/harbor-webhook-secret`: sets the tenant's own Harbor webhook
+/// secret (the webhook policy's "Auth Header" in the tenant's Harbor project), or generates one
+/// when the body gives none. Write-only: a generated secret is in this answer once, a given one
+/// never; Kiln keeps it encrypted (see `store::secrets`). From now on a delivery for the tenant's
+/// `registry_project` must carry exactly this secret: `harbor.webhook_auth` no longer opens it.
+pub async fn put_harbor_secret(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(axum::Extension<Audited>, Json<Value>)> {
+    let req: HarborSecretRequest = if body.iter().all(u8::is_ascii_whitespace) { HarborSecretRequest::default() } else { super::parse_json(&body)? };
+    let tenant = visible_tenant(&s, &who, &tenant).await?;
+    let generated = req.secret.is_none();
+    let secret = req.secret.unwrap_or_else(|| hex::encode(rand::random::<[u8; 24]>()));
+    if secret.len() < MIN_HARBOR_SECRET_LEN || secret.len() > 1024 || secret.chars().any(|c| c.is_control()) {
+        return Err(bad(format!("secret must be {MIN_HARBOR_SECRET_LEN} to 1024 characters without control characters (or leave it out to have one generated)")));
+    }
+    if !s.store.set_harbor_webhook_secret(tenant.id, Some(&secret)).await? {
+        return Err(ApiError::NotFound(format!("no tenant {}", tenant.name)));
+    }
+    let mut answer = json!({
+        "tenant": tenant.name,
+        "registry_project": tenant.settings.registry_project,
+        "generated": generated,
+    });
+    if generated {
+        answer["secret"] = json!(secret);
+    }
+    Ok((Audited::new(tenant.id, format!("tenant/{}", tenant.name)), Json(answer)))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/harbor-webhook-secret`: removes the tenant's own secret;
+/// deliveries for its project fall back to `harbor.webhook_auth`.
+pub async fn delete_harbor_secret(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>)> {
+    let tenant = visible_tenant(&s, &who, &tenant).await?;
+    if !s.store.set_harbor_webhook_secret(tenant.id, None).await? {
+        return Err(ApiError::NotFound(format!("no tenant {}", tenant.name)));
+    }
+    Ok((StatusCode::NO_CONTENT, Audited::new(tenant.id, format!("tenant/{}", tenant.name))))
 }

@@ -11,7 +11,8 @@
 //!
 //! Answers: 202 with the number of image events queued; 200 with the reason for an event that
 //! starts nothing (GitLab and Harbor alike retry or disable hooks on 4xx) and for a redelivery;
-//! 400 for a body that is not a Harbor event; 401 for a wrong `Authorization` header.
+//! 400 for a body that is not a Harbor event; 401 for a wrong `Authorization` header (see
+//! [`authorize`]: the secret is the one of the tenant whose project the delivery names).
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -109,16 +110,77 @@ fn delivery_key(id: &Option<String>, images: &[NewImageEvent], body: &[u8]) -> S
     }
 }
 
+/// The Harbor project a delivery is about: the first component of `repository.repo_full_name`
+/// (Harbor's `repository.namespace`), in either payload format. None for an event naming no
+/// repository (replication, or not a Harbor event at all).
+pub fn project_of(payload: &Value) -> Option<&str> {
+    let data = payload.get("event_data").or_else(|| payload.get("data"))?;
+    let repository = data.get("repository")?;
+    let full = repository.get("repo_full_name").and_then(Value::as_str);
+    full.and_then(|f| f.split_once('/').map(|(p, _)| p))
+        .or_else(|| repository.get("namespace").and_then(Value::as_str))
+        .filter(|p| !p.is_empty())
+}
+
+/// Harbor configures webhooks per project and sends the policy's "Auth Header" verbatim as
+/// `Authorization` (goharbor.io, "Configure Webhook Notifications"), so one secret per tenant
+/// project is what Harbor can express.
+///
+/// Checks the `Authorization` header of a delivery against the secret of the tenant whose
+/// `registry_project` the delivery names: that tenant's own secret when it has one, else
+/// `harbor.webhook_auth` (the service-wide secret, for projects of tenants without their own and
+/// for projects no tenant owns). So a tenant's secret signs deliveries for its own project only:
+/// tenant B's secret on a delivery for tenant A's project is 401. A delivery naming no project
+/// (a replication event, which starts nothing) is accepted with `harbor.webhook_auth` or any
+/// tenant's own secret. Every comparison is constant-time; the error never says which secret
+/// was expected, only which kind.
+async fn authorize(s: &AppState, auth: &str, payload: &Value) -> ApiResult<()> {
+    let matches = |expected: &str| bool::from(expected.as_bytes().ct_eq(auth.as_bytes()));
+    let fallback = s.config.harbor.webhook_auth.as_deref();
+    let Some(project) = project_of(payload) else {
+        let mut ok = fallback.is_some_and(matches);
+        for secret in s.store.harbor_webhook_secrets().await? {
+            ok |= matches(&secret);
+        }
+        return if ok {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("the Authorization header matches neither harbor.webhook_auth nor any tenant's Harbor webhook secret".into()))
+        };
+    };
+    match s.store.harbor_webhook_secret_for_project(project).await? {
+        Some((_, Some(own))) if matches(&own) => Ok(()),
+        Some((_, Some(_))) => Err(ApiError::Unauthorized(format!(
+            "the Authorization header does not match the Harbor webhook secret of the tenant of project {project:?}"
+        ))),
+        _ => match fallback {
+            Some(expected) if matches(expected) => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized(format!("the Authorization header does not match harbor.webhook_auth (project {project:?})"))),
+            None => Err(ApiError::Unauthorized(format!(
+                "Harbor webhooks for project {project:?} are not configured: its tenant has no Harbor webhook secret and harbor.webhook_auth is unset"
+            ))),
+        },
+    }
+}
+
 pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let Some(expected) = s.config.harbor.webhook_auth.as_deref() else {
-        return Err(ApiError::Unauthorized("Harbor webhooks are not configured (harbor.webhook_auth is unset)".into()));
-    };
-    if !bool::from(expected.as_bytes().ct_eq(auth.as_bytes())) {
-        return Err(ApiError::Unauthorized("the Authorization header does not match harbor.webhook_auth".into()));
+    // Before the body is read: with no secret anywhere, every delivery is refused unread.
+    if s.config.harbor.webhook_auth.is_none() && s.store.harbor_webhook_secrets().await?.is_empty() {
+        return Err(ApiError::Unauthorized("Harbor webhooks are not configured (harbor.webhook_auth is unset and no tenant has a Harbor webhook secret)".into()));
     }
+    // The body (bounded by server.max_body_bytes) says whose project the delivery is for, and so
+    // which secret it must carry.
     let body = read_body(req, &s).await?;
-    let payload: Value = parse_json(&body)?;
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(payload) => payload,
+        Err(_) => {
+            // Unauthenticated callers learn nothing about the body's shape.
+            authorize(&s, &auth, &Value::Null).await?;
+            parse_json(&body)?
+        }
+    };
+    authorize(&s, &auth, &payload).await?;
     let event = parse(&payload).map_err(ApiError::BadRequest)?;
     let kind = payload.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
     let (id, images, ignored) = match event {

@@ -1,8 +1,13 @@
 //! Subscriptions declared on the Deployments themselves: a Deployment annotated
 //! `kiln.dev/app: TENANT/APP` follows that app's images, with `kiln.dev/policy` (default
 //! `manual`) and `kiln.dev/container` (default: its first container). Kiln lists the
-//! Deployments of every cluster at start and every few minutes and adds the subscriptions it
-//! does not have yet; it never changes or removes one (the API does that).
+//! Deployments of every tenant's deploy namespaces (`deploy_namespaces`), in every cluster, at
+//! start and every few minutes, and adds the subscriptions it does not have yet; it never
+//! changes or removes one (the API does that). Only granted namespaces are listed: Kiln reads
+//! Deployments nowhere else (its RBAC gives it no more), and an annotation there names the
+//! tenant it deploys for, so one naming another tenant is ignored with a log line.
+
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
@@ -28,12 +33,25 @@ pub async fn discover(ctx: &Context) -> usize {
     added
 }
 
+/// Every tenant's deploy namespaces, each once.
+async fn granted_namespaces(ctx: &Context) -> Result<BTreeSet<String>, String> {
+    let tenants = ctx.store.tenants().await.map_err(|e| e.to_string())?;
+    Ok(tenants.into_iter().flat_map(|t| t.settings.deploy_namespaces.unwrap_or_default()).collect())
+}
+
 async fn discover_in(ctx: &Context, cluster: &str) -> Result<usize, String> {
     let client = ctx.clusters.client(cluster).await?;
-    let api: Api<Deployment> = Api::all(client);
-    let list = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+    let mut deployments = Vec::new();
+    for ns in granted_namespaces(ctx).await? {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        // One namespace that cannot be read (not there yet, no RoleBinding) stops no other.
+        match api.list(&ListParams::default()).await {
+            Ok(list) => deployments.extend(list),
+            Err(e) => tracing::warn!(cluster, namespace = ns, "listing Deployments for {APP} annotations: {e}"),
+        }
+    }
     let mut added = 0;
-    for d in list {
+    for d in deployments {
         let annotations = d.metadata.annotations.clone().unwrap_or_default();
         let Some(target) = annotations.get(APP) else { continue };
         let (ns, name) = (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default());
@@ -63,6 +81,7 @@ async fn subscribe(
     let (tenant, app) = target.split_once('/').ok_or("the value must be TENANT/APP")?;
     let db = |e: StoreError| e.to_string();
     let tenant = ctx.store.tenant_by_name(tenant).await.map_err(db)?.ok_or("no such tenant")?;
+    super::grants::check_namespace(&tenant, ns)?;
     let app = ctx.store.app_by_name(tenant.id, app).await.map_err(db)?.ok_or("no such app")?;
     let policy = annotations.get(POLICY).map(String::as_str).unwrap_or("manual");
     policy.parse::<Policy>()?;
@@ -74,6 +93,7 @@ async fn subscribe(
     let cluster_config = ctx.clusters.get(cluster).ok_or("no such cluster")?;
     let path = app.image_repository.split_once('/').map(|(_, p)| p).unwrap_or_default();
     let repository = crate::replication::repository_in(cluster_config, &app.tenant, path);
+    super::grants::check_repository(&tenant, cluster_config, &repository)?;
     let new = NewSubscription {
         app_id: app.id,
         cluster: cluster.to_string(),

@@ -7,11 +7,14 @@
 //! Image events and rollouts live in the store first ([`crate::store::Rollout`]); the loop here
 //! turns pending events into rollouts and drives at most one rollout per Deployment at a time
 //! (a newer image supersedes a pending one). A cluster that cannot be reached fails its own
-//! rollouts with the reason; the others go on.
+//! rollouts with the reason; the others go on. Before a rollout sends the cluster anything, it
+//! checks the tenant's grant ([`grants`]) as it is then, so Kiln never patches a Deployment
+//! outside the tenant's `deploy_namespaces`, whenever and however the subscription was made.
 
 pub mod clusters;
 pub mod deployment;
 pub mod discovery;
+pub mod grants;
 pub mod policy;
 
 use std::collections::HashSet;
@@ -175,6 +178,9 @@ enum Rolled {
 /// Err((state, reason)) when the Deployment does not run the image.
 async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, (&'static str, String)> {
     let failed = |why: String| ("Failed", why);
+    // Checked again here, before any call to the cluster: the grant may have narrowed since the
+    // subscription was made, or the subscription may be from a release that did not check.
+    granted(ctx, r).await.map_err(|why| failed(format!("refused, the Deployment was not touched: {why}")))?;
     let client = ctx.clusters.client(&r.cluster).await.map_err(|e| failed(format!("cluster {} is unreachable: {e}", r.cluster)))?;
     let api: Api<Deployment> = Api::namespaced(client, &r.namespace);
     let current = deployment::get(&api, &r.deployment).await.map_err(failed)?;
@@ -203,4 +209,13 @@ async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, (&'static str, Strin
         Ok(()) => Err(("RolledBack", format!("{why}; rolled back to {previous}"))),
         Err(e) => Err(failed(format!("{why}; the rollback to {previous} did not complete either: {e}"))),
     }
+}
+
+/// Ok when the rollout's Deployment is in one of its tenant's deploy namespaces and the image in
+/// the tenant's registry project, as they are now.
+async fn granted(ctx: &Context, r: &Rollout) -> Result<(), String> {
+    let (_, tenant) = ctx.store.app_with_tenant(r.app_id).await.map_err(|e| e.to_string())?.ok_or("the app no longer exists")?;
+    let sub = ctx.store.subscription(r.subscription_id).await.map_err(|e| e.to_string())?.ok_or("the subscription no longer exists")?;
+    let cluster = ctx.clusters.get(&r.cluster).ok_or_else(|| format!("cluster {:?} is not configured", r.cluster))?;
+    grants::check(&tenant, cluster, &sub.namespace, &sub.repository)
 }

@@ -248,11 +248,7 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
         return Ok(None);
     };
-    let mut secrets = vec![app.webhook_secret.clone()];
-    secrets.extend(app.git_token.clone());
-    secrets.extend(ctx.config.registry.password.clone());
-    secrets.extend(ctx.config.server.admin_token.clone());
-    let masker = Arc::new(Masker::new(secrets));
+    let masker = Arc::new(build_masker(ctx, &app, &tenant).await?);
     let (store, hub, cap) = (ctx.store.clone(), ctx.hub.clone(), ctx.config.logs.max_bytes_per_build);
     let capture = if resumed {
         LogCapture::start(store, hub, build.id, masker.clone(), cap).await?
@@ -284,6 +280,22 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     ctx.store.fail_open_steps(build.id).await?;
     let recorded = ctx.store.finish_build(build.id, state, reason.as_deref()).await?;
     Ok(recorded.then_some(state))
+}
+
+/// The masker of one build: every secret the build can see or Kiln holds for it — the app's
+/// git token and webhook secret, the registry passwords (the config's, the cluster robots',
+/// and under `kube` the one in the tenant's registry Secret, read now), the Harbor webhook
+/// secrets and the admin token. A step that prints one stores `***` instead.
+async fn build_masker(ctx: &Context, app: &crate::store::App, tenant: &crate::store::Tenant) -> Result<Masker, StoreError> {
+    let mut secrets = vec![app.webhook_secret.clone()];
+    secrets.extend(app.git_token.clone());
+    secrets.extend(ctx.config.registry.password.clone());
+    secrets.extend(ctx.config.clusters.iter().filter_map(|c| c.password.clone()));
+    secrets.extend(ctx.config.harbor.webhook_auth.clone());
+    secrets.extend(ctx.store.harbor_webhook_secret(tenant.id).await?);
+    secrets.extend(ctx.config.server.admin_token.clone());
+    secrets.extend(ctx.executor.build_secrets(tenant).await);
+    Ok(Masker::new(secrets))
 }
 
 /// Cancels a queued build at once, or asks the executor to stop a running one.

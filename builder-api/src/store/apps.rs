@@ -100,15 +100,24 @@ pub struct NewApp {
     pub git_token: Option<String>,
 }
 
+/// The associated data of the apps' sealed secrets (see `store::secrets`).
+const WEBHOOK_SECRET: &str = "apps.webhook_secret";
+const GIT_TOKEN: &str = "apps.git_token";
+
 const APP_COLUMNS: &str = "a.id, a.tenant_id, t.name, a.name, a.git_url, a.project_path, a.branch_filter, a.kind,
     a.settings, a.base_image, a.image_repository, a.webhook_secret, a.git_token, a.created_at";
 
-fn app_from_row(r: &SqliteRow) -> Result<App> {
+/// An app from its row, its secrets opened with `key`.
+fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
     let kind: String = r.get(7);
     let settings: String = r.get(8);
+    let id: i64 = r.get(0);
+    let webhook_secret: String = r.get(11);
+    let webhook_secret = key.open(WEBHOOK_SECRET, &webhook_secret, &|| format!("{WEBHOOK_SECRET} of app {id}"))?;
     let git_token: Option<String> = r.get(12);
+    let git_token = git_token.map(|t| key.open(GIT_TOKEN, &t, &|| format!("{GIT_TOKEN} of app {id}"))).transpose()?;
     Ok(App {
-        id: r.get(0),
+        id,
         tenant_id: r.get(1),
         tenant: r.get(2),
         name: r.get(3),
@@ -119,7 +128,7 @@ fn app_from_row(r: &SqliteRow) -> Result<App> {
         settings: serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("app settings: {e}")))?,
         base_image: r.get(9),
         image_repository: r.get(10),
-        webhook_secret: r.get(11),
+        webhook_secret,
         has_git_token: git_token.is_some(),
         git_token,
         created_at: r.get(13),
@@ -143,8 +152,8 @@ impl Store {
         .bind(settings)
         .bind(&new.base_image)
         .bind(&new.image_repository)
-        .bind(&new.webhook_secret)
-        .bind(&new.git_token)
+        .bind(self.key.seal(WEBHOOK_SECRET, &new.webhook_secret))
+        .bind(new.git_token.as_deref().map(|t| self.key.seal(GIT_TOKEN, t)))
         .bind(now_ms())
         .fetch_one(&self.writer)
         .await
@@ -156,21 +165,21 @@ impl Store {
 
     pub async fn app(&self, id: i64) -> Result<Option<App>> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
-        sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(app_from_row).transpose()
+        sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
     }
 
     /// The app and its tenant in one read: what every build needs before it starts.
     pub async fn app_with_tenant(&self, id: i64) -> Result<Option<(App, super::Tenant)>> {
         let sql = format!("SELECT {APP_COLUMNS}, t.id, t.name, t.created_at, t.settings FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else { return Ok(None) };
-        Ok(Some((app_from_row(&row)?, super::tenants::tenant_from_columns(&row, 14)?)))
+        Ok(Some((app_from_row(&self.key, &row)?, super::tenants::tenant_from_columns(&row, 14)?)))
     }
 
     pub async fn app_by_name(&self, tenant_id: i64, name: &str) -> Result<Option<App>> {
         let sql = format!(
             "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = ? AND a.name = ?"
         );
-        sqlx::query(&sql).bind(tenant_id).bind(name).fetch_optional(&self.pool).await?.as_ref().map(app_from_row).transpose()
+        sqlx::query(&sql).bind(tenant_id).bind(name).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
     }
 
     /// Apps of one tenant, or of all tenants when `tenant_id` is None.
@@ -179,7 +188,7 @@ impl Store {
             "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id
              WHERE (?1 IS NULL OR a.tenant_id = ?1) ORDER BY t.name, a.name"
         );
-        sqlx::query(&sql).bind(tenant_id).fetch_all(&self.pool).await?.iter().map(app_from_row).collect()
+        sqlx::query(&sql).bind(tenant_id).fetch_all(&self.pool).await?.iter().map(|r| app_from_row(&self.key, r)).collect()
     }
 
     /// Apps a GitLab push for this project (or repository URL) may be meant for, oldest first.

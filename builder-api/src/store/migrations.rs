@@ -206,6 +206,11 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 10: each tenant's own Harbor webhook secret (sealed, see `store::secrets`; NULL: the
+    // tenant's project falls back to `harbor.webhook_auth`).
+    r#"
+    ALTER TABLE tenants ADD COLUMN harbor_webhook_secret TEXT;
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

@@ -1,6 +1,7 @@
 //! The store: SQLite (WAL) through sqlx. Tenants, tokens (with roles), the audit log, apps,
 //! builds, steps, log lines and webhook deliveries. The schema is migrated at start. History
-//! lives here, never in the cluster.
+//! lives here, never in the cluster. Secrets (git tokens, webhook secrets) are stored encrypted
+//! (`secrets`).
 
 mod apps;
 mod audit;
@@ -10,6 +11,7 @@ mod installation;
 mod logs;
 mod migrations;
 mod rollouts;
+pub mod secrets;
 mod syncs;
 mod tenants;
 
@@ -27,6 +29,7 @@ pub use builds::{Build, BuildState, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
 pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, Subscription};
+pub use secrets::{DecryptError, KeyError, SecretKey};
 pub use syncs::BuildSync;
 pub use tenants::{new_token, token_sha256, ApiToken, Principal, Revoked, Role, Tenant, TenantSettings, TokenLookup};
 
@@ -38,6 +41,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Decrypt(#[from] DecryptError),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -54,6 +61,8 @@ pub struct Store {
     deliveries: deliveries::DeliveryWriter,
     /// The apps by project and git URL, for webhooks.
     app_directory: Arc<apps::AppDirectory>,
+    /// Seals and opens the secret columns (see [`secrets`]).
+    key: SecretKey,
     /// Held by every clone; the checkpoint task ends once the last one is gone.
     _alive: Arc<()>,
 }
@@ -67,8 +76,19 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Opens (creating) `kiln.db` under `data_dir` and migrates it.
+    /// Opens (creating) `kiln.db` under `data_dir` and migrates it, with the key of
+    /// [`SecretKey::load`] without a configured key file: `KILN_SECRET_KEY`, else
+    /// `<data_dir>/secret.key` (generated at first start).
     pub async fn open(data_dir: &Path) -> Result<Store> {
+        let key = SecretKey::load(data_dir, None)?;
+        Store::open_with_key(data_dir, key).await
+    }
+
+    /// Opens (creating) `kiln.db` under `data_dir`, migrates it, seals the secrets still stored
+    /// in plain text (a database from before encryption) and checks that `key` opens every
+    /// sealed secret, so a wrong key stops the start with the value it failed on instead of
+    /// failing builds and webhooks later.
+    pub async fn open_with_key(data_dir: &Path, key: SecretKey) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(data_dir.join("kiln.db"))
@@ -89,11 +109,12 @@ impl Store {
         // connection's thread for every query, which a busy machine schedules late.
         let writer = SqlitePoolOptions::new().max_connections(1).test_before_acquire(false).connect_with(writer_options).await?;
         migrations::run(&writer).await?;
+        secrets::seal_plain_rows(&writer, &key).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
         let deliveries = deliveries::DeliveryWriter::start(writer.clone());
         let alive = Arc::new(());
         tokio::spawn(checkpoint_periodically(pool.clone(), Arc::downgrade(&alive)));
-        Ok(Store { pool, writer, deliveries, app_directory: Arc::default(), _alive: alive })
+        Ok(Store { pool, writer, deliveries, app_directory: Arc::default(), key, _alive: alive })
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -179,6 +179,17 @@ impl Store {
         Ok(sqlx::query(&sql).bind(app_id).fetch_all(&self.pool).await?.iter().map(subscription_from_row).collect())
     }
 
+    /// The subscriptions of every app of a tenant, with the app's name, by id.
+    pub async fn subscriptions_of_tenant(&self, tenant_id: i64) -> Result<Vec<(String, Subscription)>> {
+        let columns: Vec<String> = SUBSCRIPTION_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+        let sql = format!(
+            "SELECT {}, a.name FROM subscriptions s JOIN apps a ON a.id = s.app_id WHERE a.tenant_id = ? ORDER BY s.id",
+            columns.join(", ")
+        );
+        let rows = sqlx::query(&sql).bind(tenant_id).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get(10), subscription_from_row(r))).collect())
+    }
+
     pub async fn subscriptions_for_repository(&self, repository: &str) -> Result<Vec<Subscription>> {
         let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE repository = ? ORDER BY id");
         Ok(sqlx::query(&sql).bind(repository).fetch_all(&self.pool).await?.iter().map(subscription_from_row).collect())

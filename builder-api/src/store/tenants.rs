@@ -40,11 +40,26 @@ pub struct TenantSettings {
     pub cpu: Option<String>,
     /// Memory request and limit of that container, e.g. `512Mi`, `2Gi`; the template's when unset.
     pub memory: Option<String>,
+    /// Ephemeral-storage request and limit of that container, e.g. `20Gi`; the template's when
+    /// unset. The largest container's limit is the build pod's disk budget: the kubelet evicts the
+    /// pod when its emptyDirs (workspace, caches, /tmp), writable layers and logs together pass it.
+    pub ephemeral_storage: Option<String>,
+    /// The `workspace` emptyDir's sizeLimit (the source, the build's output, HOME), e.g. `8Gi`;
+    /// the template's when unset. Without `ephemeral_storage`, that container's ephemeral-storage
+    /// limit grows by as much as this exceeds the template's workspace, so the disk budget keeps
+    /// the template's room for everything else; with it, it must be at least this.
+    pub workspace_size: Option<String>,
     /// A build running longer ends TimedOut (60..=86400); `executor.build_timeout_secs` when unset.
     pub build_timeout_secs: Option<u64>,
     /// PersistentVolumeClaim (in the tenant namespace) for the Go and Maven caches;
     /// `kube.cache_claim` when unset.
     pub cache_claim: Option<String>,
+    /// Namespaces (DNS-1123 labels) the tenant's apps may be rolled out to: subscriptions and
+    /// `kiln.dev/app` annotations count only there, and every rollout is checked against it before
+    /// Kiln touches the Deployment. Unset is none: a deploy target is granted by an admin, never
+    /// claimed by a tenant, and the build namespace is no deploy target by default (it runs
+    /// untrusted build code and holds the git-token Secrets).
+    pub deploy_namespaces: Option<Vec<String>>,
 }
 
 impl TenantSettings {
@@ -80,6 +95,23 @@ impl TenantSettings {
         if let Some(memory) = &self.memory {
             validate::quantity("memory", memory, QuantityOf::Memory)?;
         }
+        // Disk is counted in bytes with the suffixes of memory.
+        let storage = self.ephemeral_storage.as_ref().map(|s| validate::quantity("ephemeral_storage", s, QuantityOf::Memory)).transpose()?;
+        let workspace = self.workspace_size.as_ref().map(|s| validate::quantity("workspace_size", s, QuantityOf::Memory)).transpose()?;
+        if let (Some(storage), Some(workspace)) = (storage, workspace) {
+            // The workspace counts against the pod's disk budget: a smaller budget would evict the
+            // build before the workspace is full.
+            if storage < workspace {
+                return Err(format!(
+                    "ephemeral_storage {:?} is less than workspace_size {:?}: the build's disk budget must hold its workspace",
+                    self.ephemeral_storage.as_deref().unwrap_or_default(),
+                    self.workspace_size.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(namespaces) = &self.deploy_namespaces {
+            validate_deploy_namespaces(namespaces)?;
+        }
         if let Some(secs) = self.build_timeout_secs {
             if !(Self::MIN_TIMEOUT_SECS..=Self::MAX_TIMEOUT_SECS).contains(&secs) {
                 return Err(format!(
@@ -92,12 +124,38 @@ impl TenantSettings {
         Ok(())
     }
 
+    /// Whether the tenant may deploy into `namespace` (one of `deploy_namespaces`).
+    pub fn allows_deploy_namespace(&self, namespace: &str) -> bool {
+        self.deploy_namespaces.iter().flatten().any(|ns| ns == namespace)
+    }
+
     /// Whether an image repository (`host/path`) is in the tenant's project; always, without one.
     pub fn allows_repository(&self, image_repository: &str) -> bool {
         let Some(project) = &self.registry_project else { return true };
         let path = image_repository.split_once('/').map_or("", |(_, path)| path);
         path.split_once('/').is_some_and(|(first, _)| first == project)
     }
+}
+
+/// At most this many deploy namespaces per tenant: each is listed on every discovery pass.
+pub const MAX_DEPLOY_NAMESPACES: usize = 100;
+
+/// Each a DNS-1123 label, none twice, none of Kubernetes' own (`kube-` is reserved for the
+/// control plane: no tenant's image belongs in `kube-system`).
+fn validate_deploy_namespaces(namespaces: &[String]) -> std::result::Result<(), String> {
+    if namespaces.len() > MAX_DEPLOY_NAMESPACES {
+        return Err(format!("deploy_namespaces has {} namespaces: at most {MAX_DEPLOY_NAMESPACES}", namespaces.len()));
+    }
+    for (i, ns) in namespaces.iter().enumerate() {
+        crate::validate::dns_label("deploy_namespaces", ns)?;
+        if ns.starts_with("kube-") {
+            return Err(format!("deploy_namespaces: {ns:?} is a Kubernetes system namespace (the kube- prefix is reserved); Kiln never deploys there"));
+        }
+        if namespaces[..i].contains(ns) {
+            return Err(format!("deploy_namespaces: {ns:?} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// What a token may do, lowest first: the order is the check (`role >= required`).
@@ -415,8 +473,11 @@ mod tests {
             max_concurrent_builds: Some(4),
             cpu: Some("1500m".into()),
             memory: Some("3Gi".into()),
+            ephemeral_storage: Some("20Gi".into()),
+            workspace_size: Some("8Gi".into()),
             build_timeout_secs: Some(900),
             cache_claim: Some("payments-cache".into()),
+            deploy_namespaces: Some(vec!["payments".into(), "payments-staging".into()]),
         };
         assert!(full.validate().is_ok());
         for (bad, field) in [
@@ -426,9 +487,15 @@ mod tests {
             (TenantSettings { max_concurrent_builds: Some(0), ..full.clone() }, "max_concurrent_builds"),
             (TenantSettings { cpu: Some("2Gi".into()), ..full.clone() }, "cpu"),
             (TenantSettings { memory: Some("lots".into()), ..full.clone() }, "memory"),
+            (TenantSettings { ephemeral_storage: Some("20GB".into()), ..full.clone() }, "ephemeral_storage"),
+            (TenantSettings { workspace_size: Some("0".into()), ..full.clone() }, "workspace_size"),
+            (TenantSettings { ephemeral_storage: Some("4Gi".into()), ..full.clone() }, "ephemeral_storage"),
             (TenantSettings { build_timeout_secs: Some(59), ..full.clone() }, "build_timeout_secs"),
             (TenantSettings { build_timeout_secs: Some(86_401), ..full.clone() }, "build_timeout_secs"),
             (TenantSettings { cache_claim: Some("".into()), ..full.clone() }, "cache_claim"),
+            (TenantSettings { deploy_namespaces: Some(vec!["Payments".into()]), ..full.clone() }, "deploy_namespaces"),
+            (TenantSettings { deploy_namespaces: Some(vec!["kube-system".into()]), ..full.clone() }, "deploy_namespaces"),
+            (TenantSettings { deploy_namespaces: Some(vec!["a".into(), "a".into()]), ..full.clone() }, "deploy_namespaces"),
         ] {
             let e = bad.validate().unwrap_err();
             assert!(e.starts_with(field), "{field}: {e}");
@@ -438,5 +505,8 @@ mod tests {
         assert!(!full.allows_repository("harbor.example.com/payments-old/ledger"));
         assert!(!full.allows_repository("harbor.example.com/payments"));
         assert!(TenantSettings::default().allows_repository("harbor.example.com/anything/app"));
+        assert!(full.allows_deploy_namespace("payments-staging"));
+        assert!(!full.allows_deploy_namespace("kube-system"));
+        assert!(!TenantSettings::default().allows_deploy_namespace("builds-payments"), "unset grants none");
     }
 }

@@ -86,6 +86,10 @@ impl Executor for KubeExecutor {
     fn reconcile<'a>(&'a self, store: &'a Store) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(self.delete_jobs_of_final_builds(store))
     }
+
+    fn build_secrets<'a>(&'a self, tenant: &'a crate::store::Tenant) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(self.registry_password(tenant))
+    }
 }
 
 impl KubeExecutor {
@@ -99,6 +103,33 @@ impl KubeExecutor {
     ) -> KubeExecutor {
         let tracker = Tracker::start(client.clone(), &settings.instance);
         KubeExecutor { client, templates, tracker, settings, toolchains, registry, git_secrets: Mutex::default() }
+    }
+
+    /// The password in the tenant's registry Secret, read once per build: the image container
+    /// has it in its env, so a push step (or a Dockerfile step, where credentials reach it) could
+    /// print it. A Secret Kiln may not read (403) or that is not there (404) is logged at debug
+    /// and masks nothing: the build fails on the push with its own clearer error then.
+    async fn registry_password(&self, tenant: &crate::store::Tenant) -> Vec<String> {
+        let Some(name) = self.settings.kube.registry_secret_for(tenant) else { return vec![] };
+        let ns = self.settings.kube.namespace_for(tenant);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        match secrets.get(name).await {
+            Ok(secret) => secret
+                .data
+                .unwrap_or_default()
+                .get("password")
+                .and_then(|p| String::from_utf8(p.0.clone()).ok())
+                .into_iter()
+                .collect(),
+            Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+                tracing::debug!(namespace = ns, secret = name, "registry Secret not readable for the log masker: {} {}", e.code, e.reason);
+                vec![]
+            }
+            Err(e) => {
+                tracing::warn!(namespace = ns, secret = name, "reading the registry Secret for the log masker: {e}");
+                vec![]
+            }
+        }
     }
 
     async fn run_build(&self, job: BuildJob) -> Outcome {

@@ -30,6 +30,9 @@ pub const LABEL_INSTANCE: &str = "kiln.dev/instance";
 pub const WORKSPACE_VOLUME: &str = "workspace";
 /// The per-tenant cache volume; its mountPath reaches commands as `CACHE`.
 pub const CACHE_VOLUME: &str = "cache";
+/// The resource name of a container's local disk: its writable layer and logs, and for the pod's
+/// limit its emptyDirs too.
+pub const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 /// Where the image step writes `{"image","digest"}`, relative to the workspace; it becomes the
 /// image container's termination message, which the executor reads.
 pub const RESULT_IN_WORKSPACE: &str = ".kiln/result.json";
@@ -95,6 +98,18 @@ impl Templates {
             if spec.containers.len() != 1 || spec.containers[0].name != "image" {
                 return Err(mismatch(kind, "the one main container must be named \"image\"".into()));
             }
+            // A build must not fill a node's disk: each container has its own cap, and so does
+            // each emptyDir (the kubelet evicts the pod at either).
+            for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+                if !c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some_and(|l| l.contains_key(EPHEMERAL_STORAGE)) {
+                    return Err(mismatch(kind, format!("container {:?} has no {EPHEMERAL_STORAGE} limit", c.name)));
+                }
+            }
+            for v in spec.volumes.iter().flatten() {
+                if v.empty_dir.as_ref().is_some_and(|d| d.size_limit.is_none()) {
+                    return Err(mismatch(kind, format!("the emptyDir volume {:?} has no sizeLimit", v.name)));
+                }
+            }
         }
         Ok(t)
     }
@@ -149,6 +164,11 @@ pub struct TenantPlacement {
     /// limits both; the template's values stay for what is unset.
     pub cpu: Option<String>,
     pub memory: Option<String>,
+    /// Ephemeral-storage (a validated quantity) of that container, as its request and limit: the
+    /// pod's disk budget. The template's when unset.
+    pub ephemeral_storage: Option<String>,
+    /// The `workspace` emptyDir's sizeLimit (a validated quantity); the template's when unset.
+    pub workspace_size: Option<String>,
 }
 
 impl TenantPlacement {
@@ -159,6 +179,8 @@ impl TenantPlacement {
             registry_secret: kube.registry_secret_for(tenant).map(String::from),
             cpu: tenant.settings.cpu.clone(),
             memory: tenant.settings.memory.clone(),
+            ephemeral_storage: tenant.settings.ephemeral_storage.clone(),
+            workspace_size: tenant.settings.workspace_size.clone(),
         }
     }
 }
@@ -237,9 +259,57 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
     if cpu.is_some() || memory.is_some() {
         let name = build_container(input.steps);
         let container = find_mut(pod, name).ok_or_else(|| format!("the template has no container {name:?}"))?;
-        set_resources(container, cpu, memory);
+        set_resources(container, &[("cpu", cpu), ("memory", memory)]);
     }
+    size_disk(pod, input.steps, input.placement)?;
     Ok(job)
+}
+
+/// The tenant's disk settings. `workspace_size` is the workspace emptyDir's sizeLimit;
+/// `ephemeral_storage` is the request and limit of the container that builds, whose limit is the
+/// pod's disk budget (the kubelet counts the emptyDirs against the pod's limit, which is the
+/// largest container's). Without `ephemeral_storage`, a workspace larger than the template's
+/// raises that limit by the difference: the budget keeps the template's room for the other
+/// volumes, and the larger workspace can fill up before the pod is evicted.
+fn size_disk(pod: &mut PodSpec, steps: &[StepSpec], placement: &TenantPlacement) -> Result<(), String> {
+    let mut grow = 0u128;
+    if let Some(size) = placement.workspace_size.as_deref() {
+        let workspace = pod.volumes.iter_mut().flatten().find(|v| v.name == WORKSPACE_VOLUME);
+        // An operator who made the workspace something else (a generic ephemeral volume, say)
+        // sizes it there.
+        if let Some(dir) = workspace.and_then(|v| v.empty_dir.as_mut()) {
+            let before = dir.size_limit.as_ref().and_then(|q| bytes(&q.0)).unwrap_or(0);
+            grow = bytes(size).ok_or_else(|| format!("workspace_size {size:?} is not a quantity"))?.saturating_sub(before);
+            dir.size_limit = Some(Quantity(size.to_string()));
+        }
+    }
+    let name = build_container(steps);
+    let container = find_mut(pod, name).ok_or_else(|| format!("the template has no container {name:?}"))?;
+    if let Some(storage) = placement.ephemeral_storage.as_deref() {
+        set_resources(container, &[(EPHEMERAL_STORAGE, Some(storage))]);
+    } else if grow > 0 {
+        let limits = container.resources.get_or_insert_with(Default::default).limits.get_or_insert_with(Default::default);
+        if let Some(limit) = limits.get_mut(EPHEMERAL_STORAGE) {
+            let before = bytes(&limit.0).ok_or_else(|| format!("container {name:?}: ephemeral-storage limit {:?} is not a quantity", limit.0))?;
+            *limit = Quantity(format_bytes(before + grow));
+        }
+    }
+    Ok(())
+}
+
+/// A storage quantity in bytes (`10Gi`, `500M`, `1048576`), as the settings are validated.
+fn bytes(q: &str) -> Option<u128> {
+    crate::validate::quantity("quantity", q, crate::validate::QuantityOf::Memory).ok()
+}
+
+/// Bytes as a quantity in the largest binary unit that divides them exactly.
+fn format_bytes(b: u128) -> String {
+    for (suffix, unit) in [("Ti", 1u128 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if b % unit == 0 {
+            return format!("{}{suffix}", b / unit);
+        }
+    }
+    b.to_string()
 }
 
 /// The container that does the build's heavy work, which the tenant's CPU and memory size:
@@ -253,10 +323,10 @@ pub fn build_container(steps: &[StepSpec]) -> &'static str {
 }
 
 /// Request = limit for each value given: a build gets what it was promised and no more, so one
-/// tenant's builds cannot take a node's spare CPU or memory from another's.
-fn set_resources(c: &mut Container, cpu: Option<&str>, memory: Option<&str>) {
+/// tenant's builds cannot take a node's spare CPU, memory or disk from another's.
+fn set_resources(c: &mut Container, values: &[(&str, Option<&str>)]) {
     let resources = c.resources.get_or_insert_with(Default::default);
-    for (name, value) in [("cpu", cpu), ("memory", memory)] {
+    for &(name, value) in values {
         let Some(value) = value else { continue };
         for side in [&mut resources.requests, &mut resources.limits] {
             side.get_or_insert_with(Default::default).insert(name.to_string(), Quantity(value.to_string()));

@@ -86,7 +86,7 @@ pub fn pod_failure(v: &BuildView, step: &str) -> Option<String> {
     if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
         if let Some(reason) = status.and_then(|s| s.reason.clone()) {
             let msg = status.and_then(|s| s.message.clone()).unwrap_or_default();
-            return Some(format!("{reason}: the pod failed during step {step}: {}", msg.trim()));
+            return Some(format!("{reason}: the pod failed during step {step}: {}{}", msg.trim(), disk_hint(&msg)));
         }
     }
     let statuses = status.into_iter().flat_map(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()));
@@ -99,6 +99,18 @@ pub fn pod_failure(v: &BuildView, step: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// What to change when the kubelet evicted the pod for passing one of its own disk limits (an
+/// emptyDir's sizeLimit, a container's or the pod's ephemeral-storage limit), as opposed to a node
+/// that ran short: the user reading the build's reason cannot see the template.
+fn disk_hint(message: &str) -> &'static str {
+    let over_limit = ["Usage of EmptyDir volume", "ephemeral local storage usage exceeds", "exceeded its local ephemeral storage limit"];
+    if over_limit.iter().any(|m| message.contains(m)) {
+        " (the build outgrew its disk: the tenant settings workspace_size and ephemeral_storage, or the Job template's sizeLimit and ephemeral-storage values, raise it)"
+    } else {
+        ""
+    }
 }
 
 /// Why the build cannot go on: what the pod names, else the Job's failure verdict, else the Job
@@ -144,6 +156,20 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_eviction_for_the_builds_own_disk_limits_says_which_settings_raise_them() {
+        for msg in [
+            "Usage of EmptyDir volume \"workspace\" exceeds the limit \"4Gi\". ",
+            "Pod ephemeral local storage usage exceeds the total limit of containers 10Gi. ",
+            "Container compile exceeded its local ephemeral storage limit \"256Mi\". ",
+        ] {
+            assert!(disk_hint(msg).contains("workspace_size and ephemeral_storage"), "{msg}");
+        }
+        // The node ran short: not the build's limits.
+        assert_eq!(disk_hint("The node was low on resource: ephemeral-storage. Threshold quantity: 1Gi, available: 512Mi. "), "");
+        assert_eq!(disk_hint("The node was low on resource: memory. "), "");
     }
 
     #[test]
