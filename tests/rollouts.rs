@@ -66,8 +66,8 @@ impl RolloutWorld {
         let kiln = TestKiln::start_with(dir, config).await;
         let east = cluster_with_web(&format!("{EAST}/team/hello:old")).await;
         let west = cluster_with_web(&format!("{WEST}/team/hello:old")).await;
-        kiln.ctx.clusters.set_client("east", east.client());
-        kiln.ctx.clusters.set_client("west", west.client());
+        kiln.ctx.clusters.set_client("east", crate::kube_builds::kiln_client(&east));
+        kiln.ctx.clusters.set_client("west", crate::kube_builds::kiln_client(&west));
         let token = kiln.tenant("team").await;
         grant(&kiln, "team", json!({"deploy_namespaces": ["shop"]})).await;
         let (status, body) = kiln
@@ -327,8 +327,8 @@ async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_diges
     let kiln = TestKiln::start_with(dir, config).await;
     let east = cluster_with_web(&format!("{east_host}/team/hello:old")).await;
     let west = cluster_with_web(&format!("{west_host}/team-west/hello:old")).await;
-    kiln.ctx.clusters.set_client("east", east.client());
-    kiln.ctx.clusters.set_client("west", west.client());
+    kiln.ctx.clusters.set_client("east", crate::kube_builds::kiln_client(&east));
+    kiln.ctx.clusters.set_client("west", crate::kube_builds::kiln_client(&west));
     let token = kiln.tenant("team").await;
     grant(&kiln, "team", json!({"deploy_namespaces": ["shop"]})).await;
     let repo = git.create_repo("team/hello");
