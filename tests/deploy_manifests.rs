@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
@@ -41,16 +41,22 @@ const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The templates Kiln knows (render.rs) — the keys of the `kiln-job-templates` ConfigMap.
 const TEMPLATE_FILES: [&str; 3] = ["go.yaml", "maven.yaml", "dockerfile.yaml"];
 
-/// The ClusterRole, as (apiGroup, resource, verb): what builder-api/src/executor/kube uses, plus
-/// Deployments for rollouts. Exactly this, nothing more.
-const EXPECTED_GRANTS: &[(&str, &str, &[&str])] = &[
-    ("batch", "jobs", &["create", "get", "list", "watch", "delete"]),
-    ("", "pods", &["get", "list", "watch"]),
-    ("", "pods/log", &["get"]),
-    ("", "events", &["list", "watch"]),
-    ("", "namespaces", &["get"]),
-    ("", "secrets", &["get", "create", "patch"]),
-    ("apps", "deployments", &["get", "list", "watch", "patch"]),
+/// Each ClusterRole of `deploy/rbac.yaml`, as (apiGroup, resource, verb): what
+/// builder-api/src/executor/kube and rollout/ use. Exactly this, nothing more. `kiln` is bound
+/// cluster-wide and only reads; the writes are in the roles bound per namespace.
+const EXPECTED_GRANTS: &[(&str, &[(&str, &str, &[&str])])] = &[
+    (
+        "kiln",
+        &[
+            ("batch", "jobs", &["get", "list", "watch"]),
+            ("", "pods", &["get", "list", "watch"]),
+            ("", "pods/log", &["get"]),
+            ("", "events", &["list", "watch"]),
+            ("", "namespaces", &["get"]),
+        ],
+    ),
+    ("kiln-builds", &[("batch", "jobs", &["create", "delete"]), ("", "secrets", &["get", "create", "patch"])]),
+    ("kiln-deploys", &[("apps", "deployments", &["get", "list", "watch", "patch"])]),
 ];
 
 fn repo() -> PathBuf {
@@ -68,6 +74,7 @@ enum Object {
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    RoleBinding(RoleBinding),
     ConfigMap(ConfigMap),
     Secret(Secret),
     PersistentVolumeClaim(PersistentVolumeClaim),
@@ -150,6 +157,7 @@ fn parse_object(file: &Path, doc: &str) -> Object {
         ("v1", "Service") => Object::Service(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Object::ClusterRoleBinding(typed(file, doc)),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => Object::RoleBinding(typed(file, doc)),
         ("apps/v1", "Deployment") => Object::Deployment(typed(file, doc)),
         ("batch/v1", "Job") => Object::Job(typed(file, doc)),
         ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(typed(file, doc)),
@@ -300,6 +308,7 @@ fn every_document_under_deploy_is_a_typed_object_and_the_kustomization_lists_the
             Object::Deployment(x) => &x.metadata.namespace,
             Object::Job(x) => &x.metadata.namespace,
             Object::NetworkPolicy(x) => &x.metadata.namespace,
+            Object::RoleBinding(x) => &x.metadata.namespace,
             Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_) => continue,
         };
         assert_eq!(ns.as_deref(), Some("kiln"), "{o:?}");
@@ -435,43 +444,63 @@ fn the_cluster_role_grants_exactly_what_the_kube_executor_uses() {
     let install = Install::load();
     let roles: Vec<&ClusterRole> =
         install.applied().filter_map(|o| if let Object::ClusterRole(r) = o { Some(r) } else { None }).collect();
-    assert_eq!(roles.len(), 1, "one ClusterRole");
-    let role = roles[0];
-    assert!(role.aggregation_rule.is_none());
-    let mut granted = BTreeSet::new();
-    for rule in role.rules.iter().flatten() {
-        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none(), "{rule:?}");
-        for list in [rule.api_groups.as_deref().unwrap_or_default(), rule.resources.as_deref().unwrap_or_default(), &rule.verbs] {
-            assert!(!list.iter().any(|s| s.contains('*')), "no wildcard: {rule:?}");
-        }
-        for g in rule.api_groups.iter().flatten() {
-            for r in rule.resources.iter().flatten() {
-                for v in &rule.verbs {
-                    assert!(granted.insert((g.clone(), r.clone(), v.clone())), "granted twice: {g}/{r} {v}");
+    let names: Vec<&str> = roles.iter().map(|r| r.metadata.name.as_deref().unwrap()).collect();
+    assert_eq!(names, EXPECTED_GRANTS.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "the ClusterRoles");
+    for (role, (_, grants)) in roles.iter().zip(EXPECTED_GRANTS) {
+        assert!(role.aggregation_rule.is_none());
+        let mut granted = BTreeSet::new();
+        for rule in role.rules.iter().flatten() {
+            assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none(), "{rule:?}");
+            for list in [rule.api_groups.as_deref().unwrap_or_default(), rule.resources.as_deref().unwrap_or_default(), &rule.verbs] {
+                assert!(!list.iter().any(|s| s.contains('*')), "no wildcard: {rule:?}");
+            }
+            for g in rule.api_groups.iter().flatten() {
+                for r in rule.resources.iter().flatten() {
+                    for v in &rule.verbs {
+                        assert!(granted.insert((g.clone(), r.clone(), v.clone())), "granted twice: {g}/{r} {v}");
+                    }
                 }
             }
         }
+        let expected: BTreeSet<(String, String, String)> =
+            grants.iter().flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string()))).collect();
+        assert_eq!(granted, expected, "{:?}", role.metadata.name);
+        for (_, _, v) in &granted {
+            assert!(!["escalate", "bind", "impersonate"].contains(&v.as_str()));
+        }
     }
-    let expected: BTreeSet<(String, String, String)> = EXPECTED_GRANTS
-        .iter()
-        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
-        .collect();
-    assert_eq!(granted, expected);
-    for (_, _, v) in &granted {
-        assert!(!["escalate", "bind", "impersonate"].contains(&v.as_str()));
-    }
+    let kiln_sa = |subjects: &[k8s_openapi::api::rbac::v1::Subject]| {
+        subjects.len() == 1 && (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()) == ("ServiceAccount", "kiln", Some("kiln"))
+    };
 
+    // Cluster-wide: one binding, of the read-only role. Nothing bound cluster-wide creates,
+    // changes or deletes anything, nor touches a Secret.
     let bindings: Vec<&ClusterRoleBinding> =
         install.applied().filter_map(|o| if let Object::ClusterRoleBinding(b) = o { Some(b) } else { None }).collect();
     assert_eq!(bindings.len(), 1);
     let b = bindings[0];
-    assert_eq!((b.role_ref.kind.as_str(), b.role_ref.name.as_str()), ("ClusterRole", role.metadata.name.as_deref().unwrap()));
-    let subjects = b.subjects.as_deref().unwrap_or_default();
-    assert_eq!(subjects.len(), 1);
-    assert_eq!(
-        (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
-        ("ServiceAccount", "kiln", Some("kiln"))
-    );
+    assert_eq!((b.role_ref.kind.as_str(), b.role_ref.name.as_str()), ("ClusterRole", "kiln"));
+    assert!(kiln_sa(b.subjects.as_deref().unwrap_or_default()));
+    let cluster_wide = roles.iter().find(|r| r.metadata.name.as_deref() == Some("kiln")).unwrap();
+    for rule in cluster_wide.rules.iter().flatten() {
+        assert!(rule.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())), "a cluster-wide write: {rule:?}");
+        assert!(!rule.resources.iter().flatten().any(|r| r == "secrets"), "cluster-wide Secret access: {rule:?}");
+    }
+
+    // Per namespace: the RoleBinding an operator applies in each build / deploy namespace.
+    for (file, role) in [("build-namespace/rolebinding.yaml", "kiln-builds"), ("deploy-namespace/rolebinding.yaml", "kiln-deploys")] {
+        let rb = install
+            .objects
+            .iter()
+            .find_map(|(f, o)| match o {
+                Object::RoleBinding(rb) if f == file => Some(rb),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no RoleBinding in deploy/{file}"));
+        assert_eq!((rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()), ("ClusterRole", role), "{file}");
+        assert!(rb.metadata.namespace.is_none(), "{file}: applied with -n <namespace>");
+        assert!(kiln_sa(rb.subjects.as_deref().unwrap_or_default()), "{file}");
+    }
     // The install itself creates no Secrets (kiln-admin is made by hand) and no Jobs.
     assert!(install.applied().all(|o| !matches!(o, Object::Secret(_) | Object::Job(_))));
 }

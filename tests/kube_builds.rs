@@ -51,12 +51,24 @@ pub fn kiln_identity() -> Identity {
     Identity::service_account("kiln", "kiln")
 }
 
-/// A client of the fake with exactly the rights `deploy/rbac.yaml` grants Kiln (applied to the
-/// fake once): a right Kiln uses and `deploy/` lacks fails the test that uses it.
+/// A client of the fake with exactly the rights `deploy/` grants Kiln: `rbac.yaml` (read-only
+/// cluster-wide), and the RoleBindings of `build-namespace/` and `deploy-namespace/` in every
+/// namespace the fake has now, as an operator applies them per tenant namespace. A right Kiln
+/// uses and `deploy/` lacks fails the test that uses it.
 pub fn kiln_client(fake: &FakeKube) -> kube::Client {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let read = |f: &str| std::fs::read_to_string(deploy.join(f)).unwrap();
     if fake.get("clusterroles", "", "kiln").is_none() {
-        let rbac = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml")).unwrap();
-        fake.create_from_yaml(&rbac);
+        fake.create_from_yaml(&read("rbac.yaml"));
+    }
+    for ns in fake.list("namespaces", None) {
+        let ns = ns["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        for (file, name) in [("build-namespace/rolebinding.yaml", "kiln-builds"), ("deploy-namespace/rolebinding.yaml", "kiln-deploys")] {
+            if fake.get("rolebindings", &ns, name).is_none() {
+                let yaml = read(file).replace("kind: RoleBinding\nmetadata:\n", &format!("kind: RoleBinding\nmetadata:\n  namespace: {ns}\n"));
+                fake.create_from_yaml(&yaml);
+            }
+        }
     }
     fake.client_as(kiln_identity())
 }
