@@ -166,7 +166,7 @@ async fn authorize(s: &AppState, auth: &str, payload: &Value) -> ApiResult<()> {
 pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     // Before the body is read: with no secret anywhere, every delivery is refused unread.
-    if s.config.harbor.webhook_auth.is_none() && s.store.harbor_webhook_secrets().await?.is_empty() {
+    if s.config.harbor.webhook_auth.is_none() && !s.store.has_harbor_webhook_secrets().await? {
         return Err(ApiError::Unauthorized("Harbor webhooks are not configured (harbor.webhook_auth is unset and no tenant has a Harbor webhook secret)".into()));
     }
     // The body (bounded by server.max_body_bytes) says whose project the delivery is for, and so

@@ -302,6 +302,12 @@ impl super::Store {
         stored.flatten().map(|s| Ok(self.key.open(HARBOR, &s, &|| format!("{HARBOR} of tenant {tenant_id}"))?)).transpose()
     }
 
+    /// Whether any tenant has its own Harbor webhook secret: one indexed lookup, nothing opened.
+    pub async fn has_harbor_webhook_secrets(&self) -> Result<bool, super::StoreError> {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE harbor_webhook_secret IS NOT NULL)").fetch_one(&self.pool).await?;
+        Ok(any)
+    }
+
     /// Every tenant's own Harbor webhook secret: a delivery naming no project (a replication
     /// event, which starts nothing) is accepted with any of them.
     pub async fn harbor_webhook_secrets(&self) -> Result<Vec<String>, super::StoreError> {

@@ -185,27 +185,26 @@ impl<'a> Follower<'a> {
     /// The log ended before the view showed the container's end (the Pod watch lags the Job
     /// watch while it re-lists): waits for the view, unless the pod is going or the Job failed.
     async fn await_termination(&mut self, step: &str) -> Option<ContainerStateTerminated> {
-        let until = Instant::now() + VERDICT_WAIT;
-        loop {
-            {
-                let v = self.view.borrow_and_update();
-                if let Some(t) = v.pod().and_then(|p| verdict::container_status(p, step)).and_then(|s| s.state.clone()).and_then(|s| s.terminated) {
-                    return Some(t);
-                }
-                if verdict::pod_going(&v) || job_failed(&v) || v.job_deleted {
-                    return None;
-                }
-            }
-            tokio::select! {
-                changed = self.view.changed() => if changed.is_err() { return None },
-                _ = tokio::time::sleep_until(until) => return None,
-            }
-        }
+        self.wait_for_view(|v| verdict::container_ended(v, step) || verdict::pod_going(v) || job_failed(v) || v.job_deleted).await;
+        self.terminated(step)
     }
 
     fn terminated(&self, step: &str) -> Option<ContainerStateTerminated> {
-        let v = self.view.borrow();
-        v.pod().and_then(|p| verdict::container_status(p, step)).and_then(|s| s.state.clone()).and_then(|s| s.terminated)
+        verdict::terminated(&self.view.borrow(), step)
+    }
+
+    /// Waits until `done` holds for the view, at most [`VERDICT_WAIT`] (or until the watch stops).
+    async fn wait_for_view(&mut self, done: impl Fn(&BuildView) -> bool) {
+        let until = Instant::now() + VERDICT_WAIT;
+        loop {
+            if done(&self.view.borrow_and_update()) {
+                return;
+            }
+            tokio::select! {
+                changed = self.view.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(until) => return,
+            }
+        }
     }
 
     /// A container that failed by itself: OOMKilled, or its exit code and its most telling line.
@@ -223,20 +222,8 @@ impl<'a> Follower<'a> {
     /// The build cannot go on and the pod's state alone does not say why: waits (briefly) for the
     /// Job's verdict, then judges — a deadline is `TimedOut` whatever the container showed.
     async fn conclude(&mut self, step: &str, terminated: Option<&ContainerStateTerminated>, cursor: &LogCursor) -> Outcome {
-        let until = Instant::now() + VERDICT_WAIT;
-        loop {
-            let decided = {
-                let v = self.view.borrow_and_update();
-                v.job_deleted || v.job.is_none() || !matches!(v.job.as_ref().map(verdict::job_verdict), Some(JobVerdict::Pending))
-            };
-            if decided {
-                break;
-            }
-            tokio::select! {
-                changed = self.view.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep_until(until) => break,
-            }
-        }
+        self.wait_for_view(|v| v.job_deleted || v.job.is_none() || !matches!(v.job.as_ref().map(verdict::job_verdict), Some(JobVerdict::Pending)))
+            .await;
         self.write_cluster_lines(step).await;
         let v = self.view.borrow().clone();
         if verdict::deadline_exceeded(&v) || (Instant::now() >= self.job.deadline && !v.job_deleted) {

@@ -325,12 +325,7 @@ impl KubeExecutor {
 
     /// The image container's termination message holds `{"image","digest"}`.
     async fn record_image(&self, job: &BuildJob, view: &BuildView) -> Outcome {
-        let message = view
-            .pod()
-            .and_then(|p| verdict::container_status(p, "image"))
-            .and_then(|s| s.state.as_ref())
-            .and_then(|s| s.terminated.as_ref())
-            .and_then(|t| t.message.clone());
+        let message = verdict::terminated(view, "image").and_then(|t| t.message);
         let Some(message) = message else {
             return Outcome::failed("the image step reported no digest (empty termination message)");
         };

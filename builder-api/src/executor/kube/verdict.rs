@@ -10,7 +10,7 @@
 //! container, OOMKilled, Evicted).
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 
 use super::tracker::BuildView;
 
@@ -62,6 +62,11 @@ pub fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerSta
 /// The container has run (or is running): its log can be read.
 pub fn container_started(pod: &Pod, name: &str) -> bool {
     container_status(pod, name).and_then(|s| s.state.as_ref()).is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+}
+
+/// How the build's container ended, once the view shows it.
+pub fn terminated(v: &BuildView, name: &str) -> Option<ContainerStateTerminated> {
+    v.pod().and_then(|p| container_status(p, name)).and_then(|s| s.state.as_ref()).and_then(|s| s.terminated.clone())
 }
 
 pub fn container_ended(v: &BuildView, name: &str) -> bool {
