@@ -1,14 +1,16 @@
 # syntax=docker/dockerfile:1
 #
-# ghcr.io/kiln-dev/buildkit:0.1.0 — the `image` container of job-templates/dockerfile.yaml.
+# ghcr.io/kiln-dev/buildkit:0.1.0 — the `compile` container of job-templates/dockerfile.yaml.
 #
 # Rootless BuildKit plus `kiln`. Kiln runs `kiln step buildkit --context $(WORKSPACE)/src
-# --file <Dockerfile> --image <repo:tag> --result-file … --created-from …`, which runs
+# --file <Dockerfile> --layout $(WORKSPACE)/out/image --created-from …`, which runs
 #   buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=… --local dockerfile=…
-#     --output type=image,name=<repo:tag>,push=true[,rewrite-timestamp=true] --metadata-file …
-# (a buildkitd that lives exactly as long as the step; no daemon outlives the build) and writes the
-# pushed digest to the result file. Registry credentials reach buildctl through a docker config
-# file in /tmp (DOCKER_CONFIG), never argv. `KILN_BUILDCTL` overrides the buildctl wrapper path.
+#     --output type=oci,dest=$(WORKSPACE)/out/image,tar=false[,rewrite-timestamp=true]
+# (a buildkitd that lives exactly as long as the step; no daemon outlives the build). This
+# container runs the Dockerfile's RUN steps and holds no push credential: the `image` container
+# (the tools image, `kiln step push`) pushes the layout. A read-only pull credential for private
+# base images, when the tenant has one, reaches buildctl through a docker config file in /tmp
+# (DOCKER_CONFIG), never argv. `KILN_BUILDCTL` overrides the buildctl wrapper path.
 #
 # BUILDKITD_FLAGS (read by buildctl-daemonless.sh, passed to buildkitd):
 #   --oci-worker-no-process-sandbox   required in an unprivileged pod: build steps share the

@@ -5,7 +5,11 @@
 //! uses, the templates Kiln reads in the cluster are the repository's `job-templates/` byte for
 //! byte, every image the templates name is built by a Dockerfile in `build-images/` and tagged
 //! with Kiln's version, and the NetworkPolicies let in nothing but Kiln's HTTP port and let out
-//! only DNS and the operator's listed hosts on their ports.
+//! only DNS and the operator's listed hosts on their ports. The per-namespace kustomize bases
+//! (`build-namespace/`, `deploy-namespace/`), their example overlays (`examples/`) and the optional
+//! `provisioning/` component are checked as kustomize reads them: what they list exists, the build
+//! pods' ServiceAccount has no rights and no token, and the only cluster-wide writes anywhere in
+//! `deploy/` are the provisioning component's three rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,14 +53,31 @@ const EXPECTED_GRANTS: &[(&str, &[(&str, &str, &[&str])])] = &[
         "kiln",
         &[
             ("batch", "jobs", &["get", "list", "watch"]),
-            ("", "pods", &["get", "list", "watch"]),
+            ("", "pods", &["list", "watch"]),
             ("", "pods/log", &["get"]),
             ("", "events", &["list", "watch"]),
             ("", "namespaces", &["get"]),
         ],
     ),
-    ("kiln-builds", &[("batch", "jobs", &["create", "delete"]), ("", "secrets", &["get", "create", "patch"])]),
+    (
+        "kiln-builds",
+        &[
+            ("batch", "jobs", &["create", "delete"]),
+            ("", "secrets", &["get", "create", "patch"]),
+            // The build ServiceAccount, when Kiln provisions the namespace (provision.rs).
+            ("", "serviceaccounts", &["create"]),
+        ],
+    ),
     ("kiln-deploys", &[("apps", "deployments", &["get", "list", "watch", "patch"])]),
+];
+
+/// The rules of `deploy/provisioning/`'s ClusterRole `kiln-provisioner`, as (apiGroup, resource,
+/// verb, resourceNames): the only writes bound cluster-wide anywhere in `deploy/`, and exactly
+/// these — what `[kube] provision_namespaces` (builder-api/src/executor/kube/provision.rs) does.
+const PROVISIONER_RULES: &[(&str, &str, &str, &[&str])] = &[
+    ("", "namespaces", "create", &[]),
+    ("rbac.authorization.k8s.io", "rolebindings", "create", &[]),
+    ("rbac.authorization.k8s.io", "clusterroles", "bind", &["kiln-builds"]),
 ];
 
 fn repo() -> PathBuf {
@@ -105,6 +126,37 @@ struct Kustomization {
     config_map_generator: Vec<Generator>,
     #[serde(default)]
     images: Vec<ImageOverride>,
+}
+
+/// A `kustomization.yaml` below `deploy/`: a per-namespace base, an example overlay, or the
+/// provisioning Component (unknown keys are an error here too).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Part {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    components: Vec<String>,
+    #[serde(default)]
+    patches: Vec<PartPatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartPatch {
+    target: PatchTarget,
+    /// A JSON patch, as YAML.
+    patch: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchTarget {
+    kind: String,
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +234,8 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 struct Install {
     objects: Vec<(String, Object)>,
     kustomization: Kustomization,
+    /// The other kustomization.yaml files, by their directory relative to deploy/.
+    parts: BTreeMap<String, Part>,
     generated: BTreeMap<String, ConfigMap>,
 }
 
@@ -192,11 +246,17 @@ impl Install {
         yaml_files(&dir, &mut files);
         let mut objects = Vec::new();
         let mut kustomization = None;
+        let mut parts = BTreeMap::new();
         for file in files {
             let rel = file.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
             let text = std::fs::read_to_string(&file).unwrap();
             if rel == "kustomization.yaml" {
                 kustomization = Some(typed::<Kustomization>(&file, &text));
+                continue;
+            }
+            // kustomize's own files are not Kubernetes objects.
+            if let Some(part_dir) = rel.strip_suffix("/kustomization.yaml") {
+                parts.insert(part_dir.to_string(), typed::<Part>(&file, &text));
                 continue;
             }
             for doc in documents(&text) {
@@ -224,7 +284,7 @@ impl Install {
             };
             assert!(generated.insert(g.name.clone(), cm).is_none(), "generator {} twice", g.name);
         }
-        Install { objects, kustomization, generated }
+        Install { objects, kustomization, parts, generated }
     }
 
     /// The objects `kubectl apply -k deploy/` applies (the resources of the kustomization).
@@ -473,19 +533,63 @@ fn the_cluster_role_grants_exactly_what_the_kube_executor_uses() {
         subjects.len() == 1 && (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()) == ("ServiceAccount", "kiln", Some("kiln"))
     };
 
-    // Cluster-wide: one binding, of the read-only role. Nothing bound cluster-wide creates,
-    // changes or deletes anything, nor touches a Secret.
+    // Cluster-wide: one binding in the install, of the read-only role. Nothing bound
+    // cluster-wide creates, changes or deletes anything, nor touches a Secret.
     let bindings: Vec<&ClusterRoleBinding> =
         install.applied().filter_map(|o| if let Object::ClusterRoleBinding(b) = o { Some(b) } else { None }).collect();
     assert_eq!(bindings.len(), 1);
     let b = bindings[0];
     assert_eq!((b.role_ref.kind.as_str(), b.role_ref.name.as_str()), ("ClusterRole", "kiln"));
     assert!(kiln_sa(b.subjects.as_deref().unwrap_or_default()));
-    let cluster_wide = roles.iter().find(|r| r.metadata.name.as_deref() == Some("kiln")).unwrap();
-    for rule in cluster_wide.rules.iter().flatten() {
-        assert!(rule.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())), "a cluster-wide write: {rule:?}");
-        assert!(!rule.resources.iter().flatten().any(|r| r == "secrets"), "cluster-wide Secret access: {rule:?}");
+
+    // Everywhere in deploy/ (the optional parts too): every ClusterRoleBinding only reads, except
+    // exactly the provisioning component's three rules.
+    let all_roles: Vec<(&str, &ClusterRole)> =
+        install.objects.iter().filter_map(|(f, o)| if let Object::ClusterRole(r) = o { Some((f.as_str(), r)) } else { None }).collect();
+    let mut bound_cluster_wide = BTreeSet::new();
+    for (file, o) in &install.objects {
+        let Object::ClusterRoleBinding(b) = o else { continue };
+        assert!(kiln_sa(b.subjects.as_deref().unwrap_or_default()), "{file}: a ClusterRoleBinding of someone other than Kiln");
+        assert_eq!(b.role_ref.kind, "ClusterRole", "{file}");
+        let name = b.role_ref.name.as_str();
+        let (role_file, role) = all_roles.iter().find(|(_, r)| r.metadata.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("{file}: no ClusterRole {name} in deploy/"));
+        assert_eq!(Path::new(role_file).parent(), Path::new(file).parent(), "{file}: binds a role of another part of deploy/");
+        bound_cluster_wide.insert((file.clone(), name.to_string()));
+        let mut writes = BTreeSet::new();
+        for rule in role.rules.iter().flatten() {
+            assert!(rule.non_resource_urls.is_none(), "{rule:?}");
+            assert!(!rule.resources.iter().flatten().any(|r| r == "secrets" || r.contains('*')), "cluster-wide Secret access: {rule:?}");
+            for v in rule.verbs.iter().filter(|v| !["get", "list", "watch"].contains(&v.as_str())) {
+                for g in rule.api_groups.iter().flatten() {
+                    for r in rule.resources.iter().flatten() {
+                        writes.insert((g.clone(), r.clone(), v.clone(), rule.resource_names.clone().unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        if file == "provisioning/rbac.yaml" {
+            let expected: BTreeSet<_> = PROVISIONER_RULES
+                .iter()
+                .map(|(g, r, v, names)| (g.to_string(), r.to_string(), v.to_string(), names.iter().map(|n| n.to_string()).collect::<Vec<_>>()))
+                .collect();
+            assert_eq!(writes, expected, "{file}: the provisioner may create namespaces and rolebindings and bind kiln-builds, nothing else");
+            // Each rule exactly as listed: no verb or resource added beside them.
+            let rules: Vec<_> = role.rules.iter().flatten().collect();
+            assert_eq!(rules.len(), PROVISIONER_RULES.len(), "{file}: {rules:?}");
+            for rule in rules {
+                assert!(rule.verbs.len() == 1 && rule.resources.as_ref().map(Vec::len) == Some(1) && rule.api_groups.as_ref().map(Vec::len) == Some(1), "{file}: one group, resource, verb per rule: {rule:?}");
+            }
+        } else {
+            assert!(writes.is_empty(), "{file}: a cluster-wide write: {writes:?}");
+        }
     }
+    assert_eq!(
+        bound_cluster_wide,
+        [("rbac.yaml".to_string(), "kiln".to_string()), ("provisioning/rbac.yaml".to_string(), "kiln-provisioner".to_string())].into(),
+        "ClusterRoleBindings in deploy/"
+    );
+    // What the provisioner may bind is what Kiln binds when it provisions.
+    assert_eq!(builder_api::executor::kube::provision::BUILDS_ROLE, "kiln-builds");
 
     // Per namespace: the RoleBinding an operator applies in each build / deploy namespace.
     for (file, role) in [("build-namespace/rolebinding.yaml", "kiln-builds"), ("deploy-namespace/rolebinding.yaml", "kiln-deploys")] {
@@ -701,4 +805,151 @@ fn the_kiln_namespace_policy_admits_only_the_http_port_and_limits_egress() {
     assert_eq!(rule_ports(ingress[0].ports.as_ref()), vec![("TCP".to_string(), IntOrString::String("http".into()))]);
     let seen = assert_limited_egress("kiln", policy, &[("TCP", IntOrString::Int(443)), ("TCP", IntOrString::Int(6443))]);
     assert!(seen.iter().any(|(_, p)| p == "6443"), "the API server: {seen:?}");
+}
+
+/// The per-namespace parts an operator applies with kustomize: `build-namespace/` and
+/// `deploy-namespace/` are bases that name no namespace and list every manifest of their
+/// directory; the overlays in `examples/` set a namespace and use them; `provisioning/` is a
+/// Component that grants the provisioner's rights and turns the mode on in the Deployment the way
+/// config.rs reads it.
+#[test]
+fn the_per_namespace_bases_their_overlays_and_the_provisioning_component_are_complete() {
+    let install = Install::load();
+    let files_in = |dir: &str| -> BTreeSet<String> {
+        install.objects.iter().filter_map(|(f, _)| f.strip_prefix(&format!("{dir}/")).filter(|r| !r.contains('/')).map(String::from)).collect()
+    };
+    let listed_files = |dir: &str, part: &Part| -> BTreeSet<String> {
+        for r in &part.resources {
+            let path = deploy_dir().join(dir).join(r);
+            assert!(path.exists(), "{dir}/kustomization.yaml lists {r}, which is not there");
+            if path.is_dir() {
+                assert!(path.join("kustomization.yaml").exists(), "{dir}: {r} is a directory without kustomization.yaml");
+            }
+        }
+        for c in &part.components {
+            let text = std::fs::read_to_string(deploy_dir().join(dir).join(c).join("kustomization.yaml")).unwrap_or_else(|e| panic!("{dir}: component {c}: {e}"));
+            assert!(text.contains("kind: Component"), "{dir}: {c} is not a Component");
+        }
+        part.resources.iter().filter(|r| r.ends_with(".yaml")).cloned().collect()
+    };
+
+    for (dir, expected) in [
+        ("build-namespace", &["networkpolicy.yaml", "rolebinding.yaml", "serviceaccount.yaml"][..]),
+        ("deploy-namespace", &["rolebinding.yaml"][..]),
+    ] {
+        let part = install.parts.get(dir).unwrap_or_else(|| panic!("no deploy/{dir}/kustomization.yaml"));
+        assert_eq!((part.api_version.as_str(), part.kind.as_str()), ("kustomize.config.k8s.io/v1beta1", "Kustomization"), "{dir}: a base overlays use in resources:");
+        assert_eq!(part.namespace, None, "{dir}: the namespace comes from the overlay or -n");
+        let listed = listed_files(dir, part);
+        assert_eq!(listed, files_in(dir), "{dir}/kustomization.yaml lists every manifest of the directory");
+        assert_eq!(listed, expected.iter().map(|s| s.to_string()).collect(), "{dir}");
+        for (file, o) in install.objects.iter().filter(|(f, _)| f.starts_with(&format!("{dir}/"))) {
+            let ns = match o {
+                Object::RoleBinding(x) => &x.metadata.namespace,
+                Object::ServiceAccount(x) => &x.metadata.namespace,
+                Object::NetworkPolicy(x) => &x.metadata.namespace,
+                other => panic!("{file}: unexpected {other:?}"),
+            };
+            assert_eq!(ns, &None, "{file}: names no namespace");
+        }
+        let text = std::fs::read_to_string(deploy_dir().join(dir).join("kustomization.yaml")).unwrap();
+        assert!(text.contains(&format!("apply -k deploy/{dir}/")) || text.contains("apply -k deploy/examples/"), "{dir}: the comment says how to apply it");
+        // `kubectl apply -f <dir>/` would also send kustomization.yaml to the API server.
+        for f in files_in(dir) {
+            let text = std::fs::read_to_string(deploy_dir().join(dir).join(&f)).unwrap();
+            assert!(!text.contains(&format!("apply -f deploy/{dir}/\n")), "{dir}/{f}: apply -f on the directory");
+        }
+    }
+
+    // The example overlays: one per build namespace, one per deploy namespace.
+    let overlays: Vec<(&String, &Part)> = install.parts.iter().filter(|(d, _)| d.starts_with("examples/")).collect();
+    for (base, namespace) in [("../../build-namespace", "kiln-payments"), ("../../deploy-namespace", "payments")] {
+        let (dir, part) = overlays
+            .iter()
+            .find(|(_, p)| p.resources.iter().any(|r| r == base))
+            .unwrap_or_else(|| panic!("no overlay in deploy/examples/ uses {base}"));
+        assert_eq!(part.kind, "Kustomization", "{dir}");
+        assert_eq!(part.namespace.as_deref(), Some(namespace), "{dir}");
+        listed_files(dir, part);
+        // A Namespace the overlay brings is the one it puts everything into.
+        for (file, o) in install.objects.iter().filter(|(f, _)| f.starts_with(&format!("{dir}/"))) {
+            if let Object::Namespace(n) = o {
+                assert!(part.resources.iter().any(|r| file.ends_with(&format!("/{r}"))), "{file}: not listed");
+                assert_eq!(n.metadata.name.as_deref(), Some(namespace), "{file}");
+            }
+        }
+    }
+
+    // The optional provisioning component: a Component with the provisioner's ClusterRole and
+    // binding, and the env var that turns the mode on, patched into the Kiln Deployment.
+    let part = install.parts.get("provisioning").expect("deploy/provisioning/kustomization.yaml");
+    assert_eq!((part.api_version.as_str(), part.kind.as_str()), ("kustomize.config.k8s.io/v1alpha1", "Component"));
+    assert_eq!(listed_files("provisioning", part), files_in("provisioning"));
+    assert!(!install.kustomization.resources.iter().any(|r| r.starts_with("provisioning")), "optional: not in the install by default");
+    assert_eq!(part.patches.len(), 1);
+    let patch = &part.patches[0];
+    let d = install.deployment();
+    assert_eq!((patch.target.kind.as_str(), patch.target.name.as_str()), ("Deployment", d.metadata.name.as_deref().unwrap()));
+    let ops: Vec<serde_json::Value> = serde_saphyr::from_str(&patch.patch).unwrap();
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!((ops[0]["op"].as_str(), ops[0]["path"].as_str()), (Some("add"), Some("/spec/template/spec/containers/0/env/-")));
+    assert!(kiln_container(d).env.as_ref().is_some_and(|e| !e.is_empty()), "the patch appends to the env list");
+    let (name, value) = (ops[0]["value"]["name"].as_str().unwrap(), ops[0]["value"]["value"].as_str().unwrap());
+    let mut config = install.config("kiln", "kiln.toml");
+    assert!(!config.kube.provision_namespaces, "off unless the component is used");
+    config.apply_env(|n| (n == name).then(|| value.to_string())).unwrap();
+    assert!(config.kube.provision_namespaces, "{name}={value} turns kube.provision_namespaces on");
+    // The subject Kiln binds when it provisions is the ServiceAccount the install runs it as.
+    assert_eq!(config.kube.service_account_ref(), Ok(("kiln", "kiln")));
+
+    let readme = std::fs::read_to_string(deploy_dir().join("README.md")).unwrap();
+    for what in ["build-namespace/", "deploy-namespace/", "provisioning", "provision_namespaces", "kiln-build", "apply -k deploy/examples/"] {
+        assert!(readme.contains(what), "deploy/README.md explains {what}");
+    }
+    assert!(!readme.contains("../shared"));
+}
+
+/// The ServiceAccount build pods run as: in `build-namespace/`, no token mounted, and no
+/// RoleBinding or ClusterRoleBinding anywhere in `deploy/` names it — it has no rights. Kiln's
+/// provisioning makes the same one.
+#[test]
+fn the_build_pods_service_account_has_no_token_and_no_rights() {
+    use builder_api::executor::kube::provision::BUILD_SERVICE_ACCOUNT;
+    let install = Install::load();
+    let accounts: Vec<(&str, &ServiceAccount)> = install
+        .objects
+        .iter()
+        .filter_map(|(f, o)| match o {
+            Object::ServiceAccount(sa) if sa.metadata.name.as_deref() == Some(BUILD_SERVICE_ACCOUNT) => Some((f.as_str(), sa)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(accounts.len(), 1, "one ServiceAccount {BUILD_SERVICE_ACCOUNT}: {accounts:?}");
+    let (file, sa) = accounts[0];
+    assert_eq!(file, "build-namespace/serviceaccount.yaml");
+    assert_eq!(sa.automount_service_account_token, Some(false), "{file}: no token in build pods");
+    assert!(sa.secrets.is_none() && sa.image_pull_secrets.is_none(), "{file}");
+    for (f, o) in &install.objects {
+        let subjects = match o {
+            Object::RoleBinding(b) => b.subjects.as_deref().unwrap_or_default(),
+            Object::ClusterRoleBinding(b) => b.subjects.as_deref().unwrap_or_default(),
+            _ => continue,
+        };
+        for s in subjects {
+            assert!(!(s.kind == "ServiceAccount" && s.name == BUILD_SERVICE_ACCOUNT), "{f} binds {BUILD_SERVICE_ACCOUNT}: {s:?}");
+            // Nor a group it is in.
+            assert!(!(s.kind == "Group" && s.name.starts_with("system:serviceaccounts")), "{f} binds every ServiceAccount: {s:?}");
+        }
+    }
+    // The RoleBinding Kiln makes when it provisions is the one build-namespace/ brings.
+    let rb = install
+        .objects
+        .iter()
+        .find_map(|(f, o)| match o {
+            Object::RoleBinding(rb) if f == "build-namespace/rolebinding.yaml" => Some(rb),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(rb.metadata.name.as_deref(), Some(builder_api::executor::kube::provision::BUILDS_BINDING));
+    assert_eq!(rb.role_ref.name, builder_api::executor::kube::provision::BUILDS_ROLE);
 }

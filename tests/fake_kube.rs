@@ -1028,7 +1028,17 @@ fn golden_job(kind: &str, ns: &str, name: &str) -> Value {
 async fn fake_kube_pod_security_warns_on_jobs_refuses_pods_and_backs_off_failed_creates() {
     let fk = fake(true);
     fk.create_namespace_with_labels("psa", &[("pod-security.kubernetes.io/enforce", "baseline")]);
-    const VIOLATIONS: &str = "forbidden AppArmor profile (container \"image\" must not set AppArmor profile type to \"Unconfined\"), seccompProfile (container \"image\" must not set securityContext.seccompProfile.type to \"Unconfined\")";
+    // The account Kiln's templates run build pods as must exist: the ServiceAccount admission
+    // plugin (mutating, so before PodSecurity) refuses a pod naming one the namespace lacks.
+    let job = golden_job("dockerfile", "psa", "kiln-build-42");
+    let pods: Api<Pod> = Api::namespaced(fk.client(), "psa");
+    let mut p = json!({"metadata": {"name": "direct"}, "spec": job["spec"]["template"]["spec"].clone()});
+    p["spec"]["restartPolicy"] = json!("Never");
+    let e = api_error(pods.create(&PostParams::default(), &serde_json::from_value(p).unwrap()).await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(e.message, "pods \"direct\" is forbidden: error looking up service account psa/kiln-build: serviceaccount \"kiln-build\" not found");
+    fk.create_from_yaml("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kiln-build\n  namespace: psa\n");
+    const VIOLATIONS: &str = "forbidden AppArmor profile (container \"compile\" must not set AppArmor profile type to \"Unconfined\"), seccompProfile (container \"compile\" must not set securityContext.seccompProfile.type to \"Unconfined\")";
 
     // The Job: 201, stored, and one Warning header exactly as S08 recorded it.
     let job = golden_job("dockerfile", "psa", "kiln-build-42");
@@ -1104,17 +1114,17 @@ fn fake_kube_pod_security_levels_of_kilns_job_templates() {
     assert_eq!(
         check("dockerfile", Level::Baseline),
         [
-            "forbidden AppArmor profile (container \"image\" must not set AppArmor profile type to \"Unconfined\")",
-            "seccompProfile (container \"image\" must not set securityContext.seccompProfile.type to \"Unconfined\")"
+            "forbidden AppArmor profile (container \"compile\" must not set AppArmor profile type to \"Unconfined\")",
+            "seccompProfile (container \"compile\" must not set securityContext.seccompProfile.type to \"Unconfined\")"
         ]
     );
     assert_eq!(
         check("dockerfile", Level::Restricted),
         [
-            "forbidden AppArmor profile (container \"image\" must not set AppArmor profile type to \"Unconfined\")",
-            "allowPrivilegeEscalation != false (container \"image\" must set securityContext.allowPrivilegeEscalation=false)",
-            "unrestricted capabilities (container \"image\" must set securityContext.capabilities.drop=[\"ALL\"])",
-            "seccompProfile (container \"image\" must not set securityContext.seccompProfile.type to \"Unconfined\")"
+            "forbidden AppArmor profile (container \"compile\" must not set AppArmor profile type to \"Unconfined\")",
+            "allowPrivilegeEscalation != false (container \"compile\" must set securityContext.allowPrivilegeEscalation=false)",
+            "unrestricted capabilities (container \"compile\" must set securityContext.capabilities.drop=[\"ALL\"])",
+            "seccompProfile (container \"compile\" must not set securityContext.seccompProfile.type to \"Unconfined\")"
         ]
     );
     // The other baseline checks, in the plugin's wording.
@@ -1439,7 +1449,8 @@ async fn fake_kube_server_defaults_on_jobs_and_their_pods() {
     assert_eq!((labels["batch.kubernetes.io/job-name"].as_str(), labels["job-name"].as_str(), labels["controller-uid"].as_str()), (Some("kiln-build-go"), Some("kiln-build-go"), Some(uid)));
     let t = &spec["template"]["spec"];
     assert_eq!((t["terminationGracePeriodSeconds"].as_i64(), t["dnsPolicy"].as_str(), t["schedulerName"].as_str()), (Some(30), Some("ClusterFirst"), Some("default-scheduler")));
-    assert!(t.get("serviceAccountName").is_none() && t.get("tolerations").is_none(), "admission defaults are the pod's, not the template's");
+    assert_eq!(t["serviceAccountName"], "kiln-build", "the template's own");
+    assert!(t.get("serviceAccount").is_none() && t.get("tolerations").is_none(), "admission defaults are the pod's, not the template's");
     let clone = &t["initContainers"][0];
     assert_eq!((clone["terminationMessagePath"].as_str(), clone["terminationMessagePolicy"].as_str(), clone["imagePullPolicy"].as_str()), (Some("/dev/termination-log"), Some("File"), Some("IfNotPresent")));
     let image = &t["containers"][0];
@@ -1450,6 +1461,7 @@ async fn fake_kube_server_defaults_on_jobs_and_their_pods() {
 
     // The pod as the controller makes it (the kubelet is off: as first stored, then unbound).
     fk.create_pvc("team-a", "kiln-cache");
+    fk.create_from_yaml("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kiln-build\n  namespace: team-a\n");
     let pod = pod_of(&fk, "team-a", "kiln-build-go").await;
     let p = fk.get("pods", "team-a", &pod).unwrap();
     assert_eq!(p["metadata"]["generateName"], "kiln-build-go-");
@@ -1457,7 +1469,7 @@ async fn fake_kube_server_defaults_on_jobs_and_their_pods() {
     assert_eq!(p["metadata"]["finalizers"], json!(["batch.kubernetes.io/job-tracking"]));
     assert_eq!(p["metadata"]["ownerReferences"], json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "kiln-build-go", "uid": uid, "controller": true, "blockOwnerDeletion": true}]));
     let s = &p["spec"];
-    assert_eq!((s["serviceAccountName"].as_str(), s["serviceAccount"].as_str()), (Some("default"), Some("default")));
+    assert_eq!((s["serviceAccountName"].as_str(), s["serviceAccount"].as_str()), (Some("kiln-build"), Some("kiln-build")));
     assert_eq!((s["priority"].as_i64(), s["preemptionPolicy"].as_str(), s["enableServiceLinks"].as_bool()), (Some(0), Some("PreemptLowerPriority"), Some(false)));
     assert_eq!(
         s["tolerations"],

@@ -162,6 +162,10 @@ fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
     c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.as_deref())
 }
 
+fn name_is(c: &Container, name: &str) -> bool {
+    c.name == name
+}
+
 fn secret_refs(c: &Container) -> Vec<(String, String, String)> {
     c.env
         .iter()
@@ -199,8 +203,8 @@ fn assert_invariants(kind: ResolvedKind, job: &Job) {
     assert_eq!(p.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true), "{what}: non-root pod");
 
     let order: Vec<&str> = containers(job).iter().map(|c| c.name.as_str()).collect();
-    let expected: &[&str] = if kind == ResolvedKind::Dockerfile { &["clone", "image"] } else { &["clone", "compile", "image"] };
-    assert_eq!(order, expected, "{what}: steps map to containers in order");
+    assert_eq!(order, ["clone", "compile", "image"], "{what}: steps map to containers in order");
+    assert_eq!(p.service_account_name.as_deref(), Some("kiln-build"), "{what}: the build namespace's account without rights");
     assert_eq!(p.containers.len(), 1, "{what}: image is the one main container");
 
     for c in containers(job) {
@@ -213,12 +217,12 @@ fn assert_invariants(kind: ResolvedKind, job: &Job) {
         // Disk: no build fills a node's disk (issue 18).
         assert!(requests.contains_key("ephemeral-storage"), "{what}/{name}: an ephemeral-storage request");
         assert!(limits.contains_key("ephemeral-storage"), "{what}/{name}: an ephemeral-storage limit");
-        if name == "clone" || (name == "image" && kind != ResolvedKind::Dockerfile) {
+        if name == "clone" || name == "image" {
             assert!(!limits.contains_key("cpu"), "{what}/{name}: no CPU limit on a short helper step");
         }
         let sc = c.security_context.as_ref();
         assert_ne!(sc.and_then(|s| s.privileged), Some(true), "{what}/{name}: never privileged");
-        if kind == ResolvedKind::Dockerfile && name == "image" {
+        if kind == ResolvedKind::Dockerfile && name == "compile" {
             // Rootless BuildKit: unprivileged, non-root, seccomp and AppArmor unconfined only here.
             let sc = sc.unwrap();
             assert_eq!(sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("Unconfined"));
@@ -247,8 +251,13 @@ fn assert_invariants(kind: ResolvedKind, job: &Job) {
     }
 
     // Secrets: the registry Secret only in the image (push) container, the git token only in
-    // clone; no secret value anywhere in the Job.
+    // clone; no secret value anywhere in the Job. A Dockerfile's RUN steps run in compile, which
+    // gets no Secret at all without a pull credential, and pushes nothing.
     for c in containers(job) {
+        if kind == ResolvedKind::Dockerfile && name_is(c, "compile") {
+            assert_eq!(secret_refs(c), vec![], "{what}/compile: the container that runs the user's RUN steps");
+            assert!(c.command.as_ref().unwrap().iter().any(|a| a == "--layout"), "{what}/compile writes a layout");
+        }
         let refs = secret_refs(c);
         let registry = refs.iter().filter(|(_, s, _)| s == "kiln-registry").count();
         assert_eq!(registry, if c.name == "image" { 2 } else { 0 }, "{what}/{}: registry Secret refs", c.name);
@@ -328,9 +337,10 @@ fn hostile_user_strings_stay_data_in_argv_and_env() {
             assert!(!cmd.iter().any(|a| a == "sh" || a == "bash" || a == "-c"), "{}: {cmd:?}", c.name);
         }
         if kind == ResolvedKind::Dockerfile {
-            // A build arg that names a secret variable is not expanded by Kubernetes.
-            let image = containers(&job).into_iter().find(|c| c.name == "image").unwrap();
-            let arg = image.command.as_ref().unwrap().iter().find(|a| a.starts_with("GREETING=")).unwrap();
+            // A build arg that names a secret variable is not expanded by Kubernetes (and the
+            // container that builds has no such variable anyway).
+            let compile = containers(&job).into_iter().find(|c| c.name == "compile").unwrap();
+            let arg = compile.command.as_ref().unwrap().iter().find(|a| a.starts_with("GREETING=")).unwrap();
             assert_eq!(plan::expand(arg, &[("KILN_REGISTRY_PASSWORD".into(), "leak".into())]), "GREETING=$(KILN_REGISTRY_PASSWORD) `id`");
         }
     }
@@ -363,6 +373,7 @@ fn a_tenants_settings_reach_its_job_and_change_nothing_else() {
     let tenant = sample_tenant(TenantSettings {
         namespace: Some("builds-payments".into()),
         registry_secret: Some("payments-robot".into()),
+        pull_secret: Some("payments-pull".into()),
         cache_claim: Some("payments-cache".into()),
         cpu: Some("1500m".into()),
         memory: Some("3Gi".into()),
@@ -399,12 +410,22 @@ fn a_tenants_settings_reach_its_job_and_change_nothing_else() {
                 vec![]
             };
             assert_eq!(registry, want, "{what}/{}", c.name);
+            // The read-only pull credential reaches only the container that builds a Dockerfile.
+            let pull: Vec<_> = secret_refs(c).into_iter().filter(|(n, _, _)| n.starts_with("KILN_PULL_")).collect();
+            let want = if kind == ResolvedKind::Dockerfile && c.name == "compile" {
+                vec![
+                    ("KILN_PULL_USERNAME".to_string(), "payments-pull".to_string(), "username".to_string()),
+                    ("KILN_PULL_PASSWORD".into(), "payments-pull".into(), "password".into()),
+                ]
+            } else {
+                vec![]
+            };
+            assert_eq!(pull, want, "{what}/{}", c.name);
         }
 
-        // The compiling container (image, where BuildKit compiles, for a Dockerfile) gets the
-        // tenant's CPU and memory as requests and limits; every other container keeps the
-        // template's.
-        let sized = if kind == ResolvedKind::Dockerfile { "image" } else { "compile" };
+        // The compiling container (BuildKit's, for a Dockerfile) gets the tenant's CPU and
+        // memory as requests and limits; every other container keeps the template's.
+        let sized = "compile";
         for (c, before) in containers(&job).into_iter().zip(containers(&plain)) {
             let res = c.resources.as_ref().unwrap();
             if c.name == sized {
@@ -453,7 +474,7 @@ fn a_tenants_workspace_size_sizes_the_workspace_and_keeps_room_in_the_pods_disk_
     let build = sample_build("main");
     for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
         let what = kind.as_str();
-        let sized = if kind == ResolvedKind::Dockerfile { "image" } else { "compile" };
+        let sized = "compile";
         let plain = render_kind(kind, &app, &build).job;
         let heavy = |job: &Job| containers(job).into_iter().find(|c| c.name == sized).unwrap().clone();
         let template_ws = bytes(&workspace_size_limit(&plain).unwrap());

@@ -61,6 +61,7 @@ pub fn kiln_client(fake: &FakeKube) -> kube::Client {
     if fake.get("clusterroles", "", "kiln").is_none() {
         fake.create_from_yaml(&read("rbac.yaml"));
     }
+    build_pod_accounts(fake);
     for ns in fake.list("namespaces", None) {
         let ns = ns["metadata"]["name"].as_str().unwrap_or_default().to_string();
         for (file, name) in [("build-namespace/rolebinding.yaml", "kiln-builds"), ("deploy-namespace/rolebinding.yaml", "kiln-deploys")] {
@@ -71,6 +72,27 @@ pub fn kiln_client(fake: &FakeKube) -> kube::Client {
         }
     }
     fake.client_as(kiln_identity())
+}
+
+/// The ServiceAccount build pods run as (`kiln-build`, from `deploy/build-namespace/`), in every
+/// namespace the fake has now: without it the ServiceAccount admission refuses the Job's pods.
+pub fn build_pod_accounts(fake: &FakeKube) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-namespace");
+    let mut accounts = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        accounts.extend(text.split("\n---").filter(|doc| doc.contains("\nkind: ServiceAccount")).map(String::from));
+    }
+    assert!(!accounts.is_empty(), "deploy/build-namespace/ has no ServiceAccount for build pods");
+    for ns in fake.list("namespaces", None) {
+        let ns = ns["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        for doc in &accounts {
+            let obj: Value = serde_saphyr::from_str(doc).unwrap();
+            if fake.get("serviceaccounts", &ns, obj["metadata"]["name"].as_str().unwrap()).is_none() {
+                fake.create_from_yaml(&doc.replace("metadata:\n", &format!("metadata:\n  namespace: {ns}\n")));
+            }
+        }
+    }
 }
 
 /// The config of a Kiln that runs builds as Jobs on the fake.
@@ -283,6 +305,7 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
     let registry = TestRegistry::start().await;
     let fake_root = tempfile::tempdir().unwrap();
     let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team"]));
+    build_pod_accounts(&fake);
     let kubeconfig = fake.serve_tcp().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -359,4 +382,75 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
     // One create per build, before the restart; the restarted kiln adopted the Jobs.
     assert_eq!(fake.count("create", "jobs"), 3, "Job creates: {:?}", fake.requests_for_prefix(&format!("kiln-{INSTANCE}-")));
     drop(serve);
+}
+
+#[tokio::test]
+async fn a_dockerfiles_run_steps_find_neither_the_registry_password_nor_the_git_token_and_the_image_is_pushed() {
+    const PUSH_USER: &str = "robot-team";
+    const PUSH_PASSWORD: &str = "push-password-only-the-image-step-holds-5f1c";
+    // This test's own: other tests' clones may run meanwhile with theirs in their environment.
+    const TOKEN: &str = "glpat-only-the-clone-step-holds-9d2e";
+    crate::support::init();
+    let git = GitServer::start_with_token(TOKEN).await;
+    // Only the tenant's robot may push; the base image comes from another, open registry.
+    let registry = TestRegistry::start_with_htpasswd(PUSH_USER, PUSH_PASSWORD).await;
+    let bases = TestRegistry::start().await;
+    let base = push_busybox_base(&bases.host());
+    let fake_root = tempfile::tempdir().unwrap();
+    let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team"]));
+    fake.create_secret("kiln-team", "kiln-registry", &[("username", PUSH_USER), ("password", PUSH_PASSWORD)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kube_config(dir.path(), &registry);
+    config.registry.insecure.push(bases.host());
+    config.kube.registry_secret = Some("kiln-registry".into());
+    // In a cluster, rootless BuildKit without a process sandbox runs the RUN steps as its own
+    // user in its own PID namespace: they can read the environment of every process of the
+    // container. Host buildah (root, chroot) drops the capability that allows it; this buildah
+    // keeps it, so the RUN step here sees at least as much as one in a cluster.
+    config.toolchains.buildah = buildah_whose_run_steps_read_every_environment(dir.path()).display().to_string();
+    let kiln = TestKiln::start_with_kube(dir, config, Some(kiln_client(&fake))).await;
+    let token = kiln.tenant("team").await;
+    let (sha, spec) = fixture_app(&git, &registry.host(), "team/snoop", "dockerfile-snoop", (SECRET, TOKEN), json!({"settings": {"build_args": {"BASE": base}}}));
+    kiln.app(&token, spec).await;
+    let id = kiln.trigger(&token, "snoop", json!({"commit": sha})).await;
+    let (build, log) = kiln.ended(id, BuildState::Succeeded, LIMIT).await;
+    assert_eq!(build.kind.as_deref(), Some("dockerfile"));
+
+    // Pushed, with the password, as the image step's log says.
+    let image = build.image.clone().expect("an image");
+    assert!(log.contains("pushed "), "{log}");
+    let reference: registry_sync::ImageRef = image.parse().unwrap();
+    let opts = registry_sync::RegistryOptions {
+        auth: registry_sync::RegistryAuth::Basic { username: PUSH_USER.into(), password: PUSH_PASSWORD.into() },
+        insecure_registries: vec![registry.host()],
+        ..Default::default()
+    };
+    let pulled = registry_sync::pull_image(&reference, &opts).await.unwrap();
+    let unpacked = tempfile::tempdir().unwrap();
+    registry_sync::unpack_layers(&pulled, unpacked.path()).unwrap();
+    let found = unpacked.path().join("found");
+    let processes = std::fs::read(found.join("processes")).expect("the RUN step wrote what it saw");
+    let files = std::fs::read(found.join("files")).expect("the RUN step wrote what it read");
+    // The search was real: it read the builder's own environment and the base image's files.
+    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(contains(&processes, "KILN_BUILDAH_ISOLATION="), "the RUN step did not see its builder's environment");
+    assert!(files.len() > 100_000, "the RUN step read only {} bytes of files", files.len());
+    for (what, secret) in [("registry password", PUSH_PASSWORD), ("git token", TOKEN)] {
+        assert!(!contains(&processes, secret), "a RUN step found the {what} in a process environment");
+        assert!(!contains(&files, secret), "a RUN step found the {what} in a file");
+    }
+}
+
+/// `buildah` with `--cap-add=SYS_PTRACE` for `bud`: RUN steps may read `/proc/<pid>/environ` of
+/// every process on the host, the builder's own included.
+fn buildah_whose_run_steps_read_every_environment(dir: &Path) -> PathBuf {
+    let script = dir.join("buildah-ptrace");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nfirst=1\nfor a in \"$@\"; do\n  if [ $first = 1 ]; then set --; first=0; fi\n  set -- \"$@\" \"$a\"\n  \
+         if [ \"$a\" = bud ]; then set -- \"$@\" --cap-add=SYS_PTRACE; fi\ndone\nexec buildah \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
 }

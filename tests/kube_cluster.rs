@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::kube_builds::{job_name, kiln_client, kube_config, KubeWorld, GIT_TOKEN, INSTANCE, LIMIT, SECRET};
-use crate::support::fixtures::{fixture_app, push_busybox_base};
+use crate::support::fixtures::{fixture_app, instant_go, push_busybox_base};
 use crate::support::kiln::TestKiln;
 
 /// A stand-in for `go` that prints `slow line 1..=lines` (one every `ms`) and appends each line,
@@ -25,20 +25,6 @@ fn slow_go_recording(dir: &Path, written: &Path, lines: u32, ms: u32) -> PathBuf
         ms as f64 / 1000.0
     );
     crate::support::fixtures::fake_go(dir, "slow-go-recording", &body)
-}
-
-/// A stand-in for `go build` that writes its `-o` output at once: builds that cost nothing to
-/// compile, for tests that need many.
-fn instant_go(dir: &Path) -> PathBuf {
-    let script = dir.join("instant-go");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && out=\"$2\"; shift; done\n\
-         mkdir -p \"$(dirname \"$out\")\" && printf '#!/bin/sh\\necho hello\\n' > \"$out\" && chmod +x \"$out\" && echo \"compiled $out\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    script
 }
 
 #[tokio::test]
@@ -80,7 +66,7 @@ async fn a_dockerfile_build_in_a_baseline_namespace_fails_before_its_job_or_from
     assert!(
         reason.contains("enforces PodSecurity \"baseline\" (label pod-security.kubernetes.io/enforce=baseline)")
             && reason.contains("needs \"privileged\"")
-            && reason.contains("seccompProfile (container \"image\" must not set securityContext.seccompProfile.type to \"Unconfined\")"),
+            && reason.contains("seccompProfile (container \"compile\" must not set securityContext.seccompProfile.type to \"Unconfined\")"),
         "{reason}\n{log}"
     );
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());

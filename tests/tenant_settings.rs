@@ -34,6 +34,7 @@ fn full_settings() -> Value {
         "namespace": "builds-team-a",
         "registry_project": "team-a",
         "registry_secret": "team-a-robot",
+        "pull_secret": "team-a-pull",
         "max_concurrent_builds": 3,
         "cpu": "1500m",
         "memory": "3Gi",

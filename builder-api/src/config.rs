@@ -230,12 +230,26 @@ pub struct KubeConfig {
     /// Secret (same name in every tenant namespace; keys `username`, `password`) with the
     /// credentials for pushing to the tenant's registry project; anonymous when unset.
     pub registry_secret: Option<String>,
+    /// Secret (same name in every tenant namespace; keys `username`, `password`) with a
+    /// READ-ONLY credential for pulling private base images in Dockerfile builds. Unlike the push
+    /// credential it reaches the container that runs the Dockerfile's `RUN` steps, so a build can
+    /// read it: give it a robot account that can only pull. None when unset.
+    pub pull_secret: Option<String>,
     /// This installation's id: the `kiln.dev/instance` label on everything Kiln creates, and
     /// part of every Job's name, so two Kilns on one cluster never touch each other's Jobs.
     /// Generated once and kept in the store when unset.
     pub instance: Option<String>,
     /// A build whose pod stays unschedulable this long fails with the scheduler's message.
     pub unschedulable_timeout_secs: u64,
+    /// When an admin creates a tenant, Kiln creates its build namespace, the RoleBinding that
+    /// grants Kiln its writes there (ClusterRole `kiln-builds`) and the build pods' ServiceAccount
+    /// `kiln-build` (see `executor::kube::provision`). Off by default: the operator applies
+    /// `deploy/build-namespace/` per namespace. On, Kiln needs `deploy/provisioning/` bound.
+    /// Only with `executor.kind = "kube"`.
+    pub provision_namespaces: bool,
+    /// Kiln's own ServiceAccount, `<namespace>/<name>`: the subject of the RoleBindings it makes
+    /// when it provisions namespaces.
+    pub service_account: String,
 }
 
 impl Default for KubeConfig {
@@ -245,8 +259,11 @@ impl Default for KubeConfig {
             namespace_prefix: "kiln-".into(),
             cache_claim: None,
             registry_secret: None,
+            pull_secret: None,
             instance: None,
             unschedulable_timeout_secs: 300,
+            provision_namespaces: false,
+            service_account: "kiln/kiln".into(),
         }
     }
 }
@@ -288,9 +305,22 @@ impl KubeConfig {
         Ok(ns)
     }
 
+    /// `service_account` as (namespace, name).
+    pub fn service_account_ref(&self) -> Result<(&str, &str), String> {
+        match self.service_account.split_once('/') {
+            Some((ns, name)) if crate::validate::dns_label("namespace", ns).is_ok() && crate::validate::dns_subdomain("name", name).is_ok() => Ok((ns, name)),
+            _ => Err(format!("{:?} is not a ServiceAccount: write it <namespace>/<name>, e.g. \"kiln/kiln\"", self.service_account)),
+        }
+    }
+
     /// The Secret with the tenant's registry credentials, if any.
     pub fn registry_secret_for<'a>(&'a self, tenant: &'a Tenant) -> Option<&'a str> {
         tenant.settings.registry_secret.as_deref().or(self.registry_secret.as_deref())
+    }
+
+    /// The Secret with the tenant's read-only pull credential, if any.
+    pub fn pull_secret_for<'a>(&'a self, tenant: &'a Tenant) -> Option<&'a str> {
+        tenant.settings.pull_secret.as_deref().or(self.pull_secret.as_deref())
     }
 
     /// The tenant's cache PVC, if any.
@@ -579,6 +609,15 @@ impl Config {
         if let Some(v) = var("KILN_INSTANCE") {
             self.kube.instance = Some(v);
         }
+        if let Some(v) = var("KILN_PROVISION_NAMESPACES") {
+            self.kube.provision_namespaces = parse("KILN_PROVISION_NAMESPACES", v)?;
+        }
+        if let Some(v) = var("KILN_SERVICE_ACCOUNT") {
+            self.kube.service_account = v;
+        }
+        if self.kube.provision_namespaces {
+            self.kube.service_account_ref().map_err(|message| ConfigError::Invalid { field: "kube.service_account (KILN_SERVICE_ACCOUNT)", message })?;
+        }
         if let Some(id) = &self.kube.instance {
             validate_instance(id).map_err(|message| ConfigError::Invalid { field: "kube.instance (KILN_INSTANCE)", message })?;
         }
@@ -641,6 +680,29 @@ mod tests {
         assert!(toml::from_str::<Config>("[hooks]\nrate = 1\n").is_err(), "unknown keys are refused");
         let err = Config::default().apply_env(|n| (n == "KILN_HOOKS_RATE_PER_APP_PER_MINUTE").then(|| "-1".into())).unwrap_err();
         assert!(err.to_string().contains("KILN_HOOKS_RATE_PER_APP_PER_MINUTE"), "{err}");
+    }
+
+    #[test]
+    fn namespace_provisioning_is_off_by_default_and_names_kilns_own_service_account() {
+        let c = Config::default();
+        assert!(!c.kube.provision_namespaces);
+        assert_eq!(c.kube.service_account_ref(), Ok(("kiln", "kiln")));
+        let mut c: Config = toml::from_str("[kube]\nprovision_namespaces = true\nservice_account = \"ops/kiln-prod\"\n").unwrap();
+        c.apply_env(|_| None).unwrap();
+        assert_eq!(c.kube.service_account_ref(), Ok(("ops", "kiln-prod")));
+        let mut c = Config::default();
+        c.apply_env(|n| (n == "KILN_PROVISION_NAMESPACES").then(|| "true".into())).unwrap();
+        assert!(c.kube.provision_namespaces);
+        let err = Config::default().apply_env(|n| (n == "KILN_PROVISION_NAMESPACES").then(|| "yes".into())).unwrap_err();
+        assert!(err.to_string().contains("KILN_PROVISION_NAMESPACES"), "{err}");
+        let err = Config::default()
+            .apply_env(|n| match n {
+                "KILN_PROVISION_NAMESPACES" => Some("true".into()),
+                "KILN_SERVICE_ACCOUNT" => Some("kiln".into()),
+                _ => None,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("kube.service_account"), "{err}");
     }
 
     #[test]

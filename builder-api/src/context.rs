@@ -16,6 +16,9 @@ pub struct Context {
     pub hub: Arc<LogHub>,
     pub scheduler: Scheduler,
     pub executor: Arc<dyn Executor>,
+    /// The client of the cluster builds run in, when `executor.kind = "kube"` (the one the kube
+    /// executor holds): tenant creation provisions namespaces with it (`kube.provision_namespaces`).
+    pub kube: Option<kube::Client>,
     pub clusters: Clusters,
     pub rollouts: Rollouts,
     /// Per-app webhook budgets (`[hooks]`), per process.

@@ -51,6 +51,9 @@ pub const CLONE_INFO_FILE: &str = ".kiln/clone.json";
 /// The same, as steps see it. Steps that need the commit time read it from here at run time, so
 /// the whole plan is known before the commit is fetched (a Job is created in one write).
 const CLONE_INFO: &str = "$(WORKSPACE)/.kiln/clone.json";
+/// Where a Dockerfile build's compile step leaves the image (an OCI image layout) for the image
+/// step to push.
+const IMAGE_LAYOUT: &str = "$(WORKSPACE)/out/image";
 /// The per-tenant cache (Go module and build cache, `~/.m2`): a host directory under the local
 /// executor, a PVC or emptyDir mounted in a Job. Every executor sets `CACHE` in each step's env.
 const CACHE: &str = "$(CACHE)";
@@ -197,28 +200,37 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
             content = vec!["--maven-target".into(), "$(WORKSPACE)/src/target".into()];
         }
         ResolvedKind::Dockerfile => {
+            // The Dockerfile's RUN steps are the user's code: the step that runs them (compile)
+            // gets no credential and writes the image as an OCI layout to the workspace; the
+            // image step, which runs no user code, pushes it with the registry password.
             let tool = match p.dockerfile_builder {
                 DockerfileBuilder::Buildah => "buildah",
                 DockerfileBuilder::Buildkit => "buildkit",
             };
-            let mut image = StepSpec::new("image", ["kiln", "step", tool, "--context", "$(WORKSPACE)/src", "--file"]);
-            image.argv.push(literal(s.dockerfile.as_deref().unwrap_or("Dockerfile")));
+            let mut compile = StepSpec::new("compile", ["kiln", "step", tool, "--context", "$(WORKSPACE)/src", "--file"]);
+            compile.argv.push(literal(s.dockerfile.as_deref().unwrap_or("Dockerfile")));
             if let Some(target) = &s.dockerfile_target {
-                image.argv.extend(["--target".into(), literal(target)]);
+                compile.argv.extend(["--target".into(), literal(target)]);
             }
             for (k, v) in &s.build_args {
-                image.argv.extend(["--build-arg".into(), literal(&format!("{k}={v}"))]);
+                compile.argv.extend(["--build-arg".into(), literal(&format!("{k}={v}"))]);
             }
-            image.argv.extend(["--image".into(), literal(&p.target_image()), "--result-file".into(), RESULT_FILE.into()]);
-            image.argv.extend(["--created-from".into(), CLONE_INFO.into()]);
-            image.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
-            image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", literal(&p.build.commit))]);
+            compile.argv.extend(["--layout".into(), IMAGE_LAYOUT.into()]);
+            compile.argv.extend(["--created-from".into(), CLONE_INFO.into()]);
+            compile.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
+            compile.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", literal(&p.build.commit))]);
             if p.dockerfile_builder == DockerfileBuilder::Buildah {
-                image = image
+                compile = compile
                     .env("KILN_BUILDAH", &p.toolchains.buildah)
                     .env("KILN_BUILDAH_ARGS", p.toolchains.buildah_args.join(" "))
                     .env("KILN_BUILDAH_ISOLATION", &p.toolchains.buildah_isolation);
             }
+            // The registry a pull credential is for (the tenant's own; `kiln step buildah` and
+            // `buildkit` offer it nowhere else).
+            let registry = registry_sync::ImageRef::parse(&p.target_image()).map(|r| r.registry().to_string()).unwrap_or_default();
+            steps.push(compile.env("KILN_INSECURE_REGISTRIES", p.registry.insecure.join(",")).env("KILN_PULL_REGISTRY", registry));
+            let mut image = StepSpec::new("image", ["kiln", "step", "push", "--layout", IMAGE_LAYOUT, "--image"]);
+            image.argv.extend([literal(&p.target_image()), "--result-file".into(), RESULT_FILE.into()]);
             steps.push(with_apm(with_registry(image, p), p));
             return steps;
         }

@@ -39,6 +39,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         None => std::env::current_exe().context("cannot find the kiln binary")?,
     };
     let data_dir = std::path::absolute(&config.store.data_dir).unwrap_or_else(|_| config.store.data_dir.clone());
+    let mut kube = None;
     let executor: Arc<dyn crate::executor::Executor> = if config.executor.kind == "kube" {
         let templates = match &config.kube.templates_dir {
             Some(dir) => Templates::load(dir)?,
@@ -55,6 +56,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
             apm: config.apm.clone(),
             instance,
         };
+        kube = Some(client.clone());
         Arc::new(KubeExecutor::new(client, templates, settings, config.toolchains.clone(), config.registry.clone()))
     } else {
         Arc::new(local_executor(&config, kiln_binary, data_dir))
@@ -68,6 +70,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         hub: Arc::new(LogHub::default()),
         scheduler: Scheduler::default(),
         executor,
+        kube,
         rollouts: Rollouts::default(),
     }))
 }

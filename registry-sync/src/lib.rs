@@ -1,5 +1,5 @@
 //! Everything that speaks the OCI distribution protocol: image references, registry auth,
-//! reproducible layers, daemonless image assembly and push, image mutation (APM agent
+//! reproducible layers, daemonless image assembly and push, pushing an OCI image layout, image mutation (APM agent
 //! injection), pulling and unpacking, and copying images between registries.
 //!
 //! TLS is rustls with the `ring` provider; the process must install it once at start
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client;
 pub mod copy;
 pub mod layer;
+pub mod layout;
 pub mod mutate;
 pub mod pull;
 pub mod reference;
@@ -23,6 +24,7 @@ pub use copy::{
     TargetState,
 };
 pub use session::RetryPolicy;
+pub use layout::{push_layout, LayoutError};
 pub use layer::{build_layer, BuiltLayer, LayerEntry, LayerError, LayerSpec};
 pub use mutate::{java_evidence, mutate_and_push, MutateError, MutateSpec};
 pub use pull::{pull_image, pull_image_for, unpack_archive, unpack_layers, PullError, PulledImage};

@@ -151,6 +151,20 @@ pub fn fake_go(dir: &std::path::Path, name: &str, body: &str) -> std::path::Path
     script
 }
 
+/// A stand-in for `go build` that writes its `-o` output at once: builds that cost nothing to
+/// compile, for tests that need many.
+pub fn instant_go(dir: &std::path::Path) -> std::path::PathBuf {
+    let script = dir.join("instant-go");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && out=\"$2\"; shift; done\n\
+         mkdir -p \"$(dirname \"$out\")\" && printf '#!/bin/sh\\necho hello\\n' > \"$out\" && chmod +x \"$out\" && echo \"compiled $out\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
 /// Shell that prints `slow line 1..=n`, one every `ms`.
 pub fn numbered_lines(n: u32, ms: u32) -> String {
     format!("i=1\nwhile [ $i -le {n} ]; do echo \"slow line $i\"; i=$((i+1)); sleep {}; done", ms as f64 / 1000.0)

@@ -54,6 +54,12 @@ impl TestKiln {
 
     /// With the kube executor's client given (the fake API server's).
     pub async fn start_with_kube(dir: tempfile::TempDir, config: Config, kube: Option<kube::Client>) -> TestKiln {
+        Self::try_start_with_kube(dir, config, kube).await.unwrap()
+    }
+
+    /// As [`TestKiln::start_with_kube`], with what keeps Kiln from starting (say a start-up
+    /// cleanup the cluster refuses) as an error instead of a panic.
+    pub async fn try_start_with_kube(dir: tempfile::TempDir, config: Config, kube: Option<kube::Client>) -> anyhow::Result<TestKiln> {
         crate::support::init();
         for secret in [&config.server.admin_token, &config.registry.password, &config.harbor.webhook_auth] {
             secrets::register(secret.as_deref().unwrap_or_default());
@@ -61,8 +67,8 @@ impl TestKiln {
         for c in &config.clusters {
             secrets::register(c.password.as_deref().unwrap_or_default());
         }
-        let ctx = builder_api::server::build_context_with(config, kube).await.unwrap();
-        builder_api::server::start_background(&ctx).await.unwrap();
+        let ctx = builder_api::server::build_context_with(config, kube).await?;
+        builder_api::server::start_background(&ctx).await?;
         let router = builder_api::router::router(AppState(ctx.clone()));
         // The listener `kiln serve` uses (its backlog included).
         let listener = builder_api::server::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -71,7 +77,7 @@ impl TestKiln {
         let server = tokio::spawn(async move {
             axum::serve(listener, served.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
         });
-        TestKiln { ctx, router, addr, dir, server }
+        Ok(TestKiln { ctx, router, addr, dir, server })
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use crate::steps::{self, assemble::AssembleArgs, buildah::BuildahArgs, required_env, CloneInfo};
+use crate::steps::{self, assemble::AssembleArgs, buildah::BuildahArgs, push::PushArgs, required_env, CloneInfo};
 
 #[derive(Debug, Subcommand)]
 pub enum StepCommand {
@@ -17,10 +17,14 @@ pub enum StepCommand {
     Clone,
     /// Build an image without a daemon (base + artifact layers + config) and push it.
     Assemble(AssembleArgs),
-    /// Build a Dockerfile with buildah and push it.
+    /// Build a Dockerfile with buildah into an OCI image layout (no credentials: the Dockerfile's
+    /// RUN steps run here).
     Buildah(BuildahArgs),
-    /// Build a Dockerfile with rootless BuildKit (buildctl-daemonless.sh) and push it.
+    /// Build a Dockerfile with rootless BuildKit (buildctl-daemonless.sh) into an OCI image
+    /// layout (no credentials: the Dockerfile's RUN steps run here).
     Buildkit(BuildahArgs),
+    /// Push an OCI image layout (what buildah or buildkit wrote) with the registry credentials.
+    Push(PushArgs),
     /// Run a program with one extra argument that holds the commit's time, read from the clone
     /// step's result: the plan is rendered (into a Job) before the commit is fetched, so values
     /// known only after the clone reach the compiler this way, never through a shell.
@@ -49,6 +53,7 @@ pub async fn run(step: StepCommand) -> anyhow::Result<()> {
         StepCommand::Assemble(args) => steps::assemble::run(args).await,
         StepCommand::Buildah(args) => steps::buildah::run(args).await,
         StepCommand::Buildkit(args) => steps::buildkit::run(args).await,
+        StepCommand::Push(args) => steps::push::run(args).await,
         StepCommand::Exec(args) => exec(args),
     }
 }

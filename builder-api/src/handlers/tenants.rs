@@ -13,6 +13,7 @@ use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::executor::kube::provision::{self, ProvisionError};
 use crate::store::{new_token, now_ms, Revoked, Role, Tenant, TenantSettings};
 use crate::validate;
 
@@ -27,6 +28,10 @@ pub struct CreateTenant {
     pub namespace: Option<String>,
 }
 
+/// `POST /api/v1/tenants` (admin): the tenant and its first owner token. With the kube executor
+/// and `kube.provision_namespaces`, its build namespace is provisioned first (`provision`): 400
+/// for a namespace Kiln never provisions, 502 naming what the cluster refused — and then no
+/// tenant is stored; the answer lists what was made under `provisioned`.
 pub async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateTenant>,
@@ -47,6 +52,25 @@ pub async fn create(
             req.name
         )));
     }
+    // With `kube.provision_namespaces`, the cluster side first: a refusal (Kiln lacks a right)
+    // leaves no tenant behind, and provisioning again completes what exists (409 is fine).
+    let provisioned = match (&s.kube, s.config.kube.provision_namespaces) {
+        (Some(client), true) => {
+            if s.store.tenant_by_name(&req.name).await?.is_some() {
+                return Err(ApiError::Conflict(format!("tenant {} already exists", req.name)));
+            }
+            let instance = s.store.instance_id(s.config.kube.instance.as_deref()).await?;
+            let done = provision::provision(client, &s.config.kube, &instance, &req.name, &namespace).await.map_err(|e| match e {
+                ProvisionError::NotProvisionable { .. } => bad(e.to_string()),
+                ProvisionError::Config(_) => ApiError::Internal(e.to_string()),
+                ProvisionError::Forbidden { .. } | ProvisionError::Api { .. } => {
+                    ApiError::BadGateway(format!("tenant {:?} was not created: provisioning its build namespace failed: {e}", req.name))
+                }
+            })?;
+            Some(done)
+        }
+        _ => None,
+    };
     let mut tenant = s.store.create_tenant(&req.name).await?;
     if settings != TenantSettings::default() {
         s.store.set_tenant_settings(tenant.id, &settings).await?;
@@ -55,7 +79,11 @@ pub async fn create(
     let token = new_token();
     s.store.add_token(Some(tenant.id), "initial", Role::Owner, None, &token).await?;
     let audited = Audited::new(tenant.id, format!("tenant/{}", tenant.name));
-    Ok((StatusCode::CREATED, audited, Json(json!({ "tenant": tenant, "token": token, "role": Role::Owner }))))
+    let mut answer = json!({ "tenant": tenant, "token": token, "role": Role::Owner });
+    if let Some(done) = provisioned {
+        answer["provisioned"] = json!(done);
+    }
+    Ok((StatusCode::CREATED, audited, Json(answer)))
 }
 
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
@@ -207,6 +235,7 @@ fn settings_answer(s: &AppState, tenant: &Tenant) -> Value {
             "namespace": kube.namespace_for(tenant),
             "registry_project": tenant.settings.registry_project,
             "registry_secret": kube.registry_secret_for(tenant),
+            "pull_secret": kube.pull_secret_for(tenant),
             "max_concurrent_builds": tenant.settings.max_concurrent_builds,
             "global_max_concurrent_builds": s.config.executor.max_concurrent_builds,
             "cpu": tenant.settings.cpu,

@@ -1,40 +1,27 @@
-//! `kiln step buildkit`: build a (multi-stage) Dockerfile with rootless BuildKit and push the
-//! result — the image step of `job-templates/dockerfile.yaml` in a cluster, where no container
-//! is privileged. It runs `buildctl-daemonless.sh` (shipped in the BuildKit rootless image), so
-//! no daemon outlives the step. Same arguments as `kiln step buildah`.
-
-use std::path::Path;
+//! `kiln step buildkit`: build a (multi-stage) Dockerfile with rootless BuildKit into an OCI
+//! image layout — the compile step of `job-templates/dockerfile.yaml` in a cluster, where no
+//! container is privileged. It runs `buildctl-daemonless.sh` (shipped in the BuildKit rootless
+//! image), so no daemon outlives the step. Same arguments as `kiln step buildah`.
+//!
+//! The Dockerfile's `RUN` steps run in this container (rootless BuildKit without a process
+//! sandbox shares its PID namespace with them), so it holds no push credential and no git token:
+//! the image step (`kiln step push`, a restricted container) pushes the layout. Only the optional
+//! read-only pull credential (`KILN_PULL_*`, for a private base image) is here, and a build can
+//! read it.
 
 use anyhow::{bail, Context as _};
 
 use super::buildah::BuildahArgs;
-use super::ImageResult;
 
 pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
-    if let Some(info) = &args.created_from {
-        args.created = Some(super::read_clone_info(info)?.commit_time);
-    }
+    args.prepare()?;
     let buildctl = std::env::var("KILN_BUILDCTL").unwrap_or_else(|_| "buildctl-daemonless.sh".into());
-    let target = registry_sync::ImageRef::parse(&args.image).with_context(|| format!("--image {}", args.image))?;
-    // With APM on, the build pushes the original under `<tag>-noapm`; the injected image gets the tag.
-    let apm = super::apm::from_env(target.registry()).await?;
-    let first = super::apm::first_push_target(&target, apm.as_ref());
-    let registry_host = target.registry().to_string();
-    let insecure = super::assemble::registry_options_from_env(&registry_host).insecure_registries;
-
-    let file = Path::new(&args.file);
-    if file.is_absolute() || file.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        bail!("Dockerfile path {:?} leaves the build context", args.file);
-    }
-    if !args.context.join(file).is_file() {
-        bail!("no Dockerfile at {} in the commit", args.file);
-    }
-    let dockerfile_dir = args.context.join(file.parent().unwrap_or(Path::new("")));
+    let file = std::path::Path::new(&args.file);
+    let dockerfile_dir = args.context.join(file.parent().unwrap_or(std::path::Path::new("")));
     let filename = file.file_name().context("the Dockerfile path names no file")?;
 
     let scratch = std::env::temp_dir().join(format!("kiln-buildkit-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let metadata = scratch.join("metadata.json");
     let mut cmd = tokio::process::Command::new(&buildctl);
     cmd.arg("build").arg("--frontend").arg("dockerfile.v0");
     cmd.arg("--local").arg(format!("context={}", args.context.display()));
@@ -49,38 +36,37 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
     for l in &args.labels {
         cmd.arg("--opt").arg(format!("label:{l}"));
     }
-    let mut output = format!("type=image,name={first},push=true");
+    // An OCI layout directory (not a tarball) on the shared workspace, for the image step.
+    let mut output = format!("type=oci,dest={},tar=false", args.layout.display());
     if let Some(created) = args.created {
         // Reproducible: every timestamp in the image becomes the commit time.
         cmd.arg("--opt").arg(format!("build-arg:SOURCE_DATE_EPOCH={created}"));
         output.push_str(",rewrite-timestamp=true");
     }
-    if insecure.iter().any(|h| *h == registry_host) {
-        output.push_str(",registry.insecure=true");
-    }
-    cmd.arg("--output").arg(output).arg("--metadata-file").arg(&metadata);
-    if let (Ok(user), Ok(pass)) = (std::env::var("KILN_REGISTRY_USERNAME"), std::env::var("KILN_REGISTRY_PASSWORD")) {
-        if !user.is_empty() {
-            // Credentials through a docker config file, never on the command line.
-            let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{pass}"));
-            std::fs::write(scratch.join("config.json"), serde_json::json!({"auths": {registry_host.clone(): {"auth": auth}}}).to_string())?;
-            cmd.env("DOCKER_CONFIG", &scratch);
+    cmd.arg("--output").arg(output);
+    // Base images from registries spoken over plain HTTP: buildkitd's own config, through the
+    // flags buildctl-daemonless.sh hands it.
+    let insecure = super::pull::insecure_registries();
+    if !insecure.is_empty() {
+        let mut toml = String::new();
+        for host in &insecure {
+            toml.push_str(&format!("[registry.{}]\n  http = true\n  insecure = true\n", serde_json::Value::from(host.as_str())));
         }
+        let config = scratch.join("buildkitd.toml");
+        std::fs::write(&config, toml)?;
+        let flags = std::env::var("BUILDKITD_FLAGS").unwrap_or_default();
+        cmd.env("BUILDKITD_FLAGS", format!("{flags} --config {}", config.display()).trim());
+    }
+    if let Some(docker_config) = super::pull::docker_config(&scratch)? {
+        cmd.env("DOCKER_CONFIG", docker_config);
     }
     println!("building {} with BuildKit (rootless)", args.file);
     let status = cmd.stdin(std::process::Stdio::null()).status().await.with_context(|| format!("cannot start {buildctl}"));
-    let result = (|| {
-        let status = status?;
-        if !status.success() {
-            bail!("buildctl build failed ({status})");
-        }
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&metadata).context("BuildKit wrote no metadata")?)?;
-        let digest = meta["containerimage.digest"].as_str().context("BuildKit's metadata has no containerimage.digest")?.to_string();
-        Ok(digest)
-    })();
     let _ = std::fs::remove_dir_all(&scratch);
-    let digest = result?;
-    let image = first.with_digest(digest.clone()).to_string();
-    println!("pushed {image}");
-    super::apm::finish(ImageResult { image, digest, apm: None }, &target, apm.as_ref(), &args.result_file).await
+    let status = status?;
+    if !status.success() {
+        bail!("buildctl build failed ({status})");
+    }
+    println!("wrote the image to {}", args.layout.display());
+    Ok(())
 }

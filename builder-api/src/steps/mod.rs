@@ -1,7 +1,8 @@
 //! The commands that run inside a build pod (or as host processes under the local executor):
-//! `kiln step clone`, `kiln step assemble`, `kiln step buildah`, `kiln step buildkit`, `kiln step exec`. Each reads its inputs from env
-//! vars and argv, never from templated text, prints progress to stdout (the build log), prints its
-//! error as the last line on stderr, and exits non-zero on failure.
+//! `kiln step clone`, `kiln step assemble`, `kiln step buildah`, `kiln step buildkit`,
+//! `kiln step push`, `kiln step exec`. Each reads its inputs from env vars and argv, never from
+//! templated text, prints progress to stdout (the build log), prints its error as the last line on
+//! stderr, and exits non-zero on failure.
 
 pub mod apm;
 pub mod assemble;
@@ -9,6 +10,8 @@ pub mod buildah;
 pub mod buildkit;
 pub mod clone;
 pub mod java_layers;
+pub mod pull;
+pub mod push;
 
 use std::path::Path;
 

@@ -32,11 +32,15 @@ pub struct TenantSettings {
     /// Secret (in the tenant namespace; keys `username`, `password`) with the credentials for
     /// pushing; `kube.registry_secret` when unset.
     pub registry_secret: Option<String>,
+    /// Secret (in the tenant namespace; keys `username`, `password`) with a read-only credential
+    /// for private base images of Dockerfile builds, visible to the build; `kube.pull_secret`
+    /// when unset.
+    pub pull_secret: Option<String>,
     /// Builds of this tenant running at once (at least 1), under the global
     /// `executor.max_concurrent_builds`; no own cap when unset.
     pub max_concurrent_builds: Option<u32>,
-    /// CPU request and limit of the container that compiles (`compile`; `image` for Dockerfile
-    /// builds), e.g. `500m`, `2`; the template's when unset.
+    /// CPU request and limit of the container that compiles (`compile`; BuildKit's for
+    /// Dockerfile builds), e.g. `500m`, `2`; the template's when unset.
     pub cpu: Option<String>,
     /// Memory request and limit of that container, e.g. `512Mi`, `2Gi`; the template's when unset.
     pub memory: Option<String>,
@@ -82,6 +86,9 @@ impl TenantSettings {
         }
         if let Some(secret) = &self.registry_secret {
             validate::dns_subdomain("registry_secret", secret)?;
+        }
+        if let Some(secret) = &self.pull_secret {
+            validate::dns_subdomain("pull_secret", secret)?;
         }
         if let Some(claim) = &self.cache_claim {
             validate::dns_subdomain("cache_claim", claim)?;
@@ -470,6 +477,7 @@ mod tests {
             namespace: Some("builds-payments".into()),
             registry_project: Some("payments".into()),
             registry_secret: Some("harbor-robot".into()),
+            pull_secret: Some("harbor-pull-robot".into()),
             max_concurrent_builds: Some(4),
             cpu: Some("1500m".into()),
             memory: Some("3Gi".into()),
@@ -484,6 +492,7 @@ mod tests {
             (TenantSettings { namespace: Some("Builds".into()), ..full.clone() }, "namespace"),
             (TenantSettings { registry_project: Some("a/b".into()), ..full.clone() }, "registry_project"),
             (TenantSettings { registry_secret: Some("robot$x".into()), ..full.clone() }, "registry_secret"),
+            (TenantSettings { pull_secret: Some("Pull Robot".into()), ..full.clone() }, "pull_secret"),
             (TenantSettings { max_concurrent_builds: Some(0), ..full.clone() }, "max_concurrent_builds"),
             (TenantSettings { cpu: Some("2Gi".into()), ..full.clone() }, "cpu"),
             (TenantSettings { memory: Some("lots".into()), ..full.clone() }, "memory"),

@@ -1,7 +1,8 @@
 //! The create path every writer takes — clients through the API, the test helpers, the Job
 //! controller's pods — in the real server's order: the name (a `generateName` is resolved first,
-//! so admission messages name the pod as S08's do), PodSecurity, ResourceQuota, then the store
-//! (defaults, uid, resourceVersion). A dry run stops before the write.
+//! so admission messages name the pod as S08's do), the ServiceAccount plugin (mutating, so
+//! first: a pod naming an account the namespace lacks is refused), PodSecurity, ResourceQuota,
+//! then the store (defaults, uid, resourceVersion). A dry run stops before the write.
 
 use serde_json::{json, Value};
 
@@ -31,12 +32,28 @@ pub(crate) fn create(sh: &Shared, r: &'static Res, ns: &str, mut obj: Value, dry
     let mut warnings = vec![];
     if r.namespaced && !name.is_empty() {
         if let Ok(namespace) = sh.store.get(res_ns(), "", ns) {
+            service_account(sh, r, ns, &obj, &name)?;
             pod_security(&namespace, r, &obj, &name, &mut warnings)?;
             super::quota::admit(sh, r, ns, &name)?;
         }
     }
     let object = sh.store.create_with(r, ns, obj, dry_run)?;
     Ok(Created { object, warnings })
+}
+
+/// The ServiceAccount admission plugin: a pod runs as an account that exists in its namespace.
+/// `default` always does (the ServiceAccount controller makes it in every namespace).
+fn service_account(sh: &Shared, r: &'static Res, ns: &str, obj: &Value, name: &str) -> Result<(), ApiError> {
+    let account = obj["spec"]["serviceAccountName"].as_str().or(obj["spec"]["serviceAccount"].as_str()).unwrap_or("default");
+    if r.plural != "pods" || account == "default" {
+        return Ok(());
+    }
+    let accounts = super::store::res("serviceaccounts").expect("serviceaccounts");
+    if sh.store.get(accounts, ns, account).is_err() {
+        let why = format!("error looking up service account {ns}/{account}: serviceaccount \"{account}\" not found");
+        return Err(ApiError::forbidden(r, name, &why));
+    }
+    Ok(())
 }
 
 /// The pod template of a workload kind, if `r` is one.

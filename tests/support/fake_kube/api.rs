@@ -131,7 +131,7 @@ async fn serve(sh: &Arc<Shared>, who: Option<&Identity>, method: Method, uri: &U
             _ => "",
         };
         let attributes = Attributes { verb, res: r, subresource: t.sub.as_deref(), namespace: t.ns.as_deref(), name: t.name.as_deref() };
-        super::rbac::authorize(&sh.store, who, &attributes)?;
+        super::rbac::authorize(&sh.store, who, &attributes).map_err(|e| refused(sh, verb, &t, t.name.clone(), e))?;
     }
     let ns = t.ns.clone().unwrap_or_default();
     match (&method, t.name.clone(), t.sub.as_deref()) {
@@ -169,6 +169,9 @@ async fn serve(sh: &Arc<Shared>, who: Option<&Identity>, method: Method, uri: &U
                 }
             }
             let dry = dry_run(&q, None)?;
+            if let Some(who) = who {
+                authorize_binding(sh, who, &t, &obj)?;
+            }
             refuse(sh, r, &ns)?;
             let created = super::admission::create(sh, r, &ns, obj, dry)?;
             Ok(warned_response(201, &created.object, &created.warnings))
@@ -197,7 +200,7 @@ async fn serve(sh: &Arc<Shared>, who: Option<&Identity>, method: Method, uri: &U
             let dry = dry_run(&q, None)?;
             let key_ns = if r.namespaced { ns.as_str() } else { "" };
             if ct == "application/apply-patch+yaml" {
-                return apply(sh, r, key_ns, &name, status_only, p, &q, dry);
+                return apply(sh, who, &t, key_ns, &name, status_only, p, &q, dry);
             }
             let current = sh.store.get(r, key_ns, &name)?;
             let mut next = current.clone();
@@ -256,11 +259,13 @@ async fn serve(sh: &Arc<Shared>, who: Option<&Identity>, method: Method, uri: &U
 }
 
 /// Server-side apply (`application/apply-patch+yaml`; kube-rs sends the YAML as JSON). Creates
-/// the object when missing; otherwise merges it in as a strategic merge patch. Field ownership is
-/// not modelled: no conflicts (as if every apply were `force`), and fields a manager stops applying
-/// are not removed.
+/// the object when missing — and then, as the real server's patch handler does, the client must
+/// also be allowed to `create` it (`patch` alone only changes what exists); otherwise merges it
+/// in as a strategic merge patch. Field ownership is not modelled: no conflicts (as if every apply
+/// were `force`), and fields a manager stops applying are not removed.
 #[allow(clippy::too_many_arguments)]
-fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, p: Value, q: &HashMap<String, String>, dry: bool) -> Result<Response, ApiError> {
+fn apply(sh: &Shared, who: Option<&Identity>, t: &Target, ns: &str, name: &str, status_only: bool, p: Value, q: &HashMap<String, String>, dry: bool) -> Result<Response, ApiError> {
+    let r = t.res;
     if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
         return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
     }
@@ -274,6 +279,11 @@ fn apply(sh: &Shared, r: &'static Res, ns: &str, name: &str, status_only: bool, 
         Err(e) if e.code == 404 && !status_only => {
             let mut obj = p;
             obj["metadata"]["name"] = json!(name);
+            if let Some(who) = who {
+                let create = Attributes { verb: "create", res: r, subresource: None, namespace: t.ns.as_deref(), name: Some(name) };
+                super::rbac::authorize(&sh.store, who, &create).map_err(|e| refused(sh, "create", t, Some(name.to_string()), e))?;
+                authorize_binding(sh, who, t, &obj)?;
+            }
             let created = super::admission::create(sh, r, ns, obj, dry)?;
             Ok(warned_response(201, &created.object, &created.warnings))
         }
@@ -379,6 +389,37 @@ async fn list(sh: &Arc<Shared>, r: &'static Res, ns: Option<&str>, labels: Label
         }
     }
     Ok(json_response(200, &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": metadata, "items": items})))
+}
+
+/// Notes an RBAC refusal (`FakeKube::refusals`) and passes it on.
+fn refused(sh: &Shared, verb: &str, t: &Target, name: Option<String>, e: ApiError) -> ApiError {
+    let resource = match &t.sub {
+        Some(sub) => format!("{}/{sub}", t.res.plural),
+        None => t.res.plural.to_string(),
+    };
+    sh.refusals.lock().unwrap().push(super::Refusal {
+        verb: verb.to_string(),
+        group: t.res.group.to_string(),
+        resource,
+        namespace: t.ns.clone(),
+        name,
+        message: e.message.clone(),
+    });
+    e
+}
+
+/// Creating a RoleBinding or ClusterRoleBinding: the escalation check (`rbac::authorize_binding`),
+/// a refusal noted as one of `bind`.
+fn authorize_binding(sh: &Shared, who: &Identity, t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if !matches!(t.res.plural, "rolebindings" | "clusterrolebindings") {
+        return Ok(());
+    }
+    super::rbac::authorize_binding(&sh.store, who, t.res, t.ns.as_deref(), obj).map_err(|e| {
+        let role = obj["roleRef"]["name"].as_str().map(String::from);
+        let role_res = if obj["roleRef"]["kind"] == "Role" { "roles" } else { "clusterroles" };
+        let target = Target { res: res(role_res).expect("served"), ns: t.ns.clone(), name: role.clone(), sub: None };
+        refused(sh, "bind", &target, role, e)
+    })
 }
 
 /// The `refuse_reads` fault: RBAC's answer to a client without the right to read.

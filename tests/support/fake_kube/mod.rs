@@ -19,6 +19,9 @@
 //!   BOOKMARK, periodic bookmarks, a too-old resourceVersion as one ERROR 410 event (S12);
 //! - admission: PodSecurity by namespace labels (403 for pods, `Warning` headers for workloads,
 //!   S08) and ResourceQuota object counts (403, S11);
+//! - RBAC for a client of `client_as` (`rbac`): the 403 of S11's shape, a server-side apply that
+//!   creates also needing `create`, a binding's create held to the escalation check (`bind`), and
+//!   every refusal kept for the test (`refusals`);
 //! - controllers: the Job controller with `job-tracking` finalizers, the order of
 //!   `SuccessCriteriaMet`/`FailureTarget` before `Complete`/`Failed`, deadlines that delete the
 //!   pod first, `FailedCreate` back-off (S01–S06, S08, S10); the scheduler with PVCs and node
@@ -131,6 +134,20 @@ impl Request {
     }
 }
 
+/// A request RBAC refused (403), as the real server's audit log would show it: the verb and
+/// resource asked for (for a binding refused by the escalation check, `bind` on the role), where,
+/// and the message the client got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub verb: String,
+    pub group: String,
+    /// With its subresource: `pods/log`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub message: String,
+}
+
 #[derive(Default)]
 pub(crate) struct Faults {
     /// resource → (status code, remaining refusals; None = always).
@@ -159,6 +176,8 @@ pub(crate) struct Shared {
     pub root: PathBuf,
     pub faults: Mutex<Faults>,
     pub requests: Mutex<Vec<Request>>,
+    /// Requests RBAC refused, in order.
+    pub refusals: Mutex<Vec<Refusal>>,
     pub watches: Mutex<HashMap<String, WatchCount>>,
     /// Bumped by `drop_watches`: every open watch stream ends.
     pub drop_watches: tokio::sync::watch::Sender<u64>,
@@ -199,6 +218,7 @@ impl FakeKube {
             root,
             faults: Mutex::new(Faults::default()),
             requests: Mutex::new(Vec::new()),
+            refusals: Mutex::new(Vec::new()),
             watches: Mutex::new(HashMap::new()),
             drop_watches: tokio::sync::watch::channel(0).0,
             pods: Mutex::new(HashMap::new()),
@@ -406,6 +426,12 @@ impl FakeKube {
     /// Every request clients made, in order.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// Every request RBAC refused a client of `client_as` (403), in order: a right the client
+    /// lacks shows here even where the client carries on without it.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.shared.refusals.lock().unwrap().clone()
     }
 
     pub fn reset_counters(&self) {

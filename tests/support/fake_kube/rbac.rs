@@ -5,6 +5,12 @@
 //! the real 403 `Status` (S11 shows its shape): `jobs.batch "x" is forbidden: User "…" cannot
 //! delete resource "jobs" in API group "batch" in the namespace "y"`.
 //!
+//! Creating a RoleBinding or ClusterRoleBinding is also held to the real server's escalation
+//! check (`pkg/registry/rbac/*binding/policybased`): a client that is not a cluster admin may bind
+//! a role only when it holds `bind` on it (verb `bind`, resource `clusterroles` or `roles`, the
+//! role's name, in the binding's namespace) or already holds every rule the role grants there;
+//! otherwise 403 `… is attempting to grant RBAC permissions not currently held: …`.
+//!
 //! See <https://kubernetes.io/docs/reference/access-authn-authz/rbac/> and
 //! <https://kubernetes.io/docs/reference/access-authn-authz/authorization/#determine-the-request-verb>.
 
@@ -87,20 +93,112 @@ fn rules_of(store: &Store, binding: &Value, binding_ns: &str) -> Vec<Value> {
     found.and_then(|r| r["rules"].as_array().cloned()).unwrap_or_default()
 }
 
-/// Allowed, or the real server's 403.
-pub fn authorize(store: &Store, who: &Identity, a: &Attributes) -> Result<(), ApiError> {
+/// Every rule that applies to `who` in `namespace` (None: cluster-wide only): the rules of the
+/// roles its ClusterRoleBindings bind, and in a namespace those of its RoleBindings there too.
+fn rules_for(store: &Store, who: &Identity, namespace: Option<&str>) -> Vec<Value> {
     let bound_to_me = |b: &Value, ns: &str| b["subjects"].as_array().is_some_and(|s| s.iter().any(|s| who.is(s, ns)));
     // The bindings first, the roles after: the store's lock is held while it scans.
     let mut bindings: Vec<(Value, String)> =
         store.scan(rbac("clusterrolebindings"), None, |b| bound_to_me(b, "").then(|| (b.clone(), String::new())));
-    if let Some(ns) = a.namespace.filter(|_| a.res.namespaced) {
+    if let Some(ns) = namespace {
         bindings.extend(store.scan(rbac("rolebindings"), Some(ns), |b| bound_to_me(b, ns).then(|| (b.clone(), ns.to_string()))));
     }
-    let allowed = bindings.iter().any(|(b, ns)| rules_of(store, b, ns).iter().any(|r| rule_allows(r, a)));
-    if allowed {
+    bindings.iter().flat_map(|(b, ns)| rules_of(store, b, ns)).collect()
+}
+
+/// Allowed, or the real server's 403.
+pub fn authorize(store: &Store, who: &Identity, a: &Attributes) -> Result<(), ApiError> {
+    if allows(store, who, a) {
         return Ok(());
     }
     Err(forbidden(who, a))
+}
+
+/// Whether RBAC allows the request. The namespace counts for a namespaced resource, and for the
+/// `bind` check of a binding, whose attributes carry the binding's namespace whatever the role's
+/// scope (a RoleBinding there may grant `bind` on a ClusterRole).
+fn allows(store: &Store, who: &Identity, a: &Attributes) -> bool {
+    let ns = a.namespace.filter(|_| a.res.namespaced || a.verb == "bind");
+    rules_for(store, who, ns).iter().any(|r| rule_allows(r, a))
+}
+
+/// What a missing right is reported by: (API group, resource, resource name); its verbs are merged.
+type Missing = (String, String, Option<String>);
+
+/// The escalation check on creating a RoleBinding (in `namespace`) or a ClusterRoleBinding
+/// (`namespace` None): allowed with `bind` on the role it refers to, or when `who` already holds
+/// every rule of that role where the binding grants it; otherwise the real server's 403.
+pub fn authorize_binding(store: &Store, who: &Identity, binding_res: &'static Res, namespace: Option<&str>, binding: &Value) -> Result<(), ApiError> {
+    let name = binding["metadata"]["name"].as_str().unwrap_or("");
+    let role_kind = binding["roleRef"]["kind"].as_str().unwrap_or("");
+    let role_name = binding["roleRef"]["name"].as_str().unwrap_or("");
+    let role_res = match role_kind {
+        "ClusterRole" => rbac("clusterroles"),
+        "Role" if namespace.is_some() => rbac("roles"),
+        _ => return Err(ApiError::invalid(binding_res, name, format!("roleRef.kind: Unsupported value: \"{role_kind}\""))),
+    };
+    let bind = Attributes { verb: "bind", res: role_res, subresource: None, namespace, name: Some(role_name) };
+    if allows(store, who, &bind) {
+        return Ok(());
+    }
+    let refused = |why: String| ApiError::forbidden(binding_res, name, &why);
+    let role = store.get(role_res, if role_res.namespaced { namespace.unwrap_or("") } else { "" }, role_name).map_err(|e| refused(e.message))?;
+    let held = rules_for(store, who, namespace);
+    // Each rule of the role broken down to one group, resource, verb (and name), as the real
+    // server's `Covers` does; what is not held is reported compacted by (group, resource, name).
+    let mut missing: Vec<(Missing, Vec<String>)> = vec![];
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        let strings = |k: &str| -> Vec<String> { rule[k].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect() };
+        let names: Vec<Option<String>> = match strings("resourceNames") {
+            n if n.is_empty() => vec![None],
+            n => n.into_iter().map(Some).collect(),
+        };
+        for group in strings("apiGroups") {
+            for resource in strings("resources") {
+                for name in &names {
+                    for verb in strings("verbs") {
+                        if held.iter().any(|h| covers(h, &group, &resource, &verb, name.as_deref())) {
+                            continue;
+                        }
+                        let key = (group.clone(), resource.clone(), name.clone());
+                        match missing.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, verbs)) => verbs.push(verb),
+                            None => missing.push((key, vec![verb])),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let quoted = |l: &[String]| format!("[{}]", l.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" "));
+    let mut rules: Vec<String> = missing
+        .iter()
+        .map(|((group, resource, name), verbs)| {
+            let names = name.as_ref().map(|n| format!(", ResourceNames:{}", quoted(std::slice::from_ref(n)))).unwrap_or_default();
+            format!("{{APIGroups:{}, Resources:{}{names}, Verbs:{}}}", quoted(std::slice::from_ref(group)), quoted(std::slice::from_ref(resource)), quoted(verbs))
+        })
+        .collect();
+    rules.sort();
+    rules.dedup();
+    Err(refused(format!(
+        "user \"{}\" (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+        who.user,
+        quoted(&who.groups),
+        rules.join("\n")
+    )))
+}
+
+/// Whether a rule `who` holds covers one broken-down rule of a role being bound: by a wildcard
+/// or the same value, and a rule limited to resource names only covers those names.
+fn covers(held: &Value, group: &str, resource: &str, verb: &str, name: Option<&str>) -> bool {
+    let names_ok = match held["resourceNames"].as_array().filter(|n| !n.is_empty()) {
+        None => true,
+        Some(names) => name.is_some_and(|n| names.iter().any(|v| v == n)),
+    };
+    listed(&held["verbs"], verb) && listed(&held["apiGroups"], group) && listed(&held["resources"], resource) && names_ok
 }
 
 fn forbidden(who: &Identity, a: &Attributes) -> ApiError {

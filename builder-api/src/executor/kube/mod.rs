@@ -7,6 +7,8 @@
 //! - [`follow`]: one build followed to its end, step by step, cluster warnings in its log.
 //! - [`verdict`]: how the cluster says a build ended, in whatever order it says it.
 //! - [`pod_logs`]: each container's log followed in step order, reopened when cut.
+//! - [`provision`]: a new tenant's build namespace, Kiln's RoleBinding and the build
+//!   ServiceAccount, when `kube.provision_namespaces` is on.
 //!
 //! A build's life costs two Kubernetes writes: the create (deterministic name; a 409 is a Job that
 //! exists, adopted when it is this build's) and the delete with background propagation once the
@@ -18,6 +20,7 @@
 pub mod follow;
 pub mod pod_logs;
 pub mod pod_security;
+pub mod provision;
 pub mod render;
 pub mod submit;
 pub mod tracker;
@@ -88,7 +91,7 @@ impl Executor for KubeExecutor {
     }
 
     fn build_secrets<'a>(&'a self, tenant: &'a crate::store::Tenant) -> BoxFuture<'a, Vec<String>> {
-        Box::pin(self.registry_password(tenant))
+        Box::pin(self.registry_passwords(tenant))
     }
 }
 
@@ -105,31 +108,28 @@ impl KubeExecutor {
         KubeExecutor { client, templates, tracker, settings, toolchains, registry, git_secrets: Mutex::default() }
     }
 
-    /// The password in the tenant's registry Secret, read once per build: the image container
-    /// has it in its env, so a push step (or a Dockerfile step, where credentials reach it) could
-    /// print it. A Secret Kiln may not read (403) or that is not there (404) is logged at debug
-    /// and masks nothing: the build fails on the push with its own clearer error then.
-    async fn registry_password(&self, tenant: &crate::store::Tenant) -> Vec<String> {
-        let Some(name) = self.settings.kube.registry_secret_for(tenant) else { return vec![] };
-        let ns = self.settings.kube.namespace_for(tenant);
+    /// The passwords in the tenant's registry and pull Secrets, read once per build: the image
+    /// container has the first in its env, a Dockerfile build's compile container the second, so
+    /// a step could print them. A Secret Kiln may not read (403) or that is not there (404) is
+    /// logged at debug and masks nothing: the build fails on the push or pull with its own clearer
+    /// error then.
+    async fn registry_passwords(&self, tenant: &crate::store::Tenant) -> Vec<String> {
+        let kube = &self.settings.kube;
+        let ns = kube.namespace_for(tenant);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
-        match secrets.get(name).await {
-            Ok(secret) => secret
-                .data
-                .unwrap_or_default()
-                .get("password")
-                .and_then(|p| String::from_utf8(p.0.clone()).ok())
-                .into_iter()
-                .collect(),
-            Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
-                tracing::debug!(namespace = ns, secret = name, "registry Secret not readable for the log masker: {} {}", e.code, e.reason);
-                vec![]
-            }
-            Err(e) => {
-                tracing::warn!(namespace = ns, secret = name, "reading the registry Secret for the log masker: {e}");
-                vec![]
+        let mut passwords = vec![];
+        for name in [kube.registry_secret_for(tenant), kube.pull_secret_for(tenant)].into_iter().flatten() {
+            match secrets.get(name).await {
+                Ok(secret) => {
+                    passwords.extend(secret.data.unwrap_or_default().get("password").and_then(|p| String::from_utf8(p.0.clone()).ok()))
+                }
+                Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+                    tracing::debug!(namespace = ns, secret = name, "registry Secret not readable for the log masker: {} {}", e.code, e.reason);
+                }
+                Err(e) => tracing::warn!(namespace = ns, secret = name, "reading the registry Secret for the log masker: {e}"),
             }
         }
+        passwords
     }
 
     async fn run_build(&self, job: BuildJob) -> Outcome {

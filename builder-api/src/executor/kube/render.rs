@@ -84,12 +84,8 @@ impl Templates {
     fn checked(go: Job, maven: Job, dockerfile: Job) -> Result<Templates, RenderError> {
         let t = Templates { go, maven, dockerfile };
         for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
-            let names: &[&str] = match kind {
-                ResolvedKind::Dockerfile => &["clone", "image"],
-                _ => &["clone", "compile", "image"],
-            };
             let spec = pod_spec(t.for_kind(kind)).map_err(|m| mismatch(kind, m))?;
-            for name in names {
+            for name in ["clone", "compile", "image"] {
                 let container = find(spec, name).ok_or_else(|| mismatch(kind, format!("no container named {name:?}")))?;
                 mount_path(container, WORKSPACE_VOLUME).ok_or_else(|| {
                     mismatch(kind, format!("container {name:?} does not mount the {WORKSPACE_VOLUME:?} volume"))
@@ -158,8 +154,12 @@ pub struct TenantPlacement {
     /// The tenant's cache PVC (in its namespace); the template's emptyDir when unset.
     pub cache_claim: Option<String>,
     /// Secret (keys `username`, `password`) with the tenant's registry credentials; only the
-    /// image container (the push) reads it.
+    /// image container (the push, which runs no user code) reads it.
     pub registry_secret: Option<String>,
+    /// Secret (keys `username`, `password`) with the tenant's read-only pull credential; only a
+    /// Dockerfile build's compile container reads it (for private base images), and the build can
+    /// see it.
+    pub pull_secret: Option<String>,
     /// CPU and memory (validated quantities) of the container that compiles, as its requests and
     /// limits both; the template's values stay for what is unset.
     pub cpu: Option<String>,
@@ -177,6 +177,7 @@ impl TenantPlacement {
             namespace: kube.namespace_for(tenant),
             cache_claim: kube.cache_claim_for(tenant).map(String::from),
             registry_secret: kube.registry_secret_for(tenant).map(String::from),
+            pull_secret: kube.pull_secret_for(tenant).map(String::from),
             cpu: tenant.settings.cpu.clone(),
             memory: tenant.settings.memory.clone(),
             ephemeral_storage: tenant.settings.ephemeral_storage.clone(),
@@ -313,7 +314,7 @@ fn format_bytes(b: u128) -> String {
 }
 
 /// The container that does the build's heavy work, which the tenant's CPU and memory size:
-/// `compile`, or `image` for a Dockerfile build (BuildKit compiles there).
+/// `compile` (for a Dockerfile build, BuildKit's), else `image`.
 pub fn build_container(steps: &[StepSpec]) -> &'static str {
     if steps.iter().any(|s| s.name == "compile") {
         "compile"
@@ -367,6 +368,13 @@ fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Re
             }
             "KILN_REGISTRY_PASSWORD" => {}
             other => return Err(format!("no Secret is known for {other}")),
+        }
+    }
+    // Only the Dockerfile builders are told which registry a pull credential is for.
+    if step.env.iter().any(|(k, _)| k == "KILN_PULL_REGISTRY") {
+        if let Some(secret) = input.placement.pull_secret.as_deref() {
+            env.push(from_secret("KILN_PULL_USERNAME", secret, "username"));
+            env.push(from_secret("KILN_PULL_PASSWORD", secret, "password"));
         }
     }
     if step.name == "image" {
