@@ -105,7 +105,7 @@ fn harbor_parser_never_panics_and_accepts_only_digests_and_clean_repositories() 
             }
             Err(reason) => {
                 refused += 1;
-                assert!(!reason.trim().is_empty(), "{}", what());
+                assert!(!reason.to_string().trim().is_empty(), "{}", what());
             }
         }
     }

@@ -11,6 +11,7 @@ mod kube_contract;
 mod kube_cluster;
 mod support;
 mod api;
+mod architecture;
 mod apm;
 mod builds;
 mod deploy_manifests;

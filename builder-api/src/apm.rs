@@ -33,25 +33,6 @@ pub enum ApmError {
     Mutate(#[from] MutateError),
 }
 
-/// An app's APM setting (`settings.apm`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApmSetting {
-    pub agent: String,
-    /// The version; the last one listed in the config when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-/// What an injection did, as the image step reports it and the build record keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApmApplied {
-    pub agent: String,
-    pub version: String,
-    /// The image before injection, by digest: what a re-injection starts from.
-    pub original_image: String,
-}
-
 /// The configured agent `name` (at `version`, else the last listed version).
 pub fn find_agent<'a>(config: &'a ApmConfig, name: &str, version: Option<&str>) -> Result<&'a ApmAgent, ApmError> {
     config
@@ -76,17 +57,6 @@ pub fn for_app<'a>(config: &'a ApmConfig, app: &crate::store::App) -> Result<Opt
         Some(setting) => find_agent(config, &setting.agent, setting.version.as_deref()).map(Some),
         None => Ok(None),
     }
-}
-
-/// `java_options` with its placeholders filled. App and tenant names are DNS labels (checked
-/// when created), so they cannot split or inject an option.
-pub fn java_options(agent: &ApmAgent, app: &str, tenant: &str) -> String {
-    agent
-        .java_options
-        .replace("{agent}", &agent.name)
-        .replace("{version}", &agent.version)
-        .replace("{app}", app)
-        .replace("{tenant}", tenant)
 }
 
 /// The agent's layer: its files under `/opt/apm/`, owned by root, every mtime 0 — so the same
@@ -139,7 +109,7 @@ fn write_cached(dir: &Path, layer: &BuiltLayer) -> std::io::Result<()> {
     std::fs::write(&tmp, &layer.blob)?;
     std::fs::rename(&tmp, dir.join("layer.tar.gz"))?;
     let meta = CachedLayer { digest: layer.digest.clone(), diff_id: layer.diff_id.clone() };
-    crate::steps::write_result(&dir.join("layer.json"), &meta)
+    crate::json_file::write_atomically(&dir.join("layer.json"), &meta)
 }
 
 async fn build_layer(agent: &ApmAgent, scratch: &Path, opts: &RegistryOptions) -> Result<BuiltLayer, ApmError> {
@@ -251,7 +221,7 @@ mod tests {
         assert_eq!(find_agent(&config, "tracer", Some("1.0")).unwrap().version, "1.0");
         let e = find_agent(&config, "tracer", Some("9")).unwrap_err().to_string();
         assert!(e.contains("\"tracer\" version \"9\" is not configured") && e.contains("tracer 1.1"), "{e}");
-        let opts = java_options(&config.agents[0], "shop", "team");
+        let opts = config.agents[0].java_options_for("shop", "team");
         assert_eq!(opts, "-javaagent:/opt/apm/tracer.jar -Dapm.service.name=shop -Dapm.tenant=team");
     }
 }

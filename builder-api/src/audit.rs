@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, Request};
 use axum::Extension;
 
-use crate::auth::Principal;
+use crate::store::Principal;
 use crate::context::AppState;
 use crate::store::NewAuditEntry;
 

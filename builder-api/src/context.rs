@@ -6,8 +6,8 @@ use crate::config::Config;
 use crate::executor::Executor;
 use crate::logs::LogHub;
 use crate::rollout::clusters::Clusters;
-use crate::rollout::Rollouts;
-use crate::scheduler::Scheduler;
+use crate::rollout::state::Rollouts;
+use crate::scheduler::state::Scheduler;
 use crate::store::Store;
 
 pub struct Context {
@@ -22,9 +22,9 @@ pub struct Context {
     pub clusters: Clusters,
     pub rollouts: Rollouts,
     /// Per-app webhook budgets (`[hooks]`), per process.
-    pub hook_limits: crate::hooks::rate::RateLimiter,
+    pub hook_limits: crate::ratelimit::RateLimiter,
     /// What the image copies to cluster registries share, per process.
-    pub replication: crate::replication::SharedCopies,
+    pub replication: crate::replication::shared::SharedCopies,
 }
 
 /// Axum state: the shared context.

@@ -13,10 +13,18 @@
 //! - a built image is copied to every cluster's registry in [`replication`] (the copy engine is
 //!   `registry-sync`), and rolls out to subscribed Deployments in [`rollout`],
 //! - APM agents (which one, its layer, its injection into an image) are in [`apm`].
+//!
+//! Layers, top to bottom, each importing only itself and below (checked by
+//! `tests/architecture.rs`): entry points ([`cli`], [`server`]) → HTTP ([`router`], [`handlers`],
+//! [`hooks`], [`web`], [`auth`], [`audit`], [`error`]) → services ([`context`], [`scheduler`],
+//! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`]) → model and storage
+//! ([`store`], [`plan`], [`config`]) → leaf utilities ([`validate`], [`branch_filter`],
+//! [`ratelimit`], [`json_file`]).
 
 pub mod apm;
 pub mod audit;
 pub mod auth;
+pub mod branch_filter;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -25,8 +33,10 @@ pub mod error;
 pub mod executor;
 pub mod handlers;
 pub mod hooks;
+pub mod json_file;
 pub mod logs;
 pub mod plan;
+pub mod ratelimit;
 pub mod replication;
 pub mod rollout;
 pub mod router;

@@ -95,9 +95,20 @@ pub fn clone_step(app: &App, build: &Build) -> StepSpec {
         .secret("KILN_GIT_TOKEN", app.git_token.as_deref())
 }
 
+/// Why a commit cannot be built as the app says (the build's reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KindError {
+    /// `auto`, and the commit has none of the files that say how to build it.
+    #[error("cannot tell how to build this commit: no {dockerfile}, go.mod or pom.xml at the repository root")]
+    Undetectable { dockerfile: String },
+    /// The app builds from a Dockerfile that the commit does not have.
+    #[error("the app builds from {dockerfile}, but the commit has no such file")]
+    NoDockerfile { dockerfile: String },
+}
+
 /// Decides what to build from the checked-out source: a Dockerfile wins (a Go or Maven app that
 /// ships one is built from it), then `go.mod`, then `pom.xml`.
-pub fn resolve_kind(kind: BuildKind, dockerfile: &str, src: &Path) -> Result<ResolvedKind, String> {
+pub fn resolve_kind(kind: BuildKind, dockerfile: &str, src: &Path) -> Result<ResolvedKind, KindError> {
     let has = |f: &str| src.join(f).is_file();
     let resolved = match kind {
         _ if kind != BuildKind::Auto && has(dockerfile) => ResolvedKind::Dockerfile,
@@ -107,14 +118,10 @@ pub fn resolve_kind(kind: BuildKind, dockerfile: &str, src: &Path) -> Result<Res
         BuildKind::Auto if has(dockerfile) => ResolvedKind::Dockerfile,
         BuildKind::Auto if has("go.mod") => ResolvedKind::Go,
         BuildKind::Auto if has("pom.xml") => ResolvedKind::Maven,
-        BuildKind::Auto => {
-            return Err(format!(
-                "cannot tell how to build this commit: no {dockerfile}, go.mod or pom.xml at the repository root"
-            ))
-        }
+        BuildKind::Auto => return Err(KindError::Undetectable { dockerfile: dockerfile.to_string() }),
     };
     if resolved == ResolvedKind::Dockerfile && !has(dockerfile) {
-        return Err(format!("the app builds from {dockerfile}, but the commit has no such file"));
+        return Err(KindError::NoDockerfile { dockerfile: dockerfile.to_string() });
     }
     Ok(resolved)
 }
@@ -255,7 +262,7 @@ fn with_apm(step: StepSpec, p: &PlanInput) -> StepSpec {
     step.env("KILN_APM_AGENT", literal(&agent.name))
         .env("KILN_APM_VERSION", literal(&agent.version))
         .env("KILN_APM_SOURCE", literal(&source))
-        .env("KILN_APM_JAVA_OPTIONS", literal(&crate::apm::java_options(agent, &p.app.name, &p.app.tenant)))
+        .env("KILN_APM_JAVA_OPTIONS", literal(&agent.java_options_for(&p.app.name, &p.app.tenant)))
 }
 
 /// A user's string placed into argv: `$` doubled so `$(VAR)` expansion leaves it as written

@@ -64,7 +64,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
     Ok(Arc::new(Context {
         clusters: Clusters::new(config.clusters.clone()),
         replication: crate::replication::SharedCopies::load(&store).await?,
-        hook_limits: crate::hooks::rate::RateLimiter::new(&config.hooks),
+        hook_limits: crate::ratelimit::RateLimiter::new(config.hooks.rate_per_app_per_minute, config.hooks.burst),
         config,
         store,
         hub: Arc::new(LogHub::default()),
@@ -111,8 +111,8 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// A listening socket with a backlog of [`LISTEN_BACKLOG`] instead of the 128 that std's and
 /// tokio's `bind` ask for. Webhooks come in bursts (a group-wide push, a redelivery of a
 /// backlog): when more connections arrive than the accept queue holds, the kernel drops their
-/// SYNs and the senders only try again after a second, so one burst of 200 deliveries had a p99
-/// of 1 s instead of 60 ms.
+/// SYNs and the senders only try again after a second — a second added to every dropped
+/// delivery.
 pub fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;

@@ -1,8 +1,16 @@
 //! Checks on strings from users and webhooks before they are stored or used.
 
+/// Why a value was refused, in words for the person who sent it (it names the field and the
+/// rule).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+
+
 /// A DNS-1123 label: lowercase letters, digits and `-`, 1–63 chars, alphanumeric at both ends.
 /// Tenant and app names reach Kubernetes (namespaces, labels, Job names) so they must be.
-pub fn dns_label(what: &str, s: &str) -> Result<(), String> {
+pub fn dns_label(what: &str, s: &str) -> Result<(), Invalid> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -11,13 +19,13 @@ pub fn dns_label(what: &str, s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} {s:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"))
+        Err(Invalid(format!("{what} {s:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit")))
     }
 }
 
 /// A DNS-1123 subdomain (Secret and PersistentVolumeClaim names): at most 253 characters,
 /// dot-separated labels of lowercase letters, digits and `-`, each alphanumeric at both ends.
-pub fn dns_subdomain(what: &str, s: &str) -> Result<(), String> {
+pub fn dns_subdomain(what: &str, s: &str) -> Result<(), Invalid> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
@@ -29,9 +37,9 @@ pub fn dns_subdomain(what: &str, s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "{what} {s:?} is not a valid Kubernetes name: use at most 253 lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit"
-        ))
+        )))
     }
 }
 
@@ -49,12 +57,12 @@ pub enum QuantityOf {
 /// exponent) and one suffix of its kind. Returns the amount in millicores (CPU) or bytes
 /// (memory), so a value that rounds to nothing (`0.0001m`) is refused here rather than by the
 /// cluster at the first build.
-pub fn quantity(what: &str, s: &str, of: QuantityOf) -> Result<u128, String> {
+pub fn quantity(what: &str, s: &str, of: QuantityOf) -> Result<u128, Invalid> {
     let rule = match of {
         QuantityOf::Cpu => "a positive number of cores like \"2\" or \"0.5\", or millicores like \"500m\"",
         QuantityOf::Memory => "a positive number of bytes with a suffix like \"512Mi\", \"1Gi\" or \"500M\" (Ki Mi Gi Ti k M G T)",
     };
-    let err = || Err(format!("{what} {s:?} is not a Kubernetes quantity: use {rule}"));
+    let err = || Err(Invalid(format!("{what} {s:?} is not a Kubernetes quantity: use {rule}")));
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
     // Millicores (CPU) or bytes (memory) per unit of the suffix.
@@ -86,22 +94,22 @@ pub fn quantity(what: &str, s: &str, of: QuantityOf) -> Result<u128, String> {
         .and_then(|(w, f)| w.checked_add(f));
     match amount {
         Some(amount) if amount > 0 => Ok(amount),
-        Some(_) => Err(format!("{what} {s:?} is zero or less than one {}: use {rule}", if of == QuantityOf::Cpu { "millicore" } else { "byte" })),
+        Some(_) => Err(Invalid(format!("{what} {s:?} is zero or less than one {}: use {rule}", if of == QuantityOf::Cpu { "millicore" } else { "byte" }))),
         None => err(),
     }
 }
 
 /// A full commit id: 40 lowercase hex characters.
-pub fn commit_sha(s: &str) -> Result<(), String> {
+pub fn commit_sha(s: &str) -> Result<(), Invalid> {
     if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
         Ok(())
     } else {
-        Err(format!("commit {s:?} is not a 40-character hexadecimal commit id"))
+        Err(Invalid(format!("commit {s:?} is not a 40-character hexadecimal commit id")))
     }
 }
 
 /// A git ref name, by the rules of `git check-ref-format`, plus a length bound.
-pub fn git_ref(s: &str) -> Result<(), String> {
+pub fn git_ref(s: &str) -> Result<(), Invalid> {
     let bad = s.is_empty()
         || s.len() > 255
         || s.starts_with('/')
@@ -115,18 +123,18 @@ pub fn git_ref(s: &str) -> Result<(), String> {
         || s.split('/').any(|c| c.starts_with('.') || c.is_empty())
         || s.chars().any(|c| c.is_control() || c == ' ' || "~^:?*[\\\x7f".contains(c));
     if bad {
-        Err(format!("{s:?} is not a valid git ref name"))
+        Err(Invalid(format!("{s:?} is not a valid git ref name")))
     } else {
         Ok(())
     }
 }
 
 /// An image repository with an explicit registry host: `host[:port]/path`.
-pub fn image_repository(s: &str) -> Result<(), String> {
+pub fn image_repository(s: &str) -> Result<(), Invalid> {
     let err = || {
-        Err(format!(
+        Err(Invalid(format!(
             "image repository {s:?} must look like registry.example.com/project/app (a registry host, then a lowercase path, no tag)"
-        ))
+        )))
     };
     let Some((host, path)) = s.split_once('/') else { return err() };
     let host_ok = !host.is_empty() && (host.contains('.') || host.contains(':') || host == "localhost")
@@ -139,7 +147,7 @@ pub fn image_repository(s: &str) -> Result<(), String> {
 }
 
 /// A repository path inside a registry (`project/app`): lowercase components, no host.
-pub fn image_repository_path(path: &str) -> Result<(), String> {
+pub fn image_repository_path(path: &str) -> Result<(), Invalid> {
     let ok = !path.is_empty()
         && path.split('/').all(|c| {
             !c.is_empty()
@@ -149,15 +157,15 @@ pub fn image_repository_path(path: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("repository {path:?} must be a lowercase path like project/app"))
+        Err(Invalid(format!("repository {path:?} must be a lowercase path like project/app")))
     }
 }
 
 /// A path inside the repository: relative, no `..`.
-pub fn repo_path(what: &str, s: &str) -> Result<(), String> {
+pub fn repo_path(what: &str, s: &str) -> Result<(), Invalid> {
     let p = std::path::Path::new(s);
     if s.is_empty() || p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) || s.contains('\0') {
-        Err(format!("{what} {s:?} must be a relative path inside the repository"))
+        Err(Invalid(format!("{what} {s:?} must be a relative path inside the repository")))
     } else {
         Ok(())
     }
@@ -182,7 +190,7 @@ mod tests {
         let long = "a".repeat(64);
         for bad in ["", "A", "a_b", "a.b", "../x", "a/b", "$(id)", "a b", "a\nb", "x\0", "\u{1b}[31m", "ünï", "a-", "-a", long.as_str()] {
             let err = dns_label("tenant", bad).unwrap_err();
-            assert!(err.contains("not a valid name"), "{bad:?}: {err}");
+            assert!(err.0.contains("not a valid name"), "{bad:?}: {err}");
         }
         for good in ["a", "0", "team-a", "a1-b2", &"a".repeat(63)] {
             assert!(dns_label("tenant", good).is_ok(), "{good:?}");
@@ -224,7 +232,7 @@ mod tests {
         assert_eq!(quantity("memory", "1048576", Memory), Ok(1 << 20));
         for bad in ["", "0", "0m", "0.0001", "-1", "+1", "1e3", "1.", ".", "1..2", "1.2.3", "2 ", " 2", "1Gi", "500Mi", "2cores", "1k"] {
             let e = quantity("cpu", bad, Cpu).unwrap_err();
-            assert!(e.starts_with(&format!("cpu {bad:?}")), "{e}");
+            assert!(e.0.starts_with(&format!("cpu {bad:?}")), "{e}");
         }
         for bad in ["", "0", "0Mi", "1m", "1g", "1gi", "1Pi", "-1Gi", "1 Gi", "1Gib", "Gi", &"9".repeat(40)] {
             assert!(quantity("memory", bad, Memory).is_err(), "{bad:?}");

@@ -119,9 +119,14 @@ struct Base {
     config: Value,
 }
 
-/// A check of the base image's config, run before anything is pushed: `Err(reason)` stops the
-/// push with [`AssembleError::BaseRefused`].
-pub type BaseCheck<'a> = &'a (dyn Fn(&Value) -> Result<(), String> + Send + Sync);
+/// A check of the base image's config, run before anything is pushed: an `Err` stops the push
+/// with [`AssembleError::BaseRefused`].
+pub type BaseCheck<'a> = &'a (dyn Fn(&Value) -> Result<(), BaseRefusal> + Send + Sync);
+
+/// Why a [`BaseCheck`] refused the base image, in words for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BaseRefusal(pub String);
 
 /// Assembles the image described by `spec` and pushes it to `spec.target`.
 pub async fn assemble_and_push(
@@ -159,7 +164,7 @@ pub async fn assemble_checked(
         None => None,
     };
     if let Some(base) = &base {
-        check(&base.config).map_err(|reason| AssembleError::BaseRefused {
+        check(&base.config).map_err(|BaseRefusal(reason)| AssembleError::BaseRefused {
             base: base.reference.to_string(),
             reason,
         })?;

@@ -61,7 +61,7 @@ impl std::fmt::Display for Platform {
 }
 
 /// A registry operation failed; the variants name the cause.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot reach registry {registry}: {reason}")]
     Unreachable { registry: String, reason: String },

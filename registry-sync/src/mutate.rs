@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::assemble::{self, AssembleError, AssembleSpec, PushedImage};
+use crate::assemble::{self, AssembleError, AssembleSpec, BaseRefusal, PushedImage};
 use crate::auth::RegistryOptions;
 use crate::client::Platform;
 use crate::layer::BuiltLayer;
@@ -90,9 +90,11 @@ pub async fn mutate_and_push(
     let require_java = spec.require_java;
     let check = move |config: &Value| match (require_java, java_evidence(config)) {
         (false, _) | (true, Some(_)) => Ok(()),
-        (true, None) => Err("no JAVA_HOME, JAVA_VERSION, JDK_HOME, JRE_HOME or JAVA_TOOL_OPTIONS in its env, \
-                             and its entrypoint and cmd run no java and name no .jar"
-            .to_string()),
+        (true, None) => Err(BaseRefusal(
+            "no JAVA_HOME, JAVA_VERSION, JDK_HOME, JRE_HOME or JAVA_TOOL_OPTIONS in its env, \
+             and its entrypoint and cmd run no java and name no .jar"
+                .to_string(),
+        )),
     };
     match assemble::assemble_checked(&assemble, opts, progress, &check).await {
         Ok(pushed) => Ok(pushed),

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::{header, Method, StatusCode, Url};
 
 use crate::auth::{RegistryAuth, RegistryOptions};
@@ -59,12 +60,10 @@ impl RetryPolicy {
     /// The pause before the attempt after failed attempt `attempt` ended in `failure`: the
     /// backoff, or the registry's `Retry-After` when that is longer. `None` when there is no
     /// next attempt: the attempts are spent, or the registry asked for more than
-    /// `max_retry_after`.
+    /// `max_retry_after`. The retry loops are Kiln's, not backon's `Retryable`, because a 401
+    /// re-authenticates without spending an attempt and a blob's fan-out retries many uploads.
     pub fn pause(&self, attempt: u32, failure: &RegistryError) -> Option<Duration> {
-        if attempt >= self.attempts {
-            return None;
-        }
-        let backoff = self.delay(attempt);
+        let backoff = self.backoff().build().nth(attempt.checked_sub(1)? as usize)?;
         match failure.retry_after() {
             Some(asked) if asked > self.max_retry_after => None,
             Some(asked) => Some(asked.max(backoff)),
@@ -72,14 +71,27 @@ impl RetryPolicy {
         }
     }
 
-    /// The pause after failed attempt `attempt` (1-based): exponential, with jitter between half
-    /// and the whole of it so that many clients retrying one registry do not stay in lockstep.
+    /// The pause after failed attempt `attempt` (1-based), whatever the attempts: exponential,
+    /// with jitter between half and the whole of it so that many clients retrying one registry
+    /// do not stay in lockstep.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .first_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max_delay);
-        exp.mul_f64(rand::random_range(0.5..=1.0))
+        self.backoff()
+            .without_max_times()
+            .build()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.max_delay)
+    }
+
+    /// The pauses between the attempts. backon's jitter adds up to the whole delay again, so its
+    /// delays start from half of ours: each pause then lies between half and the whole of
+    /// `first_delay` doubled per attempt, capped at `max_delay`.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_factor(2.0)
+            .with_min_delay(self.first_delay.min(self.max_delay) / 2)
+            .with_max_delay(self.max_delay / 2)
+            .with_jitter()
+            .with_max_times(self.attempts.saturating_sub(1) as usize)
     }
 }
 
@@ -671,5 +683,23 @@ mod tests {
         let d3 = p.delay(3);
         assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
         assert!(p.delay(30) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn every_attempt_but_the_last_is_followed_by_a_pause_within_the_backoff() {
+        let p = RetryPolicy::fast(4);
+        let refused = RegistryError::Unavailable {
+            registry: "r".into(),
+            operation: "o".into(),
+            message: "HTTP 503".into(),
+            retry_after: None,
+        };
+        for attempt in 1..4 {
+            let pause = p.pause(attempt, &refused).expect("attempts left");
+            let full = p.first_delay.saturating_mul(1 << (attempt - 1)).min(p.max_delay);
+            assert!(pause >= full / 2 && pause <= full, "attempt {attempt}: {pause:?} within half and all of {full:?}");
+        }
+        assert_eq!(p.pause(4, &refused), None, "attempts spent");
+        assert_eq!(p.pause(0, &refused), None, "no attempt made");
     }
 }

@@ -66,7 +66,7 @@ impl LocalExecutor {
             Ok(kind) => kind,
             Err(reason) => {
                 job.log.system("plan", format!("[kiln] {reason}")).await;
-                return Outcome::failed(reason);
+                return Outcome::failed(reason.to_string());
             }
         };
         job.log.system("plan", format!("[kiln] building {} as {}", &job.build.commit, kind.as_str())).await;
@@ -80,7 +80,7 @@ impl LocalExecutor {
             Ok(apm) => apm,
             Err(reason) => {
                 job.log.system("plan", format!("[kiln] {reason}")).await;
-                return Outcome::failed(reason);
+                return Outcome::failed(reason.to_string());
             }
         };
         let input = PlanInput {
@@ -178,7 +178,16 @@ impl LocalExecutor {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// Why a result a step leaves in the workspace (the clone's, the image's) cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultFileError {
+    #[error("{}: {source}", .path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", .path.display())]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ResultFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ResultFileError::Read { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| ResultFileError::Parse { path: path.into(), source })
 }

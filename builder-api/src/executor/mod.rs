@@ -1,5 +1,5 @@
 //! Executors run a build's plan. `local` runs the steps as host processes (the embedded default,
-//! and what the fake kubelet reuses in tests); `kube` (next) renders them into one Job.
+//! and what the fake kubelet reuses in tests); `kube` renders them into one Job.
 
 pub mod kube;
 pub mod local;
@@ -73,9 +73,17 @@ pub async fn record_image(store: &Store, build_id: i64, result: &crate::steps::I
     Ok(())
 }
 
-/// The agent the app asks for, resolved before the plan is made; `Err` is the build's reason.
-pub fn resolve_apm<'a>(config: &'a crate::config::ApmConfig, app: &App) -> Result<Option<&'a crate::config::ApmAgent>, String> {
-    crate::apm::for_app(config, app).map_err(|e| format!("cannot apply APM: {e}"))
+/// Why a build stops before its steps after the clone run; the text is the build's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The agent the app asks for is not configured, or its source cannot be read.
+    #[error("cannot apply APM: {0}")]
+    Apm(#[from] crate::apm::ApmError),
+}
+
+/// The agent the app asks for, resolved before the plan is made.
+pub fn resolve_apm<'a>(config: &'a crate::config::ApmConfig, app: &App) -> Result<Option<&'a crate::config::ApmAgent>, SetupError> {
+    Ok(crate::apm::for_app(config, app)?)
 }
 
 pub trait Executor: Send + Sync + 'static {

@@ -52,7 +52,7 @@ pub async fn reinject(
     let opts = s.config.registry.options_for(target.registry());
 
     let layer = apm::agent_layer(agent, &s.config.store.data_dir.join("apm-layers"), &opts).await.map_err(api_error)?;
-    let options = apm::java_options(agent, &app.name, &app.tenant);
+    let options = agent.java_options_for(&app.name, &app.tenant);
     let mut progress = |line: String| tracing::debug!(build = id, "apm: {line}");
     let pushed =
         apm::inject(&original, target, agent, layer, &options, &opts, &mut progress).await.map_err(api_error)?;

@@ -65,7 +65,7 @@ pub async fn create(
             *id
         }
         (Principal::Admin, Some(t)) => s.store.tenant_by_name(t).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {t}")))?.id,
-        (Principal::Admin, None) => return Err(bad("an admin must say which tenant owns the app: \"tenant\"".into())),
+        (Principal::Admin, None) => return Err(bad("an admin must say which tenant owns the app: \"tenant\"")),
     };
     validate::dns_label("app", &req.name).map_err(bad)?;
     check_git_url(&req.git_url)?;
@@ -95,7 +95,7 @@ pub async fn create(
     let generated = req.webhook_secret.is_none();
     let secret = req.webhook_secret.unwrap_or_else(|| hex::encode(rand::random::<[u8; 24]>()));
     if secret.len() < 8 {
-        return Err(bad("webhook_secret must be at least 8 characters".into()));
+        return Err(bad("webhook_secret must be at least 8 characters"));
     }
     let app = s
         .store
@@ -129,7 +129,7 @@ fn check_git_url(url: &str) -> ApiResult<()> {
         return Err(bad(format!("git_url {url:?} must be an http(s) URL")));
     }
     if url.split("://").nth(1).and_then(|rest| rest.split('/').next()).is_some_and(|auth| auth.contains('@')) {
-        return Err(bad("git_url must not carry credentials; set git_token instead".into()));
+        return Err(bad("git_url must not carry credentials; set git_token instead"));
     }
     Ok(())
 }

@@ -52,7 +52,7 @@ pub async fn trigger(
         }
         // A ref alone: build what it points at now (one ls-refs exchange with the git server).
         (None, Some(r)) => resolve_ref(&s, &app, r).await?,
-        (None, None) => return Err(bad("give \"ref\" (a branch or tag) or \"commit\" (a 40-hex commit id)".into())),
+        (None, None) => return Err(bad("give \"ref\" (a branch or tag) or \"commit\" (a 40-hex commit id)")),
     };
     let build = s
         .store
@@ -185,7 +185,7 @@ pub async fn logs(
         let last_event_id = match headers.get("last-event-id") {
             Some(v) => Some(
                 v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|n| *n >= 0).ok_or_else(|| {
-                    bad("Last-Event-ID must be the sequence number of a log line (a non-negative integer)".into())
+                    bad("Last-Event-ID must be the sequence number of a log line (a non-negative integer)")
                 })?,
             ),
             None => None,

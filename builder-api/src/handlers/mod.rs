@@ -50,6 +50,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-pub fn bad(msg: String) -> ApiError {
-    ApiError::BadRequest(msg)
+/// A 400 with the reason: a validation error's message, or any text.
+pub fn bad(reason: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(reason.to_string())
 }

@@ -65,7 +65,7 @@ pub async fn create_subscription(
     validate::image_repository_path(&repository).map_err(bad)?;
     // Only where an admin granted the tenant, following only the tenant's own images.
     let tenant = s.store.tenant(app.tenant_id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {}", app.tenant)))?;
-    crate::rollout::grants::check(&tenant, cluster, &req.namespace, &repository).map_err(ApiError::Forbidden)?;
+    crate::rollout::grants::check(&tenant, cluster, &req.namespace, &repository).map_err(|e| ApiError::Forbidden(e.to_string()))?;
     let sub = s
         .store
         .create_subscription(&NewSubscription {
@@ -172,7 +172,7 @@ pub async fn rollback(
             }
             digest
         }
-        _ => return Err(bad("give exactly one of \"build\" (a build id) or \"digest\"".into())),
+        _ => return Err(bad("give exactly one of \"build\" (a build id) or \"digest\"")),
     };
     if let Some(c) = &req.cluster {
         if s.clusters.get(c).is_none() {

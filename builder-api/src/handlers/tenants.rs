@@ -125,7 +125,7 @@ pub async fn create_token(
     let role = req.role.unwrap_or(Role::Owner);
     if role == Role::Admin {
         return Err(if who.role() == Role::Admin {
-            bad("admin tokens belong to no tenant; a tenant's token is a viewer, developer or owner token".into())
+            bad("admin tokens belong to no tenant; a tenant's token is a viewer, developer or owner token")
         } else {
             ApiError::Forbidden(format!("a {} token cannot create an admin token", who.role()))
         });
@@ -135,12 +135,12 @@ pub async fn create_token(
     }
     let name = req.name.unwrap_or_else(|| "api".into());
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(bad("token name must be 1 to 100 characters, without control characters".into()));
+        return Err(bad("token name must be 1 to 100 characters, without control characters"));
     }
     let now = now_ms();
     let expires_at = match (req.expires_in_secs, req.expires_at) {
-        (Some(_), Some(_)) => return Err(bad("give \"expires_in_secs\" or \"expires_at\", not both".into())),
-        (Some(0), None) => return Err(bad("expires_in_secs must be at least 1".into())),
+        (Some(_), Some(_)) => return Err(bad("give \"expires_in_secs\" or \"expires_at\", not both")),
+        (Some(0), None) => return Err(bad("expires_in_secs must be at least 1")),
         (Some(secs), None) => Some(i64::try_from(secs).ok().and_then(|s| s.checked_mul(1000)).and_then(|ms| now.checked_add(ms)).ok_or_else(|| bad(format!("expires_in_secs {secs} is too far away")))?),
         (None, Some(at)) if at <= now => return Err(bad(format!("expires_at {at} is not in the future (milliseconds since the epoch; now is {now})"))),
         (None, at) => at,
@@ -312,11 +312,11 @@ pub async fn put_settings(
 /// message says only "invalid type: string, expected u32").
 fn parse_settings(body: &[u8]) -> ApiResult<TenantSettings> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad("request body is empty; expected a JSON object of settings ({} unsets them all)".into()));
+        return Err(bad("request body is empty; expected a JSON object of settings ({} unsets them all)"));
     }
     // serde reads a struct from an array too (`["ns"]` sets the first field): only an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(bad("invalid JSON body: expected a JSON object of settings".into()));
+        return Err(bad("invalid JSON body: expected a JSON object of settings"));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let settings = serde_path_to_error::deserialize(&mut de).map_err(|e| match e.path().to_string().as_str() {

@@ -6,18 +6,15 @@
 //! 413 for a body over the limit; 429 with `Retry-After` when the app is over its webhook rate
 //! (`[hooks]`, see `rate.rs`).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use globset::GlobMatcher;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::branch_filter;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{parse_json, read_body};
@@ -108,14 +105,14 @@ fn classify(event: &str, payload: Value) -> Result<Push, Decision> {
         return Err(Decision::Ignore(format!("{} was deleted", push.git_ref)));
     }
     let commit = push.checkout_sha.filter(|c| !c.is_empty()).unwrap_or(push.after);
-    validate::commit_sha(&commit).map_err(Decision::Reject)?;
+    validate::commit_sha(&commit).map_err(|e| Decision::Reject(e.0))?;
     let prefix = if is_tag { "refs/tags/" } else { "refs/heads/" };
     let name = push
         .git_ref
         .strip_prefix(prefix)
         .ok_or_else(|| Decision::Reject(format!("ref {:?} does not start with {prefix}", push.git_ref)))?
         .to_string();
-    validate::git_ref(&name).map_err(Decision::Reject)?;
+    validate::git_ref(&name).map_err(|e| Decision::Reject(e.0))?;
     Ok(Push { git_ref: push.git_ref, name, commit, is_tag })
 }
 
@@ -123,7 +120,7 @@ fn classify(event: &str, payload: Value) -> Result<Push, Decision> {
 fn plan_builds(push: &Push, apps: &[App]) -> Vec<NewBuild> {
     apps.iter()
         // Tags are release builds: the branch filter applies to branches only.
-        .filter(|app| push.is_tag || branch_matches(&app.branch_filter, &push.name))
+        .filter(|app| push.is_tag || branch_filter::matches(&app.branch_filter, &push.name))
         .map(|app| NewBuild {
             tenant_id: app.tenant_id,
             app_id: app.id,
@@ -216,48 +213,6 @@ async fn supersede_older(s: &AppState, apps: &[App], ids: &[i64], builds: &[NewB
     Ok(())
 }
 
-/// Glob over the branch name: `*` matches within one path segment, `**` across. A filter is
-/// compiled into a regex once per process, not on every push (with that the only server change
-/// between two sets of 8 runs, the intake bench's p99 went from 43–62 ms to 30–47 ms); a filter
-/// that does not compile matches nothing.
-pub fn branch_matches(filter: &str, branch: &str) -> bool {
-    /// Filters are per app: a few thousand at most. Past that the cache starts over.
-    const MOST: usize = 4096;
-    static COMPILED: OnceLock<Mutex<HashMap<String, Option<GlobMatcher>>>> = OnceLock::new();
-    let matcher = {
-        let mut compiled = COMPILED.get_or_init(Default::default).lock().unwrap();
-        match compiled.get(filter) {
-            Some(m) => m.clone(),
-            None => {
-                if compiled.len() >= MOST {
-                    compiled.clear();
-                }
-                let m = globset::GlobBuilder::new(filter).literal_separator(true).build().ok().map(|g| g.compile_matcher());
-                compiled.insert(filter.to_string(), m.clone());
-                m
-            }
-        }
-    };
-    matcher.is_some_and(|m| m.is_match(branch))
-}
-
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::branch_matches;
-
-    #[test]
-    fn branch_filters() {
-        assert!(branch_matches("*", "main"));
-        assert!(!branch_matches("*", "feature/x"));
-        assert!(branch_matches("**", "feature/x"));
-        assert!(branch_matches("release/*", "release/1.2"));
-        assert!(!branch_matches("main", "mainline"));
-        // A filter that does not compile matches nothing, also the second time (from the cache).
-        assert!(!branch_matches("[", "main"));
-        assert!(!branch_matches("[", "main"));
-    }
 }

@@ -35,13 +35,42 @@ pub enum HarborEvent {
     Ignored { id: Option<String>, reason: String },
 }
 
-/// Parses either payload format. Err is why the body is not a Harbor event (a 400).
-pub fn parse(payload: &Value) -> Result<HarborEvent, String> {
-    let Some(obj) = payload.as_object() else { return Err("the webhook body must be a JSON object".into()) };
-    let kind = obj.get("type").and_then(Value::as_str).ok_or("the Harbor event has no \"type\"")?;
+/// Why a body is not a Harbor event (a 400 with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HarborError {
+    #[error("the webhook body must be a JSON object")]
+    NotAnObject,
+    #[error("the Harbor event has no \"type\"")]
+    NoType,
+    #[error("a CloudEvents Harbor event needs an \"id\"")]
+    NoCloudEventId,
+    /// The event has no `data` (CloudEvents) or `event_data` (default format) object.
+    #[error("the event has no {0:?} object")]
+    NoData(&'static str),
+    #[error("the event names no repository (repository.repo_full_name)")]
+    NoRepository,
+    /// The repository is not a valid image repository path (the validator's message).
+    #[error("{0}")]
+    Repository(String),
+    #[error("the event has no \"resources\" list")]
+    NoResources,
+    #[error("resources[{index}] has no digest")]
+    NoDigest { index: usize },
+    #[error("resources[{index}].digest {digest:?} is not a sha256 digest")]
+    NotSha256 { index: usize, digest: String },
+    #[error("resources[{index}] has no resource_url")]
+    NoResourceUrl { index: usize },
+    #[error("resources[{index}].resource_url {url:?} does not start with a registry host")]
+    NoRegistryHost { index: usize, url: String },
+}
+
+/// Parses either payload format.
+pub fn parse(payload: &Value) -> Result<HarborEvent, HarborError> {
+    let Some(obj) = payload.as_object() else { return Err(HarborError::NotAnObject) };
+    let kind = obj.get("type").and_then(Value::as_str).ok_or(HarborError::NoType)?;
     let cloud = obj.contains_key("specversion");
     let id = if cloud {
-        Some(obj.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or("a CloudEvents Harbor event needs an \"id\"")?.to_string())
+        Some(obj.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or(HarborError::NoCloudEventId)?.to_string())
     } else {
         None
     };
@@ -54,29 +83,29 @@ pub fn parse(payload: &Value) -> Result<HarborEvent, String> {
         };
         return Ok(HarborEvent::Ignored { id, reason });
     }
-    let data = if cloud { obj.get("data") } else { obj.get("event_data") };
-    let data = data.and_then(Value::as_object).ok_or(if cloud { "the event has no \"data\" object" } else { "the event has no \"event_data\" object" })?;
+    let data_key = if cloud { "data" } else { "event_data" };
+    let data = obj.get(data_key).and_then(Value::as_object).ok_or(HarborError::NoData(data_key))?;
     let repository = data
         .get("repository")
         .and_then(|r| r.get("repo_full_name"))
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or("the event names no repository (repository.repo_full_name)")?;
-    crate::validate::image_repository_path(repository)?;
-    let resources = data.get("resources").and_then(Value::as_array).ok_or("the event has no \"resources\" list")?;
+        .ok_or(HarborError::NoRepository)?;
+    crate::validate::image_repository_path(repository).map_err(|e| HarborError::Repository(e.to_string()))?;
+    let resources = data.get("resources").and_then(Value::as_array).ok_or(HarborError::NoResources)?;
     let mut images = Vec::with_capacity(resources.len());
-    for (i, r) in resources.iter().enumerate() {
+    for (index, r) in resources.iter().enumerate() {
         let field = |k: &str| r.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
         let tag = field("tag");
-        let digest = field("digest").or(tag.filter(|t| t.starts_with("sha256:"))).ok_or(format!("resources[{i}] has no digest"))?;
+        let digest = field("digest").or(tag.filter(|t| t.starts_with("sha256:"))).ok_or(HarborError::NoDigest { index })?;
         if !is_digest(digest) {
-            return Err(format!("resources[{i}].digest {digest:?} is not a sha256 digest"));
+            return Err(HarborError::NotSha256 { index, digest: digest.to_string() });
         }
         let tag = tag.filter(|t| !t.starts_with("sha256:"));
-        let url = field("resource_url").ok_or(format!("resources[{i}] has no resource_url"))?;
+        let url = field("resource_url").ok_or(HarborError::NoResourceUrl { index })?;
         let registry = url.split('/').next().unwrap_or_default();
         if registry.is_empty() || !registry.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')) {
-            return Err(format!("resources[{i}].resource_url {url:?} does not start with a registry host"));
+            return Err(HarborError::NoRegistryHost { index, url: url.to_string() });
         }
         images.push(NewImageEvent {
             source: "harbor",
@@ -181,7 +210,7 @@ pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(Stat
         }
     };
     authorize(&s, &auth, &payload).await?;
-    let event = parse(&payload).map_err(ApiError::BadRequest)?;
+    let event = parse(&payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let kind = payload.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
     let (id, images, ignored) = match event {
         HarborEvent::Pushed { id, images } => {
@@ -247,7 +276,7 @@ mod tests {
             (json!({"type": "PUSH_ARTIFACT", "event_data": {"repository": {"repo_full_name": "../etc"}, "resources": []}}), "repository"),
             (json!({"specversion": "1.0", "type": "harbor.artifact.pushed", "data": {}}), "id"),
         ] {
-            let err = parse(&body).unwrap_err();
+            let err = parse(&body).unwrap_err().to_string();
             assert!(err.contains(why), "{body}: {err}");
         }
     }

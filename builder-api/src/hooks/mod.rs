@@ -3,4 +3,3 @@
 
 pub mod gitlab;
 pub mod harbor;
-pub mod rate;

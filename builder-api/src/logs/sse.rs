@@ -67,7 +67,7 @@ pub fn events(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl
 /// (under load a follower wakes to several stored batches, and one write serves them all), and a
 /// comment goes out whenever `inner` has been quiet for `every`, so proxies keep the stream. The
 /// keep-alive timer is re-armed only when it fires, not on every batch: with a thousand
-/// followers, arming a timer per batch per follower was a good share of the server's work.
+/// followers, arming a timer per batch per follower is a good share of the server's work.
 struct KeepAlive<S> {
     inner: Pin<Box<S>>,
     every: Duration,

@@ -6,6 +6,19 @@ use std::sync::Mutex;
 
 use crate::config::ClusterConfig;
 
+/// Why no client for a cluster could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster {0:?} is not configured")]
+    NotConfigured(String),
+    #[error("{0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("{0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("{0}")]
+    Client(#[from] kube::Error),
+}
+
 pub struct Clusters {
     configs: Vec<ClusterConfig>,
     clients: Mutex<HashMap<String, kube::Client>>,
@@ -34,18 +47,18 @@ impl Clusters {
         self.clients.lock().unwrap().insert(name.to_string(), client);
     }
 
-    pub async fn client(&self, name: &str) -> Result<kube::Client, String> {
+    pub async fn client(&self, name: &str) -> Result<kube::Client, ClusterError> {
         if let Some(c) = self.clients.lock().unwrap().get(name) {
             return Ok(c.clone());
         }
-        let cluster = self.get(name).ok_or_else(|| format!("cluster {name:?} is not configured"))?;
+        let cluster = self.get(name).ok_or_else(|| ClusterError::NotConfigured(name.to_string()))?;
         let config = if cluster.in_cluster {
-            kube::Config::incluster().map_err(|e| e.to_string())?
+            kube::Config::incluster()?
         } else {
             let options = kube::config::KubeConfigOptions { context: cluster.context.clone(), ..Default::default() };
-            kube::Config::from_kubeconfig(&options).await.map_err(|e| e.to_string())?
+            kube::Config::from_kubeconfig(&options).await?
         };
-        let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+        let client = kube::Client::try_from(config)?;
         self.clients.lock().unwrap().insert(name.to_string(), client.clone());
         Ok(client)
     }

@@ -13,13 +13,47 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
 use kube::Api;
 
-use super::policy::Policy;
+use super::clusters::ClusterError;
+use super::grants::GrantError;
+use super::policy::{Policy, PolicyError};
 use crate::context::Context;
 use crate::store::{NewSubscription, StoreError};
 
 pub const APP: &str = "kiln.dev/app";
 pub const POLICY: &str = "kiln.dev/policy";
 pub const CONTAINER: &str = "kiln.dev/container";
+
+/// Why a cluster's Deployments could not be looked at.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why an annotated Deployment's annotation is ignored (logged with the Deployment's name).
+#[derive(Debug, thiserror::Error)]
+pub enum AnnotationError {
+    #[error("the value must be TENANT/APP")]
+    NotTenantApp,
+    #[error("no such tenant")]
+    NoTenant,
+    #[error("no such app")]
+    NoApp,
+    #[error("no such cluster")]
+    NoCluster,
+    #[error("no container {0:?}")]
+    NoContainer(String),
+    #[error("no containers")]
+    NoContainers,
+    #[error("{0}")]
+    Grant(#[from] GrantError),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
 
 /// Adds the subscriptions the annotated Deployments of every cluster ask for; returns how many.
 pub async fn discover(ctx: &Context) -> usize {
@@ -34,12 +68,12 @@ pub async fn discover(ctx: &Context) -> usize {
 }
 
 /// Every tenant's deploy namespaces, each once.
-async fn granted_namespaces(ctx: &Context) -> Result<BTreeSet<String>, String> {
-    let tenants = ctx.store.tenants().await.map_err(|e| e.to_string())?;
+async fn granted_namespaces(ctx: &Context) -> Result<BTreeSet<String>, StoreError> {
+    let tenants = ctx.store.tenants().await?;
     Ok(tenants.into_iter().flat_map(|t| t.settings.deploy_namespaces.unwrap_or_default()).collect())
 }
 
-async fn discover_in(ctx: &Context, cluster: &str) -> Result<usize, String> {
+async fn discover_in(ctx: &Context, cluster: &str) -> Result<usize, DiscoveryError> {
     let client = ctx.clusters.client(cluster).await?;
     let mut deployments = Vec::new();
     for ns in granted_namespaces(ctx).await? {
@@ -77,20 +111,19 @@ async fn subscribe(
     d: &Deployment,
     target: &str,
     annotations: &std::collections::BTreeMap<String, String>,
-) -> Result<bool, String> {
-    let (tenant, app) = target.split_once('/').ok_or("the value must be TENANT/APP")?;
-    let db = |e: StoreError| e.to_string();
-    let tenant = ctx.store.tenant_by_name(tenant).await.map_err(db)?.ok_or("no such tenant")?;
+) -> Result<bool, AnnotationError> {
+    let (tenant, app) = target.split_once('/').ok_or(AnnotationError::NotTenantApp)?;
+    let tenant = ctx.store.tenant_by_name(tenant).await?.ok_or(AnnotationError::NoTenant)?;
     super::grants::check_namespace(&tenant, ns)?;
-    let app = ctx.store.app_by_name(tenant.id, app).await.map_err(db)?.ok_or("no such app")?;
+    let app = ctx.store.app_by_name(tenant.id, app).await?.ok_or(AnnotationError::NoApp)?;
     let policy = annotations.get(POLICY).map(String::as_str).unwrap_or("manual");
     policy.parse::<Policy>()?;
     let containers = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|s| s.containers.clone()).unwrap_or_default();
     let container = match annotations.get(CONTAINER) {
-        Some(c) => containers.iter().find(|x| &x.name == c).ok_or(format!("no container {c:?}"))?.name.clone(),
-        None => containers.first().ok_or("no containers")?.name.clone(),
+        Some(c) => containers.iter().find(|x| &x.name == c).ok_or_else(|| AnnotationError::NoContainer(c.clone()))?.name.clone(),
+        None => containers.first().ok_or(AnnotationError::NoContainers)?.name.clone(),
     };
-    let cluster_config = ctx.clusters.get(cluster).ok_or("no such cluster")?;
+    let cluster_config = ctx.clusters.get(cluster).ok_or(AnnotationError::NoCluster)?;
     let path = app.image_repository.split_once('/').map(|(_, p)| p).unwrap_or_default();
     let repository = crate::replication::repository_in(cluster_config, &app.tenant, path);
     super::grants::check_repository(&tenant, cluster_config, &repository)?;
@@ -107,6 +140,6 @@ async fn subscribe(
     match ctx.store.create_subscription(&new).await {
         Ok(_) => Ok(true),
         Err(StoreError::Conflict(_)) => Ok(false),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }

@@ -16,35 +16,24 @@ pub mod deployment;
 pub mod discovery;
 pub mod grants;
 pub mod policy;
+pub mod state;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use tokio::sync::Notify;
 
 use crate::context::Context;
 use crate::store::{NewImageEvent, NewRollout, Rollout, StoreError};
+use clusters::ClusterError;
+use deployment::DeploymentError;
+use grants::GrantError;
 use policy::Policy;
+pub use state::Rollouts;
 
 /// How often the clusters' Deployments are listed for `kiln.dev/app` annotations.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
-
-#[derive(Default)]
-pub struct Rollouts {
-    wake: Notify,
-    /// Deployments with a rollout being driven: (cluster, namespace, name).
-    active: Mutex<HashSet<(String, String, String)>>,
-}
-
-impl Rollouts {
-    /// An image event or a rollout was queued, or a rollout ended.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-}
 
 /// The rollout loop; runs for the life of the service.
 pub async fn run(ctx: Arc<Context>) {
@@ -161,7 +150,7 @@ async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
     let (state, reason) = match roll(ctx, &rollout).await {
         Ok(Rolled::Superseded) => return Ok(()),
         Ok(Rolled::Done(note)) => ("Complete", note),
-        Err((state, reason)) => (state, Some(reason)),
+        Err(e) => (e.state(), Some(e.to_string())),
     };
     tracing::info!(rollout = rollout.id, deployment = rollout.deployment, state, reason, "rollout ended");
     ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await
@@ -175,20 +164,73 @@ enum Rolled {
     Superseded,
 }
 
-/// Err((state, reason)) when the Deployment does not run the image.
-async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, (&'static str, String)> {
-    let failed = |why: String| ("Failed", why);
+/// Why a rollout ended without the Deployment running its image. The text is the reason the
+/// rollout records; [`RolloutError::state`] is the state it ends in.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The grant does not cover the Deployment or the image: nothing was sent to the cluster.
+    #[error("refused, the Deployment was not touched: {0}")]
+    Refused(#[from] Refusal),
+    #[error("cluster {cluster} is unreachable: {source}")]
+    Unreachable { cluster: String, source: ClusterError },
+    #[error("Deployment {deployment} has no container {container:?}")]
+    NoContainer { deployment: String, container: String },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Reading, patching or watching the Deployment failed, and no rollback was asked for.
+    #[error("{0}")]
+    Deployment(#[from] DeploymentError),
+    #[error("{failure}; rolling back to {previous} failed: {source}")]
+    RollbackFailed { failure: DeploymentError, previous: String, source: DeploymentError },
+    #[error("{failure}; the rollback to {previous} did not complete either: {source}")]
+    RollbackIncomplete { failure: DeploymentError, previous: String, source: DeploymentError },
+    /// The rollout failed and the Deployment runs the image it ran before.
+    #[error("{failure}; rolled back to {previous}")]
+    RolledBack { failure: DeploymentError, previous: String },
+}
+
+impl RolloutError {
+    /// The state the rollout ends in: `RolledBack` when the Deployment runs its previous image
+    /// again, else `Failed`.
+    pub fn state(&self) -> &'static str {
+        match self {
+            RolloutError::RolledBack { .. } => "RolledBack",
+            _ => "Failed",
+        }
+    }
+}
+
+/// Why a rollout may not touch its Deployment, checked as the grant is at the time.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("the app no longer exists")]
+    AppGone,
+    #[error("the subscription no longer exists")]
+    SubscriptionGone,
+    #[error("cluster {0:?} is not configured")]
+    NoCluster(String),
+    #[error("{0}")]
+    Grant(#[from] GrantError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, RolloutError> {
     // Checked again here, before any call to the cluster: the grant may have narrowed since the
     // subscription was made, or the subscription may be from a release that did not check.
-    granted(ctx, r).await.map_err(|why| failed(format!("refused, the Deployment was not touched: {why}")))?;
-    let client = ctx.clusters.client(&r.cluster).await.map_err(|e| failed(format!("cluster {} is unreachable: {e}", r.cluster)))?;
+    granted(ctx, r).await?;
+    let client = ctx
+        .clusters
+        .client(&r.cluster)
+        .await
+        .map_err(|source| RolloutError::Unreachable { cluster: r.cluster.clone(), source })?;
     let api: Api<Deployment> = Api::namespaced(client, &r.namespace);
-    let current = deployment::get(&api, &r.deployment).await.map_err(failed)?;
+    let current = deployment::get(&api, &r.deployment).await?;
     let previous = deployment::container_image(&current, &r.container)
-        .ok_or_else(|| failed(format!("Deployment {} has no container {:?}", r.deployment, r.container)))?;
+        .ok_or_else(|| RolloutError::NoContainer { deployment: r.deployment.clone(), container: r.container.clone() })?;
     // Running, with what it replaces recorded, in one write before the patch.
     let replaces = (previous != r.image).then_some(previous.as_str());
-    if !ctx.store.start_rollout(r.id, replaces).await.map_err(|e| failed(e.to_string()))? {
+    if !ctx.store.start_rollout(r.id, replaces).await? {
         return Ok(Rolled::Superseded);
     }
     if replaces.is_none() {
@@ -197,25 +239,26 @@ async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, (&'static str, Strin
     // A rollout resumed after a restart keeps what it recorded the first time.
     let previous = r.previous_image.clone().unwrap_or(previous);
     let deadline = Duration::from_secs(ctx.config.rollout.deadline_secs);
-    let generation = deployment::set_image(&api, &r.deployment, &r.container, &r.image).await.map_err(failed)?;
-    let Err(why) = deployment::wait(&api, &r.deployment, generation, deadline).await else { return Ok(Rolled::Done(None)) };
+    let generation = deployment::set_image(&api, &r.deployment, &r.container, &r.image).await?;
+    let Err(failure) = deployment::wait(&api, &r.deployment, generation, deadline).await else { return Ok(Rolled::Done(None)) };
     if !r.rollback_on_failure {
-        return Err(failed(why));
+        return Err(failure.into());
     }
-    let generation = deployment::set_image(&api, &r.deployment, &r.container, &previous)
-        .await
-        .map_err(|e| failed(format!("{why}; rolling back to {previous} failed: {e}")))?;
+    let generation = match deployment::set_image(&api, &r.deployment, &r.container, &previous).await {
+        Ok(generation) => generation,
+        Err(source) => return Err(RolloutError::RollbackFailed { failure, previous, source }),
+    };
     match deployment::wait(&api, &r.deployment, generation, deadline).await {
-        Ok(()) => Err(("RolledBack", format!("{why}; rolled back to {previous}"))),
-        Err(e) => Err(failed(format!("{why}; the rollback to {previous} did not complete either: {e}"))),
+        Ok(()) => Err(RolloutError::RolledBack { failure, previous }),
+        Err(source) => Err(RolloutError::RollbackIncomplete { failure, previous, source }),
     }
 }
 
 /// Ok when the rollout's Deployment is in one of its tenant's deploy namespaces and the image in
 /// the tenant's registry project, as they are now.
-async fn granted(ctx: &Context, r: &Rollout) -> Result<(), String> {
-    let (_, tenant) = ctx.store.app_with_tenant(r.app_id).await.map_err(|e| e.to_string())?.ok_or("the app no longer exists")?;
-    let sub = ctx.store.subscription(r.subscription_id).await.map_err(|e| e.to_string())?.ok_or("the subscription no longer exists")?;
-    let cluster = ctx.clusters.get(&r.cluster).ok_or_else(|| format!("cluster {:?} is not configured", r.cluster))?;
-    grants::check(&tenant, cluster, &sub.namespace, &sub.repository)
+async fn granted(ctx: &Context, r: &Rollout) -> Result<(), Refusal> {
+    let (_, tenant) = ctx.store.app_with_tenant(r.app_id).await?.ok_or(Refusal::AppGone)?;
+    let sub = ctx.store.subscription(r.subscription_id).await?.ok_or(Refusal::SubscriptionGone)?;
+    let cluster = ctx.clusters.get(&r.cluster).ok_or_else(|| Refusal::NoCluster(r.cluster.clone()))?;
+    Ok(grants::check(&tenant, cluster, &sub.namespace, &sub.repository)?)
 }

@@ -14,24 +14,39 @@ pub enum Policy {
     Manual,
 }
 
+/// Why a policy string is not a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The branch is not a valid git ref name (the validator's message).
+    #[error("{0}")]
+    Branch(String),
+    #[error("policy glob {glob:?}: {source}")]
+    Glob { glob: String, source: globset::Error },
+    #[error("policy semver range {range:?}: {source}")]
+    Semver { range: String, source: semver::Error },
+    #[error("policy {0:?} must be one of branch:NAME, glob:PATTERN, semver:RANGE, manual")]
+    Unknown(String),
+}
+
 impl FromStr for Policy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Policy, String> {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Policy, PolicyError> {
         let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
         match (kind, arg.trim()) {
             ("manual", "") => Ok(Policy::Manual),
             ("branch", b) if !b.is_empty() => {
-                crate::validate::git_ref(b)?;
+                crate::validate::git_ref(b).map_err(|e| PolicyError::Branch(e.to_string()))?;
                 Ok(Policy::Branch(b.to_string()))
             }
             ("glob", g) if !g.is_empty() => {
-                globset::Glob::new(g).map_err(|e| format!("policy glob {g:?}: {e}"))?;
+                globset::Glob::new(g).map_err(|source| PolicyError::Glob { glob: g.to_string(), source })?;
                 Ok(Policy::Glob(g.to_string()))
             }
-            ("semver", r) if !r.is_empty() => {
-                r.parse::<semver::VersionReq>().map(Policy::Semver).map_err(|e| format!("policy semver range {r:?}: {e}"))
-            }
-            _ => Err(format!("policy {s:?} must be one of branch:NAME, glob:PATTERN, semver:RANGE, manual")),
+            ("semver", r) if !r.is_empty() => r
+                .parse::<semver::VersionReq>()
+                .map(Policy::Semver)
+                .map_err(|source| PolicyError::Semver { range: r.to_string(), source }),
+            _ => Err(PolicyError::Unknown(s.to_string())),
         }
     }
 }
@@ -43,7 +58,7 @@ impl Policy {
         match self {
             Policy::Manual => false,
             Policy::Branch(b) => build_branch == Some(b.as_str()),
-            Policy::Glob(g) => tag.is_some_and(|t| crate::hooks::gitlab::branch_matches(g, t)),
+            Policy::Glob(g) => tag.is_some_and(|t| crate::branch_filter::matches(g, t)),
             Policy::Semver(range) => tag
                 .and_then(|t| semver::Version::parse(t.strip_prefix('v').unwrap_or(t)).ok())
                 .is_some_and(|v| range.matches(&v)),

@@ -6,126 +6,20 @@
 //! store's Queued builds, so it survives a restart; `queue.rs` is its in-memory index.
 
 mod queue;
+pub mod state;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use self::queue::FairQueue;
+pub use self::state::{CancelResult, Scheduler};
 use crate::context::Context;
 use crate::executor::{BuildJob, Outcome};
 use crate::logs::capture::{LogCapture, Masker};
 use crate::store::{Build, BuildState, StoreError};
-
-#[derive(Default)]
-pub struct Scheduler {
-    wake: Notify,
-    running: Mutex<HashMap<i64, RunningBuild>>,
-    /// Why a running build is being cancelled, when not by a plain cancel request.
-    cancel_reasons: Mutex<HashMap<i64, String>>,
-    queue: Mutex<Waiting>,
-    /// Tenant id → most builds of that tenant running at once (tenants without a cap are absent).
-    caps: Mutex<HashMap<i64, u32>>,
-}
-
-struct RunningBuild {
-    tenant: i64,
-    cancel: CancellationToken,
-}
-
-/// The builds waiting to start, and the newest build id read from the store into them.
-#[derive(Default)]
-struct Waiting {
-    fair: FairQueue,
-    /// Builds only enter Queued when they are inserted, and every insert goes through the store's
-    /// one writer connection, so ids become visible in increasing order: reading `id > seen_up_to`
-    /// finds every build queued since the last read, and none twice.
-    seen_up_to: i64,
-}
-
-/// Why a cancel request did nothing.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CancelResult {
-    Cancelled,
-    /// Running: the executor stops it; the build ends Cancelled shortly.
-    Stopping,
-    AlreadyFinished(BuildState),
-}
-
-impl Scheduler {
-    /// A build was queued or a slot freed.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    pub fn running_count(&self) -> usize {
-        self.running.lock().unwrap().len()
-    }
-
-    /// Builds waiting to start (as far as the scheduler has read them).
-    pub fn queued_count(&self) -> usize {
-        self.queue.lock().unwrap().fair.len()
-    }
-
-    /// Replaces the per-tenant concurrency caps; the next pick obeys them.
-    pub fn set_tenant_caps(&self, caps: HashMap<i64, u32>) {
-        *self.caps.lock().unwrap() = caps;
-        self.wake();
-    }
-
-    fn register(&self, build: &Build) -> CancellationToken {
-        self.reserve(build.tenant_id, build.id)
-    }
-
-    /// Takes a slot for the build and gives its cancel token (the same one on every call).
-    fn reserve(&self, tenant: i64, id: i64) -> CancellationToken {
-        let mut running = self.running.lock().unwrap();
-        running.entry(id).or_insert_with(|| RunningBuild { tenant, cancel: CancellationToken::new() }).cancel.clone()
-    }
-
-    /// Gives back the slots of builds that were reserved but did not start.
-    fn release(&self, ids: impl IntoIterator<Item = i64>) {
-        let mut running = self.running.lock().unwrap();
-        let mut reasons = self.cancel_reasons.lock().unwrap();
-        for id in ids {
-            running.remove(&id);
-            reasons.remove(&id);
-        }
-    }
-
-    /// Reads into the queue the builds queued since the last read.
-    async fn read_arrivals(&self, ctx: &Context) -> Result<(), StoreError> {
-        let seen = self.queue.lock().unwrap().seen_up_to;
-        let arrived = ctx.store.queued_builds_after(seen).await?;
-        let mut queue = self.queue.lock().unwrap();
-        for (id, tenant) in arrived {
-            if id > queue.seen_up_to {
-                queue.fair.push(tenant, id);
-                queue.seen_up_to = id;
-            }
-        }
-        Ok(())
-    }
-
-    /// Up to `free` builds to start now, by the fair order and the tenants' caps.
-    fn pick(&self, free: usize) -> Vec<queue::Picked> {
-        let mut per_tenant: HashMap<i64, usize> = HashMap::new();
-        for r in self.running.lock().unwrap().values() {
-            *per_tenant.entry(r.tenant).or_default() += 1;
-        }
-        let caps = self.caps.lock().unwrap();
-        self.queue.lock().unwrap().fair.pick(free, &per_tenant, &caps)
-    }
-
-    /// Forgets the queue so the next read takes every Queued build from the store again: what
-    /// a failed start does, since the builds it took out may still be Queued there.
-    fn reread_queue(&self) {
-        *self.queue.lock().unwrap() = Waiting::default();
-    }
-}
 
 /// Builds left Running by a previous process. An executor whose work outlives Kiln (kube: the
 /// Job keeps running) follows them again; otherwise (local: the processes died with Kiln, or are
@@ -174,7 +68,7 @@ pub async fn run(ctx: Arc<Context>) {
 
 async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
     let sched = &ctx.scheduler;
-    sched.read_arrivals(ctx).await?;
+    sched.read_arrivals(&ctx.store).await?;
     loop {
         let free = ctx.config.executor.max_concurrent_builds.saturating_sub(sched.running_count());
         let picked = sched.pick(free);

@@ -2,7 +2,7 @@
 //!
 //! The store's Queued builds are the durable queue (it survives a restart); this is its index,
 //! so that picking the next build costs a walk over the tenants with waiting builds, not a read
-//! of every queued build (10,000 queued builds made each pick a 50 ms query). The scheduler
+//! of every queued build (a query whose cost grows with the queue). The scheduler
 //! feeds it the builds queued since the last id it saw; an entry whose build was cancelled
 //! meanwhile is harmless: the store refuses to start a build that is no longer Queued.
 

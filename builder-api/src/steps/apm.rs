@@ -14,7 +14,8 @@ use anyhow::Context as _;
 use registry_sync::{human_bytes, BuiltLayer, ImageRef};
 
 use super::ImageResult;
-use crate::apm::{self, ApmApplied};
+use crate::apm;
+use crate::store::ApmApplied;
 use crate::config::{AgentSource, ApmAgent};
 
 /// The agent the plan asked for, its layer ready.

@@ -15,6 +15,8 @@ pub mod push;
 
 use std::path::Path;
 
+pub use crate::json_file::write_atomically as write_result;
+
 use serde::{Deserialize, Serialize};
 
 /// What the clone step checked out; written to `$WORKSPACE/.kiln/clone.json`.
@@ -33,17 +35,7 @@ pub struct ImageResult {
     pub digest: String,
     /// Set when an APM agent was injected: `image`/`digest` are then the injected image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apm: Option<crate::apm::ApmApplied>,
-}
-
-/// Writes a small JSON result atomically (write then rename), creating the directory.
-pub fn write_result<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
-    std::fs::rename(tmp, path)
+    pub apm: Option<crate::store::ApmApplied>,
 }
 
 /// Reads what the clone step wrote, with an error that says which step should have written it.

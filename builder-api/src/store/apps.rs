@@ -54,7 +54,7 @@ pub struct KindSettings {
     pub supersede: Option<bool>,
     /// An APM agent injected into every image of the app (`crate::apm`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub apm: Option<crate::apm::ApmSetting>,
+    pub apm: Option<super::ApmSetting>,
 }
 
 #[derive(Clone, Serialize)]
@@ -104,34 +104,35 @@ pub struct NewApp {
 const WEBHOOK_SECRET: &str = "apps.webhook_secret";
 const GIT_TOKEN: &str = "apps.git_token";
 
-const APP_COLUMNS: &str = "a.id, a.tenant_id, t.name, a.name, a.git_url, a.project_path, a.branch_filter, a.kind,
+/// Read by name in [`app_from_row`]; the tenant's name is `tenant` beside the app's `name`.
+const APP_COLUMNS: &str = "a.id, a.tenant_id, t.name AS tenant, a.name, a.git_url, a.project_path, a.branch_filter, a.kind,
     a.settings, a.base_image, a.image_repository, a.webhook_secret, a.git_token, a.created_at";
 
 /// An app from its row, its secrets opened with `key`.
 fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
-    let kind: String = r.get(7);
-    let settings: String = r.get(8);
-    let id: i64 = r.get(0);
-    let webhook_secret: String = r.get(11);
+    let kind: String = r.get("kind");
+    let settings: String = r.get("settings");
+    let id: i64 = r.get("id");
+    let webhook_secret: String = r.get("webhook_secret");
     let webhook_secret = key.open(WEBHOOK_SECRET, &webhook_secret, &|| format!("{WEBHOOK_SECRET} of app {id}"))?;
-    let git_token: Option<String> = r.get(12);
+    let git_token: Option<String> = r.get("git_token");
     let git_token = git_token.map(|t| key.open(GIT_TOKEN, &t, &|| format!("{GIT_TOKEN} of app {id}"))).transpose()?;
     Ok(App {
         id,
-        tenant_id: r.get(1),
-        tenant: r.get(2),
-        name: r.get(3),
-        git_url: r.get(4),
-        project_path: r.get(5),
-        branch_filter: r.get(6),
+        tenant_id: r.get("tenant_id"),
+        tenant: r.get("tenant"),
+        name: r.get("name"),
+        git_url: r.get("git_url"),
+        project_path: r.get("project_path"),
+        branch_filter: r.get("branch_filter"),
         kind: BuildKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("app kind {kind:?}")))?,
         settings: serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("app settings: {e}")))?,
-        base_image: r.get(9),
-        image_repository: r.get(10),
+        base_image: r.get("base_image"),
+        image_repository: r.get("image_repository"),
         webhook_secret,
         has_git_token: git_token.is_some(),
         git_token,
-        created_at: r.get(13),
+        created_at: r.get("created_at"),
     })
 }
 
@@ -158,7 +159,7 @@ impl Store {
         .fetch_one(&self.writer)
         .await
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict(format!("app {}", new.name)) } else { e.into() })?
-        .get(0);
+        .get("id");
         self.app_directory.invalidate();
         Ok(self.app(id).await?.expect("just inserted"))
     }
@@ -170,9 +171,10 @@ impl Store {
 
     /// The app and its tenant in one read: what every build needs before it starts.
     pub async fn app_with_tenant(&self, id: i64) -> Result<Option<(App, super::Tenant)>> {
-        let sql = format!("SELECT {APP_COLUMNS}, t.id, t.name, t.created_at, t.settings FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
+        use super::tenants::{tenant_from_columns, JOINED_TENANT, JOINED_TENANT_COLUMNS};
+        let sql = format!("SELECT {APP_COLUMNS}, {JOINED_TENANT_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else { return Ok(None) };
-        Ok(Some((app_from_row(&self.key, &row)?, super::tenants::tenant_from_columns(&row, 14)?)))
+        Ok(Some((app_from_row(&self.key, &row)?, tenant_from_columns(&row, &JOINED_TENANT)?)))
     }
 
     pub async fn app_by_name(&self, tenant_id: i64, name: &str) -> Result<Option<App>> {
@@ -206,10 +208,10 @@ impl Store {
     }
 }
 
-/// The apps by GitLab project path and git URL, in memory. Without it a burst of 200 webhooks
-/// queued 200 reads for the store's read connections before any delivery was recorded (16 ms
-/// of a 50 ms budget). Apps are only ever inserted, and every insert drops the index; the
-/// generation keeps an index read before an insert from being installed after it.
+/// The apps by GitLab project path and git URL, in memory: every webhook asks for its apps
+/// before anything is recorded, and from memory a burst of webhooks does not queue a read each
+/// for the store's read connections. Apps are only ever inserted, and every insert drops the
+/// index; the generation keeps an index read before an insert from being installed after it.
 #[derive(Default)]
 pub(super) struct AppDirectory {
     index: RwLock<Option<Arc<AppIndex>>>,

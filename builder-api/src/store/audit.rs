@@ -53,7 +53,7 @@ impl Store {
     /// Newest first; `tenant` None: every tenant's entries and those of no tenant.
     pub async fn audit_log(&self, tenant: Option<i64>, limit: i64) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT l.id, l.at, l.actor, l.token_id, l.tenant_id, t.name, l.action, l.target, l.client_addr
+            "SELECT l.id, l.at, l.actor, l.token_id, l.tenant_id, t.name AS tenant, l.action, l.target, l.client_addr
              FROM audit_log l LEFT JOIN tenants t ON t.id = l.tenant_id
              WHERE ?1 IS NULL OR l.tenant_id = ?1 ORDER BY l.id DESC LIMIT ?2",
         )
@@ -64,15 +64,15 @@ impl Store {
         Ok(rows
             .iter()
             .map(|r| AuditEntry {
-                id: r.get(0),
-                at: r.get(1),
-                actor: r.get(2),
-                token_id: r.get(3),
-                tenant_id: r.get(4),
-                tenant: r.get(5),
-                action: r.get(6),
-                target: r.get(7),
-                client_addr: r.get(8),
+                id: r.get("id"),
+                at: r.get("at"),
+                actor: r.get("actor"),
+                token_id: r.get("token_id"),
+                tenant_id: r.get("tenant_id"),
+                tenant: r.get("tenant"),
+                action: r.get("action"),
+                target: r.get("target"),
+                client_addr: r.get("client_addr"),
             })
             .collect())
     }

@@ -110,33 +110,34 @@ pub struct NewBuild {
     pub trigger: String,
 }
 
-const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name, b.app_id, a.name, b.state, b.reason, b.git_ref, b.commit_sha,
+/// Read by name in [`build_from_row`]; the tenant's and the app's names are `tenant` and `app`.
+const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name AS tenant, b.app_id, a.name AS app, b.state, b.reason, b.git_ref, b.commit_sha,
     b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at,
     b.apm_agent, b.apm_version, b.original_image";
 const BUILD_FROM: &str = "FROM builds b JOIN tenants t ON t.id = b.tenant_id JOIN apps a ON a.id = b.app_id";
 
 fn build_from_row(r: &SqliteRow) -> Result<Build> {
-    let state: String = r.get(5);
+    let state: String = r.get("state");
     Ok(Build {
-        id: r.get(0),
-        tenant_id: r.get(1),
-        tenant: r.get(2),
-        app_id: r.get(3),
-        app: r.get(4),
+        id: r.get("id"),
+        tenant_id: r.get("tenant_id"),
+        tenant: r.get("tenant"),
+        app_id: r.get("app_id"),
+        app: r.get("app"),
         state: BuildState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("build state {state:?}")))?,
-        reason: r.get(6),
-        git_ref: r.get(7),
-        commit: r.get(8),
-        trigger: r.get(9),
-        kind: r.get(10),
-        image: r.get(11),
-        image_digest: r.get(12),
-        queued_at: r.get(13),
-        started_at: r.get(14),
-        finished_at: r.get(15),
-        apm_agent: r.get(16),
-        apm_version: r.get(17),
-        original_image: r.get(18),
+        reason: r.get("reason"),
+        git_ref: r.get("git_ref"),
+        commit: r.get("commit_sha"),
+        trigger: r.get("trigger"),
+        kind: r.get("kind"),
+        image: r.get("image"),
+        image_digest: r.get("image_digest"),
+        queued_at: r.get("queued_at"),
+        started_at: r.get("started_at"),
+        finished_at: r.get("finished_at"),
+        apm_agent: r.get("apm_agent"),
+        apm_version: r.get("apm_version"),
+        original_image: r.get("original_image"),
     })
 }
 
@@ -155,7 +156,7 @@ pub(super) async fn insert_build(conn: &mut SqliteConnection, new: &NewBuild) ->
     .bind(now_ms())
     .fetch_one(conn)
     .await?
-    .get(0))
+    .get("id"))
 }
 
 impl Store {
@@ -209,7 +210,7 @@ impl Store {
             .bind(after)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.iter().map(|r| (r.get("id"), r.get("tenant_id"))).collect())
     }
 
     /// The builds with these ids, in id order.
@@ -257,7 +258,7 @@ impl Store {
         for id in ids {
             query = query.bind(id);
         }
-        Ok(query.fetch_all(&self.writer).await?.iter().map(|r| r.get(0)).collect())
+        Ok(query.fetch_all(&self.writer).await?.iter().map(|r| r.get("id")).collect())
     }
 
     /// Moves a build that is not yet final to a final state. False when it already was final.
@@ -376,34 +377,40 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| Step { name: r.get(0), state: r.get(1), exit_code: r.get(2), started_at: r.get(3), finished_at: r.get(4) })
+            .map(|r| Step {
+                name: r.get("name"),
+                state: r.get("state"),
+                exit_code: r.get("exit_code"),
+                started_at: r.get("started_at"),
+                finished_at: r.get("finished_at"),
+            })
             .collect())
     }
 
     /// Counts per state, for `/metrics`.
     pub async fn build_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM builds GROUP BY state").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let rows = sqlx::query("SELECT state, COUNT(*) AS count FROM builds GROUP BY state").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get("state"), r.get("count"))).collect())
     }
 
     /// (count, sum of seconds) of queue waits of builds that started.
     pub async fn queue_wait_totals(&self) -> Result<(i64, f64)> {
         let r = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(started_at - queued_at), 0) FROM builds WHERE started_at IS NOT NULL",
+            "SELECT COUNT(*) AS count, COALESCE(SUM(started_at - queued_at), 0) AS wait_ms FROM builds WHERE started_at IS NOT NULL",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok((r.get(0), r.get::<i64, _>(1) as f64 / 1000.0))
+        Ok((r.get("count"), r.get::<i64, _>("wait_ms") as f64 / 1000.0))
     }
 
     /// Per step name: (count, sum of seconds) of finished steps.
     pub async fn step_duration_totals(&self) -> Result<Vec<(String, i64, f64)>> {
         let rows = sqlx::query(
-            "SELECT name, COUNT(*), COALESCE(SUM(finished_at - started_at), 0) FROM build_steps
+            "SELECT name, COUNT(*) AS count, COALESCE(SUM(finished_at - started_at), 0) AS duration_ms FROM build_steps
              WHERE finished_at IS NOT NULL AND started_at IS NOT NULL GROUP BY name ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as f64 / 1000.0)).collect())
+        Ok(rows.iter().map(|r| (r.get("name"), r.get("count"), r.get::<i64, _>("duration_ms") as f64 / 1000.0)).collect())
     }
 }

@@ -41,9 +41,9 @@ struct Pending {
 }
 
 /// Records deliveries through one task: whatever arrived while the last transaction committed
-/// goes into the next one. A burst of 200 hooks becomes a handful of commits instead of 200
-/// writers queueing for SQLite's single write lock (whose busy handler sleeps, which is what
-/// made the tail latency).
+/// goes into the next one. A burst of hooks becomes a handful of commits instead of a writer per
+/// hook queueing for SQLite's single write lock (whose busy handler sleeps between retries,
+/// which would set the tail latency).
 #[derive(Clone)]
 pub(super) struct DeliveryWriter {
     tx: mpsc::Sender<Pending>,
@@ -83,9 +83,9 @@ impl DeliveryWriter {
 /// of two round trips to SQLite's connection thread, whatever the group's size: one command
 /// begins, finds the keys recorded before and inserts the new deliveries' builds; the other
 /// inserts the rest and commits. Each command takes the whole group as one JSON document
-/// (read with `json_each`). The round trips are what costs: each one waits for the connection's thread to
-/// be scheduled, which on a machine busy with a burst of webhooks took about 1 ms apiece (sqlx's
-/// own BEGIN and COMMIT, a command each, made it four).
+/// (read with `json_each`). The round trips are what costs: each one waits for the connection's
+/// thread to be scheduled, which a machine busy with a burst of webhooks does late; sqlx's own
+/// BEGIN and COMMIT would be two more, so the commands carry them.
 ///
 /// This task is the only writer of `webhook_deliveries`, and the writer connection is held from
 /// BEGIN to COMMIT, so "recorded before" cannot change inside the transaction.
@@ -171,9 +171,9 @@ async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pendi
     let mut build_ids: Vec<i64> = vec![];
     for row in &rows {
         if row.len() == 3 {
-            earlier.insert((row.get(0), row.get(1)), row.get(2));
+            earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
         } else {
-            build_ids.push(row.get(0));
+            build_ids.push(row.get("id"));
         }
     }
     build_ids.sort_unstable();

@@ -85,12 +85,12 @@ impl Store {
         Ok(rows
             .iter()
             .map(|r| LogLine {
-                seq: r.get(0),
-                step: r.get(1),
-                stream: Stream::parse(r.get::<&str, _>(2)),
-                at: r.get(3),
-                line: r.get(4),
-                meta: r.get::<Option<&str>, _>(5).and_then(|m| serde_json::from_str(m).ok()),
+                seq: r.get("seq"),
+                step: r.get("step"),
+                stream: Stream::parse(r.get::<&str, _>("stream")),
+                at: r.get("at"),
+                line: r.get("line"),
+                meta: r.get::<Option<&str>, _>("meta").and_then(|m| serde_json::from_str(m).ok()),
             })
             .collect())
     }
@@ -114,11 +114,11 @@ impl Store {
     /// How many lines a step's own process wrote (Kiln's system lines not counted): where a
     /// follower of the step's container log resumes after a restart.
     pub async fn output_line_count(&self, build_id: i64, step: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM log_lines WHERE build_id = ? AND step = ? AND stream IN ('stdout', 'stderr')")
+        let row = sqlx::query("SELECT COUNT(*) AS count FROM log_lines WHERE build_id = ? AND step = ? AND stream IN ('stdout', 'stderr')")
             .bind(build_id)
             .bind(step)
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.get(0))
+        Ok(row.get("count"))
     }
 }

@@ -263,8 +263,14 @@ mod tests {
         .await
         .unwrap();
         run(&pool).await.unwrap();
-        let roles: Vec<(String, Option<i64>, Option<i64>)> =
-            sqlx::query_as("SELECT role, expires_at, revoked_at FROM api_tokens ORDER BY id").fetch_all(&pool).await.unwrap();
+        let rows = sqlx::query("SELECT role, expires_at, revoked_at FROM api_tokens ORDER BY id").fetch_all(&pool).await.unwrap();
+        let roles: Vec<(String, Option<i64>, Option<i64>)> = rows
+            .iter()
+            .map(|r| {
+                use sqlx::Row as _;
+                (r.get("role"), r.get("expires_at"), r.get("revoked_at"))
+            })
+            .collect();
         assert_eq!(roles, vec![("owner".into(), None, None), ("admin".into(), None, None)]);
     }
 

@@ -3,6 +3,7 @@
 //! lives here, never in the cluster. Secrets (git tokens, webhook secrets) are stored encrypted
 //! (`secrets`).
 
+mod apm;
 mod apps;
 mod audit;
 mod builds;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use apm::{ApmApplied, ApmSetting};
 pub use apps::{App, BuildKind, KindSettings, NewApp};
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use builds::{Build, BuildState, NewBuild, Step, StepState};
@@ -54,8 +56,8 @@ pub struct Store {
     /// Reads: several connections (WAL lets readers run beside the writer).
     pool: SqlitePool,
     /// Writes: one connection. Writers wait in sqlx's fair async queue for it instead of racing
-    /// for SQLite's write lock, whose busy handler sleeps up to 100 ms per retry; under a burst
-    /// of builds that sleep is what made the tail latency.
+    /// for SQLite's write lock, whose busy handler sleeps between retries; under a burst of
+    /// builds those sleeps would set the tail latency.
     writer: SqlitePool,
     /// The one task that records webhook deliveries, many per transaction (group commit).
     deliveries: deliveries::DeliveryWriter,
@@ -100,12 +102,12 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         // The writer never checkpoints: SQLite's automatic checkpoint runs inside the commit that
-        // fills the WAL past 1000 pages and fsyncs the database file there, which stalled that
-        // commit (a batch of log lines every few MiB, and its followers) by tens of ms. A task
+        // fills the WAL past 1000 pages and fsyncs the database file there, stalling that commit
+        // (a batch of log lines every few MiB) and the writes queued behind it. A task
         // checkpoints instead, beside the writer (PASSIVE: it waits for nobody).
         let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
         // No ping before handing out a connection (sqlx's default, for network databases): a
-        // SQLite connection is a file, never stale, and the ping was one more round trip to the
+        // SQLite connection is a file, never stale, and a ping is one more round trip to the
         // connection's thread for every query, which a busy machine schedules late.
         let writer = SqlitePoolOptions::new().max_connections(1).test_before_acquire(false).connect_with(writer_options).await?;
         migrations::run(&writer).await?;

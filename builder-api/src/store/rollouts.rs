@@ -101,16 +101,16 @@ const SUBSCRIPTION_COLUMNS: &str =
 
 fn subscription_from_row(r: &SqliteRow) -> Subscription {
     Subscription {
-        id: r.get(0),
-        app_id: r.get(1),
-        cluster: r.get(2),
-        namespace: r.get(3),
-        deployment: r.get(4),
-        container: r.get(5),
-        repository: r.get(6),
-        policy: r.get(7),
-        rollback_on_failure: r.get::<i64, _>(8) != 0,
-        created_at: r.get(9),
+        id: r.get("id"),
+        app_id: r.get("app_id"),
+        cluster: r.get("cluster"),
+        namespace: r.get("namespace"),
+        deployment: r.get("deployment"),
+        container: r.get("container"),
+        repository: r.get("repository"),
+        policy: r.get("policy"),
+        rollback_on_failure: r.get::<i64, _>("rollback_on_failure") != 0,
+        created_at: r.get("created_at"),
     }
 }
 
@@ -120,29 +120,26 @@ const ROLLOUT_SELECT: &str = "SELECT r.id, r.subscription_id, r.app_id, r.cluste
 
 fn rollout_from_row(r: &SqliteRow) -> Rollout {
     Rollout {
-        id: r.get(0),
-        subscription_id: r.get(1),
-        app_id: r.get(2),
-        cluster: r.get(3),
-        namespace: r.get(4),
-        deployment: r.get(5),
-        container: r.get(6),
-        digest: r.get(7),
-        image: r.get(8),
-        previous_image: r.get(9),
-        state: r.get(10),
-        reason: r.get(11),
-        trigger: r.get(12),
-        created_at: r.get(13),
-        started_at: r.get(14),
-        finished_at: r.get(15),
-        rollback_on_failure: r.get::<i64, _>(16) != 0,
+        id: r.get("id"),
+        subscription_id: r.get("subscription_id"),
+        app_id: r.get("app_id"),
+        cluster: r.get("cluster"),
+        namespace: r.get("namespace"),
+        deployment: r.get("deployment"),
+        container: r.get("container"),
+        digest: r.get("digest"),
+        image: r.get("image"),
+        previous_image: r.get("previous_image"),
+        state: r.get("state"),
+        reason: r.get("reason"),
+        trigger: r.get("trigger"),
+        created_at: r.get("created_at"),
+        started_at: r.get("started_at"),
+        finished_at: r.get("finished_at"),
+        rollback_on_failure: r.get::<i64, _>("rollback_on_failure") != 0,
     }
 }
 
-/// Inserts image events inside the caller's transaction (with the webhook delivery that brought
-/// them, so a redelivery adds none).
-/// Inserts image events in one statement (the list as one JSON array), in order.
 impl Store {
     pub async fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription> {
         let sql = format!(
@@ -183,11 +180,11 @@ impl Store {
     pub async fn subscriptions_of_tenant(&self, tenant_id: i64) -> Result<Vec<(String, Subscription)>> {
         let columns: Vec<String> = SUBSCRIPTION_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
         let sql = format!(
-            "SELECT {}, a.name FROM subscriptions s JOIN apps a ON a.id = s.app_id WHERE a.tenant_id = ? ORDER BY s.id",
+            "SELECT {}, a.name AS app FROM subscriptions s JOIN apps a ON a.id = s.app_id WHERE a.tenant_id = ? ORDER BY s.id",
             columns.join(", ")
         );
         let rows = sqlx::query(&sql).bind(tenant_id).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (r.get(10), subscription_from_row(r))).collect())
+        Ok(rows.iter().map(|r| (r.get("app"), subscription_from_row(r))).collect())
     }
 
     pub async fn subscriptions_for_repository(&self, repository: &str) -> Result<Vec<Subscription>> {
@@ -235,13 +232,13 @@ impl Store {
         Ok(rows
             .iter()
             .map(|r| ImageEvent {
-                id: r.get(0),
-                source: r.get(1),
-                registry: r.get(2),
-                repository: r.get(3),
-                digest: r.get(4),
-                tag: r.get(5),
-                received_at: r.get(6),
+                id: r.get("id"),
+                source: r.get("source"),
+                registry: r.get("registry"),
+                repository: r.get("repository"),
+                digest: r.get("digest"),
+                tag: r.get("tag"),
+                received_at: r.get("received_at"),
             })
             .collect())
     }
@@ -266,7 +263,7 @@ impl Store {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?
-            .get(0);
+            .get("id");
             sqlx::query(
                 "UPDATE rollouts SET state = 'Superseded', reason = ?, finished_at = ?
                  WHERE subscription_id = ? AND state = 'Pending' AND id < ?",

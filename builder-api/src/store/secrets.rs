@@ -239,8 +239,8 @@ pub(super) async fn rewrite_all(pool: &sqlx::SqlitePool, key: &SecretKey, new: O
         let field = field(table, column);
         let rows = sqlx::query(&format!("SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL")).fetch_all(&mut *tx).await?;
         for row in rows {
-            let id: i64 = row.get(0);
-            let stored: String = row.get(1);
+            let id: i64 = row.get("id");
+            let stored: String = row.get(*column);
             let what = || format!("{field} of {row_name} {id}");
             let plain = if is_sealed(&stored) {
                 let plain = key.open(&field, &stored, &what)?;
@@ -289,8 +289,8 @@ impl super::Store {
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let id: i64 = row.get(0);
-        let stored: Option<String> = row.get(1);
+        let id: i64 = row.get("id");
+        let stored: Option<String> = row.get("harbor_webhook_secret");
         let secret = stored.map(|s| self.key.open(HARBOR, &s, &|| format!("{HARBOR} of tenant {id}"))).transpose()?;
         Ok(Some((id, secret)))
     }
@@ -315,8 +315,8 @@ impl super::Store {
         let rows = sqlx::query("SELECT id, harbor_webhook_secret FROM tenants WHERE harbor_webhook_secret IS NOT NULL").fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
-                let id: i64 = row.get(0);
-                let stored: String = row.get(1);
+                let id: i64 = row.get("id");
+                let stored: String = row.get("harbor_webhook_secret");
                 Ok(self.key.open(HARBOR, &stored, &|| format!("{HARBOR} of tenant {id}"))?)
             })
             .collect()
@@ -405,11 +405,12 @@ mod tests {
         drop(store);
 
         let store = Store::open_with_key(dir.path(), key.clone()).await.unwrap();
-        let stored: (String, String, String) = sqlx::query_as("SELECT a.webhook_secret, a.git_token, t.harbor_webhook_secret FROM apps a JOIN tenants t ON t.id = a.tenant_id")
+        let row = sqlx::query("SELECT a.webhook_secret, a.git_token, t.harbor_webhook_secret FROM apps a JOIN tenants t ON t.id = a.tenant_id")
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        for value in [&stored.0, &stored.1, &stored.2] {
+        let stored: [String; 3] = ["webhook_secret", "git_token", "harbor_webhook_secret"].map(|column| sqlx::Row::get(&row, column));
+        for value in &stored {
             assert!(is_sealed(value) && !value.contains("plain"), "{value}");
         }
         let read = store.app(app.id).await.unwrap().unwrap();

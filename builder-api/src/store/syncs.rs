@@ -78,16 +78,16 @@ impl Store {
         Ok(rows
             .iter()
             .map(|r| BuildSync {
-                cluster: r.get(0),
-                target: r.get(1),
-                state: r.get(2),
-                reason: r.get(3),
-                bytes_sent: r.get(4),
-                blobs_sent: r.get(5),
-                blobs_mounted: r.get(6),
-                blobs_skipped: r.get(7),
-                duration_ms: r.get(8),
-                updated_at: r.get(9),
+                cluster: r.get("cluster"),
+                target: r.get("target"),
+                state: r.get("state"),
+                reason: r.get("reason"),
+                bytes_sent: r.get("bytes_sent"),
+                blobs_sent: r.get("blobs_sent"),
+                blobs_mounted: r.get("blobs_mounted"),
+                blobs_skipped: r.get("blobs_skipped"),
+                duration_ms: r.get("duration_ms"),
+                updated_at: r.get("updated_at"),
             })
             .collect())
     }
@@ -114,10 +114,11 @@ impl Store {
 
     /// The [`BLOB_LOCATIONS_LOADED`] most recently remembered blob locations.
     pub async fn blob_locations(&self) -> Result<Vec<registry_sync::BlobLocation>> {
-        Ok(sqlx::query_as("SELECT registry, digest, repository FROM blob_locations ORDER BY recorded_at DESC LIMIT ?")
+        let rows = sqlx::query("SELECT registry, digest, repository FROM blob_locations ORDER BY recorded_at DESC LIMIT ?")
             .bind(BLOB_LOCATIONS_LOADED)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("registry")?, r.try_get("digest")?, r.try_get("repository")?))).collect()
     }
 
     /// Builds whose replication a previous process left running.

@@ -8,6 +8,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{is_unique_violation, now_ms, Result, Store, StoreError};
+use crate::validate::Invalid;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Tenant {
@@ -71,7 +72,7 @@ impl TenantSettings {
     pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
     /// Every set value against its rule; the error names the field and the rule.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
         use crate::validate::{self, QuantityOf};
         if let Some(ns) = &self.namespace {
             validate::dns_label("namespace", ns)?;
@@ -79,9 +80,9 @@ impl TenantSettings {
         if let Some(project) = &self.registry_project {
             // A Harbor project is one path component of a repository.
             if project.contains('/') || validate::image_repository_path(project).is_err() {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "registry_project {project:?} is not a registry project name: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, no '/'"
-                ));
+                )));
             }
         }
         if let Some(secret) = &self.registry_secret {
@@ -94,7 +95,7 @@ impl TenantSettings {
             validate::dns_subdomain("cache_claim", claim)?;
         }
         if self.max_concurrent_builds == Some(0) {
-            return Err("max_concurrent_builds must be at least 1 (leave it unset for no cap of the tenant's own)".into());
+            return Err(Invalid("max_concurrent_builds must be at least 1 (leave it unset for no cap of the tenant's own)".into()));
         }
         if let Some(cpu) = &self.cpu {
             validate::quantity("cpu", cpu, QuantityOf::Cpu)?;
@@ -109,11 +110,11 @@ impl TenantSettings {
             // The workspace counts against the pod's disk budget: a smaller budget would evict the
             // build before the workspace is full.
             if storage < workspace {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "ephemeral_storage {:?} is less than workspace_size {:?}: the build's disk budget must hold its workspace",
                     self.ephemeral_storage.as_deref().unwrap_or_default(),
                     self.workspace_size.as_deref().unwrap_or_default()
-                ));
+                )));
             }
         }
         if let Some(namespaces) = &self.deploy_namespaces {
@@ -121,11 +122,11 @@ impl TenantSettings {
         }
         if let Some(secs) = self.build_timeout_secs {
             if !(Self::MIN_TIMEOUT_SECS..=Self::MAX_TIMEOUT_SECS).contains(&secs) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "build_timeout_secs {secs} is out of range: use {} to {} seconds",
                     Self::MIN_TIMEOUT_SECS,
                     Self::MAX_TIMEOUT_SECS
-                ));
+                )));
             }
         }
         Ok(())
@@ -149,17 +150,17 @@ pub const MAX_DEPLOY_NAMESPACES: usize = 100;
 
 /// Each a DNS-1123 label, none twice, none of Kubernetes' own (`kube-` is reserved for the
 /// control plane: no tenant's image belongs in `kube-system`).
-fn validate_deploy_namespaces(namespaces: &[String]) -> std::result::Result<(), String> {
+fn validate_deploy_namespaces(namespaces: &[String]) -> std::result::Result<(), Invalid> {
     if namespaces.len() > MAX_DEPLOY_NAMESPACES {
-        return Err(format!("deploy_namespaces has {} namespaces: at most {MAX_DEPLOY_NAMESPACES}", namespaces.len()));
+        return Err(Invalid(format!("deploy_namespaces has {} namespaces: at most {MAX_DEPLOY_NAMESPACES}", namespaces.len())));
     }
     for (i, ns) in namespaces.iter().enumerate() {
         crate::validate::dns_label("deploy_namespaces", ns)?;
         if ns.starts_with("kube-") {
-            return Err(format!("deploy_namespaces: {ns:?} is a Kubernetes system namespace (the kube- prefix is reserved); Kiln never deploys there"));
+            return Err(Invalid(format!("deploy_namespaces: {ns:?} is a Kubernetes system namespace (the kube- prefix is reserved); Kiln never deploys there")));
         }
         if namespaces[..i].contains(ns) {
-            return Err(format!("deploy_namespaces: {ns:?} is listed twice"));
+            return Err(Invalid(format!("deploy_namespaces: {ns:?} is listed twice")));
         }
     }
     Ok(())
@@ -259,16 +260,36 @@ pub fn new_token() -> String {
 
 const TENANT_COLUMNS: &str = "id, name, created_at, settings";
 
-fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
-    tenant_from_columns(r, 0)
+/// The names a tenant's columns are read by.
+pub(super) struct TenantColumnNames {
+    id: &'static str,
+    name: &'static str,
+    created_at: &'static str,
+    settings: &'static str,
 }
 
-/// A tenant from [`TENANT_COLUMNS`] at column `at` onwards (after another table's columns).
-pub(super) fn tenant_from_columns(r: &SqliteRow, at: usize) -> Result<Tenant> {
-    let id: i64 = r.get(at);
-    let settings: String = r.get(at + 3);
+/// [`TENANT_COLUMNS`]: the table's own names.
+const TENANT: TenantColumnNames = TenantColumnNames { id: "id", name: "name", created_at: "created_at", settings: "settings" };
+
+/// A tenant's columns (the table as `t`) beside another table's, whose `id`, `name` and
+/// `created_at` they would otherwise shadow; read with [`JOINED_TENANT`].
+pub(super) const JOINED_TENANT_COLUMNS: &str =
+    r#"t.id AS "tenant.id", t.name AS "tenant.name", t.created_at AS "tenant.created_at", t.settings AS "tenant.settings""#;
+
+/// The names of [`JOINED_TENANT_COLUMNS`].
+pub(super) const JOINED_TENANT: TenantColumnNames =
+    TenantColumnNames { id: "tenant.id", name: "tenant.name", created_at: "tenant.created_at", settings: "tenant.settings" };
+
+fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
+    tenant_from_columns(r, &TENANT)
+}
+
+/// A tenant from the columns of a row with these names.
+pub(super) fn tenant_from_columns(r: &SqliteRow, names: &TenantColumnNames) -> Result<Tenant> {
+    let id: i64 = r.get(names.id);
+    let settings: String = r.get(names.settings);
     let settings = serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("settings of tenant {id}: {e}")))?;
-    Ok(Tenant { id, name: r.get(at + 1), created_at: r.get(at + 2), settings })
+    Ok(Tenant { id, name: r.get(names.name), created_at: r.get(names.created_at), settings })
 }
 
 impl Store {
@@ -280,7 +301,7 @@ impl Store {
             .fetch_one(&self.writer)
             .await
             .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict(format!("tenant {name}")) } else { e.into() })?
-            .get(0);
+            .get("id");
         Ok(Tenant { id, name: name.into(), created_at: now, settings: TenantSettings::default() })
     }
 
@@ -311,13 +332,14 @@ impl Store {
     /// row per tenant, SQLite reading one JSON field each), cheap enough for the scheduler to call
     /// per pick or to cache.
     pub async fn tenant_caps(&self) -> Result<HashMap<i64, u32>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT id, json_extract(settings, '$.max_concurrent_builds') AS cap FROM tenants WHERE cap IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(id, cap)| {
+        rows.iter()
+            .map(|r| {
+                let (id, cap): (i64, i64) = (r.try_get("id")?, r.try_get("cap")?);
                 let cap = u32::try_from(cap).ok().filter(|c| *c >= 1);
                 cap.map(|c| (id, c)).ok_or_else(|| StoreError::Corrupt(format!("max_concurrent_builds of tenant {id}")))
             })
@@ -346,7 +368,7 @@ impl Store {
         .bind(now)
         .fetch_one(&self.writer)
         .await?
-        .get(0);
+        .get("id");
         Ok(ApiToken { id, name: name.into(), role, created_at: now, expires_at, last_used_at: None, revoked_at: None })
     }
 
@@ -369,13 +391,13 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(ApiToken {
-                    id: r.get(0),
-                    name: r.get(1),
-                    role: stored_role(r.get(2))?,
-                    created_at: r.get(3),
-                    expires_at: r.get(4),
-                    last_used_at: r.get(5),
-                    revoked_at: r.get(6),
+                    id: r.get("id"),
+                    name: r.get("name"),
+                    role: stored_role(r.get("role"))?,
+                    created_at: r.get("created_at"),
+                    expires_at: r.get("expires_at"),
+                    last_used_at: r.get("last_used_at"),
+                    revoked_at: r.get("revoked_at"),
                 })
             })
             .collect()
@@ -406,7 +428,7 @@ impl Store {
     /// touches the secret itself.
     pub async fn principal_for_token(&self, token: &str) -> Result<TokenLookup> {
         let row = sqlx::query(
-            "SELECT t.id, t.tenant_id, n.name, t.name, t.role, t.expires_at, t.revoked_at, t.last_used_at
+            "SELECT t.id, t.tenant_id, n.name AS tenant_name, t.name, t.role, t.expires_at, t.revoked_at, t.last_used_at
              FROM api_tokens t LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.token_sha256 = ?",
         )
         .bind(token_sha256(token))
@@ -414,25 +436,25 @@ impl Store {
         .await?;
         let Some(r) = row else { return Ok(TokenLookup::Unknown) };
         let now = now_ms();
-        if r.get::<Option<i64>, _>(6).is_some() {
+        if r.get::<Option<i64>, _>("revoked_at").is_some() {
             return Ok(TokenLookup::Unknown);
         }
-        if r.get::<Option<i64>, _>(5).is_some_and(|expires| expires <= now) {
+        if r.get::<Option<i64>, _>("expires_at").is_some_and(|expires| expires <= now) {
             return Ok(TokenLookup::Expired);
         }
-        let token_id: i64 = r.get(0);
-        if r.get::<Option<i64>, _>(7).is_none_or(|used| now - used >= LAST_USED_RESOLUTION_MS) {
+        let token_id: i64 = r.get("id");
+        if r.get::<Option<i64>, _>("last_used_at").is_none_or(|used| now - used >= LAST_USED_RESOLUTION_MS) {
             sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?").bind(now).bind(token_id).execute(&self.writer).await?;
         }
-        let principal = match r.get::<Option<i64>, _>(1) {
+        let principal = match r.get::<Option<i64>, _>("tenant_id") {
             None => Principal::Admin,
             Some(id) => {
                 Principal::Tenant {
                     id,
-                    name: r.get(2),
-                    role: stored_role(r.get(4))?,
+                    name: r.get("tenant_name"),
+                    role: stored_role(r.get("role"))?,
                     token_id,
-                    token_name: r.get(3),
+                    token_name: r.get("name"),
                 }
             }
         };
@@ -507,7 +529,7 @@ mod tests {
             (TenantSettings { deploy_namespaces: Some(vec!["a".into(), "a".into()]), ..full.clone() }, "deploy_namespaces"),
         ] {
             let e = bad.validate().unwrap_err();
-            assert!(e.starts_with(field), "{field}: {e}");
+            assert!(e.0.starts_with(field), "{field}: {e}");
         }
         assert!(full.allows_repository("harbor.example.com/payments/ledger"));
         assert!(full.allows_repository("harbor.example.com/payments/team/ledger"));

@@ -18,14 +18,26 @@ use crate::client::RegistryError;
 use crate::session::{pull_scope, RegistrySession};
 
 use super::plan::Blob;
-use super::{CopyEvent, TargetCopy};
+use super::target::{TargetCopy, TargetError};
+use super::CopyEvent;
 
 /// Why one pass over the source stream ended early.
 enum PumpError {
     /// The source broke off; another pass may succeed.
     Source(RegistryError),
-    /// The source's bytes are not the blob asked for; no pass will fix that.
-    Mismatch(String),
+    /// The source's bytes (`size` of them, hashing to `actual`) are not the blob asked for; no
+    /// pass will fix that.
+    Mismatch { actual: String, size: u64 },
+}
+
+/// The failure of every target of `blob` when the source's bytes are `actual` and `size` long.
+fn mismatch(blob: &Blob, actual: &str, size: u64) -> TargetError {
+    TargetError::BlobMismatch {
+        digest: blob.digest.clone(),
+        actual: actual.to_string(),
+        size,
+        expected_size: blob.size,
+    }
 }
 
 /// Copies `blob` from `source_repo` to every target in `targets`, retrying the targets whose
@@ -51,7 +63,7 @@ pub(crate) async fn copy_blob(
         for (t, url) in targets.iter().zip(opened) {
             match url {
                 Ok(url) => uploads.push((*t, url)),
-                Err(e) => t.fail(format!("push blob {}: {e}", blob.digest)),
+                Err(source) => t.fail(TargetError::PushBlob { digest: blob.digest.clone(), source }),
             }
         }
         if uploads.is_empty() {
@@ -73,7 +85,7 @@ pub(crate) async fn copy_blob(
             Err(e) => {
                 // The session already retried: the source cannot give this blob.
                 for (t, _) in &uploads {
-                    t.fail(format!("read blob {} from the source: {e}", blob.digest));
+                    t.fail(TargetError::ReadBlob { digest: blob.digest.clone(), source: e.clone() });
                 }
                 return;
             }
@@ -93,7 +105,7 @@ pub(crate) async fn copy_blob(
         let mut pause = std::time::Duration::ZERO;
         for ((t, _), put) in uploads.iter().zip(put_results) {
             match (&pumped, put) {
-                (Err(PumpError::Mismatch(why)), _) => t.fail(why.clone()),
+                (Err(PumpError::Mismatch { actual, size }), _) => t.fail(mismatch(blob, actual, *size)),
                 (_, Ok(())) => {
                     t.blobs_sent.fetch_add(1, Ordering::Relaxed);
                     t.locations.record(t.session.registry(), &blob.digest, t.repository());
@@ -103,15 +115,16 @@ pub(crate) async fn copy_blob(
                         size: blob.size,
                     });
                 }
-                (Err(PumpError::Source(e)), Err(_)) if last => {
-                    t.fail(format!("read blob {} from the source: {e}", blob.digest))
-                }
+                (Err(PumpError::Source(e)), Err(_)) if last => t.fail(TargetError::ReadBlob {
+                    digest: blob.digest.clone(),
+                    source: e.clone(),
+                }),
                 (_, Err(e)) => match policy.pause(attempt, &e).filter(|_| e.is_transient()) {
                     Some(p) => {
                         pause = pause.max(p);
                         retry.push(*t);
                     }
-                    None => t.fail(format!("push blob {}: {e}", blob.digest)),
+                    None => t.fail(TargetError::PushBlob { digest: blob.digest.clone(), source: e }),
                 },
             }
         }
@@ -242,12 +255,8 @@ async fn pump(
     }
     let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
     if actual != blob.digest || size != blob.size {
-        let why = format!(
-            "blob {} from the source has digest {actual} and {size} bytes (expected {} bytes): refused",
-            blob.digest, blob.size
-        );
-        broadcast_error(&mut senders, &why).await;
-        return Err(PumpError::Mismatch(why));
+        broadcast_error(&mut senders, &mismatch(blob, &actual, size).to_string()).await;
+        return Err(PumpError::Mismatch { actual, size });
     }
     for piece in held.into_iter().chain((!pending.is_empty()).then(|| pending.freeze())) {
         broadcast(&mut senders, piece, stall_timeout, progress).await;

@@ -74,6 +74,21 @@ pub struct KubeExecutor {
     git_secrets: Mutex<HashMap<(String, String), [u8; 32]>>,
 }
 
+/// Why a build's Job is not created: the text is the build's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The shallow fetch that decides an `auto` build's kind failed.
+    #[error("clone failed: {0:#}")]
+    Clone(#[source] crate::steps::clone::CloneError),
+    #[error("{0}")]
+    Kind(#[from] plan::KindError),
+    /// The blocking task of the fetch panicked or was cancelled.
+    #[error("probe task: {0}")]
+    ProbeTask(#[from] tokio::task::JoinError),
+    #[error("storing the git token Secret {namespace}/{name}: {}", api_message(.source))]
+    GitSecret { namespace: String, name: String, source: kube::Error },
+}
+
 /// Time Kiln waits past the Job's own `activeDeadlineSeconds` before it gives up on the cluster.
 const DEADLINE_GRACE: Duration = Duration::from_secs(60);
 
@@ -150,11 +165,12 @@ impl KubeExecutor {
 
         let kind = match self.resolve_kind(job).await {
             Ok(kind) => kind,
-            Err(reason) => return Outcome::failed(reason),
+            // What the fetch reports may hold the git token.
+            Err(reason) => return Outcome::failed(job.masker.mask(reason.to_string())),
         };
         let apm = match super::resolve_apm(&self.settings.apm, &job.app) {
             Ok(apm) => apm,
-            Err(reason) => return Outcome::failed(reason),
+            Err(reason) => return Outcome::failed(reason.to_string()),
         };
         let input = PlanInput {
             apm,
@@ -212,7 +228,7 @@ impl KubeExecutor {
             job.store.set_build_kind(build.id, kind.as_str()).await.map_err(|e| Outcome::failed(format!("store: {e}")))?;
         }
         let git_secret = match &job.app.git_token {
-            Some(token) => Some(self.ensure_git_secret(ns, &job.app.name, token).await.map_err(Outcome::failed)?),
+            Some(token) => Some(self.ensure_git_secret(ns, &job.app.name, token).await.map_err(|e| Outcome::failed(e.to_string()))?),
             None => None,
         };
         let rendered = render::render(
@@ -246,8 +262,9 @@ impl KubeExecutor {
     }
 
     /// `auto` needs the commit's files to pick a template: a shallow fetch in Kiln. Explicit
-    /// kinds pick their template directly (the Job is created before the commit is fetched).
-    async fn resolve_kind(&self, job: &BuildJob) -> Result<ResolvedKind, String> {
+    /// kinds pick their template directly (the Job is created before the commit is fetched). An
+    /// error's text may hold the git token: the caller masks it.
+    async fn resolve_kind(&self, job: &BuildJob) -> Result<ResolvedKind, PrepareError> {
         if let Some(kind) = job.build.kind.as_deref() {
             // A resumed build already chose.
             match kind {
@@ -272,17 +289,15 @@ impl KubeExecutor {
                     token: job.app.git_token.clone(),
                 };
                 let dockerfile = job.app.settings.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
-                let probe = tokio::task::spawn_blocking(move || {
+                let kind = tokio::task::spawn_blocking(move || {
                     let _ = std::fs::remove_dir_all(&opts.dest);
                     let result = crate::steps::clone::clone_commit(&opts)
-                        .map_err(|e| format!("clone failed: {e:#}"))
-                        .and_then(|_| plan::resolve_kind(BuildKind::Auto, &dockerfile, &opts.dest));
+                        .map_err(PrepareError::Clone)
+                        .and_then(|_| Ok(plan::resolve_kind(BuildKind::Auto, &dockerfile, &opts.dest)?));
                     let _ = std::fs::remove_dir_all(&opts.dest);
                     result
                 })
-                .await
-                .map_err(|e| format!("probe task: {e}"))?;
-                let kind = probe.map_err(|e| job.masker.mask(e))?;
+                .await??;
                 job.log.system("plan", format!("[kiln] building {} as {}", job.build.commit, kind.as_str())).await;
                 Ok(kind)
             }
@@ -291,7 +306,7 @@ impl KubeExecutor {
 
     /// The app's git token as a Secret in the tenant namespace (the clone container reads it from
     /// there). Written when the token changes, not per build.
-    async fn ensure_git_secret(&self, ns: &str, app: &str, token: &str) -> Result<String, String> {
+    async fn ensure_git_secret(&self, ns: &str, app: &str, token: &str) -> Result<String, PrepareError> {
         let name = format!("kiln-git-{app}");
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let key = (ns.to_string(), app.to_string());
@@ -318,7 +333,7 @@ impl KubeExecutor {
         secrets
             .patch(&name, &PatchParams::apply("kiln").force(), &Patch::Apply(&secret))
             .await
-            .map_err(|e| format!("storing the git token Secret {ns}/{name}: {}", api_message(&e)))?;
+            .map_err(|source| PrepareError::GitSecret { namespace: ns.to_string(), name: name.clone(), source })?;
         self.git_secrets.lock().unwrap().insert(key, hash);
         Ok(name)
     }

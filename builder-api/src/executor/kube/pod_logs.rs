@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::AsyncBufReadExt;
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::LogParams;
 use kube::Api;
@@ -22,7 +22,7 @@ pub struct LogCursor {
     pub skip: u64,
     /// Lines delivered so far (including skipped ones).
     pub delivered: u64,
-    last: Option<Timestamp>,
+    last: Option<DateTime<Utc>>,
     /// Of the delivered lines, how many carry exactly `last`.
     at_last: u64,
     /// The last non-empty line: it names the cause when the step fails.
@@ -52,8 +52,9 @@ pub async fn pass(pods: &Api<Pod>, pod: &str, container: &str, follow: bool, cur
         container: Some(container.to_string()),
         follow,
         timestamps: true,
-        // Whole seconds, floor: the overlap is dropped below.
-        since_time: cursor.last.map(|t| Timestamp::from_second(t.as_second()).unwrap_or(t)),
+        // Whole seconds, floor (kube rounds to the nearest): the overlap is dropped below. kube
+        // takes jiff's type, which k8s-openapi re-exports.
+        since_time: cursor.last.and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).ok()),
         ..LogParams::default()
     };
     let reader = match pods.log_stream(pod, &params).await {
@@ -117,16 +118,11 @@ pub async fn pass(pods: &Api<Pod>, pod: &str, container: &str, follow: bool, cur
 }
 
 /// `2026-11-28T15:00:00.123456789Z text` → (timestamp, text). A line without one is kept whole.
-pub fn split_timestamp(line: &str) -> (Option<Timestamp>, &str) {
-    match line.split_once(' ') {
-        Some((ts, rest)) => match ts.parse::<Timestamp>() {
-            Ok(t) => (Some(t), rest),
-            Err(_) => (None, line),
-        },
-        None => match line.parse::<Timestamp>() {
-            Ok(t) => (Some(t), ""),
-            Err(_) => (None, line),
-        },
+pub fn split_timestamp(line: &str) -> (Option<DateTime<Utc>>, &str) {
+    let (ts, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match DateTime::parse_from_rfc3339(ts) {
+        Ok(t) => (Some(t.to_utc()), rest),
+        Err(_) => (None, line),
     }
 }
 
@@ -140,9 +136,12 @@ mod tests {
     #[test]
     fn splits_kubelet_timestamps() {
         let (ts, text) = split_timestamp("2026-11-28T15:00:00.123456789Z hello world");
-        assert_eq!(ts.unwrap().subsec_nanosecond(), 123456789);
+        assert_eq!(ts.unwrap().timestamp_subsec_nanos(), 123456789);
         assert_eq!(text, "hello world");
         assert_eq!(split_timestamp("no timestamp here"), (None, "no timestamp here"));
         assert_eq!(split_timestamp("2026-11-28T15:00:00Z").1, "");
+        // Another offset names the same instant; a date alone is text.
+        assert_eq!(split_timestamp("2026-11-28T17:00:00.5+02:00 a").0, split_timestamp("2026-11-28T15:00:00.500000000Z b").0);
+        assert_eq!(split_timestamp("2026-11-28 build"), (None, "2026-11-28 build"));
     }
 }

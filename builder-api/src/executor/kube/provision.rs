@@ -67,7 +67,7 @@ pub enum ProvisionError {
     Api { what: String, message: String },
     /// `kube.service_account` is not `<namespace>/<name>`.
     #[error("kube.service_account: {0}")]
-    Config(String),
+    Config(#[from] crate::config::InvalidSetting),
 }
 
 /// What provisioning did: each object as `Kind namespace/name`.
@@ -89,7 +89,7 @@ pub fn check_namespace(kube: &KubeConfig, namespace: &str) -> Result<(), Provisi
     if namespace == "default" {
         return refuse("builds run in a namespace of their own, not in default");
     }
-    let (own, _) = kube.service_account_ref().map_err(ProvisionError::Config)?;
+    let (own, _) = kube.service_account_ref()?;
     if namespace == own {
         return refuse("it is the namespace Kiln itself runs in (kube.service_account)");
     }
@@ -100,7 +100,7 @@ pub fn check_namespace(kube: &KubeConfig, namespace: &str) -> Result<(), Provisi
 /// (see the module's comment).
 pub async fn provision(client: &Client, kube: &KubeConfig, instance: &str, tenant: &str, namespace: &str) -> Result<Provisioned, ProvisionError> {
     check_namespace(kube, namespace)?;
-    let (sa_namespace, sa_name) = kube.service_account_ref().map_err(ProvisionError::Config)?;
+    let (sa_namespace, sa_name) = kube.service_account_ref()?;
     let labels = |extra: &[(&str, &str)]| {
         let mut l: std::collections::BTreeMap<String, String> = [
             (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),

@@ -37,12 +37,35 @@ pub const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 /// image container's termination message, which the executor reads.
 pub const RESULT_IN_WORKSPACE: &str = ".kiln/result.json";
 
+/// Why a template cannot be loaded, or cannot take a build's plan.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
+    /// A template file cannot be read or is not a Job (at start).
     #[error("job template {path}: {message}")]
     Template { path: PathBuf, message: String },
+    /// A template lacks what every build needs (at start).
     #[error("job template for {kind}: {message}")]
     Mismatch { kind: &'static str, message: String },
+    #[error("the template has no spec")]
+    NoSpec,
+    #[error("the template has no pod spec")]
+    NoPodSpec,
+    /// A container of the template that the plan does not run would run the template's own command.
+    #[error("the template has a container {0:?} that the build plan does not have")]
+    ExtraContainer(String),
+    #[error("the template has no container {0:?}")]
+    MissingContainer(String),
+    #[error("container {0:?} does not mount the {volume:?} volume", volume = WORKSPACE_VOLUME)]
+    NoWorkspaceMount(String),
+    /// A step reads a secret env value that no Secret of the tenant holds.
+    #[error("no Secret is known for {0}")]
+    UnknownSecret(String),
+    #[error("the app has a git token but no Secret holds it")]
+    NoGitSecret,
+    #[error("workspace_size {0:?} is not a quantity")]
+    WorkspaceSize(String),
+    #[error("container {container:?}: ephemeral-storage limit {limit:?} is not a quantity")]
+    EphemeralStorageLimit { container: String, limit: String },
 }
 
 /// The three templates, read from a directory at start (and checked then, so a broken edit
@@ -84,7 +107,7 @@ impl Templates {
     fn checked(go: Job, maven: Job, dockerfile: Job) -> Result<Templates, RenderError> {
         let t = Templates { go, maven, dockerfile };
         for kind in [ResolvedKind::Go, ResolvedKind::Maven, ResolvedKind::Dockerfile] {
-            let spec = pod_spec(t.for_kind(kind)).map_err(|m| mismatch(kind, m))?;
+            let spec = pod_spec(t.for_kind(kind)).ok_or_else(|| mismatch(kind, "no spec.template.spec".into()))?;
             for name in ["clone", "compile", "image"] {
                 let container = find(spec, name).ok_or_else(|| mismatch(kind, format!("no container named {name:?}")))?;
                 mount_path(container, WORKSPACE_VOLUME).ok_or_else(|| {
@@ -209,7 +232,7 @@ pub fn instance_selector(instance: &str) -> String {
 }
 
 /// Renders the Job for one build.
-pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
+pub fn render(template: &Job, input: &RenderInput) -> Result<Job, RenderError> {
     let mut job = template.clone();
     let labels = BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
@@ -223,12 +246,12 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
     job.metadata.namespace = Some(input.placement.namespace.clone());
     job.metadata.labels.get_or_insert_with(Default::default).extend(labels.clone());
 
-    let spec = job.spec.as_mut().ok_or("the template has no spec")?;
+    let spec = job.spec.as_mut().ok_or(RenderError::NoSpec)?;
     spec.active_deadline_seconds = Some(input.active_deadline_secs);
     // A build runs once: a retry would push a second image and repeat the log.
     spec.backoff_limit = Some(0);
     spec.template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default).extend(labels);
-    let pod = spec.template.spec.as_mut().ok_or("the template has no pod spec")?;
+    let pod = spec.template.spec.as_mut().ok_or(RenderError::NoPodSpec)?;
     pod.restart_policy = Some("Never".into());
     pod.automount_service_account_token = Some(false);
 
@@ -249,17 +272,17 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
     // used for a kind without one) would run with the template's own command: refuse.
     for c in pod.init_containers.iter().flatten().chain(pod.containers.iter()) {
         if !wanted.contains(&c.name.as_str()) {
-            return Err(format!("the template has a container {:?} that the build plan does not have", c.name));
+            return Err(RenderError::ExtraContainer(c.name.clone()));
         }
     }
     for step in input.steps {
-        let container = find_mut(pod, &step.name).ok_or_else(|| format!("the template has no container {:?}", step.name))?;
+        let container = find_mut(pod, &step.name).ok_or_else(|| RenderError::MissingContainer(step.name.clone()))?;
         fill_container(container, step, input)?;
     }
     let (cpu, memory) = (input.placement.cpu.as_deref(), input.placement.memory.as_deref());
     if cpu.is_some() || memory.is_some() {
         let name = build_container(input.steps);
-        let container = find_mut(pod, name).ok_or_else(|| format!("the template has no container {name:?}"))?;
+        let container = find_mut(pod, name).ok_or_else(|| RenderError::MissingContainer(name.to_string()))?;
         set_resources(container, &[("cpu", cpu), ("memory", memory)]);
     }
     size_disk(pod, input.steps, input.placement)?;
@@ -272,7 +295,7 @@ pub fn render(template: &Job, input: &RenderInput) -> Result<Job, String> {
 /// largest container's). Without `ephemeral_storage`, a workspace larger than the template's
 /// raises that limit by the difference: the budget keeps the template's room for the other
 /// volumes, and the larger workspace can fill up before the pod is evicted.
-fn size_disk(pod: &mut PodSpec, steps: &[StepSpec], placement: &TenantPlacement) -> Result<(), String> {
+fn size_disk(pod: &mut PodSpec, steps: &[StepSpec], placement: &TenantPlacement) -> Result<(), RenderError> {
     let mut grow = 0u128;
     if let Some(size) = placement.workspace_size.as_deref() {
         let workspace = pod.volumes.iter_mut().flatten().find(|v| v.name == WORKSPACE_VOLUME);
@@ -280,18 +303,19 @@ fn size_disk(pod: &mut PodSpec, steps: &[StepSpec], placement: &TenantPlacement)
         // sizes it there.
         if let Some(dir) = workspace.and_then(|v| v.empty_dir.as_mut()) {
             let before = dir.size_limit.as_ref().and_then(|q| bytes(&q.0)).unwrap_or(0);
-            grow = bytes(size).ok_or_else(|| format!("workspace_size {size:?} is not a quantity"))?.saturating_sub(before);
+            grow = bytes(size).ok_or_else(|| RenderError::WorkspaceSize(size.to_string()))?.saturating_sub(before);
             dir.size_limit = Some(Quantity(size.to_string()));
         }
     }
     let name = build_container(steps);
-    let container = find_mut(pod, name).ok_or_else(|| format!("the template has no container {name:?}"))?;
+    let container = find_mut(pod, name).ok_or_else(|| RenderError::MissingContainer(name.to_string()))?;
     if let Some(storage) = placement.ephemeral_storage.as_deref() {
         set_resources(container, &[(EPHEMERAL_STORAGE, Some(storage))]);
     } else if grow > 0 {
         let limits = container.resources.get_or_insert_with(Default::default).limits.get_or_insert_with(Default::default);
         if let Some(limit) = limits.get_mut(EPHEMERAL_STORAGE) {
-            let before = bytes(&limit.0).ok_or_else(|| format!("container {name:?}: ephemeral-storage limit {:?} is not a quantity", limit.0))?;
+            let before = bytes(&limit.0)
+                .ok_or_else(|| RenderError::EphemeralStorageLimit { container: name.to_string(), limit: limit.0.clone() })?;
             *limit = Quantity(format_bytes(before + grow));
         }
     }
@@ -335,10 +359,8 @@ fn set_resources(c: &mut Container, values: &[(&str, Option<&str>)]) {
     }
 }
 
-fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Result<(), String> {
-    let workspace = mount_path(c, WORKSPACE_VOLUME)
-        .ok_or_else(|| format!("container {:?} does not mount the {WORKSPACE_VOLUME:?} volume", c.name))?
-        .to_string();
+fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Result<(), RenderError> {
+    let workspace = mount_path(c, WORKSPACE_VOLUME).ok_or_else(|| RenderError::NoWorkspaceMount(c.name.clone()))?.to_string();
     let mut env = vec![value("WORKSPACE", &workspace)];
     if let Some(cache) = mount_path(c, CACHE_VOLUME) {
         env.push(value("CACHE", cache));
@@ -363,11 +385,11 @@ fn fill_container(c: &mut Container, step: &StepSpec, input: &RenderInput) -> Re
     for (k, _) in &step.secret_env {
         match k.as_str() {
             "KILN_GIT_TOKEN" => {
-                let secret = input.git_secret.ok_or("the app has a git token but no Secret holds it")?;
+                let secret = input.git_secret.ok_or(RenderError::NoGitSecret)?;
                 env.push(from_secret(k, secret, "token"));
             }
             "KILN_REGISTRY_PASSWORD" => {}
-            other => return Err(format!("no Secret is known for {other}")),
+            other => return Err(RenderError::UnknownSecret(other.to_string())),
         }
     }
     // Only the Dockerfile builders are told which registry a pull credential is for.
@@ -409,8 +431,8 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-fn pod_spec(job: &Job) -> Result<&PodSpec, String> {
-    job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).ok_or_else(|| "no spec.template.spec".to_string())
+fn pod_spec(job: &Job) -> Option<&PodSpec> {
+    job.spec.as_ref().and_then(|s| s.template.spec.as_ref())
 }
 
 fn find<'a>(pod: &'a PodSpec, name: &str) -> Option<&'a Container> {
@@ -428,7 +450,7 @@ fn mount_path<'a>(c: &'a Container, volume: &str) -> Option<&'a str> {
 /// The containers of a rendered Job in the order they run (init containers, then the main one).
 pub fn step_order(job: &Job) -> Vec<String> {
     match pod_spec(job) {
-        Ok(pod) => pod.init_containers.iter().flatten().chain(pod.containers.iter()).map(|c| c.name.clone()).collect(),
-        Err(_) => vec![],
+        Some(pod) => pod.init_containers.iter().flatten().chain(pod.containers.iter()).map(|c| c.name.clone()).collect(),
+        None => vec![],
     }
 }

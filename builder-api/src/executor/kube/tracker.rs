@@ -7,6 +7,10 @@
 //! was deleted while the watch was down, so the view drops it then (the delete event itself was
 //! never seen).
 //!
+//! Not kube-runtime's `reflector`: its `Store` caches objects by reference and wakes nobody in
+//! particular, while each runner needs its build's Job, pods and Events together and a wake-up
+//! when (only when) they change — so the watchers' events feed this per-build index instead.
+//!
 //! Labels can be copied by anyone who may create a Pod: a pod counts for a build only when its
 //! controlling owner reference is the build's Job, by uid ([`BuildView::pod`]); others are kept
 //! aside and logged once. Events carry no labels: they are matched to a build by the name of the

@@ -1,15 +1,16 @@
-//! Per-app webhook rate limits: a token bucket per app id, in memory.
+//! Rate limits per key (webhook budgets per app id): a token bucket per key, in memory.
 //!
 //! The buckets live in this process only: with several replicas each enforces its own budget, so
 //! the effective limit is the configured one times the replica count. That is enough for what the
 //! limit is for — one noisy project (a push loop, a misconfigured mirror) must not flood the queue
 //! and the store — and needs no shared state.
+//!
+//! Own code, not `governor`: a delivery to several apps costs all or none; governor can't refund.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::HooksConfig;
 
 pub struct RateLimiter {
     /// Tokens added per second; 0 disables the limit.
@@ -25,10 +26,11 @@ struct Bucket {
 }
 
 impl RateLimiter {
-    pub fn new(config: &HooksConfig) -> RateLimiter {
-        let per_sec = f64::from(config.rate_per_app_per_minute) / 60.0;
+    /// `per_minute` tokens a minute per key on average (0: no limit), at most `burst` at once.
+    pub fn new(per_minute: u32, burst: u32) -> RateLimiter {
+        let per_sec = f64::from(per_minute) / 60.0;
         // A burst below 1 would refuse everything; the rate alone then sets it.
-        let burst = f64::from(config.burst.max(1));
+        let burst = f64::from(burst.max(1));
         RateLimiter { per_sec, burst, buckets: Mutex::new(HashMap::new()) }
     }
 
@@ -69,7 +71,7 @@ mod tests {
     use super::*;
 
     fn limiter(rate: u32, burst: u32) -> RateLimiter {
-        RateLimiter::new(&HooksConfig { rate_per_app_per_minute: rate, burst })
+        RateLimiter::new(rate, burst)
     }
 
     #[test]

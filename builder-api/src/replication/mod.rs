@@ -4,12 +4,15 @@
 //! verified by digest. Each copy is recorded per cluster ([`crate::store::BuildSync`]); a
 //! verified copy is an image event for that cluster's registry, which starts its rollouts.
 
+pub mod shared;
+
 use std::sync::Arc;
 
-use registry_sync::{copy_image, BlobLocations, CopyOptions, TransferSlots, ImageRef, RegistryAuth, RegistryOptions, TargetState};
+use registry_sync::{copy_image, CopyOptions, ImageRef, ReferenceError, RegistryAuth, RegistryOptions, TargetState};
 
 use crate::config::ClusterConfig;
 use crate::context::Context;
+pub use shared::SharedCopies;
 use crate::store::{BuildState, BuildSync, NewImageEvent};
 
 /// Why a build cannot be replicated (the copies themselves fail per cluster, in the records).
@@ -25,36 +28,6 @@ pub enum ReplicationError {
     BadReference(String, String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
-}
-
-/// What every copy to the cluster registries shares: where blobs are and which are being sent
-/// (so builds finishing together send a shared base layer once per registry and mount it
-/// elsewhere), and the blob streams allowed at once across all of them.
-///
-/// Where blobs are is kept in the store too (`blob_locations`): after a restart, the first copy
-/// of a new app still mounts the base layers an earlier app's copy put on that registry.
-#[derive(Debug, Default)]
-pub struct SharedCopies {
-    pub blob_locations: BlobLocations,
-    pub transfers: TransferSlots,
-}
-
-impl SharedCopies {
-    /// Hints that remember what they learn, seeded with what earlier processes learnt.
-    pub async fn load(store: &crate::store::Store) -> Result<SharedCopies, crate::store::StoreError> {
-        let blob_locations = BlobLocations::remembering();
-        blob_locations.seed(store.blob_locations().await?);
-        Ok(SharedCopies { blob_locations, transfers: TransferSlots::default() })
-    }
-
-    /// Saves the locations learnt since the last save. They are only hints: a failure to save is
-    /// logged, and costs a later process a HEAD and a send instead of a mount.
-    async fn save_learnt(&self, store: &crate::store::Store) {
-        let learnt = self.blob_locations.take_learnt();
-        if let Err(e) = store.remember_blob_locations(&learnt).await {
-            tracing::warn!("replication: could not save {} blob locations: {e}", learnt.len());
-        }
-    }
 }
 
 /// Replicates in the background; the outcome lands in the build's sync records.
@@ -74,9 +47,11 @@ pub fn repository_in(cluster: &ClusterConfig, tenant: &str, repository: &str) ->
     if project.is_empty() { rest.to_string() } else { format!("{project}/{rest}") }
 }
 
-fn target_for(cluster: &ClusterConfig, tenant: &str, source: &ImageRef) -> Result<ImageRef, String> {
+/// The image's name in a cluster's registry; Err when the cluster's registry and the tenant's
+/// project there make no valid reference.
+fn target_for(cluster: &ClusterConfig, tenant: &str, source: &ImageRef) -> Result<ImageRef, ReferenceError> {
     let path = repository_in(cluster, tenant, source.repository());
-    ImageRef::parse(&format!("{}/{path}", cluster.registry)).map_err(|e| e.to_string())
+    ImageRef::parse(&format!("{}/{path}", cluster.registry))
 }
 
 fn registry_options(ctx: &Context, source: &ImageRef) -> RegistryOptions {
@@ -113,7 +88,7 @@ pub async fn replicate(ctx: &Context, build_id: i64) -> Result<Vec<BuildSync>, R
     for c in clusters {
         match target_for(c, &build.tenant, &source) {
             Ok(t) => targets.push((c, t)),
-            Err(reason) => records.push(failed(c, format!("{}/…", c.registry), reason)),
+            Err(reason) => records.push(failed(c, format!("{}/…", c.registry), reason.to_string())),
         }
     }
     let started: Vec<(String, String)> = targets.iter().map(|(c, t)| (c.name.clone(), t.with_digest(&digest).to_string())).collect();

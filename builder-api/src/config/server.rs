@@ -1,0 +1,104 @@
+//! The service's own sections: the HTTP server (`[server]`), the store (`[store]`), build logs
+//! (`[logs]`) and webhook intake (`[hooks]`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Webhook intake (`/hooks/gitlab`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Verified deliveries accepted per app and minute, on average; 0 turns the limit off. Past
+    /// it a delivery is answered 429 with `Retry-After` and starts nothing. Counted per process.
+    pub rate_per_app_per_minute: u32,
+    /// Deliveries an idle app may send at once before the rate applies (a push of many branches).
+    pub burst: u32,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self { rate_per_app_per_minute: 600, burst: 120 }
+    }
+}
+
+/// Build logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Output kept per build; past it the log says it was truncated and the build goes on.
+    pub max_bytes_per_build: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self { max_bytes_per_build: 100 << 20 }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (webhooks and API); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// The admin token. When unset, one is generated on first start and printed once.
+    pub admin_token: Option<String>,
+    /// Whether the audit log takes the client's address from `X-Forwarded-For` (set this only
+    /// behind a proxy that sets it; anyone can send the header) instead of the socket's peer.
+    pub trust_forwarded_for: bool,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "****"))
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .finish()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None, trust_forwarded_for: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory for the SQLite database, build workspaces and caches.
+    pub data_dir: PathBuf,
+    /// File holding the key that encrypts the secrets in the store (base64 of 32 bytes, mode
+    /// 0600): in a cluster, a mounted Kubernetes Secret, so the key never sits on the database's
+    /// volume. `KILN_SECRET_KEY` (the key itself) wins over it; with neither, Kiln generates
+    /// `<data_dir>/secret.key` at first start.
+    pub secret_key_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from(".kiln"), secret_key_file: None }
+    }
+}
+
+impl StoreConfig {
+    /// The key of the store's secrets: `KILN_SECRET_KEY`, else `secret_key_file`, else
+    /// `<data_dir>/secret.key` (generated when missing).
+    pub fn secret_key(&self) -> Result<crate::store::SecretKey, crate::store::KeyError> {
+        crate::store::SecretKey::load(&self.data_dir, self.secret_key_file.as_deref())
+    }
+
+    /// The file a key rotation replaces: `secret_key_file`, else the generated default. None
+    /// when the key comes from `KILN_SECRET_KEY`, which Kiln cannot change.
+    pub fn secret_key_path(&self) -> Option<PathBuf> {
+        if std::env::var_os("KILN_SECRET_KEY").is_some() {
+            return None;
+        }
+        Some(self.secret_key_file.clone().unwrap_or_else(|| self.data_dir.join(crate::store::secrets::DEFAULT_KEY_FILE)))
+    }
+}

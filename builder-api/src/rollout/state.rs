@@ -1,0 +1,23 @@
+//! The rollout loop's shared state, the [`Rollouts`] handle `Context` holds: its wake-up and the
+//! Deployments being driven. The loop (`rollout/mod.rs`) takes the `Context`; this file does not,
+//! so `Context` can hold it without an import cycle.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct Rollouts {
+    pub(super) wake: Notify,
+    /// Deployments with a rollout being driven: (cluster, namespace, name).
+    pub(super) active: Mutex<HashSet<(String, String, String)>>,
+}
+
+impl Rollouts {
+    /// An image event or a rollout was queued, or a rollout ended.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+

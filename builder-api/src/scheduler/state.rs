@@ -1,0 +1,121 @@
+//! The scheduler's shared state, the [`Scheduler`] handle `Context` holds: the running builds
+//! with their cancel tokens, why a build is being cancelled, the waiting queue and the tenants'
+//! caps. The loop that uses it (`scheduler/mod.rs`) takes the `Context`; this file does not, so
+//! `Context` can hold it without an import cycle.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::queue::{self, FairQueue};
+use crate::store::{Build, BuildState, Store, StoreError};
+
+#[derive(Default)]
+pub struct Scheduler {
+    pub(super) wake: Notify,
+    pub(super) running: Mutex<HashMap<i64, RunningBuild>>,
+    /// Why a running build is being cancelled, when not by a plain cancel request.
+    pub(super) cancel_reasons: Mutex<HashMap<i64, String>>,
+    pub(super) queue: Mutex<Waiting>,
+    /// Tenant id → most builds of that tenant running at once (tenants without a cap are absent).
+    caps: Mutex<HashMap<i64, u32>>,
+}
+
+pub(super) struct RunningBuild {
+    tenant: i64,
+    pub(super) cancel: CancellationToken,
+}
+
+/// The builds waiting to start, and the newest build id read from the store into them.
+#[derive(Default)]
+pub(super) struct Waiting {
+    pub(super) fair: FairQueue,
+    /// Builds only enter Queued when they are inserted, and every insert goes through the store's
+    /// one writer connection, so ids become visible in increasing order: reading `id > seen_up_to`
+    /// finds every build queued since the last read, and none twice.
+    seen_up_to: i64,
+}
+
+/// Why a cancel request did nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelResult {
+    Cancelled,
+    /// Running: the executor stops it; the build ends Cancelled shortly.
+    Stopping,
+    AlreadyFinished(BuildState),
+}
+
+impl Scheduler {
+    /// A build was queued or a slot freed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().unwrap().len()
+    }
+
+    /// Builds waiting to start (as far as the scheduler has read them).
+    pub fn queued_count(&self) -> usize {
+        self.queue.lock().unwrap().fair.len()
+    }
+
+    /// Replaces the per-tenant concurrency caps; the next pick obeys them.
+    pub fn set_tenant_caps(&self, caps: HashMap<i64, u32>) {
+        *self.caps.lock().unwrap() = caps;
+        self.wake();
+    }
+
+    pub(super) fn register(&self, build: &Build) -> CancellationToken {
+        self.reserve(build.tenant_id, build.id)
+    }
+
+    /// Takes a slot for the build and gives its cancel token (the same one on every call).
+    pub(super) fn reserve(&self, tenant: i64, id: i64) -> CancellationToken {
+        let mut running = self.running.lock().unwrap();
+        running.entry(id).or_insert_with(|| RunningBuild { tenant, cancel: CancellationToken::new() }).cancel.clone()
+    }
+
+    /// Gives back the slots of builds that were reserved but did not start.
+    pub(super) fn release(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut running = self.running.lock().unwrap();
+        let mut reasons = self.cancel_reasons.lock().unwrap();
+        for id in ids {
+            running.remove(&id);
+            reasons.remove(&id);
+        }
+    }
+
+    /// Reads into the queue the builds queued since the last read.
+    pub(super) async fn read_arrivals(&self, store: &Store) -> Result<(), StoreError> {
+        let seen = self.queue.lock().unwrap().seen_up_to;
+        let arrived = store.queued_builds_after(seen).await?;
+        let mut queue = self.queue.lock().unwrap();
+        for (id, tenant) in arrived {
+            if id > queue.seen_up_to {
+                queue.fair.push(tenant, id);
+                queue.seen_up_to = id;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `free` builds to start now, by the fair order and the tenants' caps.
+    pub(super) fn pick(&self, free: usize) -> Vec<queue::Picked> {
+        let mut per_tenant: HashMap<i64, usize> = HashMap::new();
+        for r in self.running.lock().unwrap().values() {
+            *per_tenant.entry(r.tenant).or_default() += 1;
+        }
+        let caps = self.caps.lock().unwrap();
+        self.queue.lock().unwrap().fair.pick(free, &per_tenant, &caps)
+    }
+
+    /// Forgets the queue so the next read takes every Queued build from the store again: what
+    /// a failed start does, since the builds it took out may still be Queued there.
+    pub(super) fn reread_queue(&self) {
+        *self.queue.lock().unwrap() = Waiting::default();
+    }
+}
+
