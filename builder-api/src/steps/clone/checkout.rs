@@ -199,6 +199,11 @@ mod tests {
             .detach()
     }
 
+    /// The checkout under test, as the clone calls it.
+    fn check_out(repo: &gix::Repository, root: gix::ObjectId, dir: &Path) -> Result<u64, CloneError> {
+        checkout(repo, root, dir, &scrub(), "http://git.example/r.git")
+    }
+
     fn git_in(dir: &Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .current_dir(dir)
@@ -266,13 +271,7 @@ mod tests {
             .id;
         set_detached_head(&repo, commit, &scrub(), "http://git.example/r.git").unwrap();
 
-        let files = checkout(
-            &repo,
-            root,
-            dir.path(),
-            &scrub(),
-            "http://git.example/r.git",
-        )
+        let files = check_out(&repo, root, dir.path())
         .unwrap();
         assert_eq!(files, 4, "three files and a symlink");
         let path = |p: &str| dir.path().join(p);
@@ -338,13 +337,7 @@ mod tests {
             let (dir, repo) = new_repo();
             let content = blob(&repo, "x\n");
             let root = tree(&repo, &[(bad, EntryKind::Blob, content)]);
-            let err = checkout(
-                &repo,
-                root,
-                dir.path(),
-                &scrub(),
-                "http://git.example/r.git",
-            )
+            let err = check_out(&repo, root, dir.path())
             .expect_err(bad);
             println!("{bad:?}: {err}");
             assert!(
@@ -370,13 +363,7 @@ mod tests {
         let dot_git = tree(&repo, &[("config", EntryKind::Blob, config)]);
         let src = tree(&repo, &[(".git", EntryKind::Tree, dot_git)]);
         let root = tree(&repo, &[("src", EntryKind::Tree, src)]);
-        let err = checkout(
-            &repo,
-            root,
-            dir.path(),
-            &scrub(),
-            "http://git.example/r.git",
-        )
+        let err = check_out(&repo, root, dir.path())
         .unwrap_err();
         assert!(matches!(err, CloneError::Destination { .. }), "{err:?}");
         assert!(
@@ -401,13 +388,7 @@ mod tests {
                 ("src", EntryKind::Tree, src),
             ],
         );
-        let files = checkout(
-            &repo,
-            root,
-            dir.path(),
-            &scrub(),
-            "http://git.example/r.git",
-        )
+        let files = check_out(&repo, root, dir.path())
         .unwrap();
         assert_eq!(files, 2);
     }
@@ -425,13 +406,7 @@ mod tests {
             &repo,
             &[("a", EntryKind::Link, target), ("a", EntryKind::Tree, sub)],
         );
-        let err = checkout(
-            &repo,
-            root,
-            dir.path(),
-            &scrub(),
-            "http://git.example/r.git",
-        )
+        let err = check_out(&repo, root, dir.path())
         .unwrap_err();
         assert!(matches!(err, CloneError::Destination { .. }), "{err:?}");
         println!("{err}");
