@@ -623,6 +623,9 @@ async fn kube() {
         namespaces: vec!["default".into(), "kiln-bench".into()],
         ..fake_kube::FakeKubeOptions::default()
     });
+    // The account build pods run as (deploy/build-namespace/): without it the job controller's
+    // pod creates are refused and the builds fail.
+    fake.create_from_yaml("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kiln-build\n  namespace: kiln-bench\n");
     let mut c = Config::default();
     c.store.data_dir = dir.path().join("data");
     c.server.admin_token = Some(ADMIN.into());
@@ -695,7 +698,8 @@ async fn kube() {
     // The rest of each build's life: cancelled, so its Job is deleted.
     for (id, _) in &answered {
         let res = http.post(format!("{url}/api/v1/builds/{id}/cancel")).bearer_auth(&token).send().await.unwrap();
-        assert!(res.status().is_success());
+        let status = res.status();
+        assert!(status.is_success(), "cancel build {id}: {status} {}", res.text().await.unwrap_or_default());
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
