@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::fixtures::{app_spec, GitlabPush};
 use crate::support::kiln::TestKiln;
@@ -98,6 +98,46 @@ async fn ignored_events_get_200_with_the_reason_and_build_nothing() {
         assert!(body["reason"].as_str().unwrap().contains(why), "{body}");
     }
     assert!(kiln.ctx.store.builds(None, None, None, 100).await.unwrap().is_empty());
+}
+
+/// As GitLab's own CI: `[skip ci]` / `[ci skip]` in the HEAD commit's message, or the push option
+/// `ci.skip` (which GitLab passes on parsed, as `{"ci": {"skip": true}}`), answers 200 ignored and
+/// builds nothing; a skip marker in an older commit of the same push is history and builds.
+#[tokio::test]
+async fn skip_ci_in_the_head_commit_or_the_ci_skip_push_option_builds_nothing_and_an_older_marker_does_not_count() {
+    let kiln = kiln_with_app().await;
+    const OLDER: &str = "fedcba9876543210fedcba9876543210fedcba98";
+    let with = |commits: Value, options: Value, key: &str| {
+        let mut body = push("main").body();
+        body["commits"] = commits;
+        body["push_options"] = options;
+        hook(body.to_string(), "Push Hook", SECRET, Some(key))
+    };
+    let head = |message: &str| json!([{"id": OLDER, "message": "older work"}, {"id": SHA, "message": message}]);
+    let skipped = [
+        (with(head("fix the typo [skip ci]"), json!({}), "skip-1"), "[skip ci]"),
+        (with(head("Docs only\n\n[CI SKIP]"), json!({}), "skip-2"), "[ci skip]"),
+        (with(head("plain message"), json!({"ci": {"skip": true}}), "skip-3"), "ci.skip"),
+    ];
+    for (req, why) in skipped {
+        let (status, body) = kiln.send(req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "ignored", "{body}");
+        assert!(body["reason"].as_str().unwrap().contains(why), "{body}");
+    }
+    assert!(kiln.ctx.store.builds(None, None, None, 100).await.unwrap().is_empty());
+
+    // The marker in an older commit only: built.
+    let older = json!([{"id": OLDER, "message": "wip [skip ci]"}, {"id": SHA, "message": "ready"}]);
+    let (status, body) = kiln.send(with(older, json!({}), "skip-4")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(kiln.ctx.store.builds(None, None, None, 100).await.unwrap().len(), 1);
+
+    // A sender without the secret learns nothing, skip marker or not.
+    let mut body = push("main").body();
+    body["commits"] = head("[skip ci]");
+    let (status, _) = kiln.send(hook(body.to_string(), "Push Hook", "wrong-secret", Some("skip-5"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

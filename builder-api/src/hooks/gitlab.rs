@@ -29,6 +29,34 @@ struct PushEvent {
     git_ref: String,
     after: String,
     checkout_sha: Option<String>,
+    /// The push's newest commits (GitLab sends up to 20), the head among them.
+    #[serde(default)]
+    commits: Vec<PushCommit>,
+    /// The push options GitLab recognises, parsed (`{"ci": {"skip": true}}` for `-o ci.skip`).
+    #[serde(default)]
+    push_options: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct PushCommit {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Why a push asks not to be built, as GitLab's own CI reads it: `[skip ci]` or `[ci skip]` (any
+/// case, `-` or `_` for the space) in the head commit's message, or the push option `ci.skip`.
+/// Only the head commit counts: a skip in an older commit of the push is history.
+fn skip_ci(push: &PushEvent, head: &str) -> Option<String> {
+    let skip_option = push.push_options.pointer("/ci/skip") == Some(&Value::Bool(true))
+        || push.push_options.as_array().is_some_and(|a| a.iter().any(|o| o == "ci.skip"));
+    if skip_option {
+        return Some("the push option ci.skip asks to skip CI".into());
+    }
+    let message = push.commits.iter().find(|c| c.id.eq_ignore_ascii_case(head))?.message.to_ascii_lowercase();
+    let marker = ["[skip ci]", "[ci skip]", "[skip-ci]", "[ci-skip]", "[skip_ci]", "[ci_skip]"].into_iter().find(|m| message.contains(m))?;
+    Some(format!("the head commit's message asks to skip CI ({marker})"))
 }
 
 /// A GitLab webhook delivery, parsed without the store: who it is for and what it asks.
@@ -104,7 +132,7 @@ fn classify(event: &str, payload: Value) -> Result<Push, Decision> {
     if push.after == ZERO_SHA {
         return Err(Decision::Ignore(format!("{} was deleted", push.git_ref)));
     }
-    let commit = push.checkout_sha.filter(|c| !c.is_empty()).unwrap_or(push.after);
+    let commit = push.checkout_sha.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| push.after.clone());
     validate::commit_sha(&commit).map_err(|e| Decision::Reject(e.0))?;
     let prefix = if is_tag { "refs/tags/" } else { "refs/heads/" };
     let name = push
@@ -113,6 +141,9 @@ fn classify(event: &str, payload: Value) -> Result<Push, Decision> {
         .ok_or_else(|| Decision::Reject(format!("ref {:?} does not start with {prefix}", push.git_ref)))?
         .to_string();
     validate::git_ref(&name).map_err(|e| Decision::Reject(e.0))?;
+    if let Some(reason) = skip_ci(&push, &commit) {
+        return Err(Decision::Ignore(reason));
+    }
     Ok(Push { git_ref: push.git_ref, name, commit, is_tag })
 }
 
