@@ -221,3 +221,48 @@ async fn a_manual_trigger_by_ref_builds_its_tip_and_a_follower_gets_the_whole_lo
     let error = body["error"].as_str().unwrap();
     assert!(error.contains("127.0.0.1:9") && !error.contains(GIT_TOKEN), "{error}");
 }
+
+/// A failed build's reason quotes the line that says why — the compiler's first located error —
+/// not the last thing printed, and never terminal escape codes (Maven colours its output and
+/// ends with help links and a colour reset). Go the same: its `file.go:line:col:` line.
+#[tokio::test]
+async fn a_failed_compile_is_explained_by_its_first_located_error_without_escape_codes() {
+    let w = World::new().await;
+    let broken = |fixture: &str, file: &str, text: &str| {
+        let mut files = crate::support::fixtures::fixture_files(fixture);
+        for f in files.iter_mut().filter(|f| f.0.ends_with(file)) {
+            f.1 = text.as_bytes().to_vec();
+        }
+        files
+    };
+    let cases = [
+        (
+            "jbroken",
+            "maven",
+            broken("maven-hello", "Main.java", "package dev.kiln.hello;\npublic class Main {\n    public static void main(String[] a) { Sytem.out.println(1); }\n}\n"),
+            "compile failed (exit code 1): [ERROR] ",
+            "Main.java:[3,",
+        ),
+        (
+            "gbroken",
+            "go",
+            broken("go-hello", "main.go", "package main\n\nfunc main() {\n\tundefinedThing()\n}\n"),
+            "compile failed (exit code 2): ",
+            "main.go:4:2: undefined: undefinedThing",
+        ),
+    ];
+    for (name, kind, files, start, want) in cases {
+        let path = format!("team/{name}");
+        let repo = w.git.create_repo(&path);
+        let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+        let sha = repo.commit_files(&files, "broken");
+        let mut spec = app_spec(name, &w.git.url(&path), &path, &format!("{}/{path}", w.registry.host()), SECRET);
+        spec["git_token"] = GIT_TOKEN.into();
+        spec["kind"] = kind.into();
+        w.kiln.app(&w.tenant_token, spec).await;
+        let (build, log) = w.failed(w.push(name, &sha).await).await;
+        let reason = build.reason.unwrap();
+        assert!(reason.starts_with(start) && reason.contains(want), "{kind}: {reason}\n{log}");
+        assert!(!reason.contains('\u{1b}'), "{kind}: escape codes in {reason:?}");
+    }
+}

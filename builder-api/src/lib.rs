@@ -19,7 +19,7 @@
 //! [`hooks`], [`web`], [`auth`], [`audit`], [`error`]) → services ([`context`], [`scheduler`],
 //! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`]) → model and storage
 //! ([`store`], [`plan`], [`config`]) → leaf utilities ([`validate`], [`branch_filter`],
-//! [`ratelimit`], [`json_file`]).
+//! [`ratelimit`], [`json_file`], [`failure_line`]).
 
 pub mod apm;
 pub mod audit;
@@ -31,6 +31,7 @@ pub mod context;
 pub mod devtools;
 pub mod error;
 pub mod executor;
+pub mod failure_line;
 pub mod handlers;
 pub mod hooks;
 pub mod json_file;

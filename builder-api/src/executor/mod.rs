@@ -56,8 +56,10 @@ impl Outcome {
     }
 }
 
-/// A failed step's reason: how it ended, and the last line it wrote (masked by the caller).
+/// A failed step's reason: how it ended, and its most telling line (masked by the caller),
+/// without terminal escape codes.
 pub fn step_failure(step: &str, how: &str, cause: Option<String>) -> String {
+    let cause = cause.map(|c| crate::failure_line::strip_ansi(&c).trim().to_string()).filter(|c| !c.is_empty());
     match cause {
         Some(cause) => format!("{step} failed ({how}): {}", cause.trim_start_matches("error: ")),
         None => format!("{step} failed ({how})"),

@@ -60,12 +60,13 @@ impl LogSink {
         let _ = self.tx.send(Entry { step: step.into(), stream: Stream::Step, line, meta: Some(meta) }).await;
     }
 
-    /// Reads `reader` to its end, one log line per text line. Returns the last non-empty line
-    /// (unmasked: mask it before showing it anywhere), which names the cause when a step fails.
+    /// Reads `reader` to its end, one log line per text line. Returns its most telling line
+    /// ([`crate::failure_line`]; unmasked: mask it before showing it anywhere), which names the
+    /// cause when a step fails.
     pub async fn pipe(&self, step: &str, stream: Stream, reader: impl AsyncRead + Unpin) -> Option<String> {
         let mut reader = BufReader::with_capacity(64 * 1024, reader);
         let mut buf = Vec::with_capacity(1024);
-        let mut last = None;
+        let mut telling = crate::failure_line::TellingLine::default();
         loop {
             buf.clear();
             match (&mut reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).await {
@@ -90,12 +91,10 @@ impl LogSink {
             }
             let text = String::from_utf8_lossy(&buf);
             let text = text.trim_end_matches('\n').trim_end_matches('\r');
-            if !text.trim().is_empty() {
-                last = Some(text.to_string());
-            }
+            telling.offer(text);
             self.line(step, stream, text).await;
         }
-        last
+        telling.best().map(String::from)
     }
 }
 

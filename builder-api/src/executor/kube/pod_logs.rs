@@ -25,8 +25,10 @@ pub struct LogCursor {
     last: Option<DateTime<Utc>>,
     /// Of the delivered lines, how many carry exactly `last`.
     at_last: u64,
-    /// The last non-empty line: it names the cause when the step fails.
+    /// The most telling line so far ([`crate::failure_line`]): it names the cause when the step
+    /// fails.
     pub last_line: Option<String>,
+    telling: crate::failure_line::TellingLine,
 }
 
 impl LogCursor {
@@ -110,9 +112,8 @@ pub async fn pass(pods: &Api<Pod>, pod: &str, container: &str, follow: bool, cur
             text.truncate(cut);
             text.push_str(" …[line cut at 16 KiB]");
         }
-        if !text.trim().is_empty() {
-            cursor.last_line = Some(text.clone());
-        }
+        cursor.telling.offer(&text);
+        cursor.last_line = cursor.telling.best().map(String::from);
         sink.line(container, Stream::Stdout, text).await;
     }
 }
