@@ -310,6 +310,22 @@ async fn roles_decide_what_a_token_may_do_in_its_own_tenant() {
     let (_, listed) = kiln.request(Method::GET, &tokens, Some(&a.owner), None).await;
     let dev = listed["tokens"].as_array().unwrap().iter().find(|t| t["id"] == a.developer_token_id).unwrap();
     assert!(dev["revoked_at"].is_i64() && dev["last_used_at"].is_i64(), "{dev}");
+
+    // The last usable owner token cannot be revoked (an expired one does not count): 409 with
+    // what to do instead. With a second owner token, the first goes.
+    kiln.ctx.store.add_token(Some(a.id), "old-owner", Role::Owner, Some(now - 1), &builder_api::store::new_token()).await.unwrap();
+    let owners = |tokens: Vec<builder_api::store::ApiToken>| -> Vec<i64> {
+        tokens.into_iter().filter(|t| t.role == Role::Owner && t.revoked_at.is_none() && t.expires_at.is_none()).map(|t| t.id).collect()
+    };
+    let first = owners(kiln.ctx.store.tokens(a.id).await.unwrap());
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (status, body) = kiln.request(Method::DELETE, &format!("{tokens}/{}", first[0]), Some(&a.owner), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("last owner token") && body["error"].as_str().unwrap().contains("role owner"), "{body}");
+    let (status, body) = kiln.request(Method::POST, &tokens, Some(&a.owner), Some(json!({ "name": "second-owner", "role": "owner" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = kiln.request(Method::DELETE, &format!("{tokens}/{}", first[0]), Some(&a.owner), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 }
 
 #[tokio::test]

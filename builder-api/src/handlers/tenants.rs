@@ -180,6 +180,10 @@ pub async fn revoke_token(
         Revoked::Now => Ok((StatusCode::NO_CONTENT, Audited::new(tenant.id, format!("token/{id}")))),
         Revoked::Already => Err(ApiError::Conflict(format!("token {id} of tenant {} is already revoked", tenant.name))),
         Revoked::NoSuchToken => Err(ApiError::NotFound(format!("no token {id} in tenant {}", tenant.name))),
+        Revoked::LastOwner => Err(ApiError::Conflict(format!(
+            "token {id} is tenant {}'s last owner token: make another owner token first (POST /api/v1/tenants/{}/tokens with role owner)",
+            tenant.name, tenant.name
+        ))),
     }
 }
 

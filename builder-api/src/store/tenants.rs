@@ -238,6 +238,9 @@ pub enum Revoked {
     Now,
     Already,
     NoSuchToken,
+    /// It is the tenant's last usable owner token: revoking it would leave nobody able to manage
+    /// the tenant but an admin.
+    LastOwner,
 }
 
 fn stored_role(role: String) -> Result<Role> {
@@ -405,23 +408,32 @@ impl Store {
 
     /// Revokes token `id` of the tenant. Another tenant's token is `NoSuchToken`.
     pub async fn revoke_token(&self, tenant_id: i64, id: i64) -> Result<Revoked> {
-        let revoked = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(id)
-            .bind(tenant_id)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
+        let now = now_ms();
+        // One statement, so two revokes at once cannot each leave the other as the last owner.
+        let revoked = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ?1 WHERE id = ?2 AND tenant_id = ?3 AND revoked_at IS NULL
+               AND (role != 'owner' OR (SELECT COUNT(*) FROM api_tokens WHERE tenant_id = ?3 AND role = 'owner'
+                    AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)) > 1)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(tenant_id)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
         if revoked > 0 {
             return Ok(Revoked::Now);
         }
-        let exists = sqlx::query("SELECT 1 FROM api_tokens WHERE id = ? AND tenant_id = ?")
+        let row = sqlx::query("SELECT role, revoked_at FROM api_tokens WHERE id = ? AND tenant_id = ?")
             .bind(id)
             .bind(tenant_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
-        Ok(if exists { Revoked::Already } else { Revoked::NoSuchToken })
+            .fetch_optional(&self.writer)
+            .await?;
+        Ok(match row {
+            None => Revoked::NoSuchToken,
+            Some(r) if r.get::<Option<i64>, _>("revoked_at").is_some() => Revoked::Already,
+            Some(_) => Revoked::LastOwner,
+        })
     }
 
     /// Looks a bearer token up by its hash. The hash is the index key, so the comparison never
