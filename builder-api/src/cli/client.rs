@@ -231,7 +231,15 @@ pub async fn builds(args: &ApiArgs, app: Option<String>, state: Option<String>, 
         query.push(("state", state));
     }
     let body = api.get_json("/api/v1/builds", &query).await?;
-    println!("{:>6}  {:<10}  {:<24}  {:<20}  {:<12}  {:>8}  DIGEST", "ID", "STATE", "APP", "REF", "COMMIT", "DURATION");
+    print!("{}", builds_table(&body));
+    Ok(())
+}
+
+/// The builds list as a table whose columns are as wide as their widest cell (values of any
+/// length stay aligned), with the failure reason last.
+pub fn builds_table(body: &serde_json::Value) -> String {
+    let header = ["ID", "STATE", "APP", "REF", "COMMIT", "DURATION", "DIGEST", "REASON"].map(String::from);
+    let mut rows = vec![header];
     for b in body["builds"].as_array().into_iter().flatten() {
         let duration = match (b["started_at"].as_i64(), b["finished_at"].as_i64()) {
             (Some(s), Some(f)) => format!("{:.1}s", (f - s) as f64 / 1000.0),
@@ -241,16 +249,64 @@ pub async fn builds(args: &ApiArgs, app: Option<String>, state: Option<String>, 
         let git_ref = b["ref"].as_str().unwrap_or("-");
         let git_ref = git_ref.strip_prefix("refs/heads/").or_else(|| git_ref.strip_prefix("refs/")).unwrap_or(git_ref);
         let digest = b["image_digest"].as_str().map(|d| d.get(..19).unwrap_or(d).to_string()).unwrap_or_else(|| "-".into());
-        println!(
-            "{:>6}  {:<10}  {:<24}  {:<20}  {:<12}  {:>8}  {}",
-            b["id"],
-            b["state"].as_str().unwrap_or(""),
+        rows.push([
+            b["id"].as_i64().map_or_else(|| "-".into(), |id| id.to_string()),
+            b["state"].as_str().unwrap_or("").to_string(),
             format!("{}/{}", b["tenant"].as_str().unwrap_or(""), b["app"].as_str().unwrap_or("")),
-            git_ref,
-            b["commit"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+            git_ref.to_string(),
+            b["commit"].as_str().unwrap_or("").get(..12).unwrap_or("").to_string(),
             duration,
             digest,
-        );
+            b["reason"].as_str().unwrap_or("").lines().next().unwrap_or("").to_string(),
+        ]);
     }
-    Ok(())
+    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            // Numbers right-aligned, text left; the last column is not padded.
+            match c {
+                0 | 5 => line.push_str(&format!("{}{cell}", " ".repeat(pad))),
+                7 => line.push_str(cell),
+                _ => line.push_str(&format!("{cell}{}", " ".repeat(pad))),
+            }
+            if c < 7 {
+                line.push_str("  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::builds_table;
+
+    #[test]
+    fn the_builds_table_keeps_its_columns_aligned_whatever_the_lengths() {
+        let body = serde_json::json!({"builds": [
+            {"id": 7, "state": "Succeeded", "tenant": "t", "app": "a", "ref": "refs/heads/main", "commit": "0123456789abcdef",
+             "started_at": 1000, "finished_at": 3500, "image_digest": "sha256:0123456789abcdef"},
+            {"id": 12345, "state": "Failed", "tenant": "payments-platform", "app": "ledger-service", "ref": "refs/heads/feature/very-long-branch-name",
+             "commit": "fedcba9876543210", "started_at": 1000, "finished_at": 2000, "reason": "compile failed (exit code 2): ./main.go:4:2: undefined: x"},
+        ]});
+        let table = builds_table(&body);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        // Every column starts at the same character in every line.
+        for header in ["STATE", "APP", "REF", "COMMIT", "DIGEST", "REASON"] {
+            let at = lines[0].find(header).unwrap();
+            // The first build has no reason: its line ends before that column.
+            for line in lines[1..].iter().filter(|l| header != "REASON" || l.len() > at) {
+                assert!(line.len() > at && line.as_bytes()[at - 1] == b' ' && line.as_bytes()[at] != b' ', "{header} at {at}:\n{table}");
+            }
+        }
+        assert!(lines[1].starts_with("    7  Succeeded"), "{table}");
+        assert!(lines[2].starts_with("12345  Failed"), "{table}");
+        assert!(lines[2].ends_with("./main.go:4:2: undefined: x"), "{table}");
+    }
 }
