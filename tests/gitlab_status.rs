@@ -30,12 +30,18 @@ struct World {
 
 impl World {
     async fn new() -> World {
+        World::with(|_, _| {}).await
+    }
+
+    /// With the test config changed by `change` (given the temp dir).
+    async fn with(change: impl FnOnce(&mut builder_api::config::Config, &std::path::Path)) -> World {
         let git = GitServer::start_with_token(GIT_TOKEN).await;
         let registry = TestRegistry::start().await;
         let gitlab = GitlabApi::start(GITLAB_TOKEN).await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path(), &[&registry.host()]);
         config.server.public_url = Some(PUBLIC_URL.into());
+        change(&mut config, dir.path());
         let kiln = TestKiln::start_with(dir, config).await;
         let tenant_token = kiln.tenant("team").await;
         World { git, registry, kiln, gitlab, tenant_token }
@@ -176,4 +182,52 @@ async fn statuses_arrive_in_order_when_the_first_answer_is_held_2s() {
     assert_eq!(states(&calls), ["pending", "running", "success"], "{calls:#?}");
     assert_eq!(delivered.len(), 3);
     assert_about(&calls, "team/status-slow", &sha, &build);
+}
+
+#[tokio::test]
+async fn a_superseded_build_posts_canceled_naming_the_build_that_superseded_it() {
+    // Each compile prints for a few seconds first, so the first build is mid-step at the second push.
+    let w = World::with(|c, dir| c.toolchains.go = crate::kube_builds::slow_go(dir, 100, 30).display().to_string()).await;
+    let repo = w.git.create_repo("team/status-superseded");
+    let files = crate::support::fixtures::fixture_files("go-hello");
+    let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c, x)| (p.as_str(), c.as_slice(), *x)).collect();
+    let first_sha = repo.commit_files(&files, "one");
+    let mut spec = app_spec("status-superseded", &w.git.url("team/status-superseded"), "team/status-superseded", &format!("{}/team/status-superseded", w.registry.host()), SECRET);
+    spec["git_token"] = GIT_TOKEN.into();
+    spec["kind"] = "go".into();
+    for (k, v) in w.status_settings().as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    w.kiln.app(&w.tenant_token, spec).await;
+    let first = w.push("status-superseded", &first_sha).await;
+    w.kiln.wait_state(first, BuildState::Running, Duration::from_secs(30)).await;
+    let second_sha = repo.commit_files(&[("NOTES", "two", false)], "two");
+    let second = w.push("status-superseded", &second_sha).await;
+    let cancelled = w.kiln.wait_final(first, BUILD_LIMIT).await;
+    assert_eq!(cancelled.state, BuildState::Cancelled, "{:?}", cancelled.reason);
+    w.kiln.ended(second, BuildState::Succeeded, BUILD_LIMIT).await;
+    w.gitlab.wait_delivered(6, DELIVERY_LIMIT).await;
+    let calls = w.gitlab.calls();
+    let of_first: Vec<&StatusCall> = calls.iter().filter(|c| c.path.ends_with(&first_sha)).collect();
+    let last = of_first.last().unwrap();
+    assert_eq!(last.state(), "canceled", "{calls:#?}");
+    let description = last.field("description").unwrap();
+    assert!(description.starts_with(&format!("superseded by build {second}")), "{description}");
+    let of_second: Vec<&str> = calls.iter().filter(|c| c.path.ends_with(&second_sha)).map(|c| c.state()).collect();
+    assert_eq!(of_second, ["pending", "running", "success"]);
+}
+
+#[tokio::test]
+async fn a_gitlab_that_is_down_for_the_whole_build_leaves_it_succeeded_and_shows_the_failure() {
+    let w = World::new().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let path = "team/status-down";
+    let extra = json!({ "gitlab_token": GITLAB_TOKEN, "settings": { "gitlab_url": format!("http://{closed}") } });
+    let (sha, spec) = fixture_app(&w.git, &w.registry.host(), path, "go-hello", (SECRET, GIT_TOKEN), extra);
+    w.kiln.app(&w.tenant_token, spec).await;
+    let build = w.kiln.ended(w.push("status-down", &sha).await, BuildState::Succeeded, BUILD_LIMIT).await.0;
+    let failure = w.gitlab_status_of(build.id).await;
+    assert!(failure.starts_with("not delivered: "), "{failure}");
+    assert!(!failure.contains(GITLAB_TOKEN));
 }
