@@ -231,3 +231,24 @@ async fn a_gitlab_that_is_down_for_the_whole_build_leaves_it_succeeded_and_shows
     assert!(failure.starts_with("not delivered: "), "{failure}");
     assert!(!failure.contains(GITLAB_TOKEN));
 }
+
+#[tokio::test]
+async fn a_manual_trigger_posts_its_statuses_too_and_an_app_without_a_token_posts_nothing() {
+    let w = World::new().await;
+    let sha = w.go_app("status-manual").await;
+    let id = w.kiln.trigger(&w.tenant_token, "status-manual", json!({"commit": sha, "ref": "main"})).await;
+    let build = w.kiln.ended(id, BuildState::Succeeded, BUILD_LIMIT).await.0;
+    let calls = w.gitlab.wait_delivered(3, DELIVERY_LIMIT).await;
+    assert_eq!(states(&calls), ["pending", "running", "success"], "{calls:#?}");
+    assert_about(&calls, "team/status-manual", &sha, &build);
+
+    // The same GitLab, no token: nothing is posted.
+    let path = "team/status-silent";
+    let extra = json!({ "settings": { "gitlab_url": w.gitlab.url() } });
+    let (silent_sha, spec) = fixture_app(&w.git, &w.registry.host(), path, "go-hello", (SECRET, GIT_TOKEN), extra);
+    w.kiln.app(&w.tenant_token, spec).await;
+    let silent = w.kiln.ended(w.push("status-silent", &silent_sha).await, BuildState::Succeeded, BUILD_LIMIT).await.0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.gitlab.calls().len(), 3, "{:#?}", w.gitlab.calls());
+    assert_eq!(w.build_json(silent.id).await["gitlab_status"], Value::Null);
+}
