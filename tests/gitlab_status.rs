@@ -247,7 +247,9 @@ async fn a_manual_trigger_posts_its_statuses_too_and_an_app_without_a_token_post
     let extra = json!({ "settings": { "gitlab_url": w.gitlab.url() } });
     let (silent_sha, spec) = fixture_app(&w.git, &w.registry.host(), path, "go-hello", (SECRET, GIT_TOKEN), extra);
     w.kiln.app(&w.tenant_token, spec).await;
-    let silent = w.kiln.ended(w.push("status-silent", &silent_sha).await, BuildState::Succeeded, BUILD_LIMIT).await.0;
+    let (silent, log) = w.kiln.ended(w.push("status-silent", &silent_sha).await, BuildState::Succeeded, BUILD_LIMIT).await;
+    assert_eq!(log.matches("no GitLab commit status is posted").count(), 1, "{log}");
+    assert!(!w.kiln.log(build.id).await.contains("no GitLab commit status"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.gitlab.calls().len(), 3, "{:#?}", w.gitlab.calls());
     assert_eq!(w.build_json(silent.id).await["gitlab_status"], Value::Null);

@@ -41,7 +41,11 @@ pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError
         capture.sink().system("kiln", format!("[kiln] build {} {reason}", build.id)).await;
         capture.close().await?;
         ctx.store.fail_open_steps(build.id).await?;
-        ctx.store.finish_build(build.id, BuildState::Failed, Some(reason)).await?;
+        if ctx.store.finish_build(build.id, BuildState::Failed, Some(reason)).await? {
+            if let Some(app) = ctx.store.app(build.app_id).await? {
+                ctx.gitlab_statuses.post(&app, build.into(), Status::Failed, reason);
+            }
+        }
         tracing::warn!(build = build.id, "{reason}");
     }
     Ok(running.len())
@@ -156,6 +160,9 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     let log = capture.sink();
     if !resumed {
         log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
+        if app.gitlab_token.is_none() {
+            log.system("kiln", "[kiln] the app has no gitlab_token: no GitLab commit status is posted").await;
+        }
     }
     let timeout = ctx.config.executor.build_timeout_for(&tenant);
     let deadline = tokio::time::Instant::now() + timeout;
