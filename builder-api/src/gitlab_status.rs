@@ -271,6 +271,45 @@ mod tests {
         assert_eq!(one_line(&"x".repeat(400)).chars().count(), 255);
     }
 
+    fn app(git_url: &str, project_path: Option<&str>, gitlab_url: Option<&str>) -> App {
+        App {
+            id: 1,
+            tenant_id: 1,
+            tenant: "team".into(),
+            name: "hello".into(),
+            git_url: git_url.into(),
+            project_path: project_path.map(String::from),
+            branch_filter: "**".into(),
+            kind: crate::store::BuildKind::Go,
+            settings: crate::store::KindSettings { gitlab_url: gitlab_url.map(String::from), ..Default::default() },
+            base_image: None,
+            image_repository: "registry.example/team/hello".into(),
+            webhook_secret: "s".into(),
+            git_token: None,
+            has_git_token: false,
+            gitlab_token: Some("t".into()),
+            has_gitlab_token: true,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_statuses_url_is_the_git_urls_scheme_and_host_and_the_encoded_project() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let url = |a: &App| statuses_url(a, sha).unwrap();
+        assert_eq!(
+            url(&app("https://gitlab.example.com:8443/group/sub/hello.git", Some("group/sub/hello"), None)),
+            format!("https://gitlab.example.com:8443/api/v4/projects/group%2Fsub%2Fhello/statuses/{sha}")
+        );
+        // Without a project path, the git URL's path without `.git`.
+        assert_eq!(url(&app("http://git.local/team/hello.git", None, None)), format!("http://git.local/api/v4/projects/team%2Fhello/statuses/{sha}"));
+        // settings.gitlab_url wins over the git URL's host.
+        assert_eq!(
+            url(&app("http://git.local/team/hello.git", Some("team/hello"), Some("https://gitlab.example/"))),
+            format!("https://gitlab.example/api/v4/projects/team%2Fhello/statuses/{sha}")
+        );
+    }
+
     #[test]
     fn statuses_only_move_forward() {
         assert!(Status::Pending.rank() < Status::Running.rank());
