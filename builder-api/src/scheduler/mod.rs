@@ -122,11 +122,17 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
 fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resumed: bool) {
     tokio::spawn(async move {
         let id = build.id;
+        let snapshot = build.clone();
         let ended = match execute(&ctx, build, token, resumed).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::error!(build = id, "build could not be recorded: {e}");
-                let _ = ctx.store.finish_build(id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
+                let reason = format!("kiln store error: {e}");
+                if let Ok(true) = ctx.store.finish_build(id, BuildState::Failed, Some(&reason)).await {
+                    if let Ok(Some(app)) = ctx.store.app(snapshot.app_id).await {
+                        ctx.gitlab_statuses.post(&app, (&snapshot).into(), Status::Failed, &reason);
+                    }
+                }
                 None
             }
         };
