@@ -5,6 +5,7 @@ mod fake_kube;
 mod fuzz;
 mod hostile_input;
 mod git_clone;
+mod gitlab_status;
 mod job_templates;
 mod kube_builds;
 mod kube_contract;

@@ -31,6 +31,8 @@ fn sample_app(kind: BuildKind, git_token: Option<&str>) -> App {
         webhook_secret: "whsec-never-in-a-job".into(),
         git_token: git_token.map(String::from),
         has_git_token: git_token.is_some(),
+        gitlab_token: None,
+        has_gitlab_token: false,
         created_at: 0,
     }
 }
@@ -56,6 +58,7 @@ fn sample_build(branch: &str) -> Build {
         queued_at: 0,
         started_at: None,
         finished_at: None,
+        gitlab_status: None,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::support::serve_process::{write_config, ServeProcess};
 const GIT_TOKEN: &str = "glpat-at-rest-token-7f3a9c";
 const WEBHOOK_SECRET: &str = "hook-secret-at-rest-51d2";
 const HARBOR_SECRET: &str = "harbor-secret-at-rest-c0ffee42";
+const GITLAB_TOKEN: &str = "glpat-at-rest-api-token-9e8d";
 const BUILD_LIMIT: Duration = Duration::from_secs(240);
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
@@ -103,7 +104,8 @@ async fn the_database_holds_no_plain_secret_and_builds_clone_and_push_after_rota
     let token = serve.tenant(ADMIN, "team").await;
     let (status, body) = serve.call(reqwest::Method::PUT, "/api/v1/tenants/team/settings", ADMIN, Some(json!({"registry_project": "team"}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (sha, spec) = fixture_app(&git, &registry.host(), "team/hello", "go-hello", (WEBHOOK_SECRET, GIT_TOKEN), json!({}));
+    let (sha, spec) = fixture_app(&git, &registry.host(), "team/hello", "go-hello", (WEBHOOK_SECRET, GIT_TOKEN), json!({"gitlab_token": GITLAB_TOKEN}));
+    secrets::register(GITLAB_TOKEN);
     let (status, body) = serve.call(reqwest::Method::POST, "/api/v1/apps", &token, Some(spec)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = serve.call(reqwest::Method::PUT, "/api/v1/tenants/team/harbor-webhook-secret", &token, Some(json!({"secret": HARBOR_SECRET}))).await;
@@ -111,7 +113,7 @@ async fn the_database_holds_no_plain_secret_and_builds_clone_and_push_after_rota
     assert!(body.get("secret").is_none(), "a given secret is never answered: {body}");
     serve.kill();
 
-    let all = [GIT_TOKEN, WEBHOOK_SECRET, HARBOR_SECRET];
+    let all = [GIT_TOKEN, WEBHOOK_SECRET, HARBOR_SECRET, GITLAB_TOKEN];
     assert_eq!(plain_text_in_store(&data, &all), Vec::<String>::new());
     assert!(store_holds(&data, "enc:v1:"), "the sealed values are in the store");
 
@@ -129,7 +131,7 @@ async fn the_database_holds_no_plain_secret_and_builds_clone_and_push_after_rota
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     secrets::capture("kiln admin rotate-key", &said);
     assert!(out.status.success(), "rotate-key failed: {said}");
-    assert!(said.contains("re-encrypted 3 secrets"), "{said}");
+    assert!(said.contains("re-encrypted 4 secrets"), "{said}");
     let rotated = builder_api::store::SecretKey::read_file(&key_file).unwrap();
     assert_eq!(rotated.id(), builder_api::store::SecretKey::from_bytes(&new_bytes).id(), "the key file holds the new key");
     assert_eq!(plain_text_in_store(&data, &all), Vec::<String>::new());

@@ -139,6 +139,7 @@ async fn scheduler() {
                 image_repository: format!("registry.example/team-{t}/app"),
                 webhook_secret: "s".into(),
                 git_token: None,
+                gitlab_token: None,
             })
             .await
             .unwrap();

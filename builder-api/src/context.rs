@@ -25,6 +25,8 @@ pub struct Context {
     pub hook_limits: crate::ratelimit::RateLimiter,
     /// What the image copies to cluster registries share, per process.
     pub replication: crate::replication::shared::SharedCopies,
+    /// GitLab commit statuses of the builds, delivered in the background.
+    pub gitlab_statuses: crate::gitlab_status::GitlabStatuses,
 }
 
 /// Axum state: the shared context.

@@ -17,7 +17,7 @@
 //! Layers, top to bottom, each importing only itself and below (checked by
 //! `tests/architecture.rs`): entry points ([`cli`], [`server`]) → HTTP ([`router`], [`handlers`],
 //! [`hooks`], [`web`], [`auth`], [`audit`], [`error`]) → services ([`context`], [`scheduler`],
-//! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`]) → model and storage
+//! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`], [`gitlab_status`]) → model and storage
 //! ([`store`], [`plan`], [`config`]) → leaf utilities ([`validate`], [`branch_filter`],
 //! [`ratelimit`], [`json_file`], [`failure_line`]).
 
@@ -32,6 +32,7 @@ pub mod devtools;
 pub mod error;
 pub mod executor;
 pub mod failure_line;
+pub mod gitlab_status;
 pub mod handlers;
 pub mod hooks;
 pub mod json_file;

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod git_server;
+pub mod gitlab_api;
 pub mod hostile;
 pub mod hostile_registry;
 pub mod kiln;

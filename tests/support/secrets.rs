@@ -109,7 +109,7 @@ pub fn assert_no_leaks() {
 /// The secret-bearing fields of a JSON request body (app specs carry `webhook_secret` and
 /// `git_token`); registered when Kiln accepts the body.
 pub fn register_from_request(body: &serde_json::Value) {
-    for key in ["webhook_secret", "git_token", "password"] {
+    for key in ["webhook_secret", "git_token", "gitlab_token", "password"] {
         if let Some(v) = body.get(key).and_then(|v| v.as_str()) {
             register(v);
         }

@@ -90,6 +90,12 @@ impl Config {
         if let Some(v) = var("KILN_TRUST_FORWARDED_FOR") {
             self.server.trust_forwarded_for = parse("KILN_TRUST_FORWARDED_FOR", v)?;
         }
+        if let Some(v) = var("KILN_PUBLIC_URL") {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(ConfigError::Invalid { field: "server.public_url (KILN_PUBLIC_URL)", message: format!("{v:?} must be an http(s) URL") });
+            }
+            self.server.public_url = Some(v);
+        }
         if let Some(v) = var("KILN_DATA_DIR") {
             self.store.data_dir = v.into();
         }

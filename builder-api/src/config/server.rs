@@ -49,6 +49,19 @@ pub struct ServerConfig {
     /// Whether the audit log takes the client's address from `X-Forwarded-For` (set this only
     /// behind a proxy that sets it; anyone can send the header) instead of the socket's peer.
     pub trust_forwarded_for: bool,
+    /// Kiln's address as users reach it (`https://kiln.example`): the links in GitLab commit
+    /// statuses point at `{public_url}/ui/builds/{id}`. Unset: `http://{listen}`.
+    pub public_url: Option<String>,
+}
+
+impl ServerConfig {
+    /// The base of links to Kiln's pages, without a trailing `/`.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -58,13 +71,14 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "****"))
             .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None, trust_forwarded_for: false }
+        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None, trust_forwarded_for: false, public_url: None }
     }
 }
 

@@ -34,6 +34,9 @@ pub struct CreateApp {
     pub image_repository: String,
     pub webhook_secret: Option<String>,
     pub git_token: Option<String>,
+    /// GitLab API token (a project access token with `api` scope) for commit statuses;
+    /// write-only, like `git_token`. Without one the app posts no status.
+    pub gitlab_token: Option<String>,
 }
 
 /// Every branch (`*` alone would stop at `/`).
@@ -87,6 +90,14 @@ pub async fn create(
         crate::apm::find_agent(&s.config.apm, &apm.agent, apm.version.as_deref())
             .map_err(|e| ApiError::Unprocessable(format!("settings.apm: {e}")))?;
     }
+    if let Some(url) = &req.settings.gitlab_url {
+        check_git_url(url).map_err(|_| bad(format!("settings.gitlab_url {url:?} must be an http(s) URL without credentials")))?;
+    }
+    if let Some(name) = &req.settings.gitlab_status_name {
+        if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(bad("settings.gitlab_status_name must be 1 to 255 printable characters"));
+        }
+    }
     if let Some(base) = &req.base_image {
         if base != "scratch" && !base.contains('/') {
             return Err(bad(format!("base_image {base:?} needs a registry host, e.g. registry.example.com/library/base:1")));
@@ -111,6 +122,7 @@ pub async fn create(
             image_repository: req.image_repository,
             webhook_secret: secret.clone(),
             git_token: req.git_token.filter(|t| !t.is_empty()),
+            gitlab_token: req.gitlab_token.filter(|t| !t.is_empty()),
         })
         .await?;
     let audited = Audited::new(app.tenant_id, format!("app/{}", app.name));

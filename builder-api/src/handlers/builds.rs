@@ -15,6 +15,7 @@ use crate::audit::Audited;
 use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::gitlab_status::Status;
 use crate::logs::follow::follow;
 use crate::scheduler::{self, CancelResult};
 use crate::store::{Build, BuildState, LogLine, NewBuild};
@@ -58,6 +59,7 @@ pub async fn trigger(
         .store
         .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into() })
         .await?;
+    s.gitlab_statuses.post(&app, (&build).into(), Status::Pending, &format!("build {} queued", build.id));
     s.scheduler.wake();
     Ok((StatusCode::CREATED, Audited::new(build.tenant_id, format!("build/{}", build.id)), Json(json!({ "build": build }))))
 }

@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use crate::branch_filter;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::gitlab_status::{Status, Subject};
 use crate::handlers::{parse_json, read_body};
 use crate::store::{App, NewBuild, NewDelivery};
 use crate::validate;
@@ -216,6 +217,12 @@ pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(Stat
     }
     if let Some(reason) = outcome.ignored {
         return Ok((StatusCode::OK, Json(json!({ "status": "ignored", "reason": reason }))));
+    }
+    for (id, new) in outcome.build_ids.iter().zip(&builds) {
+        if let Some(app) = apps.iter().find(|a| a.id == new.app_id) {
+            let subject = Subject { id: *id, git_ref: new.git_ref.as_deref(), commit: &new.commit };
+            s.gitlab_statuses.post(app, subject, Status::Pending, &format!("build {id} queued"));
+        }
     }
     // After the answer: cancelling what the push supersedes is work, not intake.
     let (state, ids) = (s.clone(), outcome.build_ids.clone());

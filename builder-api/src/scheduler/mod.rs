@@ -18,6 +18,7 @@ pub use self::queue::FairQueue;
 pub use self::state::{CancelResult, Scheduler};
 use crate::context::Context;
 use crate::executor::{BuildJob, Outcome};
+use crate::gitlab_status::Status;
 use crate::logs::capture::{LogCapture, Masker};
 use crate::store::{Build, BuildState, StoreError};
 
@@ -40,7 +41,11 @@ pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError
         capture.sink().system("kiln", format!("[kiln] build {} {reason}", build.id)).await;
         capture.close().await?;
         ctx.store.fail_open_steps(build.id).await?;
-        ctx.store.finish_build(build.id, BuildState::Failed, Some(reason)).await?;
+        if ctx.store.finish_build(build.id, BuildState::Failed, Some(reason)).await? {
+            if let Some(app) = ctx.store.app(build.app_id).await? {
+                ctx.gitlab_statuses.post(&app, build.into(), Status::Failed, reason);
+            }
+        }
         tracing::warn!(build = build.id, "{reason}");
     }
     Ok(running.len())
@@ -117,11 +122,17 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
 fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resumed: bool) {
     tokio::spawn(async move {
         let id = build.id;
+        let snapshot = build.clone();
         let ended = match execute(&ctx, build, token, resumed).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::error!(build = id, "build could not be recorded: {e}");
-                let _ = ctx.store.finish_build(id, BuildState::Failed, Some(&format!("kiln store error: {e}"))).await;
+                let reason = format!("kiln store error: {e}");
+                if let Ok(true) = ctx.store.finish_build(id, BuildState::Failed, Some(&reason)).await {
+                    if let Ok(Some(app)) = ctx.store.app(snapshot.app_id).await {
+                        ctx.gitlab_statuses.post(&app, (&snapshot).into(), Status::Failed, &reason);
+                    }
+                }
                 None
             }
         };
@@ -142,6 +153,9 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
         return Ok(None);
     };
+    if !resumed {
+        ctx.gitlab_statuses.post(&app, (&build).into(), Status::Running, &format!("build {} running", build.id));
+    }
     let masker = Arc::new(build_masker(ctx, &app, &tenant).await?);
     let (store, hub, cap) = (ctx.store.clone(), ctx.hub.clone(), ctx.config.logs.max_bytes_per_build);
     let capture = if resumed {
@@ -152,9 +166,13 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     let log = capture.sink();
     if !resumed {
         log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
+        if app.gitlab_token.is_none() {
+            log.system("kiln", "[kiln] the app has no gitlab_token: no GitLab commit status is posted").await;
+        }
     }
     let timeout = ctx.config.executor.build_timeout_for(&tenant);
     let deadline = tokio::time::Instant::now() + timeout;
+    let status_app = app.clone();
     let job = BuildJob { build: build.clone(), app, tenant, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, timeout, resumed };
     let Outcome { state, mut reason } = ctx.executor.run(job).await;
     if state == BuildState::Cancelled {
@@ -173,6 +191,10 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     capture.close().await?;
     ctx.store.fail_open_steps(build.id).await?;
     let recorded = ctx.store.finish_build(build.id, state, reason.as_deref()).await?;
+    if recorded {
+        let description = reason.clone().unwrap_or_else(|| format!("build {} {}", build.id, state.as_str().to_lowercase()));
+        ctx.gitlab_statuses.post(&status_app, (&build).into(), Status::of_final(state), &description);
+    }
     Ok(recorded.then_some(state))
 }
 
@@ -183,6 +205,7 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
 async fn build_masker(ctx: &Context, app: &crate::store::App, tenant: &crate::store::Tenant) -> Result<Masker, StoreError> {
     let mut secrets = vec![app.webhook_secret.clone()];
     secrets.extend(app.git_token.clone());
+    secrets.extend(app.gitlab_token.clone());
     secrets.extend(ctx.config.registry.password.clone());
     secrets.extend(ctx.config.clusters.iter().filter_map(|c| c.password.clone()));
     secrets.extend(ctx.config.harbor.webhook_auth.clone());
@@ -201,8 +224,12 @@ pub async fn cancel(ctx: &Context, build: &Build) -> Result<CancelResult, StoreE
 pub async fn cancel_because(ctx: &Context, build: &Build, why: Option<&str>) -> Result<CancelResult, StoreError> {
     // Not by the snapshot's state: the scheduler may have started the build since it was read,
     // and a running build must end through its executor (which flushes its log).
-    if ctx.store.cancel_queued(build.id, why.unwrap_or("cancelled before it started")).await? {
+    let reason = why.unwrap_or("cancelled before it started");
+    if ctx.store.cancel_queued(build.id, reason).await? {
         ctx.scheduler.queue.lock().unwrap().fair.remove(build.tenant_id, build.id);
+        if let Some(app) = ctx.store.app(build.app_id).await? {
+            ctx.gitlab_statuses.post(&app, build.into(), Status::Canceled, reason);
+        }
         return Ok(CancelResult::Cancelled);
     }
     if let Some(token) = ctx.scheduler.running.lock().unwrap().get(&build.id).map(|r| r.cancel.clone()) {

@@ -52,6 +52,14 @@ pub struct KindSettings {
     /// A new push to a branch cancels the app's older queued or running builds of that branch
     /// (default true; false builds every push).
     pub supersede: Option<bool>,
+    /// The `name` of the app's GitLab commit statuses (default `kiln`): two apps building one
+    /// commit show two statuses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gitlab_status_name: Option<String>,
+    /// GitLab's base URL for commit statuses (`https://gitlab.example`), when it is not the
+    /// scheme and host of `git_url` (default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gitlab_url: Option<String>,
     /// An APM agent injected into every image of the app (`crate::apm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apm: Option<super::ApmSetting>,
@@ -76,6 +84,10 @@ pub struct App {
     #[serde(skip)]
     pub git_token: Option<String>,
     pub has_git_token: bool,
+    /// GitLab API token (`api` scope) for commit statuses; write-only like `git_token`.
+    #[serde(skip)]
+    pub gitlab_token: Option<String>,
+    pub has_gitlab_token: bool,
     pub created_at: i64,
 }
 
@@ -98,15 +110,17 @@ pub struct NewApp {
     pub image_repository: String,
     pub webhook_secret: String,
     pub git_token: Option<String>,
+    pub gitlab_token: Option<String>,
 }
 
 /// The associated data of the apps' sealed secrets (see `store::secrets`).
 const WEBHOOK_SECRET: &str = "apps.webhook_secret";
 const GIT_TOKEN: &str = "apps.git_token";
+const GITLAB_TOKEN: &str = "apps.gitlab_token";
 
 /// Read by name in [`app_from_row`]; the tenant's name is `tenant` beside the app's `name`.
 const APP_COLUMNS: &str = "a.id, a.tenant_id, t.name AS tenant, a.name, a.git_url, a.project_path, a.branch_filter, a.kind,
-    a.settings, a.base_image, a.image_repository, a.webhook_secret, a.git_token, a.created_at";
+    a.settings, a.base_image, a.image_repository, a.webhook_secret, a.git_token, a.gitlab_token, a.created_at";
 
 /// An app from its row, its secrets opened with `key`.
 fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
@@ -117,6 +131,8 @@ fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
     let webhook_secret = key.open(WEBHOOK_SECRET, &webhook_secret, &|| format!("{WEBHOOK_SECRET} of app {id}"))?;
     let git_token: Option<String> = r.get("git_token");
     let git_token = git_token.map(|t| key.open(GIT_TOKEN, &t, &|| format!("{GIT_TOKEN} of app {id}"))).transpose()?;
+    let gitlab_token: Option<String> = r.get("gitlab_token");
+    let gitlab_token = gitlab_token.map(|t| key.open(GITLAB_TOKEN, &t, &|| format!("{GITLAB_TOKEN} of app {id}"))).transpose()?;
     Ok(App {
         id,
         tenant_id: r.get("tenant_id"),
@@ -132,6 +148,8 @@ fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
         webhook_secret,
         has_git_token: git_token.is_some(),
         git_token,
+        has_gitlab_token: gitlab_token.is_some(),
+        gitlab_token,
         created_at: r.get("created_at"),
     })
 }
@@ -141,8 +159,8 @@ impl Store {
         let settings = serde_json::to_string(&new.settings).expect("settings serialise");
         let id: i64 = sqlx::query(
             "INSERT INTO apps (tenant_id, name, git_url, project_path, branch_filter, kind, settings, base_image,
-                               image_repository, webhook_secret, git_token, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                               image_repository, webhook_secret, git_token, gitlab_token, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(new.tenant_id)
         .bind(&new.name)
@@ -155,6 +173,7 @@ impl Store {
         .bind(&new.image_repository)
         .bind(self.key.seal(WEBHOOK_SECRET, &new.webhook_secret))
         .bind(new.git_token.as_deref().map(|t| self.key.seal(GIT_TOKEN, t)))
+        .bind(new.gitlab_token.as_deref().map(|t| self.key.seal(GITLAB_TOKEN, t)))
         .bind(now_ms())
         .fetch_one(&self.writer)
         .await

@@ -70,6 +70,9 @@ pub struct Build {
     pub queued_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Why GitLab refused the build's commit statuses (`refused: 403 …`) or why they could not
+    /// be delivered; None when delivered or when the app posts none.
+    pub gitlab_status: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,7 +116,7 @@ pub struct NewBuild {
 /// Read by name in [`build_from_row`]; the tenant's and the app's names are `tenant` and `app`.
 const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name AS tenant, b.app_id, a.name AS app, b.state, b.reason, b.git_ref, b.commit_sha,
     b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at,
-    b.apm_agent, b.apm_version, b.original_image";
+    b.apm_agent, b.apm_version, b.original_image, b.gitlab_status";
 const BUILD_FROM: &str = "FROM builds b JOIN tenants t ON t.id = b.tenant_id JOIN apps a ON a.id = b.app_id";
 
 fn build_from_row(r: &SqliteRow) -> Result<Build> {
@@ -138,6 +141,7 @@ fn build_from_row(r: &SqliteRow) -> Result<Build> {
         apm_agent: r.get("apm_agent"),
         apm_version: r.get("apm_version"),
         original_image: r.get("original_image"),
+        gitlab_status: r.get("gitlab_status"),
     })
 }
 
@@ -286,6 +290,12 @@ impl Store {
             .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records why the build's GitLab commit statuses were refused or not delivered.
+    pub async fn set_build_gitlab_status(&self, id: i64, outcome: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET gitlab_status = ? WHERE id = ?").bind(outcome).bind(id).execute(&self.writer).await?;
+        Ok(())
     }
 
     pub async fn set_build_kind(&self, id: i64, kind: &str) -> Result<()> {

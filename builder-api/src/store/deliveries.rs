@@ -293,6 +293,7 @@ mod tests {
                 image_repository: "registry.example/team/hello".into(),
                 webhook_secret: "s".into(),
                 git_token: None,
+                gitlab_token: None,
             })
             .await
             .unwrap();

@@ -211,6 +211,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tenants ADD COLUMN harbor_webhook_secret TEXT;
     "#,
+    // 11: GitLab commit statuses (issue 20): each app's GitLab API token (sealed, see
+    // `store::secrets`; NULL: the app posts no status), and on each build why GitLab refused its
+    // statuses or why they could not be delivered (NULL: delivered, or nothing to deliver).
+    r#"
+    ALTER TABLE apps ADD COLUMN gitlab_token TEXT;
+    ALTER TABLE builds ADD COLUMN gitlab_status TEXT;
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

@@ -205,6 +205,7 @@ pub fn is_sealed(stored: &str) -> bool {
 pub const SECRET_COLUMNS: &[(&str, &str, &str)] = &[
     ("apps", "webhook_secret", "app"),
     ("apps", "git_token", "app"),
+    ("apps", "gitlab_token", "app"),
     ("tenants", "harbor_webhook_secret", "tenant"),
 ];
 
@@ -397,6 +398,7 @@ mod tests {
             image_repository: "registry.example/team/hello".into(),
             webhook_secret: "plain-webhook-secret".into(),
             git_token: Some("plain-git-token".into()),
+            gitlab_token: None,
         };
         let app = store.create_app(&app).await.unwrap();
         // The rows as a release before encryption wrote them.

@@ -40,6 +40,10 @@
     const reason = $('b-reason');
     reason.textContent = b.reason || '';
     reason.hidden = !b.reason;
+    // Why GitLab refused the build's commit statuses, or why they could not be delivered.
+    const gitlab = $('b-gitlab');
+    gitlab.textContent = b.gitlab_status ? 'GitLab commit status ' + b.gitlab_status : '';
+    gitlab.hidden = !b.gitlab_status;
   }
 
   function renderDuration() {
