@@ -113,6 +113,28 @@ pub struct NewApp {
     pub gitlab_token: Option<String>,
 }
 
+impl NewApp {
+    /// A Go app `hello` of `team/hello` for the store's own tests: each test sets what it needs
+    /// over it.
+    #[cfg(test)]
+    pub(crate) fn sample(tenant_id: i64) -> NewApp {
+        NewApp {
+            tenant_id,
+            name: "hello".into(),
+            git_url: "http://git.example/team/hello.git".into(),
+            project_path: Some("team/hello".into()),
+            branch_filter: "*".into(),
+            kind: BuildKind::Go,
+            settings: KindSettings::default(),
+            base_image: None,
+            image_repository: "registry.example/team/hello".into(),
+            webhook_secret: "s".into(),
+            git_token: None,
+            gitlab_token: None,
+        }
+    }
+}
+
 /// The associated data of the apps' sealed secrets (see `store::secrets`).
 const WEBHOOK_SECRET: &str = "apps.webhook_secret";
 const GIT_TOKEN: &str = "apps.git_token";

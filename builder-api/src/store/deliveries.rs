@@ -274,27 +274,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{BuildKind, KindSettings, NewApp};
+    use crate::store::NewApp;
 
     async fn store_with_app() -> (tempfile::TempDir, Store, i64, i64) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let tenant = store.create_tenant("team").await.unwrap();
         let app = store
-            .create_app(&NewApp {
-                tenant_id: tenant.id,
-                name: "hello".into(),
-                git_url: "http://git.example/team/hello.git".into(),
-                project_path: Some("team/hello".into()),
-                branch_filter: "*".into(),
-                kind: BuildKind::Go,
-                settings: KindSettings::default(),
-                base_image: None,
-                image_repository: "registry.example/team/hello".into(),
-                webhook_secret: "s".into(),
-                git_token: None,
-                gitlab_token: None,
-            })
+            .create_app(&NewApp::sample(tenant.id))
             .await
             .unwrap();
         (dir, store, tenant.id, app.id)

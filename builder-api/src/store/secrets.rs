@@ -381,24 +381,15 @@ mod tests {
 
     #[tokio::test]
     async fn plain_rows_from_before_encryption_are_sealed_at_start_and_a_wrong_key_names_the_value() {
-        use crate::store::{BuildKind, KindSettings, NewApp, Store};
+        use crate::store::{NewApp, Store};
         let dir = tempfile::tempdir().unwrap();
         let (_, key) = SecretKey::generate();
         let store = Store::open_with_key(dir.path(), key.clone()).await.unwrap();
         let tenant = store.create_tenant("team").await.unwrap();
         let app = NewApp {
-            tenant_id: tenant.id,
-            name: "hello".into(),
-            git_url: "http://git.example/team/hello.git".into(),
-            project_path: Some("team/hello".into()),
-            branch_filter: "*".into(),
-            kind: BuildKind::Go,
-            settings: KindSettings::default(),
-            base_image: None,
-            image_repository: "registry.example/team/hello".into(),
             webhook_secret: "plain-webhook-secret".into(),
             git_token: Some("plain-git-token".into()),
-            gitlab_token: None,
+            ..NewApp::sample(tenant.id)
         };
         let app = store.create_app(&app).await.unwrap();
         // The rows as a release before encryption wrote them.
