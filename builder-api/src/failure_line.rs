@@ -8,8 +8,9 @@
 pub struct TellingLine {
     /// The first line of the highest rank seen, and that rank.
     best: Option<(Rank, String)>,
-    /// The last non-empty line: the answer when no line has a rank.
-    last: Option<String>,
+    /// The last non-empty line: the answer when no line has a rank. Its buffer is reused, since
+    /// every line of a step's output passes through here.
+    last: String,
 }
 
 /// How telling a line is; more is better, the first of a rank wins.
@@ -31,7 +32,8 @@ impl TellingLine {
         if line.is_empty() {
             return;
         }
-        self.last = Some(line.to_string());
+        self.last.clear();
+        self.last.push_str(line);
         if let Some(rank) = rank(line) {
             if self.best.as_ref().is_none_or(|(r, _)| rank > *r) {
                 self.best = Some((rank, line.to_string()));
@@ -41,7 +43,7 @@ impl TellingLine {
 
     /// The most telling line, else the last non-empty one.
     pub fn best(&self) -> Option<&str> {
-        self.best.as_ref().map(|(_, l)| l.as_str()).or(self.last.as_deref())
+        self.best.as_ref().map(|(_, l)| l.as_str()).or(Some(self.last.as_str()).filter(|l| !l.is_empty()))
     }
 
     /// Whether any line ranked (so the line says more than "the last thing printed").
@@ -83,7 +85,10 @@ fn go_location(line: &str) -> bool {
 
 /// The text without terminal escape sequences (colours, cursor moves): CSI `ESC [ … final`, OSC
 /// `ESC ] … BEL/ST`, and two-character escapes.
-pub fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('\u{1b}') {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -113,7 +118,7 @@ pub fn strip_ansi(s: &str) -> String {
             _ => {}
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

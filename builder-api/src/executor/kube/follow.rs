@@ -214,7 +214,7 @@ impl<'a> Follower<'a> {
             _ => Outcome::failed(crate::executor::step_failure(
                 step,
                 &format!("exit code {}", t.exit_code),
-                cursor.last_line.clone().map(|l| self.job.masker.mask(l)),
+                cursor.telling.best().map(|l| self.job.masker.mask(l.to_string())),
             )),
         }
     }

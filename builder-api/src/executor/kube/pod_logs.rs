@@ -27,8 +27,7 @@ pub struct LogCursor {
     at_last: u64,
     /// The most telling line so far ([`crate::failure_line`]): it names the cause when the step
     /// fails.
-    pub last_line: Option<String>,
-    telling: crate::failure_line::TellingLine,
+    pub telling: crate::failure_line::TellingLine,
 }
 
 impl LogCursor {
@@ -113,7 +112,6 @@ pub async fn pass(pods: &Api<Pod>, pod: &str, container: &str, follow: bool, cur
             text.push_str(" …[line cut at 16 KiB]");
         }
         cursor.telling.offer(&text);
-        cursor.last_line = cursor.telling.best().map(String::from);
         sink.line(container, Stream::Stdout, text).await;
     }
 }
