@@ -148,3 +148,30 @@ async fn a_queued_build_can_be_cancelled_and_stays_cancelled() {
     let (status, body) = kiln.request(Method::POST, &format!("/api/v1/builds/{}/cancel", build.id), Some(&a), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
+
+#[tokio::test]
+async fn a_finished_build_is_retried_as_a_new_build_of_the_same_commit_and_an_unfinished_one_is_not() {
+    // A git server that takes connections and never answers: the build waits in its clone.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let git_url = format!("http://{}/a/api.git", silent.local_addr().unwrap());
+    let kiln = TestKiln::start(&[]).await;
+    let a = kiln.tenant("team-a").await;
+    kiln.app(&a, app_spec("api", &git_url, "a/api", "127.0.0.1:9/a/api", "secret-a-123")).await;
+    let (status, body) = kiln.request(Method::POST, "/api/v1/apps/api/builds", Some(&a), Some(json!({"commit": SHA, "ref": "main"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["build"]["id"].as_i64().unwrap();
+
+    let (status, body) = kiln.request(Method::POST, &format!("/api/v1/builds/{id}/retry"), Some(&a), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("is still "), "{body}");
+
+    kiln.request(Method::POST, &format!("/api/v1/builds/{id}/cancel"), Some(&a), None).await;
+    kiln.wait_final(id, std::time::Duration::from_secs(30)).await;
+    let (status, body) = kiln.request(Method::POST, &format!("/api/v1/builds/{id}/retry"), Some(&a), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let retried = &body["build"];
+    assert_ne!(retried["id"].as_i64().unwrap(), id);
+    assert_eq!((&retried["commit"], &retried["ref"], &retried["trigger"]), (&json!(SHA), &json!("refs/heads/main"), &json!("retry")));
+    assert_eq!(body["retry_of"], id);
+    drop(silent);
+}

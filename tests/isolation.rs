@@ -153,7 +153,7 @@ fn body_for(method: &Method, path: &str, b: &World) -> Option<Value> {
         })),
         ("DELETE", "/api/v1/apps/{app}/subscriptions/{subscription_id}") => None,
         ("POST", "/api/v1/apps/{app}/rollback") => Some(json!({ "build": b.build_id })),
-        ("POST", "/api/v1/builds/{build_id}/cancel") | ("POST", "/api/v1/builds/{build_id}/sync") => None,
+        ("POST", "/api/v1/builds/{build_id}/cancel") | ("POST", "/api/v1/builds/{build_id}/sync") | ("POST", "/api/v1/builds/{build_id}/retry") => None,
         ("POST", "/api/v1/builds/{build_id}/apm") => Some(json!({ "agent": "elastic" })),
         (m, p) => panic!("the isolation matrix has no case for {m} {p}: add a body in body_for"),
     }

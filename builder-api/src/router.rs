@@ -68,6 +68,7 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::GET, "/api/v1/builds", Viewer, None, builds::list),
         route(M::GET, "/api/v1/builds/{build_id}", Viewer, None, builds::get),
         route(M::POST, "/api/v1/builds/{build_id}/cancel", Developer, Some("build.cancel"), builds::cancel),
+        route(M::POST, "/api/v1/builds/{build_id}/retry", Developer, Some("build.retry"), builds::retry),
         route(M::POST, "/api/v1/builds/{build_id}/sync", Developer, Some("build.sync"), builds::sync),
         route(M::GET, "/api/v1/builds/{build_id}/logs", Viewer, None, builds::logs),
         route(M::POST, "/api/v1/builds/{build_id}/apm", Owner, Some("apm.reinject"), apm::reinject),

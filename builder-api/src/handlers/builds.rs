@@ -1,4 +1,4 @@
-//! `/api/v1/builds` and `/api/v1/apps/{app}/builds`: trigger, read, list, cancel, and the log.
+//! `/api/v1/builds` and `/api/v1/apps/{app}/builds`: trigger, read, list, cancel, retry, and the log.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -157,6 +157,27 @@ pub async fn cancel(
         }
     };
     Ok((status, Audited::new(build.tenant_id, format!("build/{id}")), Json(json!({ "build": id, "result": message }))))
+}
+
+/// `POST /api/v1/builds/{id}/retry`: a new build of the same app, ref and commit (trigger
+/// `retry`), answered 201 with it as `trigger` answers. A build still queued or running is 409.
+pub async fn retry(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(id): Path<i64>,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
+    let old = visible_build(&s, &who, id).await?;
+    if matches!(old.state, BuildState::Queued | BuildState::Running) {
+        return Err(ApiError::Conflict(format!("build {id} is still {}; cancel it first or wait for it to end", old.state.as_str())));
+    }
+    let app = s.store.app(old.app_id).await?.ok_or_else(|| ApiError::Conflict(format!("build {id}'s app no longer exists")))?;
+    let build = s
+        .store
+        .create_build(&NewBuild { tenant_id: old.tenant_id, app_id: old.app_id, git_ref: old.git_ref.clone(), commit: old.commit.clone(), trigger: "retry".into() })
+        .await?;
+    s.gitlab_statuses.post(&app, (&build).into(), Status::Pending, &format!("build {} queued (retry of {id})", build.id));
+    s.scheduler.wake();
+    Ok((StatusCode::CREATED, Audited::new(build.tenant_id, format!("build/{}", build.id)), Json(json!({ "build": build, "retry_of": id }))))
 }
 
 #[derive(Deserialize, Default)]
