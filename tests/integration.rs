@@ -6,6 +6,7 @@ mod fuzz;
 mod hostile_input;
 mod git_clone;
 mod gitlab_status;
+mod notifications;
 mod job_templates;
 mod kube_builds;
 mod kube_contract;

@@ -142,6 +142,9 @@ fn body_for(method: &Method, path: &str, b: &World) -> Option<Value> {
         ("PUT", "/api/v1/tenants/{tenant}/settings") => Some(json!({ "build_timeout_secs": 600, "max_concurrent_builds": 50 })),
         ("PUT", "/api/v1/tenants/{tenant}/harbor-webhook-secret") => Some(json!({ "secret": "a-probe-harbor-secret" })),
         ("DELETE", "/api/v1/tenants/{tenant}/harbor-webhook-secret") => None,
+        ("PUT", "/api/v1/tenants/{tenant}/notifications") | ("PUT", "/api/v1/apps/{app}/notifications") => Some(json!({
+            "targets": [{ "kind": "slack", "url": "https://hooks.slack.example/services/probe", "events": ["failed"] }]
+        })),
         ("POST", "/api/v1/apps") => {
             let mut spec = app_spec("probe", "http://127.0.0.1:9/z/probe.git", "z/probe", "127.0.0.1:9/z/probe", "probe-secret");
             spec["tenant"] = json!(b.name);

@@ -344,6 +344,11 @@ async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_diges
         let (status, answer) = kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&token), Some(body)).await;
         assert_eq!(status, StatusCode::CREATED, "{answer}");
     }
+    // The tenant hears about rollouts that fail or roll back.
+    let robots = crate::support::chat_robots::ChatRobots::start().await;
+    let targets = json!({"targets": [{"kind": "webhook", "url": robots.hook_url(), "secret": crate::support::chat_robots::HOOK_SECRET, "events": ["rollout_failed", "rolled_back"]}]});
+    let (status, answer) = kiln.request(Method::PUT, "/api/v1/tenants/team/notifications", Some(&token), Some(targets)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     let w = RolloutWorld { kiln, east, west, token };
 
     let push = |sha: String| {
@@ -421,6 +426,12 @@ async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_diges
     let current: Vec<(&str, &str)> =
         releases["releases"].as_array().unwrap().iter().map(|r| (r["cluster"].as_str().unwrap(), r["digest"].as_str().unwrap())).collect();
     assert_eq!(current, [("east", d1.as_str()), ("west", d2.as_str())]);
+    // One message, about the build that made the image, naming the cluster and the reason.
+    let told = robots.wait_taken(1, LIMIT).await;
+    assert_eq!(told.len(), 1, "{told:#?}");
+    let message = &told[0].body;
+    assert_eq!((&message["event"], &message["build"]["id"], &message["rollout"]["cluster"]), (&json!("rolled_back"), &json!(b1), &json!("west")), "{message:#}");
+    assert!(message["rollout"]["reason"].as_str().unwrap().contains("ProgressDeadlineExceeded"), "{message:#}");
     // Every rollout of the history, oldest first: the first build, the re-sync of it (a no-op:
     // the Deployment ran that image already), the second build, the rollback.
     let triggers: Vec<(&str, Option<&str>)> = east.iter().rev().map(|r| (r["trigger"].as_str().unwrap(), r["reason"].as_str())).collect();

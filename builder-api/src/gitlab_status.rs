@@ -9,6 +9,7 @@
 //! GitLab's answer to a repeated transition (`running` → `running`) and counts as delivered;
 //! 401/403/404 (and any other refusal) are recorded on the build (`gitlab_status`), as is a status
 //! that could not be delivered after every attempt. An app without a `gitlab_token` posts nothing.
+//! A 429 with `Retry-After` is retried after the pause GitLab asks for (at most 30 s).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::outbound::{pause_before, percent_encode, retry_after, transport_error};
 use crate::store::{App, Build, BuildState, Store};
 
 /// Attempts per status (the first and the retries).
@@ -178,9 +180,10 @@ async fn deliver_lane(client: reqwest::Client, store: Store, retry_base: Duratio
 /// One status, retried; Err is what the build records.
 async fn deliver(client: &reqwest::Client, post: &Post, retry_base: Duration) -> Result<(), String> {
     let mut last = String::new();
+    let mut asked_pause = None;
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
-            tokio::time::sleep((retry_base * 2u32.pow(attempt - 1)).min(Duration::from_secs(30))).await;
+            tokio::time::sleep(pause_before(attempt, retry_base, asked_pause.take())).await;
         }
         let answer = client.post(&post.url).header("PRIVATE-TOKEN", &post.token).json(&post.body).send().await;
         match answer {
@@ -188,6 +191,8 @@ async fn deliver(client: &reqwest::Client, post: &Post, retry_base: Duration) ->
             // GitLab's answer to a repeated transition (say running → running): nothing to retry.
             Ok(r) if r.status().as_u16() == 400 => return Ok(()),
             Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                // GitLab's rate limits answer 429 with `Retry-After`.
+                asked_pause = retry_after(r.headers());
                 last = format!("{}", r.status());
             }
             Ok(r) => {
@@ -199,21 +204,10 @@ async fn deliver(client: &reqwest::Client, post: &Post, retry_base: Duration) ->
                     .unwrap_or(text);
                 return Err(one_line(&format!("refused: {code} {} ({})", message.trim(), post.status.as_str())));
             }
-            Err(e) => last = connection_error(&e),
+            Err(e) => last = transport_error(e),
         }
     }
     Err(one_line(&format!("not delivered: {} after {ATTEMPTS} attempts: {last}", post.status.as_str())))
-}
-
-/// A transport error without the URL (it holds no secret, but it is noise).
-fn connection_error(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// `{gitlab}/api/v4/projects/{URL-encoded path}/statuses/{sha}`: the base is the app's
@@ -233,20 +227,7 @@ fn statuses_url(app: &App, sha: &str) -> Option<String> {
     if project.is_empty() || host.is_empty() {
         return None;
     }
-    Some(format!("{base}/api/v4/projects/{}/statuses/{sha}", encode(&project)))
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters (`group/app` → `group%2Fapp`).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    Some(format!("{base}/api/v4/projects/{}/statuses/{sha}", percent_encode(&project)))
 }
 
 /// The first line, at most GitLab's 255 characters.
@@ -266,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_project_path_is_url_encoded_and_descriptions_are_one_short_line() {
-        assert_eq!(encode("group/sub group/app"), "group%2Fsub%20group%2Fapp");
+        assert_eq!(percent_encode("group/sub group/app"), "group%2Fsub%20group%2Fapp");
         assert_eq!(one_line("compile failed: exit 2\nmore"), "compile failed: exit 2");
         assert_eq!(one_line(&"x".repeat(400)).chars().count(), 255);
     }

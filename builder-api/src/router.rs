@@ -12,7 +12,7 @@ use axum::Router;
 
 use crate::auth::{guard, RouteGuard};
 use crate::context::AppState;
-use crate::handlers::{apm, apps, audit, builds, health, rollouts, tenants};
+use crate::handlers::{apm, apps, audit, builds, health, notifications, rollouts, tenants};
 use crate::hooks;
 use crate::store::Role;
 use crate::web;
@@ -55,10 +55,14 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::PUT, "/api/v1/tenants/{tenant}/settings", Admin, Some("tenant.settings"), tenants::put_settings),
         route(M::PUT, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret"), tenants::put_harbor_secret),
         route(M::DELETE, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret.delete"), tenants::delete_harbor_secret),
+        route(M::GET, "/api/v1/tenants/{tenant}/notifications", Viewer, None, notifications::get_tenant),
+        route(M::PUT, "/api/v1/tenants/{tenant}/notifications", Owner, Some("tenant.notifications"), notifications::put_tenant),
         route(M::GET, "/api/v1/audit", Owner, None, audit::list),
         route(M::GET, "/api/v1/apps", Viewer, None, apps::list),
         route(M::POST, "/api/v1/apps", Owner, Some("app.create"), apps::create),
         route(M::GET, "/api/v1/apps/{app}", Viewer, None, apps::get),
+        route(M::GET, "/api/v1/apps/{app}/notifications", Viewer, None, notifications::get_app),
+        route(M::PUT, "/api/v1/apps/{app}/notifications", Owner, Some("app.notifications"), notifications::put_app),
         route(M::POST, "/api/v1/apps/{app}/builds", Developer, Some("build.trigger"), builds::trigger),
         route(M::GET, "/api/v1/apps/{app}/subscriptions", Viewer, None, rollouts::list_subscriptions),
         route(M::POST, "/api/v1/apps/{app}/subscriptions", Owner, Some("subscription.create"), rollouts::create_subscription),

@@ -96,7 +96,8 @@ pub async fn get(State(s): State<AppState>, who: Principal, Path(id): Path<i64>)
     let build = visible_build(&s, &who, id).await?;
     let steps = s.store.steps(id).await?;
     let syncs = s.store.syncs(id).await?;
-    Ok(Json(json!({ "build": build, "steps": steps, "syncs": syncs })))
+    let notifications = s.store.notifications_of_build(id).await?;
+    Ok(Json(json!({ "build": build, "steps": steps, "syncs": syncs, "notifications": notifications })))
 }
 
 /// `POST /api/v1/builds/{id}/sync`: copies the build's image to every cluster's registry again

@@ -108,7 +108,7 @@ pub struct CreateToken {
 
 /// The tenant named in the path, if the caller sees it; 404 otherwise (whether or not it
 /// exists), so tenant names cannot be probed.
-async fn visible_tenant(s: &AppState, who: &Principal, name: &str) -> ApiResult<Tenant> {
+pub(crate) async fn visible_tenant(s: &AppState, who: &Principal, name: &str) -> ApiResult<Tenant> {
     s.store.tenant_by_name(name).await?.filter(|t| who.sees(t.id)).ok_or_else(|| ApiError::NotFound(format!("no tenant {name}")))
 }
 

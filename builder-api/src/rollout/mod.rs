@@ -153,7 +153,9 @@ async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
         Err(e) => (e.state(), Some(e.to_string())),
     };
     tracing::info!(rollout = rollout.id, deployment = rollout.deployment, state, reason, "rollout ended");
-    ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await
+    ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await?;
+    ctx.notifications.rollout_ended(&rollout, state, reason.as_deref());
+    Ok(())
 }
 
 /// How a rollout that did not fail ended.

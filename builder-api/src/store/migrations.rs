@@ -218,6 +218,33 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE apps ADD COLUMN gitlab_token TEXT;
     ALTER TABLE builds ADD COLUMN gitlab_status TEXT;
     "#,
+    // 12: build notifications (issue 20): targets per app (`app_id`) or per tenant (`app_id`
+    // NULL), their URL and signing secret sealed (see `store::secrets`); and what became of each
+    // message. Deliveries keep the build's id without a foreign key: history outlives its app.
+    r#"
+    CREATE TABLE notification_targets (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        app_id INTEGER REFERENCES apps(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        url TEXT NOT NULL,
+        secret TEXT,
+        events TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX notification_targets_by_owner ON notification_targets(tenant_id, app_id);
+    CREATE TABLE notification_deliveries (
+        id INTEGER PRIMARY KEY,
+        build_id INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX notification_deliveries_by_build ON notification_deliveries(build_id, id);
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
