@@ -4,6 +4,11 @@
 
 use std::time::Duration;
 
+/// Requests one kind of delivery (GitLab statuses, notifications) has open at once. A burst of
+/// builds ending together would otherwise open a connection per build at once, and their
+/// handshakes would take the CPU the build pipeline needs; the rest wait their turn.
+pub const MAX_IN_FLIGHT: usize = 16;
+
 /// The longest pause between two attempts, whatever a server asks for.
 pub const MAX_PAUSE: Duration = Duration::from_secs(30);
 

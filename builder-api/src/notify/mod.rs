@@ -12,11 +12,13 @@
 pub mod message;
 pub mod target;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
-use crate::outbound::{first_line, pause_before, retry_after, transport_error};
+use crate::outbound::{first_line, pause_before, retry_after, transport_error, MAX_IN_FLIGHT};
 use crate::store::{now_ms, Build, BuildState, NotificationTarget, NotifyEvent, Rollout, Store, TargetKind};
 use message::{BuildFacts, Facts, RolloutFacts};
 
@@ -34,13 +36,15 @@ pub struct Notifier {
     public_base: String,
     /// The first pause between attempts; each next one doubles.
     retry_base: Duration,
+    /// At most [`MAX_IN_FLIGHT`] messages being sent at once.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Notifier {
     /// `public_base`: Kiln's public URL (`server.public_url`), the base of the build links.
     pub fn new(store: Store, public_base: String) -> Notifier {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("an HTTP client");
-        Notifier { client, store, public_base, retry_base: Duration::from_millis(250) }
+        Notifier { client, store, public_base, retry_base: Duration::from_millis(250), in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
     }
 
     /// A build ended (its final state is stored): notifies in the background.
@@ -76,7 +80,13 @@ impl Notifier {
     }
 
     fn handle(&self) -> Notifier {
-        Notifier { client: self.client.clone(), store: self.store.clone(), public_base: self.public_base.clone(), retry_base: self.retry_base }
+        Notifier {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            public_base: self.public_base.clone(),
+            retry_base: self.retry_base,
+            in_flight: self.in_flight.clone(),
+        }
     }
 
     async fn notify_build(&self, build_id: i64) -> Result<(), crate::store::StoreError> {
@@ -167,6 +177,7 @@ impl Notifier {
             for (name, value) in request.headers {
                 post = post.header(name, value);
             }
+            let permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
             let answer = match post.send().await {
                 Ok(answer) => answer,
                 Err(e) => {
@@ -177,6 +188,7 @@ impl Notifier {
             let status = answer.status();
             asked_pause = retry_after(answer.headers());
             let text = answer.text().await.unwrap_or_default();
+            drop(permit);
             match judge(target.kind, status, &text) {
                 Verdict::Delivered => return ("delivered".into(), attempt),
                 Verdict::Retry(why) => last = why,
