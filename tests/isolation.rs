@@ -52,7 +52,7 @@ impl World {
         let build = kiln
             .ctx
             .store
-            .create_build(&NewBuild { tenant_id: id, app_id, git_ref: None, commit: commit.into(), trigger: "manual".into() })
+            .create_build(&NewBuild { tenant_id: id, app_id, git_ref: None, commit: commit.into(), trigger: "manual".into(), commit_info: Default::default() })
             .await
             .unwrap();
         let deployment = format!("{app}-deploy");

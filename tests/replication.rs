@@ -16,7 +16,7 @@ async fn succeeded_build(kiln: &TestKiln, app: &str, source: &TestRegistry, repo
     let store = &kiln.ctx.store;
     let tenant = store.tenant_by_name("team").await.unwrap().unwrap();
     let app = store.app_by_name(tenant.id, app).await.unwrap().unwrap();
-    let new = NewBuild { tenant_id: tenant.id, app_id: app.id, git_ref: Some("refs/heads/main".into()), commit: "0123456789abcdef0123".into(), trigger: "manual".into() };
+    let new = NewBuild { tenant_id: tenant.id, app_id: app.id, git_ref: Some("refs/heads/main".into()), commit: "0123456789abcdef0123".into(), trigger: "manual".into(), commit_info: Default::default() };
     let build = store.create_build(&new).await.unwrap();
     let reference = format!("{}/{repo}@{}", source.host(), image.digest);
     store.set_build_image(build.id, &reference, &image.digest).await.unwrap();

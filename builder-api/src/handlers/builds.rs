@@ -57,7 +57,7 @@ pub async fn trigger(
     };
     let build = s
         .store
-        .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into() })
+        .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into(), commit_info: Default::default() })
         .await?;
     s.gitlab_statuses.post(&app, (&build).into(), Status::Pending, &format!("build {} queued", build.id));
     s.scheduler.wake();
@@ -173,7 +173,15 @@ pub async fn retry(
     let app = s.store.app(old.app_id).await?.ok_or_else(|| ApiError::Conflict(format!("build {id}'s app no longer exists")))?;
     let build = s
         .store
-        .create_build(&NewBuild { tenant_id: old.tenant_id, app_id: old.app_id, git_ref: old.git_ref.clone(), commit: old.commit.clone(), trigger: "retry".into() })
+        .create_build(&NewBuild {
+            tenant_id: old.tenant_id,
+            app_id: old.app_id,
+            git_ref: old.git_ref.clone(),
+            commit: old.commit.clone(),
+            trigger: "retry".into(),
+            // The same commit: what the push said of it still holds.
+            commit_info: old.commit_info.clone(),
+        })
         .await?;
     s.gitlab_statuses.post(&app, (&build).into(), Status::Pending, &format!("build {} queued (retry of {id})", build.id));
     s.scheduler.wake();
