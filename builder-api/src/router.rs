@@ -56,6 +56,7 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::PUT, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret"), tenants::put_harbor_secret),
         route(M::DELETE, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret.delete"), tenants::delete_harbor_secret),
         route(M::GET, "/api/v1/audit", Owner, None, audit::list),
+        route(M::GET, "/api/v1/whoami", Viewer, None, tenants::whoami),
         route(M::GET, "/api/v1/apps", Viewer, None, apps::list),
         route(M::POST, "/api/v1/apps", Owner, Some("app.create"), apps::create),
         route(M::GET, "/api/v1/apps/{app}", Viewer, None, apps::get),

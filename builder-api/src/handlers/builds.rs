@@ -92,11 +92,21 @@ pub(crate) async fn visible_build(s: &AppState, who: &Principal, id: i64) -> Api
         .ok_or_else(|| ApiError::NotFound(format!("no build {id}")))
 }
 
+/// The most rollouts of one image a build answer lists.
+const BUILD_ROLLOUTS: i64 = 100;
+
+/// The build, its steps, the copies of its image to the clusters' registries (`syncs`) and the
+/// rollouts of that image (`rollouts`, newest first: any build of the app that produced the same
+/// digest shares them).
 pub async fn get(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     let build = visible_build(&s, &who, id).await?;
     let steps = s.store.steps(id).await?;
     let syncs = s.store.syncs(id).await?;
-    Ok(Json(json!({ "build": build, "steps": steps, "syncs": syncs })))
+    let rollouts = match &build.image_digest {
+        Some(digest) => s.store.rollouts_of_digest(build.app_id, digest, BUILD_ROLLOUTS).await?,
+        None => vec![],
+    };
+    Ok(Json(json!({ "build": build, "steps": steps, "syncs": syncs, "rollouts": rollouts })))
 }
 
 /// `POST /api/v1/builds/{id}/sync`: copies the build's image to every cluster's registry again

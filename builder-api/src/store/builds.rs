@@ -270,6 +270,25 @@ impl Store {
         sqlx::query(&sql).bind(digest).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
     }
 
+    /// The newest Succeeded build of `app_id` that produced each of `digests` (a digest no
+    /// build of the app produced has none): which build a release runs.
+    pub async fn builds_of_digests(&self, app_id: i64, digests: &[&str]) -> Result<Vec<Build>> {
+        if digests.is_empty() {
+            return Ok(vec![]);
+        }
+        let marks = vec!["?"; digests.len()].join(", ");
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.id IN (
+                SELECT MAX(id) FROM builds WHERE app_id = ? AND state = 'Succeeded' AND image_digest IN ({marks}) GROUP BY image_digest)
+             ORDER BY b.id"
+        );
+        let mut query = sqlx::query(&sql).bind(app_id);
+        for d in digests {
+            query = query.bind(*d);
+        }
+        query.fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
+    }
+
     /// Queued → Running for several builds in one transaction; returns the ids that moved (a build
     /// cancelled meanwhile does not). A build of an app with a fixed kind gets that kind here, so
     /// the executor writes the kind only when it resolved `auto`.
