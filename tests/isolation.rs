@@ -118,7 +118,7 @@ impl World {
 }
 
 /// A token of `role` made by the tenant's owner through the API: (id, secret).
-async fn new_token(kiln: &TestKiln, owner: &str, tenant: &str, role: &str) -> (i64, String) {
+pub async fn new_token(kiln: &TestKiln, owner: &str, tenant: &str, role: &str) -> (i64, String) {
     let (status, body) = kiln
         .request(Method::POST, &format!("/api/v1/tenants/{tenant}/tokens"), Some(owner), Some(json!({ "name": role, "role": role })))
         .await;

@@ -101,6 +101,19 @@ impl RolloutWorld {
         self.kiln.send(req).await
     }
 
+    /// East's `shop/web` follows `glob:v*` and got two releases: build 1's image (D1, `v1.0.0`),
+    /// then build 3's (D3, `v2.0.0`), which it runs. Returns the world and the two build ids.
+    pub async fn east_released_twice() -> (RolloutWorld, i64, i64) {
+        let w = RolloutWorld::new().await;
+        w.subscribe("east", "glob:v*").await;
+        let (b1, b3) = (w.built(D1).await, w.built(D3).await);
+        w.pushed_to_east(D1, "v1.0.0").await;
+        w.settled().await;
+        w.pushed_to_east(D3, "v2.0.0").await;
+        w.settled().await;
+        (w, b1, b3)
+    }
+
     /// Harbor reports `digest` pushed to east's registry as `tag` (the recorded Default-format
     /// payload, that digest and tag put in).
     pub async fn pushed_to_east(&self, digest: &str, tag: &str) {
@@ -248,13 +261,8 @@ async fn a_rollout_that_makes_no_progress_rolls_back_to_the_image_it_replaced() 
 /// rollouts of its image.
 #[tokio::test]
 async fn releases_name_their_builds_and_who_rolled_back_and_a_build_lists_its_images_rollouts() {
-    let w = RolloutWorld::new().await;
-    w.subscribe("east", "glob:v*").await;
-    let (b1, b3) = (w.built(D1).await, w.built(D3).await);
-    w.pushed_to_east(D1, "v1.0.0").await;
-    w.settled().await;
-    w.pushed_to_east(D3, "v2.0.0").await;
-    let releases = w.settled().await;
+    let (w, b1, b3) = RolloutWorld::east_released_twice().await;
+    let releases = w.releases().await;
     assert_eq!((releases["releases"][0]["digest"].as_str(), releases["releases"][0]["build"].as_i64()), (Some(D3), Some(b3)), "{releases:#}");
     assert_eq!(releases["releases"][0]["requested_by"], Value::Null, "an image started it: {releases:#}");
 

@@ -94,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(web::root))
         .route("/ui/", get(web::builds_page))
         .route("/ui/builds/{id}", get(web::build_page))
+        .route("/ui/apps", get(web::apps_page))
+        .route("/ui/apps/{name}", get(web::app_page))
         .route("/ui/assets/{file}", get(web::asset))
         // Webhooks: verified by their own secrets, not by API tokens.
         .route("/hooks/gitlab", post(hooks::gitlab::receive))
