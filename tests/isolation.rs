@@ -52,7 +52,7 @@ impl World {
         let build = kiln
             .ctx
             .store
-            .create_build(&NewBuild { tenant_id: id, app_id, git_ref: None, commit: commit.into(), trigger: "manual".into() })
+            .create_build(&NewBuild { tenant_id: id, app_id, git_ref: None, commit: commit.into(), trigger: "manual".into(), commit_info: Default::default() })
             .await
             .unwrap();
         let deployment = format!("{app}-deploy");
@@ -118,7 +118,7 @@ impl World {
 }
 
 /// A token of `role` made by the tenant's owner through the API: (id, secret).
-async fn new_token(kiln: &TestKiln, owner: &str, tenant: &str, role: &str) -> (i64, String) {
+pub async fn new_token(kiln: &TestKiln, owner: &str, tenant: &str, role: &str) -> (i64, String) {
     let (status, body) = kiln
         .request(Method::POST, &format!("/api/v1/tenants/{tenant}/tokens"), Some(owner), Some(json!({ "name": role, "role": role })))
         .await;
@@ -242,6 +242,15 @@ async fn roles_decide_what_a_token_may_do_in_its_own_tenant() {
     let trigger = json!({ "commit": SHA_A });
     let builds = format!("/api/v1/apps/{}/builds", a.app);
     let tokens = format!("/api/v1/tenants/{}/tokens", a.name);
+
+    // Each token learns its own tenant and role (what the web page offers depends on it).
+    for (role, token) in a.tokens() {
+        let (status, me) = kiln.request(Method::GET, "/api/v1/whoami", Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        assert_eq!((me["tenant"].as_str(), me["role"].as_str()), (Some("team-a"), Some(role.as_str())), "{me}");
+    }
+    let (_, me) = kiln.request(Method::GET, "/api/v1/whoami", Some(ADMIN), None).await;
+    assert_eq!((&me["tenant"], me["role"].as_str(), &me["token"]), (&Value::Null, Some("admin"), &Value::Null), "{me}");
 
     // A viewer reads but does not trigger: 403 that says which role it needs.
     let (status, body) = kiln.request(Method::GET, &format!("/api/v1/builds/{}", a.build_id), Some(&a.viewer), None).await;

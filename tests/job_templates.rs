@@ -59,6 +59,7 @@ fn sample_build(branch: &str) -> Build {
         started_at: None,
         finished_at: None,
         gitlab_status: None,
+        commit_info: Default::default(),
     }
 }
 

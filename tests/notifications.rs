@@ -16,6 +16,7 @@ use crate::support::registry::TestRegistry;
 const GIT_TOKEN: &str = "glpat-notify-git-token";
 const SECRET: &str = "hook-secret-notify";
 const PUBLIC_URL: &str = "https://kiln.example.test";
+const AUTHOR: &str = "Ada Lovelace";
 const BUILD_LIMIT: Duration = Duration::from_secs(240);
 const DELIVERY_LIMIT: Duration = Duration::from_secs(30);
 const GO_MOD: &[u8] = b"module example.com/notify\n\ngo 1.19\n";
@@ -56,7 +57,8 @@ impl World {
 
     async fn push(&self, name: &str, sha: &str) -> i64 {
         let path = format!("team/{name}");
-        self.kiln.push_hook(&GitlabPush::branch(&path, &self.git.url(&path), "main", sha), SECRET).await
+        let push = GitlabPush::branch(&path, &self.git.url(&path), "main", sha).with_head_commit("change things", AUTHOR);
+        self.kiln.push_hook(&push, SECRET).await
     }
 
     async fn put(&self, path: &str, targets: Value) -> (StatusCode, Value) {
@@ -120,7 +122,7 @@ async fn a_failure_and_its_fix_reach_each_target_in_its_own_format_signed_and_na
     for call in &calls {
         let text = call.text();
         let app = if call.kind == "webhook" { "\"app\":\"notify\"" } else { "team/notify" };
-        for needle in [app, "main", &broken[..8], &link] {
+        for needle in [app, "main", &broken[..8], &link, AUTHOR] {
             assert!(text.contains(needle), "{} lacks {needle}: {text}", call.kind);
         }
         // The reason as one line; Slack's mrkdwn gets `<` and `>` escaped, which a Go error has none of.

@@ -58,6 +58,7 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::GET, "/api/v1/tenants/{tenant}/notifications", Viewer, None, notifications::get_tenant),
         route(M::PUT, "/api/v1/tenants/{tenant}/notifications", Owner, Some("tenant.notifications"), notifications::put_tenant),
         route(M::GET, "/api/v1/audit", Owner, None, audit::list),
+        route(M::GET, "/api/v1/whoami", Viewer, None, tenants::whoami),
         route(M::GET, "/api/v1/apps", Viewer, None, apps::list),
         route(M::POST, "/api/v1/apps", Owner, Some("app.create"), apps::create),
         route(M::GET, "/api/v1/apps/{app}", Viewer, None, apps::get),
@@ -97,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(web::root))
         .route("/ui/", get(web::builds_page))
         .route("/ui/builds/{id}", get(web::build_page))
+        .route("/ui/apps", get(web::apps_page))
+        .route("/ui/apps/{name}", get(web::app_page))
         .route("/ui/assets/{file}", get(web::asset))
         // Webhooks: verified by their own secrets, not by API tokens.
         .route("/hooks/gitlab", post(hooks::gitlab::receive))

@@ -141,7 +141,7 @@ impl Notifier {
                 branch,
                 commit: build.commit.clone(),
                 short_commit: build.commit.chars().take(8).collect(),
-                author: None,
+                author: build.commit_info.author.clone(),
                 image: build.image.clone(),
             },
             rollout,

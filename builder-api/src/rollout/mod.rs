@@ -120,6 +120,7 @@ pub async fn rollouts_for(ctx: &Context, event: &NewImageEvent) -> Result<Vec<Ne
                 digest: event.digest.clone(),
                 image: format!("{}/{}@{}", cluster.registry, event.repository, event.digest),
                 trigger: event.source.to_string(),
+                requested_by: None,
             });
         }
     }

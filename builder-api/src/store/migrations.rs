@@ -245,6 +245,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX notification_deliveries_by_build ON notification_deliveries(build_id, id);
     "#,
+    // 13: what the web pages show of a build's commit and of who asked for a rollout (issue 21).
+    // The head commit's message, author name and web URL as the GitLab push webhook carried
+    // them (NULL for builds started without one: manual builds, and builds from before; a
+    // retry copies its original's). A rollout's `requested_by` is the actor of a rollback as
+    // the audit log names it (`token:7:name`, `admin`); NULL for rollouts an image started.
+    r#"
+    ALTER TABLE builds ADD COLUMN commit_message TEXT;
+    ALTER TABLE builds ADD COLUMN commit_author TEXT;
+    ALTER TABLE builds ADD COLUMN commit_url TEXT;
+    ALTER TABLE rollouts ADD COLUMN requested_by TEXT;
+    -- A build page reads the rollouts of its image, an app page the builds of its releases.
+    CREATE INDEX rollouts_by_app_digest ON rollouts(app_id, digest, id);
+    CREATE INDEX builds_by_app_digest ON builds(app_id, image_digest);
+    "#,
 ];
 
 pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {

@@ -28,7 +28,7 @@ use sqlx::SqlitePool;
 pub use apm::{ApmApplied, ApmSetting};
 pub use apps::{App, BuildKind, KindSettings, NewApp};
 pub use audit::{AuditEntry, NewAuditEntry};
-pub use builds::{Build, BuildState, NewBuild, Step, StepState};
+pub use builds::{Build, BuildState, CommitInfo, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
 pub use notifications::{redact_url, NewNotificationTarget, NotificationDelivery, NotificationTarget, NotifyEvent, TargetKind};
