@@ -676,9 +676,29 @@ async fn an_owner_rolls_an_app_back_from_its_page_and_the_deployment_and_the_pag
     assert_eq!(buttons, [D3]);
     page.screenshot(&artifacts_dir().join("app-page.png")).await;
 
+    // What build 1's notifications became, as the notifier records them.
+    for (kind, outcome, attempts) in [("dingtalk", "delivered", 3), ("slack", "refused: 404 no_service", 1)] {
+        let target = builder_api::store::NotificationTarget {
+            id: 1,
+            tenant_id: 1,
+            app_id: None,
+            kind: builder_api::store::TargetKind::parse(kind).unwrap(),
+            url: String::new(),
+            secret: None,
+            has_secret: false,
+            events: vec![],
+            target: format!("https://{kind}.example/…"),
+        };
+        w.kiln.ctx.store.record_notification(b1, builder_api::store::NotifyEvent::RolledBack, &target, outcome, attempts).await.unwrap();
+    }
+
     // The build page of build 1: its full image reference to copy, and what its image did.
     page.navigate(&w.kiln.url(&format!("/ui/builds/{b1}"))).await;
     page.wait_for("the rollouts of the build's image", "document.querySelectorAll('#rollouts li').length === 2", Duration::from_secs(10)).await;
+    let told: Vec<String> = serde_json::from_value(page.eval("[...document.querySelectorAll('#notifications li')].map(l => l.dataset.state + ' ' + l.textContent)").await).unwrap();
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(told[0].starts_with("Complete rolled back → dingtalk https://dingtalk.example/… — delivered after 3 attempts"), "{told:?}");
+    assert!(told[1].starts_with("Failed rolled back → slack https://slack.example/… — refused: 404 no_service"), "{told:?}");
     let outcomes: Vec<String> = serde_json::from_value(page.eval("[...document.querySelectorAll('#rollouts li')].map(l => l.dataset.cluster + ' ' + l.dataset.state + ' ' + l.textContent)").await).unwrap();
     assert!(outcomes[0].starts_with("east Complete rollout to east shop/web — complete (rollback by token initial"), "{outcomes:?}");
     assert!(outcomes[1].starts_with("east Complete rollout to east shop/web — complete (harbor"), "{outcomes:?}");

@@ -419,10 +419,11 @@
     return li;
   }
 
-  function renderOutcomes(syncs, rollouts) {
+  function renderOutcomes(syncs, rollouts, notifications) {
     syncs = syncs || [];
     rollouts = rollouts || [];
-    $('outcomes').hidden = syncs.length === 0 && rollouts.length === 0;
+    notifications = notifications || [];
+    $('outcomes').hidden = syncs.length === 0 && rollouts.length === 0 && notifications.length === 0;
     $('syncs').replaceChildren(...syncs.map((s) => {
       const what = s.state === 'Verified'
         ? 'verified · ' + Kiln.bytes(s.bytes_sent) + ' sent, ' + s.blobs_mounted + ' mounted, ' + s.blobs_skipped + ' already there · ' + Kiln.duration(s.duration_ms)
@@ -442,6 +443,14 @@
       li.classList.add('rollout');
       return li;
     }));
+    // What each target was told (the target shows as scheme and host: its URL is a credential).
+    $('notifications').replaceChildren(...notifications.map((n) => {
+      const tries = n.attempts > 1 ? ' after ' + n.attempts + ' attempts' : '';
+      const text = n.event.replace('_', ' ') + ' → ' + n.kind + ' ' + n.target + ' — ' + n.outcome + (n.outcome === 'delivered' ? tries : '') + ' (' + Kiln.ago(n.at) + ')';
+      const li = outcomeItem(n.outcome === 'delivered' ? 'Complete' : 'Failed', text);
+      li.classList.add('notification');
+      return li;
+    }));
     // Replication and rollouts run after the build: look again while one is going on.
     clearTimeout(outcomePoll);
     const busy = syncs.some((s) => s.state === 'Running') || rollouts.some((r) => r.state === 'Pending' || r.state === 'Running');
@@ -455,7 +464,7 @@
     else if (Kiln.isFinal(build.state)) finalState = build.state;
     renderHeader();
     stepsFromApi(body.steps);
-    renderOutcomes(body.syncs, body.rollouts);
+    renderOutcomes(body.syncs, body.rollouts, body.notifications);
   }
 
   async function download() {
