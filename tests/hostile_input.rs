@@ -92,7 +92,7 @@ fn targets(w: &World) -> Vec<Target> {
             valid: vec![
                 app_spec("other", &w.git_url, "team/other", "127.0.0.1:9/team/other", "other-secret-123"),
                 json!({"name": "maven", "git_url": w.git_url, "kind": "maven", "branch_filter": "release/*",
-                       "settings": {"dockerfile": "docker/Dockerfile"}, "image_repository": "127.0.0.1:9/team/m", "base_image": "scratch"}),
+                       "settings": {"dockerfile": "docker/Dockerfile"}, "image_repository": "127.0.0.1:9/team/m", "base_image": "127.0.0.1:9/library/jre:17"}),
             ],
         },
         Target {

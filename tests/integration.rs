@@ -12,6 +12,7 @@ mod kube_contract;
 mod kube_cluster;
 mod support;
 mod api;
+mod app_changes;
 mod architecture;
 mod apm;
 mod builds;

@@ -2,7 +2,7 @@
 //! owner token, once); owners (and admins) create, list and revoke their tenant's tokens; every
 //! role of a tenant reads its settings, only admins change them.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -160,6 +160,18 @@ pub async fn create_token(
             "token": token,
         })),
     ))
+}
+
+/// `GET /api/v1/whoami`: the caller's role, tenant and token — what a client (the CLI) needs to
+/// know which tenant it acts in. `?tenant=` another tenant is 404, as everywhere.
+pub async fn whoami(State(s): State<AppState>, who: Principal, Query(q): Query<super::apps::TenantQuery>) -> ApiResult<Json<Value>> {
+    super::apps::named_tenant(&s, &who, q.tenant.as_deref()).await?;
+    Ok(Json(match &who {
+        Principal::Admin => json!({ "role": Role::Admin, "tenant": null, "token": null }),
+        Principal::Tenant { name, role, token_id, token_name, .. } => {
+            json!({ "role": role, "tenant": name, "token": { "id": token_id, "name": token_name } })
+        }
+    }))
 }
 
 /// `GET /api/v1/tenants/{tenant}/tokens`: id, name, role and times of each token; never the
