@@ -16,6 +16,7 @@ mod app_changes;
 mod architecture;
 mod apm;
 mod builds;
+mod cli;
 mod deploy_manifests;
 mod isolation;
 mod lifecycle;
