@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use builder_api::store::{BuildState, NewSubscription};
+use builder_api::store::{BuildState, NewBuild, NewSubscription};
 use serde_json::{json, Value};
 
 use crate::support::fixtures::{app_spec, fake_go, fixture_app, instant_go, numbered_lines, GitlabPush};
@@ -254,4 +254,12 @@ async fn an_app_with_nothing_running_is_deleted_at_once_and_a_queued_build_is_ca
     // Its tokens are gone from the store with it.
     let deleted = w.kiln.ctx.store.app(w.kiln.build(ids[0]).await.app_id).await.unwrap().unwrap();
     assert!(deleted.deleted_at.is_some() && deleted.git_token.is_none(), "{:?}", deleted.deleted_at);
+
+    // A build queued as the app was deleted (a webhook that raced the delete) never starts.
+    let raced = NewBuild { tenant_id: deleted.tenant_id, app_id: deleted.id, git_ref: None, commit: sha, trigger: "webhook".into() };
+    let raced = w.kiln.ctx.store.create_build(&raced).await.unwrap().id;
+    w.kiln.ctx.scheduler.wake();
+    let (build, _) = w.kiln.ended(raced, BuildState::Cancelled, LIMIT).await;
+    assert_eq!(build.reason.as_deref(), Some("cancelled: app busy was deleted"));
+    assert!(w.kiln.ctx.store.steps(raced).await.unwrap().is_empty(), "a build of a deleted app ran");
 }

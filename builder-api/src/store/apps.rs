@@ -229,13 +229,12 @@ impl Store {
         sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
     }
 
-    /// The app and its tenant in one read: what every build needs before it starts. None for a
-    /// deleted app: its builds do not run.
+    /// The app and its tenant in one read: what every build needs before it starts. A deleted
+    /// app too (its `deleted_at` set): a build of it that Kiln was running when it stopped is
+    /// stopped through its executor, which needs both.
     pub async fn app_with_tenant(&self, id: i64) -> Result<Option<(App, super::Tenant)>> {
         use super::tenants::{tenant_from_columns, JOINED_TENANT, JOINED_TENANT_COLUMNS};
-        let sql = format!(
-            "SELECT {APP_COLUMNS}, {JOINED_TENANT_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ? AND a.deleted_at IS NULL"
-        );
+        let sql = format!("SELECT {APP_COLUMNS}, {JOINED_TENANT_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else { return Ok(None) };
         Ok(Some((app_from_row(&self.key, &row)?, tenant_from_columns(&row, &JOINED_TENANT)?)))
     }
