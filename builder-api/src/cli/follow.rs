@@ -80,7 +80,8 @@ pub async fn follow_build(api: &Api, id: i64) -> anyhow::Result<u8> {
         }
         let res = match api.send(req).await {
             Ok(res) => res,
-            Err(e) if attempts < 30 && parser.last_id.is_some() => {
+            // A connection that failed (not a refusal: that would only repeat) after a drop.
+            Err(e) if attempts < 30 && parser.last_id.is_some() && e.chain().any(|c| c.is::<reqwest::Error>()) => {
                 attempts += 1;
                 printer.note(&format!("kiln: connection lost ({e:#}); reconnecting"));
                 tokio::time::sleep(Duration::from_secs(1)).await;
