@@ -259,6 +259,10 @@ async fn a_failed_compile_is_explained_by_its_first_located_error_without_escape
         let mut spec = app_spec(name, &w.git.url(&path), &path, &format!("{}/{path}", w.registry.host()), SECRET);
         spec["git_token"] = GIT_TOKEN.into();
         spec["kind"] = kind.into();
+        if kind == "maven" {
+            // A maven app names its Java base (the compile fails before the image step needs it).
+            spec["base_image"] = format!("{}/library/jre:17", w.registry.host()).into();
+        }
         w.kiln.app(&w.tenant_token, spec).await;
         let (build, log) = w.failed(w.push(name, &sha).await).await;
         let reason = build.reason.unwrap();

@@ -150,6 +150,8 @@ fn body_for(method: &Method, path: &str, b: &World) -> Option<Value> {
             spec["tenant"] = json!(b.name);
             Some(spec)
         }
+        ("PATCH", "/api/v1/apps/{app}") => Some(json!({ "branch_filter": "main", "git_token": "glpat-probe" })),
+        ("DELETE", "/api/v1/apps/{app}") => None,
         ("POST", "/api/v1/apps/{app}/builds") => Some(json!({ "commit": SHA_A })),
         ("POST", "/api/v1/apps/{app}/subscriptions") => Some(json!({
             "cluster": "c1", "namespace": "probe", "deployment": "probe", "container": "main", "policy": "branch:main"
@@ -221,7 +223,8 @@ async fn every_route_and_role_of_one_tenant_is_refused_at_another_tenants_object
     let b_tokens = kiln.ctx.store.tokens(b.id).await.unwrap();
     assert_eq!(b_tokens.len(), b_tokens_before);
     assert!(b_tokens.iter().all(|t| t.revoked_at.is_none()), "{b_tokens:?}");
-    let b_app = kiln.ctx.store.app_by_name(b.id, &b.app).await.unwrap().unwrap();
+    let b_app = kiln.ctx.store.app_by_name(b.id, &b.app).await.unwrap().expect("B's app is not deleted");
+    assert_eq!((b_app.branch_filter.as_str(), b_app.git_token.as_deref()), ("**", Some("glpat-git-token-of-team-b")), "B's app changed");
     assert_eq!(kiln.ctx.store.subscriptions_of_app(b_app.id).await.unwrap().len(), 1);
     let build = kiln.build(b.build_id).await;
     assert_ne!(build.state, builder_api::store::BuildState::Cancelled, "{build:?}");

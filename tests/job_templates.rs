@@ -34,6 +34,7 @@ fn sample_app(kind: BuildKind, git_token: Option<&str>) -> App {
         gitlab_token: None,
         has_gitlab_token: false,
         created_at: 0,
+        deleted_at: None,
     }
 }
 

@@ -213,7 +213,9 @@ async fn secrets_a_step_echoes_are_masked_in_sse_text_and_the_cli() {
         assert!(body.contains("token is ***") && body.contains("password is ***"), "{view}: not masked:\n{body}");
         assert!(!body.contains(GIT_TOKEN) && !body.contains(REGISTRY_PASSWORD), "{view}: a secret leaked:\n{body}");
     }
-    assert!(cli_out.contains("── step compile") && cli_out.contains("build Succeeded"), "{cli_out}");
+    assert!(cli_out.contains("── step compile"), "{cli_out}");
+    // The summary goes to stderr, so stdout is the stored log alone.
+    assert!(String::from_utf8_lossy(&cli.stderr).contains(&format!("build {id} Succeeded")), "{}", String::from_utf8_lossy(&cli.stderr));
 }
 
 #[tokio::test]
@@ -227,9 +229,9 @@ async fn the_cli_follows_the_newest_build_of_an_app_and_exits_with_its_result() 
         .output()
         .await
         .unwrap();
-    let out = String::from_utf8_lossy(&cli.stdout).into_owned();
-    assert_eq!(cli.status.code(), Some(1), "{out}");
-    assert!(out.contains("about to fail") && out.contains("build Failed: compile failed (exit code 3)"), "{out}");
+    let (out, err) = (String::from_utf8_lossy(&cli.stdout).into_owned(), String::from_utf8_lossy(&cli.stderr).into_owned());
+    assert_eq!(cli.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("about to fail") && err.contains(&format!("build {id} Failed: compile failed (exit code 3)")), "{out}\n{err}");
     assert_eq!(w.kiln.build(id).await.state, BuildState::Failed);
 
     let list = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))

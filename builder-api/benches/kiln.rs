@@ -161,7 +161,7 @@ async fn scheduler() {
     for i in 0..BUILDS {
         let app = &apps[(i % TENANTS) as usize];
         let commit = format!("{:040x}", i + 1);
-        store.create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref: Some("refs/heads/main".into()), commit, trigger: "webhook".into() }).await.unwrap();
+        store.create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref: Some("refs/heads/main".into()), commit, trigger: "webhook".into(), commit_info: Default::default() }).await.unwrap();
     }
     println!("scheduler: {BUILDS} queued builds of {TENANTS} tenants (stored in {:.1} s), cap {CAP} running per tenant, all at their cap", fill.elapsed().as_secs_f64());
 

@@ -293,6 +293,7 @@ mod tests {
             gitlab_token: Some("t".into()),
             has_gitlab_token: true,
             created_at: 0,
+            deleted_at: None,
         }
     }
 

@@ -62,6 +62,8 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::GET, "/api/v1/apps", Viewer, None, apps::list),
         route(M::POST, "/api/v1/apps", Owner, Some("app.create"), apps::create),
         route(M::GET, "/api/v1/apps/{app}", Viewer, None, apps::get),
+        route(M::PATCH, "/api/v1/apps/{app}", Owner, Some("app.update"), apps::update),
+        route(M::DELETE, "/api/v1/apps/{app}", Owner, Some("app.delete"), apps::delete),
         route(M::GET, "/api/v1/apps/{app}/notifications", Viewer, None, notifications::get_app),
         route(M::PUT, "/api/v1/apps/{app}/notifications", Owner, Some("app.notifications"), notifications::put_app),
         route(M::POST, "/api/v1/apps/{app}/builds", Developer, Some("build.trigger"), builds::trigger),

@@ -247,6 +247,16 @@ impl TestKiln {
         }
     }
 
+    /// Waits until the build's stored log contains `needle` (a step well under way).
+    pub async fn wait_for_line(&self, id: i64, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut wake = self.ctx.hub.subscribe(id);
+        while !self.log(id).await.contains(needle) {
+            assert!(tokio::time::Instant::now() < deadline, "no {needle:?} in the log:\n{}", self.log(id).await);
+            let _ = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await;
+        }
+    }
+
     /// The whole stored log as text.
     pub async fn log(&self, id: i64) -> String {
         let lines = self.ctx.store.log_after(id, 0, 1_000_000).await.unwrap();

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::apps::{find_app, named_tenant, TenantQuery};
+use super::apps::{find_app, live_app_of, named_tenant, TenantQuery};
 use super::{bad, JsonBody};
 use crate::audit::Audited;
 use crate::auth::Principal;
@@ -181,7 +181,7 @@ pub async fn retry(
     if matches!(old.state, BuildState::Queued | BuildState::Running) {
         return Err(ApiError::Conflict(format!("build {id} is still {}; cancel it first or wait for it to end", old.state.as_str())));
     }
-    let app = s.store.app(old.app_id).await?.ok_or_else(|| ApiError::Conflict(format!("build {id}'s app no longer exists")))?;
+    let app = live_app_of(&s, &old).await?;
     let build = s
         .store
         .create_build(&NewBuild {

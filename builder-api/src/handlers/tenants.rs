@@ -89,7 +89,7 @@ pub async fn create(
 }
 
 /// `GET /api/v1/whoami`: the caller's tenant (null for an admin), role and token, so that a
-/// client — the web page — offers only what the token may do. The API still checks every call.
+/// client — the web page, the CLI's `kiln tokens` — offers only what the token may do. The API still checks every call.
 /// `?tenant=` naming another tenant is 404, as on every route.
 pub async fn whoami(State(s): State<AppState>, who: Principal, Query(q): Query<TenantQuery>) -> ApiResult<Json<Value>> {
     named_tenant(&s, &who, q.tenant.as_deref()).await?;

@@ -260,7 +260,7 @@ async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, RolloutError> {
 /// Ok when the rollout's Deployment is in one of its tenant's deploy namespaces and the image in
 /// the tenant's registry project, as they are now.
 async fn granted(ctx: &Context, r: &Rollout) -> Result<(), Refusal> {
-    let (_, tenant) = ctx.store.app_with_tenant(r.app_id).await?.ok_or(Refusal::AppGone)?;
+    let (_, tenant) = ctx.store.app_with_tenant(r.app_id).await?.filter(|(app, _)| app.deleted_at.is_none()).ok_or(Refusal::AppGone)?;
     let sub = ctx.store.subscription(r.subscription_id).await?.ok_or(Refusal::SubscriptionGone)?;
     let cluster = ctx.clusters.get(&r.cluster).ok_or_else(|| Refusal::NoCluster(r.cluster.clone()))?;
     Ok(grants::check(&tenant, cluster, &sub.namespace, &sub.repository)?)

@@ -161,6 +161,18 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
         return Ok(None);
     };
+    if app.deleted_at.is_some() {
+        // `DELETE /api/v1/apps/{app}?force=1` cancels the builds it finds; these are the ones it
+        // did not: queued by a webhook that raced the delete, or running when Kiln stopped.
+        let reason = format!("cancelled: app {} was deleted", app.name);
+        if !resumed {
+            let recorded = ctx.store.finish_build(build.id, BuildState::Cancelled, Some(&reason)).await?;
+            return Ok(recorded.then_some(BuildState::Cancelled));
+        }
+        // Stopped through its executor, which keeps its log and removes what runs it.
+        ctx.scheduler.cancel_reasons.lock().unwrap().entry(build.id).or_insert(reason);
+        cancel.cancel();
+    }
     if !resumed {
         ctx.gitlab_statuses.post(&app, (&build).into(), Status::Running, &format!("build {} running", build.id));
     }

@@ -26,7 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use apm::{ApmApplied, ApmSetting};
-pub use apps::{App, BuildKind, KindSettings, NewApp};
+pub use apps::{App, AppDeletion, BuildKind, KindSettings, NewApp};
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use builds::{Build, BuildState, CommitInfo, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
