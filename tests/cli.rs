@@ -182,6 +182,19 @@ async fn apps_are_created_changed_built_and_deleted_from_the_cli_with_json_that_
     let shown = owner.run(&["apps", "show", "hello", "-o", "json"]).await.ok().json();
     assert_eq!((&shown["app"]["has_git_token"], &shown["app"]["settings"]["go_package"]), (&json!(true), &json!(".")), "{shown}");
 
+    // Notification targets from stdin; read back as a table without the URL's token, and as JSON.
+    let targets = r#"{"targets": [{"kind": "dingtalk", "url": "https://oapi.dingtalk.com/robot/send?access_token=cli-robot-token-1234", "secret": "SECcli", "events": ["failed", "fixed"]}]}"#;
+    secrets::register("cli-robot-token-1234");
+    owner.run_with(&["notifications", "hello", "--set", "-"], Some(targets)).await.ok();
+    let listed = owner.run(&["notifications", "hello"]).await.ok();
+    let row = listed.stdout.lines().nth(1).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(row, "app hello dingtalk https://oapi.dingtalk.com/… failed,fixed set", "{}", listed.stdout);
+    assert!(!listed.stdout.contains("cli-robot-token"), "{}", listed.stdout);
+    let read = owner.run(&["notifications", "hello", "-o", "json"]).await.ok().json();
+    assert_eq!(read["targets"][0]["events"], json!(["failed", "fixed"]), "{read}");
+    let refused = owner.run_with(&["notifications", "hello", "--set", "-"], Some(r#"{"targets": [{"kind": "pager", "url": "https://x", "events": ["failed"]}]}"#)).await.failed(1);
+    assert!(refused.stderr.contains("unknown kind \"pager\""), "{}", refused.stderr);
+
     // A maven app without a Java base is refused with what to set; from a file with one, made.
     let mut maven = w.create_args("jvm");
     maven.extend(["--kind".into(), "maven".into()]);

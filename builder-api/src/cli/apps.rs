@@ -169,7 +169,7 @@ impl AppFields {
 }
 
 /// A file's text, or stdin's for `-`.
-fn read_input(path: &PathBuf) -> anyhow::Result<String> {
+pub(super) fn read_input(path: &PathBuf) -> anyhow::Result<String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).context("reading stdin")?;

@@ -241,6 +241,42 @@ pub async fn tokens(api: &Api, tenant: Option<String>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `kiln notifications APP|--tenant T [--set FILE]`: reads, or replaces, a notification list.
+pub async fn notifications(api: &Api, app: Option<String>, tenant: Option<String>, set: Option<std::path::PathBuf>) -> anyhow::Result<u8> {
+    let path = match (&app, &tenant) {
+        (Some(app), _) => format!("/api/v1/apps/{app}/notifications"),
+        (None, Some(tenant)) => format!("/api/v1/tenants/{tenant}/notifications"),
+        (None, None) => bail!("name an app, or --tenant T for the targets of every app of a tenant"),
+    };
+    let answer = match set {
+        Some(file) => {
+            let text = super::apps::read_input(&file)?;
+            let body: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON: expected {{\"targets\": [...]}}", file.display()))?;
+            api.call(Method::PUT, &path, &[], Some(&body)).await?
+        }
+        None => api.get(&path, &[]).await?,
+    };
+    if api.output == Output::Json {
+        print_json(&answer);
+        return Ok(0);
+    }
+    let mut table = Table::new(&[("FOR", Align::Left), ("KIND", Align::Left), ("TARGET", Align::Left), ("EVENTS", Align::Left), ("SECRET", Align::Left)]);
+    let own = app.clone().map_or_else(|| format!("tenant {}", tenant.clone().unwrap_or_default()), |a| format!("app {a}"));
+    let inherited = answer["tenant_targets"].as_array().into_iter().flatten().map(|t| ("tenant", t));
+    for (owner, t) in answer["targets"].as_array().into_iter().flatten().map(|t| ("own", t)).chain(inherited) {
+        let events: Vec<&str> = t["events"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        table.row(vec![
+            if owner == "own" { own.clone() } else { "tenant".to_string() }.into(),
+            text(t, "kind").into(),
+            text(t, "target").into(),
+            events.join(",").into(),
+            if t["has_secret"] == true { "set" } else { "-" }.into(),
+        ]);
+    }
+    print!("{}", table.render(&Style::stdout()));
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

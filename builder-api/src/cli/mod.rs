@@ -127,6 +127,26 @@ pub enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Where an app's builds (or, with --tenant, every app's) are told about, and what about.
+    ///
+    /// Lists the targets: kind, scheme and host (a URL is a credential and is never shown),
+    /// events, whether a secret is set. With --set FILE (`-` reads stdin) replaces the list with
+    /// the file's `{"targets": [{"kind", "url", "secret"?, "events"}]}` (owner); `{"targets": []}`
+    /// turns them off. Kinds: webhook, dingtalk, wecom, slack. Events: failed, fixed, succeeded,
+    /// rollout_failed, rolled_back.
+    Notifications {
+        /// The app (leave out with --tenant).
+        #[arg(required_unless_present = "tenant")]
+        app: Option<String>,
+        /// The tenant-wide targets of this tenant instead of an app's.
+        #[arg(long, conflicts_with = "app")]
+        tenant: Option<String>,
+        /// Replace the targets with those of this JSON file (`-`: stdin).
+        #[arg(long, value_name = "FILE")]
+        set: Option<PathBuf>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// List tenants (admin token): id, name, namespace, registry project, build cap.
     Tenants {
         #[command(flatten)]
@@ -196,6 +216,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Build { app, git_ref, commit, detach, api } => commands::build(&api.resolve()?, &app, git_ref, commit, detach).await,
             Command::Cancel { build, api } => commands::cancel(&api.resolve()?, build).await,
             Command::Retry { build, detach, api } => commands::retry(&api.resolve()?, build, detach).await,
+            Command::Notifications { app, tenant, set, api } => commands::notifications(&api.resolve()?, app, tenant, set).await,
             Command::Releases { app, api } => commands::releases(&api.resolve()?, &app).await,
             Command::Rollback { app, to, cluster, api } => commands::rollback(&api.resolve()?, &app, &to, cluster).await,
             Command::Tenants { api } => commands::tenants(&api.resolve()?).await,
