@@ -80,9 +80,12 @@ async fn a_go_push_becomes_an_image_whose_binary_runs_and_rebuilds_to_the_same_d
     assert!(first.image.as_deref().unwrap().ends_with(&format!("/team/hello@{digest}")), "{first:?}");
 
     let log = w.kiln.log(first.id).await;
-    for expected in ["── step clone", "── step compile", "── step image", "pushed"] {
+    for expected in ["── step clone", "── step compile", "── step image", "pushed", &format!("checked out {} into src (", &sha[..12])] {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }
+    // Paths are shown within the build's workspace, not where the server keeps workspaces.
+    let data_dir = w.kiln.ctx.config.store.data_dir.display().to_string();
+    assert!(!log.contains(&data_dir), "the log shows the server's data dir {data_dir}:\n{log}");
 
     let root = w.unpack(&first).await;
     let out = std::process::Command::new(root.path().join("app/hello")).output().unwrap();
