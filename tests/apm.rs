@@ -230,7 +230,8 @@ async fn a_maven_app_with_apm_starts_the_agent_first_keeps_its_layers_apart_and_
     let w = World::new().await;
     let scratch = tempfile::tempdir().unwrap();
     let files = layered_app_files(scratch.path());
-    let (first_sha, repo) = w.app("shop", &files, json!({"settings": {"apm": {"agent": "tracer", "version": "1.0"}}})).await;
+    let base = crate::support::fixtures::push_java_base(&w.registry.host());
+    let (first_sha, repo) = w.app("shop", &files, json!({"base_image": base, "settings": {"apm": {"agent": "tracer", "version": "1.0"}}})).await;
     let (first, log) = w.finished(w.push("shop", &first_sha).await, BuildState::Succeeded).await;
     assert!(log.contains("injecting APM agent tracer 1.0"), "{log}");
 

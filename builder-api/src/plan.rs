@@ -104,6 +104,23 @@ pub enum KindError {
     /// The app builds from a Dockerfile that the commit does not have.
     #[error("the app builds from {dockerfile}, but the commit has no such file")]
     NoDockerfile { dockerfile: String },
+    /// A Maven project (an `auto` app found `pom.xml`) without a `base_image`: its image would
+    /// start `java` on `scratch`, which has none, so the build stops before compiling.
+    #[error(
+        "the commit is a Maven project (pom.xml), and a Maven image starts `java`, which the app's base image {base} does not have: \
+         set the app's base_image to an image with a Java runtime (e.g. registry.example.com/library/eclipse-temurin:21-jre), \
+         or add a Dockerfile"
+    )]
+    NoJavaBase { base: String },
+}
+
+/// Refuses what would build an image that cannot start: a Maven image on `scratch` (an `auto`
+/// app; an app of kind `maven` without a base is refused when it is created or changed).
+pub fn check_runnable(kind: ResolvedKind, app: &App) -> Result<(), KindError> {
+    match (kind, app.base_image.as_deref()) {
+        (ResolvedKind::Maven, None | Some("scratch")) => Err(KindError::NoJavaBase { base: app.base_image.clone().unwrap_or_else(|| "scratch".into()) }),
+        _ => Ok(()),
+    }
 }
 
 /// Decides what to build from the checked-out source: a Dockerfile wins (a Go or Maven app that

@@ -62,7 +62,7 @@ impl LocalExecutor {
             return Outcome::failed(format!("clone left no result: {e}"));
         }
         let dockerfile = job.app.settings.dockerfile.as_deref().unwrap_or("Dockerfile");
-        let kind = match plan::resolve_kind(job.app.kind, dockerfile, &workspace.join("src")) {
+        let kind = match plan::resolve_kind(job.app.kind, dockerfile, &workspace.join("src")).and_then(|k| plan::check_runnable(k, &job.app).map(|()| k)) {
             Ok(kind) => kind,
             Err(reason) => {
                 job.log.system("plan", format!("[kiln] {reason}")).await;

@@ -21,8 +21,9 @@ pub struct AssembleArgs {
     #[arg(long)]
     pub image: String,
     /// `SRC:DEST` — a file or directory on disk and its path in the image. The file name of SRC
-    /// may hold one `*`, which must match exactly one file. Repeatable.
-    #[arg(long = "add", required_unless_present = "maven_target")]
+    /// may hold one `*`, which must match exactly one file. Repeatable. An image that only sets
+    /// config over its base (`--env`, `--entrypoint`, `--label`) needs none.
+    #[arg(long = "add", required_unless_present_any = ["maven_target", "env", "entrypoint", "labels"])]
     pub add: Vec<String>,
     /// A Maven `target/` directory: dependencies, resources and classes as three layers, and
     /// the entrypoint `java -cp … <Main-Class of target/*.jar>` (unless `--entrypoint`).
