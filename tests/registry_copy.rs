@@ -685,3 +685,81 @@ async fn kiln_sync_copies_with_an_authfile_and_exits_1_when_a_target_is_down() {
     assert!(help.contains("--authfile") && help.contains("--insecure") && help.contains("verified by digest"), "{help}");
 }
 
+/// `kiln sync` run as a user runs it, in a home of its own: no KILN_* setting of the test's
+/// environment leaks in.
+struct KilnSync {
+    home: tempfile::TempDir,
+}
+
+/// What a `kiln sync` run printed, and its exit code.
+struct SyncRun {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for SyncRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl KilnSync {
+    fn new() -> KilnSync {
+        crate::support::init();
+        KilnSync { home: tempfile::tempdir().unwrap() }
+    }
+
+    /// `kiln sync ARGS…` with `env` set. A tokio process, not a std one: waiting for it must not
+    /// block the runtime, which serves the test's proxy that the process talks to.
+    async fn run(&self, env: &[(&str, &std::ffi::OsStr)], args: &[String]) -> SyncRun {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("sync")
+            .env("HOME", self.home.path())
+            .env_remove("KILN_INSECURE_REGISTRIES")
+            .env_remove("DOCKER_CONFIG")
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .await
+            .expect("run kiln sync");
+        SyncRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn kiln_sync_says_which_setting_a_plain_http_registry_needs() {
+    let kiln = KilnSync::new();
+    let source = TestRegistry::start().await;
+    let target = TestRegistry::start().await;
+    let image = ImagePusher::new(&source.host())
+        .push_image("team/plain", Some("v1"), &[&random_bytes(200_000)], "linux", "amd64")
+        .await;
+    let args = [format!("{}/team/plain:v1", source.host()), format!("{}/team/plain", target.host())];
+    let advice = |host: String| format!("{host} answered plain HTTP; add {host} to KILN_INSECURE_REGISTRIES / --insecure");
+
+    // The source is spoken to over HTTPS: the copy cannot start, and says what to do. Retrying
+    // cannot help, so there is none: the default 5 attempts would wait at least 1.9 s.
+    let started = std::time::Instant::now();
+    let run = kiln.run(&[], &args).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains(&format!("error: source: {}", advice(source.host()))), "{run}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "retried: {:?}", started.elapsed());
+
+    // The source allowed through KILN_INSECURE_REGISTRIES, the target not: that target fails
+    // with the same advice.
+    let source_only = source.host();
+    let run = kiln.run(&[("KILN_INSECURE_REGISTRIES", source_only.as_ref())], &args).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stdout.contains("FAILED") && run.stdout.contains(&advice(target.host())), "{run}");
+
+    // Both, comma-separated: the copy goes through.
+    let both = format!("{},{}", source.host(), target.host());
+    let run = kiln.run(&[("KILN_INSECURE_REGISTRIES", both.as_ref())], &args).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains(&image.digest), "{run}");
+}

@@ -29,8 +29,9 @@ pub struct SyncArgs {
     /// Target repositories, host/repo (no tag: SRC's tag is kept).
     #[arg(value_name = "DST", required = true, num_args = 1..)]
     pub targets: Vec<String>,
-    /// Speak plain http to this registry (host:port). Repeatable.
-    #[arg(long, value_name = "HOST")]
+    /// Speak plain http to this registry (host:port). Repeatable, or comma-separated in
+    /// KILN_INSECURE_REGISTRIES (as `kiln serve` and the build steps read it).
+    #[arg(long, value_name = "HOST", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure: Vec<String>,
     /// Credentials for one registry, HOST=USER:PASS (a Harbor robot is USER `robot$project+name`).
     /// Repeatable; overrides the authfile for that host. Prefer --authfile: a command line is
@@ -97,7 +98,8 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<u8> {
 
 fn registry_options(args: &SyncArgs) -> anyhow::Result<RegistryOptions> {
     let mut opts = RegistryOptions::default();
-    opts.insecure_registries = args.insecure.clone();
+    opts.insecure_registries = args.insecure.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    opts.insecure_setting = Some("KILN_INSECURE_REGISTRIES / --insecure".into());
     let authfile = args.authfile.clone().or_else(default_authfile);
     if let Some(path) = authfile {
         opts.registry_auth = registry_sync::load_docker_config(&path)?;
