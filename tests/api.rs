@@ -135,7 +135,7 @@ async fn a_queued_build_can_be_cancelled_and_stays_cancelled() {
     let build = kiln
         .ctx
         .store
-        .create_build(&builder_api::store::NewBuild { tenant_id: 1, app_id: 1, git_ref: None, commit: SHA.into(), trigger: "manual".into() })
+        .create_build(&builder_api::store::NewBuild { tenant_id: 1, app_id: 1, git_ref: None, commit: SHA.into(), trigger: "manual".into(), commit_info: Default::default() })
         .await
         .unwrap();
     let (status, body) = kiln.request(Method::POST, &format!("/api/v1/builds/{}/cancel", build.id), Some(&a), None).await;

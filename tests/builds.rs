@@ -80,9 +80,12 @@ async fn a_go_push_becomes_an_image_whose_binary_runs_and_rebuilds_to_the_same_d
     assert!(first.image.as_deref().unwrap().ends_with(&format!("/team/hello@{digest}")), "{first:?}");
 
     let log = w.kiln.log(first.id).await;
-    for expected in ["── step clone", "── step compile", "── step image", "pushed"] {
+    for expected in ["── step clone", "── step compile", "── step image", "pushed", &format!("checked out {} into src (", &sha[..12])] {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }
+    // Paths are shown within the build's workspace, not where the server keeps workspaces.
+    let data_dir = w.kiln.ctx.config.store.data_dir.display().to_string();
+    assert!(!log.contains(&data_dir), "the log shows the server's data dir {data_dir}:\n{log}");
 
     let root = w.unpack(&first).await;
     let out = std::process::Command::new(root.path().join("app/hello")).output().unwrap();
@@ -259,6 +262,10 @@ async fn a_failed_compile_is_explained_by_its_first_located_error_without_escape
         let mut spec = app_spec(name, &w.git.url(&path), &path, &format!("{}/{path}", w.registry.host()), SECRET);
         spec["git_token"] = GIT_TOKEN.into();
         spec["kind"] = kind.into();
+        if kind == "maven" {
+            // A maven app names its Java base (the compile fails before the image step needs it).
+            spec["base_image"] = format!("{}/library/jre:17", w.registry.host()).into();
+        }
         w.kiln.app(&w.tenant_token, spec).await;
         let (build, log) = w.failed(w.push(name, &sha).await).await;
         let reason = build.reason.unwrap();

@@ -24,7 +24,7 @@ fn gitlab_parser_never_panics_and_accepts_only_safe_pushes() {
     let mut h = Hostile::new(seed);
     let bases = [
         GitlabPush::branch("team/hello", "http://git.example/team/hello.git", "main", SHA).body(),
-        GitlabPush::branch("team/hello", "http://git.example/team/hello.git", "feature/a-b", SHA).body(),
+        GitlabPush::branch("team/hello", "http://git.example/team/hello.git", "feature/a-b", SHA).with_head_commit("Fix it\n\nbody", "Ada").body(),
         GitlabPush::tag("team/hello", "http://git.example/team/hello.git", "v1.2.3", SHA).body(),
         GitlabPush::branch("team/hello", "http://git.example/team/hello.git", "main", SHA).deleting().body(),
     ];
@@ -50,6 +50,11 @@ fn gitlab_parser_never_panics_and_accepts_only_safe_pushes() {
                         let prefix = if p.is_tag { "refs/tags/" } else { "refs/heads/" };
                         assert_eq!(p.git_ref, format!("{prefix}{}", p.name), "{}", what());
                         assert!(!p.git_ref.chars().any(char::is_control), "{}", what());
+                        // What the build page shows of the commit: text without control
+                        // characters, a link only to a web address.
+                        let info = &p.commit_info;
+                        assert!(info.url.as_deref().is_none_or(|u| u.starts_with("http://") || u.starts_with("https://")), "{}", what());
+                        assert!(info.author.iter().chain(&info.message).all(|t| !t.chars().any(|c| c.is_control() && c != '\n')), "{}", what());
                     }
                     Err(Decision::Ignore(r) | Decision::Reject(r)) => {
                         decided += 1;

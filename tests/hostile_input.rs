@@ -50,6 +50,8 @@ impl World {
         let mut spec = app_spec("hello", &git_url, PROJECT, "127.0.0.1:9/team/hello", SECRET);
         spec["branch_filter"] = "main".into();
         kiln.app(&token, spec).await;
+        // What the generator's PATCHes change: not `hello`, whose webhooks the other targets send.
+        kiln.app(&token, app_spec("patched", &git_url, "team/patched", "127.0.0.1:9/team/patched", "patched-secret-123")).await;
         World { _git: git, git_url, kiln, token, sha }
     }
 }
@@ -57,6 +59,7 @@ impl World {
 /// One target of the generator: where bodies go, with which credentials, from which valid body.
 struct Target {
     name: &'static str,
+    method: Method,
     path: String,
     auth: Vec<(&'static str, String)>,
     valid: Vec<Value>,
@@ -79,29 +82,43 @@ fn targets(w: &World) -> Vec<Target> {
     let tag = GitlabPush::tag(PROJECT, &w.git_url, "v1.0.0", SHA);
     vec![
         Target {
+            method: Method::POST,
             name: "gitlab",
             path: "/hooks/gitlab".into(),
             auth: vec![("x-gitlab-token", SECRET.into())],
             valid: vec![branch.body(), tag.body(), branch.deleting().body()],
         },
-        Target { name: "harbor", path: "/hooks/harbor".into(), auth: vec![("authorization", HARBOR_AUTH.into())], valid: harbor_fixtures() },
+        Target { method: Method::POST, name: "harbor", path: "/hooks/harbor".into(), auth: vec![("authorization", HARBOR_AUTH.into())], valid: harbor_fixtures() },
         Target {
+            method: Method::POST,
             name: "app create",
             path: "/api/v1/apps".into(),
             auth: bearer(&w.token),
             valid: vec![
                 app_spec("other", &w.git_url, "team/other", "127.0.0.1:9/team/other", "other-secret-123"),
                 json!({"name": "maven", "git_url": w.git_url, "kind": "maven", "branch_filter": "release/*",
-                       "settings": {"dockerfile": "docker/Dockerfile"}, "image_repository": "127.0.0.1:9/team/m", "base_image": "scratch"}),
+                       "settings": {"dockerfile": "docker/Dockerfile"}, "image_repository": "127.0.0.1:9/team/m", "base_image": "127.0.0.1:9/library/jre:17"}),
             ],
         },
         Target {
+            name: "app update",
+            method: Method::PATCH,
+            path: "/api/v1/apps/patched".into(),
+            auth: bearer(&w.token),
+            valid: vec![
+                json!({"branch_filter": "release/*", "git_token": "glpat-hostile-patch", "base_image": null}),
+                json!({"kind": "go", "settings": {"go_package": "./cmd", "build_args": {"K": "V"}, "supersede": null}, "project_path": "team/patched"}),
+            ],
+        },
+        Target {
+            method: Method::POST,
             name: "trigger",
             path: "/api/v1/apps/hello/builds".into(),
             auth: bearer(&w.token),
             valid: vec![json!({"commit": w.sha, "ref": "main"}), json!({"ref": "refs/heads/main"})],
         },
         Target {
+            method: Method::POST,
             name: "subscription",
             path: "/api/v1/apps/hello/subscriptions".into(),
             auth: bearer(&w.token),
@@ -112,14 +129,15 @@ fn targets(w: &World) -> Vec<Target> {
             ],
         },
         Target {
+            method: Method::POST,
             name: "rollback",
             path: "/api/v1/apps/hello/rollback".into(),
             auth: bearer(&w.token),
             valid: vec![json!({"build": 1, "cluster": "east"}), json!({"digest": format!("sha256:{}", "1".repeat(64))})],
         },
-        Target { name: "tenant create", path: "/api/v1/tenants".into(), auth: bearer(ADMIN), valid: vec![json!({"name": "ops"})] },
-        Target { name: "token create", path: "/api/v1/tenants/team/tokens".into(), auth: bearer(&w.token), valid: vec![json!({"name": "ci"})] },
-        Target { name: "apm", path: "/api/v1/builds/1/apm".into(), auth: bearer(&w.token), valid: vec![json!({"agent": "tracer", "version": "1"})] },
+        Target { method: Method::POST, name: "tenant create", path: "/api/v1/tenants".into(), auth: bearer(ADMIN), valid: vec![json!({"name": "ops"})] },
+        Target { method: Method::POST, name: "token create", path: "/api/v1/tenants/team/tokens".into(), auth: bearer(&w.token), valid: vec![json!({"name": "ci"})] },
+        Target { method: Method::POST, name: "apm", path: "/api/v1/builds/1/apm".into(), auth: bearer(&w.token), valid: vec![json!({"agent": "tracer", "version": "1"})] },
     ]
 }
 
@@ -154,7 +172,7 @@ async fn ten_thousand_malformed_bodies_get_no_5xx_and_a_reason_each() {
         let t = &targets[case % targets.len()];
         let valid = h.pick(&t.valid).clone();
         let body = h.mutate(&valid, max_body);
-        let mut req = Request::post(t.path.as_str());
+        let mut req = Request::builder().method(t.method.clone()).uri(t.path.as_str());
         // Mostly the right credentials, so the body parser is what gets exercised.
         let right = h.rng.random_bool(0.9);
         for (name, value) in &t.auth {

@@ -52,7 +52,7 @@ impl World {
         let build = kiln
             .ctx
             .store
-            .create_build(&NewBuild { tenant_id: id, app_id, git_ref: None, commit: commit.into(), trigger: "manual".into() })
+            .create_build(&NewBuild { tenant_id: id, app_id, git_ref: None, commit: commit.into(), trigger: "manual".into(), commit_info: Default::default() })
             .await
             .unwrap();
         let deployment = format!("{app}-deploy");
@@ -118,7 +118,7 @@ impl World {
 }
 
 /// A token of `role` made by the tenant's owner through the API: (id, secret).
-async fn new_token(kiln: &TestKiln, owner: &str, tenant: &str, role: &str) -> (i64, String) {
+pub async fn new_token(kiln: &TestKiln, owner: &str, tenant: &str, role: &str) -> (i64, String) {
     let (status, body) = kiln
         .request(Method::POST, &format!("/api/v1/tenants/{tenant}/tokens"), Some(owner), Some(json!({ "name": role, "role": role })))
         .await;
@@ -142,11 +142,16 @@ fn body_for(method: &Method, path: &str, b: &World) -> Option<Value> {
         ("PUT", "/api/v1/tenants/{tenant}/settings") => Some(json!({ "build_timeout_secs": 600, "max_concurrent_builds": 50 })),
         ("PUT", "/api/v1/tenants/{tenant}/harbor-webhook-secret") => Some(json!({ "secret": "a-probe-harbor-secret" })),
         ("DELETE", "/api/v1/tenants/{tenant}/harbor-webhook-secret") => None,
+        ("PUT", "/api/v1/tenants/{tenant}/notifications") | ("PUT", "/api/v1/apps/{app}/notifications") => Some(json!({
+            "targets": [{ "kind": "slack", "url": "https://hooks.slack.example/services/probe", "events": ["failed"] }]
+        })),
         ("POST", "/api/v1/apps") => {
             let mut spec = app_spec("probe", "http://127.0.0.1:9/z/probe.git", "z/probe", "127.0.0.1:9/z/probe", "probe-secret");
             spec["tenant"] = json!(b.name);
             Some(spec)
         }
+        ("PATCH", "/api/v1/apps/{app}") => Some(json!({ "branch_filter": "main", "git_token": "glpat-probe" })),
+        ("DELETE", "/api/v1/apps/{app}") => None,
         ("POST", "/api/v1/apps/{app}/builds") => Some(json!({ "commit": SHA_A })),
         ("POST", "/api/v1/apps/{app}/subscriptions") => Some(json!({
             "cluster": "c1", "namespace": "probe", "deployment": "probe", "container": "main", "policy": "branch:main"
@@ -218,7 +223,8 @@ async fn every_route_and_role_of_one_tenant_is_refused_at_another_tenants_object
     let b_tokens = kiln.ctx.store.tokens(b.id).await.unwrap();
     assert_eq!(b_tokens.len(), b_tokens_before);
     assert!(b_tokens.iter().all(|t| t.revoked_at.is_none()), "{b_tokens:?}");
-    let b_app = kiln.ctx.store.app_by_name(b.id, &b.app).await.unwrap().unwrap();
+    let b_app = kiln.ctx.store.app_by_name(b.id, &b.app).await.unwrap().expect("B's app is not deleted");
+    assert_eq!((b_app.branch_filter.as_str(), b_app.git_token.as_deref()), ("**", Some("glpat-git-token-of-team-b")), "B's app changed");
     assert_eq!(kiln.ctx.store.subscriptions_of_app(b_app.id).await.unwrap().len(), 1);
     let build = kiln.build(b.build_id).await;
     assert_ne!(build.state, builder_api::store::BuildState::Cancelled, "{build:?}");
@@ -239,6 +245,15 @@ async fn roles_decide_what_a_token_may_do_in_its_own_tenant() {
     let trigger = json!({ "commit": SHA_A });
     let builds = format!("/api/v1/apps/{}/builds", a.app);
     let tokens = format!("/api/v1/tenants/{}/tokens", a.name);
+
+    // Each token learns its own tenant and role (what the web page offers depends on it).
+    for (role, token) in a.tokens() {
+        let (status, me) = kiln.request(Method::GET, "/api/v1/whoami", Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        assert_eq!((me["tenant"].as_str(), me["role"].as_str()), (Some("team-a"), Some(role.as_str())), "{me}");
+    }
+    let (_, me) = kiln.request(Method::GET, "/api/v1/whoami", Some(ADMIN), None).await;
+    assert_eq!((&me["tenant"], me["role"].as_str(), &me["token"]), (&Value::Null, Some("admin"), &Value::Null), "{me}");
 
     // A viewer reads but does not trigger: 403 that says which role it needs.
     let (status, body) = kiln.request(Method::GET, &format!("/api/v1/builds/{}", a.build_id), Some(&a.viewer), None).await;

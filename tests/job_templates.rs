@@ -34,6 +34,7 @@ fn sample_app(kind: BuildKind, git_token: Option<&str>) -> App {
         gitlab_token: None,
         has_gitlab_token: false,
         created_at: 0,
+        deleted_at: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn sample_build(branch: &str) -> Build {
         started_at: None,
         finished_at: None,
         gitlab_status: None,
+        commit_info: Default::default(),
     }
 }
 

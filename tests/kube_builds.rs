@@ -161,9 +161,10 @@ impl KubeWorld {
 async fn go_maven_and_dockerfile_pushes_become_images_through_one_job_each() {
     let w = KubeWorld::new(|_, _| {}).await;
     let go = w.app(&w.token, "team", "hello", "go-hello", json!({"kind": "go"})).await;
-    let maven = w.app(&w.token, "team", "jhello", "maven-hello", json!({"kind": "maven"})).await;
-    // The Dockerfile kind: buildah stands in for rootless BuildKit on this host.
+    // A maven app names its Java base; busybox stands in for one (the image is not started here).
     let base = push_busybox_base(&w.registry.host());
+    let maven = w.app(&w.token, "team", "jhello", "maven-hello", json!({"kind": "maven", "base_image": base})).await;
+    // The Dockerfile kind: buildah stands in for rootless BuildKit on this host.
     let staged = w.app(&w.token, "team", "staged", "dockerfile-hello", json!({"settings": {"build_args": {"BASE": base}}})).await;
     let ids = [w.push("team", "hello", &go).await, w.push("team", "jhello", &maven).await, w.push("team", "staged", &staged).await];
     for (id, kind) in ids.iter().zip(["go", "maven", "dockerfile"]) {

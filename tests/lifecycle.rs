@@ -35,15 +35,6 @@ async fn repo_with_go_app(git: &GitServer) -> String {
     repo.commit_files(&[("go.mod", &b"module example.com/slow\n\ngo 1.19\n"[..], false), ("main.go", b"package main\n\nfunc main() {}\n", false)], "slow")
 }
 
-async fn wait_for_line(kiln: &TestKiln, id: i64, needle: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut wake = kiln.ctx.hub.subscribe(id);
-    while !kiln.log(id).await.contains(needle) {
-        assert!(tokio::time::Instant::now() < deadline, "no {needle:?} in the log:\n{}", kiln.log(id).await);
-        let _ = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await;
-    }
-}
-
 #[tokio::test]
 async fn cancelling_a_running_build_kills_its_processes_and_keeps_its_log() {
     let git = GitServer::start_with_token(GIT_TOKEN).await;
@@ -61,7 +52,7 @@ async fn cancelling_a_running_build_kills_its_processes_and_keeps_its_log() {
     let (_, body) = kiln.request(Method::POST, "/api/v1/apps/slow/builds", Some(&token), Some(json!({"commit": sha}))).await;
     let id = body["build"]["id"].as_i64().unwrap();
 
-    wait_for_line(&kiln, id, "slow line 5").await;
+    kiln.wait_for_line(id, "slow line 5").await;
     assert!(alive(&pid_file));
     let (status, body) = kiln.request(Method::POST, &format!("/api/v1/builds/{id}/cancel"), Some(&token), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");

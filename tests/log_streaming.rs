@@ -186,7 +186,12 @@ async fn fifty_concurrent_followers_receive_identical_streams_and_a_stalled_one_
 
 #[tokio::test]
 async fn secrets_a_step_echoes_are_masked_in_sse_text_and_the_cli() {
-    let w = World::new(&format!("echo \"token is {GIT_TOKEN}\"\necho \"password is {REGISTRY_PASSWORD}\"")).await;
+    // A notification target's robot token is a secret Kiln holds for the build too.
+    const ROBOT_TOKEN: &str = "robot-access-token-5f1e2d";
+    let w = World::new(&format!("echo \"token is {GIT_TOKEN}\"\necho \"password is {REGISTRY_PASSWORD}\"\necho \"robot is {ROBOT_TOKEN}\"")).await;
+    let target = json!({"targets": [{"kind": "wecom", "url": format!("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={ROBOT_TOKEN}"), "events": ["failed"]}]});
+    let (status, body) = w.kiln.request(axum::http::Method::PUT, "/api/v1/tenants/team/notifications", Some(&w.token), Some(target)).await;
+    assert_eq!(status, axum::http::StatusCode::OK, "{body}");
     let id = w.build("leaky").await;
     let events = w.read(w.open(id, None).await, |_| false).await;
     let sse: String = events.iter().map(|e| e.data.clone()).collect::<Vec<_>>().join("\n");
@@ -210,10 +215,12 @@ async fn secrets_a_step_echoes_are_masked_in_sse_text_and_the_cli() {
     let cli_out = String::from_utf8_lossy(&cli.stdout).into_owned();
     assert_eq!(cli.status.code(), Some(0), "{cli_out}\n{}", String::from_utf8_lossy(&cli.stderr));
     for (view, body) in [("sse", &sse), ("text", &text), ("cli", &cli_out)] {
-        assert!(body.contains("token is ***") && body.contains("password is ***"), "{view}: not masked:\n{body}");
-        assert!(!body.contains(GIT_TOKEN) && !body.contains(REGISTRY_PASSWORD), "{view}: a secret leaked:\n{body}");
+        assert!(body.contains("token is ***") && body.contains("password is ***") && body.contains("robot is ***"), "{view}: not masked:\n{body}");
+        assert!(!body.contains(GIT_TOKEN) && !body.contains(REGISTRY_PASSWORD) && !body.contains(ROBOT_TOKEN), "{view}: a secret leaked:\n{body}");
     }
-    assert!(cli_out.contains("── step compile") && cli_out.contains("build Succeeded"), "{cli_out}");
+    assert!(cli_out.contains("── step compile"), "{cli_out}");
+    // The summary goes to stderr, so stdout is the stored log alone.
+    assert!(String::from_utf8_lossy(&cli.stderr).contains(&format!("build {id} Succeeded")), "{}", String::from_utf8_lossy(&cli.stderr));
 }
 
 #[tokio::test]
@@ -227,9 +234,9 @@ async fn the_cli_follows_the_newest_build_of_an_app_and_exits_with_its_result() 
         .output()
         .await
         .unwrap();
-    let out = String::from_utf8_lossy(&cli.stdout).into_owned();
-    assert_eq!(cli.status.code(), Some(1), "{out}");
-    assert!(out.contains("about to fail") && out.contains("build Failed: compile failed (exit code 3)"), "{out}");
+    let (out, err) = (String::from_utf8_lossy(&cli.stdout).into_owned(), String::from_utf8_lossy(&cli.stderr).into_owned());
+    assert_eq!(cli.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("about to fail") && err.contains(&format!("build {id} Failed: compile failed (exit code 3)")), "{out}\n{err}");
     assert_eq!(w.kiln.build(id).await.state, BuildState::Failed);
 
     let list = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))

@@ -3,25 +3,15 @@
 
 use builder_api::config::ClusterConfig;
 use builder_api::replication::replicate;
-use builder_api::store::{BuildState, NewBuild};
 
 use crate::support::fixtures::app_spec;
 use crate::support::kiln::{test_config, TestKiln};
 use crate::support::oci_images::{random_bytes, ImagePusher, TestImage};
 use crate::support::registry::TestRegistry;
 
-/// A build of `app` that succeeded with `image` (already in the source registry), as the
-/// scheduler would have recorded it.
+/// A build of `app` that succeeded with `image` (already in the source registry).
 async fn succeeded_build(kiln: &TestKiln, app: &str, source: &TestRegistry, repo: &str, image: &TestImage) -> i64 {
-    let store = &kiln.ctx.store;
-    let tenant = store.tenant_by_name("team").await.unwrap().unwrap();
-    let app = store.app_by_name(tenant.id, app).await.unwrap().unwrap();
-    let new = NewBuild { tenant_id: tenant.id, app_id: app.id, git_ref: Some("refs/heads/main".into()), commit: "0123456789abcdef0123".into(), trigger: "manual".into() };
-    let build = store.create_build(&new).await.unwrap();
-    let reference = format!("{}/{repo}@{}", source.host(), image.digest);
-    store.set_build_image(build.id, &reference, &image.digest).await.unwrap();
-    store.finish_build(build.id, BuildState::Succeeded, None).await.unwrap();
-    build.id
+    kiln.succeeded_build("team", app, &format!("{}/{repo}@{}", source.host(), image.digest)).await
 }
 
 #[tokio::test]

@@ -13,11 +13,11 @@ use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
 use crate::support::kiln::{test_config, TestKiln, ADMIN};
 
 const AUTH: &str = "Basic a2lsbjpoYXJib3ItaG9vay1zZWNyZXQ=";
-const EAST: &str = "harbor.east.example:8443";
+pub const EAST: &str = "harbor.east.example:8443";
 const WEST: &str = "harbor.west.example";
-const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+pub const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+pub const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
 const LIMIT: Duration = Duration::from_secs(60);
 
 pub struct RolloutWorld {
@@ -99,6 +99,33 @@ impl RolloutWorld {
     pub async fn harbor(&self, body: &str, auth: &str) -> (StatusCode, Value) {
         let req = Request::post("/hooks/harbor").header("authorization", auth).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
         self.kiln.send(req).await
+    }
+
+    /// East's `shop/web` follows `glob:v*` and got two releases: build 1's image (D1, `v1.0.0`),
+    /// then build 3's (D3, `v2.0.0`), which it runs. Returns the world and the two build ids.
+    pub async fn east_released_twice() -> (RolloutWorld, i64, i64) {
+        let w = RolloutWorld::new().await;
+        w.subscribe("east", "glob:v*").await;
+        let (b1, b3) = (w.built(D1).await, w.built(D3).await);
+        w.pushed_to_east(D1, "v1.0.0").await;
+        w.settled().await;
+        w.pushed_to_east(D3, "v2.0.0").await;
+        w.settled().await;
+        (w, b1, b3)
+    }
+
+    /// Harbor reports `digest` pushed to east's registry as `tag` (the recorded Default-format
+    /// payload, that digest and tag put in).
+    pub async fn pushed_to_east(&self, digest: &str, tag: &str) {
+        let body = fixture("push-default-tag.json").replace(D1, digest).replace("v1.0.0", tag);
+        let (status, answer) = self.harbor(&body, AUTH).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+
+    /// A build of `hello` that made `digest` (in east's registry), recorded as succeeded: what a
+    /// rollback goes back to.
+    pub async fn built(&self, digest: &str) -> i64 {
+        self.kiln.succeeded_build("team", "hello", &format!("{EAST}/team/hello@{digest}")).await
     }
 
     pub async fn releases(&self) -> Value {
@@ -217,9 +244,7 @@ async fn a_rollout_that_makes_no_progress_rolls_back_to_the_image_it_replaced() 
 
     // The next version never becomes available: ProgressDeadlineExceeded after 2 s, then back.
     w.east.fail_rollouts_of(D3.trim_start_matches("sha256:"));
-    let bad = fixture("push-default-tag.json").replace(D1, D3).replace("v1.0.0", "v2.0.0");
-    let (status, body) = w.harbor(&bad, AUTH).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    w.pushed_to_east(D3, "v2.0.0").await;
     let releases = w.settled().await;
     let east = history(&releases, "east");
     assert_eq!(east.len(), 2, "{releases:#}");
@@ -229,6 +254,38 @@ async fn a_rollout_that_makes_no_progress_rolls_back_to_the_image_it_replaced() 
     assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello@{D1}"));
     // What runs is still the last complete release.
     assert_eq!(releases["releases"][0]["digest"], D1);
+}
+
+/// What the pages show of releases: each rollout names the build that made its image, the
+/// current release since when and — for a rollback — who asked; a build's answer lists the
+/// rollouts of its image.
+#[tokio::test]
+async fn releases_name_their_builds_and_who_rolled_back_and_a_build_lists_its_images_rollouts() {
+    let (w, b1, b3) = RolloutWorld::east_released_twice().await;
+    let releases = w.releases().await;
+    assert_eq!((releases["releases"][0]["digest"].as_str(), releases["releases"][0]["build"].as_i64()), (Some(D3), Some(b3)), "{releases:#}");
+    assert_eq!(releases["releases"][0]["requested_by"], Value::Null, "an image started it: {releases:#}");
+
+    let (status, answer) = w.kiln.request(Method::POST, "/api/v1/apps/hello/rollback", Some(&w.token), Some(json!({"digest": D1, "cluster": "east"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let releases = w.settled().await;
+    let east = &releases["releases"][0];
+    let (_, me) = w.kiln.request(Method::GET, "/api/v1/whoami", Some(&w.token), None).await;
+    let actor = format!("token:{}:initial", me["token"]["id"]);
+    assert_eq!((east["digest"].as_str(), east["build"].as_i64(), east["requested_by"].as_str()), (Some(D1), Some(b1), Some(actor.as_str())), "{releases:#}");
+    assert!(east["since"].as_i64().unwrap() >= east["history"][0]["created_at"].as_i64().unwrap(), "{releases:#}");
+    let builds: Vec<(Option<i64>, &str)> = east["history"].as_array().unwrap().iter().map(|h| (h["build"].as_i64(), h["trigger"].as_str().unwrap())).collect();
+    assert_eq!(builds, [(Some(b1), "rollback"), (Some(b3), "harbor"), (Some(b1), "harbor")], "{releases:#}");
+    let listed: Vec<i64> = releases["builds"].as_array().unwrap().iter().map(|b| b["id"].as_i64().unwrap()).collect();
+    assert_eq!(listed, [b1, b3]);
+
+    // Build 1's image went out twice (its push, then the rollback); build 3's once.
+    let (_, one) = w.kiln.request(Method::GET, &format!("/api/v1/builds/{b1}"), Some(&w.token), None).await;
+    let seen: Vec<(&str, &str, &str)> = one["rollouts"].as_array().unwrap().iter().map(|r| (r["cluster"].as_str().unwrap(), r["trigger"].as_str().unwrap(), r["state"].as_str().unwrap())).collect();
+    assert_eq!(seen, [("east", "rollback", "Complete"), ("east", "harbor", "Complete")], "{one:#}");
+    assert_eq!(one["rollouts"][0]["requested_by"], actor.as_str());
+    let (_, three) = w.kiln.request(Method::GET, &format!("/api/v1/builds/{b3}"), Some(&w.token), None).await;
+    assert_eq!(three["rollouts"].as_array().unwrap().len(), 1, "{three:#}");
 }
 
 #[tokio::test]
@@ -344,6 +401,11 @@ async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_diges
         let (status, answer) = kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&token), Some(body)).await;
         assert_eq!(status, StatusCode::CREATED, "{answer}");
     }
+    // The tenant hears about rollouts that fail or roll back.
+    let robots = crate::support::chat_robots::ChatRobots::start().await;
+    let targets = json!({"targets": [{"kind": "webhook", "url": robots.hook_url(), "secret": crate::support::chat_robots::HOOK_SECRET, "events": ["rollout_failed", "rolled_back"]}]});
+    let (status, answer) = kiln.request(Method::PUT, "/api/v1/tenants/team/notifications", Some(&token), Some(targets)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     let w = RolloutWorld { kiln, east, west, token };
 
     let push = |sha: String| {
@@ -421,6 +483,12 @@ async fn a_push_is_built_replicated_to_each_cluster_registry_rolled_out_by_diges
     let current: Vec<(&str, &str)> =
         releases["releases"].as_array().unwrap().iter().map(|r| (r["cluster"].as_str().unwrap(), r["digest"].as_str().unwrap())).collect();
     assert_eq!(current, [("east", d1.as_str()), ("west", d2.as_str())]);
+    // One message, about the build that made the image, naming the cluster and the reason.
+    let told = robots.wait_taken(1, LIMIT).await;
+    assert_eq!(told.len(), 1, "{told:#?}");
+    let message = &told[0].body;
+    assert_eq!((&message["event"], &message["build"]["id"], &message["rollout"]["cluster"]), (&json!("rolled_back"), &json!(b1), &json!("west")), "{message:#}");
+    assert!(message["rollout"]["reason"].as_str().unwrap().contains("ProgressDeadlineExceeded"), "{message:#}");
     // Every rollout of the history, oldest first: the first build, the re-sync of it (a no-op:
     // the Deployment ran that image already), the second build, the rollback.
     let triggers: Vec<(&str, Option<&str>)> = east.iter().rev().map(|r| (r["trigger"].as_str().unwrap(), r["reason"].as_str())).collect();

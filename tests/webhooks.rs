@@ -52,6 +52,40 @@ async fn a_push_queues_one_build_of_the_pushed_commit() {
     assert_eq!(build.trigger, "webhook");
 }
 
+/// The build shows what the push said of its head commit — message, author, link — and a retry
+/// of it too (same commit); a build started by hand knows none of it.
+#[tokio::test]
+async fn a_build_carries_its_head_commits_message_author_and_link_from_the_push() {
+    let kiln = TestKiln::start(&[]).await;
+    let token = kiln.tenant("team").await;
+    kiln.app(&token, app_spec("hello", GIT_URL, PROJECT, "127.0.0.1:9/team/hello", SECRET)).await;
+    let p = push("main").with_head_commit("Fix the login form\n\nIt lost the password on a retry.", "Ada Lovelace");
+    let id = kiln.push_hook(&p, SECRET).await;
+    let get = |id: i64| {
+        let kiln = &kiln;
+        let token = token.clone();
+        async move {
+            let (status, body) = kiln.request(axum::http::Method::GET, &format!("/api/v1/builds/{id}"), Some(&token), None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["build"].clone()
+        }
+    };
+    let shown = |b: &Value| (b["commit_message"].clone(), b["commit_author"].clone(), b["commit_url"].clone());
+    let pushed = (json!("Fix the login form\n\nIt lost the password on a retry."), json!("Ada Lovelace"), json!(p.commit_url()));
+    assert_eq!(shown(&get(id).await), pushed);
+
+    // The clone of 127.0.0.1:9 fails soon; its retry builds the same commit, so says the same.
+    kiln.wait_final(id, std::time::Duration::from_secs(60)).await;
+    let (status, body) = kiln.request(axum::http::Method::POST, &format!("/api/v1/builds/{id}/retry"), Some(&token), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(shown(&body["build"]), pushed);
+    let retry = body["build"]["id"].as_i64().unwrap();
+    assert_eq!(shown(&get(retry).await), pushed);
+
+    let manual = kiln.trigger(&token, "hello", json!({ "commit": SHA })).await;
+    assert_eq!(shown(&get(manual).await), (Value::Null, Value::Null, Value::Null));
+}
+
 #[tokio::test]
 async fn twenty_concurrent_redeliveries_make_exactly_one_build() {
     let kiln = kiln_with_app().await;

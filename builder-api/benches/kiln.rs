@@ -14,6 +14,10 @@
 //!   created, Kubernetes writes and reads per build over its whole life (create … cancel), and
 //!   watch connections opened.
 //!
+//! - `statuses`: the `kube` case twice in one run, without and with GitLab commit statuses (every
+//!   build posting pending, running and canceled to a GitLab double answering in 50 ms): the
+//!   pipeline's latencies side by side and the statuses delivered.
+//!
 //! - `followers`: 1,000 SSE followers of one build whose compile step writes 2,000 timestamped
 //!   lines a second, `kiln serve` in its own process: p50/p99 from the step writing a line to a
 //!   follower reading it, and the server's resident memory per follower.
@@ -36,7 +40,7 @@
 //!   (in memory) and of the whole start (read the arrivals, pick, move it to Running), versus
 //!   reading the Queued builds from the store on every wake, as the scheduler did before.
 //!
-//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube|followers|rollout|sync|apm|scheduler]`
+//! `cargo bench -p builder-api --bench kiln [-- intake|build|kube|statuses|followers|rollout|sync|apm|scheduler]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -67,6 +71,10 @@ mod test_registry;
 #[allow(dead_code)]
 #[path = "../../tests/support/oci_images.rs"]
 mod oci_images;
+/// The GitLab API double of the integration tests (commit statuses).
+#[allow(dead_code)]
+#[path = "../../tests/support/gitlab_api.rs"]
+mod gitlab_api;
 /// What `registry.rs`'s token-auth registries trust (no bench uses one).
 #[allow(dead_code)]
 #[path = "../../tests/support/token_service.rs"]
@@ -94,6 +102,9 @@ fn main() {
     }
     if which.is_empty() || which.iter().any(|w| w == "kube") {
         rt.block_on(kube());
+    }
+    if which.is_empty() || which.iter().any(|w| w == "statuses") {
+        rt.block_on(statuses());
     }
     if which.is_empty() || which.iter().any(|w| w == "followers") {
         rt.block_on(followers());
@@ -150,7 +161,7 @@ async fn scheduler() {
     for i in 0..BUILDS {
         let app = &apps[(i % TENANTS) as usize];
         let commit = format!("{:040x}", i + 1);
-        store.create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref: Some("refs/heads/main".into()), commit, trigger: "webhook".into() }).await.unwrap();
+        store.create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref: Some("refs/heads/main".into()), commit, trigger: "webhook".into(), commit_info: Default::default() }).await.unwrap();
     }
     println!("scheduler: {BUILDS} queued builds of {TENANTS} tenants (stored in {:.1} s), cap {CAP} running per tenant, all at their cap", fill.elapsed().as_secs_f64());
 
@@ -613,10 +624,91 @@ where
     seen
 }
 
+/// What one run of the kube pipeline measured.
+struct KubeRun {
+    /// Push sent → 202, sorted.
+    answers: Vec<Duration>,
+    /// 202 → Job seen by the benchmark's watch, sorted.
+    jobs: Vec<Duration>,
+    timeline: String,
+    writes: usize,
+    reads: usize,
+    by_verb: std::collections::BTreeMap<String, usize>,
+    watches: (usize, usize, usize),
+}
+
 async fn kube() {
+    const N: usize = 200;
+    let run = kube_run(N, None).await;
+    println!("kube: {N} builds queued at once, Jobs pending (fake API server, kubelet off)");
+    println!(
+        "  webhook 202 -> Job created: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 250 ms)",
+        ms(percentile(&run.jobs, 0.5)),
+        ms(percentile(&run.jobs, 0.99)),
+        ms(run.jobs[N - 1])
+    );
+    println!("  {}", run.timeline);
+    println!(
+        "  Kubernetes requests per build over its life: {:.2} writes (target <= 2), {:.2} reads ({} writes, {} reads in all)",
+        run.writes as f64 / N as f64,
+        run.reads as f64 / N as f64,
+        run.writes,
+        run.reads
+    );
+    let per_build: Vec<String> = run.by_verb.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / N as f64)).collect();
+    println!("  requests per build by verb: {}", per_build.join(", "));
+    println!(
+        "  watch connections opened by Kiln: jobs {}, pods {}, events {} (target: 1 per kind whatever the number of builds)",
+        run.watches.0, run.watches.1, run.watches.2
+    );
+}
+
+/// `statuses`: the kube pipeline's 200 builds twice in one run, without GitLab commit statuses
+/// and with every build posting them to a GitLab double that takes 50 ms per answer; the
+/// pipeline's own latencies side by side, and whether every status (pending, running, canceled
+/// per build) was delivered.
+async fn statuses() {
+    const N: usize = 200;
+    const TOKEN: &str = "glpat-bench-statuses";
+    let gitlab = gitlab_api::GitlabApi::start(TOKEN).await;
+    gitlab.delay_every(Duration::from_millis(50));
+    // Each run leaves its Kiln's background tasks behind in this process; a run without
+    // statuses after the one with them shows what that order alone costs.
+    let without = kube_run(N, None).await;
+    let with = kube_run(N, Some((&gitlab.url(), TOKEN))).await;
+    let ended = Instant::now();
+    let deadline = ended + Duration::from_secs(300);
+    while gitlab.delivered().len() < 3 * N && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = ended.elapsed();
+    let again = kube_run(N, None).await;
+    let calls = gitlab.calls();
+    let delivered = gitlab.delivered().len();
+    println!("statuses: {N} builds through the kube pipeline (fake API server), without and with GitLab commit statuses (double answering in 50 ms)");
+    println!("  {:<28} {:>14} {:>14} {:>14}", "", "no statuses", "statuses", "none again");
+    let row = |what: &str, pick: fn(&KubeRun) -> &[Duration], p: f64| {
+        println!("  {what:<28} {:>11.1} ms {:>11.1} ms {:>11.1} ms", ms(percentile(pick(&without), p)), ms(percentile(pick(&with), p)), ms(percentile(pick(&again), p)))
+    };
+    row("push -> 202, p50", |r| &r.answers, 0.5);
+    row("push -> 202, p99", |r| &r.answers, 0.99);
+    row("202 -> Job created, p50", |r| &r.jobs, 0.5);
+    row("202 -> Job created, p99", |r| &r.jobs, 0.99);
+    println!(
+        "  statuses delivered: {delivered} of {} (pending, running, canceled per build); {} calls in all, {} answered other than 201; the last one {:.0} ms after the last build ended",
+        3 * N,
+        calls.len(),
+        calls.iter().filter(|c| c.answered != 201).count(),
+        ms(drained)
+    );
+}
+
+/// 200 pushes of one app at once through the kube executor against the fake API server; each
+/// build is cancelled once its Job exists. With `gitlab` (base URL, token) the app posts commit
+/// statuses there.
+async fn kube_run(n: usize, gitlab: Option<(&str, &str)>) -> KubeRun {
     use k8s_openapi::api::batch::v1::Job;
 
-    const N: usize = 200;
     let dir = tempfile::tempdir().unwrap();
     let fake = fake_kube::FakeKube::start(fake_kube::FakeKubeOptions {
         root: Some(dir.path().join("fake")),
@@ -634,18 +726,18 @@ async fn kube() {
     c.kube.instance = Some("bench".into());
     c.hooks.rate_per_app_per_minute = 0; // 200 pushes of one app at once
     // Every build holds a slot while its Job is pending.
-    c.executor.max_concurrent_builds = N + 10;
+    c.executor.max_concurrent_builds = n + 10;
     let ctx = builder_api::server::build_context_with(c, Some(fake.client())).await.unwrap();
     let url = serve_in_process(&ctx).await;
     let http = reqwest::Client::new();
-    let token = setup_tenant(
-        &http,
-        &url,
-        json!({"name": "hello", "kind": "go", "git_url": "http://127.0.0.1:9/bench/hello.git", "project_path": "bench/hello",
-               "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret",
-               "settings": {"supersede": false}}),
-    )
-    .await;
+    let mut app = json!({"name": "hello", "kind": "go", "git_url": "http://127.0.0.1:9/bench/hello.git", "project_path": "bench/hello",
+           "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret",
+           "settings": {"supersede": false}});
+    if let Some((base, token)) = gitlab {
+        app["gitlab_token"] = json!(token);
+        app["settings"]["gitlab_url"] = json!(base);
+    }
+    let token = setup_tenant(&http, &url, app).await;
 
     // The benchmark's own watch sees each Job arrive (one more watch connection, not Kiln's).
     let jobs: kube::Api<Job> = kube::Api::namespaced(fake.client(), "kiln-bench");
@@ -653,12 +745,13 @@ async fn kube() {
     let watches_before = (fake.watches_opened("jobs"), fake.watches_opened("pods"), fake.watches_opened("events"));
     fake.reset_counters();
 
-    let sends = (0..N).map(|i| {
+    let sends = (0..n).map(|i| {
         let (http, url) = (http.clone(), url.clone());
         async move {
             let sha = format!("{:040x}", i + 1);
             let body = json!({"object_kind": "push", "ref": "refs/heads/main", "before": "0".repeat(40), "after": sha,
                               "checkout_sha": sha, "project": {"path_with_namespace": "bench/hello"}});
+            let sent = Instant::now();
             let res = http
                 .post(format!("{url}/hooks/gitlab"))
                 .header("x-gitlab-event", "Push Hook")
@@ -671,33 +764,35 @@ async fn kube() {
             let answered = Instant::now();
             assert_eq!(res.status(), 202);
             let body: serde_json::Value = res.json().await.unwrap();
-            (body["builds"][0].as_i64().unwrap(), answered)
+            (body["builds"][0].as_i64().unwrap(), answered, answered - sent)
         }
     });
-    let answered: Vec<(i64, Instant)> = futures_util::future::join_all(sends).await;
+    let answered: Vec<(i64, Instant, Duration)> = futures_util::future::join_all(sends).await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while created.lock().unwrap().len() < N {
-        assert!(Instant::now() < deadline, "only {} of {N} Jobs were created", created.lock().unwrap().len());
+    while created.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "only {} of {n} Jobs were created", created.lock().unwrap().len());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut latencies: Vec<Duration> = {
         let created = created.lock().unwrap();
-        answered.iter().map(|(id, at)| created[&builder_api::executor::kube::render::job_name("bench", *id)].saturating_duration_since(*at)).collect()
+        answered.iter().map(|(id, at, _)| created[&builder_api::executor::kube::render::job_name("bench", *id)].saturating_duration_since(*at)).collect()
     };
     latencies.sort();
+    let mut answers: Vec<Duration> = answered.iter().map(|(_, _, took)| *took).collect();
+    answers.sort();
     // Where the time goes: how the answers and the Jobs spread out after the first answer.
     let timeline = {
         let created = created.lock().unwrap();
-        let first = answered.iter().map(|(_, at)| *at).min().expect("answers");
+        let first = answered.iter().map(|(_, at, _)| *at).min().expect("answers");
         let after = |t: Instant| ms(t.saturating_duration_since(first));
-        let last_answer = answered.iter().map(|(_, at)| *at).max().expect("answers");
-        let jobs: Vec<Instant> = answered.iter().map(|(id, _)| created[&builder_api::executor::kube::render::job_name("bench", *id)]).collect();
+        let last_answer = answered.iter().map(|(_, at, _)| *at).max().expect("answers");
+        let jobs: Vec<Instant> = answered.iter().map(|(id, _, _)| created[&builder_api::executor::kube::render::job_name("bench", *id)]).collect();
         let (first_job, last_job) = (*jobs.iter().min().expect("jobs"), *jobs.iter().max().expect("jobs"));
         format!("answers over {:.1} ms; Jobs created from {:.1} ms to {:.1} ms after the first answer", after(last_answer), after(first_job), after(last_job))
     };
 
     // The rest of each build's life: cancelled, so its Job is deleted.
-    for (id, _) in &answered {
+    for (id, _, _) in &answered {
         let res = http.post(format!("{url}/api/v1/builds/{id}/cancel")).bearer_auth(&token).send().await.unwrap();
         let status = res.status();
         assert!(status.is_success(), "cancel build {id}: {status} {}", res.text().await.unwrap_or_default());
@@ -711,35 +806,25 @@ async fn kube() {
         assert!(Instant::now() < deadline, "{running} builds still running after cancel");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let writes = fake.writes();
-    let reads = fake.reads();
-    println!("kube: {N} builds queued at once, Jobs pending (fake API server, kubelet off)");
-    println!(
-        "  webhook 202 -> Job created: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 250 ms)",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(latencies[N - 1])
-    );
-    println!("  {timeline}");
-    println!(
-        "  Kubernetes requests per build over its life: {:.2} writes (target <= 2), {:.2} reads ({writes} writes, {reads} reads in all)",
-        writes as f64 / N as f64,
-        reads as f64 / N as f64
-    );
     // By verb (and resource): what a build costs the apiserver.
     let mut by_verb: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for r in fake.requests() {
         let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
         *by_verb.entry(format!("{} {}{sub}", r.verb, r.resource)).or_default() += 1;
     }
-    let per_build: Vec<String> = by_verb.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / N as f64)).collect();
-    println!("  requests per build by verb: {}", per_build.join(", "));
-    println!(
-        "  watch connections opened by Kiln: jobs {}, pods {}, events {} (target: 1 per kind whatever the number of builds)",
-        watches_before.0 - 1 + fake.watches_opened("jobs"),
-        watches_before.1 + fake.watches_opened("pods"),
-        watches_before.2 + fake.watches_opened("events")
-    );
+    KubeRun {
+        answers,
+        jobs: latencies,
+        timeline,
+        writes: fake.writes(),
+        reads: fake.reads(),
+        by_verb,
+        watches: (
+            watches_before.0 - 1 + fake.watches_opened("jobs"),
+            watches_before.1 + fake.watches_opened("pods"),
+            watches_before.2 + fake.watches_opened("events"),
+        ),
+    }
 }
 
 /// What one follower saw.

@@ -46,6 +46,15 @@ pub fn client_addr(state: &AppState, req: &Request) -> Option<String> {
     req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
 }
 
+/// How the audit log names who acted: `admin`, or `token:ID:NAME` for a tenant's token. Rollouts
+/// record who asked for a rollback the same way.
+pub fn actor(who: &Principal) -> String {
+    match who {
+        Principal::Admin => "admin".to_string(),
+        Principal::Tenant { token_id, token_name, .. } => format!("token:{token_id}:{token_name}"),
+    }
+}
+
 /// Writes the row of one successful mutating call. A failed write is logged, not answered: the
 /// change itself is done, and a 500 would tell the caller it was not.
 pub async fn record(
@@ -56,10 +65,7 @@ pub async fn record(
     path: &str,
     client_addr: Option<String>,
 ) {
-    let (actor, token_id) = match who {
-        Principal::Admin => ("admin".to_string(), None),
-        Principal::Tenant { token_id, token_name, .. } => (format!("token:{token_id}:{token_name}"), Some(*token_id)),
-    };
+    let (actor, token_id) = (actor(who), who.token_id());
     let entry = NewAuditEntry {
         actor,
         token_id,

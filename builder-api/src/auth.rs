@@ -95,6 +95,14 @@ impl Principal {
         }
     }
 
+    /// The id of a tenant's token; None for the configured admin token.
+    pub fn token_id(&self) -> Option<i64> {
+        match self {
+            Principal::Admin => None,
+            Principal::Tenant { token_id, .. } => Some(*token_id),
+        }
+    }
+
     /// 403 with the reason when this principal's role is below `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
         let own = self.role();

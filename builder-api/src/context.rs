@@ -27,6 +27,8 @@ pub struct Context {
     pub replication: crate::replication::shared::SharedCopies,
     /// GitLab commit statuses of the builds, delivered in the background.
     pub gitlab_statuses: crate::gitlab_status::GitlabStatuses,
+    /// Build and rollout notifications (chat robots, signed webhooks), delivered in the background.
+    pub notifications: crate::notify::Notifier,
 }
 
 /// Axum state: the shared context.

@@ -9,14 +9,16 @@
 //! GitLab's answer to a repeated transition (`running` → `running`) and counts as delivered;
 //! 401/403/404 (and any other refusal) are recorded on the build (`gitlab_status`), as is a status
 //! that could not be delivered after every attempt. An app without a `gitlab_token` posts nothing.
+//! A 429 with `Retry-After` is retried after the pause GitLab asks for (at most 30 s).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
+use crate::outbound::{pause_before, percent_encode, retry_after, transport_error, MAX_IN_FLIGHT};
 use crate::store::{App, Build, BuildState, Store};
 
 /// Attempts per status (the first and the retries).
@@ -105,13 +107,22 @@ pub struct GitlabStatuses {
     lanes: Arc<Mutex<HashMap<i64, Lane>>>,
     /// The first pause between attempts; each next one doubles.
     retry_base: Duration,
+    /// At most [`MAX_IN_FLIGHT`] requests open at once, over all lanes.
+    in_flight: Arc<Semaphore>,
 }
 
 impl GitlabStatuses {
     /// `public_base`: Kiln's public URL (`server.public_url`), the base of the build links.
     pub fn new(store: Store, public_base: String) -> GitlabStatuses {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("an HTTP client");
-        GitlabStatuses { client, store, public_base, lanes: Arc::default(), retry_base: Duration::from_millis(250) }
+        GitlabStatuses {
+            client,
+            store,
+            public_base,
+            lanes: Arc::default(),
+            retry_base: Duration::from_millis(250),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
     }
 
     /// The build's page, the status's `target_url`.
@@ -154,66 +165,71 @@ impl GitlabStatuses {
         let _ = tx.send(post);
         lanes.insert(build.id, Lane { tx, rank: status.rank() });
         drop(lanes);
-        let (client, store, retry_base) = (self.client.clone(), self.store.clone(), self.retry_base);
-        tokio::spawn(deliver_lane(client, store, retry_base, build.id, rx));
+        let lane = LaneDeliverer { client: self.client.clone(), store: self.store.clone(), retry_base: self.retry_base, in_flight: self.in_flight.clone() };
+        tokio::spawn(lane.run(build.id, rx));
     }
 }
 
-/// Delivers one build's statuses in order until its final one.
-async fn deliver_lane(client: reqwest::Client, store: Store, retry_base: Duration, build: i64, mut rx: mpsc::UnboundedReceiver<Post>) {
-    while let Some(post) = rx.recv().await {
-        let outcome = deliver(&client, &post, retry_base).await;
-        if let Err(why) = outcome {
-            tracing::warn!(build, status = post.status.as_str(), "GitLab commit status: {why}");
-            if let Err(e) = store.set_build_gitlab_status(build, &why).await {
-                tracing::error!(build, "recording the GitLab status outcome: {e}");
-            }
-        }
-        if post.status.rank() == 2 {
-            break;
-        }
-    }
+/// What a lane's task needs to deliver.
+struct LaneDeliverer {
+    client: reqwest::Client,
+    store: Store,
+    retry_base: Duration,
+    in_flight: Arc<Semaphore>,
 }
 
-/// One status, retried; Err is what the build records.
-async fn deliver(client: &reqwest::Client, post: &Post, retry_base: Duration) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep((retry_base * 2u32.pow(attempt - 1)).min(Duration::from_secs(30))).await;
-        }
-        let answer = client.post(&post.url).header("PRIVATE-TOKEN", &post.token).json(&post.body).send().await;
-        match answer {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            // GitLab's answer to a repeated transition (say running → running): nothing to retry.
-            Ok(r) if r.status().as_u16() == 400 => return Ok(()),
-            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-                last = format!("{}", r.status());
+impl LaneDeliverer {
+    /// Delivers one build's statuses in order until its final one.
+    async fn run(self, build: i64, mut rx: mpsc::UnboundedReceiver<Post>) {
+        while let Some(post) = rx.recv().await {
+            let outcome = self.deliver(&post).await;
+            if let Err(why) = outcome {
+                tracing::warn!(build, status = post.status.as_str(), "GitLab commit status: {why}");
+                if let Err(e) = self.store.set_build_gitlab_status(build, &why).await {
+                    tracing::error!(build, "recording the GitLab status outcome: {e}");
+                }
             }
-            Ok(r) => {
-                let code = r.status();
-                let text = r.text().await.unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("message").or_else(|| v.get("error")).map(|m| m.as_str().map(str::to_string).unwrap_or_else(|| m.to_string())))
-                    .unwrap_or(text);
-                return Err(one_line(&format!("refused: {code} {} ({})", message.trim(), post.status.as_str())));
+            if post.status.rank() == 2 {
+                break;
             }
-            Err(e) => last = connection_error(&e),
         }
     }
-    Err(one_line(&format!("not delivered: {} after {ATTEMPTS} attempts: {last}", post.status.as_str())))
-}
 
-/// A transport error without the URL (it holds no secret, but it is noise).
-fn connection_error(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
+    /// One status, retried; Err is what the build records.
+    async fn deliver(&self, post: &Post) -> Result<(), String> {
+        let mut last = String::new();
+        let mut asked_pause = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(pause_before(attempt, self.retry_base, asked_pause.take())).await;
+            }
+            let answer = {
+                let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
+                self.client.post(&post.url).header("PRIVATE-TOKEN", &post.token).json(&post.body).send().await
+            };
+            match answer {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                // GitLab's answer to a repeated transition (say running → running): nothing to retry.
+                Ok(r) if r.status().as_u16() == 400 => return Ok(()),
+                Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                    // GitLab's rate limits answer 429 with `Retry-After`.
+                    asked_pause = retry_after(r.headers());
+                    last = format!("{}", r.status());
+                }
+                Ok(r) => {
+                    let code = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    let message = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v.get("message").or_else(|| v.get("error")).map(|m| m.as_str().map(str::to_string).unwrap_or_else(|| m.to_string())))
+                        .unwrap_or(text);
+                    return Err(one_line(&format!("refused: {code} {} ({})", message.trim(), post.status.as_str())));
+                }
+                Err(e) => last = transport_error(e),
+            }
+        }
+        Err(one_line(&format!("not delivered: {} after {ATTEMPTS} attempts: {last}", post.status.as_str())))
     }
-    text
 }
 
 /// `{gitlab}/api/v4/projects/{URL-encoded path}/statuses/{sha}`: the base is the app's
@@ -233,20 +249,7 @@ fn statuses_url(app: &App, sha: &str) -> Option<String> {
     if project.is_empty() || host.is_empty() {
         return None;
     }
-    Some(format!("{base}/api/v4/projects/{}/statuses/{sha}", encode(&project)))
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters (`group/app` → `group%2Fapp`).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    Some(format!("{base}/api/v4/projects/{}/statuses/{sha}", percent_encode(&project)))
 }
 
 /// The first line, at most GitLab's 255 characters.
@@ -266,7 +269,7 @@ mod tests {
 
     #[test]
     fn a_project_path_is_url_encoded_and_descriptions_are_one_short_line() {
-        assert_eq!(encode("group/sub group/app"), "group%2Fsub%20group%2Fapp");
+        assert_eq!(percent_encode("group/sub group/app"), "group%2Fsub%20group%2Fapp");
         assert_eq!(one_line("compile failed: exit 2\nmore"), "compile failed: exit 2");
         assert_eq!(one_line(&"x".repeat(400)).chars().count(), 255);
     }
@@ -290,6 +293,7 @@ mod tests {
             gitlab_token: Some("t".into()),
             has_gitlab_token: true,
             created_at: 0,
+            deleted_at: None,
         }
     }
 

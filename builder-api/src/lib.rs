@@ -37,6 +37,8 @@ pub mod handlers;
 pub mod hooks;
 pub mod json_file;
 pub mod logs;
+pub mod notify;
+pub mod outbound;
 pub mod plan;
 pub mod ratelimit;
 pub mod replication;

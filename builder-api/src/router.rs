@@ -12,7 +12,7 @@ use axum::Router;
 
 use crate::auth::{guard, RouteGuard};
 use crate::context::AppState;
-use crate::handlers::{apm, apps, audit, builds, health, rollouts, tenants};
+use crate::handlers::{apm, apps, audit, builds, health, notifications, rollouts, tenants};
 use crate::hooks;
 use crate::store::Role;
 use crate::web;
@@ -55,10 +55,17 @@ pub fn api_routes() -> Vec<ApiRoute> {
         route(M::PUT, "/api/v1/tenants/{tenant}/settings", Admin, Some("tenant.settings"), tenants::put_settings),
         route(M::PUT, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret"), tenants::put_harbor_secret),
         route(M::DELETE, "/api/v1/tenants/{tenant}/harbor-webhook-secret", Owner, Some("tenant.harbor_secret.delete"), tenants::delete_harbor_secret),
+        route(M::GET, "/api/v1/tenants/{tenant}/notifications", Viewer, None, notifications::get_tenant),
+        route(M::PUT, "/api/v1/tenants/{tenant}/notifications", Owner, Some("tenant.notifications"), notifications::put_tenant),
         route(M::GET, "/api/v1/audit", Owner, None, audit::list),
+        route(M::GET, "/api/v1/whoami", Viewer, None, tenants::whoami),
         route(M::GET, "/api/v1/apps", Viewer, None, apps::list),
         route(M::POST, "/api/v1/apps", Owner, Some("app.create"), apps::create),
         route(M::GET, "/api/v1/apps/{app}", Viewer, None, apps::get),
+        route(M::PATCH, "/api/v1/apps/{app}", Owner, Some("app.update"), apps::update),
+        route(M::DELETE, "/api/v1/apps/{app}", Owner, Some("app.delete"), apps::delete),
+        route(M::GET, "/api/v1/apps/{app}/notifications", Viewer, None, notifications::get_app),
+        route(M::PUT, "/api/v1/apps/{app}/notifications", Owner, Some("app.notifications"), notifications::put_app),
         route(M::POST, "/api/v1/apps/{app}/builds", Developer, Some("build.trigger"), builds::trigger),
         route(M::GET, "/api/v1/apps/{app}/subscriptions", Viewer, None, rollouts::list_subscriptions),
         route(M::POST, "/api/v1/apps/{app}/subscriptions", Owner, Some("subscription.create"), rollouts::create_subscription),
@@ -93,6 +100,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(web::root))
         .route("/ui/", get(web::builds_page))
         .route("/ui/builds/{id}", get(web::build_page))
+        .route("/ui/apps", get(web::apps_page))
+        .route("/ui/apps/{name}", get(web::app_page))
         .route("/ui/assets/{file}", get(web::asset))
         // Webhooks: verified by their own secrets, not by API tokens.
         .route("/hooks/gitlab", post(hooks::gitlab::receive))

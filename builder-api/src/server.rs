@@ -66,6 +66,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         replication: crate::replication::SharedCopies::load(&store).await?,
         hook_limits: crate::ratelimit::RateLimiter::new(config.hooks.rate_per_app_per_minute, config.hooks.burst),
         gitlab_statuses: crate::gitlab_status::GitlabStatuses::new(store.clone(), config.server.public_base()),
+        notifications: crate::notify::Notifier::new(store.clone(), config.server.public_base()),
         config,
         store,
         hub: Arc::new(LogHub::default()),

@@ -11,6 +11,9 @@ pub struct GitlabPush {
     pub before: String,
     pub after: String,
     pub tag: bool,
+    /// The head commit's message and author name, listed in `commits` as GitLab does; none by
+    /// default (`commits` empty, as in a push of more than 20 commits).
+    pub head: Option<(String, String)>,
 }
 
 impl GitlabPush {
@@ -22,7 +25,19 @@ impl GitlabPush {
             before: "0".repeat(40),
             after: commit.into(),
             tag: false,
+            head: None,
         }
+    }
+
+    /// The push lists its head commit with this message and author, and its web URL.
+    pub fn with_head_commit(mut self, message: &str, author: &str) -> GitlabPush {
+        self.head = Some((message.into(), author.into()));
+        self
+    }
+
+    /// Where GitLab shows the head commit: `<project URL>/-/commit/<sha>`.
+    pub fn commit_url(&self) -> String {
+        format!("{}/-/commit/{}", self.git_url.trim_end_matches(".git"), self.after)
     }
 
     pub fn tag(project: &str, git_url: &str, tag: &str, commit: &str) -> GitlabPush {
@@ -58,7 +73,17 @@ impl GitlabPush {
                 "git_http_url": self.git_url,
                 "default_branch": "main"
             },
-            "commits": [],
+            "commits": match &self.head {
+                Some((message, author)) => json!([{
+                    "id": self.after,
+                    "message": message,
+                    "title": message.lines().next().unwrap_or_default(),
+                    "timestamp": "2024-05-01T10:00:00+02:00",
+                    "url": self.commit_url(),
+                    "author": { "name": author, "email": "dev@example.com" }
+                }]),
+                None => json!([]),
+            },
             "total_commits_count": 1,
             "repository": { "name": self.project.rsplit('/').next().unwrap(), "git_http_url": self.git_url }
         })

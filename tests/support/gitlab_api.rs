@@ -16,7 +16,8 @@
 //!   `{"message": "Cannot transition status via :run from :running"}`.
 //!
 //! Besides, a test can make it answer 500 for the next N calls ([`GitlabApi::fail_next`]), 401
-//! for every call ([`GitlabApi::refuse`]), or hold its first answer ([`GitlabApi::delay_first`]).
+//! for every call ([`GitlabApi::refuse`]), hold its first answer ([`GitlabApi::delay_first`]), or
+//! every answer ([`GitlabApi::delay_every`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -62,6 +63,8 @@ struct Shared {
     fail_next: AtomicU32,
     refuse: AtomicBool,
     delay_first: Mutex<Option<Duration>>,
+    /// Every answer waits this long (a GitLab under load).
+    delay_every: Mutex<Option<Duration>>,
 }
 
 pub struct GitlabApi {
@@ -104,6 +107,11 @@ impl GitlabApi {
         *self.shared.delay_first.lock().unwrap() = Some(by);
     }
 
+    /// Every answer waits `by`.
+    pub fn delay_every(&self, by: Duration) {
+        *self.shared.delay_every.lock().unwrap() = Some(by);
+    }
+
     /// Every call so far, in the order they were answered.
     pub fn calls(&self) -> Vec<StatusCall> {
         self.shared.calls.lock().unwrap().clone()
@@ -139,6 +147,10 @@ impl Drop for GitlabApi {
 async fn answer(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let delay = s.delay_first.lock().unwrap().take();
     if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let every = *s.delay_every.lock().unwrap();
+    if let Some(delay) = every {
         tokio::time::sleep(delay).await;
     }
     let path = uri.path().to_string();

@@ -202,6 +202,28 @@ impl TestKiln {
         answer["build"]["id"].as_i64().unwrap()
     }
 
+    /// A build of `app` (of `tenant`) that succeeded with `image` (`registry/repo@digest`, which
+    /// need not exist), recorded as the scheduler would have: for what follows a build —
+    /// replication, rollouts, rollbacks — without compiling one.
+    pub async fn succeeded_build(&self, tenant: &str, app: &str, image: &str) -> i64 {
+        let store = &self.ctx.store;
+        let tenant = store.tenant_by_name(tenant).await.unwrap().expect("tenant exists");
+        let app = store.app_by_name(tenant.id, app).await.unwrap().expect("app exists");
+        let digest = image.rsplit_once('@').expect("an image by digest").1;
+        let new = builder_api::store::NewBuild {
+            tenant_id: tenant.id,
+            app_id: app.id,
+            git_ref: Some("refs/heads/main".into()),
+            commit: "0123456789abcdef0123".into(),
+            trigger: "manual".into(),
+            commit_info: Default::default(),
+        };
+        let build = store.create_build(&new).await.unwrap();
+        store.set_build_image(build.id, image, digest).await.unwrap();
+        assert!(store.finish_build(build.id, BuildState::Succeeded, None).await.unwrap(), "build {} was started meanwhile", build.id);
+        build.id
+    }
+
     /// Waits until the build is final and asserts it ended in `state`; returns it and its log.
     /// Its reason and log go through the secrets scan, like every answer.
     pub async fn ended(&self, id: i64, state: BuildState, limit: Duration) -> (Build, String) {
@@ -222,6 +244,16 @@ impl TestKiln {
             }
             assert!(tokio::time::Instant::now() < deadline, "build {id} is {:?}, never {state:?}", b.state);
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the build's stored log contains `needle` (a step well under way).
+    pub async fn wait_for_line(&self, id: i64, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut wake = self.ctx.hub.subscribe(id);
+        while !self.log(id).await.contains(needle) {
+            assert!(tokio::time::Instant::now() < deadline, "no {needle:?} in the log:\n{}", self.log(id).await);
+            let _ = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await;
         }
     }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod chat_robots;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod git_server;

@@ -44,7 +44,7 @@ pub async fn reinject(
         }
     };
     let agent = apm::find_agent(&s.config.apm, &req.agent, req.version.as_deref()).map_err(api_error)?;
-    let app = s.store.app(build.app_id).await?.ok_or_else(|| ApiError::NotFound(format!("no app for build {id}")))?;
+    let app = super::apps::live_app_of(&s, &build).await?;
     let original = ImageRef::parse(&original).map_err(|e| ApiError::Internal(format!("stored image {original}: {e}")))?;
     let build_tag = &build.commit[..12.min(build.commit.len())];
     let target = format!("{}:{}", app.image_repository, apm::reinjected_tag(build_tag, agent));

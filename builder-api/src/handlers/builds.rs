@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::apps::{find_app, named_tenant, TenantQuery};
+use super::apps::{find_app, live_app_of, named_tenant, TenantQuery};
 use super::{bad, JsonBody};
 use crate::audit::Audited;
 use crate::auth::Principal;
@@ -57,7 +57,7 @@ pub async fn trigger(
     };
     let build = s
         .store
-        .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into() })
+        .create_build(&NewBuild { tenant_id: app.tenant_id, app_id: app.id, git_ref, commit, trigger: "manual".into(), commit_info: Default::default() })
         .await?;
     s.gitlab_statuses.post(&app, (&build).into(), Status::Pending, &format!("build {} queued", build.id));
     s.scheduler.wake();
@@ -92,11 +92,22 @@ pub(crate) async fn visible_build(s: &AppState, who: &Principal, id: i64) -> Api
         .ok_or_else(|| ApiError::NotFound(format!("no build {id}")))
 }
 
+/// The most rollouts of one image a build answer lists.
+const BUILD_ROLLOUTS: i64 = 100;
+
+/// The build, its steps, the copies of its image to the clusters' registries (`syncs`) and the
+/// rollouts of that image (`rollouts`, newest first: any build of the app that produced the same
+/// digest shares them).
 pub async fn get(State(s): State<AppState>, who: Principal, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     let build = visible_build(&s, &who, id).await?;
     let steps = s.store.steps(id).await?;
     let syncs = s.store.syncs(id).await?;
-    Ok(Json(json!({ "build": build, "steps": steps, "syncs": syncs })))
+    let rollouts = match &build.image_digest {
+        Some(digest) => s.store.rollouts_of_digest(build.app_id, digest, BUILD_ROLLOUTS).await?,
+        None => vec![],
+    };
+    let notifications = s.store.notifications_of_build(id).await?;
+    Ok(Json(json!({ "build": build, "steps": steps, "syncs": syncs, "rollouts": rollouts, "notifications": notifications })))
 }
 
 /// `POST /api/v1/builds/{id}/sync`: copies the build's image to every cluster's registry again
@@ -170,10 +181,18 @@ pub async fn retry(
     if matches!(old.state, BuildState::Queued | BuildState::Running) {
         return Err(ApiError::Conflict(format!("build {id} is still {}; cancel it first or wait for it to end", old.state.as_str())));
     }
-    let app = s.store.app(old.app_id).await?.ok_or_else(|| ApiError::Conflict(format!("build {id}'s app no longer exists")))?;
+    let app = live_app_of(&s, &old).await?;
     let build = s
         .store
-        .create_build(&NewBuild { tenant_id: old.tenant_id, app_id: old.app_id, git_ref: old.git_ref.clone(), commit: old.commit.clone(), trigger: "retry".into() })
+        .create_build(&NewBuild {
+            tenant_id: old.tenant_id,
+            app_id: old.app_id,
+            git_ref: old.git_ref.clone(),
+            commit: old.commit.clone(),
+            trigger: "retry".into(),
+            // The same commit: what the push said of it still holds.
+            commit_info: old.commit_info.clone(),
+        })
         .await?;
     s.gitlab_statuses.post(&app, (&build).into(), Status::Pending, &format!("build {} queued (retry of {id})", build.id));
     s.scheduler.wake();

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod audit;
 pub mod builds;
 pub mod health;
+pub mod notifications;
 pub mod rollouts;
 pub mod tenants;
 

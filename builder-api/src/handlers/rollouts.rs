@@ -106,8 +106,10 @@ pub async fn delete_subscription(
     }
 }
 
-/// Per subscription: the digest it runs (its last complete rollout) and its rollouts, newest
-/// first.
+/// Per subscription: the digest it runs (its last complete rollout: `digest`, `image`, the
+/// `build` that made it, `since` when, `requested_by` who asked when it was a rollback) and its
+/// rollouts, newest first, each with its `build`; `builds` are those builds, for their commit
+/// and author.
 pub async fn releases(
     State(s): State<AppState>,
     who: Principal,
@@ -116,6 +118,11 @@ pub async fn releases(
 ) -> ApiResult<Json<Value>> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
     let history = s.store.rollouts_of_app(app.id, 1000).await?;
+    let mut digests: Vec<&str> = history.iter().map(|r| r.digest.as_str()).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    let builds = s.store.builds_of_digests(app.id, &digests).await?;
+    let build_of = |digest: &str| builds.iter().find(|b| b.image_digest.as_deref() == Some(digest)).map(|b| b.id);
     let releases: Vec<Value> = s
         .store
         .subscriptions_of_app(app.id)
@@ -124,7 +131,16 @@ pub async fn releases(
         .map(|sub| {
             let mine: Vec<&Rollout> = history.iter().filter(|r| r.subscription_id == sub.id).collect();
             let current = mine.iter().find(|r| r.state == "Complete");
+            let entries: Vec<Value> = mine
+                .iter()
+                .map(|r| {
+                    let mut v = json!(r);
+                    v["build"] = json!(build_of(&r.digest));
+                    v
+                })
+                .collect();
             json!({
+                "subscription_id": sub.id,
                 "cluster": sub.cluster,
                 "namespace": sub.namespace,
                 "deployment": sub.deployment,
@@ -132,11 +148,14 @@ pub async fn releases(
                 "policy": sub.policy,
                 "digest": current.map(|r| &r.digest),
                 "image": current.map(|r| &r.image),
-                "history": mine,
+                "build": current.and_then(|r| build_of(&r.digest)),
+                "since": current.and_then(|r| r.finished_at),
+                "requested_by": current.and_then(|r| r.requested_by.as_ref()),
+                "history": entries,
             })
         })
         .collect();
-    Ok(Json(json!({ "app": app.name, "releases": releases })))
+    Ok(Json(json!({ "app": app.name, "releases": releases, "builds": builds })))
 }
 
 #[derive(Deserialize)]
@@ -200,6 +219,7 @@ pub async fn rollback(
                 digest: digest.clone(),
                 image: format!("{}/{}@{digest}", cluster.registry, sub.repository),
                 trigger: "rollback".into(),
+                requested_by: Some(crate::audit::actor(&who)),
             })
         })
         .collect();

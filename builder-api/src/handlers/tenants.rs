@@ -1,13 +1,15 @@
 //! `/api/v1/tenants`: admins create tenants (the answer carries the tenant's first token, an
 //! owner token, once); owners (and admins) create, list and revoke their tenant's tokens; every
-//! role of a tenant reads its settings, only admins change them.
+//! role of a tenant reads its settings, only admins change them. `/api/v1/whoami` tells any
+//! token its own tenant and role.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::apps::{named_tenant, TenantQuery};
 use super::{bad, JsonBody};
 use crate::audit::Audited;
 use crate::auth::Principal;
@@ -86,6 +88,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, audited, Json(answer)))
 }
 
+/// `GET /api/v1/whoami`: the caller's tenant (null for an admin), role and token, so that a
+/// client — the web page, the CLI's `kiln tokens` — offers only what the token may do. The API still checks every call.
+/// `?tenant=` naming another tenant is 404, as on every route.
+pub async fn whoami(State(s): State<AppState>, who: Principal, Query(q): Query<TenantQuery>) -> ApiResult<Json<Value>> {
+    named_tenant(&s, &who, q.tenant.as_deref()).await?;
+    let (tenant, token) = match &who {
+        Principal::Admin => (None, None),
+        Principal::Tenant { name, token_id, token_name, .. } => (Some(name), Some(json!({ "id": token_id, "name": token_name }))),
+    };
+    Ok(Json(json!({ "tenant": tenant, "role": who.role(), "token": token })))
+}
+
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "tenants": s.store.tenants().await? })))
 }
@@ -108,7 +122,7 @@ pub struct CreateToken {
 
 /// The tenant named in the path, if the caller sees it; 404 otherwise (whether or not it
 /// exists), so tenant names cannot be probed.
-async fn visible_tenant(s: &AppState, who: &Principal, name: &str) -> ApiResult<Tenant> {
+pub(crate) async fn visible_tenant(s: &AppState, who: &Principal, name: &str) -> ApiResult<Tenant> {
     s.store.tenant_by_name(name).await?.filter(|t| who.sees(t.id)).ok_or_else(|| ApiError::NotFound(format!("no tenant {name}")))
 }
 

@@ -19,7 +19,7 @@ use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::gitlab_status::{Status, Subject};
 use crate::handlers::{parse_json, read_body};
-use crate::store::{App, NewBuild, NewDelivery};
+use crate::store::{App, CommitInfo, NewBuild, NewDelivery};
 use crate::validate;
 
 const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
@@ -44,6 +44,53 @@ struct PushCommit {
     id: String,
     #[serde(default)]
     message: String,
+    /// `{"name": …, "email": …}`. Read as any value: what the page shows of a commit is no
+    /// reason to refuse the push that carries it.
+    #[serde(default)]
+    author: Value,
+    /// The commit's page in GitLab.
+    #[serde(default)]
+    url: Value,
+}
+
+/// The most of a commit message kept: the pages show its first line.
+const MAX_COMMIT_MESSAGE: usize = 4096;
+/// The most of an author's name or a commit URL kept.
+const MAX_COMMIT_FIELD: usize = 2048;
+
+/// What the build records of the head commit, from the push's `commits[]` (GitLab lists up to
+/// 20, the head among them; a push of more, or a tag push, may not list it: then nothing).
+fn commit_info(push: &PushEvent, head: &str) -> CommitInfo {
+    let Some(c) = push.commits.iter().find(|c| c.id.eq_ignore_ascii_case(head)) else {
+        return CommitInfo::default();
+    };
+    let message = clean_text(&c.message, MAX_COMMIT_MESSAGE, true);
+    let author = c.author.get("name").and_then(Value::as_str).and_then(|a| clean_text(a, MAX_COMMIT_FIELD, false));
+    // Only a web address becomes a link: never `javascript:` or a `data:` URL from a payload.
+    let url = c.url.as_str().filter(|u| {
+        (u.starts_with("https://") || u.starts_with("http://"))
+            && u.len() <= MAX_COMMIT_FIELD
+            && !u.chars().any(|ch| ch.is_control() || ch.is_whitespace())
+    });
+    CommitInfo { message, author, url: url.map(str::to_string) }
+}
+
+/// `text` without terminal escapes and control characters (line breaks kept when `multiline`),
+/// trimmed and cut to at most `max` bytes at a character boundary; None when nothing is left.
+fn clean_text(text: &str, max: usize, multiline: bool) -> Option<String> {
+    let mut out = String::with_capacity(text.len().min(max));
+    for ch in crate::failure_line::strip_ansi(text).trim().chars() {
+        let ch = if ch == '\t' { ' ' } else { ch };
+        if ch.is_control() && !(multiline && ch == '\n') {
+            continue;
+        }
+        if out.len() + ch.len_utf8() > max {
+            break;
+        }
+        out.push(ch);
+    }
+    let out = out.trim_end().to_string();
+    (!out.is_empty()).then_some(out)
 }
 
 /// Why a push asks not to be built, as GitLab's own CI reads it: `[skip ci]` or `[ci skip]` (any
@@ -85,6 +132,8 @@ pub struct Push {
     /// The commit to build: 40 lowercase hex.
     pub commit: String,
     pub is_tag: bool,
+    /// What the push says of that commit: message, author, link.
+    pub commit_info: CommitInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +194,8 @@ fn classify(event: &str, payload: Value) -> Result<Push, Decision> {
     if let Some(reason) = skip_ci(&push, &commit) {
         return Err(Decision::Ignore(reason));
     }
-    Ok(Push { git_ref: push.git_ref, name, commit, is_tag })
+    let commit_info = commit_info(&push, &commit);
+    Ok(Push { git_ref: push.git_ref, name, commit, is_tag, commit_info })
 }
 
 /// The builds a push asks of the apps it reached.
@@ -159,6 +209,7 @@ fn plan_builds(push: &Push, apps: &[App]) -> Vec<NewBuild> {
             git_ref: Some(push.git_ref.clone()),
             commit: push.commit.clone(),
             trigger: "webhook".into(),
+            commit_info: push.commit_info.clone(),
         })
         .collect()
 }
@@ -253,4 +304,56 @@ async fn supersede_older(s: &AppState, apps: &[App], ids: &[i64], builds: &[NewB
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push_with(commits: Value) -> Push {
+        let head = "a".repeat(40);
+        let body = json!({
+            "object_kind": "push", "ref": "refs/heads/main", "before": ZERO_SHA, "after": head, "checkout_sha": head,
+            "project": {"path_with_namespace": "team/app"}, "commits": commits,
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("x-gitlab-event", "Push Hook".parse().unwrap());
+        parse_push(&headers, body.to_string().as_bytes()).unwrap().push.unwrap()
+    }
+
+    #[test]
+    fn the_head_commits_message_author_and_link_are_kept_and_older_commits_are_not() {
+        let head = "a".repeat(40);
+        let push = push_with(json!([
+            {"id": "b".repeat(40), "message": "older", "author": {"name": "Someone Else"}, "url": "https://gitlab.example/team/app/-/commit/bbbb"},
+            {"id": head.to_uppercase(), "message": "Fix the login\n\nLonger text.\n", "author": {"name": "Ada Lovelace", "email": "ada@example.com"},
+             "url": "https://gitlab.example/team/app/-/commit/aaaa"},
+        ]));
+        assert_eq!(
+            push.commit_info,
+            CommitInfo {
+                message: Some("Fix the login\n\nLonger text.".into()),
+                author: Some("Ada Lovelace".into()),
+                url: Some("https://gitlab.example/team/app/-/commit/aaaa".into()),
+            }
+        );
+        // A push that does not list its head (more than 20 commits, a tag push): nothing.
+        assert_eq!(push_with(json!([])).commit_info, CommitInfo::default());
+    }
+
+    #[test]
+    fn a_link_that_is_not_a_web_address_is_dropped_and_odd_fields_do_not_refuse_the_push() {
+        let head = "a".repeat(40);
+        for url in [json!("javascript:alert(1)"), json!("data:text/html,x"), json!("https://x.example/a b"), json!(42), json!(null)] {
+            let push = push_with(json!([{"id": head, "message": "m", "author": "not an object", "url": url}]));
+            assert_eq!(push.commit_info, CommitInfo { message: Some("m".into()), author: None, url: None }, "{url}");
+        }
+        // Control characters go (escape codes too: the page is no terminal); a long message is
+        // cut at a character boundary.
+        let long = format!("\u{1b}[31mred\u{7}\t{}", "é".repeat(5000));
+        let push = push_with(json!([{"id": head, "message": long, "author": {"name": " \u{0}Bob\r "}}]));
+        let message = push.commit_info.message.unwrap();
+        assert!(message.starts_with("red é") && message.len() <= MAX_COMMIT_MESSAGE, "{message:.40}");
+        assert_eq!(push.commit_info.author.as_deref(), Some("Bob"));
+    }
 }

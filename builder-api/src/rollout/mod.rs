@@ -120,6 +120,7 @@ pub async fn rollouts_for(ctx: &Context, event: &NewImageEvent) -> Result<Vec<Ne
                 digest: event.digest.clone(),
                 image: format!("{}/{}@{}", cluster.registry, event.repository, event.digest),
                 trigger: event.source.to_string(),
+                requested_by: None,
             });
         }
     }
@@ -153,7 +154,9 @@ async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
         Err(e) => (e.state(), Some(e.to_string())),
     };
     tracing::info!(rollout = rollout.id, deployment = rollout.deployment, state, reason, "rollout ended");
-    ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await
+    ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await?;
+    ctx.notifications.rollout_ended(&rollout, state, reason.as_deref());
+    Ok(())
 }
 
 /// How a rollout that did not fail ended.
@@ -257,7 +260,7 @@ async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, RolloutError> {
 /// Ok when the rollout's Deployment is in one of its tenant's deploy namespaces and the image in
 /// the tenant's registry project, as they are now.
 async fn granted(ctx: &Context, r: &Rollout) -> Result<(), Refusal> {
-    let (_, tenant) = ctx.store.app_with_tenant(r.app_id).await?.ok_or(Refusal::AppGone)?;
+    let (_, tenant) = ctx.store.app_with_tenant(r.app_id).await?.filter(|(app, _)| app.deleted_at.is_none()).ok_or(Refusal::AppGone)?;
     let sub = ctx.store.subscription(r.subscription_id).await?.ok_or(Refusal::SubscriptionGone)?;
     let cluster = ctx.clusters.get(&r.cluster).ok_or_else(|| Refusal::NoCluster(r.cluster.clone()))?;
     Ok(grants::check(&tenant, cluster, &sub.namespace, &sub.repository)?)

@@ -45,6 +45,7 @@ pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError
             if let Some(app) = ctx.store.app(build.app_id).await? {
                 ctx.gitlab_statuses.post(&app, build.into(), Status::Failed, reason);
             }
+            ctx.notifications.build_ended(build.id);
         }
         tracing::warn!(build = build.id, "{reason}");
     }
@@ -128,14 +129,21 @@ fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resu
             Err(e) => {
                 tracing::error!(build = id, "build could not be recorded: {e}");
                 let reason = format!("kiln store error: {e}");
-                if let Ok(true) = ctx.store.finish_build(id, BuildState::Failed, Some(&reason)).await {
-                    if let Ok(Some(app)) = ctx.store.app(snapshot.app_id).await {
-                        ctx.gitlab_statuses.post(&app, (&snapshot).into(), Status::Failed, &reason);
+                match ctx.store.finish_build(id, BuildState::Failed, Some(&reason)).await {
+                    Ok(true) => {
+                        if let Ok(Some(app)) = ctx.store.app(snapshot.app_id).await {
+                            ctx.gitlab_statuses.post(&app, (&snapshot).into(), Status::Failed, &reason);
+                        }
+                        Some(BuildState::Failed)
                     }
+                    _ => None,
                 }
-                None
             }
         };
+        // Cancelled builds tell no one: a person or a newer push cancelled them.
+        if ended.is_some_and(|s| s != BuildState::Cancelled) {
+            ctx.notifications.build_ended(id);
+        }
         ctx.scheduler.running.lock().unwrap().remove(&id);
         ctx.scheduler.cancel_reasons.lock().unwrap().remove(&id);
         ctx.hub.ended(id);
@@ -153,6 +161,18 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
         ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
         return Ok(None);
     };
+    if app.deleted_at.is_some() {
+        // `DELETE /api/v1/apps/{app}?force=1` cancels the builds it finds; these are the ones it
+        // did not: queued by a webhook that raced the delete, or running when Kiln stopped.
+        let reason = format!("cancelled: app {} was deleted", app.name);
+        if !resumed {
+            let recorded = ctx.store.finish_build(build.id, BuildState::Cancelled, Some(&reason)).await?;
+            return Ok(recorded.then_some(BuildState::Cancelled));
+        }
+        // Stopped through its executor, which keeps its log and removes what runs it.
+        ctx.scheduler.cancel_reasons.lock().unwrap().entry(build.id).or_insert(reason);
+        cancel.cancel();
+    }
     if !resumed {
         ctx.gitlab_statuses.post(&app, (&build).into(), Status::Running, &format!("build {} running", build.id));
     }
@@ -204,6 +224,9 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
 /// secrets and the admin token. A step that prints one stores `***` instead.
 async fn build_masker(ctx: &Context, app: &crate::store::App, tenant: &crate::store::Tenant) -> Result<Masker, StoreError> {
     let mut secrets = vec![app.webhook_secret.clone()];
+    for target in ctx.store.notification_targets_for_app(tenant.id, app.id).await? {
+        secrets.extend(crate::notify::target::secrets_of(&target));
+    }
     secrets.extend(app.git_token.clone());
     secrets.extend(app.gitlab_token.clone());
     secrets.extend(ctx.config.registry.password.clone());

@@ -117,7 +117,7 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
     // Free the vfs copy of the image whatever happened.
     let _ = tokio::process::Command::new(&buildah).args(&global).arg("rmi").arg("-f").arg(&tag).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
     saved?;
-    println!("wrote the image to {}", args.layout.display());
+    println!("wrote the image to {}", super::shown_path(&args.layout));
     Ok(())
 }
 

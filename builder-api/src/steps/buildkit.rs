@@ -67,6 +67,6 @@ pub async fn run(mut args: BuildahArgs) -> anyhow::Result<()> {
     if !status.success() {
         bail!("buildctl build failed ({status})");
     }
-    println!("wrote the image to {}", args.layout.display());
+    println!("wrote the image to {}", super::shown_path(&args.layout));
     Ok(())
 }

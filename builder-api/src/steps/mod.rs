@@ -19,6 +19,18 @@ pub use crate::json_file::write_atomically as write_result;
 
 use serde::{Deserialize, Serialize};
 
+/// A path as the build log shows it: relative to `$WORKSPACE` when under it (`src`,
+/// `out/image`), so a log says where in the build's workspace, not where on the server or node
+/// the workspace happens to live; any other path as it is.
+pub fn shown_path(path: &Path) -> String {
+    let workspace = std::env::var_os("WORKSPACE").map(std::path::PathBuf::from);
+    match workspace.as_deref().and_then(|w| path.strip_prefix(w).ok()) {
+        Some(rel) if rel.as_os_str().is_empty() => ".".into(),
+        Some(rel) => rel.display().to_string(),
+        None => path.display().to_string(),
+    }
+}
+
 /// What the clone step checked out; written to `$WORKSPACE/.kiln/clone.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloneInfo {

@@ -89,6 +89,10 @@ pub struct App {
     pub gitlab_token: Option<String>,
     pub has_gitlab_token: bool,
     pub created_at: i64,
+    /// When the app was deleted (`DELETE /api/v1/apps/{app}`): only an app read by id for a
+    /// build's history has one; lookups by name, lists and webhooks never see deleted apps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
 }
 
 impl std::fmt::Debug for App {
@@ -142,7 +146,7 @@ const GITLAB_TOKEN: &str = "apps.gitlab_token";
 
 /// Read by name in [`app_from_row`]; the tenant's name is `tenant` beside the app's `name`.
 const APP_COLUMNS: &str = "a.id, a.tenant_id, t.name AS tenant, a.name, a.git_url, a.project_path, a.branch_filter, a.kind,
-    a.settings, a.base_image, a.image_repository, a.webhook_secret, a.git_token, a.gitlab_token, a.created_at";
+    a.settings, a.base_image, a.image_repository, a.webhook_secret, a.git_token, a.gitlab_token, a.created_at, a.deleted_at";
 
 /// An app from its row, its secrets opened with `key`.
 fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
@@ -173,7 +177,21 @@ fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
         has_gitlab_token: gitlab_token.is_some(),
         gitlab_token,
         created_at: r.get("created_at"),
+        deleted_at: r.get("deleted_at"),
     })
+}
+
+/// What [`Store::delete_app`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppDeletion {
+    /// Deleted, with the subscriptions deleted along; these of its builds were still queued or
+    /// running (for the caller to cancel).
+    Deleted { unfinished_builds: Vec<i64>, subscriptions: Vec<i64> },
+    /// Not deleted (without `force`): builds still queued or running, subscriptions that still
+    /// follow its images.
+    Refused { unfinished_builds: Vec<i64>, subscriptions: Vec<i64> },
+    /// No such app, or deleted already.
+    NotFound,
 }
 
 impl Store {
@@ -205,12 +223,15 @@ impl Store {
         Ok(self.app(id).await?.expect("just inserted"))
     }
 
+    /// An app by id, deleted or not: a build's app, for its history.
     pub async fn app(&self, id: i64) -> Result<Option<App>> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
         sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
     }
 
-    /// The app and its tenant in one read: what every build needs before it starts.
+    /// The app and its tenant in one read: what every build needs before it starts. A deleted
+    /// app too (its `deleted_at` set): a build of it that Kiln was running when it stopped is
+    /// stopped through its executor, which needs both.
     pub async fn app_with_tenant(&self, id: i64) -> Result<Option<(App, super::Tenant)>> {
         use super::tenants::{tenant_from_columns, JOINED_TENANT, JOINED_TENANT_COLUMNS};
         let sql = format!("SELECT {APP_COLUMNS}, {JOINED_TENANT_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
@@ -220,16 +241,16 @@ impl Store {
 
     pub async fn app_by_name(&self, tenant_id: i64, name: &str) -> Result<Option<App>> {
         let sql = format!(
-            "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = ? AND a.name = ?"
+            "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = ? AND a.name = ? AND a.deleted_at IS NULL"
         );
         sqlx::query(&sql).bind(tenant_id).bind(name).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
     }
 
-    /// Apps of one tenant, or of all tenants when `tenant_id` is None.
+    /// Apps of one tenant, or of all tenants when `tenant_id` is None; deleted apps are not.
     pub async fn apps(&self, tenant_id: Option<i64>) -> Result<Vec<App>> {
         let sql = format!(
             "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id
-             WHERE (?1 IS NULL OR a.tenant_id = ?1) ORDER BY t.name, a.name"
+             WHERE (?1 IS NULL OR a.tenant_id = ?1) AND a.deleted_at IS NULL ORDER BY t.name, a.name"
         );
         sqlx::query(&sql).bind(tenant_id).fetch_all(&self.pool).await?.iter().map(|r| app_from_row(&self.key, r)).collect()
     }
@@ -247,12 +268,75 @@ impl Store {
         };
         Ok(index.matching(project_path, git_urls))
     }
+
+    /// Replaces the spec of app `id` (not deleted) with `spec`'s — everything but its tenant and
+    /// name, which stay. None when there is no such app.
+    pub async fn update_app(&self, id: i64, spec: &NewApp) -> Result<Option<App>> {
+        let settings = serde_json::to_string(&spec.settings).expect("settings serialise");
+        let done = sqlx::query(
+            "UPDATE apps SET git_url = ?, project_path = ?, branch_filter = ?, kind = ?, settings = ?, base_image = ?,
+                             image_repository = ?, webhook_secret = ?, git_token = ?, gitlab_token = ?
+             WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(&spec.git_url)
+        .bind(&spec.project_path)
+        .bind(&spec.branch_filter)
+        .bind(spec.kind.as_str())
+        .bind(settings)
+        .bind(&spec.base_image)
+        .bind(&spec.image_repository)
+        .bind(self.key.seal(WEBHOOK_SECRET, &spec.webhook_secret))
+        .bind(spec.git_token.as_deref().map(|t| self.key.seal(GIT_TOKEN, t)))
+        .bind(spec.gitlab_token.as_deref().map(|t| self.key.seal(GITLAB_TOKEN, t)))
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        // The project path and git URL the webhooks look apps up by may have changed.
+        self.app_directory.invalidate();
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.app(id).await
+    }
+
+    /// Deletes app `id`, in one transaction: refused while builds of it are queued or running or
+    /// subscriptions follow it, unless `force`, which deletes its subscriptions (and their
+    /// rollouts) and leaves its unfinished builds to the caller to cancel. The row stays, marked
+    /// deleted, for the history of its builds (migration 12), and its name is free for a new app.
+    pub async fn delete_app(&self, id: i64, force: bool) -> Result<AppDeletion> {
+        let mut tx = self.writer.begin().await?;
+        let live: Option<i64> = sqlx::query_scalar("SELECT id FROM apps WHERE id = ? AND deleted_at IS NULL").bind(id).fetch_optional(&mut *tx).await?;
+        if live.is_none() {
+            return Ok(AppDeletion::NotFound);
+        }
+        let unfinished_builds: Vec<i64> = sqlx::query_scalar("SELECT id FROM builds WHERE app_id = ? AND state IN ('Queued', 'Running') ORDER BY id")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let subscriptions: Vec<i64> = sqlx::query_scalar("SELECT id FROM subscriptions WHERE app_id = ? ORDER BY id").bind(id).fetch_all(&mut *tx).await?;
+        if !force && !(unfinished_builds.is_empty() && subscriptions.is_empty()) {
+            return Ok(AppDeletion::Refused { unfinished_builds, subscriptions });
+        }
+        sqlx::query("DELETE FROM subscriptions WHERE app_id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE apps SET deleted_at = ? WHERE id = ?").bind(now_ms()).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        // From now on no webhook finds it.
+        self.app_directory.invalidate();
+        Ok(AppDeletion::Deleted { unfinished_builds, subscriptions })
+    }
+
+    /// Drops a deleted app's git and GitLab tokens: nothing uses them again. (Not in
+    /// [`Store::delete_app`]: cancelling its builds afterwards still posts their GitLab statuses.)
+    pub async fn forget_app_tokens(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE apps SET git_token = NULL, gitlab_token = NULL WHERE id = ? AND deleted_at IS NOT NULL").bind(id).execute(&self.writer).await?;
+        Ok(())
+    }
 }
 
 /// The apps by GitLab project path and git URL, in memory: every webhook asks for its apps
 /// before anything is recorded, and from memory a burst of webhooks does not queue a read each
-/// for the store's read connections. Apps are only ever inserted, and every insert drops the
-/// index; the generation keeps an index read before an insert from being installed after it.
+/// for the store's read connections. Every insert, update and delete of an app drops the index;
+/// the generation keeps an index read before such a change from being installed after it.
 #[derive(Default)]
 pub(super) struct AppDirectory {
     index: RwLock<Option<Arc<AppIndex>>>,
@@ -279,7 +363,7 @@ impl AppDirectory {
         index
     }
 
-    /// An app was added: the next lookup reads them all again.
+    /// An app was added, changed or deleted: the next lookup reads them all again.
     fn invalidate(&self) {
         let mut slot = self.index.write().unwrap();
         self.generation.fetch_add(1, Ordering::SeqCst);

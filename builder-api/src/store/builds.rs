@@ -73,6 +73,26 @@ pub struct Build {
     /// Why GitLab refused the build's commit statuses (`refused: 403 …`) or why they could not
     /// be delivered; None when delivered or when the app posts none.
     pub gitlab_status: Option<String>,
+    /// The built commit as the push webhook described it (`commit_message`, `commit_author`,
+    /// `commit_url` in the JSON).
+    #[serde(flatten)]
+    pub commit_info: CommitInfo,
+}
+
+/// What the pages show of the built commit, as GitLab's push webhook carried it: nothing for a
+/// build started by hand. Shown, never interpreted: the web page puts it in as text, and links
+/// `url` only when it is http(s).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CommitInfo {
+    /// The whole message (the pages show its first line).
+    #[serde(rename = "commit_message")]
+    pub message: Option<String>,
+    /// The author's name.
+    #[serde(rename = "commit_author")]
+    pub author: Option<String>,
+    /// The commit's page in GitLab.
+    #[serde(rename = "commit_url")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,12 +131,13 @@ pub struct NewBuild {
     pub commit: String,
     /// `webhook`, `manual`, …
     pub trigger: String,
+    pub commit_info: CommitInfo,
 }
 
 /// Read by name in [`build_from_row`]; the tenant's and the app's names are `tenant` and `app`.
 const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name AS tenant, b.app_id, a.name AS app, b.state, b.reason, b.git_ref, b.commit_sha,
     b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at,
-    b.apm_agent, b.apm_version, b.original_image, b.gitlab_status";
+    b.apm_agent, b.apm_version, b.original_image, b.gitlab_status, b.commit_message, b.commit_author, b.commit_url";
 const BUILD_FROM: &str = "FROM builds b JOIN tenants t ON t.id = b.tenant_id JOIN apps a ON a.id = b.app_id";
 
 fn build_from_row(r: &SqliteRow) -> Result<Build> {
@@ -142,6 +163,7 @@ fn build_from_row(r: &SqliteRow) -> Result<Build> {
         apm_version: r.get("apm_version"),
         original_image: r.get("original_image"),
         gitlab_status: r.get("gitlab_status"),
+        commit_info: CommitInfo { message: r.get("commit_message"), author: r.get("commit_author"), url: r.get("commit_url") },
     })
 }
 
@@ -149,8 +171,8 @@ fn build_from_row(r: &SqliteRow) -> Result<Build> {
 /// are persisted together).
 pub(super) async fn insert_build(conn: &mut SqliteConnection, new: &NewBuild) -> Result<i64> {
     Ok(sqlx::query(
-        "INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at)
-         VALUES (?, ?, 'Queued', ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at, commit_message, commit_author, commit_url)
+         VALUES (?, ?, 'Queued', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(new.tenant_id)
     .bind(new.app_id)
@@ -158,6 +180,9 @@ pub(super) async fn insert_build(conn: &mut SqliteConnection, new: &NewBuild) ->
     .bind(&new.commit)
     .bind(&new.trigger)
     .bind(now_ms())
+    .bind(&new.commit_info.message)
+    .bind(&new.commit_info.author)
+    .bind(&new.commit_info.url)
     .fetch_one(conn)
     .await?
     .get("id"))
@@ -243,6 +268,25 @@ impl Store {
     pub async fn succeeded_builds_with_digest(&self, digest: &str) -> Result<Vec<Build>> {
         let sql = format!("SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.image_digest = ? AND b.state = 'Succeeded' ORDER BY b.id DESC");
         sqlx::query(&sql).bind(digest).fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
+    }
+
+    /// The newest Succeeded build of `app_id` that produced each of `digests` (a digest no
+    /// build of the app produced has none): which build a release runs.
+    pub async fn builds_of_digests(&self, app_id: i64, digests: &[&str]) -> Result<Vec<Build>> {
+        if digests.is_empty() {
+            return Ok(vec![]);
+        }
+        let marks = vec!["?"; digests.len()].join(", ");
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} {BUILD_FROM} WHERE b.id IN (
+                SELECT MAX(id) FROM builds WHERE app_id = ? AND state = 'Succeeded' AND image_digest IN ({marks}) GROUP BY image_digest)
+             ORDER BY b.id"
+        );
+        let mut query = sqlx::query(&sql).bind(app_id);
+        for d in digests {
+            query = query.bind(*d);
+        }
+        query.fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
     }
 
     /// Queued → Running for several builds in one transaction; returns the ids that moved (a build

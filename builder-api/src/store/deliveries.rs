@@ -142,7 +142,8 @@ async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pendi
         .flat_map(|i| group[*i].builds.iter().map(move |b| (&group[*i].delivery, b)))
         .map(|(d, b)| {
             json!({"source": d.source, "key": d.key, "tenant_id": b.tenant_id, "app_id": b.app_id, "git_ref": b.git_ref,
-                   "commit": b.commit, "trigger": b.trigger})
+                   "commit": b.commit, "trigger": b.trigger, "commit_message": b.commit_info.message,
+                   "commit_author": b.commit_info.author, "commit_url": b.commit_info.url})
         })
         .collect();
 
@@ -155,9 +156,9 @@ async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pendi
         "BEGIN IMMEDIATE;
          SELECT d.source, d.delivery_key, d.outcome FROM json_each(?1, '$.keys') j
          JOIN webhook_deliveries d ON d.source = j.value->>0 AND d.delivery_key = j.value->>1;
-         INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at)
+         INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at, commit_message, commit_author, commit_url)
          SELECT j.value->>'tenant_id', j.value->>'app_id', 'Queued', j.value->>'git_ref', j.value->>'commit',
-                j.value->>'trigger', ?1->>'now'
+                j.value->>'trigger', ?1->>'now', j.value->>'commit_message', j.value->>'commit_author', j.value->>'commit_url'
          FROM json_each(?1, '$.builds') j
          WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                            WHERE d.source = j.value->>'source' AND d.delivery_key = j.value->>'key')
@@ -292,7 +293,7 @@ mod tests {
     }
 
     fn build(tenant_id: i64, app_id: i64, commit: &str) -> NewBuild {
-        NewBuild { tenant_id, app_id, git_ref: Some("refs/heads/main".into()), commit: commit.into(), trigger: "webhook".into() }
+        NewBuild { tenant_id, app_id, git_ref: Some("refs/heads/main".into()), commit: commit.into(), trigger: "webhook".into(), commit_info: Default::default() }
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! Schema migrations, applied in order at start; `schema_version` records how far a database got.
 
-use sqlx::SqlitePool;
+use sqlx::{Connection as _, Row as _, SqliteConnection, SqlitePool};
+
+use super::StoreError;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the foundation.
@@ -218,10 +220,104 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE apps ADD COLUMN gitlab_token TEXT;
     ALTER TABLE builds ADD COLUMN gitlab_status TEXT;
     "#,
+    // 12: build notifications (issue 20): targets per app (`app_id`) or per tenant (`app_id`
+    // NULL), their URL and signing secret sealed (see `store::secrets`); and what became of each
+    // message. Deliveries keep the build's id without a foreign key: history outlives its app.
+    r#"
+    CREATE TABLE notification_targets (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        app_id INTEGER REFERENCES apps(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        url TEXT NOT NULL,
+        secret TEXT,
+        events TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX notification_targets_by_owner ON notification_targets(tenant_id, app_id);
+    CREATE TABLE notification_deliveries (
+        id INTEGER PRIMARY KEY,
+        build_id INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX notification_deliveries_by_build ON notification_deliveries(build_id, id);
+    "#,
+    // 13: what the web pages show of a build's commit and of who asked for a rollout (issue 21).
+    // The head commit's message, author name and web URL as the GitLab push webhook carried
+    // them (NULL for builds started without one: manual builds, and builds from before; a
+    // retry copies its original's). A rollout's `requested_by` is the actor of a rollback as
+    // the audit log names it (`token:7:name`, `admin`); NULL for rollouts an image started.
+    r#"
+    ALTER TABLE builds ADD COLUMN commit_message TEXT;
+    ALTER TABLE builds ADD COLUMN commit_author TEXT;
+    ALTER TABLE builds ADD COLUMN commit_url TEXT;
+    ALTER TABLE rollouts ADD COLUMN requested_by TEXT;
+    -- A build page reads the rollouts of its image, an app page the builds of its releases.
+    CREATE INDEX rollouts_by_app_digest ON rollouts(app_id, digest, id);
+    CREATE INDEX builds_by_app_digest ON builds(app_id, image_digest);
+    "#,
+    // 14: apps can be deleted (issue 21) and their history kept. A deleted app stays as a row
+    // with `deleted_at` set, because builds, deliveries and rollouts refer to it (`builds.app_id`
+    // is ON DELETE CASCADE: deleting the row would delete its builds and their logs). Its name
+    // must become free for a new app, so `UNIQUE (tenant_id, name)` becomes a partial unique
+    // index over the apps not deleted. SQLite cannot drop a table constraint, so the table is
+    // rebuilt the way SQLite documents it (create, copy, drop, rename): `run` turns foreign keys
+    // off around the migrations, so dropping the old table deletes nothing that refers to it, and
+    // checks every reference before it commits. Renaming the copy to `apps` makes the existing
+    // references of builds, subscriptions, rollouts and deliveries point at it again.
+    r#"
+    CREATE TABLE apps_rebuilt (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        git_url TEXT NOT NULL,
+        project_path TEXT,
+        branch_filter TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        base_image TEXT,
+        image_repository TEXT NOT NULL,
+        webhook_secret TEXT NOT NULL,
+        git_token TEXT,
+        created_at INTEGER NOT NULL,
+        gitlab_token TEXT,
+        deleted_at INTEGER
+    );
+    INSERT INTO apps_rebuilt (id, tenant_id, name, git_url, project_path, branch_filter, kind, settings, base_image,
+                              image_repository, webhook_secret, git_token, created_at, gitlab_token)
+        SELECT id, tenant_id, name, git_url, project_path, branch_filter, kind, settings, base_image,
+               image_repository, webhook_secret, git_token, created_at, gitlab_token FROM apps;
+    DROP TABLE apps;
+    ALTER TABLE apps_rebuilt RENAME TO apps;
+    CREATE INDEX apps_by_project ON apps(project_path);
+    CREATE UNIQUE INDEX apps_live_name ON apps(tenant_id, name) WHERE deleted_at IS NULL;
+    "#,
 ];
 
-pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+/// Applies the migrations a database has not had, in one transaction, with foreign keys off
+/// (SQLite's procedure for rebuilding a table, migration 12: dropping a table that others refer
+/// to would otherwise delete their rows through ON DELETE CASCADE). Before the commit every
+/// reference is checked, so a migration cannot leave one dangling; the connection's foreign key
+/// setting is restored afterwards, whatever happened.
+pub async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    let enforced: bool = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&mut *conn).await?;
+    // Outside any transaction: inside one, SQLite ignores this pragma.
+    sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await?;
+    let migrated = migrate(&mut conn).await;
+    let restored = sqlx::query(if enforced { "PRAGMA foreign_keys = ON" } else { "PRAGMA foreign_keys = OFF" }).execute(&mut *conn).await;
+    migrated?;
+    restored?;
+    Ok(())
+}
+
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut tx = conn.begin().await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         .execute(&mut *tx)
         .await?;
@@ -236,7 +332,18 @@ pub async fn run(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await
+    let dangling = sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut *tx).await?;
+    if let Some(row) = dangling.first() {
+        let (table, rowid, parent): (String, Option<i64>, String) = (row.get(0), row.get(1), row.get(2));
+        // Dropped with the transaction: the database stays as it was.
+        return Err(StoreError::Corrupt(format!(
+            "after migrating to schema {}: {} rows refer to rows that do not exist (the first: {table} row {rowid:?} → {parent})",
+            MIGRATIONS.len(),
+            dangling.len()
+        )));
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,5 +396,48 @@ mod tests {
         let settings: String = sqlx::query_scalar("SELECT settings FROM tenants WHERE id = 1").fetch_one(&pool).await.unwrap();
         let parsed: crate::store::TenantSettings = serde_json::from_str(&settings).unwrap();
         assert_eq!(parsed, crate::store::TenantSettings::default());
+    }
+
+    #[tokio::test]
+    async fn apps_rebuilt_for_deletion_keep_every_build_and_reference_and_free_only_deleted_names() {
+        // Schema 11 with an app, a build of it (and its log), a subscription with a rollout and a
+        // delivery: everything that refers to `apps`.
+        let pool = database_at(11).await;
+        sqlx::raw_sql(
+            "INSERT INTO tenants (id, name, created_at) VALUES (1, 'team-a', 0);
+             INSERT INTO apps (id, tenant_id, name, git_url, branch_filter, kind, settings, image_repository, webhook_secret, created_at, gitlab_token)
+                 VALUES (7, 1, 'hello', 'http://g/h.git', '**', 'go', '{}', 'r/h', 's', 5, 'gl');
+             INSERT INTO builds (id, tenant_id, app_id, state, commit_sha, trigger, queued_at) VALUES (3, 1, 7, 'Succeeded', 'c', 'manual', 6);
+             INSERT INTO log_lines (build_id, seq, step, stream, at, line) VALUES (3, 1, 'clone', 'stdout', 6, 'fetched');
+             INSERT INTO subscriptions (id, app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, created_at)
+                 VALUES (4, 7, 'c', 'ns', 'd', 'app', 'r/h', 'manual', 1, 0);
+             INSERT INTO rollouts (subscription_id, app_id, cluster, digest, image, state, trigger, created_at) VALUES (4, 7, 'c', 'sha256:x', 'i', 'Complete', 'rollback', 0);
+             INSERT INTO webhook_deliveries (source, delivery_key, event, app_id, build_id, outcome, received_at) VALUES ('gitlab', 'k', 'push', 7, 3, 'queued', 0);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        run(&pool).await.unwrap();
+        let count = |sql: &'static str| {
+            let pool = pool.clone();
+            async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+        };
+        assert_eq!(count("SELECT COUNT(*) FROM builds WHERE app_id = 7").await, 1);
+        assert_eq!(count("SELECT COUNT(*) FROM log_lines WHERE build_id = 3").await, 1);
+        assert_eq!(count("SELECT COUNT(*) FROM rollouts WHERE app_id = 7").await, 1);
+        assert_eq!(count("SELECT COUNT(*) FROM webhook_deliveries WHERE app_id = 7").await, 1);
+        assert_eq!(count("SELECT COUNT(*) FROM apps WHERE id = 7 AND gitlab_token = 'gl' AND deleted_at IS NULL").await, 1);
+        // Foreign keys are enforced again, and refer to the rebuilt table.
+        assert!(sqlx::query_scalar::<_, bool>("PRAGMA foreign_keys").fetch_one(&pool).await.unwrap());
+        let orphan = sqlx::query("INSERT INTO builds (tenant_id, app_id, state, commit_sha, trigger, queued_at) VALUES (1, 99, 'Queued', 'c', 'manual', 0)");
+        assert!(orphan.execute(&pool).await.is_err(), "a build of no app was accepted");
+        // A second live app of the name is refused; once the first is deleted, the name is free.
+        let again = "INSERT INTO apps (tenant_id, name, git_url, branch_filter, kind, settings, image_repository, webhook_secret, created_at)
+                     VALUES (1, 'hello', 'http://g/h2.git', '**', 'go', '{}', 'r/h', 's', 9)";
+        assert!(sqlx::query(again).execute(&pool).await.is_err(), "two live apps named hello");
+        sqlx::query("UPDATE apps SET deleted_at = 10 WHERE id = 7").execute(&pool).await.unwrap();
+        sqlx::query(again).execute(&pool).await.unwrap();
+        // Both rows stay: the deleted one for its builds' history.
+        assert_eq!(count("SELECT COUNT(*) FROM apps WHERE name = 'hello'").await, 2);
     }
 }

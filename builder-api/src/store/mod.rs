@@ -11,6 +11,7 @@ mod deliveries;
 mod installation;
 mod logs;
 mod migrations;
+mod notifications;
 mod rollouts;
 pub mod secrets;
 mod syncs;
@@ -25,11 +26,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use apm::{ApmApplied, ApmSetting};
-pub use apps::{App, BuildKind, KindSettings, NewApp};
+pub use apps::{App, AppDeletion, BuildKind, KindSettings, NewApp};
 pub use audit::{AuditEntry, NewAuditEntry};
-pub use builds::{Build, BuildState, NewBuild, Step, StepState};
+pub use builds::{Build, BuildState, CommitInfo, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
+pub use notifications::{redact_url, NewNotificationTarget, NotificationDelivery, NotificationTarget, NotifyEvent, TargetKind};
 pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, Subscription};
 pub use secrets::{DecryptError, KeyError, SecretKey};
 pub use syncs::BuildSync;

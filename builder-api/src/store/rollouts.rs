@@ -81,6 +81,9 @@ pub struct Rollout {
     pub reason: Option<String>,
     /// `harbor`, `sync`, `rollback`.
     pub trigger: String,
+    /// Who asked for a rollback, as the audit log names them (`token:7:name`, `admin`); None
+    /// for a rollout an image arrival started.
+    pub requested_by: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -94,6 +97,8 @@ pub struct NewRollout {
     pub digest: String,
     pub image: String,
     pub trigger: String,
+    /// See [`Rollout::requested_by`].
+    pub requested_by: Option<String>,
 }
 
 const SUBSCRIPTION_COLUMNS: &str =
@@ -115,7 +120,7 @@ fn subscription_from_row(r: &SqliteRow) -> Subscription {
 }
 
 const ROLLOUT_SELECT: &str = "SELECT r.id, r.subscription_id, r.app_id, r.cluster, s.namespace, s.deployment, s.container, r.digest,
-    r.image, r.previous_image, r.state, r.reason, r.trigger, r.created_at, r.started_at, r.finished_at, s.rollback_on_failure
+    r.image, r.previous_image, r.state, r.reason, r.trigger, r.requested_by, r.created_at, r.started_at, r.finished_at, s.rollback_on_failure
     FROM rollouts r JOIN subscriptions s ON s.id = r.subscription_id";
 
 fn rollout_from_row(r: &SqliteRow) -> Rollout {
@@ -133,6 +138,7 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
         state: r.get("state"),
         reason: r.get("reason"),
         trigger: r.get("trigger"),
+        requested_by: r.get("requested_by"),
         created_at: r.get("created_at"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
@@ -251,8 +257,8 @@ impl Store {
         let mut ids = Vec::with_capacity(rollouts.len());
         for r in rollouts {
             let id: i64 = sqlx::query(
-                "INSERT INTO rollouts (subscription_id, app_id, cluster, digest, image, state, trigger, created_at)
-                 VALUES (?, ?, ?, ?, ?, 'Pending', ?, ?) RETURNING id",
+                "INSERT INTO rollouts (subscription_id, app_id, cluster, digest, image, state, trigger, requested_by, created_at)
+                 VALUES (?, ?, ?, ?, ?, 'Pending', ?, ?, ?) RETURNING id",
             )
             .bind(r.subscription_id)
             .bind(r.app_id)
@@ -260,6 +266,7 @@ impl Store {
             .bind(&r.digest)
             .bind(&r.image)
             .bind(&r.trigger)
+            .bind(&r.requested_by)
             .bind(now)
             .fetch_one(&mut *tx)
             .await?
@@ -297,6 +304,13 @@ impl Store {
     pub async fn rollouts_of_app(&self, app_id: i64, limit: i64) -> Result<Vec<Rollout>> {
         let sql = format!("{ROLLOUT_SELECT} WHERE r.app_id = ? ORDER BY r.id DESC LIMIT ?");
         Ok(sqlx::query(&sql).bind(app_id).bind(limit).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
+    }
+
+    /// The rollouts of an app's image `digest` (what one build's image did in the clusters),
+    /// newest first.
+    pub async fn rollouts_of_digest(&self, app_id: i64, digest: &str, limit: i64) -> Result<Vec<Rollout>> {
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.app_id = ? AND r.digest = ? ORDER BY r.id DESC LIMIT ?");
+        Ok(sqlx::query(&sql).bind(app_id).bind(digest).bind(limit).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
     }
 
     /// Pending → Running, recording what the container ran before (unless a run of this

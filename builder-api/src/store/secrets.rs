@@ -207,6 +207,8 @@ pub const SECRET_COLUMNS: &[(&str, &str, &str)] = &[
     ("apps", "git_token", "app"),
     ("apps", "gitlab_token", "app"),
     ("tenants", "harbor_webhook_secret", "tenant"),
+    ("notification_targets", "url", "notification target"),
+    ("notification_targets", "secret", "notification target"),
 ];
 
 /// The associated data of a column's sealed values.

@@ -1,8 +1,10 @@
-//! The web page: a builds list (`/ui/`) and a build page with the live log (`/ui/builds/{id}`).
+//! The web pages: the builds list (`/ui/`), a build with its live log (`/ui/builds/{id}`), the apps
+//! (`/ui/apps`) and an app with its releases per cluster (`/ui/apps/{name}`).
 //!
 //! Plain HTML, CSS and vanilla JS kept under `web/assets/` and embedded in the binary — no npm, no
-//! build step. The pages hold no data and need no token: the script asks for an API token once,
-//! keeps it in `localStorage` and reads everything from `/api/v1` with `Authorization: Bearer`.
+//! build step. Each page is `layout.html` (head, header, token form) around its own fragment. The
+//! pages hold no data and need no token: the script asks for an API token, keeps it in the tab's
+//! `sessionStorage` and reads everything from `/api/v1` with `Authorization: Bearer`.
 //! Every answer carries a strict Content-Security-Policy (scripts and styles only from Kiln itself,
 //! nothing inline), so even a log line that got into the DOM as HTML could not run script.
 //!
@@ -36,11 +38,12 @@ const ASSETS: &[Asset] = &[
     Asset { name: "common.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/common.js") },
     Asset { name: "builds.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/builds.js") },
     Asset { name: "build.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/build.js") },
+    Asset { name: "apps.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/apps.js") },
+    Asset { name: "app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/app.js") },
     Asset { name: "favicon.svg", content_type: "image/svg+xml", body: include_bytes!("assets/favicon.svg") },
 ];
 
-const BUILDS_HTML: &str = include_str!("assets/builds.html");
-const BUILD_HTML: &str = include_str!("assets/build.html");
+const LAYOUT_HTML: &str = include_str!("assets/layout.html");
 
 /// A short hash of every asset: the `?v=` the pages put on asset URLs, so a new Kiln version is
 /// never served stale script from a browser cache.
@@ -60,14 +63,24 @@ struct Page {
     etag: String,
 }
 
-fn page(template: &str) -> Page {
-    let html = template.replace("{{v}}", &VERSION);
+/// One page: `layout.html` with its title, its script (`page`.js), the header's link to its
+/// section (`nav`) marked current, and its fragment as the main content.
+fn page(title: &str, page: &str, nav: &str, main: &str) -> Page {
+    let html = LAYOUT_HTML
+        .replace("{{main}}", main)
+        .replace("{{title}}", title)
+        .replace("{{page}}", page)
+        .replace("{{script}}", &format!("{page}.js"))
+        .replace(&format!("data-nav=\"{nav}\""), &format!("data-nav=\"{nav}\" aria-current=\"page\""))
+        .replace("{{v}}", &VERSION);
     let etag = etag_of(html.as_bytes());
     Page { html, etag }
 }
 
-static BUILDS_PAGE: LazyLock<Page> = LazyLock::new(|| page(BUILDS_HTML));
-static BUILD_PAGE: LazyLock<Page> = LazyLock::new(|| page(BUILD_HTML));
+static BUILDS_PAGE: LazyLock<Page> = LazyLock::new(|| page("Builds", "builds", "builds", include_str!("assets/builds.html")));
+static BUILD_PAGE: LazyLock<Page> = LazyLock::new(|| page("Build", "build", "builds", include_str!("assets/build.html")));
+static APPS_PAGE: LazyLock<Page> = LazyLock::new(|| page("Apps", "apps", "apps", include_str!("assets/apps.html")));
+static APP_PAGE: LazyLock<Page> = LazyLock::new(|| page("App", "app", "apps", include_str!("assets/app.html")));
 
 fn etag_of(body: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&Sha256::digest(body)[..8]))
@@ -129,6 +142,19 @@ pub async fn build_page(Path(id): Path<String>, req: HeaderMap) -> Response {
         return not_found("no such build page: a build id is a number");
     }
     html(&req, &BUILD_PAGE)
+}
+
+/// `GET /ui/apps`: the apps the token can see.
+pub async fn apps_page(req: HeaderMap) -> Response {
+    html(&req, &APPS_PAGE)
+}
+
+/// `GET /ui/apps/{name}`: one app, its settings, releases per cluster and recent builds.
+pub async fn app_page(Path(name): Path<String>, req: HeaderMap) -> Response {
+    if crate::validate::dns_label("app", &name).is_err() {
+        return not_found("no such app page: an app name is a DNS label");
+    }
+    html(&req, &APP_PAGE)
 }
 
 #[derive(Deserialize, Default)]

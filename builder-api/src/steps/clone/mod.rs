@@ -205,7 +205,7 @@ pub fn clone_commit_with_progress(
     report(format!(
         "checked out {} into {} ({files} files)",
         &commit.to_string()[..12],
-        opts.dest.display()
+        super::shown_path(&opts.dest)
     ));
     Ok(CloneOutcome {
         commit: commit.to_string(),

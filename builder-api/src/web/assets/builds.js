@@ -5,47 +5,6 @@
   const { $ } = Kiln;
   const REFRESH_MS = 3000;
 
-  function cell(tr, text, cls) {
-    const td = document.createElement('td');
-    if (cls) td.className = cls;
-    if (text instanceof Node) td.appendChild(text); else td.textContent = text;
-    tr.appendChild(td);
-    return td;
-  }
-
-  function row(b) {
-    const tr = document.createElement('tr');
-    tr.dataset.id = b.id;
-    const href = '/ui/builds/' + encodeURIComponent(b.id);
-    const link = document.createElement('a');
-    link.href = href;
-    link.textContent = '#' + b.id;
-    cell(tr, link);
-    const badge = document.createElement('span');
-    Kiln.stateBadge(badge, b.state);
-    if (b.reason) badge.title = b.reason;
-    cell(tr, badge);
-    cell(tr, b.app);
-    cell(tr, Kiln.shortRef(b.ref));
-    const commit = document.createElement('code');
-    commit.textContent = Kiln.shortCommit(b.commit);
-    commit.title = b.commit;
-    cell(tr, commit);
-    const queued = cell(tr, Kiln.ago(b.queued_at), 'muted');
-    queued.title = new Date(b.queued_at).toLocaleString();
-    cell(tr, Kiln.buildDuration(b), 'num');
-    const digest = document.createElement('code');
-    digest.textContent = Kiln.shortDigest(b.image_digest);
-    if (b.image) digest.title = b.image;
-    cell(tr, digest);
-    // The whole row opens the build (the link stays the accessible target).
-    tr.addEventListener('click', (ev) => {
-      if (ev.target.closest('a') || window.getSelection().toString()) return;
-      location.href = href;
-    });
-    return tr;
-  }
-
   function query() {
     const p = new URLSearchParams();
     const app = $('filter-app').value.trim();
@@ -61,7 +20,7 @@
     const body = await Kiln.apiJson('/api/v1/builds?' + p.toString());
     const tbody = $('builds');
     const frag = document.createDocumentFragment();
-    for (const b of body.builds) frag.appendChild(row(b));
+    for (const b of body.builds) frag.appendChild(Kiln.buildRow(b));
     tbody.replaceChildren(frag);
     $('empty').hidden = body.builds.length > 0;
     $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
@@ -86,7 +45,7 @@
     const tick = async () => {
       if (!document.hidden) {
         try { await refresh(); } catch (e) {
-          if (e instanceof Kiln.HttpError && e.status === 401) { location.reload(); return; }
+          if (e instanceof Kiln.HttpError && e.status === 401) return; // the token form is back
           Kiln.showError('Could not refresh: ' + e.message);
         }
       }

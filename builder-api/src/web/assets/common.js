@@ -1,5 +1,7 @@
-// Kiln's web page, shared parts: the API token, fetch with a bearer header, a Server-Sent Events
-// reader over fetch (EventSource cannot send headers), ANSI colours, formatting.
+// Kiln's web pages, shared parts: the API token, fetch with a bearer header, who the token is
+// (its role decides which buttons a page shows), a Server-Sent Events reader over fetch
+// (EventSource cannot send headers), ANSI colours, formatting, the builds table's rows, a
+// confirmation dialog and copying to the clipboard.
 // Nothing from the API is ever inserted as HTML: text goes in with textContent / text nodes.
 'use strict';
 
@@ -8,12 +10,17 @@ const Kiln = (() => {
 
   const $ = (id) => document.getElementById(id);
 
+  // The token lives in the tab (sessionStorage): a token on disk outlives the reason it was
+  // pasted, and one tab may use a viewer token while another uses an owner's. Older pages kept
+  // it in localStorage: that copy is dropped.
+  try { localStorage.removeItem(TOKEN_KEY); } catch (_) { /* storage disabled */ }
+
   function token() {
-    try { return localStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; }
+    try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; }
   }
 
   function setToken(t) {
-    if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
+    if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
   }
 
   function showError(msg) {
@@ -32,6 +39,8 @@ const Kiln = (() => {
     const form = $('token-form');
     const input = $('token-input');
     for (const s of document.querySelectorAll('main > section')) s.hidden = true;
+    for (const d of document.querySelectorAll('dialog[open]')) d.close();
+    for (const b of ['forget-token', 'whoami']) if ($(b)) $(b).hidden = true;
     showError(why || '');
     form.hidden = false;
     input.value = '';
@@ -50,7 +59,18 @@ const Kiln = (() => {
     });
   }
 
-  // Starts `main` once there is a token; again after a 401 asks for a new one.
+  // Any 401, from whichever request of the page (a poll, a button, the log stream): the token is
+  // dropped, the page stops asking the API and shows the token form with the reason; a new
+  // token starts the page again.
+  let refused = null;
+  function tokenRefused(message) {
+    if (refused) return refused;
+    setToken('');
+    refused = askToken('The token was refused (' + message + '). Enter another one.').then(() => location.reload());
+    return refused;
+  }
+
+  // Starts `main` once there is a token.
   function boot(main) {
     const forget = $('forget-token');
     if (forget) {
@@ -60,18 +80,41 @@ const Kiln = (() => {
       if (!token()) await askToken('');
       if (forget) forget.hidden = false;
       try {
+        showWhoami();
         await main();
       } catch (e) {
-        if (e instanceof HttpError && e.status === 401) {
-          setToken('');
-          await askToken('The token was refused (' + e.message + '). Enter another one.');
-          location.reload(); // start clean with the new token
-          return;
-        }
+        if (e instanceof HttpError && e.status === 401) return; // tokenRefused has it
         showError(e.message || String(e));
       }
     };
     run();
+  }
+
+  // ---- who the token is -----------------------------------------------------------------------
+  const ROLES = ['viewer', 'developer', 'owner', 'admin'];
+  let whoami = null;
+
+  // `{tenant, role, token}` of the token (GET /api/v1/whoami), asked once per page.
+  function me() {
+    if (!whoami) whoami = apiJson('/api/v1/whoami');
+    return whoami;
+  }
+
+  // Whether the token's role is `role` or above. The pages show a button only to a role the API
+  // lets through; the API checks every call anyway.
+  async function may(role) {
+    const m = await me();
+    return ROLES.indexOf(m.role) >= ROLES.indexOf(role);
+  }
+
+  async function showWhoami() {
+    const el = $('whoami');
+    if (!el) return;
+    try {
+      const m = await me();
+      el.textContent = (m.tenant ? m.tenant + ' · ' : '') + m.role;
+      el.hidden = false;
+    } catch (_) { /* the page's own requests report it */ }
   }
 
   async function errorOf(res) {
@@ -83,15 +126,31 @@ const Kiln = (() => {
     return new HttpError(res.status, msg);
   }
 
-  // fetch with the bearer token; throws HttpError on a non-2xx answer.
+  // fetch with the bearer token; throws HttpError on a non-2xx answer (a 401 also brings back
+  // the token form, and after it nothing more is sent with the refused token).
   async function api(path, opts) {
+    if (refused) throw new HttpError(401, 'the token was refused');
     opts = opts || {};
     const headers = new Headers(opts.headers || {});
     headers.set('Authorization', 'Bearer ' + token());
     if (!headers.has('Accept')) headers.set('Accept', 'application/json');
     const res = await fetch(path, Object.assign({}, opts, { headers, cache: 'no-store' }));
-    if (!res.ok) throw await errorOf(res);
+    if (!res.ok) {
+      const e = await errorOf(res);
+      if (e.status === 401) tokenRefused(e.message);
+      throw e;
+    }
     return res;
+  }
+
+  // POSTs `body` (JSON, if any) and returns the answer's JSON.
+  function post(path, body) {
+    const opts = { method: 'POST' };
+    if (body !== undefined) {
+      opts.headers = { 'Content-Type': 'application/json' };
+      opts.body = JSON.stringify(body);
+    }
+    return apiJson(path, opts);
   }
 
   async function apiJson(path, opts) {
@@ -296,6 +355,12 @@ const Kiln = (() => {
     return duration((b.finished_at || now || Date.now()) - b.started_at);
   }
 
+  // A point in time as the reader's locale writes it, in a <time> element (machine-readable too).
+  function setTime(el, ms) {
+    el.textContent = ms ? new Date(ms).toLocaleString() : '—';
+    if (ms) el.setAttribute('datetime', new Date(ms).toISOString()); else el.removeAttribute('datetime');
+  }
+
   function ago(ms) {
     const s = Math.round((Date.now() - ms) / 1000);
     if (s < 60) return s + 's ago';
@@ -316,9 +381,114 @@ const Kiln = (() => {
     el.className = 'state state-' + String(state || 'unknown').toLowerCase();
   }
 
+  const firstLine = (text) => String(text || '').split('\n')[0].trim();
+
+  // Who asked for a rollout, from the audit log's name of them (`token:7:ci`, `admin`).
+  function actor(name) {
+    const m = /^token:(\d+):(.*)$/.exec(name || '');
+    return m ? 'token ' + m[2] + ' (#' + m[1] + ')' : name || '';
+  }
+
+  // The app page's address (with the tenant: an admin sees every tenant's apps).
+  const appHref = (tenant, app) => '/ui/apps/' + encodeURIComponent(app) + '?tenant=' + encodeURIComponent(tenant);
+
+  function link(href, text) {
+    const a = document.createElement('a');
+    a.href = href;
+    a.textContent = text;
+    return a;
+  }
+
+  function cell(tr, content, cls) {
+    const td = document.createElement('td');
+    if (cls) td.className = cls;
+    if (content instanceof Node) td.appendChild(content); else td.textContent = content;
+    tr.appendChild(td);
+    return td;
+  }
+
+  // The columns of a builds table, filled into its <thead data-columns="builds"> (the builds list,
+  // an app's recent builds), next to the code that fills its rows.
+  const BUILD_COLUMNS = ['#', 'State', 'App', 'Ref', 'Commit', 'Queued', 'Duration', 'Image'];
+  document.addEventListener('DOMContentLoaded', () => {
+    for (const thead of document.querySelectorAll('thead[data-columns="builds"]')) {
+      const tr = document.createElement('tr');
+      for (const c of BUILD_COLUMNS) {
+        const th = document.createElement('th');
+        th.textContent = c;
+        tr.appendChild(th);
+      }
+      thead.replaceChildren(tr);
+    }
+  });
+
+  // One row of a builds table; the whole row opens the build (the link stays the accessible
+  // target).
+  function buildRow(b) {
+    const tr = document.createElement('tr');
+    tr.dataset.id = b.id;
+    const href = '/ui/builds/' + encodeURIComponent(b.id);
+    cell(tr, link(href, '#' + b.id));
+    const badge = document.createElement('span');
+    stateBadge(badge, b.state);
+    if (b.reason) badge.title = b.reason;
+    cell(tr, badge);
+    cell(tr, link(appHref(b.tenant, b.app), b.app));
+    cell(tr, shortRef(b.ref));
+    const commit = document.createElement('code');
+    commit.textContent = shortCommit(b.commit);
+    commit.title = b.commit_message ? b.commit + '\n' + firstLine(b.commit_message) : b.commit;
+    cell(tr, commit);
+    const queued = cell(tr, ago(b.queued_at), 'muted');
+    queued.title = new Date(b.queued_at).toLocaleString();
+    cell(tr, buildDuration(b), 'num');
+    const digest = document.createElement('code');
+    digest.textContent = shortDigest(b.image_digest);
+    if (b.image) digest.title = b.image;
+    cell(tr, digest);
+    tr.addEventListener('click', (ev) => {
+      if (ev.target.closest('a') || window.getSelection().toString()) return;
+      location.href = href;
+    });
+    return tr;
+  }
+
+  // Asks to confirm with the page's <dialog id="confirm">; resolves true for its OK button.
+  function confirm(text, ok) {
+    const dialog = $('confirm');
+    $('confirm-text').textContent = text;
+    $('confirm-ok').textContent = ok;
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+      dialog.returnValue = '';
+      dialog.showModal();
+      $('confirm-cancel').focus(); // the safe choice has the focus
+    });
+  }
+
+  // Copies `text`: the Clipboard API where the page may use it, else a selection and the copy
+  // command. Resolves whether it worked.
+  async function copy(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (_) {
+      const area = document.createElement('textarea');
+      area.value = text;
+      area.setAttribute('readonly', '');
+      area.className = 'offscreen';
+      document.body.appendChild(area);
+      area.select();
+      let done = false;
+      try { done = document.execCommand('copy'); } catch (_) { done = false; }
+      area.remove();
+      return done;
+    }
+  }
+
   return {
-    $, token, setToken, boot, api, apiJson, HttpError, showError, SseParser, followSse,
-    ansiSegments, appendAnsi, duration, bytes, buildDuration, ago, shortCommit, shortDigest, shortRef,
-    isFinal, stateBadge,
+    $, token, setToken, boot, api, apiJson, post, HttpError, showError, me, may, SseParser, followSse,
+    ansiSegments, appendAnsi, duration, bytes, buildDuration, setTime, ago, shortCommit, shortDigest, shortRef,
+    isFinal, stateBadge, firstLine, actor, appHref, link, cell, buildRow, confirm, copy,
   };
 })();
