@@ -683,6 +683,8 @@ async fn kiln_sync_copies_with_an_authfile_and_exits_1_when_a_target_is_down() {
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["sync", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--authfile") && help.contains("--insecure") && help.contains("verified by digest"), "{help}");
+    // Where the blob cache is, and how to move or turn it off.
+    assert!(help.contains("--blob-cache") && help.contains("KILN_BLOB_CACHE") && help.contains("~/.cache/kiln/blob-locations.json"), "{help}");
 }
 
 /// `kiln sync` run as a user runs it, in a home of its own: its default blob cache is this test's
@@ -834,15 +836,31 @@ async fn kiln_sync_remembers_where_it_put_a_base_layer_and_the_next_image_mounts
     assert_eq!(rig.proxy.blob_upload_bytes(), b.blob_bytes() - rig.base.len() as u64, "the base was sent again:\n{run}");
     assert!(run.stdout.contains("sent 2 blob(s)") && run.stdout.contains("mounted 1,"), "{run}");
     assert!(run.stderr.contains(&format!("mounted {} from team/a", rig.base_digest)), "{run}");
+    assert_eq!(rig.proxy.mount_requests(), [("team/b".to_string(), rig.base_digest.clone(), "team/a".to_string())]);
     // Complete at the target, read from the registry itself (not through the proxy).
     assert!(ImagePusher::new(&rig.target.host()).blob_exists("team/b", &rig.base_digest).await);
     assert_pulls(&rig.target.host(), "team/b", "v1", &b.digest, &[&rig.base, b_top]).await;
+
+    // Entries are per registry: another registry, where the base is in no repository, is asked
+    // for no mount (from team/a or team/b of the first one) and is sent the whole image.
+    let other = TestRegistry::start().await;
+    let other_proxy = RegistryProxy::start(&other.host()).await;
+    let (src, dst) = (format!("{}/team/b:v1", rig.source.host()), format!("{}/team/x", other_proxy.host()));
+    let args = sync_args(&[rig.source.host(), other_proxy.host()], &[&src, &dst]);
+    let run = rig.kiln.run(&xdg_env, &args).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(other_proxy.mount_requests(), [], "{run}");
+    assert_eq!(other_proxy.blob_upload_bytes(), b.blob_bytes(), "{run}");
+    let locations = cached_locations(&cache);
+    let other_base = (other_proxy.host(), rig.base_digest.clone(), "team/x".to_string());
+    assert!(locations.contains(&rig.base_in("team/b")) && locations.contains(&other_base), "{locations:?}");
 
     // The control: with the cache off, the same copy into a third repository sends the base.
     rig.proxy.reset();
     let run = rig.sync(&[], &["--blob-cache", "off"], "team/b", "team/c").await;
     assert_eq!(run.code, Some(0), "{run}");
     assert_eq!(rig.proxy.blob_upload_bytes(), b.blob_bytes(), "{run}");
+    assert_eq!(rig.proxy.mount_requests(), [], "{run}");
     assert!(!rig.kiln.default_cache().exists(), "off writes no cache");
 }
 
@@ -866,11 +884,16 @@ async fn kiln_sync_with_a_stale_or_corrupt_blob_cache_still_copies_the_whole_ima
     assert_eq!(deleted.status(), 202, "{:?}", deleted.text().await);
     assert!(!ImagePusher::new(&rig.target.host()).blob_exists("team/a", &rig.base_digest).await);
 
-    // The mount is refused, and the base is sent instead: once.
+    // The mount is asked for and refused: the registry answers 202 with an upload session
+    // instead of 201 (OCI distribution spec), and the base is sent into that session: once, with
+    // no session of its own (one POST per blob: the refused mount, b's layer, b's config).
     rig.proxy.reset();
     let run = rig.sync(&cache_env, &[], "team/b", "team/b").await;
     assert_eq!(run.code, Some(0), "{run}");
-    assert!(run.stdout.contains("mounted 0,"), "{run}");
+    assert!(run.stdout.contains("mounted 0,") && !run.stderr.contains("mounted sha256:"), "{run}");
+    assert_eq!(rig.proxy.mount_requests(), [("team/b".to_string(), rig.base_digest.clone(), "team/a".to_string())]);
+    let posts = rig.proxy.requests().iter().filter(|r| *r == "POST /v2/team/b/blobs/uploads/").count();
+    assert_eq!(posts, 3, "{:?}", rig.proxy.requests_with_queries());
     assert_eq!(rig.proxy.blob_upload_bytes(), b.blob_bytes(), "{run}");
     assert_pulls(&rig.target.host(), "team/b", "v1", &b.digest, &[&rig.base, b_top]).await;
     // The stale entry was replaced by where the base is now.

@@ -54,4 +54,48 @@ mod tests {
         assert!(write_atomically(dir.path().join("sub").as_path(), &1).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+
+    /// Two `kiln sync` runs saving one blob cache at once, in miniature: writers of one file at
+    /// the same time, every write succeeding, and a reader that only ever finds one writer's
+    /// whole file. (With the one fixed `.tmp` name of before, a writer's rename failed or the
+    /// reader found a cut file.)
+    #[test]
+    fn writers_at_the_same_time_never_show_a_reader_a_half_written_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob-locations.json");
+        write_atomically(&path, &vec![0u32; 1]).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (written, reads) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut reads = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    let bytes = std::fs::read(&path).unwrap();
+                    // Whether the file was whole, and one writer's alone.
+                    let read = serde_json::from_slice::<Vec<u32>>(&bytes).map_err(|e| format!("{} bytes: {e}", bytes.len()));
+                    reads.push(read.map(|values| values.windows(2).all(|p| p[0] == p[1])));
+                }
+                reads
+            });
+            let writers: Vec<_> = (1..=3u32)
+                .map(|w| {
+                    let path = &path;
+                    // Big enough that writing it takes several system calls.
+                    s.spawn(move || (0..20).map(|_| write_atomically(path, &vec![w; 100_000])).collect::<Result<Vec<_>, _>>())
+                })
+                .collect();
+            let written: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+            // Whatever the writers did, the reader stops.
+            done.store(true, Ordering::Relaxed);
+            (written, reader.join().unwrap())
+        });
+        for w in written {
+            w.expect("every write succeeds");
+        }
+        assert!(!reads.is_empty());
+        for read in reads {
+            assert!(read.expect("a whole file"), "two writers' bytes in one file");
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["blob-locations.json"], "no temporary file left");
+    }
 }
