@@ -55,7 +55,11 @@ fn target_for(cluster: &ClusterConfig, tenant: &str, source: &ImageRef) -> Resul
 }
 
 fn registry_options(ctx: &Context, source: &ImageRef) -> RegistryOptions {
-    let mut options = RegistryOptions { insecure_registries: ctx.config.registry.insecure.clone(), ..Default::default() };
+    let mut options = RegistryOptions {
+        insecure_registries: ctx.config.registry.insecure.clone(),
+        insecure_setting: Some(crate::config::RegistryConfig::INSECURE_SETTING.into()),
+        ..Default::default()
+    };
     if let (Some(u), Some(p)) = (&ctx.config.registry.username, &ctx.config.registry.password) {
         options.registry_auth.insert(source.registry().to_string(), RegistryAuth::basic(u.clone(), p.clone()));
     }
