@@ -22,6 +22,7 @@ mod deploy_manifests;
 mod isolation;
 mod lifecycle;
 mod log_streaming;
+mod metrics;
 mod namespace_provisioning;
 mod queueing;
 mod rbac_rules;

@@ -173,6 +173,8 @@ impl LocalExecutor {
             Some(o) => (o.state.as_str(), o.reason.as_deref()),
         };
         job.log.step_finished(name, state, secs, exit_code, reason).await;
+        // Here, where the executor knows the step's end, rather than from the store at scrape time.
+        job.metrics.step_finished(name, secs);
         let _ = store.finish_step(job.build.id, name, step_state, exit_code).await;
         outcome
     }

@@ -33,6 +33,8 @@ pub struct BuildJob {
     /// The build was Running when Kiln last stopped: an executor that adopts running builds
     /// follows what is already there instead of starting it again.
     pub resumed: bool,
+    /// Step durations go into `kiln_build_step_duration_seconds` as each step ends.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How a build ended, as the executor saw it.

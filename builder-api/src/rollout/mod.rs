@@ -148,12 +148,16 @@ async fn dispatch(ctx: &Arc<Context>) -> Result<(), StoreError> {
 }
 
 async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     let (state, reason) = match roll(ctx, &rollout).await {
         Ok(Rolled::Superseded) => return Ok(()),
         Ok(Rolled::Done(note)) => ("Complete", note),
         Err(e) => (e.state(), Some(e.to_string())),
     };
     tracing::info!(rollout = rollout.id, deployment = rollout.deployment, state, reason, "rollout ended");
+    // Here, where the rollout's end is known; a superseded one never touched the cluster.
+    let labels = crate::metrics::ResultLabels { result: state.to_string() };
+    ctx.metrics.rollout_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     ctx.store.finish_rollout(rollout.id, state, reason.as_deref()).await?;
     ctx.notifications.rollout_ended(&rollout, state, reason.as_deref());
     Ok(())

@@ -440,31 +440,4 @@ impl Store {
             })
             .collect())
     }
-
-    /// Counts per state, for `/metrics`.
-    pub async fn build_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS count FROM builds GROUP BY state").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (r.get("state"), r.get("count"))).collect())
-    }
-
-    /// (count, sum of seconds) of queue waits of builds that started.
-    pub async fn queue_wait_totals(&self) -> Result<(i64, f64)> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS count, COALESCE(SUM(started_at - queued_at), 0) AS wait_ms FROM builds WHERE started_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((r.get("count"), r.get::<i64, _>("wait_ms") as f64 / 1000.0))
-    }
-
-    /// Per step name: (count, sum of seconds) of finished steps.
-    pub async fn step_duration_totals(&self) -> Result<Vec<(String, i64, f64)>> {
-        let rows = sqlx::query(
-            "SELECT name, COUNT(*) AS count, COALESCE(SUM(finished_at - started_at), 0) AS duration_ms FROM build_steps
-             WHERE finished_at IS NOT NULL AND started_at IS NOT NULL GROUP BY name ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| (r.get("name"), r.get("count"), r.get::<i64, _>("duration_ms") as f64 / 1000.0)).collect())
-    }
 }
