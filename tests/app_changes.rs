@@ -166,6 +166,7 @@ async fn deleting_an_app_that_builds_is_refused_until_forced_which_cancels_and_k
             repository: "team/slow".into(),
             policy: "manual".into(),
             rollback_on_failure: true,
+            strategy: None,
         })
         .await
         .unwrap();

@@ -68,6 +68,7 @@ impl World {
                 repository: format!("{name}/{app}"),
                 policy: "branch:main".into(),
                 rollback_on_failure: true,
+                strategy: None,
             })
             .await
             .unwrap();
@@ -157,6 +158,8 @@ fn body_for(method: &Method, path: &str, b: &World) -> Option<Value> {
             "cluster": "c1", "namespace": "probe", "deployment": "probe", "container": "main", "policy": "branch:main"
         })),
         ("DELETE", "/api/v1/apps/{app}/subscriptions/{subscription_id}") => None,
+        ("PUT", "/api/v1/apps/{app}/subscriptions/{subscription_id}/strategy") => Some(json!({ "strategy": "blue-green" })),
+        ("POST", "/api/v1/apps/{app}/subscriptions/{subscription_id}/promote") | ("POST", "/api/v1/apps/{app}/subscriptions/{subscription_id}/abort") => None,
         ("POST", "/api/v1/apps/{app}/rollback") => Some(json!({ "build": b.build_id })),
         ("POST", "/api/v1/builds/{build_id}/cancel") | ("POST", "/api/v1/builds/{build_id}/sync") | ("POST", "/api/v1/builds/{build_id}/retry") => None,
         ("POST", "/api/v1/builds/{build_id}/apm") => Some(json!({ "agent": "elastic" })),
@@ -225,7 +228,9 @@ async fn every_route_and_role_of_one_tenant_is_refused_at_another_tenants_object
     assert!(b_tokens.iter().all(|t| t.revoked_at.is_none()), "{b_tokens:?}");
     let b_app = kiln.ctx.store.app_by_name(b.id, &b.app).await.unwrap().expect("B's app is not deleted");
     assert_eq!((b_app.branch_filter.as_str(), b_app.git_token.as_deref()), ("**", Some("glpat-git-token-of-team-b")), "B's app changed");
-    assert_eq!(kiln.ctx.store.subscriptions_of_app(b_app.id).await.unwrap().len(), 1);
+    let b_subscriptions = kiln.ctx.store.subscriptions_of_app(b_app.id).await.unwrap();
+    assert_eq!(b_subscriptions.len(), 1);
+    assert_eq!(b_subscriptions[0].strategy, json!({"kind": "rolling"}), "B's strategy changed");
     let build = kiln.build(b.build_id).await;
     assert_ne!(build.state, builder_api::store::BuildState::Cancelled, "{build:?}");
     let a_token_ids: Vec<i64> = kiln.ctx.store.tokens(a.id).await.unwrap().iter().map(|t| t.id).collect();

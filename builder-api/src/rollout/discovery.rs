@@ -136,6 +136,7 @@ async fn subscribe(
         repository,
         policy: policy.to_string(),
         rollback_on_failure: true,
+        strategy: None,
     };
     match ctx.store.create_subscription(&new).await {
         Ok(_) => Ok(true),

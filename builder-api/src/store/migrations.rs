@@ -297,6 +297,26 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX apps_by_project ON apps(project_path);
     CREATE UNIQUE INDEX apps_live_name ON apps(tenant_id, name) WHERE deleted_at IS NULL;
     "#,
+    // 15: release strategies (issue 23). A subscription's strategy is JSON (`rollout::strategy`,
+    // `{"kind":"rolling"}` being today's behaviour); a rollout copies it when queued, so its
+    // record says how it was released even after the subscription changed. A release's steps
+    // (traffic switched, canary at 25 %, promoted by whom) are rows of their own, appended as
+    // they happen; `decision` is a pending `promote` or `abort` asked through the API and
+    // `decided_by` who asked.
+    r#"
+    ALTER TABLE subscriptions ADD COLUMN strategy TEXT NOT NULL DEFAULT '{"kind":"rolling"}';
+    ALTER TABLE rollouts ADD COLUMN strategy TEXT NOT NULL DEFAULT '{"kind":"rolling"}';
+    ALTER TABLE rollouts ADD COLUMN decision TEXT;
+    ALTER TABLE rollouts ADD COLUMN decided_by TEXT;
+    CREATE TABLE rollout_steps (
+        rollout_id INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        step TEXT NOT NULL,
+        actor TEXT,
+        PRIMARY KEY (rollout_id, seq)
+    );
+    "#,
 ];
 
 /// Applies the migrations a database has not had, in one transaction, with foreign keys off

@@ -32,7 +32,7 @@ pub use builds::{Build, BuildState, CommitInfo, NewBuild, Step, StepState};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
 pub use notifications::{redact_url, NewNotificationTarget, NotificationDelivery, NotificationTarget, NotifyEvent, TargetKind};
-pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, Subscription};
+pub use rollouts::{ImageEvent, NewImageEvent, NewRollout, NewSubscription, Rollout, RolloutStep, Subscription};
 pub use secrets::{DecryptError, KeyError, SecretKey};
 pub use syncs::BuildSync;
 pub use tenants::{new_token, token_sha256, ApiToken, Principal, Revoked, Role, Tenant, TenantSettings, TokenLookup};

@@ -1,7 +1,8 @@
 //! Rollouts: subscriptions (a Deployment's container that follows an app's image), image events
 //! (an image arrived in a cluster's registry: a Harbor webhook or registry-sync's verified copy)
-//! and rollouts (Pending → Running → Complete | Failed | RolledBack, or Superseded while
-//! Pending by a newer image for the same subscription).
+//! and rollouts (Pending → Running → Complete | Failed | RolledBack | Aborted, or Superseded
+//! while Pending by a newer image for the same subscription). A rollout's steps (what its
+//! strategy did, when, and who promoted or aborted it) are rows of `rollout_steps`.
 
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
@@ -22,6 +23,9 @@ pub struct Subscription {
     /// `branch:NAME`, `glob:PATTERN`, `semver:RANGE` or `manual`.
     pub policy: String,
     pub rollback_on_failure: bool,
+    /// How a new image is released: `{"kind": "rolling"}`, `blue-green` or `canary` with their
+    /// settings (`rollout::strategy` reads it).
+    pub strategy: serde_json::Value,
     pub created_at: i64,
 }
 
@@ -35,6 +39,8 @@ pub struct NewSubscription {
     pub repository: String,
     pub policy: String,
     pub rollback_on_failure: bool,
+    /// None: `{"kind": "rolling"}`.
+    pub strategy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,9 +90,26 @@ pub struct Rollout {
     /// Who asked for a rollback, as the audit log names them (`token:7:name`, `admin`); None
     /// for a rollout an image arrival started.
     pub requested_by: Option<String>,
+    /// The subscription's strategy when the rollout was queued.
+    pub strategy: serde_json::Value,
+    /// A `promote` or `abort` asked through the API and not acted on yet, and who asked.
+    #[serde(skip)]
+    pub decision: Option<(String, String)>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+}
+
+/// One step of a release, as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStep {
+    #[serde(skip)]
+    pub rollout_id: i64,
+    pub at: i64,
+    /// What happened, in words: `Service web selects green`, `canary at 25 %: 1 canary, 3 stable`.
+    pub step: String,
+    /// Who made it happen when a person did (`promote`, `abort`): the audit log's actor name.
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +125,12 @@ pub struct NewRollout {
 }
 
 const SUBSCRIPTION_COLUMNS: &str =
-    "id, app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, created_at";
+    "id, app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, strategy, created_at";
+
+/// A strategy column: JSON written by Kiln; anything else reads as rolling.
+fn strategy_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({"kind": "rolling"}))
+}
 
 fn subscription_from_row(r: &SqliteRow) -> Subscription {
     Subscription {
@@ -115,12 +143,14 @@ fn subscription_from_row(r: &SqliteRow) -> Subscription {
         repository: r.get("repository"),
         policy: r.get("policy"),
         rollback_on_failure: r.get::<i64, _>("rollback_on_failure") != 0,
+        strategy: strategy_of(r.get("strategy")),
         created_at: r.get("created_at"),
     }
 }
 
 const ROLLOUT_SELECT: &str = "SELECT r.id, r.subscription_id, r.app_id, r.cluster, s.namespace, s.deployment, s.container, r.digest,
-    r.image, r.previous_image, r.state, r.reason, r.trigger, r.requested_by, r.created_at, r.started_at, r.finished_at, s.rollback_on_failure
+    r.image, r.previous_image, r.state, r.reason, r.trigger, r.requested_by, r.strategy, r.decision, r.decided_by,
+    r.created_at, r.started_at, r.finished_at, s.rollback_on_failure
     FROM rollouts r JOIN subscriptions s ON s.id = r.subscription_id";
 
 fn rollout_from_row(r: &SqliteRow) -> Rollout {
@@ -139,6 +169,8 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
         reason: r.get("reason"),
         trigger: r.get("trigger"),
         requested_by: r.get("requested_by"),
+        strategy: strategy_of(r.get("strategy")),
+        decision: r.get::<Option<String>, _>("decision").map(|d| (d, r.get::<Option<String>, _>("decided_by").unwrap_or_default())),
         created_at: r.get("created_at"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
@@ -146,11 +178,15 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
     }
 }
 
+fn step_from_row(r: &SqliteRow) -> RolloutStep {
+    RolloutStep { rollout_id: r.get("rollout_id"), at: r.get("at"), step: r.get("step"), actor: r.get("actor") }
+}
+
 impl Store {
     pub async fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription> {
         let sql = format!(
-            "INSERT INTO subscriptions (app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SUBSCRIPTION_COLUMNS}"
+            "INSERT INTO subscriptions (app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, strategy, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SUBSCRIPTION_COLUMNS}"
         );
         sqlx::query(&sql)
             .bind(new.app_id)
@@ -161,6 +197,7 @@ impl Store {
             .bind(&new.repository)
             .bind(&new.policy)
             .bind(new.rollback_on_failure as i64)
+            .bind(new.strategy.clone().unwrap_or_else(|| serde_json::json!({"kind": "rolling"})).to_string())
             .bind(now_ms())
             .fetch_one(&self.writer)
             .await
@@ -201,6 +238,14 @@ impl Store {
     pub async fn subscription(&self, id: i64) -> Result<Option<Subscription>> {
         let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?");
         Ok(sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(subscription_from_row))
+    }
+
+    /// Changes a subscription's strategy (rollouts queued from now on use it); None when the
+    /// app has no such subscription.
+    pub async fn set_subscription_strategy(&self, app_id: i64, id: i64, strategy: &serde_json::Value) -> Result<Option<Subscription>> {
+        let sql = format!("UPDATE subscriptions SET strategy = ? WHERE id = ? AND app_id = ? RETURNING {SUBSCRIPTION_COLUMNS}");
+        let row = sqlx::query(&sql).bind(strategy.to_string()).bind(id).bind(app_id).fetch_optional(&self.writer).await?;
+        Ok(row.as_ref().map(subscription_from_row))
     }
 
     /// False when the app has no such subscription.
@@ -257,8 +302,8 @@ impl Store {
         let mut ids = Vec::with_capacity(rollouts.len());
         for r in rollouts {
             let id: i64 = sqlx::query(
-                "INSERT INTO rollouts (subscription_id, app_id, cluster, digest, image, state, trigger, requested_by, created_at)
-                 VALUES (?, ?, ?, ?, ?, 'Pending', ?, ?, ?) RETURNING id",
+                "INSERT INTO rollouts (subscription_id, app_id, cluster, digest, image, state, trigger, requested_by, created_at, strategy)
+                 VALUES (?, ?, ?, ?, ?, 'Pending', ?, ?, ?, (SELECT strategy FROM subscriptions WHERE id = ?)) RETURNING id",
             )
             .bind(r.subscription_id)
             .bind(r.app_id)
@@ -268,6 +313,7 @@ impl Store {
             .bind(&r.trigger)
             .bind(&r.requested_by)
             .bind(now)
+            .bind(r.subscription_id)
             .fetch_one(&mut *tx)
             .await?
             .get("id");
@@ -337,6 +383,73 @@ impl Store {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    /// Appends a step to a rollout's record.
+    pub async fn record_rollout_step(&self, rollout_id: i64, step: &str, actor: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rollout_steps (rollout_id, seq, at, step, actor)
+             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM rollout_steps WHERE rollout_id = ?), ?, ?, ?)",
+        )
+        .bind(rollout_id)
+        .bind(rollout_id)
+        .bind(now_ms())
+        .bind(step)
+        .bind(actor)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The steps of every rollout of an app, in the order they happened.
+    pub async fn rollout_steps_of_app(&self, app_id: i64) -> Result<Vec<RolloutStep>> {
+        let rows = sqlx::query(
+            "SELECT st.rollout_id, st.at, st.step, st.actor FROM rollout_steps st JOIN rollouts r ON r.id = st.rollout_id
+             WHERE r.app_id = ? ORDER BY st.rollout_id, st.seq",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(step_from_row).collect())
+    }
+
+    pub async fn rollout_steps(&self, rollout_id: i64) -> Result<Vec<RolloutStep>> {
+        let rows = sqlx::query("SELECT rollout_id, at, step, actor FROM rollout_steps WHERE rollout_id = ? ORDER BY seq")
+            .bind(rollout_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(step_from_row).collect())
+    }
+
+    /// Asks the running rollout of a subscription to `promote` or `abort` (the first decision
+    /// counts until the rollout acts on it). The rollout's id, or None when none is running.
+    pub async fn decide_rollout(&self, subscription_id: i64, decision: &str, actor: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "UPDATE rollouts SET decision = ?, decided_by = ?
+             WHERE subscription_id = ? AND state = 'Running' AND decision IS NULL RETURNING id",
+        )
+        .bind(decision)
+        .bind(actor)
+        .bind(subscription_id)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(|r| r.get("id")))
+    }
+
+    /// Takes a pending decision of a rollout (it is acted on once): `(decision, who)`.
+    pub async fn take_rollout_decision(&self, rollout_id: i64) -> Result<Option<(String, String)>> {
+        // RETURNING gives the row after the update, so the decision is read first, in the
+        // same transaction as its clearing.
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query("SELECT decision, decided_by FROM rollouts WHERE id = ? AND decision IS NOT NULL")
+            .bind(rollout_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if row.is_some() {
+            sqlx::query("UPDATE rollouts SET decision = NULL WHERE id = ?").bind(rollout_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(row.map(|r| (r.get("decision"), r.get::<Option<String>, _>("decided_by").unwrap_or_default())))
     }
 
     /// Rollouts a previous process left Running go back to Pending: the rollout is driven again
