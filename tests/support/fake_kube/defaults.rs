@@ -14,8 +14,74 @@ pub(crate) fn apply(res: &Res, obj: &mut Value) {
         "pods" => pod(obj),
         "jobs" => job(obj),
         "persistentvolumeclaims" => claim(obj),
+        "services" => service(obj),
+        "deployments" => deployment(obj),
         _ => {}
     }
+}
+
+/// What an update (a PUT, or a patch, which the server turns into one) may not change, and
+/// what it keeps from the stored object when the client leaves it out: a Service's cluster IP
+/// (`spec.clusterIP` and `clusterIPs` "may not change once set", 422; left out, the stored one).
+pub(crate) fn on_update(res: &Res, old: &Value, new: &mut Value) -> Result<(), super::store::ApiError> {
+    if res.plural != "services" || !new["spec"].is_object() {
+        return Ok(());
+    }
+    for key in ["clusterIP", "clusterIPs"] {
+        match new["spec"].get(key) {
+            None | Some(Value::Null) => new["spec"][key] = old["spec"][key].clone(),
+            Some(v) if *v != old["spec"][key] && old["spec"][key] != "None" => {
+                let name = old["metadata"]["name"].as_str().unwrap_or("");
+                return Err(super::store::ApiError::invalid(res, name, format!("spec.{key}: Invalid value: {v}: field is immutable")));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A Service as the server stores it (`SetDefaults_Service` and the IP allocator): type
+/// ClusterIP with a cluster IP from the service range (unless headless, `clusterIP: None`),
+/// one IPv4 family, session affinity None, traffic policy Cluster, each port TCP with its
+/// `targetPort` the port; the status an empty load balancer.
+fn service(svc: &mut Value) {
+    if !svc["spec"].is_object() {
+        svc["spec"] = json!({});
+    }
+    let spec = &mut svc["spec"];
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    if spec["clusterIP"].is_null() || spec["clusterIP"] == "" {
+        // From 10.96.0.0/12, as kubeadm's default range; the uid makes it distinct enough.
+        let n = svc["metadata"]["uid"].as_str().unwrap_or("").bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        svc["spec"]["clusterIP"] = json!(format!("10.96.{}.{}", (n >> 8) % 256, n % 254 + 1));
+    }
+    let spec = &mut svc["spec"];
+    let ip = spec["clusterIP"].clone();
+    default(spec, "clusterIPs", json!([ip]));
+    default(spec, "ipFamilies", json!(["IPv4"]));
+    default(spec, "ipFamilyPolicy", json!("SingleStack"));
+    default(spec, "internalTrafficPolicy", json!("Cluster"));
+    for p in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        default(p, "protocol", json!("TCP"));
+        let port = p["port"].clone();
+        default(p, "targetPort", port);
+    }
+    svc["status"] = json!({"loadBalancer": {}});
+}
+
+/// `SetDefaults_Deployment`: one replica, the RollingUpdate strategy at 25 %/25 %, ten
+/// ReplicaSets of history, a progress deadline of 600 s, and the pod template's defaults.
+fn deployment(d: &mut Value) {
+    if !d["spec"].is_object() {
+        return;
+    }
+    let spec = &mut d["spec"];
+    default(spec, "replicas", json!(1));
+    default(spec, "revisionHistoryLimit", json!(10));
+    default(spec, "progressDeadlineSeconds", json!(600));
+    default(spec, "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}));
+    pod_spec(&mut spec["template"]["spec"]);
 }
 
 /// Sets `obj[key]` when it is absent (or null), as Go defaulting fills a nil field.

@@ -15,6 +15,12 @@
 //!    are ready; a rollback to the template still serving has its replicas already;
 //! 4. `NewReplicaSetAvailable` when every replica is updated and available.
 //!
+//! A pod is Ready `REPLICA_STEP` after the one before it, and counts as available once it has
+//! been Ready for the Deployment's `minReadySeconds` (so `readyReplicas` leads
+//! `availableReplicas` by that long, as on a real cluster). A change of `replicas` alone (the same
+//! template) keeps the pods there: scaling down is done at once, scaling up starts the missing
+//! pods, which become Ready and available as above.
+//!
 //! A rollout to an image the test marked bad (`FakeKube::fail_rollouts_of`) never gets a new
 //! replica available: its surge pod stays unready, and after `spec.progressDeadlineSeconds`
 //! (default 600, as the real one) `Progressing` turns False with reason `ProgressDeadlineExceeded`.
@@ -67,6 +73,8 @@ struct Tracked {
     /// The template whose replicas are available while another one rolls out: the last one
     /// rolled out. None before a rollout completed: then there are no old replicas.
     serving: Option<String>,
+    /// How many replicas of `serving` are up: what a change of `replicas` starts from.
+    available: i64,
 }
 
 type Key = ObjectKey;
@@ -173,7 +181,7 @@ fn view(d: &Value) -> Value {
         "metadata": {"namespace": md["namespace"], "name": name_of(d), "uid": md["uid"], "generation": md["generation"],
                      "revision": md["annotations"][REVISION]},
         "spec": {"replicas": d["spec"]["replicas"], "progressDeadlineSeconds": d["spec"]["progressDeadlineSeconds"],
-                 "strategy": d["spec"]["strategy"]},
+                 "strategy": d["spec"]["strategy"], "minReadySeconds": d["spec"]["minReadySeconds"]},
         "images": images(d),
         "hash": template_hash(&d["spec"]["template"]),
         "status": d["status"],
@@ -186,6 +194,7 @@ fn view(d: &Value) -> Value {
 struct Counts {
     replicas: i64,
     updated: i64,
+    ready: i64,
     available: i64,
     unavailable: i64,
 }
@@ -197,7 +206,7 @@ impl Counts {
         for (k, v) in [
             ("replicas", self.replicas),
             ("updatedReplicas", self.updated),
-            ("readyReplicas", self.available),
+            ("readyReplicas", self.ready),
             ("availableReplicas", self.available),
             ("unavailableReplicas", self.unavailable),
         ] {
@@ -213,13 +222,28 @@ impl Counts {
 
     fn of(status: &Value) -> Counts {
         let n = |k: &str| status[k].as_i64().unwrap_or(0);
-        Counts { replicas: n("replicas"), updated: n("updatedReplicas"), available: n("availableReplicas"), unavailable: n("unavailableReplicas") }
+        Counts {
+            replicas: n("replicas"),
+            updated: n("updatedReplicas"),
+            ready: n("readyReplicas"),
+            available: n("availableReplicas"),
+            unavailable: n("unavailableReplicas"),
+        }
+    }
+
+    /// Every replica up: ready and available alike.
+    fn settled(replicas: i64, updated: i64, unavailable: i64) -> Counts {
+        let up = replicas - unavailable;
+        Counts { replicas, updated, ready: up, available: up, unavailable }
     }
 
     /// The real `DeploymentProgressing`: more updated, ready or available replicas, or fewer old
     /// ones.
     fn progressed_from(&self, old: &Counts) -> bool {
-        self.updated > old.updated || self.replicas - self.updated < old.replicas - old.updated || self.available > old.available
+        self.updated > old.updated
+            || self.replicas - self.updated < old.replicas - old.updated
+            || self.ready > old.ready
+            || self.available > old.available
     }
 }
 
@@ -270,6 +294,7 @@ fn reconcile(sh: &Shared, tracked: &mut HashMap<Key, Tracked>, only: Option<&Has
                     stage: if settled { Stage::Done } else { Stage::Pending },
                     revisions: if settled { HashMap::from([(hash.clone(), revision)]) } else { HashMap::new() },
                     serving: settled.then(|| hash.clone()),
+                    available: if settled { old["availableReplicas"].as_i64().unwrap_or(0) } else { 0 },
                 },
             );
         }
@@ -306,7 +331,8 @@ fn reconcile(sh: &Shared, tracked: &mut HashMap<Key, Tracked>, only: Option<&Has
         let failing = d["images"].as_array().into_iter().flatten().filter_map(Value::as_str).any(|i| bad.iter().any(|b| i.contains(b.as_str())));
         // A rollback to the template still serving: its replicas are there and available already.
         let reused = t.serving.as_deref() == Some(hash.as_str()) && !failing;
-        let old_replicas = t.serving.is_some() && !reused;
+        // Old replicas to replace one by one; a template scaled to zero has none.
+        let old_replicas = t.serving.is_some() && !reused && t.available > 0;
         let counts;
         let mut progressing = None;
         match t.stage {
@@ -317,12 +343,12 @@ fn reconcile(sh: &Shared, tracked: &mut HashMap<Key, Tracked>, only: Option<&Has
                 t.stage = Stage::Observed;
                 timers.push((key.clone(), now));
                 counts = if old_replicas {
-                    Counts { replicas, updated: 0, available: replicas, unavailable: 1 }
+                    Counts { replicas, updated: 0, ready: replicas, available: replicas, unavailable: 1 }
                 } else {
-                    Counts { replicas: 0, updated: 0, available: 0, unavailable: replicas }
+                    Counts { replicas: 0, updated: 0, ready: 0, available: 0, unavailable: replicas }
                 };
             }
-            Stage::Done => counts = Counts { replicas, updated: replicas, available: replicas, unavailable: 0 },
+            Stage::Done => counts = Counts::settled(replicas, replicas, 0),
             Stage::Announced { created: false } | Stage::Observed | Stage::Rolling { .. } => {
                 let (since, stray) = match t.stage {
                     Stage::Rolling { since, stray } => (since, stray),
@@ -330,41 +356,66 @@ fn reconcile(sh: &Shared, tracked: &mut HashMap<Key, Tracked>, only: Option<&Has
                 };
                 t.stage = Stage::Rolling { since, stray };
                 let elapsed = now.saturating_duration_since(since);
-                // New replicas available so far, and whether that is all of them.
-                let (ready, done) = if reused {
-                    (replicas, elapsed >= REPLICA_STEP)
+                let min_ready = Duration::from_secs(d["spec"]["minReadySeconds"].as_u64().unwrap_or(0));
+                // Of `n` pods started at `since`: how many are Ready `at` after it (one every
+                // REPLICA_STEP), and when the next one is.
+                let up = |at: Duration, n: i64| ((at.as_millis() / REPLICA_STEP.as_millis()) as i64).min(n);
+                let next_up = |k: i64, n: i64, offset: Duration| (k < n).then(|| since + offset + REPLICA_STEP * (k as u32 + 1));
+                // Pods already up (a change of replicas alone keeps them), pods started now.
+                let kept = if reused { t.available.min(replicas) } else { 0 };
+                let fresh = replicas - kept;
+                let (ready_fresh, available_fresh) = (up(elapsed, fresh), up(elapsed.saturating_sub(min_ready), fresh));
+                // With old replicas, one surge pod at a time, each Ready for minReadySeconds
+                // before the next.
+                let surge_step = REPLICA_STEP + min_ready;
+                let surged = ((elapsed.as_millis() / surge_step.as_millis()) as i64).min(replicas);
+                let done = if reused {
+                    kept + available_fresh >= replicas && elapsed >= REPLICA_STEP
                 } else if failing {
-                    (0, replicas == 0)
+                    replicas == 0
+                } else if old_replicas {
+                    surged >= replicas
                 } else {
-                    let k = ((elapsed.as_millis() / REPLICA_STEP.as_millis()) as i64).min(replicas);
-                    (k, k >= replicas)
+                    available_fresh >= replicas
                 };
                 counts = if done {
-                    Counts { replicas, updated: replicas, available: replicas, unavailable: 0 }
+                    Counts::settled(replicas, replicas, 0)
                 } else if reused {
                     // The abandoned rollout's pods are scaled down next.
-                    Counts { replicas: replicas + stray, updated: replicas, available: replicas, unavailable: 0 }
+                    let (ready, available) = (kept + ready_fresh, kept + available_fresh);
+                    Counts { replicas: replicas + stray, updated: replicas, ready, available, unavailable: replicas - available }
                 } else if old_replicas {
                     // One surge pod of the new template at a time; the old replicas stay
                     // available until a new one is (maxUnavailable 0 for a few replicas).
-                    Counts { replicas: replicas + 1, updated: ready + 1, available: replicas, unavailable: 1 }
+                    let updated = if failing { 1 } else { surged + 1 };
+                    Counts { replicas: replicas + 1, updated, ready: replicas, available: replicas, unavailable: 1 }
+                } else if failing {
+                    Counts { replicas, updated: replicas, ready: 0, available: 0, unavailable: replicas }
                 } else {
                     // A first rollout: every new pod at once.
-                    Counts { replicas, updated: replicas, available: ready, unavailable: replicas - ready }
+                    Counts { replicas, updated: replicas, ready: ready_fresh, available: available_fresh, unavailable: replicas - available_fresh }
                 };
                 progressing = Some(if done {
                     t.stage = Stage::Done;
                     t.serving = Some(hash.clone());
+                    t.available = replicas;
                     (condition("Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{rs}\" has successfully progressed.")), false)
                 } else if failing && elapsed >= deadline {
                     (condition("Progressing", "False", "ProgressDeadlineExceeded", &format!("ReplicaSet \"{rs}\" has timed out progressing.")), false)
                 } else {
                     let next = if failing {
                         since + deadline
-                    } else if reused {
-                        since + REPLICA_STEP
+                    } else if old_replicas && !reused {
+                        since + surge_step * (surged as u32 + 1)
                     } else {
-                        since + REPLICA_STEP * (ready as u32 + 1)
+                        // The next pod Ready, the next one available, or (nothing to start) the
+                        // step a reused template takes.
+                        [next_up(ready_fresh, fresh, Duration::ZERO), next_up(available_fresh, fresh, min_ready), Some(since + REPLICA_STEP)]
+                            .into_iter()
+                            .flatten()
+                            .filter(|at| *at > now)
+                            .min()
+                            .unwrap_or(now + REPLICA_STEP)
                     };
                     timers.push((key.clone(), next));
                     let renew = counts.progressed_from(&Counts::of(old));

@@ -5,7 +5,8 @@
 //!
 //! It behaves like the real server where Kiln relies on it, as recorded from a v1.36 control
 //! plane in `tests/kube-recordings/` (each module names the scenarios it follows):
-//! - objects: resourceVersions from one counter; 409/404/403/410 `Status` bodies; merge /
+//! - objects: resourceVersions from one counter; Services (with their defaults and immutable
+//!   cluster IP) and a custom resource, Istio's `networking.istio.io/v1` VirtualService; 409/404/403/410 `Status` bodies; merge /
 //!   strategic / JSON patches and server-side apply; the `/status` subresource; the server's
 //!   defaults on create (S14: a Job's selector, counts and controller labels, a pod's container
 //!   and scheduling defaults, service account, tolerations, priority, `qosClass`); `dryRun=All`
@@ -419,6 +420,15 @@ impl FakeKube {
                 panic!("timed out after {timeout:?} waiting for {what}");
             }
         }
+    }
+
+    /// Every change after resourceVersion `rv`, in the order written: (resource, namespace,
+    /// the object as written — as last stored for a deletion). A test replays them to check
+    /// something held in every state the cluster went through, not only in those it happened
+    /// to look at.
+    pub fn changes_since(&self, rv: u64) -> Vec<(String, String, Value)> {
+        let (events, _) = self.shared.store.events_since(rv).expect("history since rv kept");
+        events.iter().map(|e| (e.resource.to_string(), e.namespace.clone(), Value::clone(&e.object))).collect()
     }
 
     // ---- counters ----

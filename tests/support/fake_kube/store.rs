@@ -45,6 +45,10 @@ pub static RESOURCES: &[Res] = &[
     Res { plural: "rolebindings", group: "rbac.authorization.k8s.io", version: "v1", kind: "RoleBinding", namespaced: true, status: false, generation: false },
     Res { plural: "clusterroles", group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRole", namespaced: false, status: false, generation: false },
     Res { plural: "clusterrolebindings", group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRoleBinding", namespaced: false, status: false, generation: false },
+    Res { plural: "services", group: "", version: "v1", kind: "Service", namespaced: true, status: true, generation: false },
+    // A custom resource (Istio's CRD, with its status subresource): served like any other, with
+    // `metadata.generation` counting spec changes as the server does for every CRD.
+    Res { plural: "virtualservices", group: "networking.istio.io", version: "v1", kind: "VirtualService", namespaced: true, status: true, generation: true },
 ];
 
 pub fn res(plural: &str) -> Option<&'static Res> {
@@ -422,6 +426,9 @@ impl Store {
                 }
                 o
             };
+            if !status_only {
+                super::defaults::on_update(res, old, &mut next)?;
+            }
             normalize(res, &mut next);
             Ok(next)
         })
