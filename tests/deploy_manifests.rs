@@ -68,7 +68,17 @@ const EXPECTED_GRANTS: &[(&str, &[(&str, &str, &[&str])])] = &[
             ("", "serviceaccounts", &["create"]),
         ],
     ),
-    ("kiln-deploys", &[("apps", "deployments", &["get", "list", "watch", "patch"])]),
+    (
+        "kiln-deploys",
+        &[
+            // create: the blue-green colours and the canary Deployment, made from a subscribed one.
+            ("apps", "deployments", &["get", "list", "watch", "patch", "create"]),
+            // The app's Service whose selector blue-green switches.
+            ("", "services", &["get", "patch"]),
+            // A canary with `traffic: istio` weighs the VirtualService's routes.
+            ("networking.istio.io", "virtualservices", &["get", "patch"]),
+        ],
+    ),
 ];
 
 /// The rules of `deploy/provisioning/`'s ClusterRole `kiln-provisioner`, as (apiGroup, resource,

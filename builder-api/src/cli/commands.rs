@@ -121,11 +121,13 @@ pub async fn releases(api: &Api, app: &str) -> anyhow::Result<u8> {
     }
     let style = Style::stdout();
     use Align::{Left, Right};
-    let mut current = Table::new(&[("CLUSTER", Left), ("DEPLOYMENT", Left), ("POLICY", Left), ("CURRENT", Left)]);
+    let mut current =
+        Table::new(&[("SUBSCRIPTION", Right), ("CLUSTER", Left), ("DEPLOYMENT", Left), ("POLICY", Left), ("STRATEGY", Left), ("CURRENT", Left)]);
     let mut history = Table::new(&[
         ("ROLLOUT", Right),
         ("CLUSTER", Left),
         ("DEPLOYMENT", Left),
+        ("STRATEGY", Left),
         ("STATE", Left),
         ("DIGEST", Left),
         ("TRIGGER", Left),
@@ -134,13 +136,21 @@ pub async fn releases(api: &Api, app: &str) -> anyhow::Result<u8> {
     ]);
     for r in &releases {
         let deployment = format!("{}/{} ({})", text(r, "namespace"), text(r, "deployment"), text(r, "container"));
-        current.row(vec![text(r, "cluster").into(), deployment.clone().into(), text(r, "policy").into(), short_digest(r["digest"].as_str()).into()]);
+        current.row(vec![
+            text(r, "subscription_id").into(),
+            text(r, "cluster").into(),
+            deployment.clone().into(),
+            text(r, "policy").into(),
+            text(&r["strategy"], "kind").into(),
+            short_digest(r["digest"].as_str()).into(),
+        ]);
         for h in r["history"].as_array().into_iter().flatten() {
             let state = h["state"].as_str().unwrap_or_default();
             history.row(vec![
                 text(h, "id").into(),
                 text(h, "cluster").into(),
                 deployment.clone().into(),
+                text(&h["strategy"], "kind").into(),
                 Cell::colored(state, state_color(state)),
                 short_digest(h["digest"].as_str()).into(),
                 text(h, "trigger").into(),
@@ -150,6 +160,38 @@ pub async fn releases(api: &Api, app: &str) -> anyhow::Result<u8> {
         }
     }
     print!("{}\n{}", current.render(&style), history.render(&style));
+    // The steps of blue-green and canary releases, oldest first within each.
+    for r in &releases {
+        for h in r["history"].as_array().into_iter().flatten().filter(|h| h["steps"].as_array().is_some_and(|s| !s.is_empty())) {
+            println!("\nrollout {} ({}):", text(h, "id"), text(&h["strategy"], "kind"));
+            for st in h["steps"].as_array().into_iter().flatten() {
+                let by = st["actor"].as_str().map(|a| format!(" (by {a})")).unwrap_or_default();
+                println!("  {:>12}  {}{by}", ago(st["at"].as_i64()), text(st, "step"));
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `kiln promote|abort APP SUBSCRIPTION`.
+pub async fn decide(api: &Api, app: &str, subscription: i64, decision: &str) -> anyhow::Result<u8> {
+    let answer = api.post(&format!("/api/v1/apps/{app}/subscriptions/{subscription}/{decision}"), &json!({})).await?;
+    match api.output {
+        Output::Json => print_json(&answer),
+        Output::Table => println!("{decision} of rollout {} asked (kiln releases {app})", text(&answer, "rollout")),
+    }
+    Ok(0)
+}
+
+/// `kiln strategy APP SUBSCRIPTION KIND|JSON`.
+pub async fn strategy(api: &Api, app: &str, subscription: i64, strategy: &str) -> anyhow::Result<u8> {
+    let strategy: Value = serde_json::from_str(strategy).unwrap_or_else(|_| json!(strategy));
+    let path = format!("/api/v1/apps/{app}/subscriptions/{subscription}/strategy");
+    let answer = api.call(reqwest::Method::PUT, &path, &[], Some(&json!({ "strategy": strategy }))).await?;
+    match api.output {
+        Output::Json => print_json(&answer),
+        Output::Table => println!("subscription {subscription} of {app} releases with {}", answer["subscription"]["strategy"]),
+    }
     Ok(0)
 }
 

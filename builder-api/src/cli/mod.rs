@@ -127,6 +127,33 @@ pub enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Let the running release of a subscription go on (owner): a blue-green release waiting
+    /// with `promote: manual` switches the Service, a canary goes to its next step.
+    Promote {
+        app: String,
+        /// The subscription's id (`kiln releases APP` shows it).
+        subscription: i64,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Stop the running release of a subscription (owner): traffic stays on, or goes back to,
+    /// what ran before; the release is recorded Aborted with who aborted it.
+    Abort {
+        app: String,
+        subscription: i64,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// How a subscription releases new images (owner): `rolling`, `blue-green`, `canary`, or
+    /// JSON with settings, as `{"kind":"canary","steps":[25,100],"pause_secs":300}`.
+    Strategy {
+        app: String,
+        subscription: i64,
+        /// A kind or a JSON object.
+        strategy: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Where an app's builds (or, with --tenant, every app's) are told about, and what about.
     ///
     /// Lists the targets: kind, scheme and host (a URL is a credential and is never shown),
@@ -219,6 +246,9 @@ pub fn main() -> std::process::ExitCode {
             Command::Notifications { app, tenant, set, api } => commands::notifications(&api.resolve()?, app, tenant, set).await,
             Command::Releases { app, api } => commands::releases(&api.resolve()?, &app).await,
             Command::Rollback { app, to, cluster, api } => commands::rollback(&api.resolve()?, &app, &to, cluster).await,
+            Command::Promote { app, subscription, api } => commands::decide(&api.resolve()?, &app, subscription, "promote").await,
+            Command::Abort { app, subscription, api } => commands::decide(&api.resolve()?, &app, subscription, "abort").await,
+            Command::Strategy { app, subscription, strategy, api } => commands::strategy(&api.resolve()?, &app, subscription, &strategy).await,
             Command::Tenants { api } => commands::tenants(&api.resolve()?).await,
             Command::Tokens { tenant, api } => commands::tokens(&api.resolve()?, tenant).await,
             Command::Step(step) => step::run(step).await.map(|()| 0),

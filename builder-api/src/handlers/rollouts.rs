@@ -1,6 +1,9 @@
 //! An app's rollouts: `/api/v1/apps/{app}/subscriptions` (which Deployments follow the app's
 //! images), `/api/v1/apps/{app}/releases` (what runs where, by digest, with history) and
 //! `/api/v1/apps/{app}/rollback` (back to an earlier successful build, in one or all clusters).
+//! A subscription's `strategy` (rolling, blue-green, canary) is set when it is made or with
+//! `PUT …/subscriptions/{id}/strategy`; a release that waits for a person moves on with
+//! `POST …/subscriptions/{id}/promote` or stops with `…/abort`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -15,6 +18,7 @@ use crate::auth::Principal;
 use crate::context::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::rollout::policy::Policy;
+use crate::rollout::strategy::Strategy;
 use crate::store::{NewRollout, NewSubscription, Rollout};
 use crate::validate;
 
@@ -33,6 +37,9 @@ pub struct CreateSubscription {
     pub policy: String,
     #[serde(default = "yes")]
     pub rollback_on_failure: bool,
+    /// `"rolling"` (the default), `"blue-green"`, `"canary"`, or an object with `kind` and
+    /// settings (`rollout::strategy`).
+    pub strategy: Option<Value>,
 }
 
 fn yes() -> bool {
@@ -55,6 +62,7 @@ pub async fn create_subscription(
     validate::dns_label("deployment", &req.deployment).map_err(bad)?;
     validate::dns_label("container", &req.container).map_err(bad)?;
     req.policy.parse::<Policy>().map_err(bad)?;
+    let strategy = req.strategy.as_ref().map(Strategy::from_json).transpose().map_err(bad)?;
     let repository = match req.repository {
         Some(r) => r,
         None => {
@@ -77,6 +85,7 @@ pub async fn create_subscription(
             repository,
             policy: req.policy,
             rollback_on_failure: req.rollback_on_failure,
+            strategy: strategy.map(|s| s.to_json()),
         })
         .await?;
     Ok((StatusCode::CREATED, Audited::new(app.tenant_id, format!("subscription/{}", sub.id)), Json(json!({ "subscription": sub }))))
@@ -106,6 +115,72 @@ pub async fn delete_subscription(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStrategy {
+    pub strategy: Value,
+}
+
+/// Changes how a subscription releases; rollouts queued from now on use the new strategy.
+pub async fn set_strategy(
+    State(s): State<AppState>,
+    who: Principal,
+    Path((app, id)): Path<(String, i64)>,
+    Query(q): Query<TenantQuery>,
+    JsonBody(req): JsonBody<SetStrategy>,
+) -> ApiResult<(axum::Extension<Audited>, Json<Value>)> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    let strategy = Strategy::from_json(&req.strategy).map_err(bad)?;
+    let sub = s
+        .store
+        .set_subscription_strategy(app.id, id, &strategy.to_json())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no subscription {id} of app {}", app.name)))?;
+    Ok((Audited::new(app.tenant_id, format!("subscription/{id}")), Json(json!({ "subscription": sub }))))
+}
+
+/// `POST …/subscriptions/{id}/promote`: the running release of the subscription goes on (a
+/// blue-green switch, the next canary step).
+pub async fn promote(
+    state: State<AppState>,
+    who: Principal,
+    path: Path<(String, i64)>,
+    q: Query<TenantQuery>,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
+    decide(state, who, path, q, "promote").await
+}
+
+/// `POST …/subscriptions/{id}/abort`: the running release stops with traffic on what ran before.
+pub async fn abort(
+    state: State<AppState>,
+    who: Principal,
+    path: Path<(String, i64)>,
+    q: Query<TenantQuery>,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
+    decide(state, who, path, q, "abort").await
+}
+
+async fn decide(
+    State(s): State<AppState>,
+    who: Principal,
+    Path((app, id)): Path<(String, i64)>,
+    Query(q): Query<TenantQuery>,
+    decision: &str,
+) -> ApiResult<(StatusCode, axum::Extension<Audited>, Json<Value>)> {
+    let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
+    let sub = s.store.subscription(id).await?.filter(|sub| sub.app_id == app.id);
+    let sub = sub.ok_or_else(|| ApiError::NotFound(format!("no subscription {id} of app {}", app.name)))?;
+    let actor = crate::audit::actor(&who);
+    let Some(rollout) = s.store.decide_rollout(sub.id, decision, &actor).await? else {
+        return Err(ApiError::Conflict(format!(
+            "no release of subscription {id} is running (or a promote or abort for it is already waiting to be acted on)"
+        )));
+    };
+    s.rollouts.decided();
+    let audited = Audited::new(app.tenant_id, format!("rollout/{rollout}"));
+    Ok((StatusCode::ACCEPTED, audited, Json(json!({ "rollout": rollout, "decision": decision, "by": actor }))))
+}
+
 /// Per subscription: the digest it runs (its last complete rollout: `digest`, `image`, the
 /// `build` that made it, `since` when, `requested_by` who asked when it was a rollback) and its
 /// rollouts, newest first, each with its `build`; `builds` are those builds, for their commit
@@ -118,6 +193,7 @@ pub async fn releases(
 ) -> ApiResult<Json<Value>> {
     let app = find_app(&s, &who, &app, q.tenant.as_deref()).await?;
     let history = s.store.rollouts_of_app(app.id, 1000).await?;
+    let steps = s.store.rollout_steps_of_app(app.id).await?;
     let mut digests: Vec<&str> = history.iter().map(|r| r.digest.as_str()).collect();
     digests.sort_unstable();
     digests.dedup();
@@ -136,6 +212,7 @@ pub async fn releases(
                 .map(|r| {
                     let mut v = json!(r);
                     v["build"] = json!(build_of(&r.digest));
+                    v["steps"] = json!(steps.iter().filter(|st| st.rollout_id == r.id).collect::<Vec<_>>());
                     v
                 })
                 .collect();
@@ -146,6 +223,7 @@ pub async fn releases(
                 "deployment": sub.deployment,
                 "container": sub.container,
                 "policy": sub.policy,
+                "strategy": sub.strategy,
                 "digest": current.map(|r| &r.digest),
                 "image": current.map(|r| &r.image),
                 "build": current.and_then(|r| build_of(&r.digest)),

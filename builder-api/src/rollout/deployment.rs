@@ -9,7 +9,7 @@ use kube::Api;
 use serde_json::json;
 
 /// How long one API call may take before the cluster counts as unreachable.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn container_image(d: &Deployment, container: &str) -> Option<String> {
     d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().find(|c| c.name == container)?.image.clone()
@@ -25,6 +25,8 @@ pub enum DeploymentError {
     Read { name: String, source: kube::Error },
     #[error("patching Deployment {name}: {source}")]
     Patch { name: String, source: kube::Error },
+    #[error("creating Deployment {name}: {source}")]
+    Create { name: String, source: kube::Error },
     /// The cluster did not answer a read or a patch within [`CALL_TIMEOUT`].
     #[error("{call} Deployment {name}: no answer in {timeout:?}", timeout = CALL_TIMEOUT)]
     Unanswered { call: Call, name: String },
@@ -45,6 +47,7 @@ pub enum DeploymentError {
 pub enum Call {
     Read,
     Patch,
+    Create,
 }
 
 impl std::fmt::Display for Call {
@@ -52,6 +55,7 @@ impl std::fmt::Display for Call {
         f.write_str(match self {
             Call::Read => "reading",
             Call::Patch => "patching",
+            Call::Create => "creating",
         })
     }
 }
@@ -121,5 +125,121 @@ pub async fn wait(api: &Api<Deployment>, name: &str, generation: i64, deadline: 
             Progress::Failed(why) => Err(DeploymentError::Failed(why)),
             _ => Ok(()),
         },
+    }
+}
+
+/// Replicas the Deployment asks for (`spec.replicas`, 1 when unset as the server defaults it).
+pub fn desired_replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// Whether every replica the Deployment asks for runs its current template and is available
+/// (ready for its `minReadySeconds`), with none left of an older one: the Deployment could take
+/// all of its Service's traffic now.
+pub fn available(d: &Deployment) -> bool {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let want = desired_replicas(d);
+    progress(d, generation) == Progress::Complete && d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) >= want
+}
+
+/// Ready replicas, as the Deployment's status counts them.
+pub fn ready_replicas(d: &Deployment) -> i32 {
+    d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0)
+}
+
+/// The Deployment or None when it does not exist.
+pub async fn find(api: &Api<Deployment>, name: &str) -> Result<Option<Deployment>, DeploymentError> {
+    match get(api, name).await {
+        Ok(d) => Ok(Some(d)),
+        Err(DeploymentError::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a Deployment Kiln makes beside a subscribed one (a blue-green colour, a canary) differs
+/// in: its name, one label that tells its pods apart, its replicas and its container's image.
+pub struct Twin<'a> {
+    pub name: &'a str,
+    /// Added to the selector and the pod labels, so the twin owns only its own pods.
+    pub label: (&'a str, &'a str),
+    pub replicas: i32,
+    pub container: &'a str,
+    pub image: &'a str,
+    pub min_ready_secs: Option<i32>,
+    pub instance: &'a str,
+}
+
+/// A new Deployment made from `base` (the subscribed one): its pod template and settings, with
+/// the twin's differences. Returns its generation.
+pub async fn create_twin(api: &Api<Deployment>, base: &Deployment, twin: &Twin<'_>) -> Result<i64, DeploymentError> {
+    let mut spec = base.spec.clone().unwrap_or_default();
+    let (key, value) = twin.label;
+    spec.selector.match_labels.get_or_insert_with(Default::default).insert(key.into(), value.into());
+    spec.template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default).insert(key.into(), value.into());
+    spec.replicas = Some(twin.replicas);
+    if twin.min_ready_secs.is_some() {
+        spec.min_ready_seconds = twin.min_ready_secs;
+    }
+    if let Some(pod) = spec.template.spec.as_mut() {
+        for c in pod.containers.iter_mut().filter(|c| c.name == twin.container) {
+            c.image = Some(twin.image.to_string());
+        }
+    }
+    let labels = [
+        (crate::executor::kube::render::LABEL_INSTANCE.to_string(), twin.instance.to_string()),
+        (key.to_string(), value.to_string()),
+    ];
+    let d = Deployment {
+        metadata: kube::api::ObjectMeta {
+            name: Some(twin.name.to_string()),
+            namespace: base.metadata.namespace.clone(),
+            labels: Some(base.metadata.labels.clone().unwrap_or_default().into_iter().chain(labels).collect()),
+            annotations: Some([(TWIN_OF.to_string(), base.metadata.name.clone().unwrap_or_default())].into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, api.create(&kube::api::PostParams::default(), &d)).await {
+        Ok(Ok(d)) => Ok(d.metadata.generation.unwrap_or(1)),
+        Ok(Err(source)) => Err(DeploymentError::Create { name: twin.name.to_string(), source }),
+        Err(_) => Err(DeploymentError::Unanswered { call: Call::Create, name: twin.name.to_string() }),
+    }
+}
+
+/// The annotation on a Deployment Kiln made beside a subscribed one, naming it.
+pub const TWIN_OF: &str = "kiln.dev/twin-of";
+
+/// What [`reshape`] changes: the replicas always, the container's image and `minReadySeconds`
+/// when given.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    pub replicas: i32,
+    /// (container, image).
+    pub image: Option<(&'a str, &'a str)>,
+    pub min_ready_secs: Option<i32>,
+}
+
+impl Shape<'_> {
+    pub fn replicas(replicas: i32) -> Shape<'static> {
+        Shape { replicas, image: None, min_ready_secs: None }
+    }
+}
+
+/// Sets what `shape` says in one strategic merge patch (the other containers stay as they are).
+/// Returns the new generation.
+pub async fn reshape(api: &Api<Deployment>, name: &str, shape: Shape<'_>) -> Result<i64, DeploymentError> {
+    let mut patch = json!({"spec": {"replicas": shape.replicas}});
+    if let Some((container, image)) = shape.image {
+        patch["spec"]["template"] = json!({"spec": {"containers": [{"name": container, "image": image}]}});
+    }
+    if let Some(secs) = shape.min_ready_secs {
+        patch["spec"]["minReadySeconds"] = json!(secs);
+    }
+    let (params, patch) = (PatchParams::default(), Patch::Strategic(&patch));
+    match tokio::time::timeout(CALL_TIMEOUT, api.patch(name, &params, &patch)).await {
+        Ok(Ok(d)) => Ok(d.metadata.generation.unwrap_or(0)),
+        Ok(Err(source)) => Err(DeploymentError::Patch { name: name.to_string(), source }),
+        Err(_) => Err(DeploymentError::Unanswered { call: Call::Patch, name: name.to_string() }),
     }
 }

@@ -11,12 +11,18 @@
 //! checks the tenant's grant ([`grants`]) as it is then, so Kiln never patches a Deployment
 //! outside the tenant's `deploy_namespaces`, whenever and however the subscription was made.
 
+pub mod blue_green;
+pub mod canary;
 pub mod clusters;
 pub mod deployment;
 pub mod discovery;
 pub mod grants;
 pub mod policy;
+pub mod release;
+pub mod service;
 pub mod state;
+pub mod strategy;
+pub mod virtual_service;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +32,15 @@ use kube::Api;
 
 use crate::context::Context;
 use crate::store::{NewImageEvent, NewRollout, Rollout, StoreError};
+use blue_green::BlueGreenError;
+use canary::CanaryError;
 use clusters::ClusterError;
 use deployment::DeploymentError;
 use grants::GrantError;
 use policy::Policy;
+use release::Release;
 pub use state::Rollouts;
+use strategy::Strategy;
 
 /// How often the clusters' Deployments are listed for `kiln.dev/app` annotations.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
@@ -147,7 +157,7 @@ async fn dispatch(ctx: &Arc<Context>) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
+async fn drive(ctx: &Arc<Context>, rollout: Rollout) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let (state, reason) = match roll(ctx, &rollout).await {
         Ok(Rolled::Superseded) => return Ok(()),
@@ -164,7 +174,7 @@ async fn drive(ctx: &Context, rollout: Rollout) -> Result<(), StoreError> {
 }
 
 /// How a rollout that did not fail ended.
-enum Rolled {
+pub(crate) enum Rolled {
     /// The Deployment runs the image (with a note when there was nothing to do).
     Done(Option<String>),
     /// A newer image took its place before it started.
@@ -194,14 +204,20 @@ pub enum RolloutError {
     /// The rollout failed and the Deployment runs the image it ran before.
     #[error("{failure}; rolled back to {previous}")]
     RolledBack { failure: DeploymentError, previous: String },
+    #[error("blue-green: {0}")]
+    BlueGreen(#[from] BlueGreenError),
+    #[error("canary: {0}")]
+    Canary(#[from] CanaryError),
 }
 
 impl RolloutError {
     /// The state the rollout ends in: `RolledBack` when the Deployment runs its previous image
-    /// again, else `Failed`.
+    /// again, `Aborted` when a blue-green or canary release was stopped (by a person, or by
+    /// canary pods not Ready) with the traffic where it was, else `Failed`.
     pub fn state(&self) -> &'static str {
         match self {
             RolloutError::RolledBack { .. } => "RolledBack",
+            RolloutError::BlueGreen(BlueGreenError::Aborted { .. }) | RolloutError::Canary(CanaryError::Aborted { .. }) => "Aborted",
             _ => "Failed",
         }
     }
@@ -222,7 +238,7 @@ pub enum Refusal {
     Store(#[from] StoreError),
 }
 
-async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, RolloutError> {
+async fn roll(ctx: &Arc<Context>, r: &Rollout) -> Result<Rolled, RolloutError> {
     // Checked again here, before any call to the cluster: the grant may have narrowed since the
     // subscription was made, or the subscription may be from a release that did not check.
     granted(ctx, r).await?;
@@ -231,8 +247,17 @@ async fn roll(ctx: &Context, r: &Rollout) -> Result<Rolled, RolloutError> {
         .client(&r.cluster)
         .await
         .map_err(|source| RolloutError::Unreachable { cluster: r.cluster.clone(), source })?;
-    let api: Api<Deployment> = Api::namespaced(client, &r.namespace);
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &r.namespace);
     let current = deployment::get(&api, &r.deployment).await?;
+    let strategy = Strategy::from_stored(&r.strategy);
+    if !matches!(strategy, Strategy::Rolling) {
+        let release = Release { ctx, rollout: r, client, deployments: api, subscribed: current };
+        return match &strategy {
+            Strategy::BlueGreen(bg) => Ok(blue_green::release(&release, bg).await?),
+            Strategy::Canary(c) => Ok(canary::release(&release, c).await?),
+            Strategy::Rolling => unreachable!("handled below"),
+        };
+    }
     let previous = deployment::container_image(&current, &r.container)
         .ok_or_else(|| RolloutError::NoContainer { deployment: r.deployment.clone(), container: r.container.clone() })?;
     // Running, with what it replaces recorded, in one write before the patch.
