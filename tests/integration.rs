@@ -29,6 +29,7 @@ mod rbac_rules;
 mod registry_assemble;
 mod registry_copy;
 mod replication;
+mod release_strategies;
 mod rollouts;
 mod secrets_at_rest;
 mod tenant_settings;

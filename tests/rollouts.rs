@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
 use crate::support::kiln::{test_config, TestKiln, ADMIN};
 
-const AUTH: &str = "Basic a2lsbjpoYXJib3ItaG9vay1zZWNyZXQ=";
+pub const AUTH: &str = "Basic a2lsbjpoYXJib3ItaG9vay1zZWNyZXQ=";
 pub const EAST: &str = "harbor.east.example:8443";
 const WEST: &str = "harbor.west.example";
 pub const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -163,7 +163,7 @@ pub async fn grant(kiln: &TestKiln, tenant: &str, settings: Value) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-fn fixture(name: &str) -> String {
+pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/harbor").join(name)).unwrap()
 }
 
@@ -618,6 +618,7 @@ async fn a_rollout_never_touches_a_deployment_outside_the_tenants_deploy_namespa
             repository: "team/hello".into(),
             policy: "glob:v*".into(),
             rollback_on_failure: true,
+            strategy: None,
         })
         .await
         .unwrap();
