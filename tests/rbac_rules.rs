@@ -21,7 +21,10 @@
 //!   `submit` calls it, with a Job planted under the name — it reads the Job (jobs get);
 //! - a Harbor delivery rolls an image out to a subscribed Deployment in the deploy namespace
 //!   `shop` (granted by `deploy/deploy-namespace/`): the subscription reads it, the rollout reads,
-//!   patches and watches it.
+//!   patches and watches it;
+//! - the next image, released blue-green to that Deployment (its colours created, the Service
+//!   read and switched) and as an Istio canary to another (`api-canary` created, the
+//!   VirtualService read and weighed).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -258,9 +261,9 @@ async fn run(world: &World, fake: &FakeKube, stop_on_refusal: bool) -> Result<()
     let app = json!({"name": "hello", "git_url": "http://127.0.0.1:9/team/hello.git", "image_repository": format!("{EAST}/team/hello"), "webhook_secret": "hello-hook-secret"});
     ok("creating app hello", kiln.request(Method::POST, "/api/v1/apps", Some(&token), Some(app)).await, StatusCode::CREATED)?;
     let sub = json!({"cluster": "east", "namespace": "shop", "deployment": "web", "container": "app", "policy": "glob:v*"});
-    ok("subscribing", kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&token), Some(sub)).await, StatusCode::CREATED)?;
+    let web_sub = ok("subscribing", kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&token), Some(sub)).await, StatusCode::CREATED)?;
     let delivery = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/harbor/push-default-tag.json")).unwrap();
-    let req = Request::post("/hooks/harbor").header("authorization", AUTH).header("content-type", "application/json").body(Body::from(delivery)).unwrap();
+    let req = Request::post("/hooks/harbor").header("authorization", AUTH).header("content-type", "application/json").body(Body::from(delivery.clone())).unwrap();
     let (status, body) = kiln.send(req).await;
     if status != StatusCode::ACCEPTED {
         return Err(format!("the Harbor delivery: {status} {body}"));
@@ -277,6 +280,41 @@ async fn run(world: &World, fake: &FakeKube, stop_on_refusal: bool) -> Result<()
     let image = fake.get("deployments", "shop", "web").unwrap()["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     if !image.as_str().is_some_and(|i| i.starts_with(&format!("{EAST}/team/hello@sha256:"))) {
         return Err(format!("the Deployment runs {image}"));
+    }
+
+    // The next image released blue-green to web (Kiln creates its colours and switches the
+    // Service) and as an Istio canary to a second Deployment, api (Kiln creates api-canary and
+    // weighs the VirtualService).
+    fake.create("shop", "services", json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})).unwrap();
+    fake.create("shop", "virtualservices", json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "api"},
+        "spec": {"hosts": ["api"], "http": [{"route": [{"destination": {"host": "api", "subset": "stable"}, "weight": 100},
+                                                       {"destination": {"host": "api", "subset": "canary"}, "weight": 0}]}]}})).unwrap();
+    let api = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "api"}}, "template": {"metadata": {"labels": {"app": "api"}},
+            "spec": {"containers": [{"name": "app", "image": format!("{EAST}/team/hello:old")}]}}}});
+    fake.create("shop", "deployments", api).unwrap();
+    let path = format!("/api/v1/apps/hello/subscriptions/{}/strategy", web_sub["subscription"]["id"]);
+    let blue_green = json!({"strategy": {"kind": "blue-green", "min_ready_secs": 0}});
+    ok("blue-green for web", kiln.request(Method::PUT, &path, Some(&token), Some(blue_green)).await, StatusCode::OK)?;
+    let canary = json!({"kind": "canary", "steps": [50, 100], "pause_secs": 0, "window_secs": 20, "traffic": "istio"});
+    let sub = json!({"cluster": "east", "namespace": "shop", "deployment": "api", "container": "app", "policy": "glob:v*", "strategy": canary});
+    ok("subscribing api", kiln.request(Method::POST, "/api/v1/apps/hello/subscriptions", Some(&token), Some(sub)).await, StatusCode::CREATED)?;
+    let digest = format!("sha256:{}", "3".repeat(64));
+    let delivery = delivery.replace(&format!("sha256:{}", "1".repeat(64)), &digest).replace("v1.0.0", "v2.0.0");
+    let req = Request::post("/hooks/harbor").header("authorization", AUTH).header("content-type", "application/json").body(Body::from(delivery)).unwrap();
+    let (status, body) = kiln.send(req).await;
+    if status != StatusCode::ACCEPTED {
+        return Err(format!("the second Harbor delivery: {status} {body}"));
+    }
+    let releases = until(fake, stop_on_refusal, "the blue-green and canary releases", || async {
+        let (_, releases) = kiln.request(Method::GET, "/api/v1/apps/hello/releases", Some(&token), None).await;
+        let newest: Vec<Value> = releases["releases"].as_array()?.iter().map(|r| r["history"][0].clone()).collect();
+        let done = newest.len() == 2 && newest.iter().all(|h| h["digest"] == digest.as_str() && h["state"] != "Pending" && h["state"] != "Running");
+        done.then_some(newest)
+    })
+    .await?;
+    if let Some(r) = releases.iter().find(|r| r["state"] != "Complete") {
+        return Err(format!("the {} release ended {}: {}", r["strategy"]["kind"], r["state"], r["reason"]));
     }
     Ok(())
 }
