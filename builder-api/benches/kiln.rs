@@ -27,7 +27,11 @@
 //!   `buildah push`, same registry, same JRE-sized base, cold and after a one-line code change.
 //!
 //! - `rollout`: 500 Harbor webhooks for 100 subscribed Deployments on the fake API server:
-//!   p50/p99 from the webhook's arrival to the Deployment patched to the pushed digest.
+//!   p50/p99 from the webhook's arrival to the Deployment patched to the pushed digest. Then a
+//!   blue-green and a canary run (`[25, 100]`): 20 Deployments of 4 replicas behind their
+//!   Services, two pushes each in turn: webhook → traffic on the new digest (blue-green: the
+//!   Service switched to the colour running it; canary: its first canary pod Ready behind the
+//!   Service, and the stable Deployment rolled out) and the Kubernetes writes per release.
 //!
 //! - `sync`: 20 images sharing base layers (about 300 MB of unique random blobs) copied from one
 //!   real registry to two: Kiln's copy engine versus a `skopeo copy --all --preserve-digests` loop
@@ -118,6 +122,8 @@ fn main() {
     }
     if which.is_empty() || which.iter().any(|w| w == "rollout") {
         rt.block_on(rollout());
+        rt.block_on(release_strategy("blue-green", json!({"kind": "blue-green", "min_ready_secs": 0, "keep_previous_secs": 600})));
+        rt.block_on(release_strategy("canary", json!({"kind": "canary", "steps": [25, 100], "pause_secs": 0, "window_secs": 60})));
     }
     if which.is_empty() || which.iter().any(|w| w == "sync") {
         rt.block_on(sync());
@@ -1258,6 +1264,177 @@ async fn rollout() {
         ms(intake),
         fake.count("patch", "deployments")
     );
+}
+
+/// `rollout`, blue-green or canary: 20 Deployments (4 replicas, each behind its Service),
+/// subscribed with `strategy`; two waves of one push per Deployment, the second sent when the
+/// first is released (the first blue-green release also moves the traffic from the subscribed
+/// Deployment to its blue colour). Webhook → traffic on the new digest, p50/p99, and the writes
+/// Kiln sent the API server per release, per wave.
+async fn release_strategy(kind: &str, strategy: serde_json::Value) {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+
+    const APPS: usize = 20;
+    const WAVES: usize = 2;
+    const AUTH: &str = "Basic YmVuY2g6aGFyYm9y";
+    const REGISTRY: &str = "harbor.bench.example";
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_kube::FakeKube::start(fake_kube::FakeKubeOptions {
+        root: Some(dir.path().join("fake")),
+        kubelet: false,
+        namespaces: vec!["default".into(), "shop".into()],
+        ..fake_kube::FakeKubeOptions::default()
+    });
+    for i in 0..APPS {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("web-{i}")},
+            "spec": {"replicas": 4, "selector": {"matchLabels": {"app": format!("web-{i}")}},
+                     "template": {"metadata": {"labels": {"app": format!("web-{i}")}},
+                                  "spec": {"containers": [{"name": "app", "image": format!("{REGISTRY}/bench/app-{i}:old")}]}}}});
+        fake.create("shop", "deployments", d).unwrap();
+        let svc = json!({"metadata": {"name": format!("web-{i}")}, "spec": {"selector": {"app": format!("web-{i}")}, "ports": [{"port": 80}]}});
+        fake.create("shop", "services", svc).unwrap();
+    }
+    let mut c = Config::default();
+    c.store.data_dir = dir.path().join("data");
+    c.server.admin_token = Some(ADMIN.into());
+    c.harbor.webhook_auth = Some(AUTH.into());
+    c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), ..Default::default() }];
+    let ctx = builder_api::server::build_context(c).await.unwrap();
+    ctx.clusters.set_client("bench", fake.client());
+    let url = serve_in_process(&ctx).await;
+    let http = reqwest::Client::new();
+    let token = create_tenant(&http, &url).await;
+    let grant = json!({"deploy_namespaces": ["shop"]});
+    let res = http.put(format!("{url}/api/v1/tenants/bench/settings")).bearer_auth(ADMIN).json(&grant).send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    for i in 0..APPS {
+        let app = json!({"name": format!("app-{i}"), "git_url": "http://127.0.0.1:9/bench/app.git", "image_repository": format!("{REGISTRY}/bench/app-{i}"),
+                         "webhook_secret": "bench-secret"});
+        assert!(http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap().status().is_success());
+        let sub = json!({"cluster": "bench", "namespace": "shop", "deployment": format!("web-{i}"), "container": "app", "policy": "glob:*",
+                         "strategy": strategy});
+        let res = http.post(format!("{url}/api/v1/apps/app-{i}/subscriptions")).bearer_auth(&token).json(&sub).send().await.unwrap();
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    }
+
+    // The benchmark's own watches. Blue-green: every change of a Service's colour, in order.
+    // Canary: the first moment a canary Deployment has a Ready pod of a digest (its first
+    // traffic), and the moment the stable one has every replica on it.
+    let switches: Arc<std::sync::Mutex<Vec<(String, String, Instant)>>> = Arc::default();
+    {
+        let record = switches.clone();
+        let services: kube::Api<Service> = kube::Api::namespaced(fake.client(), "shop");
+        let mut stream = kube::runtime::watcher::watcher(services, Default::default()).boxed();
+        tokio::spawn(async move {
+            let mut last: std::collections::HashMap<String, String> = Default::default();
+            while let Some(Ok(event)) = stream.next().await {
+                let kube::runtime::watcher::Event::Apply(svc) = event else { continue };
+                let name = svc.metadata.name.clone().unwrap_or_default();
+                let colour = svc.spec.and_then(|s| s.selector).and_then(|s| s.get("kiln.dev/colour").cloned()).unwrap_or_default();
+                if last.insert(name.clone(), colour.clone()).as_ref() != Some(&colour) {
+                    record.lock().unwrap().push((name, colour, Instant::now()));
+                }
+            }
+        });
+    }
+    let digest_of = |d: &Deployment| {
+        let image = d.spec.as_ref()?.template.spec.as_ref()?.containers.first()?.image.clone()?;
+        image.split_once('@').map(|(_, digest)| digest.to_string())
+    };
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(fake.client(), "shop");
+    let canary_ready = first_seen(deployments.clone(), move |d: Deployment| {
+        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        (d.metadata.name.as_deref()?.ends_with("-canary") && ready > 0).then(|| digest_of(&d)).flatten()
+    })
+    .await;
+    let stable_done = first_seen(deployments, move |d: Deployment| {
+        let st = d.status.as_ref()?;
+        let all = st.updated_replicas == Some(4) && st.available_replicas == Some(4) && st.replicas == Some(4);
+        (d.metadata.name.as_deref()?.starts_with("web-") && !d.metadata.name.as_deref()?.ends_with("-canary") && all).then(|| digest_of(&d)).flatten()
+    })
+    .await;
+
+    let digest = |app: usize, wave: usize| format!("sha256:{:064x}", 900_000 + app * 1000 + wave + 1);
+    println!("rollout, {kind}: {APPS} Deployments of 4 replicas behind their Services, {WAVES} pushes each, one wave after the other (fake API server)");
+    let mut traffic: Vec<Duration> = vec![];
+    let mut whole: Vec<Duration> = vec![];
+    for wave in 0..WAVES {
+        fake.reset_counters();
+        let switches_before: Vec<usize> = (0..APPS).map(|a| switches.lock().unwrap().iter().filter(|s| s.0 == format!("web-{a}")).count()).collect();
+        let sends = (0..APPS).map(|a| {
+            let (http, url, d) = (http.clone(), url.clone(), digest(a, wave));
+            async move {
+                let body = json!({"type": "PUSH_ARTIFACT", "occur_at": 1, "operator": "bench", "event_data": {
+                    "resources": [{"digest": d, "tag": format!("v1.0.{wave}"), "resource_url": format!("{REGISTRY}/bench/app-{a}:v1.0.{wave}")}],
+                    "repository": {"name": format!("app-{a}"), "namespace": "bench", "repo_full_name": format!("bench/app-{a}"), "repo_type": "private"}}});
+                let sent = Instant::now();
+                let res = http.post(format!("{url}/hooks/harbor")).header("authorization", AUTH).json(&body).send().await.unwrap();
+                assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+                (a, sent)
+            }
+        });
+        let sent: Vec<(usize, Instant)> = futures_util::future::join_all(sends).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let done = ctx.store.rollouts_in_state("Complete").await.unwrap().len();
+            let failed = ["Failed", "Aborted", "RolledBack"];
+            for state in failed {
+                let bad = ctx.store.rollouts_in_state(state).await.unwrap();
+                assert!(bad.is_empty(), "{kind}: a release ended {state}: {:?}", bad[0].reason);
+            }
+            if done == APPS * (wave + 1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{kind}: only {done} releases done of {}", APPS * (wave + 1));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut wave_traffic = vec![];
+        for (a, at) in &sent {
+            let on = if kind == "blue-green" {
+                // The last switch of this wave moved the traffic to the new digest.
+                let mine: Vec<Instant> = switches.lock().unwrap().iter().filter(|s| s.0 == format!("web-{a}")).map(|s| s.2).collect();
+                assert!(mine.len() > switches_before[*a], "{kind}: web-{a} never switched");
+                *mine.last().unwrap()
+            } else {
+                *canary_ready.lock().unwrap().get(&digest(*a, wave)).expect("a canary pod Ready")
+            };
+            wave_traffic.push(on.saturating_duration_since(*at));
+            if let Some(done) = stable_done.lock().unwrap().get(&digest(*a, wave)) {
+                whole.push(done.saturating_duration_since(*at));
+            }
+        }
+        traffic.extend(wave_traffic);
+        let requests = fake.requests();
+        let writes = |resource: &str| requests.iter().filter(|r| r.is_write() && r.resource == resource).count() as f64 / APPS as f64;
+        let reads = requests.iter().filter(|r| !r.is_write()).count() as f64 / APPS as f64;
+        println!(
+            "  wave {}: Kubernetes writes per release {:.1} (Deployments {:.1}, Services {:.1}, VirtualServices {:.1}); reads and watches {:.1}",
+            wave + 1,
+            fake.writes() as f64 / APPS as f64,
+            writes("deployments"),
+            writes("services"),
+            writes("virtualservices"),
+            reads
+        );
+    }
+    traffic.sort();
+    whole.sort();
+    let what = if kind == "blue-green" { "the Service switched to the colour running it" } else { "a canary pod of it Ready behind the Service" };
+    println!(
+        "  webhook -> traffic on the new digest ({what}): p50 {:.0} ms, p99 {:.0} ms over {} releases",
+        ms(percentile(&traffic, 0.5)),
+        ms(percentile(&traffic, 0.99)),
+        traffic.len()
+    );
+    if kind == "canary" {
+        println!(
+            "  webhook -> stable Deployment rolled out on the new digest (the release's end): p50 {:.0} ms, p99 {:.0} ms",
+            ms(percentile(&whole, 0.5)),
+            ms(percentile(&whole, 0.99))
+        );
+    }
 }
 
 async fn sync() {
