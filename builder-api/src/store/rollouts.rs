@@ -92,9 +92,6 @@ pub struct Rollout {
     pub requested_by: Option<String>,
     /// The subscription's strategy when the rollout was queued.
     pub strategy: serde_json::Value,
-    /// A `promote` or `abort` asked through the API and not acted on yet, and who asked.
-    #[serde(skip)]
-    pub decision: Option<(String, String)>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -149,7 +146,7 @@ fn subscription_from_row(r: &SqliteRow) -> Subscription {
 }
 
 const ROLLOUT_SELECT: &str = "SELECT r.id, r.subscription_id, r.app_id, r.cluster, s.namespace, s.deployment, s.container, r.digest,
-    r.image, r.previous_image, r.state, r.reason, r.trigger, r.requested_by, r.strategy, r.decision, r.decided_by,
+    r.image, r.previous_image, r.state, r.reason, r.trigger, r.requested_by, r.strategy,
     r.created_at, r.started_at, r.finished_at, s.rollback_on_failure
     FROM rollouts r JOIN subscriptions s ON s.id = r.subscription_id";
 
@@ -170,7 +167,6 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
         trigger: r.get("trigger"),
         requested_by: r.get("requested_by"),
         strategy: strategy_of(r.get("strategy")),
-        decision: r.get::<Option<String>, _>("decision").map(|d| (d, r.get::<Option<String>, _>("decided_by").unwrap_or_default())),
         created_at: r.get("created_at"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
@@ -436,20 +432,24 @@ impl Store {
         Ok(row.map(|r| r.get("id")))
     }
 
-    /// Takes a pending decision of a rollout (it is acted on once): `(decision, who)`.
+    /// Takes a pending decision of a rollout (it is acted on once): `(decision, who)`. Read on
+    /// the readers' pool (a release holding asks every few seconds), cleared only when there is
+    /// one, and only if it is still the one read.
     pub async fn take_rollout_decision(&self, rollout_id: i64) -> Result<Option<(String, String)>> {
-        // RETURNING gives the row after the update, so the decision is read first, in the
-        // same transaction as its clearing.
-        let mut tx = self.writer.begin().await?;
         let row = sqlx::query("SELECT decision, decided_by FROM rollouts WHERE id = ? AND decision IS NOT NULL")
             .bind(rollout_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
-        if row.is_some() {
-            sqlx::query("UPDATE rollouts SET decision = NULL WHERE id = ?").bind(rollout_id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(row.map(|r| (r.get("decision"), r.get::<Option<String>, _>("decided_by").unwrap_or_default())))
+        let Some(row) = row else { return Ok(None) };
+        // `decide_rollout` sets both columns together.
+        let (decision, by): (String, String) = (row.get("decision"), row.get::<Option<String>, _>("decided_by").unwrap_or_default());
+        let cleared = sqlx::query("UPDATE rollouts SET decision = NULL WHERE id = ? AND decision = ? AND decided_by = ?")
+            .bind(rollout_id)
+            .bind(&decision)
+            .bind(&by)
+            .execute(&self.writer)
+            .await?;
+        Ok((cleared.rows_affected() == 1).then_some((decision, by)))
     }
 
     /// Rollouts a previous process left Running go back to Pending: the rollout is driven again

@@ -92,7 +92,7 @@
     const h = document.createElement('h3');
     const muted = document.createElement('span');
     muted.className = 'muted';
-    muted.textContent = 'container ' + r.container + ' · follows ' + r.policy;
+    muted.textContent = 'container ' + r.container + ' · follows ' + r.policy + ' · ' + ((r.strategy && r.strategy.kind) || 'rolling') + ' releases';
     h.append(r.cluster + ' · ' + r.namespace + '/' + r.deployment + ' ', muted);
     article.appendChild(h);
 
@@ -136,6 +136,23 @@
         why.className = 'muted why';
         why.textContent = x.reason;
         stateCell.appendChild(why);
+      }
+      // A blue-green or canary release's steps, each with its time and who promoted or aborted.
+      if ((x.steps || []).length) {
+        const details = document.createElement('details');
+        details.className = 'steps';
+        const summary = document.createElement('summary');
+        summary.textContent = (x.strategy && x.strategy.kind ? x.strategy.kind + ': ' : '') + x.steps.length + ' steps';
+        const list = document.createElement('ol');
+        for (const st of x.steps) {
+          const li = document.createElement('li');
+          const at = document.createElement('time');
+          Kiln.setTime(at, st.at);
+          li.append(at, ' ' + st.step + (st.actor ? ' (by ' + Kiln.actor(st.actor) + ')' : ''));
+          list.appendChild(li);
+        }
+        details.append(summary, list);
+        stateCell.appendChild(details);
       }
       Kiln.cell(tr, digestCode(x.digest, x.image));
       Kiln.cell(tr, buildLink(x.build));
