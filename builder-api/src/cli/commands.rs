@@ -122,7 +122,7 @@ pub async fn releases(api: &Api, app: &str) -> anyhow::Result<u8> {
     let style = Style::stdout();
     use Align::{Left, Right};
     let mut current =
-        Table::new(&[("SUBSCRIPTION", Right), ("CLUSTER", Left), ("DEPLOYMENT", Left), ("POLICY", Left), ("STRATEGY", Left), ("CURRENT", Left)]);
+        Table::new(&[("CLUSTER", Left), ("DEPLOYMENT", Left), ("SUBSCRIPTION", Right), ("POLICY", Left), ("STRATEGY", Left), ("CURRENT", Left)]);
     let mut history = Table::new(&[
         ("ROLLOUT", Right),
         ("CLUSTER", Left),
@@ -137,9 +137,9 @@ pub async fn releases(api: &Api, app: &str) -> anyhow::Result<u8> {
     for r in &releases {
         let deployment = format!("{}/{} ({})", text(r, "namespace"), text(r, "deployment"), text(r, "container"));
         current.row(vec![
-            text(r, "subscription_id").into(),
             text(r, "cluster").into(),
             deployment.clone().into(),
+            text(r, "subscription_id").into(),
             text(r, "policy").into(),
             text(&r["strategy"], "kind").into(),
             short_digest(r["digest"].as_str()).into(),
