@@ -410,3 +410,49 @@ async fn releases_and_a_rollback_from_the_cli_move_the_deployment_back_to_an_ear
     assert_column(&rollouts.join("\n"), "STATE");
     assert!(rollouts[1].contains("Complete") && rollouts[1].contains(&d1[..19]) && rollouts[1].contains("rollback"), "{table}");
 }
+
+#[tokio::test]
+async fn a_blue_green_release_is_set_promoted_and_aborted_from_the_cli() {
+    use crate::rollouts::{RolloutWorld, D1, D3};
+    let w = RolloutWorld::new().await;
+    w.subscribe("east", "glob:v*").await;
+    w.east.create("shop", "services", json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})).unwrap();
+    let cli = Cli { url: w.kiln.url(""), token: w.token.clone() };
+    let set = cli.run(&["strategy", "hello", "1", r#"{"kind": "blue-green", "min_ready_secs": 0, "promote": "manual"}"#]).await.ok();
+    assert!(set.stdout.starts_with("subscription 1 of hello releases with {") && set.stdout.contains("\"blue-green\""), "{}", set.stdout);
+    let bad = cli.run(&["strategy", "hello", "1", "sometimes"]).await.failed(1);
+    assert!(bad.stderr.contains("kind is one of rolling, blue-green, canary"), "{}", bad.stderr);
+    let nothing = cli.run(&["promote", "hello", "1"]).await.failed(1);
+    assert!(nothing.stderr.contains("no release of subscription 1 is running"), "{}", nothing.stderr);
+
+    // Waits until the newest release of the subscription has a step containing `text`.
+    let world = &w;
+    let waiting = |text: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = world.releases().await;
+            let newest = r["releases"][0]["history"][0].clone();
+            if newest["steps"].as_array().is_some_and(|s| s.iter().any(|st| st["step"].as_str().unwrap().contains(text))) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no step {text:?}: {r:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    w.pushed_to_east(D1, "v1.0.0").await;
+    waiting("web-green waits for promotion").await;
+    let promoted = cli.run(&["promote", "hello", "1"]).await.ok();
+    assert!(promoted.stdout.starts_with("promote of rollout ") && promoted.stdout.contains("asked"), "{}", promoted.stdout);
+    w.settled().await;
+    assert_eq!(w.east.get("services", "shop", "web").unwrap()["spec"]["selector"]["kiln.dev/colour"], "green");
+
+    w.pushed_to_east(D3, "v2.0.0").await;
+    waiting("web-blue waits for promotion").await;
+    cli.run(&["abort", "hello", "1"]).await.ok();
+    let releases = w.settled().await;
+    assert_eq!(releases["releases"][0]["history"][0]["state"], "Aborted", "{releases:#}");
+    assert_eq!(w.east.get("services", "shop", "web").unwrap()["spec"]["selector"]["kiln.dev/colour"], "green");
+    let table = cli.run(&["releases", "hello"]).await.ok().stdout;
+    assert!(table.contains("blue-green") && table.contains("Aborted"), "{table}");
+    assert!(table.contains("promoted (by token:") && table.contains("aborted; web-blue scaled to zero (by token:"), "{table}");
+}
