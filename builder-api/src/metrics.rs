@@ -166,7 +166,7 @@ impl Metrics {
             m.replication_duration.clone(),
         );
         r.add("kiln_replication_bytes", HISTOGRAM, "Bytes sent by image copies to cluster registries, by result", m.replication_bytes.clone());
-        r.add("kiln_rollout_duration_seconds", HISTOGRAM, "Duration of rollouts, by result (Complete, Failed, RolledBack)", m.rollout_duration.clone());
+        r.add("kiln_rollout_duration_seconds", HISTOGRAM, "Duration of rollouts, by result (Complete, Failed, RolledBack, Aborted)", m.rollout_duration.clone());
         r.add("kiln_kube_api_errors", COUNTER, "Kubernetes API answers of 4xx/5xx (or none), by verb and code", m.kube_api_errors.clone());
         r.add(
             "kiln_gitlab_status_deliveries",

@@ -49,7 +49,7 @@ impl Style {
 pub fn state_color(state: &str) -> &'static str {
     match state {
         "Succeeded" | "Complete" | "Verified" => "32",
-        "Failed" | "TimedOut" | "RolledBack" => "31",
+        "Failed" | "TimedOut" | "RolledBack" | "Aborted" => "31",
         "Running" | "Progressing" => "36",
         "Cancelled" | "Superseded" => "33",
         _ => "",

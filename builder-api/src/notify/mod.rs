@@ -59,10 +59,12 @@ impl Notifier {
         });
     }
 
-    /// A rollout ended `Failed` or `RolledBack`: notifies, about the build that made its image.
+    /// A rollout ended `Failed`, `Aborted` or `RolledBack`: notifies, about the build that made its image.
     pub fn rollout_ended(&self, rollout: &Rollout, state: &str, reason: Option<&str>) {
         let event = match state {
-            "Failed" => NotifyEvent::RolloutFailed,
+            // An aborted blue-green or canary release did not ship either (its state and reason
+            // go with the message): canary pods not Ready, or a person stopped it.
+            "Failed" | "Aborted" => NotifyEvent::RolloutFailed,
             "RolledBack" => NotifyEvent::RolledBack,
             _ => return,
         };
