@@ -1539,3 +1539,56 @@ async fn fake_kube_rbac_allows_what_bindings_grant_and_refuses_the_rest_as_the_r
     assert!(fk.get("jobs", "team-b", "built").is_none());
     Api::<Job>::all(fk.client()).list(&ListParams::default()).await.unwrap();
 }
+
+/// Services and a custom resource (Istio's VirtualService) as the real server serves them: a
+/// Service's defaults and its immutable cluster IP (422), a selector changed by a strategic merge
+/// patch with a watch event; a VirtualService read and written as a `DynamicObject`, a merge
+/// patch carrying a stale resourceVersion refused (409 Conflict), a strategic merge patch refused
+/// (415: custom resources have none), a missing one 404 — each as a `Status`.
+#[tokio::test]
+async fn fake_kube_services_and_virtual_services() {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::DynamicObject;
+    let fk = FakeKube::start(FakeKubeOptions { kubelet: false, ..FakeKubeOptions::default() });
+    let services: Api<Service> = Api::namespaced(fk.client(), "default");
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})).unwrap();
+    let made = services.create(&PostParams::default(), &svc).await.unwrap();
+    let spec = made.spec.clone().unwrap();
+    assert_eq!((spec.type_.as_deref(), spec.session_affinity.as_deref(), spec.internal_traffic_policy.as_deref()), (Some("ClusterIP"), Some("None"), Some("Cluster")));
+    let ip = spec.cluster_ip.clone().unwrap();
+    assert!(ip.starts_with("10.96."), "{ip}");
+    assert_eq!(spec.cluster_ips, Some(vec![ip.clone()]));
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!((port.protocol.as_deref(), port.target_port.clone()), (Some("TCP"), Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))));
+
+    let mut watch = services.watch(&kube::api::WatchParams::default(), made.metadata.resource_version.as_deref().unwrap()).await.unwrap().boxed();
+    let switched = services.patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"selector": {"colour": "green"}}}))).await.unwrap();
+    let selector = switched.spec.unwrap().selector.unwrap();
+    assert_eq!(selector, BTreeMap::from([("app".to_string(), "web".to_string()), ("colour".to_string(), "green".to_string())]));
+    match watch.try_next().await.unwrap() {
+        Some(kube::api::WatchEvent::Modified(s)) => assert_eq!(s.spec.unwrap().selector.unwrap()["colour"], "green"),
+        other => panic!("{other:?}"),
+    }
+    let removed = services.patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"selector": {"colour": null}}}))).await.unwrap();
+    assert_eq!(removed.spec.as_ref().unwrap().selector.as_ref().unwrap().len(), 1);
+    assert_eq!(removed.spec.unwrap().cluster_ip.as_deref(), Some(ip.as_str()), "a patch keeps the cluster IP");
+    let Err(kube::Error::Api(s)) = services.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"clusterIP": "10.96.9.9"}}))).await else { panic!() };
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+
+    let vs_api: Api<DynamicObject> = Api::namespaced_with(fk.client(), "default", &builder_api::rollout::virtual_service::api_resource());
+    let Err(kube::Error::Api(s)) = vs_api.get("web").await else { panic!() };
+    assert_eq!((s.code, s.reason.as_str()), (404, "NotFound"), "{s:?}");
+    assert_eq!(s.message, "virtualservices.networking.istio.io \"web\" not found");
+    let vs: DynamicObject = serde_json::from_value(json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "web"},
+        "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web", "subset": "stable"}, "weight": 100}]}]}})).unwrap();
+    let made = vs_api.create(&PostParams::default(), &vs).await.unwrap();
+    assert_eq!(made.metadata.generation, Some(1));
+    let stale = made.metadata.resource_version.clone().unwrap();
+    let weighed = json!({"metadata": {"resourceVersion": stale}, "spec": {"http": [{"route": [{"destination": {"host": "web", "subset": "stable"}, "weight": 90}]}]}});
+    let patched = vs_api.patch("web", &PatchParams::default(), &Patch::Merge(&weighed)).await.unwrap();
+    assert_eq!((patched.metadata.generation, patched.data["spec"]["hosts"].clone()), (Some(2), json!(["web"])));
+    let Err(kube::Error::Api(s)) = vs_api.patch("web", &PatchParams::default(), &Patch::Merge(&weighed)).await else { panic!("a stale resourceVersion") };
+    assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"), "{s:?}");
+    let Err(kube::Error::Api(s)) = vs_api.patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"hosts": ["x"]}}))).await else { panic!() };
+    assert_eq!((s.code, s.reason.as_str()), (415, "UnsupportedMediaType"), "{s:?}");
+}

@@ -56,6 +56,11 @@ pub fn res(plural: &str) -> Option<&'static Res> {
 }
 
 impl Res {
+    /// A custom resource (served from a CRD): the server has no strategic merge patch for it.
+    pub fn custom(&self) -> bool {
+        !matches!(self.group, "" | "apps" | "batch" | "rbac.authorization.k8s.io")
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
