@@ -393,3 +393,22 @@ async fn istio_canary_weighs_75_25_then_0_100_and_an_abort_puts_100_0_back() {
     let abort_step = aborted["steps"].as_array().unwrap().last().unwrap().clone();
     assert!(abort_step["actor"].as_str().unwrap().starts_with("token:"), "{abort_step}");
 }
+
+#[tokio::test]
+async fn a_deployment_kiln_did_not_make_under_a_twins_name_is_not_touched() {
+    let w = world(2, json!({"kind": "canary", "steps": [50, 100], "pause_secs": 0, "window_secs": 20})).await;
+    let theirs = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-canary"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "theirs"}},
+                 "template": {"metadata": {"labels": {"app": "theirs"}}, "spec": {"containers": [{"name": "app", "image": "registry.example/theirs:1"}]}}}});
+    w.fake.create("shop", "deployments", theirs).unwrap();
+    w.fake.reset_counters();
+    w.pushed(D1, "v1.0.0").await;
+    let failed = w.release_in("Failed").await;
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("Deployment web-canary exists but was not made by Kiln from web"), "{reason}");
+    let written: Vec<String> = w.fake.requests().iter().filter(|r| r.is_write()).map(|r| format!("{} {:?}", r.resource, r.name)).collect();
+    assert!(written.iter().all(|w| !w.starts_with("deployments")), "{written:?}");
+    let canary = w.deployment("web-canary");
+    assert_eq!((canary["metadata"]["generation"].as_i64(), w.image_of("web-canary")), (Some(1), "registry.example/theirs:1".to_string()));
+    assert_eq!((w.replicas("web"), w.image_of("web")), (2, OLD.to_string()));
+}

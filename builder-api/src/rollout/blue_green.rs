@@ -100,7 +100,10 @@ pub(super) async fn release(rel: &Release<'_>, bg: &BlueGreen) -> Result<Rolled,
     let svc = service::get(&services, &service_name).await?;
     let live = service::selector_value(&svc, COLOUR).as_deref().and_then(Colour::parse);
     let live_name = live.map_or_else(|| r.deployment.clone(), |c| c.deployment(&r.deployment));
-    let live_d = deployment::get(&rel.deployments, &live_name).await?;
+    let live_d = match live {
+        Some(_) => deployment::find_twin(&rel.deployments, &live_name, &r.deployment).await?.ok_or_else(|| DeploymentError::Missing { name: live_name.clone() })?,
+        None => rel.subscribed.clone(),
+    };
     let live_image = deployment::container_image(&live_d, &r.container)
         .ok_or_else(|| BlueGreenError::NoContainer { deployment: live_name.clone(), container: r.container.clone() })?;
     match rel.start(&live_image).await? {
@@ -123,7 +126,7 @@ pub(super) async fn release(rel: &Release<'_>, bg: &BlueGreen) -> Result<Rolled,
     let live_name = live.deployment(&r.deployment);
     let idle = live.other();
     let idle_name = idle.deployment(&r.deployment);
-    let idle_d = deployment::find(&rel.deployments, &idle_name).await?;
+    let idle_d = deployment::find_twin(&rel.deployments, &idle_name, &r.deployment).await?;
     // A colour still kept from the last switch, with this image: the instant way back.
     let kept = idle_d.as_ref().is_some_and(|d| {
         deployment::container_image(d, &r.container).as_deref() == Some(r.image.as_str())
@@ -176,7 +179,7 @@ impl Switch<'_> {
         let (rel, r) = (self.rel, self.rel.rollout);
         let name = colour.deployment(&r.deployment);
         let min_ready = i32::try_from(self.bg.min_ready_secs).unwrap_or(i32::MAX);
-        let generation = match deployment::find(&rel.deployments, &name).await? {
+        let generation = match deployment::find_twin(&rel.deployments, &name, &r.deployment).await? {
             Some(_) => {
                 let shape = Shape { replicas: self.replicas, image: Some((&r.container, image)), min_ready_secs: Some(min_ready) };
                 deployment::reshape(&rel.deployments, &name, shape).await?

@@ -68,7 +68,7 @@ pub(super) async fn release(rel: &Release<'_>, c: &Canary) -> Result<Rolled, Can
         Start::Go => {}
     }
     let name = format!("{}-canary", r.deployment);
-    let existing = deployment::find(&rel.deployments, &name).await?;
+    let existing = deployment::find_twin(&rel.deployments, &name, &r.deployment).await?;
     // The stable replicas to split: with the replica split, what a run of this release before a
     // restart moved to the canary counts too.
     let mut stable = deployment::desired_replicas(&rel.subscribed);

@@ -27,6 +27,10 @@ pub enum DeploymentError {
     Patch { name: String, source: kube::Error },
     #[error("creating Deployment {name}: {source}")]
     Create { name: String, source: kube::Error },
+    /// A Deployment by the name of a twin exists that Kiln did not make from the subscribed one:
+    /// someone else's, which Kiln does not touch.
+    #[error("Deployment {name} exists but was not made by Kiln from {of} (no {TWIN_OF}: {of} annotation); it was not touched")]
+    NotATwin { name: String, of: String },
     /// The cluster did not answer a read or a patch within [`CALL_TIMEOUT`].
     #[error("{call} Deployment {name}: no answer in {timeout:?}", timeout = CALL_TIMEOUT)]
     Unanswered { call: Call, name: String },
@@ -209,6 +213,17 @@ pub async fn create_twin(api: &Api<Deployment>, base: &Deployment, twin: &Twin<'
 
 /// The annotation on a Deployment Kiln made beside a subscribed one, naming it.
 pub const TWIN_OF: &str = "kiln.dev/twin-of";
+
+/// The twin `name` of the subscribed Deployment `of`, if it exists; an error when a Deployment
+/// of that name exists that Kiln did not make from `of`.
+pub async fn find_twin(api: &Api<Deployment>, name: &str, of: &str) -> Result<Option<Deployment>, DeploymentError> {
+    let Some(d) = find(api, name).await? else { return Ok(None) };
+    let made_from = d.metadata.annotations.as_ref().and_then(|a| a.get(TWIN_OF));
+    if made_from.map(String::as_str) != Some(of) {
+        return Err(DeploymentError::NotATwin { name: name.to_string(), of: of.to_string() });
+    }
+    Ok(Some(d))
+}
 
 /// What [`reshape`] changes: the replicas always, the container's image and `minReadySeconds`
 /// when given.
