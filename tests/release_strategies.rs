@@ -412,3 +412,25 @@ async fn a_deployment_kiln_did_not_make_under_a_twins_name_is_not_touched() {
     assert_eq!((canary["metadata"]["generation"].as_i64(), w.image_of("web-canary")), (Some(1), "registry.example/theirs:1".to_string()));
     assert_eq!((w.replicas("web"), w.image_of("web")), (2, OLD.to_string()));
 }
+
+#[tokio::test]
+async fn a_canary_pod_that_restarts_during_a_step_aborts_the_release() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    let w = world(4, json!({"kind": "canary", "steps": [25, 100], "promote": "manual", "window_secs": 20})).await;
+    w.pushed(D1, "v1.0.0").await;
+    w.step_reached("canary at 25 % waits for promotion").await;
+    // One of the canary's pods (the fake's Deployment controller makes none) restarts its
+    // container, as the kubelet reports it.
+    let pod = json!({"metadata": {"name": "web-canary-7d4f9-x2x9q", "labels": {"app": "web", "kiln.dev/track": "canary"}},
+        "spec": {"containers": [{"name": "app", "image": World::image(D1)}]}});
+    w.fake.create("shop", "pods", pod).unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(w.fake.client(), "shop");
+    let status = json!({"status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": World::image(D1), "imageID": "", "ready": true,
+        "restartCount": 1, "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}});
+    pods.patch_status("web-canary-7d4f9-x2x9q", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let aborted = w.release_in("Aborted").await;
+    let reason = aborted["reason"].as_str().unwrap();
+    assert!(reason.contains("aborted at 25 %: canary pod web-canary-7d4f9-x2x9q restarted (container app restarted 1 times)"), "{reason}");
+    assert_eq!((w.replicas("web"), w.image_of("web"), w.replicas("web-canary")), (4, OLD.to_string(), 0));
+}

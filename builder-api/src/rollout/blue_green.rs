@@ -140,7 +140,7 @@ pub(super) async fn release(rel: &Release<'_>, bg: &BlueGreen) -> Result<Rolled,
     }
     if bg.promote == Promote::Manual {
         rel.step(&format!("{idle_name} waits for promotion (kiln promote / kiln abort)"), None).await?;
-        match rel.hold(None, Some(Healthy { name: &idle_name, replicas })).await? {
+        match rel.hold(None, Some(Healthy { name: &idle_name, replicas, pods: None })).await? {
             Hold::Promoted(who) => rel.step("promoted", Some(&who)).await?,
             Hold::Aborted(who) => {
                 if !kept {

@@ -15,8 +15,9 @@
 //! At 100 the stable Deployment takes the image (a rolling update, with Istio while the canary
 //! carries all traffic) and the canary goes to zero.
 //!
-//! Readiness is read from the canary Deployment's status: a pod that restarts is not Ready
-//! until it passes its readiness probe again, which the hold's watch sees.
+//! Readiness is read from the canary Deployment's status; through each step's hold Kiln also
+//! watches the canary's pods, and one that restarted a container (a crash, an OOM kill, a failed
+//! liveness probe) aborts the release even if it is Ready again.
 
 use std::time::Duration;
 
@@ -108,7 +109,8 @@ pub(super) async fn release(rel: &Release<'_>, c: &Canary) -> Result<Rolled, Can
                 None
             }
         };
-        match rel.hold(pause, Some(Healthy { name: &run.name, replicas: canary })).await? {
+        let healthy = Healthy { name: &run.name, replicas: canary, pods: Some(run.pod_selector()) };
+        match rel.hold(pause, Some(healthy)).await? {
             Hold::Elapsed => {}
             Hold::Promoted(who) => rel.step(&format!("promoted from {percent} %"), Some(&who)).await?,
             Hold::Aborted(who) => return Err(run.abort(percent, format!("aborted by {who}"), Some(&who)).await),
@@ -190,6 +192,13 @@ impl Run<'_> {
                 Ok(Err(format!("{ready} of {replicas} canary pods Ready within {}s{detail}", window.as_secs())))
             }
         }
+    }
+
+    /// The label selector of the canary's pods: the stable Deployment's, and the track.
+    fn pod_selector(&self) -> String {
+        let spec = self.rel.subscribed.spec.as_ref();
+        let labels = spec.and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+        labels.iter().filter(|(k, _)| k.as_str() != TRACK).map(|(k, v)| format!("{k}={v}")).chain([format!("{TRACK}=canary")]).collect::<Vec<_>>().join(",")
     }
 
     async fn weigh(&self, stable: u8, canary: u8) -> Result<(), VirtualServiceError> {

@@ -1,12 +1,13 @@
 //! What the blue-green and canary drivers share: the rollout being driven and its cluster, its
 //! record (each step with its time, and who promoted or aborted), and the holds between steps —
 //! a pause, or a wait for a person's `promote` / `abort`, during which a Deployment's readiness
-//! is watched.
+//! (and, for a canary, whether any of its pods restarted a container) is watched.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
 use super::deployment::{self, DeploymentError};
@@ -44,10 +45,12 @@ pub enum HoldError {
     Watch { name: String, source: kube::runtime::wait::Error },
 }
 
-/// While holding, this Deployment must keep `replicas` ready.
+/// While holding, this Deployment must keep `replicas` ready, and (when `pods` is a label
+/// selector) none of the pods it selects may restart a container.
 pub struct Healthy<'a> {
     pub name: &'a str,
     pub replicas: i32,
+    pub pods: Option<String>,
 }
 
 /// How often a hold looks at the store for a decision another replica of Kiln took (this
@@ -109,6 +112,11 @@ impl Release<'_> {
             }
         };
         tokio::pin!(unready);
+        let restarted = async {
+            let Some(selector) = healthy.as_ref().and_then(|h| h.pods.clone()) else { return std::future::pending().await };
+            restarted_pod(Api::namespaced(self.client.clone(), &self.rollout.namespace), &selector).await
+        };
+        tokio::pin!(restarted);
         loop {
             // Registered before the store is read, so a decision made in between still wakes it.
             let decided = self.ctx.rollouts.decisions.notified();
@@ -126,6 +134,7 @@ impl Release<'_> {
                 _ = &mut decided => {}
                 _ = tokio::time::sleep_until(wake) => {}
                 outcome = &mut unready => return outcome,
+                why = &mut restarted => return Ok(Hold::Unready(why)),
             }
         }
     }
@@ -134,4 +143,21 @@ impl Release<'_> {
     pub async fn ready(&self, name: &str, generation: i64, within: Duration) -> Result<(), DeploymentError> {
         deployment::wait(&self.deployments, name, generation, within).await
     }
+}
+
+/// Watches the pods `selector` picks until one has restarted a container; says which. The watch
+/// re-lists after errors (410 Gone, a dropped connection), so it lasts as long as the hold.
+async fn restarted_pod(pods: Api<Pod>, selector: &str) -> String {
+    use futures_util::StreamExt;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let mut stream = watcher(pods, watcher::Config::default().labels(selector)).default_backoff().applied_objects().boxed();
+    while let Some(seen) = stream.next().await {
+        let Ok(pod) = seen else { continue };
+        let statuses = pod.status.and_then(|s| s.container_statuses).unwrap_or_default();
+        if let Some(c) = statuses.iter().find(|c| c.restart_count > 0) {
+            let name = pod.metadata.name.unwrap_or_default();
+            return format!("canary pod {name} restarted (container {} restarted {} times)", c.name, c.restart_count);
+        }
+    }
+    std::future::pending().await
 }
