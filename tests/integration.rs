@@ -30,6 +30,7 @@ mod registry_copy;
 mod replication;
 mod rollouts;
 mod secrets_at_rest;
+mod store_backends;
 mod tenant_settings;
 mod web_page;
 mod webhooks;

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use builder_api::config::Config;
-use builder_api::store::{Build, BuildState, Store};
+use builder_api::store::{Build, BuildState};
 use serde_json::{json, Value};
 
 use crate::support::fake_kube::rbac::Identity;
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
 use crate::support::fixtures::{fixture_app, push_busybox_base, GitlabPush};
 use crate::support::git_server::GitServer;
-use crate::support::kiln::{test_config, TestKiln};
+use crate::support::kiln::{open_store, test_config, TestKiln};
 use crate::support::registry::TestRegistry;
 use crate::support::serve_process::ServeProcess;
 
@@ -338,7 +338,7 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
     }
 
     // All three mid-compile, as far as the store knows, when kiln is SIGKILLed.
-    let store = Store::open(&data).await.unwrap();
+    let store = open_store(&data).await;
     let compile_lines = |lines: Vec<builder_api::store::LogLine>| -> Vec<String> {
         lines
             .into_iter()
