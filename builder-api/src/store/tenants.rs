@@ -332,14 +332,12 @@ impl Store {
 
     /// The tenants that have a concurrency cap of their own: tenant id → cap; tenants without
     /// one are absent (only the global cap applies to them). One read of the tenants table (one
-    /// row per tenant, the database reading one JSON field each), cheap enough for the scheduler to call
-    /// per pick or to cache.
+    /// row per tenant, the database reading one JSON field each), cheap enough for the scheduler
+    /// to call per pick or to cache.
     pub async fn tenant_caps(&self) -> Result<HashMap<i64, u32>> {
         let cap = format!("CAST({} AS BIGINT)", self.backend.json_field("settings", "max_concurrent_builds"));
         let sql = format!("SELECT id, cap FROM (SELECT id, {cap} AS cap FROM tenants) t WHERE cap IS NOT NULL");
-        let rows = sqlx::query(&sql)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let (id, cap): (i64, i64) = (r.try_get("id")?, r.try_get("cap")?);
