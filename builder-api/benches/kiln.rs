@@ -101,6 +101,11 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // One column of `statuses`, in a process of its own (see there).
+    if which.first().map(String::as_str) == Some(STATUSES_RUN) {
+        rt.block_on(statuses_run());
+        return;
+    }
     if which.is_empty() || which.iter().any(|w| w == "intake") {
         rt.block_on(intake());
     }
@@ -820,37 +825,72 @@ async fn kube() {
     );
 }
 
-/// `statuses`: the kube pipeline's 200 builds twice in one run, without GitLab commit statuses
-/// and with every build posting them to a GitLab double that takes 50 ms per answer; the
-/// pipeline's own latencies side by side, and whether every status (pending, running, canceled
-/// per build) was delivered.
+/// `statuses`: the kube pipeline's 200 builds three times in one run — without GitLab commit
+/// statuses, with every build posting them to a GitLab double that takes 50 ms per answer, and
+/// without again — the pipeline's own latencies side by side, and whether every status (pending,
+/// running, canceled per build) was delivered. Each column runs in a process of its own (this
+/// binary, `statuses-run`): a Kiln's background tasks outlive its run in a process, so columns
+/// run one after another in one process each paid for the runs before them (the third column,
+/// without statuses, was the slowest).
 async fn statuses() {
     const N: usize = 200;
     const TOKEN: &str = "glpat-bench-statuses";
     let gitlab = gitlab_api::GitlabApi::start(TOKEN).await;
     gitlab.delay_every(Duration::from_millis(50));
-    // Each run leaves its Kiln's background tasks behind in this process; a run without
-    // statuses after the one with them shows what that order alone costs.
-    let without = kube_run(N, None).await;
-    let with = kube_run(N, Some((&gitlab.url(), TOKEN))).await;
-    let ended = Instant::now();
-    let deadline = ended + Duration::from_secs(300);
-    while gitlab.delivered().len() < 3 * N && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = ended.elapsed();
-    let again = kube_run(N, None).await;
+    // A column's process ends when its stdin closes, once its statuses were delivered (they are
+    // sent by the Kiln in that process).
+    let column = |gitlab_url: Option<String>| {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+        cmd.arg(STATUSES_RUN).arg(N.to_string());
+        if let Some(url) = gitlab_url {
+            cmd.env("KILN_BENCH_GITLAB_URL", url).env("KILN_BENCH_GITLAB_TOKEN", TOKEN);
+        }
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::inherit());
+        let gitlab = &gitlab;
+        async move {
+            let before = gitlab.delivered().len();
+            let mut child = cmd.spawn().unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut result = None;
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(r) = line.strip_prefix("RESULT ") {
+                    result = Some(serde_json::from_str::<serde_json::Value>(r).unwrap());
+                    break;
+                }
+            }
+            let r = result.unwrap_or_else(|| panic!("{STATUSES_RUN} printed no RESULT"));
+            let ended = Instant::now();
+            let deadline = ended + Duration::from_secs(300);
+            let expected = before + if cmd_posts(&r) { 3 * N } else { 0 };
+            while gitlab.delivered().len() < expected && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let drained = ended.elapsed();
+            drop(stdin);
+            assert!(child.wait().await.unwrap().success(), "{STATUSES_RUN} failed");
+            let durations = |k: &str| -> Vec<Duration> {
+                r[k].as_array().unwrap().iter().map(|v| Duration::from_secs_f64(v.as_f64().unwrap() / 1000.0)).collect()
+            };
+            (durations("answers"), durations("jobs"), drained)
+        }
+    };
+    let without = column(None).await;
+    let with = column(Some(gitlab.url())).await;
+    let drained = with.2;
+    let again = column(None).await;
     let calls = gitlab.calls();
     let delivered = gitlab.delivered().len();
-    println!("statuses: {N} builds through the kube pipeline (fake API server), without and with GitLab commit statuses (double answering in 50 ms)");
+    println!("statuses: {N} builds through the kube pipeline (fake API server), without and with GitLab commit statuses (double answering in 50 ms), a process per column");
     println!("  {:<28} {:>14} {:>14} {:>14}", "", "no statuses", "statuses", "none again");
-    let row = |what: &str, pick: fn(&KubeRun) -> &[Duration], p: f64| {
+    let row = |what: &str, pick: fn(&(Vec<Duration>, Vec<Duration>, Duration)) -> &[Duration], p: f64| {
         println!("  {what:<28} {:>11.1} ms {:>11.1} ms {:>11.1} ms", ms(percentile(pick(&without), p)), ms(percentile(pick(&with), p)), ms(percentile(pick(&again), p)))
     };
-    row("push -> 202, p50", |r| &r.answers, 0.5);
-    row("push -> 202, p99", |r| &r.answers, 0.99);
-    row("202 -> Job created, p50", |r| &r.jobs, 0.5);
-    row("202 -> Job created, p99", |r| &r.jobs, 0.99);
+    row("push -> 202, p50", |r| &r.0, 0.5);
+    row("push -> 202, p99", |r| &r.0, 0.99);
+    row("202 -> Job created, p50", |r| &r.1, 0.5);
+    row("202 -> Job created, p99", |r| &r.1, 0.99);
     println!(
         "  statuses delivered: {delivered} of {} (pending, running, canceled per build); {} calls in all, {} answered other than 201; the last one {:.0} ms after the last build ended",
         3 * N,
@@ -858,6 +898,29 @@ async fn statuses() {
         calls.iter().filter(|c| c.answered != 201).count(),
         ms(drained)
     );
+}
+
+/// The argument that makes this binary run one column of `statuses` and print its latencies.
+const STATUSES_RUN: &str = "statuses-run";
+
+/// One column of `statuses`: `statuses-run N`, with `KILN_BENCH_GITLAB_URL`/`_TOKEN` when the
+/// builds post commit statuses; prints `RESULT {"answers": [ms…], "jobs": [ms…], "posts": bool}`,
+/// then waits for its stdin to close.
+async fn statuses_run() {
+    let n: usize = std::env::args().skip(1).filter(|a| !a.starts_with('-')).nth(1).and_then(|n| n.parse().ok()).expect("statuses-run N");
+    let url = std::env::var("KILN_BENCH_GITLAB_URL").ok();
+    let token = std::env::var("KILN_BENCH_GITLAB_TOKEN").ok();
+    let gitlab = url.as_deref().zip(token.as_deref());
+    let run = kube_run(n, gitlab).await;
+    let millis = |ds: &[Duration]| ds.iter().map(|d| ms(*d)).collect::<Vec<f64>>();
+    println!("RESULT {}", json!({"answers": millis(&run.answers), "jobs": millis(&run.jobs), "posts": gitlab.is_some()}));
+    // Kiln delivers its statuses in this process: stay until the parent has counted them.
+    let _ = tokio::task::spawn_blocking(|| std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())).await;
+}
+
+/// Whether a `statuses-run` column posted commit statuses.
+fn cmd_posts(result: &serde_json::Value) -> bool {
+    result["posts"].as_bool().unwrap_or(false)
 }
 
 /// 200 pushes of one app at once through the kube executor against the fake API server; each
