@@ -623,6 +623,22 @@ fn check_env_name(key: &str) -> Result<(), AssembleError> {
 mod tests {
     use super::*;
 
+    /// A base image `r.io/base:1` with `config` as its config's `config`, and `diff_ids` and
+    /// `history` as given.
+    fn base(config: Value, diff_ids: Value, history: Value) -> Base {
+        Base {
+            reference: ImageRef::parse("r.io/base:1").unwrap(),
+            manifest_digest: "sha256:b".into(),
+            layers: vec![],
+            config: json!({
+                "architecture": "amd64", "os": "linux",
+                "config": config,
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                "history": history
+            }),
+        }
+    }
+
     #[test]
     fn config_merges_over_base() {
         let mut spec = AssembleSpec::new(ImageRef::parse("r.io/app:1").unwrap());
@@ -634,17 +650,11 @@ mod tests {
         spec.labels.insert("team".into(), "core".into());
         spec.workdir = Some("/app".into());
         spec.created = 1_700_000_000;
-        let base = Base {
-            reference: ImageRef::parse("r.io/base:1").unwrap(),
-            manifest_digest: "sha256:b".into(),
-            layers: vec![],
-            config: json!({
-                "architecture": "amd64", "os": "linux",
-                "config": {"Env": ["PATH=/bin", "LANG=C"], "Cmd": ["sh"], "Labels": {"base": "yes"}},
-                "rootfs": {"type": "layers", "diff_ids": ["sha256:base"]},
-                "history": [{"created_by": "base"}]
-            }),
-        };
+        let base = base(
+            json!({"Env": ["PATH=/bin", "LANG=C"], "Cmd": ["sh"], "Labels": {"base": "yes"}}),
+            json!(["sha256:base"]),
+            json!([{"created_by": "base"}]),
+        );
         let layer = BuiltLayer {
             blob: bytes::Bytes::new(),
             digest: "sha256:l".into(),
@@ -678,23 +688,13 @@ mod tests {
             ("NEW".into(), "first".into()),
         ];
         spec.env_append = vec![("JAVA_TOOL_OPTIONS".into(), "-javaagent:/opt/apm/a.jar".into())];
-        let base = Base {
-            reference: ImageRef::parse("r.io/base:1").unwrap(),
-            manifest_digest: "sha256:b".into(),
-            layers: vec![],
-            config: json!({
-                "architecture": "amd64", "os": "linux",
-                "config": {"Env": ["JAVA_TOOL_OPTIONS=-XX:MaxRAMPercentage=50.0", "EMPTY= "]},
-                "rootfs": {"type": "layers", "diff_ids": []},
-                "history": []
-            }),
-        };
+        let base = base(json!({"Env": ["JAVA_TOOL_OPTIONS=-XX:MaxRAMPercentage=50.0", "EMPTY= "]}), json!([]), json!([]));
         let c = build_config(&spec, Some(&base), &[], "2023-11-14T22:13:20Z").unwrap();
         assert_eq!(
             c["config"]["Env"],
             json!([
-                // The base's own value stays between Kiln's defaults and the agent: it wins over
-                // the defaults, and the agent is loaded whatever it says.
+                // The base's own value stays between the prepended default and the appended
+                // agent: it wins over the default, and the agent is loaded whatever it says.
                 "JAVA_TOOL_OPTIONS=-XX:MaxRAMPercentage=75.0 -XX:MaxRAMPercentage=50.0 -javaagent:/opt/apm/a.jar",
                 "EMPTY=-Xss1m",
                 "NEW=first"
