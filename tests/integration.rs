@@ -20,6 +20,7 @@ mod builds;
 mod cli;
 mod deploy_manifests;
 mod isolation;
+mod jvm_sizing;
 mod lifecycle;
 mod log_streaming;
 mod metrics;

@@ -67,6 +67,9 @@ pub struct Build {
     pub apm_version: Option<String>,
     /// With APM: the image as built, before injection (by digest).
     pub original_image: Option<String>,
+    /// The options Kiln put at the front of the image's `JAVA_TOOL_OPTIONS` (JVM sizing), if any;
+    /// the image's own options come after them and win.
+    pub jvm_options: Option<String>,
     pub queued_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -137,7 +140,7 @@ pub struct NewBuild {
 /// Read by name in [`build_from_row`]; the tenant's and the app's names are `tenant` and `app`.
 const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name AS tenant, b.app_id, a.name AS app, b.state, b.reason, b.git_ref, b.commit_sha,
     b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at,
-    b.apm_agent, b.apm_version, b.original_image, b.gitlab_status, b.commit_message, b.commit_author, b.commit_url";
+    b.apm_agent, b.apm_version, b.original_image, b.jvm_options, b.gitlab_status, b.commit_message, b.commit_author, b.commit_url";
 const BUILD_FROM: &str = "FROM builds b JOIN tenants t ON t.id = b.tenant_id JOIN apps a ON a.id = b.app_id";
 
 fn build_from_row(r: &SqliteRow) -> Result<Build> {
@@ -162,6 +165,7 @@ fn build_from_row(r: &SqliteRow) -> Result<Build> {
         apm_agent: r.get("apm_agent"),
         apm_version: r.get("apm_version"),
         original_image: r.get("original_image"),
+        jvm_options: r.get("jvm_options"),
         gitlab_status: r.get("gitlab_status"),
         commit_info: CommitInfo { message: r.get("commit_message"), author: r.get("commit_author"), url: r.get("commit_url") },
     })
@@ -366,6 +370,12 @@ impl Store {
             .bind(id)
             .execute(&self.writer)
             .await?;
+        Ok(())
+    }
+
+    /// The JVM options Kiln put into the build's image.
+    pub async fn set_build_jvm_options(&self, id: i64, options: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET jvm_options = ? WHERE id = ?").bind(options).bind(id).execute(&self.writer).await?;
         Ok(())
     }
 

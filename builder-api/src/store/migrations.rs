@@ -297,6 +297,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX apps_by_project ON apps(project_path);
     CREATE UNIQUE INDEX apps_live_name ON apps(tenant_id, name) WHERE deleted_at IS NULL;
     "#,
+    // 15: the JVM options Kiln put into a build's image (JVM sizing).
+    r#"
+    ALTER TABLE builds ADD COLUMN jvm_options TEXT;
+    "#,
 ];
 
 /// Applies the migrations a database has not had, in one transaction, with foreign keys off
