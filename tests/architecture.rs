@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // `Context` is how the services reach each other; it holds handles from their leaf files.
     ("services", &["context", "scheduler", "executor", "replication", "rollout", "steps", "apm", "logs", "gitlab_status", "notify"]),
     ("model and storage", &["store", "plan", "config"]),
-    ("leaf utilities", &["validate", "branch_filter", "ratelimit", "json_file", "failure_line", "outbound"]),
+    ("leaf utilities", &["validate", "branch_filter", "ratelimit", "json_file", "failure_line", "outbound", "metrics"]),
 ];
 
 /// A file of the crate as a module path: `["executor", "kube", "render"]` for

@@ -7,7 +7,7 @@ use axum::http::{Method, StatusCode};
 use builder_api::store::{Build, BuildState};
 use serde_json::{json, Value};
 
-use crate::support::fixtures::{app_spec, fixture_app, push_busybox_base, GitlabPush};
+use crate::support::fixtures::{app_spec, fixture_app, push_busybox_base, push_java_base, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::TestKiln;
 use crate::support::registry::TestRegistry;
@@ -104,7 +104,8 @@ async fn a_go_push_becomes_an_image_whose_binary_runs_and_rebuilds_to_the_same_d
 #[tokio::test]
 async fn a_maven_push_becomes_an_image_with_its_classes_and_rebuilds_to_the_same_digest() {
     let w = World::new().await;
-    let sha = w.app_from_fixture("greeter", "maven-hello", json!({})).await;
+    let base = push_java_base(&w.registry.host());
+    let sha = w.app_from_fixture("greeter", "maven-hello", json!({ "base_image": base })).await;
     let first = w.succeeded(w.push("greeter", &sha).await).await;
     assert_eq!(first.kind.as_deref(), Some("maven"));
     let root = w.unpack(&first).await;
@@ -113,6 +114,20 @@ async fn a_maven_push_becomes_an_image_with_its_classes_and_rebuilds_to_the_same
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kiln maven sample\n");
     let again = w.succeeded(w.trigger("greeter", &sha).await).await;
     assert_eq!(again.image_digest, first.image_digest);
+}
+
+#[tokio::test]
+async fn a_maven_commit_of_an_auto_app_without_a_java_base_fails_before_it_compiles() {
+    let w = World::new().await;
+    let sha = w.app_from_fixture("nojre", "maven-hello", json!({})).await;
+    let (build, log) = w.failed(w.push("nojre", &sha).await).await;
+    let reason = build.reason.unwrap();
+    assert!(reason.contains("Maven project") && reason.contains("set the app's base_image"), "{reason}");
+    assert!(log.contains(&format!("[kiln] {reason}")), "{log}");
+    // Nothing was compiled or pushed: an image on scratch that starts `java` could never run.
+    let steps = w.kiln.ctx.store.steps(build.id).await.unwrap();
+    assert_eq!(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["clone"], "{log}");
+    assert!(build.image.is_none());
 }
 
 #[tokio::test]

@@ -80,6 +80,9 @@ const PROVISIONER_RULES: &[(&str, &str, &str, &[&str])] = &[
     ("rbac.authorization.k8s.io", "clusterroles", "bind", &["kiln-builds"]),
 ];
 
+/// The sample Prometheus alert rules, relative to deploy/: a plain rule file, not applied.
+const ALERT_RULES: &str = "prometheus-alerts.yaml";
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -252,6 +255,10 @@ impl Install {
             let text = std::fs::read_to_string(&file).unwrap();
             if rel == "kustomization.yaml" {
                 kustomization = Some(typed::<Kustomization>(&file, &text));
+                continue;
+            }
+            // Prometheus' rule file is not a Kubernetes object either (checked below).
+            if rel == ALERT_RULES {
                 continue;
             }
             // kustomize's own files are not Kubernetes objects.
@@ -462,6 +469,95 @@ fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
     for m in c.volume_mounts.iter().flatten().filter(|m| m.mount_path.starts_with("/etc/kiln")) {
         assert_eq!(m.read_only, Some(true), "{} read-only", m.mount_path);
     }
+}
+
+/// Prometheus finds the pod by the `prometheus.io/*` annotations of its template (no
+/// ServiceMonitor): on the container's HTTP port, at the path the router serves the metrics on.
+#[test]
+fn the_pod_template_asks_prometheus_to_scrape_its_metrics() {
+    let install = Install::load();
+    let d = install.deployment();
+    let template = &d.spec.as_ref().unwrap().template;
+    let annotations = template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    let get = |k: &str| annotations.get(k).map(String::as_str);
+    assert_eq!(get("prometheus.io/scrape"), Some("true"), "{annotations:?}");
+    assert_eq!(get("prometheus.io/path"), Some("/metrics"), "{annotations:?}");
+    let port = kiln_container(d).ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).expect("port http").container_port;
+    assert_eq!(get("prometheus.io/port"), Some(port.to_string().as_str()), "{annotations:?}");
+    let router = std::fs::read_to_string(repo().join("builder-api/src/router.rs")).unwrap();
+    assert!(router.contains(".route(\"/metrics\", get(health::metrics))"), "the router serves /metrics");
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleGroup {
+    name: String,
+    rules: Vec<AlertRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertRule {
+    alert: String,
+    expr: String,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// The series names a family of `kind` (as `# TYPE` names it) has in Prometheus.
+fn series_names(family: &str, kind: &str) -> Vec<String> {
+    match kind {
+        "counter" => vec![format!("{family}_total")],
+        "histogram" => ["_bucket", "_sum", "_count"].iter().map(|s| format!("{family}{s}")).collect(),
+        _ => vec![family.to_string()],
+    }
+}
+
+/// deploy/prometheus-alerts.yaml: a plain Prometheus rule file whose every `kiln_…` name is a
+/// series /metrics serves (a counter with `_total`, a histogram with `_bucket`, `_sum` or
+/// `_count`, a gauge bare), so no alert can watch a metric that does not exist or was renamed.
+#[test]
+fn every_metric_the_alert_rules_use_is_one_kiln_serves() {
+    let text = std::fs::read_to_string(deploy_dir().join(ALERT_RULES)).unwrap();
+    let rules: RuleFile = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{ALERT_RULES}: {e}"));
+    let served: BTreeSet<String> =
+        builder_api::metrics::Metrics::new().family_names().iter().flat_map(|(name, kind)| series_names(name, kind)).collect();
+    assert!(served.contains("kiln_build_queue_wait_seconds_bucket") && served.contains("kiln_webhook_deliveries_total"), "{served:?}");
+    let mut used = BTreeSet::new();
+    let mut alerts = BTreeSet::new();
+    for group in &rules.groups {
+        assert!(!group.name.is_empty() && !group.rules.is_empty());
+        for rule in &group.rules {
+            assert!(alerts.insert(rule.alert.clone()), "alert {} twice", rule.alert);
+            assert!(["warning", "critical"].contains(&rule.labels.get("severity").map(String::as_str).unwrap_or_default()), "{}: severity", rule.alert);
+            assert!(rule.annotations.contains_key("summary") && rule.annotations.contains_key("description"), "{}: summary and description", rule.alert);
+            if let Some(f) = &rule.for_ {
+                assert!(f.strip_suffix('m').is_some_and(|n| n.parse::<u32>().is_ok()), "{}: for: {f}", rule.alert);
+            }
+            let names: Vec<&str> = rule
+                .expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("kiln_"))
+                .collect();
+            assert!(!names.is_empty(), "{}: uses no kiln_ metric", rule.alert);
+            for name in names {
+                assert!(served.contains(name), "alert {} uses {name}, which /metrics does not serve; it serves {served:?}", rule.alert);
+                used.insert(name.to_string());
+            }
+        }
+    }
+    // Operators find the file from the README.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(readme.contains("deploy/prometheus-alerts.yaml"), "README.md points at the alert rules");
+    assert!(used.len() >= 8, "{used:?}");
 }
 
 #[test]

@@ -177,6 +177,10 @@ async fn go_maven_and_dockerfile_pushes_become_images_through_one_job_each() {
         let opts = registry_sync::RegistryOptions { insecure_registries: vec![w.registry.host()], ..Default::default() };
         let pulled = registry_sync::pull_image(&reference, &opts).await.unwrap();
         assert_eq!(pulled.manifest_digest, digest);
+        // The Job's image step sizes a Maven image's JVM as the local executor's does (jvm_sizing.rs).
+        let java_tool_options = pulled.config["config"]["Env"].as_array().into_iter().flatten().find_map(|e| e.as_str()?.strip_prefix("JAVA_TOOL_OPTIONS="));
+        let expected = (kind == "maven").then_some("-XX:MaxRAMPercentage=75.0 -XX:+ExitOnOutOfMemoryError");
+        assert_eq!((build.jvm_options.as_deref(), java_tool_options), (expected, expected), "{kind}");
         let expected_steps: &[&str] = if kind == "dockerfile" { &["clone", "image"] } else { &["clone", "compile", "image"] };
         for step in expected_steps {
             assert!(log.contains(&format!("── step {step} succeeded")), "{kind}: no finished {step}:\n{log}");

@@ -14,6 +14,7 @@ use crate::kube_builds::slow_go;
 use crate::support::fixtures::{app_spec, fixture_files, GitlabPush};
 use crate::support::git_server::GitServer;
 use crate::support::kiln::{test_config, TestKiln, ADMIN};
+use crate::support::metrics::{scrape_until, Scrape};
 use crate::support::registry::TestRegistry;
 
 /// A git "server" that accepts connections and answers nothing until it is opened; then every
@@ -202,6 +203,12 @@ async fn a_tenant_at_its_concurrency_cap_waits_while_another_uses_the_free_slots
     };
     assert_eq!((running(capped.clone()).await, running(free.clone()).await), (1, 2));
     assert_eq!(kiln.ctx.scheduler.running_count(), 3);
+    // /metrics says the same per tenant: the capped tenant's two others wait behind its cap,
+    // the free tenant's third behind the global limit.
+    let gauges = |s: &Scrape, tenant: &str| (s.number("kiln_builds_queued", &[("tenant", tenant)]), s.number("kiln_builds_running", &[("tenant", tenant)]));
+    let waiting = scrape_until(&kiln, Duration::from_secs(30), "the gauges of the held builds", |s| gauges(s, "capped") == (2.0, 1.0)).await;
+    assert_eq!(gauges(&waiting, "free"), (1.0, 2.0), "{}", waiting.text);
+    assert_eq!(waiting.histogram_count("kiln_build_queue_wait_seconds", &[]), 3.0, "the three started builds:\n{}", waiting.text);
     gate.open();
     let mut spans = vec![];
     for id in &capped {
@@ -216,4 +223,9 @@ async fn a_tenant_at_its_concurrency_cap_waits_while_another_uses_the_free_slots
     for pair in spans.windows(2) {
         assert!(pair[1].0 >= pair[0].1, "the capped tenant ran two builds at once: {spans:?}");
     }
+    // All ended (each failing its clone at the closed gate): nothing waits or runs, every build
+    // waited once and ended once.
+    let done = scrape_until(&kiln, Duration::from_secs(30), "the gauges back to 0", |s| gauges(s, "capped") == (0.0, 0.0) && gauges(s, "free") == (0.0, 0.0)).await;
+    assert_eq!(done.histogram_count("kiln_build_queue_wait_seconds", &[]), 6.0, "{}", done.text);
+    assert_eq!(done.sum("kiln_build_duration_seconds_count"), 6.0, "{}", done.text);
 }

@@ -193,8 +193,12 @@ async fn scenario(world: &World, rbac: Vec<Value>, stop_on_refusal: bool) -> Out
         fake.create(ns, plural, o.clone()).unwrap();
     }
     fake.create_from_yaml(&deploy_file("deploy-namespace/rolebinding.yaml").replace("kind: RoleBinding\nmetadata:\n", "kind: RoleBinding\nmetadata:\n  namespace: shop\n"));
+    // 20 replicas take the fake's controller 2 s to replace, one at a time: the rollout is
+    // still going when Kiln has patched and starts to wait, so its wait always lists and then
+    // watches (with 1 replica a loaded machine could see the rollout complete in the list, and
+    // the watch right would go unused).
     let web = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+        "spec": {"replicas": 20, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
             "spec": {"containers": [{"name": "app", "image": format!("{EAST}/team/hello:old")}]}}}});
     fake.create("shop", "deployments", web).unwrap();
     let failure = run(world, &fake, stop_on_refusal).await.err();

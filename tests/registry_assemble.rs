@@ -411,6 +411,20 @@ async fn unreachable_registry_is_named() {
     assert!(!format!("{err:?}").contains("pw-that-must-not-leak"));
 }
 
+/// A registry that speaks only plain HTTP, not listed as insecure: the error names the setting
+/// the caller gave for listing it, instead of a TLS message.
+#[tokio::test]
+async fn a_plain_http_registry_not_listed_as_insecure_is_named_with_the_setting_to_change() {
+    init_tls();
+    let registry = TestRegistry::start().await;
+    let host = registry.host();
+    let opts = RegistryOptions { insecure_setting: Some("THE_SETTING".into()), ..Default::default() };
+    let spec = AssembleSpec::new(image(&host, "team/app:1"));
+    let err = assemble_and_push(&spec, &opts, &mut |_| {}).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("{host} answered plain HTTP; add {host} to THE_SETTING"), "{err:?}");
+    assert!(matches!(err, AssembleError::Registry(RegistryError::PlainHttp { .. })), "{err:?}");
+}
+
 #[tokio::test]
 async fn credentials_are_checked_and_never_leak() {
     init_tls();

@@ -10,7 +10,7 @@ use registry_sync::{
     RegistryOptions, RetryPolicy, TargetState, TransferSlots,
 };
 
-use crate::support::oci_images::{random_bytes, ImagePusher, OCI_MANIFEST};
+use crate::support::oci_images::{random_bytes, ImagePusher, TestImage, OCI_MANIFEST};
 use crate::support::registry::{free_port, TestRegistry};
 use crate::support::hostile_registry::HostileRegistry;
 use crate::support::registry_proxy::RegistryProxy;
@@ -683,5 +683,262 @@ async fn kiln_sync_copies_with_an_authfile_and_exits_1_when_a_target_is_down() {
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["sync", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--authfile") && help.contains("--insecure") && help.contains("verified by digest"), "{help}");
+    // Where the blob cache is, and how to move or turn it off.
+    assert!(help.contains("--blob-cache") && help.contains("KILN_BLOB_CACHE") && help.contains("~/.cache/kiln/blob-locations.json"), "{help}");
 }
 
+/// `kiln sync` run as a user runs it, in a home of its own: its default blob cache is this test's
+/// alone, and no KILN_* or XDG_* setting of the test's environment leaks in.
+struct KilnSync {
+    home: tempfile::TempDir,
+}
+
+/// What a `kiln sync` run printed, and its exit code.
+struct SyncRun {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for SyncRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl KilnSync {
+    fn new() -> KilnSync {
+        crate::support::init();
+        KilnSync { home: tempfile::tempdir().unwrap() }
+    }
+
+    /// Where the cache is by default with this home and no XDG_CACHE_HOME.
+    fn default_cache(&self) -> std::path::PathBuf {
+        self.home.path().join(".cache/kiln/blob-locations.json")
+    }
+
+    /// `kiln sync ARGS…` with `env` set. A tokio process, not a std one: waiting for it must not
+    /// block the runtime, which serves the test's proxy that the process talks to.
+    async fn run(&self, env: &[(&str, &std::ffi::OsStr)], args: &[String]) -> SyncRun {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("sync")
+            .env("HOME", self.home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("KILN_BLOB_CACHE")
+            .env_remove("KILN_INSECURE_REGISTRIES")
+            .env_remove("DOCKER_CONFIG")
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .await
+            .expect("run kiln sync");
+        SyncRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// `--insecure HOST` for each of `hosts`, then `rest`.
+fn sync_args(hosts: &[String], rest: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for host in hosts {
+        args.extend(["--insecure".to_string(), host.clone()]);
+    }
+    args.extend(rest.iter().map(|a| a.to_string()));
+    args
+}
+
+/// The locations a blob cache file holds: (registry, digest, repository).
+fn cached_locations(path: &std::path::Path) -> Vec<(String, String, String)> {
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    serde_json::from_value(file["locations"].clone()).unwrap()
+}
+
+/// The image at `host/repo:tag`, pulled straight from the registry, has exactly `layers`.
+async fn assert_pulls(host: &str, repo: &str, tag: &str, digest: &str, layers: &[&[u8]]) {
+    let reference = ImageRef::parse(&format!("{host}/{repo}:{tag}")).unwrap();
+    let pulled = registry_sync::pull_image(&reference, &RegistryOptions::default().insecure(host)).await.expect("pull");
+    assert_eq!(pulled.manifest_digest, digest, "{repo}:{tag}");
+    let got: Vec<&[u8]> = pulled.layers.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+    assert!(got == layers, "{repo}:{tag}: the layers pulled are not the ones pushed");
+}
+
+/// `kiln sync`'s case for the blob cache: team/a:v1 and team/b:v1 on a source registry, sharing
+/// a base layer under a small layer of their own, and a target registry behind a counting proxy.
+struct SharedBase {
+    kiln: KilnSync,
+    source: TestRegistry,
+    target: TestRegistry,
+    proxy: RegistryProxy,
+    base: Vec<u8>,
+    base_digest: String,
+    /// (image, its own top layer) of team/a and team/b.
+    a: (TestImage, Vec<u8>),
+    b: (TestImage, Vec<u8>),
+}
+
+impl SharedBase {
+    async fn start(base_len: usize) -> SharedBase {
+        let kiln = KilnSync::new();
+        let source = TestRegistry::start().await;
+        let target = TestRegistry::start().await;
+        let proxy = RegistryProxy::start(&target.host()).await;
+        let base = random_bytes(base_len);
+        let pusher = ImagePusher::new(&source.host());
+        let mut images = Vec::new();
+        for (repo, top_len) in [("team/a", 100_000), ("team/b", 150_000)] {
+            let top = random_bytes(top_len);
+            images.push((pusher.push_image(repo, Some("v1"), &[&base, &top], "linux", "amd64").await, top));
+        }
+        let b = images.pop().unwrap();
+        let a = images.pop().unwrap();
+        let base_digest = a.0.blobs[1].0.clone();
+        SharedBase { kiln, source, target, proxy, base, base_digest, a, b }
+    }
+
+    /// `kiln sync --insecure SOURCE --insecure PROXY [extra…] SOURCE/from:v1 PROXY/to` with `env`.
+    async fn sync(&self, env: &[(&str, &std::ffi::OsStr)], extra: &[&str], from: &str, to: &str) -> SyncRun {
+        let (src, dst) = (format!("{}/{from}:v1", self.source.host()), format!("{}/{to}", self.proxy.host()));
+        let mut rest = extra.to_vec();
+        rest.extend([src.as_str(), dst.as_str()]);
+        self.kiln.run(env, &sync_args(&[self.source.host(), self.proxy.host()], &rest)).await
+    }
+
+    /// Where `kiln sync` records the base as put in `repository` of the target (through the proxy).
+    fn base_in(&self, repository: &str) -> (String, String, String) {
+        (self.proxy.host(), self.base_digest.clone(), repository.to_string())
+    }
+}
+
+#[tokio::test]
+async fn kiln_sync_remembers_where_it_put_a_base_layer_and_the_next_image_mounts_it_instead_of_sending_it() {
+    let rig = SharedBase::start(6 << 20).await;
+    let ((a, _), (b, b_top)) = (&rig.a, &rig.b);
+    let xdg = rig.kiln.home.path().join("xdg-cache");
+    let xdg_env = [("XDG_CACHE_HOME", xdg.as_os_str())];
+
+    // The first image: everything is sent, and where it went is written to the cache, which
+    // lives under XDG_CACHE_HOME when that is set.
+    let run = rig.sync(&xdg_env, &[], "team/a", "team/a").await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(rig.proxy.blob_upload_bytes(), a.blob_bytes(), "{run}");
+    let cache = xdg.join("kiln/blob-locations.json");
+    assert!(cached_locations(&cache).contains(&rig.base_in("team/a")), "{:?}", cached_locations(&cache));
+    assert!(!rig.kiln.default_cache().exists(), "XDG_CACHE_HOME is where the cache goes");
+
+    // The second image, into another repository: the base is mounted from team/a, 0 of its bytes
+    // sent; only b's own layer and config cross.
+    rig.proxy.reset();
+    let run = rig.sync(&xdg_env, &[], "team/b", "team/b").await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(rig.proxy.blob_upload_bytes(), b.blob_bytes() - rig.base.len() as u64, "the base was sent again:\n{run}");
+    assert!(run.stdout.contains("sent 2 blob(s)") && run.stdout.contains("mounted 1,"), "{run}");
+    assert!(run.stderr.contains(&format!("mounted {} from team/a", rig.base_digest)), "{run}");
+    assert_eq!(rig.proxy.mount_requests(), [("team/b".to_string(), rig.base_digest.clone(), "team/a".to_string())]);
+    // Complete at the target, read from the registry itself (not through the proxy).
+    assert!(ImagePusher::new(&rig.target.host()).blob_exists("team/b", &rig.base_digest).await);
+    assert_pulls(&rig.target.host(), "team/b", "v1", &b.digest, &[&rig.base, b_top]).await;
+
+    // Entries are per registry: another registry, where the base is in no repository, is asked
+    // for no mount (from team/a or team/b of the first one) and is sent the whole image.
+    let other = TestRegistry::start().await;
+    let other_proxy = RegistryProxy::start(&other.host()).await;
+    let (src, dst) = (format!("{}/team/b:v1", rig.source.host()), format!("{}/team/x", other_proxy.host()));
+    let args = sync_args(&[rig.source.host(), other_proxy.host()], &[&src, &dst]);
+    let run = rig.kiln.run(&xdg_env, &args).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(other_proxy.mount_requests(), [], "{run}");
+    assert_eq!(other_proxy.blob_upload_bytes(), b.blob_bytes(), "{run}");
+    let locations = cached_locations(&cache);
+    let other_base = (other_proxy.host(), rig.base_digest.clone(), "team/x".to_string());
+    assert!(locations.contains(&rig.base_in("team/b")) && locations.contains(&other_base), "{locations:?}");
+
+    // The control: with the cache off, the same copy into a third repository sends the base.
+    rig.proxy.reset();
+    let run = rig.sync(&[], &["--blob-cache", "off"], "team/b", "team/c").await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(rig.proxy.blob_upload_bytes(), b.blob_bytes(), "{run}");
+    assert_eq!(rig.proxy.mount_requests(), [], "{run}");
+    assert!(!rig.kiln.default_cache().exists(), "off writes no cache");
+}
+
+#[tokio::test]
+async fn kiln_sync_with_a_stale_or_corrupt_blob_cache_still_copies_the_whole_image() {
+    let rig = SharedBase::start(3 << 20).await;
+    let ((a, a_top), (b, b_top)) = (&rig.a, &rig.b);
+    // Named by KILN_BLOB_CACHE this time.
+    let cache = rig.kiln.home.path().join("elsewhere/blobs.json");
+    let cache_env = [("KILN_BLOB_CACHE", cache.as_os_str())];
+
+    let run = rig.sync(&cache_env, &[], "team/a", "team/a").await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(cached_locations(&cache).contains(&rig.base_in("team/a")));
+    // The cache's entry goes stale: the base is deleted from team/a on the target.
+    let deleted = reqwest::Client::new()
+        .delete(format!("http://{}/v2/team/a/blobs/{}", rig.target.host(), rig.base_digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 202, "{:?}", deleted.text().await);
+    assert!(!ImagePusher::new(&rig.target.host()).blob_exists("team/a", &rig.base_digest).await);
+
+    // The mount is asked for and refused: the registry answers 202 with an upload session
+    // instead of 201 (OCI distribution spec), and the base is sent into that session: once, with
+    // no session of its own (one POST per blob: the refused mount, b's layer, b's config).
+    rig.proxy.reset();
+    let run = rig.sync(&cache_env, &[], "team/b", "team/b").await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("mounted 0,") && !run.stderr.contains("mounted sha256:"), "{run}");
+    assert_eq!(rig.proxy.mount_requests(), [("team/b".to_string(), rig.base_digest.clone(), "team/a".to_string())]);
+    let posts = rig.proxy.requests().iter().filter(|r| *r == "POST /v2/team/b/blobs/uploads/").count();
+    assert_eq!(posts, 3, "{:?}", rig.proxy.requests_with_queries());
+    assert_eq!(rig.proxy.blob_upload_bytes(), b.blob_bytes(), "{run}");
+    assert_pulls(&rig.target.host(), "team/b", "v1", &b.digest, &[&rig.base, b_top]).await;
+    // The stale entry was replaced by where the base is now.
+    let locations = cached_locations(&cache);
+    assert!(locations.contains(&rig.base_in("team/b")) && !locations.contains(&rig.base_in("team/a")), "{locations:?}");
+
+    // A corrupt cache is ignored with a warning and rewritten; the copy is whole.
+    std::fs::write(&cache, b"{\"version\": 1, \"locations\": [[\"trunc").unwrap();
+    let run = rig.sync(&cache_env, &[], "team/a", "team/a2").await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stderr.contains("warning: ignoring the blob cache") && run.stderr.contains("blobs.json"), "{run}");
+    assert_pulls(&rig.target.host(), "team/a2", "v1", &a.digest, &[&rig.base, a_top]).await;
+    assert!(cached_locations(&cache).contains(&rig.base_in("team/a2")), "rewritten whole");
+    assert!(!rig.kiln.default_cache().exists(), "KILN_BLOB_CACHE is where the cache goes");
+}
+
+#[tokio::test]
+async fn kiln_sync_says_which_setting_a_plain_http_registry_needs() {
+    let kiln = KilnSync::new();
+    let source = TestRegistry::start().await;
+    let target = TestRegistry::start().await;
+    let image = ImagePusher::new(&source.host())
+        .push_image("team/plain", Some("v1"), &[&random_bytes(200_000)], "linux", "amd64")
+        .await;
+    let args = [format!("{}/team/plain:v1", source.host()), format!("{}/team/plain", target.host())];
+    let advice = |host: String| format!("{host} answered plain HTTP; add {host} to KILN_INSECURE_REGISTRIES / --insecure");
+
+    // The source is spoken to over HTTPS: the copy cannot start, and says what to do. Retrying
+    // cannot help, so there is none: the default 5 attempts would wait at least 1.9 s.
+    let started = std::time::Instant::now();
+    let run = kiln.run(&[], &args).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains(&format!("error: source: {}", advice(source.host()))), "{run}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "retried: {:?}", started.elapsed());
+
+    // The source allowed through KILN_INSECURE_REGISTRIES, the target not: that target fails
+    // with the same advice.
+    let source_only = source.host();
+    let run = kiln.run(&[("KILN_INSECURE_REGISTRIES", source_only.as_ref())], &args).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stdout.contains("FAILED") && run.stdout.contains(&advice(target.host())), "{run}");
+
+    // Both, comma-separated: the copy goes through.
+    let both = format!("{},{}", source.host(), target.host());
+    let run = kiln.run(&[("KILN_INSECURE_REGISTRIES", both.as_ref())], &args).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains(&image.digest), "{run}");
+}

@@ -29,6 +29,8 @@ pub struct Context {
     pub gitlab_statuses: crate::gitlab_status::GitlabStatuses,
     /// Build and rollout notifications (chat robots, signed webhooks), delivered in the background.
     pub notifications: crate::notify::Notifier,
+    /// What `/metrics` serves, kept by the code where things happen (one per process).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Axum state: the shared context.

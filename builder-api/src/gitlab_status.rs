@@ -109,11 +109,12 @@ pub struct GitlabStatuses {
     retry_base: Duration,
     /// At most [`MAX_IN_FLIGHT`] requests open at once, over all lanes.
     in_flight: Arc<Semaphore>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl GitlabStatuses {
     /// `public_base`: Kiln's public URL (`server.public_url`), the base of the build links.
-    pub fn new(store: Store, public_base: String) -> GitlabStatuses {
+    pub fn new(store: Store, public_base: String, metrics: Arc<crate::metrics::Metrics>) -> GitlabStatuses {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("an HTTP client");
         GitlabStatuses {
             client,
@@ -122,6 +123,7 @@ impl GitlabStatuses {
             lanes: Arc::default(),
             retry_base: Duration::from_millis(250),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            metrics,
         }
     }
 
@@ -165,7 +167,13 @@ impl GitlabStatuses {
         let _ = tx.send(post);
         lanes.insert(build.id, Lane { tx, rank: status.rank() });
         drop(lanes);
-        let lane = LaneDeliverer { client: self.client.clone(), store: self.store.clone(), retry_base: self.retry_base, in_flight: self.in_flight.clone() };
+        let lane = LaneDeliverer {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            retry_base: self.retry_base,
+            in_flight: self.in_flight.clone(),
+            metrics: self.metrics.clone(),
+        };
         tokio::spawn(lane.run(build.id, rx));
     }
 }
@@ -176,6 +184,7 @@ struct LaneDeliverer {
     store: Store,
     retry_base: Duration,
     in_flight: Arc<Semaphore>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl LaneDeliverer {
@@ -183,6 +192,13 @@ impl LaneDeliverer {
     async fn run(self, build: i64, mut rx: mpsc::UnboundedReceiver<Post>) {
         while let Some(post) = rx.recv().await {
             let outcome = self.deliver(&post).await;
+            // Counted where the status's fate is known; `deliver` words each Err from one of two
+            // beginnings.
+            self.metrics.gitlab_status(match &outcome {
+                Ok(()) => "delivered",
+                Err(why) if why.starts_with("refused") => "refused",
+                Err(_) => "not_delivered",
+            });
             if let Err(why) = outcome {
                 tracing::warn!(build, status = post.status.as_str(), "GitLab commit status: {why}");
                 if let Err(e) = self.store.set_build_gitlab_status(build, &why).await {

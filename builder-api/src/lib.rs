@@ -37,6 +37,7 @@ pub mod handlers;
 pub mod hooks;
 pub mod json_file;
 pub mod logs;
+pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod plan;

@@ -39,6 +39,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         None => std::env::current_exe().context("cannot find the kiln binary")?,
     };
     let data_dir = std::path::absolute(&config.store.data_dir).unwrap_or_else(|_| config.store.data_dir.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let mut kube = None;
     let executor: Arc<dyn crate::executor::Executor> = if config.executor.kind == "kube" {
         let templates = match &config.kube.templates_dir {
@@ -49,6 +50,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
             Some(c) => c,
             None => kube::Client::try_default().await.context("cannot reach the Kubernetes API (executor = kube)")?,
         };
+        let client = crate::metrics::metered_kube_client(client, metrics.clone());
         let instance = store.instance_id(config.kube.instance.as_deref()).await?;
         let settings = KubeSettings {
             kube: config.kube.clone(),
@@ -62,11 +64,11 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         Arc::new(local_executor(&config, kiln_binary, data_dir))
     };
     Ok(Arc::new(Context {
-        clusters: Clusters::new(config.clusters.clone()),
+        clusters: Clusters::new(config.clusters.clone(), metrics.clone()),
         replication: crate::replication::SharedCopies::load(&store).await?,
         hook_limits: crate::ratelimit::RateLimiter::new(config.hooks.rate_per_app_per_minute, config.hooks.burst),
-        gitlab_statuses: crate::gitlab_status::GitlabStatuses::new(store.clone(), config.server.public_base()),
-        notifications: crate::notify::Notifier::new(store.clone(), config.server.public_base()),
+        gitlab_statuses: crate::gitlab_status::GitlabStatuses::new(store.clone(), config.server.public_base(), metrics.clone()),
+        notifications: crate::notify::Notifier::new(store.clone(), config.server.public_base(), metrics.clone()),
         config,
         store,
         hub: Arc::new(LogHub::default()),
@@ -74,6 +76,7 @@ pub async fn build_context_with(config: Config, kube_client: Option<kube::Client
         executor,
         kube,
         rollouts: Rollouts::default(),
+        metrics,
     }))
 }
 

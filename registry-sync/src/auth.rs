@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::client::RegistryError;
+
 /// Credentials for one registry. Bearer-token flows (Harbor, Docker Hub) exchange basic
 /// credentials at the registry's token service (oci-client for assembly, `session` for copies), so
 /// these two cases are all Kiln needs.
@@ -77,6 +79,10 @@ pub struct RegistryOptions {
     pub registry_auth: BTreeMap<String, RegistryAuth>,
     /// Registries (`host:port`) spoken to over plain http instead of https.
     pub insecure_registries: Vec<String>,
+    /// Where the caller's users list those registries (`KILN_INSECURE_REGISTRIES / --insecure`),
+    /// for the error of a registry that answers plain HTTP to an HTTPS request, which then says
+    /// what to do. None: "the insecure registries".
+    pub insecure_setting: Option<String>,
 }
 
 impl RegistryOptions {
@@ -97,6 +103,17 @@ impl RegistryOptions {
     /// The credentials for `registry` (`host[:port]`).
     pub fn auth_for(&self, registry: &str) -> &RegistryAuth {
         self.registry_auth.get(registry).unwrap_or(&self.auth)
+    }
+
+    /// The error of `registry` answering plain HTTP where HTTPS was spoken.
+    pub(crate) fn plain_http_error(&self, registry: &str) -> RegistryError {
+        RegistryError::PlainHttp {
+            registry: registry.to_string(),
+            insecure_setting: self
+                .insecure_setting
+                .clone()
+                .unwrap_or_else(|| "the insecure registries".to_string()),
+        }
     }
 
     /// Replaces every known password in `text` by `***`.

@@ -65,6 +65,10 @@ impl std::fmt::Display for Platform {
 pub enum RegistryError {
     #[error("cannot reach registry {registry}: {reason}")]
     Unreachable { registry: String, reason: String },
+    /// The registry answered a TLS handshake in plain HTTP: it is reachable, but only over
+    /// `http://`, which the caller allows per registry. Retrying cannot help.
+    #[error("{registry} answered plain HTTP; add {registry} to {insecure_setting}")]
+    PlainHttp { registry: String, insecure_setting: String },
     #[error("registry {registry} refused access{}: unauthorized ({detail})",
         .username.as_deref().map(|u| format!(" for user {u:?}")).unwrap_or_else(|| " (no credentials given)".into()))]
     Unauthorized {
@@ -187,6 +191,9 @@ pub(crate) fn classify(
     };
     match err {
         OciDistributionError::RequestError(e) => {
+            if answered_plain_http(&e) {
+                return opts.plain_http_error(&registry);
+            }
             if e.is_connect() || e.is_timeout() {
                 return RegistryError::Unreachable {
                     registry,
@@ -242,6 +249,26 @@ pub(crate) fn classify(
             message: opts.redact(&truncate(&other.to_string())),
         },
     }
+}
+
+/// Whether the TLS handshake failed because the server answered in plain HTTP: rustls then reads
+/// the `HTTP/1.x 400` reply as a TLS record of an unknown type. (The rustls error comes up inside
+/// `io::Error`s, nested, whose `source()` skips the error they wrap; so each is opened too.)
+pub(crate) fn answered_plain_http(e: &reqwest::Error) -> bool {
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = e.source().into_iter().collect();
+    while let Some(err) = pending.pop() {
+        if matches!(
+            err.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType))
+        ) {
+            return true;
+        }
+        if let Some(wrapped) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            pending.push(wrapped);
+        }
+        pending.extend(err.source());
+    }
+    false
 }
 
 /// `connection refused`, `connection timed out`, `dns error: …` — the innermost cause in words.

@@ -13,7 +13,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::{header, Method, StatusCode, Url};
 
 use crate::auth::{RegistryAuth, RegistryOptions};
-use crate::client::{connect_reason, error_chain, truncate, RegistryError};
+use crate::client::{answered_plain_http, connect_reason, error_chain, truncate, RegistryError};
 
 /// Accept header for manifests: every manifest kind Kiln copies (schema 1 is not supported).
 pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -241,7 +241,8 @@ impl RegistrySession {
                 Ok(res) => return Ok(res),
                 Err(e) => self.transport_error(&e, operation),
             };
-            let Some(pause) = self.retry.pause(attempt, &failure) else {
+            // A registry that speaks only plain HTTP answers every attempt alike.
+            let Some(pause) = self.retry.pause(attempt, &failure).filter(|_| failure.is_transient()) else {
                 return Err(failure);
             };
             tracing::debug!(registry = %self.registry, %operation, attempt, error = %failure, ?pause, "retrying");
@@ -335,6 +336,9 @@ impl RegistrySession {
     }
 
     pub(crate) fn transport_error(&self, e: &reqwest::Error, operation: &str) -> RegistryError {
+        if answered_plain_http(e) {
+            return self.opts.plain_http_error(&self.registry);
+        }
         if e.is_connect() || e.is_timeout() {
             RegistryError::Unreachable {
                 registry: self.registry.clone(),
@@ -374,7 +378,8 @@ impl RegistrySession {
                 Ok(res) => return Ok(res),
                 Err(e) => self.transport_error(&e, operation),
             };
-            let Some(pause) = self.retry.pause(attempt, &failure) else {
+            // A registry that speaks only plain HTTP answers every attempt alike.
+            let Some(pause) = self.retry.pause(attempt, &failure).filter(|_| failure.is_transient()) else {
                 return Err(failure);
             };
             tokio::time::sleep(pause).await;

@@ -150,20 +150,39 @@ fn collect(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String,
 /// A busybox base image (`/bin/busybox`, `/bin/sh`) pushed to `registry` as
 /// `library/busybox:1`, assembled by Kiln itself (there is no internet to pull one from).
 pub fn push_busybox_base(registry: &str) -> String {
-    let base = format!("{registry}/library/busybox:1");
     let bin = tempfile::tempdir().unwrap();
     std::fs::copy("/bin/busybox", bin.path().join("busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", bin.path().join("sh")).unwrap();
+    push_base(registry, "library/busybox:1", &["--add".into(), format!("{}:/bin", bin.path().display())])
+}
+
+/// A stand-in for a JRE base image, pushed to `registry`: no layers, only `JAVA_HOME` in its
+/// config (the tests start the images' classes on the host's `java`). A Maven app needs a base
+/// (its image starts `java`); this one adds nothing to the image's layers.
+pub fn push_java_base(registry: &str) -> String {
+    push_base(registry, "library/jre:17", &["--env".into(), "JAVA_HOME=/opt/java".into()])
+}
+
+/// A stand-in for a JRE base image whose env sets `JAVA_TOOL_OPTIONS` of its own as well, pushed
+/// to `registry` as `library/jre-tuned:17`.
+pub fn push_java_base_with_options(registry: &str, java_tool_options: &str) -> String {
+    let env = ["--env".into(), "JAVA_HOME=/opt/java".into(), "--env".into(), format!("JAVA_TOOL_OPTIONS={java_tool_options}")];
+    push_base(registry, "library/jre-tuned:17", &env)
+}
+
+/// `kiln step assemble` of `args` over scratch, pushed as `registry/name`; returns the reference.
+fn push_base(registry: &str, name: &str, args: &[String]) -> String {
+    let base = format!("{registry}/{name}");
+    let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["step", "assemble", "--base", "scratch", "--image", &base])
-        .arg("--add")
-        .arg(format!("{}:/bin", bin.path().display()))
+        .args(args)
         .arg("--result-file")
-        .arg(bin.path().join("result.json"))
+        .arg(dir.path().join("result.json"))
         .env("KILN_INSECURE_REGISTRIES", registry)
         .status()
         .unwrap();
-    assert!(status.success(), "pushing the busybox base image failed");
+    assert!(status.success(), "pushing the base image {base} failed");
     base
 }
 

@@ -10,6 +10,7 @@ pub mod gitlab_api;
 pub mod hostile;
 pub mod hostile_registry;
 pub mod kiln;
+pub mod metrics;
 pub mod oci_images;
 pub mod postgres;
 pub mod recording;

@@ -3,7 +3,8 @@
 //!
 //! - counts blob upload bytes (request bodies of PUT/PATCH under `/blobs/uploads/`), so tests can
 //!   prove a copy sent no more than the bytes the target lacked;
-//! - records every request line, to assert the order of manifest pushes;
+//! - records every request line, to assert the order of manifest pushes, and with its query
+//!   string, to see which blob a `?mount=` asked for and from where;
 //! - answers 500 to the next N requests matching a method and path fragment, or 429 with a
 //!   `Retry-After`;
 //! - can stall a blob upload after N bytes (and say so), so a test can kill the registry behind
@@ -34,6 +35,8 @@ struct Shared {
     blob_upload_bytes: AtomicU64,
     faults_served: AtomicU64,
     requests: Mutex<Vec<(Instant, String)>>,
+    /// `METHOD /path?query` of each of `requests`.
+    targets: Mutex<Vec<String>>,
     faults: Mutex<Vec<Fault>>,
     stall_after: Mutex<Option<u64>>,
     stalled: tokio::sync::Notify,
@@ -63,6 +66,7 @@ impl RegistryProxy {
             blob_upload_bytes: AtomicU64::new(0),
             faults_served: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            targets: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             stall_after: Mutex::new(None),
             stalled: tokio::sync::Notify::new(),
@@ -100,11 +104,31 @@ impl RegistryProxy {
         self.shared.requests.lock().unwrap().clone()
     }
 
-    /// Zeroes the counters and the request log.
+    /// `METHOD /path?query` of every request so far.
+    pub fn requests_with_queries(&self) -> Vec<String> {
+        self.shared.targets.lock().unwrap().clone()
+    }
+
+    /// The cross-repository mounts asked for so far: (repository mounted into, `mount=`, `from=`),
+    /// whatever the registry answered.
+    pub fn mount_requests(&self) -> Vec<(String, String, String)> {
+        self.requests_with_queries()
+            .iter()
+            .filter_map(|line| {
+                let url = reqwest::Url::parse(&format!("http://proxy{}", line.strip_prefix("POST ")?)).ok()?;
+                let repository = url.path().strip_prefix("/v2/")?.strip_suffix("/blobs/uploads/")?;
+                let query = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+                Some((repository.to_string(), query("mount")?, query("from")?))
+            })
+            .collect()
+    }
+
+    /// Zeroes the counters and the request logs.
     pub fn reset(&self) {
         self.shared.blob_upload_bytes.store(0, Ordering::SeqCst);
         self.shared.faults_served.store(0, Ordering::SeqCst);
         self.shared.requests.lock().unwrap().clear();
+        self.shared.targets.lock().unwrap().clear();
     }
 
     /// Answers 500 to the next `times` requests with `method` whose path contains `path_contains`.
@@ -168,6 +192,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .lock()
         .unwrap()
         .push((Instant::now(), format!("{method} {path}")));
+    shared.targets.lock().unwrap().push(format!("{method} {path_and_query}"));
 
     let fault = {
         let mut faults = shared.faults.lock().unwrap();

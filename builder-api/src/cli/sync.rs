@@ -1,5 +1,8 @@
 //! `kiln sync SRC DST…`: copy an image by hand from one registry to others, with a progress line
-//! per target and a verified-or-failed summary per target.
+//! per target and a verified-or-failed summary per target. Where blobs went is remembered between
+//! runs (`blob_cache.rs`), so a later image sharing layers mounts them.
+
+mod blob_cache;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -21,7 +24,12 @@ Examples:
 Each blob is read from SRC once and streamed to every DST that lacks it at the same time; blobs a
 DST already has are not sent, and blobs it has in another repository are mounted. Manifests are
 copied byte for byte (multi-arch indexes with every platform, and referrers such as signatures).
-The exit code is 0 only when every DST was verified by digest, else 1 with the reason per DST.")]
+The exit code is 0 only when every DST was verified by digest, else 1 with the reason per DST.
+
+Which repository each blob went to is remembered in a small file, so that a later copy of another
+image sharing layers (a common base) mounts them instead of sending them again: by default
+$XDG_CACHE_HOME/kiln/blob-locations.json, else ~/.cache/kiln/blob-locations.json. Its entries are
+hints: a mount the registry refuses falls back to sending the blob.")]
 pub struct SyncArgs {
     /// The image to copy: host/repo@sha256:… or host/repo:tag (the tag is set on every DST).
     #[arg(value_name = "SRC")]
@@ -29,8 +37,9 @@ pub struct SyncArgs {
     /// Target repositories, host/repo (no tag: SRC's tag is kept).
     #[arg(value_name = "DST", required = true, num_args = 1..)]
     pub targets: Vec<String>,
-    /// Speak plain http to this registry (host:port). Repeatable.
-    #[arg(long, value_name = "HOST")]
+    /// Speak plain http to this registry (host:port). Repeatable, or comma-separated in
+    /// KILN_INSECURE_REGISTRIES (as `kiln serve` and the build steps read it).
+    #[arg(long, value_name = "HOST", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure: Vec<String>,
     /// Credentials for one registry, HOST=USER:PASS (a Harbor robot is USER `robot$project+name`).
     /// Repeatable; overrides the authfile for that host. Prefer --authfile: a command line is
@@ -44,6 +53,11 @@ pub struct SyncArgs {
     /// Do not copy referrers (signatures, SBOMs, attestations).
     #[arg(long)]
     pub no_referrers: bool,
+    /// The file remembering where blobs were put, for mounts by later copies (default
+    /// $XDG_CACHE_HOME/kiln/blob-locations.json, else ~/.cache/kiln/blob-locations.json);
+    /// `off` keeps none.
+    #[arg(long, value_name = "PATH|off", env = "KILN_BLOB_CACHE")]
+    pub blob_cache: Option<PathBuf>,
     /// Attempts per request on connection errors, 429 and 5xx.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub attempts: u32,
@@ -60,8 +74,10 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<u8> {
         }
         targets.push(t);
     }
+    let cache = blob_cache::BlobCache::from_setting(args.blob_cache.as_deref());
     let options = CopyOptions {
         registry: registry_options(&args)?,
+        blob_locations: cache.as_ref().map(|c| c.load()).unwrap_or_default(),
         retry: RetryPolicy {
             attempts: args.attempts.max(1),
             ..RetryPolicy::default()
@@ -73,6 +89,10 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<u8> {
     let display = ProgressDisplay::new(&targets);
     let report = copy_image(&source, &targets, &tags, &options, &|e| display.event(e)).await?;
     display.finish();
+    // Whatever the outcome: the blobs that did arrive (at any target) are where the hints say.
+    if let Some(cache) = &cache {
+        cache.save(&options.blob_locations);
+    }
 
     println!("{} → {} target(s), {}", report.digest, report.targets.len(), source);
     for t in &report.targets {
@@ -97,7 +117,8 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<u8> {
 
 fn registry_options(args: &SyncArgs) -> anyhow::Result<RegistryOptions> {
     let mut opts = RegistryOptions::default();
-    opts.insecure_registries = args.insecure.clone();
+    opts.insecure_registries = args.insecure.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    opts.insecure_setting = Some("KILN_INSECURE_REGISTRIES / --insecure".into());
     let authfile = args.authfile.clone().or_else(default_authfile);
     if let Some(path) = authfile {
         opts.registry_auth = registry_sync::load_docker_config(&path)?;
@@ -135,6 +156,7 @@ struct ProgressDisplay {
 #[derive(Default, Clone)]
 struct TargetProgress {
     planned: u64,
+    planned_known: bool,
     sent: u64,
     tenths: u64,
     done: Option<bool>,
@@ -161,6 +183,7 @@ impl ProgressDisplay {
             }
             CopyEvent::TargetPlanned { target, blobs, bytes } => {
                 state[target].planned = bytes;
+                state[target].planned_known = true;
                 line = Some(format!(
                     "{}: {blobs} blob(s) to send ({})",
                     self.names[target],
@@ -209,13 +232,18 @@ impl ProgressDisplay {
     }
 
     fn short(&self, target: usize, p: &TargetProgress) -> String {
-        let pct = (p.sent * 100).checked_div(p.planned).unwrap_or(100).min(100);
+        // Sends may start before the target's plan is known (`TargetPlanned`): no share until then.
+        let pct = if p.planned_known {
+            format!("{:>3}%", (p.sent * 100).checked_div(p.planned).unwrap_or(100).min(100))
+        } else {
+            "  …".to_string()
+        };
         let status = match p.done {
             Some(true) => "ok",
             Some(false) => "FAILED",
             None => "",
         };
-        format!("{} {pct:>3}% {}{status}", self.names[target], human_bytes(p.sent))
+        format!("{} {pct} {}{status}", self.names[target], human_bytes(p.sent))
     }
 
     fn finish(&self) {

@@ -58,11 +58,15 @@ pub struct RegistryConfig {
 }
 
 impl RegistryConfig {
+    /// Where an operator lists the registries spoken to over plain HTTP, as errors name it.
+    pub const INSECURE_SETTING: &'static str = "KILN_INSECURE_REGISTRIES (registry.insecure)";
+
     /// Options for talking to registries: plain HTTP for the `insecure` hosts, the credentials
     /// offered only to `target_registry` — never to the registry a base image comes from.
     pub fn options_for(&self, target_registry: &str) -> registry_sync::RegistryOptions {
         let mut opts = registry_sync::RegistryOptions::anonymous();
         opts.insecure_registries = self.insecure.clone();
+        opts.insecure_setting = Some(Self::INSECURE_SETTING.into());
         if let Some(user) = self.username.as_deref().filter(|u| !u.is_empty()) {
             let auth = registry_sync::RegistryAuth::basic(user, self.password.clone().unwrap_or_default());
             opts.registry_auth.insert(target_registry.to_string(), auth);

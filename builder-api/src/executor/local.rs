@@ -62,7 +62,7 @@ impl LocalExecutor {
             return Outcome::failed(format!("clone left no result: {e}"));
         }
         let dockerfile = job.app.settings.dockerfile.as_deref().unwrap_or("Dockerfile");
-        let kind = match plan::resolve_kind(job.app.kind, dockerfile, &workspace.join("src")) {
+        let kind = match plan::resolve_kind(job.app.kind, dockerfile, &workspace.join("src")).and_then(|k| plan::check_runnable(k, &job.app).map(|()| k)) {
             Ok(kind) => kind,
             Err(reason) => {
                 job.log.system("plan", format!("[kiln] {reason}")).await;
@@ -173,6 +173,8 @@ impl LocalExecutor {
             Some(o) => (o.state.as_str(), o.reason.as_deref()),
         };
         job.log.step_finished(name, state, secs, exit_code, reason).await;
+        // Here, where the executor knows the step's end, rather than from the store at scrape time.
+        job.metrics.step_finished(name, secs);
         let _ = store.finish_step(job.build.id, name, step_state, exit_code).await;
         outcome
     }

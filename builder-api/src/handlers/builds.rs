@@ -233,7 +233,7 @@ pub async fn logs(
             None => None,
         };
         let after = last_event_id.or(q.after).unwrap_or(0).max(0);
-        return Ok(crate::logs::sse::sse(s.store.clone(), s.hub.clone(), build.id, after));
+        return Ok(crate::logs::sse::sse(s.store.clone(), s.hub.clone(), build.id, after, crate::metrics::FollowerGuard::new(&s.metrics)));
     }
     let following = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
     let lines = follow(s.store.clone(), s.hub.clone(), build.id, 0);

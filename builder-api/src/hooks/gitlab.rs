@@ -215,6 +215,14 @@ fn plan_builds(push: &Push, apps: &[App]) -> Vec<NewBuild> {
 }
 
 pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
+    // Timed and counted around `handle`, so every way out of it is one answer with one outcome.
+    let started = std::time::Instant::now();
+    let answer = handle(s.clone(), req).await;
+    s.metrics.webhook("gitlab", super::outcome_of(&answer), started);
+    answer
+}
+
+async fn handle(s: AppState, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
     let headers = req.headers().clone();
     let client_addr = crate::audit::client_addr(&s, &req);
     let body = read_body(req, &s).await?;

@@ -193,6 +193,14 @@ async fn authorize(s: &AppState, auth: &str, payload: &Value) -> ApiResult<()> {
 }
 
 pub async fn receive(State(s): State<AppState>, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
+    // Timed and counted around `handle`, so every way out of it is one answer with one outcome.
+    let started = std::time::Instant::now();
+    let answer = handle(s.clone(), req).await;
+    s.metrics.webhook("harbor", super::outcome_of(&answer), started);
+    answer
+}
+
+async fn handle(s: AppState, req: Request) -> ApiResult<(StatusCode, Json<Value>)> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     // Before the body is read: with no secret anywhere, every delivery is refused unread.
     if s.config.harbor.webhook_auth.is_none() && !s.store.has_harbor_webhook_secrets().await? {

@@ -20,6 +20,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
 use super::follow::follow;
+use crate::metrics::FollowerGuard;
 use super::LogHub;
 use crate::store::{LogLine, Store, Stream as LogStream};
 
@@ -142,9 +143,15 @@ impl<S: Stream<Item = Bytes>> Stream for KeepAlive<S> {
     }
 }
 
-/// The streaming answer: `text/event-stream`, never cached or buffered by proxies.
-pub fn sse(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> Response {
-    let body = Body::from_stream(with_keep_alive(events(store, hub, build_id, after), KEEP_ALIVE).map(Ok::<_, Infallible>));
+/// The streaming answer: `text/event-stream`, never cached or buffered by proxies. `follower`
+/// counts this stream in `kiln_log_followers` for as long as the body lives: it is dropped with
+/// the body, when the build's log ends or the client goes away.
+pub fn sse(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64, follower: FollowerGuard) -> Response {
+    let stream = with_keep_alive(events(store, hub, build_id, after), KEEP_ALIVE).map(move |chunk| {
+        let _held = &follower;
+        Ok::<_, Infallible>(chunk)
+    });
+    let body = Body::from_stream(stream);
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

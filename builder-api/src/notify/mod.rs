@@ -38,13 +38,15 @@ pub struct Notifier {
     retry_base: Duration,
     /// At most [`MAX_IN_FLIGHT`] messages being sent at once.
     in_flight: Arc<Semaphore>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Notifier {
     /// `public_base`: Kiln's public URL (`server.public_url`), the base of the build links.
-    pub fn new(store: Store, public_base: String) -> Notifier {
+    pub fn new(store: Store, public_base: String, metrics: Arc<crate::metrics::Metrics>) -> Notifier {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("an HTTP client");
-        Notifier { client, store, public_base, retry_base: Duration::from_millis(250), in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        Notifier { client, store, public_base, retry_base: Duration::from_millis(250), in_flight, metrics }
     }
 
     /// A build ended (its final state is stored): notifies in the background.
@@ -86,6 +88,7 @@ impl Notifier {
             public_base: self.public_base.clone(),
             retry_base: self.retry_base,
             in_flight: self.in_flight.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -154,6 +157,15 @@ impl Notifier {
         let this = self.handle();
         tokio::spawn(async move {
             let (outcome, attempts) = this.deliver(&target, &facts).await;
+            // Counted where the message's fate is known; `deliver` words each outcome from one of
+            // these three beginnings.
+            this.metrics.notification(if outcome == "delivered" {
+                "delivered"
+            } else if outcome.starts_with("refused") {
+                "refused"
+            } else {
+                "not_delivered"
+            });
             if outcome != "delivered" {
                 tracing::warn!(build = facts.build.id, target = target.target, event = facts.event.as_str(), "notification {outcome}");
             }

@@ -55,7 +55,11 @@ fn target_for(cluster: &ClusterConfig, tenant: &str, source: &ImageRef) -> Resul
 }
 
 fn registry_options(ctx: &Context, source: &ImageRef) -> RegistryOptions {
-    let mut options = RegistryOptions { insecure_registries: ctx.config.registry.insecure.clone(), ..Default::default() };
+    let mut options = RegistryOptions {
+        insecure_registries: ctx.config.registry.insecure.clone(),
+        insecure_setting: Some(crate::config::RegistryConfig::INSECURE_SETTING.into()),
+        ..Default::default()
+    };
     if let (Some(u), Some(p)) = (&ctx.config.registry.username, &ctx.config.registry.password) {
         options.registry_auth.insert(source.registry().to_string(), RegistryAuth::basic(u.clone(), p.clone()));
     }
@@ -96,7 +100,10 @@ pub async fn replicate(ctx: &Context, build_id: i64) -> Result<Vec<BuildSync>, R
     for r in &records {
         ctx.store.start_syncs(build_id, &[(r.cluster.clone(), r.target.clone())]).await?;
         ctx.store.finish_sync(build_id, r).await?;
+        // A target refused before copying counts as a Failed copy of 0 bytes in 0 s.
+        observe_copy(ctx, r);
     }
+    let refused = records.len();
     if targets.is_empty() {
         return Ok(records);
     }
@@ -146,7 +153,10 @@ pub async fn replicate(ctx: &Context, build_id: i64) -> Result<Vec<BuildSync>, R
             }
         }
     }
-    for r in &records {
+    for (i, r) in records.iter().enumerate() {
+        if i >= refused {
+            observe_copy(ctx, r);
+        }
         ctx.store.finish_sync(build_id, r).await?;
     }
     // Only a verified copy may start a rollout.
@@ -155,6 +165,14 @@ pub async fn replicate(ctx: &Context, build_id: i64) -> Result<Vec<BuildSync>, R
         ctx.rollouts.wake();
     }
     Ok(records)
+}
+
+/// One cluster's copy in `kiln_replication_duration_seconds` and `kiln_replication_bytes`, by
+/// its result (`Verified` or `Failed`), as the copy reported it.
+fn observe_copy(ctx: &Context, r: &BuildSync) {
+    let labels = crate::metrics::ResultLabels { result: r.state.clone() };
+    ctx.metrics.replication_duration.get_or_create(&labels).observe(r.duration_ms as f64 / 1000.0);
+    ctx.metrics.replication_bytes.get_or_create(&labels).observe(r.bytes_sent as f64);
 }
 
 fn failed(c: &ClusterConfig, target: String, reason: String) -> BuildSync {

@@ -2,9 +2,10 @@
 //! first use (an unreachable cluster fails only its own rollouts).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::ClusterConfig;
+use crate::metrics::{metered_kube_client, Metrics};
 
 /// Why no client for a cluster could be made.
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +23,13 @@ pub enum ClusterError {
 pub struct Clusters {
     configs: Vec<ClusterConfig>,
     clients: Mutex<HashMap<String, kube::Client>>,
+    /// Every cluster's client counts its API errors (`kiln_kube_api_errors`).
+    metrics: Arc<Metrics>,
 }
 
 impl Clusters {
-    pub fn new(configs: Vec<ClusterConfig>) -> Clusters {
-        Clusters { configs, clients: Mutex::default() }
+    pub fn new(configs: Vec<ClusterConfig>, metrics: Arc<Metrics>) -> Clusters {
+        Clusters { configs, clients: Mutex::default(), metrics }
     }
 
     pub fn all(&self) -> &[ClusterConfig] {
@@ -37,13 +40,15 @@ impl Clusters {
         self.configs.iter().find(|c| c.name == name)
     }
 
-    /// The cluster whose nodes pull from `registry` (`host[:port]`).
-    pub fn by_registry(&self, registry: &str) -> Option<&ClusterConfig> {
-        self.configs.iter().find(|c| c.registry == registry)
+    /// The clusters whose nodes pull from `registry` (`host[:port]`): several when they share
+    /// one registry (one Harbor serving two clusters).
+    pub fn pulling_from<'a>(&'a self, registry: &'a str) -> impl Iterator<Item = &'a ClusterConfig> + 'a {
+        self.configs.iter().filter(move |c| c.registry == registry)
     }
 
     /// Uses `client` for the cluster `name` (tests hand in the fake API server's).
     pub fn set_client(&self, name: &str, client: kube::Client) {
+        let client = metered_kube_client(client, self.metrics.clone());
         self.clients.lock().unwrap().insert(name.to_string(), client);
     }
 
@@ -58,7 +63,7 @@ impl Clusters {
             let options = kube::config::KubeConfigOptions { context: cluster.context.clone(), ..Default::default() };
             kube::Config::from_kubeconfig(&options).await?
         };
-        let client = kube::Client::try_from(config)?;
+        let client = metered_kube_client(kube::Client::try_from(config)?, self.metrics.clone());
         self.clients.lock().unwrap().insert(name.to_string(), client.clone());
         Ok(client)
     }

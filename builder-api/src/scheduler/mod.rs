@@ -42,6 +42,7 @@ pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError
         capture.close().await?;
         ctx.store.fail_open_steps(build.id).await?;
         if ctx.store.finish_build(build.id, BuildState::Failed, Some(reason)).await? {
+            observe_build_end(ctx, build.id).await;
             if let Some(app) = ctx.store.app(build.app_id).await? {
                 ctx.gitlab_statuses.post(&app, build.into(), Status::Failed, reason);
             }
@@ -68,7 +69,39 @@ pub async fn run(ctx: Arc<Context>) {
         if let Err(e) = start_queued(&ctx).await {
             tracing::error!("scheduler: {e}");
         }
+        // After each pass, which every queued, started and finished build wakes: the gauges
+        // follow the scheduler's own queue and running set, seeded from the store by the first
+        // pass (and `recover_interrupted`), so a scrape reads no store.
+        if let Err(e) = publish_gauges(&ctx).await {
+            tracing::error!("scheduler: tenant names for the metrics: {e}");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), ctx.scheduler.wake.notified()).await;
+    }
+}
+
+async fn publish_gauges(ctx: &Context) -> Result<(), StoreError> {
+    if ctx.scheduler.has_unnamed_tenants() {
+        ctx.scheduler.set_tenant_names(ctx.store.tenants().await?.into_iter().map(|t| (t.id, t.name)).collect());
+    }
+    ctx.scheduler.publish_gauges(&ctx.metrics);
+    Ok(())
+}
+
+/// Observes a finished build's duration (started to final state) by kind and result, read back
+/// from the store because the executor may have resolved the kind (`auto`) while it ran.
+async fn observe_build_end(ctx: &Context, id: i64) {
+    match ctx.store.build(id).await {
+        Ok(Some(b)) => {
+            if let (Some(started), Some(finished)) = (b.started_at, b.finished_at) {
+                let labels = crate::metrics::BuildLabels {
+                    kind: b.kind.unwrap_or_else(|| "unknown".into()),
+                    result: b.state.as_str().to_string(),
+                };
+                ctx.metrics.build_duration.get_or_create(&labels).observe((finished - started).max(0) as f64 / 1000.0);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(build = id, "reading the build for its duration metric: {e}"),
     }
 }
 
@@ -110,6 +143,10 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
             }
         };
         for build in builds {
+            // Here, where the build leaves the queue, from the times the store just recorded.
+            if let Some(started) = build.started_at {
+                ctx.metrics.queue_wait.observe((started - build.queued_at).max(0) as f64 / 1000.0);
+            }
             let token = tokens[&build.id].clone();
             spawn_execute(ctx.clone(), build, token, false);
         }
@@ -131,6 +168,7 @@ fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resu
                 let reason = format!("kiln store error: {e}");
                 match ctx.store.finish_build(id, BuildState::Failed, Some(&reason)).await {
                     Ok(true) => {
+                        observe_build_end(&ctx, id).await;
                         if let Ok(Some(app)) = ctx.store.app(snapshot.app_id).await {
                             ctx.gitlab_statuses.post(&app, (&snapshot).into(), Status::Failed, &reason);
                         }
@@ -158,7 +196,9 @@ fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resu
 /// Runs the build; returns the final state when this call recorded it.
 async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed: bool) -> Result<Option<BuildState>, StoreError> {
     let Some((app, tenant)) = ctx.store.app_with_tenant(build.app_id).await? else {
-        ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await?;
+        if ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await? {
+            observe_build_end(ctx, build.id).await;
+        }
         return Ok(None);
     };
     if app.deleted_at.is_some() {
@@ -167,6 +207,9 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
         let reason = format!("cancelled: app {} was deleted", app.name);
         if !resumed {
             let recorded = ctx.store.finish_build(build.id, BuildState::Cancelled, Some(&reason)).await?;
+            if recorded {
+                observe_build_end(ctx, build.id).await;
+            }
             return Ok(recorded.then_some(BuildState::Cancelled));
         }
         // Stopped through its executor, which keeps its log and removes what runs it.
@@ -193,7 +236,7 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     let timeout = ctx.config.executor.build_timeout_for(&tenant);
     let deadline = tokio::time::Instant::now() + timeout;
     let status_app = app.clone();
-    let job = BuildJob { build: build.clone(), app, tenant, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, timeout, resumed };
+    let job = BuildJob { build: build.clone(), app, tenant, store: ctx.store.clone(), log: log.clone(), masker, cancel, deadline, timeout, resumed, metrics: ctx.metrics.clone() };
     let Outcome { state, mut reason } = ctx.executor.run(job).await;
     if state == BuildState::Cancelled {
         if let Some(why) = ctx.scheduler.cancel_reasons.lock().unwrap().remove(&build.id) {
@@ -212,6 +255,7 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
     ctx.store.fail_open_steps(build.id).await?;
     let recorded = ctx.store.finish_build(build.id, state, reason.as_deref()).await?;
     if recorded {
+        observe_build_end(ctx, build.id).await;
         let description = reason.clone().unwrap_or_else(|| format!("build {} {}", build.id, state.as_str().to_lowercase()));
         ctx.gitlab_statuses.post(&status_app, (&build).into(), Status::of_final(state), &description);
     }
@@ -250,6 +294,7 @@ pub async fn cancel_because(ctx: &Context, build: &Build, why: Option<&str>) -> 
     let reason = why.unwrap_or("cancelled before it started");
     if ctx.store.cancel_queued(build.id, reason).await? {
         ctx.scheduler.queue.lock().unwrap().fair.remove(build.tenant_id, build.id);
+        ctx.scheduler.publish_gauges(&ctx.metrics);
         if let Some(app) = ctx.store.app(build.app_id).await? {
             ctx.gitlab_statuses.post(&app, build.into(), Status::Canceled, reason);
         }

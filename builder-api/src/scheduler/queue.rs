@@ -44,6 +44,11 @@ impl FairQueue {
         self.len
     }
 
+    /// (tenant, builds waiting) of each tenant with waiting builds.
+    pub fn per_tenant(&self) -> impl Iterator<Item = (i64, usize)> + '_ {
+        self.lanes.iter().map(|(tenant, lane)| (*tenant, lane.len()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

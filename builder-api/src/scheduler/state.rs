@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{self, FairQueue};
+use crate::metrics::Metrics;
 use crate::store::{Build, BuildState, Store, StoreError};
 
 #[derive(Default)]
@@ -21,6 +22,9 @@ pub struct Scheduler {
     pub(super) queue: Mutex<Waiting>,
     /// Tenant id → most builds of that tenant running at once (tenants without a cap are absent).
     caps: Mutex<HashMap<i64, u32>>,
+    /// Tenant id → name, for the gauges' `tenant` label; read from the store at start and again
+    /// only when a build of a tenant not in it shows up.
+    tenant_names: Mutex<HashMap<i64, String>>,
 }
 
 pub(super) struct RunningBuild {
@@ -60,6 +64,32 @@ impl Scheduler {
     /// Builds waiting to start (as far as the scheduler has read them).
     pub fn queued_count(&self) -> usize {
         self.queue.lock().unwrap().fair.len()
+    }
+
+    /// Whether a waiting or running build belongs to a tenant whose name is not known yet.
+    pub(super) fn has_unnamed_tenants(&self) -> bool {
+        let names = self.tenant_names.lock().unwrap();
+        let queued: Vec<i64> = self.queue.lock().unwrap().fair.per_tenant().map(|(t, _)| t).collect();
+        let running: Vec<i64> = self.running.lock().unwrap().values().map(|r| r.tenant).collect();
+        queued.iter().chain(&running).any(|t| !names.contains_key(t))
+    }
+
+    pub(super) fn set_tenant_names(&self, names: HashMap<i64, String>) {
+        *self.tenant_names.lock().unwrap() = names;
+    }
+
+    /// Sets the queued and running gauges of every known tenant from the queue and the running
+    /// builds, which the store seeded at start: a tenant whose builds are all done reads 0 again.
+    pub(super) fn publish_gauges(&self, metrics: &Metrics) {
+        let queued: HashMap<i64, usize> = self.queue.lock().unwrap().fair.per_tenant().collect();
+        let mut running: HashMap<i64, usize> = HashMap::new();
+        for r in self.running.lock().unwrap().values() {
+            *running.entry(r.tenant).or_default() += 1;
+        }
+        for (id, name) in self.tenant_names.lock().unwrap().iter() {
+            let count = |m: &HashMap<i64, usize>| m.get(id).copied().unwrap_or(0) as i64;
+            metrics.set_tenant_builds(name, count(&queued), count(&running));
+        }
     }
 
     /// Replaces the per-tenant concurrency caps; the next pick obeys them.

@@ -63,6 +63,10 @@ pub struct KindSettings {
     /// An APM agent injected into every image of the app (`crate::apm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apm: Option<super::ApmSetting>,
+    /// JVM heap sizing for the container (`store::JvmSetting`): a Maven app's image gets the
+    /// defaults without it; a Dockerfile app's image only with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jvm: Option<super::JvmSetting>,
 }
 
 #[derive(Clone, Serialize)]

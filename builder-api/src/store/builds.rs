@@ -67,6 +67,9 @@ pub struct Build {
     pub apm_version: Option<String>,
     /// With APM: the image as built, before injection (by digest).
     pub original_image: Option<String>,
+    /// The options Kiln put at the front of the image's `JAVA_TOOL_OPTIONS` (JVM sizing), if any;
+    /// the image's own options come after them and win.
+    pub jvm_options: Option<String>,
     pub queued_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -137,7 +140,7 @@ pub struct NewBuild {
 /// Read by name in [`build_from_row`]; the tenant's and the app's names are `tenant` and `app`.
 const BUILD_COLUMNS: &str = "b.id, b.tenant_id, t.name AS tenant, b.app_id, a.name AS app, b.state, b.reason, b.git_ref, b.commit_sha,
     b.trigger, b.kind, b.image, b.image_digest, b.queued_at, b.started_at, b.finished_at,
-    b.apm_agent, b.apm_version, b.original_image, b.gitlab_status, b.commit_message, b.commit_author, b.commit_url";
+    b.apm_agent, b.apm_version, b.original_image, b.jvm_options, b.gitlab_status, b.commit_message, b.commit_author, b.commit_url";
 const BUILD_FROM: &str = "FROM builds b JOIN tenants t ON t.id = b.tenant_id JOIN apps a ON a.id = b.app_id";
 
 fn build_from_row(r: &AnyRow) -> Result<Build> {
@@ -162,6 +165,7 @@ fn build_from_row(r: &AnyRow) -> Result<Build> {
         apm_agent: r.get("apm_agent"),
         apm_version: r.get("apm_version"),
         original_image: r.get("original_image"),
+        jvm_options: r.get("jvm_options"),
         gitlab_status: r.get("gitlab_status"),
         commit_info: CommitInfo { message: r.get("commit_message"), author: r.get("commit_author"), url: r.get("commit_url") },
     })
@@ -374,6 +378,12 @@ impl Store {
         Ok(())
     }
 
+    /// The JVM options Kiln put into the build's image.
+    pub async fn set_build_jvm_options(&self, id: i64, options: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET jvm_options = $1 WHERE id = $2").bind(text(options)).bind(id).execute(&self.writer).await?;
+        Ok(())
+    }
+
     /// A re-injection (`POST /builds/{id}/apm`): the build's image becomes the new one; the
     /// original is kept (set now if the build had no agent, whose image was the original).
     pub async fn set_build_reinjected(&self, id: i64, image: &str, digest: &str, agent: &str, version: &str) -> Result<()> {
@@ -444,32 +454,5 @@ impl Store {
                 finished_at: r.get("finished_at"),
             })
             .collect())
-    }
-
-    /// Counts per state, for `/metrics`.
-    pub async fn build_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS count FROM builds GROUP BY state").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (r.get("state"), r.get("count"))).collect())
-    }
-
-    /// (count, sum of seconds) of queue waits of builds that started.
-    pub async fn queue_wait_totals(&self) -> Result<(i64, f64)> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS count, CAST(COALESCE(SUM(started_at - queued_at), 0) AS BIGINT) AS wait_ms FROM builds WHERE started_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((r.get("count"), r.get::<i64, _>("wait_ms") as f64 / 1000.0))
-    }
-
-    /// Per step name: (count, sum of seconds) of finished steps.
-    pub async fn step_duration_totals(&self) -> Result<Vec<(String, i64, f64)>> {
-        let rows = sqlx::query(
-            "SELECT name, COUNT(*) AS count, CAST(COALESCE(SUM(finished_at - started_at), 0) AS BIGINT) AS duration_ms FROM build_steps
-             WHERE finished_at IS NOT NULL AND started_at IS NOT NULL GROUP BY name ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| (r.get("name"), r.get("count"), r.get::<i64, _>("duration_ms") as f64 / 1000.0)).collect())
     }
 }

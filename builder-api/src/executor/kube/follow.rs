@@ -78,6 +78,8 @@ impl<'a> Follower<'a> {
                 Ok(()) => self.container_end(name, &cursor).await,
                 Err(outcome) => Err((outcome, None)),
             };
+            // Here, where the step's end is known, rather than from the store at scrape time.
+            job.metrics.step_finished(name, secs);
             match ended {
                 Ok(()) => {
                     job.log.step_finished(name, "Succeeded", secs, Some(0), None).await;

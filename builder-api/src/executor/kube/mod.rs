@@ -168,6 +168,10 @@ impl KubeExecutor {
             // What the fetch reports may hold the git token.
             Err(reason) => return Outcome::failed(job.masker.mask(reason.to_string())),
         };
+        if let Err(reason) = plan::check_runnable(kind, &job.app) {
+            job.log.system("plan", format!("[kiln] {reason}")).await;
+            return Outcome::failed(reason.to_string());
+        }
         let apm = match super::resolve_apm(&self.settings.apm, &job.app) {
             Ok(apm) => apm,
             Err(reason) => return Outcome::failed(reason.to_string()),
