@@ -29,6 +29,7 @@ mod queueing;
 mod rbac_rules;
 mod registry_assemble;
 mod registry_copy;
+mod replicas;
 mod replication;
 mod rollouts;
 mod secrets_at_rest;

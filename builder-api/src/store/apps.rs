@@ -262,15 +262,23 @@ impl Store {
     /// Apps a GitLab push for this project (or repository URL) may be meant for, oldest first.
     /// Answered from memory (see [`AppDirectory`]): every webhook asks this before anything else.
     pub async fn apps_for_project(&self, project_path: &str, git_urls: &[&str]) -> Result<Vec<App>> {
-        let index = match self.app_directory.current() {
-            Some(index) => index,
-            None => {
-                let generation = self.app_directory.generation();
-                let all = self.apps(None).await?;
-                self.app_directory.install(generation, all)
+        // On PostgreSQL other replicas change apps too, and only this process's changes drop the
+        // index: there it is read again when older than `SHARED_DIRECTORY_MAX_AGE`, and at once
+        // when it knows no app for the push (an app just created on another replica).
+        let shared = self.backend == super::Backend::Postgres;
+        let max_age = shared.then_some(SHARED_DIRECTORY_MAX_AGE);
+        if let Some(index) = self.app_directory.current(max_age) {
+            let hits = index.matching(project_path, git_urls);
+            // A miss reads again only when the index is not fresh itself, so a flood of pushes
+            // for unknown projects costs at most ten reads a second.
+            let fresh = || self.app_directory.current(Some(SHARED_DIRECTORY_MISS_AGE)).is_some();
+            if !hits.is_empty() || !shared || fresh() {
+                return Ok(hits);
             }
-        };
-        Ok(index.matching(project_path, git_urls))
+        }
+        let generation = self.app_directory.generation();
+        let all = self.apps(None).await?;
+        Ok(self.app_directory.install(generation, all).matching(project_path, git_urls))
     }
 
     /// Replaces the spec of app `id` (not deleted) with `spec`'s — everything but its tenant and
@@ -343,13 +351,26 @@ impl Store {
 /// the generation keeps an index read before such a change from being installed after it.
 #[derive(Default)]
 pub(super) struct AppDirectory {
-    index: RwLock<Option<Arc<AppIndex>>>,
+    /// The index and when it was read.
+    index: RwLock<Option<(Arc<AppIndex>, std::time::Instant)>>,
     generation: AtomicU64,
 }
 
+/// How stale the app directory may be on PostgreSQL, where other replicas change apps: a changed
+/// webhook secret or project path reaches this replica's webhooks within this time.
+const SHARED_DIRECTORY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How old the index must be before a push it knows no app for reads it again (PostgreSQL).
+const SHARED_DIRECTORY_MISS_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl AppDirectory {
-    fn current(&self) -> Option<Arc<AppIndex>> {
-        self.index.read().unwrap().clone()
+    /// The index, unless there is none or it is older than `max_age`.
+    fn current(&self, max_age: Option<std::time::Duration>) -> Option<Arc<AppIndex>> {
+        let slot = self.index.read().unwrap();
+        let (index, read_at) = slot.as_ref()?;
+        match max_age {
+            Some(age) if read_at.elapsed() > age => None,
+            _ => Some(index.clone()),
+        }
     }
 
     fn generation(&self) -> u64 {
@@ -362,7 +383,7 @@ impl AppDirectory {
         let index = Arc::new(AppIndex::new(apps));
         let mut slot = self.index.write().unwrap();
         if self.generation() == generation {
-            *slot = Some(index.clone());
+            *slot = Some((index.clone(), std::time::Instant::now()));
         }
         index
     }

@@ -91,8 +91,10 @@ impl DeliveryWriter {
 /// carry them. PostgreSQL takes one statement per command when it has parameters, so there each
 /// statement is its own round trip, between a BEGIN and a COMMIT.
 ///
-/// This task is the only writer of `webhook_deliveries`, and the writer connection is held from
-/// BEGIN to COMMIT, so "recorded before" cannot change inside the transaction.
+/// This task is the only writer of `webhook_deliveries` in its process, and the writer connection
+/// is held from BEGIN to COMMIT, so "recorded before" cannot change inside the transaction. On
+/// PostgreSQL other replicas write too: there the transaction first takes an advisory lock per
+/// key, so a key's second delivery waits for the first and finds it recorded.
 async fn record_group(pool: &AnyPool, backend: Backend, group: &[Pending]) -> Result<Vec<(DeliveryOutcome, bool)>> {
     // The first of each key in this group; a repeat within the group gets the first's outcome.
     let mut first_of_key: HashMap<(&str, &str), usize> = HashMap::new();
@@ -184,6 +186,16 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
         }
         Backend::Postgres => {
             sqlx::query("BEGIN").execute(&mut *conn).await?;
+            // Several Kilns may write deliveries to one database: each key is locked for the
+            // transaction first (in one order, so two groups cannot deadlock), so that a
+            // delivery of the same key on another replica waits for this one's COMMIT, then
+            // reads it as recorded before — one build, and both answers name it.
+            let lock_keys = format!(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(k.key) FROM
+                   (SELECT DISTINCT hashtextextended((j.value->>0) || ' ' || (j.value->>1), 0) AS key FROM {} ORDER BY 1) k) locked",
+                backend.json_rows("$1", Some("keys"), "j")
+            );
+            sqlx::query(&lock_keys).bind(&input).execute(&mut *conn).await?;
             for row in sqlx::query(&earlier_keys).bind(&input).fetch_all(&mut *conn).await? {
                 earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
             }
