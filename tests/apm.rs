@@ -22,20 +22,21 @@ use crate::support::registry::TestRegistry;
 const GIT_TOKEN: &str = "glpat-apm-token-abcdef";
 const SECRET: &str = "hook-secret-apm";
 const BUILD_LIMIT: Duration = Duration::from_secs(300);
-const MARKER: &str = "KILN-APM-AGENT-LOADED";
+pub(crate) const MARKER: &str = "KILN-APM-AGENT-LOADED";
 
-/// A git server, a registry, Kiln with three agents configured, and the agent sources.
-struct World {
-    git: GitServer,
-    registry: TestRegistry,
-    kiln: TestKiln,
-    token: String,
+/// A git server, a registry, Kiln with three agents configured, and the agent sources (also the
+/// world of `jvm_sizing`, whose options must work with an agent).
+pub(crate) struct World {
+    pub(crate) git: GitServer,
+    pub(crate) registry: TestRegistry,
+    pub(crate) kiln: TestKiln,
+    pub(crate) token: String,
     /// Keeps the agent sources (and the tools' scratch) alive.
     _work: tempfile::TempDir,
 }
 
 impl World {
-    async fn new() -> World {
+    pub(crate) async fn new() -> World {
         let work = tempfile::tempdir().unwrap();
         // tracer 1.0 from a directory, tracer 2.0 from a .tar.gz, ghost 1.0 from nowhere.
         let v1 = work.path().join("tracer-1.0");
@@ -65,12 +66,12 @@ impl World {
         World { git, registry, kiln, token, _work: work }
     }
 
-    fn opts(&self) -> RegistryOptions {
+    pub(crate) fn opts(&self) -> RegistryOptions {
         RegistryOptions { insecure_registries: vec![self.registry.host()], ..Default::default() }
     }
 
     /// Repo `team/NAME` with `files` and an app for it with `extra` merged into its spec.
-    async fn app(&self, name: &str, files: &[(String, Vec<u8>)], extra: Value) -> (String, RepoHandle) {
+    pub(crate) async fn app(&self, name: &str, files: &[(String, Vec<u8>)], extra: Value) -> (String, RepoHandle) {
         let repo = self.git.create_repo(&format!("team/{name}"));
         let files: Vec<(&str, &[u8], bool)> = files.iter().map(|(p, c)| (p.as_str(), c.as_slice(), false)).collect();
         let sha = repo.commit_files(&files, "first");
@@ -89,19 +90,19 @@ impl World {
         (sha, repo)
     }
 
-    async fn push(&self, name: &str, sha: &str) -> i64 {
+    pub(crate) async fn push(&self, name: &str, sha: &str) -> i64 {
         let push = GitlabPush::branch(&format!("team/{name}"), &self.git.url(&format!("team/{name}")), "main", sha);
         self.kiln.push_hook(&push, SECRET).await
     }
 
-    async fn finished(&self, id: i64, state: BuildState) -> (Build, String) {
+    pub(crate) async fn finished(&self, id: i64, state: BuildState) -> (Build, String) {
         let build = self.kiln.wait_final(id, BUILD_LIMIT).await;
         let log = self.kiln.log(id).await;
         assert_eq!(build.state, state, "reason: {:?}\nlog:\n{log}", build.reason);
         (build, log)
     }
 
-    async fn pull(&self, image: &str) -> PulledImage {
+    pub(crate) async fn pull(&self, image: &str) -> PulledImage {
         registry_sync::pull_image(&image.parse().unwrap(), &self.opts()).await.unwrap()
     }
 
@@ -118,14 +119,14 @@ impl World {
     }
 }
 
-fn run(cmd: &mut Command) -> String {
+pub(crate) fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Compiles `sources` (path, text) into a jar at `jar`, with `manifest` lines if given.
-fn compile_jar(scratch: &Path, sources: &[(&str, &str)], manifest: Option<&str>, classpath: Option<&Path>, jar: &Path) {
+pub(crate) fn compile_jar(scratch: &Path, sources: &[(&str, &str)], manifest: Option<&str>, classpath: Option<&Path>, jar: &Path) {
     let src = scratch.join("src");
     let classes = scratch.join("classes");
     std::fs::create_dir_all(&classes).unwrap();
@@ -184,7 +185,7 @@ fn layered_app_files(scratch: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// `KEY` → value from the image config's env.
-fn image_env(config: &Value, key: &str) -> Option<String> {
+pub(crate) fn image_env(config: &Value, key: &str) -> Option<String> {
     config["config"]["Env"]
         .as_array()?
         .iter()
@@ -195,7 +196,7 @@ fn image_env(config: &Value, key: &str) -> Option<String> {
 /// Starts the image the way a container runtime would, on the host JVM: the entrypoint + cmd of
 /// the image's config, with `/app/…` and `/opt/apm/…` paths resolved inside the unpacked layers,
 /// and the image's `JAVA_TOOL_OPTIONS` (rewritten the same way). Returns stdout.
-fn start_like_a_container(pulled: &PulledImage, root: &Path) -> String {
+pub(crate) fn start_like_a_container(pulled: &PulledImage, root: &Path) -> String {
     let inner = &pulled.config["config"];
     let strings = |key: &str| -> Vec<String> {
         inner[key].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect()).unwrap_or_default()
@@ -215,7 +216,7 @@ fn start_like_a_container(pulled: &PulledImage, root: &Path) -> String {
     stdout
 }
 
-fn unpack(pulled: &PulledImage) -> tempfile::TempDir {
+pub(crate) fn unpack(pulled: &PulledImage) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     registry_sync::unpack_layers(pulled, dir.path()).unwrap();
     dir
@@ -253,7 +254,11 @@ async fn a_maven_app_with_apm_starts_the_agent_first_keeps_its_layers_apart_and_
         assert!(root.path().join(path).is_file(), "no {what} at /{path}");
     }
     let options = image_env(&pulled.config, "JAVA_TOOL_OPTIONS").unwrap();
-    assert_eq!(options, "-javaagent:/opt/apm/tracer.jar -Dapm.service.name=shop -Dapm.tenant=team");
+    // Kiln's JVM sizing first (a Maven image has it by default, see jvm_sizing.rs), the agent after.
+    assert_eq!(
+        options,
+        "-XX:MaxRAMPercentage=75.0 -XX:+ExitOnOutOfMemoryError -javaagent:/opt/apm/tracer.jar -Dapm.service.name=shop -Dapm.tenant=team"
+    );
 
     let out = start_like_a_container(&pulled, root.path());
     let lines: Vec<&str> = out.lines().collect();
@@ -338,24 +343,23 @@ async fn a_maven_app_with_apm_starts_the_agent_first_keeps_its_layers_apart_and_
     assert!(body["error"].as_str().unwrap().contains("tracer 2.0"), "{body}");
 }
 
-#[tokio::test]
-async fn a_dockerfile_image_gets_the_agent_and_keeps_its_own_java_tool_options() {
-    let w = World::new().await;
-    // A JRE-like base in the registry (assembled by Kiln itself: no internet here).
+/// The `dockerfile-java` fixture with its `app.jar` (compiled here), and the JRE-like base its
+/// Dockerfile takes as the `BASE` build arg, pushed to the world's registry (assembled by Kiln
+/// itself: no internet here). Returns the base and the files.
+pub(crate) fn dockerfile_java_app(w: &World, scratch: &Path) -> (String, Vec<(String, Vec<u8>)>) {
     let base = format!("{}/library/jre:17", w.registry.host());
-    let scratch = tempfile::tempdir().unwrap();
-    std::fs::write(scratch.path().join("release"), "JAVA_VERSION=\"17\"\n").unwrap();
+    std::fs::write(scratch.join("release"), "JAVA_VERSION=\"17\"\n").unwrap();
     run(Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["step", "assemble", "--base", "scratch", "--image", &base, "--env", "JAVA_HOME=/opt/java"])
         .arg("--add")
-        .arg(format!("{}:/opt/java/release", scratch.path().join("release").display()))
+        .arg(format!("{}:/opt/java/release", scratch.join("release").display()))
         .arg("--result-file")
-        .arg(scratch.path().join("result.json"))
+        .arg(scratch.join("result.json"))
         .env("KILN_INSECURE_REGISTRIES", w.registry.host()));
 
-    let jar = scratch.path().join("app.jar");
+    let jar = scratch.join("app.jar");
     compile_jar(
-        &scratch.path().join("app"),
+        &scratch.join("app"),
         &[("dev/kiln/df/Main.java", "package dev.kiln.df;\npublic class Main { public static void main(String[] a) { System.out.println(\"hello from a Dockerfile image, sample=\" + System.getProperty(\"kiln.sample\")); } }\n")],
         Some("Main-Class: dev.kiln.df.Main\n"),
         None,
@@ -363,12 +367,21 @@ async fn a_dockerfile_image_gets_the_agent_and_keeps_its_own_java_tool_options()
     );
     let mut files: Vec<(String, Vec<u8>)> = fixture_files("dockerfile-java").into_iter().map(|(p, c, _)| (p, c)).collect();
     files.push(("app.jar".into(), std::fs::read(&jar).unwrap()));
+    (base, files)
+}
+
+#[tokio::test]
+async fn a_dockerfile_image_gets_the_agent_and_keeps_its_own_java_tool_options() {
+    let w = World::new().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let (base, files) = dockerfile_java_app(&w, scratch.path());
     let (sha, _repo) = w
         .app("dfjava", &files, json!({"settings": {"build_args": {"BASE": base}, "apm": {"agent": "tracer"}}}))
         .await;
     let (build, _) = w.finished(w.push("dfjava", &sha).await, BuildState::Succeeded).await;
     assert_eq!(build.kind.as_deref(), Some("dockerfile"));
     assert_eq!(build.apm_version.as_deref(), Some("2.0"), "no version: the last one configured");
+    assert_eq!(build.jvm_options, None, "a Dockerfile app without settings.jvm gets no JVM options");
 
     let pulled = w.pull(build.image.as_deref().unwrap()).await;
     let options = image_env(&pulled.config, "JAVA_TOOL_OPTIONS").unwrap();

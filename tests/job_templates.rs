@@ -56,6 +56,7 @@ fn sample_build(branch: &str) -> Build {
         apm_agent: None,
         apm_version: None,
         original_image: None,
+        jvm_options: None,
         queued_at: 0,
         started_at: None,
         finished_at: None,

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use builder_api::config::Config;
-use builder_api::store::{Build, BuildState, Store};
+use builder_api::store::{Build, BuildState};
 use serde_json::{json, Value};
 
 use crate::support::fake_kube::rbac::Identity;
 use crate::support::fake_kube::{FakeKube, FakeKubeOptions};
 use crate::support::fixtures::{fixture_app, push_busybox_base, GitlabPush};
 use crate::support::git_server::GitServer;
-use crate::support::kiln::{test_config, TestKiln};
+use crate::support::kiln::{open_store, test_config, TestKiln};
 use crate::support::registry::TestRegistry;
 use crate::support::serve_process::ServeProcess;
 
@@ -177,6 +177,10 @@ async fn go_maven_and_dockerfile_pushes_become_images_through_one_job_each() {
         let opts = registry_sync::RegistryOptions { insecure_registries: vec![w.registry.host()], ..Default::default() };
         let pulled = registry_sync::pull_image(&reference, &opts).await.unwrap();
         assert_eq!(pulled.manifest_digest, digest);
+        // The Job's image step sizes a Maven image's JVM as the local executor's does (jvm_sizing.rs).
+        let java_tool_options = pulled.config["config"]["Env"].as_array().into_iter().flatten().find_map(|e| e.as_str()?.strip_prefix("JAVA_TOOL_OPTIONS="));
+        let expected = (kind == "maven").then_some("-XX:MaxRAMPercentage=75.0 -XX:+ExitOnOutOfMemoryError");
+        assert_eq!((build.jvm_options.as_deref(), java_tool_options), (expected, expected), "{kind}");
         let expected_steps: &[&str] = if kind == "dockerfile" { &["clone", "image"] } else { &["clone", "compile", "image"] };
         for step in expected_steps {
             assert!(log.contains(&format!("── step {step} succeeded")), "{kind}: no finished {step}:\n{log}");
@@ -338,7 +342,7 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
     }
 
     // All three mid-compile, as far as the store knows, when kiln is SIGKILLed.
-    let store = Store::open(&data).await.unwrap();
+    let store = open_store(&data).await;
     let compile_lines = |lines: Vec<builder_api::store::LogLine>| -> Vec<String> {
         lines
             .into_iter()

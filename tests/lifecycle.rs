@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use builder_api::store::{BuildState, Store};
+use builder_api::store::BuildState;
 use serde_json::json;
 
 use crate::support::fixtures::{app_spec, fake_go, numbered_lines};
 use crate::support::git_server::GitServer;
-use crate::support::kiln::{test_config, TestKiln, ADMIN};
+use crate::support::kiln::{open_store, test_config, TestKiln, ADMIN};
 use crate::support::registry::{free_port, TestRegistry};
 use crate::support::serve_process::{write_config, ServeProcess};
 
@@ -124,7 +124,7 @@ async fn kiln_killed_mid_build_and_restarted_marks_the_build_interrupted_and_los
     serve.kill();
 
     let stored_before = {
-        let store = Store::open(&data).await.unwrap();
+        let store = open_store(&data).await;
         store.log_after(id, 0, 1_000_000).await.unwrap()
     };
     assert!(stored_before.iter().any(|l| l.line == "slow line 10"));
@@ -134,7 +134,7 @@ async fn kiln_killed_mid_build_and_restarted_marks_the_build_interrupted_and_los
     let (_, build) = serve.call(Method::GET, &format!("/api/v1/builds/{id}"), &token, None).await;
     assert_eq!(build["build"]["state"], "Failed", "{build}");
     assert!(build["build"]["reason"].as_str().unwrap().starts_with("interrupted"), "{build}");
-    let store = Store::open(&data).await.unwrap();
+    let store = open_store(&data).await;
     let after = store.log_after(id, 0, 1_000_000).await.unwrap();
     assert_eq!(&after[..stored_before.len()], &stored_before[..], "a stored line changed or vanished");
     assert!(after.last().unwrap().line.contains("interrupted"));

@@ -323,7 +323,7 @@ async fn a_200_mib_log_is_cut_at_the_cap_with_a_notice_and_the_build_finishes_in
     let _ = serve.wait();
     assert_eq!(build["build"]["state"], "Succeeded", "{build}");
 
-    let store = builder_api::store::Store::open(&data).await.unwrap();
+    let store = crate::support::kiln::open_store(&data).await;
     let kept = store.log_bytes(id).await.unwrap();
     let cap: i64 = 100 << 20;
     assert!(kept <= cap && kept > cap - 200, "stored {kept} bytes of output for a cap of {cap}");

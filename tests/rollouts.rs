@@ -55,17 +55,23 @@ async fn cluster_with_web(image: &str) -> FakeKube {
 
 impl RolloutWorld {
     pub async fn new() -> RolloutWorld {
+        RolloutWorld::with_west_pulling_from(WEST).await
+    }
+
+    /// Clusters `east` and `west` whose nodes pull from `EAST` and `west_registry`; `west` runs
+    /// its own registry's image until a rollout.
+    async fn with_west_pulling_from(west_registry: &str) -> RolloutWorld {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path(), &[]);
         config.clusters = vec![
             ClusterConfig { name: "east".into(), registry: EAST.into(), ..Default::default() },
-            ClusterConfig { name: "west".into(), registry: WEST.into(), ..Default::default() },
+            ClusterConfig { name: "west".into(), registry: west_registry.into(), ..Default::default() },
         ];
         config.harbor.webhook_auth = Some(AUTH.into());
         config.rollout.deadline_secs = 30;
         let kiln = TestKiln::start_with(dir, config).await;
         let east = cluster_with_web(&format!("{EAST}/team/hello:old")).await;
-        let west = cluster_with_web(&format!("{WEST}/team/hello:old")).await;
+        let west = cluster_with_web(&format!("{west_registry}/team/hello:old")).await;
         kiln.ctx.clusters.set_client("east", crate::kube_builds::kiln_client(&east));
         kiln.ctx.clusters.set_client("west", crate::kube_builds::kiln_client(&west));
         let token = kiln.tenant("team").await;
@@ -231,6 +237,36 @@ async fn harbor_payloads_in_both_formats_roll_out_exactly_what_subscriptions_fol
     // One Deployment patch per rollout, nothing more.
     assert_eq!(w.east.count("patch", "deployments"), 1);
     assert_eq!(w.west.count("patch", "deployments"), 1);
+}
+
+#[tokio::test]
+async fn clusters_that_share_one_registry_host_each_roll_out_a_harbor_push_and_record_it() {
+    // One Harbor serving two clusters: both pull from EAST.
+    let w = RolloutWorld::with_west_pulling_from(EAST).await;
+    w.subscribe("east", "glob:v*").await;
+    w.subscribe("west", "glob:v*").await;
+    w.pushed_to_east(D1, "v1.0.0").await;
+    let releases = w.settled().await;
+
+    assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello@{D1}"));
+    assert_eq!(image_of(&w.west, "app"), format!("{EAST}/team/hello@{D1}"));
+    for cluster in ["east", "west"] {
+        let h = history(&releases, cluster);
+        assert_eq!(h.len(), 1, "one release recorded in {cluster}: {releases:#}");
+        assert_eq!(h[0]["state"], "Complete", "{releases:#}");
+    }
+    assert_eq!((w.east.count("patch", "deployments"), w.west.count("patch", "deployments")), (1, 1));
+
+    // A rollback that names one cluster moves only that one.
+    let b0 = w.built(D3).await;
+    let (status, body) = w
+        .kiln
+        .request(Method::POST, "/api/v1/apps/hello/rollback", Some(&w.token), Some(json!({"build": b0, "cluster": "west"})))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    w.settled().await;
+    assert_eq!(image_of(&w.west, "app"), format!("{EAST}/team/hello@{D3}"));
+    assert_eq!(image_of(&w.east, "app"), format!("{EAST}/team/hello@{D1}"));
 }
 
 #[tokio::test]

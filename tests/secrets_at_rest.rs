@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::support::fixtures::{fake_go, fixture_app};
 use crate::support::git_server::GitServer;
-use crate::support::kiln::{test_config, TestKiln, ADMIN};
+use crate::support::kiln::{store_files, test_config, TestKiln, ADMIN};
 use crate::support::registry::{free_port, TestRegistry};
 use crate::support::secrets;
 use crate::support::serve_process::{write_config, ServeProcess};
@@ -25,15 +25,16 @@ const GITLAB_TOKEN: &str = "glpat-at-rest-api-token-9e8d";
 const BUILD_LIMIT: Duration = Duration::from_secs(240);
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-/// Every secret in `secrets` that one of the store's files (`kiln.db`, its WAL and shared
-/// memory) contains in plain text, with the file.
+/// Every secret in `secrets` that one of the store's files contains in plain text, with the
+/// file. The files depend on the backend (`support::kiln::store_files`): SQLite's `kiln.db`, its
+/// WAL and shared memory; PostgreSQL's database directory and write-ahead log.
 fn plain_text_in_store(data: &Path, secrets: &[&str]) -> Vec<String> {
     let mut found = vec![];
-    for name in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
-        let Ok(bytes) = std::fs::read(data.join(name)) else { continue };
+    for file in store_files(data) {
+        let Ok(bytes) = std::fs::read(&file) else { continue };
         for secret in secrets {
-            if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
-                found.push(format!("{name} holds {}…", &secret[..6]));
+            if memchr::memmem::find(&bytes, secret.as_bytes()).is_some() {
+                found.push(format!("{} holds {}…", file.display(), &secret[..6]));
             }
         }
     }
@@ -42,7 +43,8 @@ fn plain_text_in_store(data: &Path, secrets: &[&str]) -> Vec<String> {
 
 /// Whether the store's files hold `needle` at all (the sealed values are somewhere).
 fn store_holds(data: &Path, needle: &str) -> bool {
-    ["kiln.db", "kiln.db-wal"].iter().any(|name| std::fs::read(data.join(name)).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())))
+    // memmem: PostgreSQL's write-ahead log is hundreds of MiB while the suite runs.
+    store_files(data).iter().any(|file| std::fs::read(file).is_ok_and(|b| memchr::memmem::find(&b, needle.as_bytes()).is_some()))
 }
 
 /// A Harbor `PUSH_ARTIFACT` delivery (Harbor's default payload format) for `project/app`. Harbor

@@ -692,6 +692,10 @@ async fn an_owner_rolls_an_app_back_from_its_page_and_the_deployment_and_the_pag
         w.kiln.ctx.store.record_notification(b1, builder_api::store::NotifyEvent::RolledBack, &target, outcome, attempts).await.unwrap();
     }
 
+    // The JVM options Kiln put into build 1's image (JVM sizing), as an image step records them.
+    let jvm_options = "-XX:MaxRAMPercentage=75.0 -XX:+ExitOnOutOfMemoryError";
+    w.kiln.ctx.store.set_build_jvm_options(b1, jvm_options).await.unwrap();
+
     // The build page of build 1: its full image reference to copy, and what its image did.
     page.navigate(&w.kiln.url(&format!("/ui/builds/{b1}"))).await;
     page.wait_for("the rollouts of the build's image", "document.querySelectorAll('#rollouts li').length === 2", Duration::from_secs(10)).await;
@@ -703,6 +707,8 @@ async fn an_owner_rolls_an_app_back_from_its_page_and_the_deployment_and_the_pag
     assert!(outcomes[0].starts_with("east Complete rollout to east shop/web — complete (rollback by token initial"), "{outcomes:?}");
     assert!(outcomes[1].starts_with("east Complete rollout to east shop/web — complete (harbor"), "{outcomes:?}");
     assert_eq!(text(&page, "b-image").await, format!("{EAST}/team/hello@{D1}"));
+    assert_eq!(text(&page, "b-jvm").await, jvm_options);
+    assert!(shown(&page, "b-jvm-row").await, "the JVM options are not shown");
     let origin = w.kiln.url("");
     browser.call("Browser.grantPermissions", json!({"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})).await;
     page.call("Page.bringToFront", json!({})).await;

@@ -99,12 +99,30 @@ mod support {
         pub fn capture(_source: &str, _text: &str) {}
         pub fn assert_no_leaks() {}
     }
+    pub use crate::registry;
+    /// The tests' throwaway PostgreSQL cluster (`intake` runs Kiln on it as well as on SQLite).
+    #[allow(dead_code)]
+    #[path = "../../../tests/support/postgres.rs"]
+    pub mod pg_cluster;
+    /// The benchmarks' stores are SQLite under their data dirs, unless a run names a PostgreSQL
+    /// database for the next `kiln serve` it starts.
+    pub mod postgres {
+        pub static NEXT_DATABASE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        pub fn database_for(_data_dir: &std::path::Path) -> Option<String> {
+            NEXT_DATABASE.lock().unwrap().take()
+        }
+    }
 }
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // One column of `statuses`, in a process of its own (see there).
+    if which.first().map(String::as_str) == Some(STATUSES_RUN) {
+        rt.block_on(statuses_run());
+        return;
+    }
     if which.is_empty() || which.iter().any(|w| w == "intake") {
         rt.block_on(intake());
     }
@@ -441,8 +459,71 @@ async fn setup_tenant(http: &reqwest::Client, url: &str, app: serde_json::Value)
     token
 }
 
+/// `intake`: 200 concurrent pushes, twice, into `kiln serve` with its store on SQLite, then on
+/// PostgreSQL (the tests' throwaway cluster), same run; each column prints its latencies,
+/// deliveries/s and the CPU per delivery of Kiln and of the database server.
 async fn intake() {
+    const N: usize = 200;
+    let sqlite = intake_run(N, None).await;
+    let postgres = intake_run(N, Some(support::pg_cluster::fresh_database())).await;
+    println!("intake: {N} concurrent Push Hooks for distinct commits, twice (target p99 < 50 ms), kiln serve on SQLite and on PostgreSQL");
+    println!("  {:<52} {:>12} {:>12}", "", "SQLite", "PostgreSQL");
+    let row = |what: &str, f: fn(&IntakeFigures) -> f64, unit: &str| {
+        println!("  {what:<52} {:>9.1} {unit:<2} {:>9.1} {unit:<2}", f(&sqlite), f(&postgres));
+    };
+    row("new connections: time to 202 p50", |r| r.cold_p50, "ms");
+    row("new connections: time to 202 p99", |r| r.cold_p99, "ms");
+    row("new connections: deliveries/s", |r| r.cold_rate, "/s");
+    row("open connections: time to 202 p50", |r| r.warm_p50, "ms");
+    row("open connections: time to 202 p99", |r| r.warm_p99, "ms");
+    row("open connections: deliveries/s", |r| r.warm_rate, "/s");
+    row("floor (a no-op route, new connections) p99", |r| r.floor_p99, "ms");
+    row("kiln serve's CPU per delivery (new connections)", |r| r.kiln_cpu_us, "µs");
+    row("the database server's CPU per delivery (both bursts)", |r| r.db_cpu_us, "µs");
+    println!(
+        "  PostgreSQL p99 / SQLite p99: {:.2} new connections, {:.2} open connections (target <= 1.5); SQLite's CPU is in kiln serve's own",
+        postgres.cold_p99 / sqlite.cold_p99,
+        postgres.warm_p99 / sqlite.warm_p99
+    );
+}
+
+struct IntakeFigures {
+    cold_p50: f64,
+    cold_p99: f64,
+    cold_rate: f64,
+    warm_p50: f64,
+    warm_p99: f64,
+    warm_rate: f64,
+    floor_p99: f64,
+    /// kiln serve's CPU per delivery of the new-connection burst, µs.
+    kiln_cpu_us: f64,
+    /// The PostgreSQL server's CPU (all its processes) per delivery of both bursts, µs; 0 on SQLite.
+    db_cpu_us: f64,
+}
+
+/// CPU time of the PostgreSQL cluster: the postmaster and every process it started.
+fn postgres_cpu() -> Duration {
+    let cluster = support::pg_cluster::cluster();
+    let pid_file = std::fs::read_to_string(cluster.data.join("postmaster.pid")).unwrap();
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    let mut total = serve_process::cpu_time_of(postmaster).unwrap_or_default();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid …`: the comm may hold spaces, so read after its closing paren.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(postmaster) {
+            total += serve_process::cpu_time_of(pid).unwrap_or_default();
+        }
+    }
+    total
+}
+
+async fn intake_run(n: usize, database: Option<String>) -> IntakeFigures {
     let dir = tempfile::tempdir().unwrap();
+    let on_postgres = database.is_some();
+    *support::postgres::NEXT_DATABASE.lock().unwrap() = database;
+    let db_cpu = || if on_postgres { postgres_cpu() } else { Duration::ZERO };
     // `kiln serve` in its own process, as it is deployed: the benchmark's client and Kiln do not
     // share a runtime, and Kiln's own CPU time is read from /proc. Builds run (and fail fast:
     // nothing serves the git URL) while hooks arrive.
@@ -465,50 +546,54 @@ async fn intake() {
                "settings": {"supersede": false}}),
     )
     .await;
-    const N: usize = 200;
     // The client is a few lines of HTTP/1.1 over tokio sockets rather than reqwest: its 200
     // connections share the 2 cores with Kiln, and GitLab's would not, so it should cost little.
     let addr = url.trim_start_matches("http://").to_string();
     // The floor: the same burst of fresh connections to a route that does nothing (`GET /`
     // answers a redirect), so the HTTP cost of this machine is printed beside Kiln's.
     let get_root = |_| raw_http::request(&addr, "GET", "/", &[], b"");
-    let cpu_before = serve.cpu_time();
-    let (floor, _) = raw_http::burst(&addr, (0..N).map(get_root).collect(), None).await;
-    let floor_cpu = serve.cpu_time() - cpu_before;
+    let (floor, _) = raw_http::burst(&addr, (0..n).map(get_root).collect(), None).await;
     // Cold: every delivery on a new connection, as GitLab sends them straight to Kiln.
-    let cpu_before = serve.cpu_time();
-    let (cold_latencies, cold_wall) = raw_http::burst(&addr, (0..N).map(|i| push(&addr, i)).collect(), None).await;
+    let (cpu_before, db_before) = (serve.cpu_time(), db_cpu());
+    let (cold_latencies, cold_wall) = raw_http::burst(&addr, (0..n).map(|i| push(&addr, i)).collect(), None).await;
     let cold_cpu = serve.cpu_time() - cpu_before;
     // Warm: over connections already open, as an ingress that keeps upstream connections alive
     // forwards them (each opened by a no-op request first).
     let mut open = Vec::new();
-    for _ in 0..N {
+    for _ in 0..n {
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let status = raw_http::exchange(&mut stream, &get_root(0)).await;
         assert!((300..400).contains(&status), "{status}");
         open.push(stream);
     }
     let (warm_latencies, warm_wall) =
-        raw_http::burst(&addr, (0..N).map(|i| push(&addr, N + i)).collect(), Some(open)).await;
+        raw_http::burst(&addr, (0..n).map(|i| push(&addr, n + i)).collect(), Some(open)).await;
+    let db_used = db_cpu() - db_before;
 
-    drop(serve);
     // Counted from the database the process wrote, after it is gone.
-    let store = builder_api::store::Store::open(&dir.path().join("data")).await.unwrap();
+    let store_url = {
+        let text = std::fs::read_to_string(dir.path().join("kiln.toml")).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("url = \"")).map(|u| u.trim_end_matches('"').to_string())
+    };
+    drop(serve);
+    let data = dir.path().join("data");
+    let key = builder_api::store::SecretKey::load(&data, None).unwrap();
+    let store = builder_api::store::Store::connect(store_url.as_deref(), &data, key).await.unwrap();
     let persisted = store.delivery_count("gitlab").await.unwrap();
     let builds = store.builds(None, None, None, 10_000).await.unwrap().len();
+    assert_eq!((persisted as usize, builds), (2 * n, 2 * n), "persisted deliveries and builds");
     let p = |l: &[Duration], q: f64| ms(percentile(l, q));
-    println!("intake: {N} concurrent Push Hooks for distinct commits, twice (target p99 < 50 ms)");
-    println!("  new connections:  time to 202 p50 {:.1} ms, p99 {:.1} ms; {:.0} deliveries/s", p(&cold_latencies, 0.5), p(&cold_latencies, 0.99), N as f64 / cold_wall.as_secs_f64());
-    println!("  open connections: time to 202 p50 {:.1} ms, p99 {:.1} ms; {:.0} deliveries/s", p(&warm_latencies, 0.5), p(&warm_latencies, 0.99), N as f64 / warm_wall.as_secs_f64());
-    println!("  floor, a no-op route on new connections: p50 {:.1} ms, p99 {:.1} ms (new connections p99 / floor p99: {:.2})", p(&floor, 0.5), p(&floor, 0.99), p(&cold_latencies, 0.99) / p(&floor, 0.99));
-    println!(
-        "  kiln serve's CPU during the new-connection bursts: {:.1} ms for the deliveries ({:.0} µs each), {:.1} ms for the floor's requests",
-        ms(cold_cpu),
-        cold_cpu.as_secs_f64() * 1e6 / N as f64,
-        ms(floor_cpu)
-    );
-    println!("  persisted: {persisted} deliveries, {builds} builds");
-    assert_eq!((persisted as usize, builds), (2 * N, 2 * N));
+    IntakeFigures {
+        cold_p50: p(&cold_latencies, 0.5),
+        cold_p99: p(&cold_latencies, 0.99),
+        cold_rate: n as f64 / cold_wall.as_secs_f64(),
+        warm_p50: p(&warm_latencies, 0.5),
+        warm_p99: p(&warm_latencies, 0.99),
+        warm_rate: n as f64 / warm_wall.as_secs_f64(),
+        floor_p99: p(&floor, 0.99),
+        kiln_cpu_us: cold_cpu.as_secs_f64() * 1e6 / n as f64,
+        db_cpu_us: db_used.as_secs_f64() * 1e6 / (2 * n) as f64,
+    }
 }
 
 /// One Push Hook for commit number `i`, as the bytes of its HTTP request.
@@ -826,37 +911,72 @@ async fn kube() {
     );
 }
 
-/// `statuses`: the kube pipeline's 200 builds twice in one run, without GitLab commit statuses
-/// and with every build posting them to a GitLab double that takes 50 ms per answer; the
-/// pipeline's own latencies side by side, and whether every status (pending, running, canceled
-/// per build) was delivered.
+/// `statuses`: the kube pipeline's 200 builds three times in one run — without GitLab commit
+/// statuses, with every build posting them to a GitLab double that takes 50 ms per answer, and
+/// without again — the pipeline's own latencies side by side, and whether every status (pending,
+/// running, canceled per build) was delivered. Each column runs in a process of its own (this
+/// binary, `statuses-run`): a Kiln's background tasks outlive its run in a process, so columns
+/// run one after another in one process each paid for the runs before them (the third column,
+/// without statuses, was the slowest).
 async fn statuses() {
     const N: usize = 200;
     const TOKEN: &str = "glpat-bench-statuses";
     let gitlab = gitlab_api::GitlabApi::start(TOKEN).await;
     gitlab.delay_every(Duration::from_millis(50));
-    // Each run leaves its Kiln's background tasks behind in this process; a run without
-    // statuses after the one with them shows what that order alone costs.
-    let without = kube_run(N, None).await;
-    let with = kube_run(N, Some((&gitlab.url(), TOKEN))).await;
-    let ended = Instant::now();
-    let deadline = ended + Duration::from_secs(300);
-    while gitlab.delivered().len() < 3 * N && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = ended.elapsed();
-    let again = kube_run(N, None).await;
+    // A column's process ends when its stdin closes, once its statuses were delivered (they are
+    // sent by the Kiln in that process).
+    let column = |gitlab_url: Option<String>| {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+        cmd.arg(STATUSES_RUN).arg(N.to_string());
+        if let Some(url) = gitlab_url {
+            cmd.env("KILN_BENCH_GITLAB_URL", url).env("KILN_BENCH_GITLAB_TOKEN", TOKEN);
+        }
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::inherit());
+        let gitlab = &gitlab;
+        async move {
+            let before = gitlab.delivered().len();
+            let mut child = cmd.spawn().unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut result = None;
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(r) = line.strip_prefix("RESULT ") {
+                    result = Some(serde_json::from_str::<serde_json::Value>(r).unwrap());
+                    break;
+                }
+            }
+            let r = result.unwrap_or_else(|| panic!("{STATUSES_RUN} printed no RESULT"));
+            let ended = Instant::now();
+            let deadline = ended + Duration::from_secs(300);
+            let expected = before + if cmd_posts(&r) { 3 * N } else { 0 };
+            while gitlab.delivered().len() < expected && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let drained = ended.elapsed();
+            drop(stdin);
+            assert!(child.wait().await.unwrap().success(), "{STATUSES_RUN} failed");
+            let durations = |k: &str| -> Vec<Duration> {
+                r[k].as_array().unwrap().iter().map(|v| Duration::from_secs_f64(v.as_f64().unwrap() / 1000.0)).collect()
+            };
+            (durations("answers"), durations("jobs"), drained)
+        }
+    };
+    let without = column(None).await;
+    let with = column(Some(gitlab.url())).await;
+    let drained = with.2;
+    let again = column(None).await;
     let calls = gitlab.calls();
     let delivered = gitlab.delivered().len();
-    println!("statuses: {N} builds through the kube pipeline (fake API server), without and with GitLab commit statuses (double answering in 50 ms)");
+    println!("statuses: {N} builds through the kube pipeline (fake API server), without and with GitLab commit statuses (double answering in 50 ms), a process per column");
     println!("  {:<28} {:>14} {:>14} {:>14}", "", "no statuses", "statuses", "none again");
-    let row = |what: &str, pick: fn(&KubeRun) -> &[Duration], p: f64| {
+    let row = |what: &str, pick: fn(&(Vec<Duration>, Vec<Duration>, Duration)) -> &[Duration], p: f64| {
         println!("  {what:<28} {:>11.1} ms {:>11.1} ms {:>11.1} ms", ms(percentile(pick(&without), p)), ms(percentile(pick(&with), p)), ms(percentile(pick(&again), p)))
     };
-    row("push -> 202, p50", |r| &r.answers, 0.5);
-    row("push -> 202, p99", |r| &r.answers, 0.99);
-    row("202 -> Job created, p50", |r| &r.jobs, 0.5);
-    row("202 -> Job created, p99", |r| &r.jobs, 0.99);
+    row("push -> 202, p50", |r| &r.0, 0.5);
+    row("push -> 202, p99", |r| &r.0, 0.99);
+    row("202 -> Job created, p50", |r| &r.1, 0.5);
+    row("202 -> Job created, p99", |r| &r.1, 0.99);
     println!(
         "  statuses delivered: {delivered} of {} (pending, running, canceled per build); {} calls in all, {} answered other than 201; the last one {:.0} ms after the last build ended",
         3 * N,
@@ -864,6 +984,29 @@ async fn statuses() {
         calls.iter().filter(|c| c.answered != 201).count(),
         ms(drained)
     );
+}
+
+/// The argument that makes this binary run one column of `statuses` and print its latencies.
+const STATUSES_RUN: &str = "statuses-run";
+
+/// One column of `statuses`: `statuses-run N`, with `KILN_BENCH_GITLAB_URL`/`_TOKEN` when the
+/// builds post commit statuses; prints `RESULT {"answers": [ms…], "jobs": [ms…], "posts": bool}`,
+/// then waits for its stdin to close.
+async fn statuses_run() {
+    let n: usize = std::env::args().skip(1).filter(|a| !a.starts_with('-')).nth(1).and_then(|n| n.parse().ok()).expect("statuses-run N");
+    let url = std::env::var("KILN_BENCH_GITLAB_URL").ok();
+    let token = std::env::var("KILN_BENCH_GITLAB_TOKEN").ok();
+    let gitlab = url.as_deref().zip(token.as_deref());
+    let run = kube_run(n, gitlab).await;
+    let millis = |ds: &[Duration]| ds.iter().map(|d| ms(*d)).collect::<Vec<f64>>();
+    println!("RESULT {}", json!({"answers": millis(&run.answers), "jobs": millis(&run.jobs), "posts": gitlab.is_some()}));
+    // Kiln delivers its statuses in this process: stay until the parent has counted them.
+    let _ = tokio::task::spawn_blocking(|| std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())).await;
+}
+
+/// Whether a `statuses-run` column posted commit statuses.
+fn cmd_posts(result: &serde_json::Value) -> bool {
+    result["posts"].as_bool().unwrap_or(false)
 }
 
 /// 200 pushes of one app at once through the kube executor against the fake API server; each

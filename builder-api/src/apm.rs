@@ -183,7 +183,7 @@ pub async fn inject(
     spec.env_append = vec![(JAVA_TOOL_OPTIONS.into(), options.to_string())];
     spec.labels.insert("dev.kiln.apm.agent".into(), agent.name.clone());
     spec.labels.insert("dev.kiln.apm.version".into(), agent.version.clone());
-    spec.require_java = true;
+    spec.require_java = Some("an APM agent".into());
     spec.created_by = format!("kiln apm: {} {}", agent.name, agent.version);
     Ok(mutate_and_push(&spec, opts, progress).await?)
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::config::{ApmAgent, RegistryConfig, ToolchainConfig};
-use crate::store::{App, Build, BuildKind};
+use crate::store::{App, Build, BuildKind, JvmSetting, KindSettings};
 
 /// One step: a process with its argv and env.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,14 +112,35 @@ pub enum KindError {
          or add a Dockerfile"
     )]
     NoJavaBase { base: String },
+    /// `settings.jvm` asks for JVM options, and the commit builds as Go: there is no JVM to take them.
+    #[error(
+        "the app's settings.jvm asks for JVM options, but the commit builds as go, whose image has no JVM: \
+         remove settings.jvm, or set it to {{\"enabled\": false}}"
+    )]
+    JvmWithoutJava,
 }
 
 /// Refuses what would build an image that cannot start: a Maven image on `scratch` (an `auto`
-/// app; an app of kind `maven` without a base is refused when it is created or changed).
+/// app; an app of kind `maven` without a base is refused when it is created or changed) — and JVM
+/// options asked for a Go image (an `auto` app; kind `go` is refused when the app is saved),
+/// rather than leaving them out without a word.
 pub fn check_runnable(kind: ResolvedKind, app: &App) -> Result<(), KindError> {
     match (kind, app.base_image.as_deref()) {
         (ResolvedKind::Maven, None | Some("scratch")) => Err(KindError::NoJavaBase { base: app.base_image.clone().unwrap_or_else(|| "scratch".into()) }),
+        (ResolvedKind::Go, _) if app.settings.jvm.as_ref().is_some_and(|j| j.enabled) => Err(KindError::JvmWithoutJava),
         _ => Ok(()),
+    }
+}
+
+/// The options a build of `kind` puts at the front of its image's `JAVA_TOOL_OPTIONS` (JVM
+/// sizing): a Maven image gets the defaults unless `settings.jvm` says otherwise; a Dockerfile
+/// image only when the app opts in with `settings.jvm` (Kiln cannot tell beforehand that it is a
+/// Java image; the mutation refuses one that is not); a Go image never.
+pub fn jvm_options(kind: ResolvedKind, settings: &KindSettings) -> Option<String> {
+    match (kind, &settings.jvm) {
+        (ResolvedKind::Maven, None) => JvmSetting::default().java_tool_options(),
+        (ResolvedKind::Maven | ResolvedKind::Dockerfile, Some(jvm)) => jvm.java_tool_options(),
+        (ResolvedKind::Dockerfile, None) | (ResolvedKind::Go, _) => None,
     }
 }
 
@@ -255,6 +276,10 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
             steps.push(compile.env("KILN_INSECURE_REGISTRIES", p.registry.insecure.join(",")).env("KILN_PULL_REGISTRY", registry));
             let mut image = StepSpec::new("image", ["kiln", "step", "push", "--layout", IMAGE_LAYOUT, "--image"]);
             image.argv.extend([literal(&p.target_image()), "--result-file".into(), RESULT_FILE.into()]);
+            // Added by mutating the pushed image, which must then be a Java image.
+            if let Some(options) = jvm_options(p.kind, s) {
+                image.argv.extend(["--jvm-options".into(), literal(&options)]);
+            }
             steps.push(with_apm(with_registry(image, p), p));
             return steps;
         }
@@ -263,6 +288,9 @@ pub fn steps_after_clone(p: &PlanInput) -> Vec<StepSpec> {
     image.argv.push(literal(p.app.base_image.as_deref().unwrap_or("scratch")));
     image.argv.extend(["--image".into(), literal(&p.target_image())]);
     image.argv.extend(content);
+    if let Some(options) = jvm_options(p.kind, s) {
+        image.argv.extend(["--jvm-options".into(), literal(&options)]);
+    }
     image.argv.extend(["--created-from".into(), CLONE_INFO.into()]);
     image.argv.extend(["--label".into(), literal(&format!("org.opencontainers.image.source={}", p.app.git_url))]);
     image.argv.extend(["--label".into(), format!("org.opencontainers.image.revision={}", literal(&p.build.commit))]);
@@ -338,5 +366,21 @@ mod tests {
         let env = vec![("A".to_string(), "$(B)".to_string()), ("B".to_string(), "x".to_string())];
         assert_eq!(expand("$(A)", &env), "$(B)");
         assert_eq!(expand(&literal("X=$(A) $$"), &env), "X=$(A) $$");
+    }
+
+    #[test]
+    fn maven_images_are_sized_by_default_and_dockerfile_images_only_when_asked() {
+        let none = KindSettings::default();
+        let defaults = Some("-XX:MaxRAMPercentage=75.0 -XX:+ExitOnOutOfMemoryError".to_string());
+        assert_eq!(jvm_options(ResolvedKind::Maven, &none), defaults);
+        assert_eq!(jvm_options(ResolvedKind::Dockerfile, &none), None);
+        assert_eq!(jvm_options(ResolvedKind::Go, &none), None);
+        let opted_in = KindSettings { jvm: Some(JvmSetting::default()), ..Default::default() };
+        assert_eq!(jvm_options(ResolvedKind::Dockerfile, &opted_in), defaults);
+        let off = KindSettings { jvm: Some(JvmSetting { enabled: false, ..Default::default() }), ..Default::default() };
+        assert_eq!(jvm_options(ResolvedKind::Maven, &off), None);
+        assert_eq!(jvm_options(ResolvedKind::Dockerfile, &off), None);
+        let sixty = KindSettings { jvm: Some(JvmSetting { max_ram_percentage: 60.0, ..Default::default() }), ..Default::default() };
+        assert_eq!(jvm_options(ResolvedKind::Maven, &sixty).as_deref(), Some("-XX:MaxRAMPercentage=60.0 -XX:+ExitOnOutOfMemoryError"));
     }
 }

@@ -25,9 +25,9 @@ pub async fn build_context(config: Config) -> anyhow::Result<Arc<Context>> {
 /// otherwise the kube executor infers it (`KUBECONFIG`, `~/.kube/config`, or in-cluster).
 pub async fn build_context_with(config: Config, kube_client: Option<kube::Client>) -> anyhow::Result<Arc<Context>> {
     let key = config.store.secret_key()?;
-    let store = Store::open_with_key(&config.store.data_dir, key)
+    let store = Store::connect(config.store.url.as_deref(), &config.store.data_dir, key)
         .await
-        .with_context(|| format!("cannot open the store under {}", config.store.data_dir.display()))?;
+        .with_context(|| format!("cannot open the store at {}", config.store.location()))?;
     if config.server.admin_token.is_none() && !store.has_admin_token().await? {
         let token = new_token();
         store.add_token(None, "generated admin", Role::Admin, None, &token).await?;

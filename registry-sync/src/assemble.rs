@@ -33,8 +33,13 @@ pub struct AssembleSpec {
     pub cmd: Option<Vec<String>>,
     /// Set or override, in order, on top of the base env.
     pub env: Vec<(String, String)>,
-    /// Appended, after `env`, to the value the image already has, with one space between (a
-    /// `JAVA_TOOL_OPTIONS` the image sets keeps its options); set when the image has none.
+    /// Put before the value the image already has, after `env`, with one space between; set
+    /// when the image has none. For options where the last one wins (the JVM reads
+    /// `JAVA_TOOL_OPTIONS` left to right), so a value the base image sets still decides.
+    pub env_prepend: Vec<(String, String)>,
+    /// Appended, after `env` and `env_prepend`, to the value the image already has, with one
+    /// space between (a `JAVA_TOOL_OPTIONS` the image sets keeps its options); set when the image
+    /// has none.
     pub env_append: Vec<(String, String)>,
     /// Merged over the base labels.
     pub labels: BTreeMap<String, String>,
@@ -60,6 +65,7 @@ impl AssembleSpec {
             entrypoint: None,
             cmd: None,
             env: Vec::new(),
+            env_prepend: Vec::new(),
             env_append: Vec::new(),
             prebuilt_layers: Vec::new(),
             labels: BTreeMap::new(),
@@ -466,6 +472,19 @@ async fn ensure_base_layer(
     Ok(())
 }
 
+/// Sets `key` in `env` to `joined(old value)`, or to `alone` when the image has no value (or
+/// only blanks) for it.
+fn join_env_value(env: &mut Vec<String>, key: &str, joined: impl Fn(&str) -> String, alone: &str) {
+    match env.iter_mut().find(|e| env_name(e) == key) {
+        Some(existing) => {
+            let old = existing.split_once('=').map_or("", |(_, v)| v);
+            let value = if old.trim().is_empty() { alone.to_string() } else { joined(old) };
+            *existing = format!("{key}={value}");
+        }
+        None => env.push(format!("{key}={alone}")),
+    }
+}
+
 /// The image config: the base's (or an empty one) plus env, entrypoint, cmd, labels, workdir, the
 /// new diff_ids and one history entry per new layer.
 fn build_config(
@@ -501,7 +520,7 @@ fn build_config(
         AssembleError::InvalidSpec("base config's \"config\" is not an object".into())
     })?;
 
-    if !spec.env.is_empty() || !spec.env_append.is_empty() {
+    if !spec.env.is_empty() || !spec.env_prepend.is_empty() || !spec.env_append.is_empty() {
         let mut env: Vec<String> = inner
             .get("Env")
             .and_then(Value::as_array)
@@ -519,19 +538,13 @@ fn build_config(
                 None => env.push(line),
             }
         }
+        for (key, value) in &spec.env_prepend {
+            check_env_name(key)?;
+            join_env_value(&mut env, key, |old| format!("{value} {old}"), value);
+        }
         for (key, value) in &spec.env_append {
             check_env_name(key)?;
-            match env.iter_mut().find(|e| env_name(e) == key) {
-                Some(existing) => {
-                    let old = existing.split_once('=').map_or("", |(_, v)| v);
-                    *existing = if old.trim().is_empty() {
-                        format!("{key}={value}")
-                    } else {
-                        format!("{key}={old} {value}")
-                    };
-                }
-                None => env.push(format!("{key}={value}")),
-            }
+            join_env_value(&mut env, key, |old| format!("{old} {value}"), value);
         }
         inner.insert("Env".into(), json!(env));
     }
@@ -610,6 +623,22 @@ fn check_env_name(key: &str) -> Result<(), AssembleError> {
 mod tests {
     use super::*;
 
+    /// A base image `r.io/base:1` with `config` as its config's `config`, and `diff_ids` and
+    /// `history` as given.
+    fn base(config: Value, diff_ids: Value, history: Value) -> Base {
+        Base {
+            reference: ImageRef::parse("r.io/base:1").unwrap(),
+            manifest_digest: "sha256:b".into(),
+            layers: vec![],
+            config: json!({
+                "architecture": "amd64", "os": "linux",
+                "config": config,
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                "history": history
+            }),
+        }
+    }
+
     #[test]
     fn config_merges_over_base() {
         let mut spec = AssembleSpec::new(ImageRef::parse("r.io/app:1").unwrap());
@@ -621,17 +650,11 @@ mod tests {
         spec.labels.insert("team".into(), "core".into());
         spec.workdir = Some("/app".into());
         spec.created = 1_700_000_000;
-        let base = Base {
-            reference: ImageRef::parse("r.io/base:1").unwrap(),
-            manifest_digest: "sha256:b".into(),
-            layers: vec![],
-            config: json!({
-                "architecture": "amd64", "os": "linux",
-                "config": {"Env": ["PATH=/bin", "LANG=C"], "Cmd": ["sh"], "Labels": {"base": "yes"}},
-                "rootfs": {"type": "layers", "diff_ids": ["sha256:base"]},
-                "history": [{"created_by": "base"}]
-            }),
-        };
+        let base = base(
+            json!({"Env": ["PATH=/bin", "LANG=C"], "Cmd": ["sh"], "Labels": {"base": "yes"}}),
+            json!(["sha256:base"]),
+            json!([{"created_by": "base"}]),
+        );
         let layer = BuiltLayer {
             blob: bytes::Bytes::new(),
             digest: "sha256:l".into(),
@@ -654,5 +677,32 @@ mod tests {
         assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:base", "sha256:d"]));
         assert_eq!(c["history"].as_array().unwrap().len(), 2);
         assert_eq!(c["created"], json!("2023-11-14T22:13:20Z"));
+    }
+
+    #[test]
+    fn env_prepend_goes_before_the_base_value_and_append_after() {
+        let mut spec = AssembleSpec::new(ImageRef::parse("r.io/app:1").unwrap());
+        spec.env_prepend = vec![
+            ("JAVA_TOOL_OPTIONS".into(), "-XX:MaxRAMPercentage=75.0".into()),
+            ("EMPTY".into(), "-Xss1m".into()),
+            ("NEW".into(), "first".into()),
+        ];
+        spec.env_append = vec![("JAVA_TOOL_OPTIONS".into(), "-javaagent:/opt/apm/a.jar".into())];
+        let base = base(json!({"Env": ["JAVA_TOOL_OPTIONS=-XX:MaxRAMPercentage=50.0", "EMPTY= "]}), json!([]), json!([]));
+        let c = build_config(&spec, Some(&base), &[], "2023-11-14T22:13:20Z").unwrap();
+        assert_eq!(
+            c["config"]["Env"],
+            json!([
+                // The base's own value stays between the prepended default and the appended
+                // agent: it wins over the default, and the agent is loaded whatever it says.
+                "JAVA_TOOL_OPTIONS=-XX:MaxRAMPercentage=75.0 -XX:MaxRAMPercentage=50.0 -javaagent:/opt/apm/a.jar",
+                "EMPTY=-Xss1m",
+                "NEW=first"
+            ])
+        );
+        // On scratch (no env at all) the value is set as it is.
+        spec.env_append.clear();
+        let c = build_config(&spec, None, &[], "2023-11-14T22:13:20Z").unwrap();
+        assert_eq!(c["config"]["Env"][0], json!("JAVA_TOOL_OPTIONS=-XX:MaxRAMPercentage=75.0"));
     }
 }

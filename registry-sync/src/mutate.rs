@@ -35,12 +35,16 @@ pub struct MutateSpec {
     pub layers: Vec<BuiltLayer>,
     /// Set or override.
     pub env: Vec<(String, String)>,
+    /// Put before the image's value with a space, or set when it has none: defaults that the
+    /// image's own value overrides where the last option wins (`JAVA_TOOL_OPTIONS`).
+    pub env_prepend: Vec<(String, String)>,
     /// Appended to the image's value with a space, or set when it has none.
     pub env_append: Vec<(String, String)>,
     /// Merged over the image's labels.
     pub labels: BTreeMap<String, String>,
-    /// Refuse an image that does not look like a Java image (see the module docs).
-    pub require_java: bool,
+    /// Refuse an image that does not look like a Java image (see the module docs); the value
+    /// names what needs the JVM, for the refusal (`an APM agent`).
+    pub require_java: Option<String>,
     /// The history entries' `created_by` (`kiln apm: tracer 1.2`).
     pub created_by: String,
     pub platform: Platform,
@@ -53,9 +57,10 @@ impl MutateSpec {
             target,
             layers: Vec::new(),
             env: Vec::new(),
+            env_prepend: Vec::new(),
             env_append: Vec::new(),
             labels: BTreeMap::new(),
-            require_java: false,
+            require_java: None,
             created_by: "kiln mutate".into(),
             platform: Platform::default(),
         }
@@ -65,9 +70,9 @@ impl MutateSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum MutateError {
     #[error(
-        "{image} does not look like a Java image ({why}); an APM agent needs a JVM, so nothing was pushed"
+        "{image} does not look like a Java image ({why}); {needs} needs a JVM, so nothing was pushed"
     )]
-    NotJava { image: String, why: String },
+    NotJava { image: String, why: String, needs: String },
     #[error(transparent)]
     Assemble(#[from] AssembleError),
 }
@@ -82,12 +87,13 @@ pub async fn mutate_and_push(
     assemble.base = Some(spec.image.clone());
     assemble.prebuilt_layers = spec.layers.clone();
     assemble.env = spec.env.clone();
+    assemble.env_prepend = spec.env_prepend.clone();
     assemble.env_append = spec.env_append.clone();
     assemble.labels = spec.labels.clone();
     assemble.keep_base_created = true;
     assemble.created_by = spec.created_by.clone();
     assemble.platform = spec.platform.clone();
-    let require_java = spec.require_java;
+    let require_java = spec.require_java.is_some();
     let check = move |config: &Value| match (require_java, java_evidence(config)) {
         (false, _) | (true, Some(_)) => Ok(()),
         (true, None) => Err(BaseRefusal(
@@ -99,7 +105,7 @@ pub async fn mutate_and_push(
     match assemble::assemble_checked(&assemble, opts, progress, &check).await {
         Ok(pushed) => Ok(pushed),
         Err(AssembleError::BaseRefused { base, reason }) => {
-            Err(MutateError::NotJava { image: base, why: reason })
+            Err(MutateError::NotJava { image: base, why: reason, needs: spec.require_java.clone().unwrap_or_default() })
         }
         Err(e) => Err(e.into()),
     }

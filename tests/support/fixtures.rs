@@ -163,6 +163,13 @@ pub fn push_java_base(registry: &str) -> String {
     push_base(registry, "library/jre:17", &["--env".into(), "JAVA_HOME=/opt/java".into()])
 }
 
+/// A stand-in for a JRE base image whose env sets `JAVA_TOOL_OPTIONS` of its own as well, pushed
+/// to `registry` as `library/jre-tuned:17`.
+pub fn push_java_base_with_options(registry: &str, java_tool_options: &str) -> String {
+    let env = ["--env".into(), "JAVA_HOME=/opt/java".into(), "--env".into(), format!("JAVA_TOOL_OPTIONS={java_tool_options}")];
+    push_base(registry, "library/jre-tuned:17", &env)
+}
+
 /// `kiln step assemble` of `args` over scratch, pushed as `registry/name`; returns the reference.
 fn push_base(registry: &str, name: &str, args: &[String]) -> String {
     let base = format!("{registry}/{name}");

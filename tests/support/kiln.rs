@@ -11,7 +11,7 @@ use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use builder_api::config::Config;
 use builder_api::context::{AppState, Context};
-use builder_api::store::{Build, BuildState};
+use builder_api::store::{Build, BuildState, SecretKey, Store};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -27,10 +27,12 @@ pub struct TestKiln {
     server: tokio::task::JoinHandle<()>,
 }
 
-/// Test-wide config: insecure loopback registries, hermetic Go and offline Maven.
+/// Test-wide config: insecure loopback registries, hermetic Go and offline Maven; the store in
+/// a fresh PostgreSQL database when the suite runs on PostgreSQL (`support::postgres`).
 pub fn test_config(dir: &std::path::Path, insecure: &[&str]) -> Config {
     let mut c = Config::default();
     c.store.data_dir = dir.join("data");
+    c.store.url = crate::support::postgres::database_for(&c.store.data_dir);
     c.server.admin_token = Some(ADMIN.into());
     c.server.max_body_bytes = 64 * 1024;
     c.executor.kiln_binary = Some(env!("CARGO_BIN_EXE_kiln").into());
@@ -39,6 +41,23 @@ pub fn test_config(dir: &std::path::Path, insecure: &[&str]) -> Config {
     c.toolchains.goproxy = "off".into();
     c.toolchains.maven_args = vec!["-o".into(), "-Dmaven.repo.local=/usr/share/maven-repo".into()];
     c
+}
+
+/// The store of a Kiln (in this process or a `kiln serve` of the test) that ran on `data_dir`,
+/// opened again: SQLite under the data dir, or the data dir's PostgreSQL database.
+pub async fn open_store(data_dir: &std::path::Path) -> Store {
+    let key = SecretKey::load(data_dir, None).unwrap();
+    Store::connect(crate::support::postgres::database_for(data_dir).as_deref(), data_dir, key).await.unwrap()
+}
+
+/// The files a Kiln's store on `data_dir` keeps its data in, for scans of what is at rest:
+/// `kiln.db` and its WAL and shared memory on SQLite; on PostgreSQL the database's directory
+/// and the cluster's write-ahead log.
+pub fn store_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match crate::support::postgres::database_for(data_dir) {
+        Some(url) => crate::support::postgres::database_files(&url),
+        None => ["kiln.db", "kiln.db-wal", "kiln.db-shm"].iter().map(|name| data_dir.join(name)).collect(),
+    }
 }
 
 impl TestKiln {

@@ -12,6 +12,7 @@ pub mod hostile_registry;
 pub mod kiln;
 pub mod metrics;
 pub mod oci_images;
+pub mod postgres;
 pub mod recording;
 pub mod registry;
 pub mod registry_proxy;

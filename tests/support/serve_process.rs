@@ -4,14 +4,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Writes `DIR/kiln.toml` for `kiln serve`: `admin_token`, the store under `DIR/data`, and
-/// `kiln_binary` for the steps, then `rest` — whose first lines, before any `[table]`, still
-/// belong to `[executor]`. Returns the file's path.
+/// Writes `DIR/kiln.toml` for `kiln serve`: `admin_token`, the store under `DIR/data` (or in
+/// that data dir's PostgreSQL database when the suite runs on PostgreSQL), and `kiln_binary`
+/// for the steps, then `rest` — whose first lines, before any `[table]`, still belong to
+/// `[executor]`. Returns the file's path.
 pub fn write_config(dir: &Path, admin_token: &str, kiln_binary: &Path, rest: &str) -> PathBuf {
     let config_file = dir.join("kiln.toml");
+    let data_dir = dir.join("data");
+    let url = crate::support::postgres::database_for(&data_dir).map(|url| format!("url = \"{url}\"\n")).unwrap_or_default();
     let head = format!(
-        "[server]\nadmin_token = \"{admin_token}\"\n[store]\ndata_dir = \"{}\"\n[executor]\nkiln_binary = \"{}\"\n",
-        dir.join("data").display(),
+        "[server]\nadmin_token = \"{admin_token}\"\n[store]\ndata_dir = \"{}\"\n{url}[executor]\nkiln_binary = \"{}\"\n",
+        data_dir.display(),
         kiln_binary.display(),
     );
     std::fs::write(&config_file, head + rest).expect("write kiln.toml");

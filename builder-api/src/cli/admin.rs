@@ -43,16 +43,18 @@ async fn rotate_key(new_key_file: PathBuf, config: Option<PathBuf>) -> anyhow::R
     let new_bytes = secrets::read_key_file(&new_key_file, true)?;
     let new_key = SecretKey::from_bytes(&new_bytes);
     let data_dir = &config.store.data_dir;
-    if !data_dir.join("kiln.db").exists() {
+    // On SQLite, a missing file is a wrong data dir, not a store to create (a PostgreSQL database
+    // is there or the connection fails).
+    if config.store.url.is_none() && !data_dir.join("kiln.db").exists() {
         anyhow::bail!("no store under {} (store.data_dir): nothing to re-encrypt", data_dir.display());
     }
     let old_key = config.store.secret_key().context("cannot read the current secret key")?;
     if old_key.id() == new_key.id() {
         anyhow::bail!("{} holds the current key ({}): give a new one", new_key_file.display(), old_key.id());
     }
-    let store = Store::open_with_key(data_dir, old_key.clone())
+    let store = Store::connect(config.store.url.as_deref(), data_dir, old_key.clone())
         .await
-        .with_context(|| format!("cannot open the store under {} with the current key {}", data_dir.display(), old_key.id()))?;
+        .with_context(|| format!("cannot open the store at {} with the current key {}", config.store.location(), old_key.id()))?;
     let moved = store.reencrypt_secrets(&new_key).await.context("re-encrypting the secrets (nothing was changed)")?;
     drop(store);
     eprintln!("kiln: re-encrypted {moved} secrets from key {} to key {}", old_key.id(), new_key.id());

@@ -121,6 +121,23 @@ struct AppFields {
     /// go_package=./cmd/web, supersede=false, 'maven_goals=["package"]'.
     #[arg(long = "setting", value_name = "KEY=VALUE")]
     settings: Vec<String>,
+    /// JVM sizing (settings.jvm): `off`; `on` (Maven apps have it by default, Dockerfile apps
+    /// opt in); or the heap's percentage of the container's memory limit, 1 to 100 (default 75),
+    /// which turns it on. Goes into the image's JAVA_TOOL_OPTIONS before the image's own options.
+    #[arg(long, value_name = "on|off|PERCENT")]
+    jvm: Option<String>,
+}
+
+/// `settings.jvm` (to merge) for `--jvm on|off|PERCENT`.
+fn jvm_setting(flag: &str) -> anyhow::Result<Value> {
+    Ok(match flag {
+        "on" => json!({"enabled": true}),
+        "off" => json!({"enabled": false}),
+        percent => match percent.trim_end_matches('%').parse::<f64>() {
+            Ok(p) if p.is_finite() => json!({"enabled": true, "max_ram_percentage": p}),
+            _ => bail!("--jvm {percent:?}: write on, off, or the heap's percentage of the container's memory limit (e.g. 75)"),
+        },
+    })
 }
 
 impl AppFields {
@@ -156,12 +173,15 @@ impl AppFields {
                 body.insert(key.into(), json!(read_input(path)?.trim_end_matches(['\r', '\n'])));
             }
         }
-        if !self.settings.is_empty() {
+        if !self.settings.is_empty() || self.jvm.is_some() {
             let settings = body.entry("settings").or_insert_with(|| json!({}));
             let settings = settings.as_object_mut().context("\"settings\" in the file must be an object")?;
             for pair in &self.settings {
                 let (key, value) = pair.split_once('=').with_context(|| format!("--setting {pair:?}: write KEY=VALUE"))?;
                 settings.insert(key.into(), serde_json::from_str(value).unwrap_or_else(|_| json!(value)));
+            }
+            if let Some(flag) = &self.jvm {
+                settings.insert("jvm".into(), jvm_setting(flag)?);
             }
         }
         Ok(body)
@@ -316,4 +336,19 @@ fn printed(api: &Api, answer: &Value, done: &str) -> anyhow::Result<u8> {
         println!("webhook_secret    {secret}   (generated: shown this once; set it as the GitLab hook's Secret token)");
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jvm_flag_becomes_the_setting_to_merge() {
+        assert_eq!(jvm_setting("off").unwrap(), json!({"enabled": false}));
+        assert_eq!(jvm_setting("on").unwrap(), json!({"enabled": true}));
+        assert_eq!(jvm_setting("60").unwrap(), json!({"enabled": true, "max_ram_percentage": 60.0}));
+        assert_eq!(jvm_setting("62.5%").unwrap(), json!({"enabled": true, "max_ram_percentage": 62.5}));
+        // The range is the server's to check (a 422 that says it); words are refused here.
+        assert!(jvm_setting("lots").unwrap_err().to_string().contains("write on, off, or the heap's percentage"));
+    }
 }

@@ -156,6 +156,7 @@ struct ProgressDisplay {
 #[derive(Default, Clone)]
 struct TargetProgress {
     planned: u64,
+    planned_known: bool,
     sent: u64,
     tenths: u64,
     done: Option<bool>,
@@ -182,6 +183,7 @@ impl ProgressDisplay {
             }
             CopyEvent::TargetPlanned { target, blobs, bytes } => {
                 state[target].planned = bytes;
+                state[target].planned_known = true;
                 line = Some(format!(
                     "{}: {blobs} blob(s) to send ({})",
                     self.names[target],
@@ -230,13 +232,18 @@ impl ProgressDisplay {
     }
 
     fn short(&self, target: usize, p: &TargetProgress) -> String {
-        let pct = (p.sent * 100).checked_div(p.planned).unwrap_or(100).min(100);
+        // Sends may start before the target's plan is known (`TargetPlanned`): no share until then.
+        let pct = if p.planned_known {
+            format!("{:>3}%", (p.sent * 100).checked_div(p.planned).unwrap_or(100).min(100))
+        } else {
+            "  …".to_string()
+        };
         let status = match p.done {
             Some(true) => "ok",
             Some(false) => "FAILED",
             None => "",
         };
-        format!("{} {pct:>3}% {}{status}", self.names[target], human_bytes(p.sent))
+        format!("{} {pct} {}{status}", self.names[target], human_bytes(p.sent))
     }
 
     fn finish(&self) {

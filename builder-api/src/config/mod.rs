@@ -99,6 +99,9 @@ impl Config {
         if let Some(v) = var("KILN_DATA_DIR") {
             self.store.data_dir = v.into();
         }
+        if let Some(v) = var("KILN_DATABASE_URL") {
+            self.store.url = Some(v).filter(|v| !v.is_empty());
+        }
         if let Some(v) = var("KILN_SECRET_KEY_FILE") {
             self.store.secret_key_file = Some(v.into());
         }
@@ -158,6 +161,14 @@ impl Config {
         }
         if self.kube.provision_namespaces {
             self.kube.service_account_ref().map_err(|message| ConfigError::Invalid { field: "kube.service_account (KILN_SERVICE_ACCOUNT)", message: message.0 })?;
+        }
+        if let Some(url) = &self.store.url {
+            if !crate::store::is_postgres_url(url) {
+                return Err(ConfigError::Invalid {
+                    field: "store.url (KILN_DATABASE_URL)",
+                    message: format!("{} is not a PostgreSQL URL: use postgres://user:password@host:port/database", crate::store::display_database_url(url)),
+                });
+            }
         }
         if let Some(id) = &self.kube.instance {
             validate_instance(id).map_err(|message| ConfigError::Invalid { field: "kube.instance (KILN_INSTANCE)", message: message.0 })?;
@@ -245,6 +256,20 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("kube.service_account"), "{err}");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given_and_its_password_is_never_shown() {
+        assert_eq!(Config::default().store.url, None);
+        let mut c: Config = toml::from_str("[store]\nurl = \"postgres://kiln:pw-in-file@db:5432/kiln\"\n").unwrap();
+        c.apply_env(|_| None).unwrap();
+        assert_eq!(c.store.location(), "postgres://db:5432/kiln");
+        c.apply_env(|n| (n == "KILN_DATABASE_URL").then(|| "postgresql://kiln:pw-in-env@db2/kiln?sslmode=require".into())).unwrap();
+        assert_eq!(c.store.url.as_deref(), Some("postgresql://kiln:pw-in-env@db2/kiln?sslmode=require"));
+        let shown = format!("{c:?} {}", c.store.location());
+        assert!(!shown.contains("pw-in") && shown.contains("postgresql://db2/kiln"), "{shown}");
+        let err = Config::default().apply_env(|n| (n == "KILN_DATABASE_URL").then(|| "mysql://u:secretpw@db/kiln".into())).unwrap_err().to_string();
+        assert!(err.contains("KILN_DATABASE_URL") && !err.contains("secretpw"), "{err}");
     }
 
     #[test]

@@ -82,11 +82,14 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Directory for the SQLite database, build workspaces and caches.
+    /// Directory for the SQLite database (when `url` is unset), build workspaces and caches.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://user:password@host:port/db`) holding the store instead
+    /// of SQLite under `data_dir`. May carry a password: never shown.
+    pub url: Option<String>,
     /// File holding the key that encrypts the secrets in the store (base64 of 32 bytes, mode
     /// 0600): in a cluster, a mounted Kubernetes Secret, so the key never sits on the database's
     /// volume. `KILN_SECRET_KEY` (the key itself) wins over it; with neither, Kiln generates
@@ -96,11 +99,30 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from(".kiln"), secret_key_file: None }
+        Self { data_dir: PathBuf::from(".kiln"), url: None, secret_key_file: None }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("data_dir", &self.data_dir)
+            .field("url", &self.url.as_deref().map(crate::store::display_database_url))
+            .field("secret_key_file", &self.secret_key_file)
+            .finish()
     }
 }
 
 impl StoreConfig {
+    /// Where the store is, as it may be shown: the database URL without its password, or the
+    /// data dir.
+    pub fn location(&self) -> String {
+        match &self.url {
+            Some(url) => crate::store::display_database_url(url),
+            None => self.data_dir.display().to_string(),
+        }
+    }
+
     /// The key of the store's secrets: `KILN_SECRET_KEY`, else `secret_key_file`, else
     /// `<data_dir>/secret.key` (generated when missing).
     pub fn secret_key(&self) -> Result<crate::store::SecretKey, crate::store::KeyError> {

@@ -68,9 +68,13 @@ pub fn step_failure(step: &str, how: &str, cause: Option<String>) -> String {
     }
 }
 
-/// Records what the image step pushed (and, with APM, the agent and the original image).
+/// Records what the image step pushed (and, with APM, the agent and the original image; with JVM
+/// sizing, the options).
 pub async fn record_image(store: &Store, build_id: i64, result: &crate::steps::ImageResult) -> crate::store::Result<()> {
     store.set_build_image(build_id, &result.image, &result.digest).await?;
+    if let Some(options) = &result.jvm_options {
+        store.set_build_jvm_options(build_id, options).await?;
+    }
     if let Some(apm) = &result.apm {
         store.set_build_apm(build_id, &apm.agent, &apm.version, &apm.original_image).await?;
     }

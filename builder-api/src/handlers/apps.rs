@@ -121,6 +121,15 @@ async fn check_spec(s: &AppState, spec: &NewApp) -> ApiResult<()> {
         crate::apm::find_agent(&s.config.apm, &apm.agent, apm.version.as_deref())
             .map_err(|e| ApiError::Unprocessable(format!("settings.apm: {e}")))?;
     }
+    if let Some(jvm) = &spec.settings.jvm {
+        // 422: well-formed, but not a heap size a JVM can live with, or no JVM to size.
+        jvm.check().map_err(ApiError::Unprocessable)?;
+        if spec.kind == BuildKind::Go && jvm.enabled {
+            return Err(ApiError::Unprocessable(
+                "settings.jvm sizes a Java image's heap, and a go app's image has no JVM: remove settings.jvm".into(),
+            ));
+        }
+    }
     if let Some(url) = &spec.settings.gitlab_url {
         check_git_url(url).map_err(|_| bad(format!("settings.gitlab_url {url:?} must be an http(s) URL without credentials")))?;
     }

@@ -40,9 +40,10 @@ impl Clusters {
         self.configs.iter().find(|c| c.name == name)
     }
 
-    /// The cluster whose nodes pull from `registry` (`host[:port]`).
-    pub fn by_registry(&self, registry: &str) -> Option<&ClusterConfig> {
-        self.configs.iter().find(|c| c.registry == registry)
+    /// The clusters whose nodes pull from `registry` (`host[:port]`): several when they share
+    /// one registry (one Harbor serving two clusters).
+    pub fn pulling_from<'a>(&'a self, registry: &'a str) -> impl Iterator<Item = &'a ClusterConfig> + 'a {
+        self.configs.iter().filter(move |c| c.registry == registry)
     }
 
     /// Uses `client` for the cluster `name` (tests hand in the fake API server's).

@@ -98,20 +98,22 @@ async fn handle_image_events(ctx: &Context) -> Result<bool, StoreError> {
     Ok(more)
 }
 
-/// The rollouts an image arrival asks for: one per subscription, in the cluster that pulls from
-/// the event's registry, whose policy follows the image.
+/// The rollouts an image arrival asks for: one per subscription whose policy follows the image,
+/// in every cluster that pulls from the event's registry (clusters may share one registry host;
+/// each gets its own rollout and release record).
 pub async fn rollouts_for(ctx: &Context, event: &NewImageEvent) -> Result<Vec<NewRollout>, StoreError> {
-    let Some(cluster) = ctx.clusters.by_registry(&event.registry) else {
+    let clusters: Vec<&crate::config::ClusterConfig> = ctx.clusters.pulling_from(&event.registry).collect();
+    if clusters.is_empty() {
         tracing::info!(registry = event.registry, "image event for a registry no configured cluster pulls from");
         return Ok(vec![]);
-    };
+    }
     // The builds that made the digest matter only to `branch:` policies: read once, if needed.
     let mut builds: Option<Vec<crate::store::Build>> = None;
     let mut out = vec![];
     for sub in ctx.store.subscriptions_for_repository(&event.repository).await? {
-        if sub.cluster != cluster.name {
+        let Some(cluster) = clusters.iter().find(|c| c.name == sub.cluster) else {
             continue;
-        }
+        };
         let Ok(policy) = sub.policy.parse::<Policy>() else { continue };
         if matches!(policy, Policy::Branch(_)) && builds.is_none() {
             builds = Some(ctx.store.succeeded_builds_with_digest(&event.digest).await?);

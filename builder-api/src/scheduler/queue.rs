@@ -6,7 +6,7 @@
 //! feeds it the builds queued since the last id it saw; an entry whose build was cancelled
 //! meanwhile is harmless: the store refuses to start a build that is no longer Queued.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 
 /// A build taken from the queue: `(tenant id, build id)`.
@@ -19,13 +19,21 @@ pub struct FairQueue {
     /// The tenant served last: the next turn starts after it.
     last_tenant: Option<i64>,
     len: usize,
+    /// Every build waiting, for [`FairQueue::contains`].
+    members: HashSet<i64>,
 }
 
 impl FairQueue {
     /// Adds a build at the end of its tenant's lane (builds arrive in id order).
     pub fn push(&mut self, tenant: i64, build: i64) {
         self.lanes.entry(tenant).or_default().push_back(build);
+        self.members.insert(build);
         self.len += 1;
+    }
+
+    /// Whether `build` is waiting here.
+    pub fn contains(&self, build: i64) -> bool {
+        self.members.contains(&build)
     }
 
     /// Takes a build out (it was cancelled before it started). False when it was not waiting.
@@ -36,6 +44,7 @@ impl FairQueue {
         if lane.is_empty() {
             self.lanes.remove(&tenant);
         }
+        self.members.remove(&build);
         self.len -= 1;
         true
     }
@@ -84,6 +93,7 @@ impl FairQueue {
                     self.lanes.remove(&tenant);
                 }
                 self.len -= 1;
+                self.members.remove(&build);
                 *taken.entry(tenant).or_default() += 1;
                 self.last_tenant = Some(tenant);
                 picked.push((tenant, build));

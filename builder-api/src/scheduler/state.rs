@@ -36,9 +36,10 @@ pub(super) struct RunningBuild {
 #[derive(Default)]
 pub(super) struct Waiting {
     pub(super) fair: FairQueue,
-    /// Builds only enter Queued when they are inserted, and every insert goes through the store's
-    /// one writer connection, so ids become visible in increasing order: reading `id > seen_up_to`
-    /// finds every build queued since the last read, and none twice.
+    /// On SQLite builds only enter Queued when they are inserted, and every insert goes through
+    /// the store's one writer connection, so ids become visible in increasing order: reading
+    /// `id > seen_up_to` finds every build queued since the last read, and none twice. (Not so
+    /// on PostgreSQL: see `read_all_queued`.)
     seen_up_to: i64,
 }
 
@@ -120,6 +121,9 @@ impl Scheduler {
 
     /// Reads into the queue the builds queued since the last read.
     pub(super) async fn read_arrivals(&self, store: &Store) -> Result<(), StoreError> {
+        if store.backend() == crate::store::Backend::Postgres {
+            return self.read_all_queued(store).await;
+        }
         let seen = self.queue.lock().unwrap().seen_up_to;
         let arrived = store.queued_builds_after(seen).await?;
         let mut queue = self.queue.lock().unwrap();
@@ -128,6 +132,24 @@ impl Scheduler {
                 queue.fair.push(tenant, id);
                 queue.seen_up_to = id;
             }
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL: several writers (replicas, and each replica's API and webhook paths) insert
+    /// builds in concurrent transactions, so ids need not become visible in increasing order —
+    /// a build with a smaller id may commit after one read past it. Every pass therefore reads
+    /// all Queued builds and adds those not waiting here yet (or running here). A build another
+    /// replica starts meanwhile is harmless: the store starts a build only while it is Queued.
+    async fn read_all_queued(&self, store: &Store) -> Result<(), StoreError> {
+        let queued = store.queued_builds_after(0).await?;
+        let running = self.running.lock().unwrap();
+        let mut queue = self.queue.lock().unwrap();
+        for (id, tenant) in queued {
+            if !queue.fair.contains(id) && !running.contains_key(&id) {
+                queue.fair.push(tenant, id);
+            }
+            queue.seen_up_to = queue.seen_up_to.max(id);
         }
         Ok(())
     }

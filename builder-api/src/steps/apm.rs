@@ -55,6 +55,17 @@ pub fn first_push_target(target: &ImageRef, apm: Option<&ApmStep>) -> ImageRef {
     }
 }
 
+/// Where the image step pushes what it built when JVM options are added to it afterwards by
+/// mutation (a Dockerfile image, `super::jvm`): `<tag>-nojvm`; the options then go into the
+/// image [`first_push_target`] names, which an agent may still be injected into.
+pub fn unsized_push_target(target: &ImageRef, apm: Option<&ApmStep>) -> ImageRef {
+    let before_apm = first_push_target(target, apm);
+    match target.tag() {
+        Some(tag) => before_apm.with_tag(super::jvm::unsized_tag(tag)),
+        None => before_apm,
+    }
+}
+
 /// Injects the agent into the image just pushed (`pushed`) and pushes it to `target`.
 pub async fn inject_after_push(pushed: ImageResult, target: &ImageRef, apm: &ApmStep) -> anyhow::Result<ImageResult> {
     let original = ImageRef::parse(&pushed.image).with_context(|| format!("pushed image {}", pushed.image))?;
@@ -70,16 +81,25 @@ pub async fn inject_after_push(pushed: ImageResult, target: &ImageRef, apm: &Apm
         image: injected.reference.to_string(),
         digest: injected.digest,
         apm: Some(ApmApplied { agent: agent.name.clone(), version: agent.version.clone(), original_image: pushed.image }),
+        jvm_options: pushed.jvm_options,
     })
 }
 
-/// The end of every image step: inject when asked, then write the result the executor reads.
+/// The end of every image step: add JVM options by mutation when asked (`jvm_mutation`, a
+/// Dockerfile image pushed under [`unsized_push_target`]), inject the agent when asked, then
+/// write the result the executor reads. The JVM options go first so that the image an agent is
+/// injected into — the original a re-injection starts from — already has them.
 pub async fn finish(
     pushed: ImageResult,
     target: &ImageRef,
     apm: Option<&ApmStep>,
+    jvm_mutation: Option<&str>,
     result_file: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let pushed = match jvm_mutation {
+        Some(options) => super::jvm::add_options_after_push(pushed, &first_push_target(target, apm), options).await?,
+        None => pushed,
+    };
     let result = match apm {
         Some(apm) => inject_after_push(pushed, target, apm).await?,
         None => pushed,

@@ -23,7 +23,7 @@ pub struct AssembleArgs {
     /// `SRC:DEST` — a file or directory on disk and its path in the image. The file name of SRC
     /// may hold one `*`, which must match exactly one file. Repeatable. An image that only sets
     /// config over its base (`--env`, `--entrypoint`, `--label`) needs none.
-    #[arg(long = "add", required_unless_present_any = ["maven_target", "env", "entrypoint", "labels"])]
+    #[arg(long = "add", required_unless_present_any = ["maven_target", "env", "entrypoint", "labels", "jvm_options"])]
     pub add: Vec<String>,
     /// A Maven `target/` directory: dependencies, resources and classes as three layers, and
     /// the entrypoint `java -cp … <Main-Class of target/*.jar>` (unless `--entrypoint`).
@@ -35,6 +35,10 @@ pub struct AssembleArgs {
     /// `KEY=VALUE` env for the image, repeatable.
     #[arg(long = "env")]
     pub env: Vec<String>,
+    /// JVM options put before the base image's own `JAVA_TOOL_OPTIONS` (JVM sizing, see
+    /// [`super::jvm`]): the base's value comes later and wins.
+    #[arg(long, allow_hyphen_values = true)]
+    pub jvm_options: Option<String>,
     /// `KEY=VALUE` label, repeatable.
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -82,6 +86,10 @@ pub async fn run(mut args: AssembleArgs) -> anyhow::Result<()> {
         spec.entrypoint = Some(serde_json::from_str(ep).with_context(|| format!("--entrypoint {ep:?} is not a JSON array of strings"))?);
     }
     spec.env = args.env.iter().map(|kv| split_kv("--env", kv)).collect::<anyhow::Result<_>>()?;
+    if let Some(options) = &args.jvm_options {
+        println!("JVM options {options} go before the base image's own JAVA_TOOL_OPTIONS");
+        spec.env_prepend = super::jvm::env_prepend(options);
+    }
     spec.labels = args.labels.iter().map(|kv| split_kv("--label", kv)).collect::<anyhow::Result<_>>()?;
     spec.workdir = args.workdir.clone();
     spec.created = args.created;
@@ -99,8 +107,13 @@ pub async fn run(mut args: AssembleArgs) -> anyhow::Result<()> {
         pushed.layers_mounted,
         registry_sync::client::human_bytes(pushed.bytes_pushed)
     );
-    let pushed = ImageResult { image: pushed.reference.to_string(), digest: pushed.digest, apm: None };
-    super::apm::finish(pushed, &target, apm.as_ref(), &args.result_file).await
+    let pushed = ImageResult {
+        image: pushed.reference.to_string(),
+        digest: pushed.digest,
+        apm: None,
+        jvm_options: args.jvm_options.clone(),
+    };
+    super::apm::finish(pushed, &target, apm.as_ref(), None, &args.result_file).await
 }
 
 fn split_kv(flag: &str, kv: &str) -> anyhow::Result<(String, String)> {

@@ -10,6 +10,7 @@ pub mod buildah;
 pub mod buildkit;
 pub mod clone;
 pub mod java_layers;
+pub mod jvm;
 pub mod pull;
 pub mod push;
 
@@ -48,6 +49,9 @@ pub struct ImageResult {
     /// Set when an APM agent was injected: `image`/`digest` are then the injected image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apm: Option<crate::store::ApmApplied>,
+    /// The JVM options put at the front of the image's `JAVA_TOOL_OPTIONS` (JVM sizing), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jvm_options: Option<String>,
 }
 
 /// Reads what the clone step wrote, with an error that says which step should have written it.

@@ -22,6 +22,11 @@ pub struct PushArgs {
     /// Where to write `{"image", "digest"}`.
     #[arg(long)]
     pub result_file: PathBuf,
+    /// JVM options to put before the image's own `JAVA_TOOL_OPTIONS` (JVM sizing, opt-in): the
+    /// image as built goes to `<tag>-nojvm`, the options are added by mutation
+    /// ([`super::jvm`]), and an image that does not look like a Java image is refused.
+    #[arg(long, allow_hyphen_values = true)]
+    pub jvm_options: Option<String>,
 }
 
 pub async fn run(args: PushArgs) -> anyhow::Result<()> {
@@ -29,9 +34,13 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     if !args.layout.join("index.json").is_file() {
         anyhow::bail!("the compile step left no image at {} (no index.json)", args.layout.display());
     }
-    // With APM on, the build pushes the original under `<tag>-noapm`; the injected image gets the tag.
+    // With APM on, the build pushes the original under `<tag>-noapm`; the injected image gets the
+    // tag. With JVM options, the image as built goes under `<tag>-nojvm` first.
     let apm = super::apm::from_env(target.registry()).await?;
-    let first = super::apm::first_push_target(&target, apm.as_ref());
+    let first = match args.jvm_options {
+        Some(_) => super::apm::unsized_push_target(&target, apm.as_ref()),
+        None => super::apm::first_push_target(&target, apm.as_ref()),
+    };
     let opts = super::assemble::registry_options_from_env(target.registry());
     let mut progress = |line: String| println!("{line}");
     let pushed = registry_sync::push_layout(&args.layout, &first, &opts, &mut progress).await?;
@@ -42,6 +51,6 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         pushed.layers_skipped,
         registry_sync::human_bytes(pushed.bytes_pushed)
     );
-    let pushed = ImageResult { image: pushed.reference.to_string(), digest: pushed.digest, apm: None };
-    super::apm::finish(pushed, &target, apm.as_ref(), &args.result_file).await
+    let pushed = ImageResult { image: pushed.reference.to_string(), digest: pushed.digest, apm: None, jvm_options: None };
+    super::apm::finish(pushed, &target, apm.as_ref(), args.jvm_options.as_deref(), &args.result_file).await
 }

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{is_unique_violation, now_ms, Result, Store, StoreError};
+use super::{is_unique_violation, json_doc, now_ms, opt_text, text, Result, Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +63,10 @@ pub struct KindSettings {
     /// An APM agent injected into every image of the app (`crate::apm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apm: Option<super::ApmSetting>,
+    /// JVM heap sizing for the container (`store::JvmSetting`): a Maven app's image gets the
+    /// defaults without it; a Dockerfile app's image only with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jvm: Option<super::JvmSetting>,
 }
 
 #[derive(Clone, Serialize)]
@@ -149,7 +153,7 @@ const APP_COLUMNS: &str = "a.id, a.tenant_id, t.name AS tenant, a.name, a.git_ur
     a.settings, a.base_image, a.image_repository, a.webhook_secret, a.git_token, a.gitlab_token, a.created_at, a.deleted_at";
 
 /// An app from its row, its secrets opened with `key`.
-fn app_from_row(key: &super::SecretKey, r: &SqliteRow) -> Result<App> {
+fn app_from_row(key: &super::SecretKey, r: &AnyRow) -> Result<App> {
     let kind: String = r.get("kind");
     let settings: String = r.get("settings");
     let id: i64 = r.get("id");
@@ -196,21 +200,21 @@ pub enum AppDeletion {
 
 impl Store {
     pub async fn create_app(&self, new: &NewApp) -> Result<App> {
-        let settings = serde_json::to_string(&new.settings).expect("settings serialise");
+        let settings = json_doc(&new.settings);
         let id: i64 = sqlx::query(
             "INSERT INTO apps (tenant_id, name, git_url, project_path, branch_filter, kind, settings, base_image,
                                image_repository, webhook_secret, git_token, gitlab_token, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
         )
         .bind(new.tenant_id)
-        .bind(&new.name)
-        .bind(&new.git_url)
-        .bind(&new.project_path)
-        .bind(&new.branch_filter)
+        .bind(text(&new.name))
+        .bind(text(&new.git_url))
+        .bind(opt_text(new.project_path.as_deref()))
+        .bind(text(&new.branch_filter))
         .bind(new.kind.as_str())
         .bind(settings)
-        .bind(&new.base_image)
-        .bind(&new.image_repository)
+        .bind(opt_text(new.base_image.as_deref()))
+        .bind(text(&new.image_repository))
         .bind(self.key.seal(WEBHOOK_SECRET, &new.webhook_secret))
         .bind(new.git_token.as_deref().map(|t| self.key.seal(GIT_TOKEN, t)))
         .bind(new.gitlab_token.as_deref().map(|t| self.key.seal(GITLAB_TOKEN, t)))
@@ -225,7 +229,7 @@ impl Store {
 
     /// An app by id, deleted or not: a build's app, for its history.
     pub async fn app(&self, id: i64) -> Result<Option<App>> {
-        let sql = format!("SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = $1");
         sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
     }
 
@@ -234,23 +238,23 @@ impl Store {
     /// stopped through its executor, which needs both.
     pub async fn app_with_tenant(&self, id: i64) -> Result<Option<(App, super::Tenant)>> {
         use super::tenants::{tenant_from_columns, JOINED_TENANT, JOINED_TENANT_COLUMNS};
-        let sql = format!("SELECT {APP_COLUMNS}, {JOINED_TENANT_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ?");
+        let sql = format!("SELECT {APP_COLUMNS}, {JOINED_TENANT_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = $1");
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else { return Ok(None) };
         Ok(Some((app_from_row(&self.key, &row)?, tenant_from_columns(&row, &JOINED_TENANT)?)))
     }
 
     pub async fn app_by_name(&self, tenant_id: i64, name: &str) -> Result<Option<App>> {
         let sql = format!(
-            "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = ? AND a.name = ? AND a.deleted_at IS NULL"
+            "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = $1 AND a.name = $2 AND a.deleted_at IS NULL"
         );
-        sqlx::query(&sql).bind(tenant_id).bind(name).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
+        sqlx::query(&sql).bind(tenant_id).bind(text(name)).fetch_optional(&self.pool).await?.as_ref().map(|r| app_from_row(&self.key, r)).transpose()
     }
 
     /// Apps of one tenant, or of all tenants when `tenant_id` is None; deleted apps are not.
     pub async fn apps(&self, tenant_id: Option<i64>) -> Result<Vec<App>> {
         let sql = format!(
             "SELECT {APP_COLUMNS} FROM apps a JOIN tenants t ON t.id = a.tenant_id
-             WHERE (?1 IS NULL OR a.tenant_id = ?1) AND a.deleted_at IS NULL ORDER BY t.name, a.name"
+             WHERE ($1 IS NULL OR a.tenant_id = $1) AND a.deleted_at IS NULL ORDER BY t.name, a.name"
         );
         sqlx::query(&sql).bind(tenant_id).fetch_all(&self.pool).await?.iter().map(|r| app_from_row(&self.key, r)).collect()
     }
@@ -258,33 +262,41 @@ impl Store {
     /// Apps a GitLab push for this project (or repository URL) may be meant for, oldest first.
     /// Answered from memory (see [`AppDirectory`]): every webhook asks this before anything else.
     pub async fn apps_for_project(&self, project_path: &str, git_urls: &[&str]) -> Result<Vec<App>> {
-        let index = match self.app_directory.current() {
-            Some(index) => index,
-            None => {
-                let generation = self.app_directory.generation();
-                let all = self.apps(None).await?;
-                self.app_directory.install(generation, all)
+        // On PostgreSQL other replicas change apps too, and only this process's changes drop the
+        // index: there it is read again when older than `SHARED_DIRECTORY_MAX_AGE`, and at once
+        // when it knows no app for the push (an app just created on another replica).
+        let shared = self.backend == super::Backend::Postgres;
+        let max_age = shared.then_some(SHARED_DIRECTORY_MAX_AGE);
+        if let Some(index) = self.app_directory.current(max_age) {
+            let hits = index.matching(project_path, git_urls);
+            // A miss reads again only when the index is not fresh itself, so a flood of pushes
+            // for unknown projects costs at most ten reads a second.
+            let fresh = || self.app_directory.current(Some(SHARED_DIRECTORY_MISS_AGE)).is_some();
+            if !hits.is_empty() || !shared || fresh() {
+                return Ok(hits);
             }
-        };
-        Ok(index.matching(project_path, git_urls))
+        }
+        let generation = self.app_directory.generation();
+        let all = self.apps(None).await?;
+        Ok(self.app_directory.install(generation, all).matching(project_path, git_urls))
     }
 
     /// Replaces the spec of app `id` (not deleted) with `spec`'s — everything but its tenant and
     /// name, which stay. None when there is no such app.
     pub async fn update_app(&self, id: i64, spec: &NewApp) -> Result<Option<App>> {
-        let settings = serde_json::to_string(&spec.settings).expect("settings serialise");
+        let settings = json_doc(&spec.settings);
         let done = sqlx::query(
-            "UPDATE apps SET git_url = ?, project_path = ?, branch_filter = ?, kind = ?, settings = ?, base_image = ?,
-                             image_repository = ?, webhook_secret = ?, git_token = ?, gitlab_token = ?
-             WHERE id = ? AND deleted_at IS NULL",
+            "UPDATE apps SET git_url = $1, project_path = $2, branch_filter = $3, kind = $4, settings = $5, base_image = $6,
+                             image_repository = $7, webhook_secret = $8, git_token = $9, gitlab_token = $10
+             WHERE id = $11 AND deleted_at IS NULL",
         )
-        .bind(&spec.git_url)
-        .bind(&spec.project_path)
-        .bind(&spec.branch_filter)
+        .bind(text(&spec.git_url))
+        .bind(opt_text(spec.project_path.as_deref()))
+        .bind(text(&spec.branch_filter))
         .bind(spec.kind.as_str())
         .bind(settings)
-        .bind(&spec.base_image)
-        .bind(&spec.image_repository)
+        .bind(opt_text(spec.base_image.as_deref()))
+        .bind(text(&spec.image_repository))
         .bind(self.key.seal(WEBHOOK_SECRET, &spec.webhook_secret))
         .bind(spec.git_token.as_deref().map(|t| self.key.seal(GIT_TOKEN, t)))
         .bind(spec.gitlab_token.as_deref().map(|t| self.key.seal(GITLAB_TOKEN, t)))
@@ -305,20 +317,20 @@ impl Store {
     /// deleted, for the history of its builds (migration 12), and its name is free for a new app.
     pub async fn delete_app(&self, id: i64, force: bool) -> Result<AppDeletion> {
         let mut tx = self.writer.begin().await?;
-        let live: Option<i64> = sqlx::query_scalar("SELECT id FROM apps WHERE id = ? AND deleted_at IS NULL").bind(id).fetch_optional(&mut *tx).await?;
+        let live: Option<i64> = sqlx::query_scalar("SELECT id FROM apps WHERE id = $1 AND deleted_at IS NULL").bind(id).fetch_optional(&mut *tx).await?;
         if live.is_none() {
             return Ok(AppDeletion::NotFound);
         }
-        let unfinished_builds: Vec<i64> = sqlx::query_scalar("SELECT id FROM builds WHERE app_id = ? AND state IN ('Queued', 'Running') ORDER BY id")
+        let unfinished_builds: Vec<i64> = sqlx::query_scalar("SELECT id FROM builds WHERE app_id = $1 AND state IN ('Queued', 'Running') ORDER BY id")
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;
-        let subscriptions: Vec<i64> = sqlx::query_scalar("SELECT id FROM subscriptions WHERE app_id = ? ORDER BY id").bind(id).fetch_all(&mut *tx).await?;
+        let subscriptions: Vec<i64> = sqlx::query_scalar("SELECT id FROM subscriptions WHERE app_id = $1 ORDER BY id").bind(id).fetch_all(&mut *tx).await?;
         if !force && !(unfinished_builds.is_empty() && subscriptions.is_empty()) {
             return Ok(AppDeletion::Refused { unfinished_builds, subscriptions });
         }
-        sqlx::query("DELETE FROM subscriptions WHERE app_id = ?").bind(id).execute(&mut *tx).await?;
-        sqlx::query("UPDATE apps SET deleted_at = ? WHERE id = ?").bind(now_ms()).bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM subscriptions WHERE app_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE apps SET deleted_at = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         // From now on no webhook finds it.
         self.app_directory.invalidate();
@@ -328,7 +340,7 @@ impl Store {
     /// Drops a deleted app's git and GitLab tokens: nothing uses them again. (Not in
     /// [`Store::delete_app`]: cancelling its builds afterwards still posts their GitLab statuses.)
     pub async fn forget_app_tokens(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE apps SET git_token = NULL, gitlab_token = NULL WHERE id = ? AND deleted_at IS NOT NULL").bind(id).execute(&self.writer).await?;
+        sqlx::query("UPDATE apps SET git_token = NULL, gitlab_token = NULL WHERE id = $1 AND deleted_at IS NOT NULL").bind(id).execute(&self.writer).await?;
         Ok(())
     }
 }
@@ -339,13 +351,26 @@ impl Store {
 /// the generation keeps an index read before such a change from being installed after it.
 #[derive(Default)]
 pub(super) struct AppDirectory {
-    index: RwLock<Option<Arc<AppIndex>>>,
+    /// The index and when it was read.
+    index: RwLock<Option<(Arc<AppIndex>, std::time::Instant)>>,
     generation: AtomicU64,
 }
 
+/// How stale the app directory may be on PostgreSQL, where other replicas change apps: a changed
+/// webhook secret or project path reaches this replica's webhooks within this time.
+const SHARED_DIRECTORY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How old the index must be before a push it knows no app for reads it again (PostgreSQL).
+const SHARED_DIRECTORY_MISS_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl AppDirectory {
-    fn current(&self) -> Option<Arc<AppIndex>> {
-        self.index.read().unwrap().clone()
+    /// The index, unless there is none or it is older than `max_age`.
+    fn current(&self, max_age: Option<std::time::Duration>) -> Option<Arc<AppIndex>> {
+        let slot = self.index.read().unwrap();
+        let (index, read_at) = slot.as_ref()?;
+        match max_age {
+            Some(age) if read_at.elapsed() > age => None,
+            _ => Some(index.clone()),
+        }
     }
 
     fn generation(&self) -> u64 {
@@ -358,7 +383,7 @@ impl AppDirectory {
         let index = Arc::new(AppIndex::new(apps));
         let mut slot = self.index.write().unwrap();
         if self.generation() == generation {
-            *slot = Some(index.clone());
+            *slot = Some((index.clone(), std::time::Instant::now()));
         }
         index
     }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, Result, Store};
+use super::{now_ms, opt_text, text, Result, Store};
 
 /// A row to write. `actor` is the token (`token:<id>:<name>`), `admin`, or `webhook:<source>`.
 #[derive(Debug, Clone)]
@@ -36,15 +36,15 @@ pub struct AuditEntry {
 impl Store {
     pub async fn audit(&self, entry: &NewAuditEntry) -> Result<()> {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, token_id, tenant_id, action, target, client_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (at, actor, token_id, tenant_id, action, target, client_addr) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(now_ms())
-        .bind(&entry.actor)
+        .bind(text(&entry.actor))
         .bind(entry.token_id)
         .bind(entry.tenant_id)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(&entry.client_addr)
+        .bind(text(&entry.action))
+        .bind(text(&entry.target))
+        .bind(opt_text(entry.client_addr.as_deref()))
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -55,7 +55,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT l.id, l.at, l.actor, l.token_id, l.tenant_id, t.name AS tenant, l.action, l.target, l.client_addr
              FROM audit_log l LEFT JOIN tenants t ON t.id = l.tenant_id
-             WHERE ?1 IS NULL OR l.tenant_id = ?1 ORDER BY l.id DESC LIMIT ?2",
+             WHERE $1 IS NULL OR l.tenant_id = $1 ORDER BY l.id DESC LIMIT $2",
         )
         .bind(tenant)
         .bind(limit)

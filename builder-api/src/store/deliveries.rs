@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyConnection, AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rollouts::NewImageEvent;
-use super::{now_ms, NewBuild, Result, Store, StoreError};
+use super::{json_doc, now_ms, text, Backend, NewBuild, Result, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -53,12 +53,12 @@ pub(super) struct DeliveryWriter {
 const GROUP: usize = 512;
 
 impl DeliveryWriter {
-    pub(super) fn start(pool: SqlitePool) -> DeliveryWriter {
+    pub(super) fn start(pool: AnyPool, backend: Backend) -> DeliveryWriter {
         let (tx, mut rx) = mpsc::channel::<Pending>(1024);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(GROUP);
             while rx.recv_many(&mut group, GROUP).await > 0 {
-                match record_group(&pool, &group).await {
+                match record_group(&pool, backend, &group).await {
                     Ok(outcomes) => {
                         for (p, outcome) in group.drain(..).zip(outcomes) {
                             let _ = p.reply.send(Ok(outcome));
@@ -68,7 +68,7 @@ impl DeliveryWriter {
                     // bad delivery fails only itself.
                     Err(_) => {
                         for p in group.drain(..) {
-                            let one = record_group(&pool, std::slice::from_ref(&p)).await.map(|mut v| v.remove(0));
+                            let one = record_group(&pool, backend, std::slice::from_ref(&p)).await.map(|mut v| v.remove(0));
                             let _ = p.reply.send(one);
                         }
                     }
@@ -79,17 +79,23 @@ impl DeliveryWriter {
     }
 }
 
-/// Records a group of deliveries, their builds, image events and audit rows in one transaction
-/// of two round trips to SQLite's connection thread, whatever the group's size: one command
-/// begins, finds the keys recorded before and inserts the new deliveries' builds; the other
-/// inserts the rest and commits. Each command takes the whole group as one JSON document
-/// (read with `json_each`). The round trips are what costs: each one waits for the connection's
-/// thread to be scheduled, which a machine busy with a burst of webhooks does late; sqlx's own
-/// BEGIN and COMMIT would be two more, so the commands carry them.
+/// Records a group of deliveries, their builds, image events and audit rows in one transaction,
+/// whatever the group's size, with a fixed number of statements: one finds the keys recorded
+/// before, one inserts the new deliveries' builds, three insert the rest. Each statement takes
+/// the whole group as one JSON document (read with [`Backend::json_rows`]).
 ///
-/// This task is the only writer of `webhook_deliveries`, and the writer connection is held from
-/// BEGIN to COMMIT, so "recorded before" cannot change inside the transaction.
-async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(DeliveryOutcome, bool)>> {
+/// On SQLite these are two round trips to the connection's thread: one command begins, reads
+/// and inserts the builds; the other inserts the rest and commits. The round trips are what
+/// costs: each one waits for the connection's thread to be scheduled, which a machine busy with a
+/// burst of webhooks does late; sqlx's own BEGIN and COMMIT would be two more, so the commands
+/// carry them. PostgreSQL takes one statement per command when it has parameters, so there each
+/// statement is its own round trip, between a BEGIN and a COMMIT.
+///
+/// This task is the only writer of `webhook_deliveries` in its process, and the writer connection
+/// is held from BEGIN to COMMIT, so "recorded before" cannot change inside the transaction. On
+/// PostgreSQL other replicas write too: there the transaction first takes an advisory lock per
+/// key, so a key's second delivery waits for the first and finds it recorded.
+async fn record_group(pool: &AnyPool, backend: Backend, group: &[Pending]) -> Result<Vec<(DeliveryOutcome, bool)>> {
     // The first of each key in this group; a repeat within the group gets the first's outcome.
     let mut first_of_key: HashMap<(&str, &str), usize> = HashMap::new();
     let mut candidates: Vec<usize> = vec![];
@@ -100,7 +106,7 @@ async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(Deliv
         }
     }
     let mut conn = pool.acquire().await?;
-    let recorded = record_in_transaction(&mut conn, group, &candidates).await;
+    let recorded = record_in_transaction(&mut conn, backend, group, &candidates).await;
     if recorded.is_err() {
         // The transaction is the connection's, not sqlx's: end it here, or the next user of the
         // writer connection would find it open. (An error before BEGIN makes this a no-op error.)
@@ -129,10 +135,10 @@ async fn record_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<(Deliv
 /// Keys recorded before (with their outcome) and the outcome of each new delivery, by position.
 type Recorded = (HashMap<(String, String), String>, Vec<Option<(DeliveryOutcome, bool)>>);
 
-/// The two commands of [`record_group`] for its `candidates` (the first delivery of each key):
-/// BEGIN IMMEDIATE with the reads and the builds, then the other rows with COMMIT. On an error
-/// the transaction may be left open for the caller to roll back.
-async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pending], candidates: &[usize]) -> Result<Recorded> {
+/// The statements of [`record_group`] for its `candidates` (the first delivery of each key): a
+/// BEGIN, the reads and the builds, then the other rows and a COMMIT. On an error the
+/// transaction may be left open for the caller to roll back.
+async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group: &[Pending], candidates: &[usize]) -> Result<Recorded> {
     let now = now_ms();
     let keys: Vec<Value> = candidates.iter().map(|i| json!([group[*i].delivery.source, group[*i].delivery.key])).collect();
     // Every candidate's builds, in candidate order; those of a key recorded before are skipped
@@ -147,36 +153,58 @@ async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pendi
         })
         .collect();
 
-    // Rows of three columns answer the SELECT, rows of one the INSERT. Each command binds one
-    // JSON document as ?1 that all of its statements read: sqlx binds the parameters of a
-    // multi-statement query by position across statements, so a statement that skipped a number
-    // (using ?1 and ?3) would shift the binding of the next ones.
-    let input = json!({"keys": keys, "builds": builds, "now": now});
-    let rows = sqlx::query(
-        "BEGIN IMMEDIATE;
-         SELECT d.source, d.delivery_key, d.outcome FROM json_each(?1, '$.keys') j
-         JOIN webhook_deliveries d ON d.source = j.value->>0 AND d.delivery_key = j.value->>1;
-         INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at, commit_message, commit_author, commit_url)
-         SELECT j.value->>'tenant_id', j.value->>'app_id', 'Queued', j.value->>'git_ref', j.value->>'commit',
-                j.value->>'trigger', ?1->>'now', j.value->>'commit_message', j.value->>'commit_author', j.value->>'commit_url'
-         FROM json_each(?1, '$.builds') j
+    // Every statement reads the JSON document $1 and the time $2.
+    let earlier_keys = format!(
+        "SELECT d.source, d.delivery_key, d.outcome FROM {}
+         JOIN webhook_deliveries d ON d.source = j.value->>0 AND d.delivery_key = j.value->>1",
+        backend.json_rows("$1", Some("keys"), "j")
+    );
+    let insert_builds = format!(
+        "INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at, commit_message, commit_author, commit_url)
+         SELECT CAST(j.value->>'tenant_id' AS BIGINT), CAST(j.value->>'app_id' AS BIGINT), 'Queued', j.value->>'git_ref', j.value->>'commit',
+                j.value->>'trigger', $2, j.value->>'commit_message', j.value->>'commit_author', j.value->>'commit_url'
+         FROM {}
          WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                            WHERE d.source = j.value->>'source' AND d.delivery_key = j.value->>'key')
          ORDER BY j.key RETURNING id",
-    )
-    .bind(input.to_string())
-    .fetch_all(&mut *conn)
-    .await?;
+        backend.json_rows("$1", Some("builds"), "j")
+    );
+    let input = json_doc(&json!({"keys": keys, "builds": builds}));
     let mut earlier: HashMap<(String, String), String> = HashMap::new();
-    // Ids ascend in insertion order (one writer, one statement).
     let mut build_ids: Vec<i64> = vec![];
-    for row in &rows {
-        if row.len() == 3 {
-            earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
-        } else {
-            build_ids.push(row.get("id"));
+    match backend {
+        Backend::Sqlite => {
+            // Rows of three columns answer the SELECT, rows of one the INSERT.
+            let command = format!("BEGIN IMMEDIATE; {earlier_keys}; {insert_builds}");
+            for row in sqlx::query(&command).bind(&input).bind(now).fetch_all(&mut *conn).await? {
+                if row.len() == 3 {
+                    earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
+                } else {
+                    build_ids.push(row.get("id"));
+                }
+            }
+        }
+        Backend::Postgres => {
+            sqlx::query("BEGIN").execute(&mut *conn).await?;
+            // Several Kilns may write deliveries to one database: each key is locked for the
+            // transaction first (in one order, so two groups cannot deadlock), so that a
+            // delivery of the same key on another replica waits for this one's COMMIT, then
+            // reads it as recorded before — one build, and both answers name it.
+            let lock_keys = format!(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(k.key) FROM
+                   (SELECT DISTINCT hashtextextended((j.value->>0) || ' ' || (j.value->>1), 0) AS key FROM {} ORDER BY 1) k) locked",
+                backend.json_rows("$1", Some("keys"), "j")
+            );
+            sqlx::query(&lock_keys).bind(&input).execute(&mut *conn).await?;
+            for row in sqlx::query(&earlier_keys).bind(&input).fetch_all(&mut *conn).await? {
+                earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
+            }
+            for row in sqlx::query(&insert_builds).bind(&input).bind(now).fetch_all(&mut *conn).await? {
+                build_ids.push(row.get("id"));
+            }
         }
     }
+    // Ids ascend in insertion order (one writer, one statement).
     build_ids.sort_unstable();
     let fresh: Vec<usize> = candidates
         .iter()
@@ -211,24 +239,41 @@ async fn record_in_transaction(conn: &mut sqlx::SqliteConnection, group: &[Pendi
         }));
         outcomes[*i] = Some((outcome, true));
     }
+    let input = json_doc(&json!({"audit": audit, "events": events, "deliveries": deliveries}));
+    let inserts = [
+        format!(
+            "INSERT INTO audit_log (at, actor, tenant_id, action, target, client_addr)
+             SELECT $2, j.value->>'actor', CAST(j.value->>'tenant_id' AS BIGINT), 'build.trigger', j.value->>'target', j.value->>'client_addr'
+             FROM {} ORDER BY j.key",
+            backend.json_rows("$1", Some("audit"), "j")
+        ),
+        format!(
+            "INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
+             SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', $2
+             FROM {} ORDER BY j.key",
+            backend.json_rows("$1", Some("events"), "j")
+        ),
+        format!(
+            "INSERT INTO webhook_deliveries (source, delivery_key, event, app_id, build_id, outcome, received_at)
+             SELECT j.value->>'source', j.value->>'key', j.value->>'event', CAST(j.value->>'app_id' AS BIGINT),
+                    CAST(j.value->>'build_id' AS BIGINT), j.value->>'outcome', $2
+             FROM {} ORDER BY j.key",
+            backend.json_rows("$1", Some("deliveries"), "j")
+        ),
+    ];
     // Always run, even with nothing to insert: it ends the transaction.
-    let input = json!({"audit": audit, "events": events, "deliveries": deliveries, "now": now});
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, tenant_id, action, target, client_addr)
-         SELECT ?1->>'now', j.value->>'actor', j.value->>'tenant_id', 'build.trigger', j.value->>'target', j.value->>'client_addr'
-         FROM json_each(?1, '$.audit') j ORDER BY j.key;
-         INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
-         SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', ?1->>'now'
-         FROM json_each(?1, '$.events') j ORDER BY j.key;
-         INSERT INTO webhook_deliveries (source, delivery_key, event, app_id, build_id, outcome, received_at)
-         SELECT j.value->>'source', j.value->>'key', j.value->>'event', j.value->>'app_id', j.value->>'build_id',
-                j.value->>'outcome', ?1->>'now'
-         FROM json_each(?1, '$.deliveries') j ORDER BY j.key;
-         COMMIT",
-    )
-    .bind(input.to_string())
-    .execute(&mut *conn)
-    .await?;
+    match backend {
+        Backend::Sqlite => {
+            let command = format!("{}; COMMIT", inserts.join(";\n"));
+            sqlx::query(&command).bind(&input).bind(now).execute(&mut *conn).await?;
+        }
+        Backend::Postgres => {
+            for insert in &inserts {
+                sqlx::query(insert).bind(&input).bind(now).execute(&mut *conn).await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+        }
+    }
     Ok((earlier, outcomes))
 }
 
@@ -265,8 +310,8 @@ impl Store {
     }
 
     pub async fn delivery_count(&self, source: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE source = ?")
-            .bind(source)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE source = $1")
+            .bind(text(source))
             .fetch_one(&self.pool)
             .await?)
     }

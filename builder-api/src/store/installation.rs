@@ -10,7 +10,7 @@ impl Store {
     /// turn Kiln into a stranger to its own Jobs.
     pub async fn instance_id(&self, configured: Option<&str>) -> Result<String> {
         if let Some(id) = configured {
-            sqlx::query("INSERT INTO installation (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            sqlx::query("INSERT INTO installation (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
                 .bind(INSTANCE_KEY)
                 .bind(id)
                 .execute(&self.writer)
@@ -19,12 +19,12 @@ impl Store {
         }
         let generated = random_instance_id();
         // Only the first start's id sticks: a concurrent start loses to the stored one.
-        sqlx::query("INSERT INTO installation (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+        sqlx::query("INSERT INTO installation (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(INSTANCE_KEY)
             .bind(&generated)
             .execute(&self.writer)
             .await?;
-        let id: String = sqlx::query_scalar("SELECT value FROM installation WHERE key = ?").bind(INSTANCE_KEY).fetch_one(&self.writer).await?;
+        let id: String = sqlx::query_scalar("SELECT value FROM installation WHERE key = $1").bind(INSTANCE_KEY).fetch_one(&self.writer).await?;
         Ok(id)
     }
 }

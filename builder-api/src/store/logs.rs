@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Result, Store};
+use super::{json_doc, text, Result, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,14 +57,14 @@ impl Store {
         }
         let mut tx = self.writer.begin().await?;
         for l in lines {
-            sqlx::query("INSERT OR IGNORE INTO log_lines (build_id, seq, step, stream, at, line, meta) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO log_lines (build_id, seq, step, stream, at, line, meta) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING")
                 .bind(build_id)
                 .bind(l.seq)
-                .bind(&l.step)
+                .bind(text(&l.step))
                 .bind(l.stream.as_str())
                 .bind(l.at)
-                .bind(&l.line)
-                .bind(l.meta.as_ref().map(|m| m.to_string()))
+                .bind(text(&l.line))
+                .bind(l.meta.as_ref().map(json_doc))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -75,7 +75,7 @@ impl Store {
     /// Lines with `seq > after`, in order, at most `limit`.
     pub async fn log_after(&self, build_id: i64, after: i64, limit: i64) -> Result<Vec<LogLine>> {
         let rows = sqlx::query(
-            "SELECT seq, step, stream, at, line, meta FROM log_lines WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, step, stream, at, line, meta FROM log_lines WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(build_id)
         .bind(after)
@@ -96,7 +96,7 @@ impl Store {
     }
 
     pub async fn last_log_seq(&self, build_id: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM log_lines WHERE build_id = ?")
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM log_lines WHERE build_id = $1")
             .bind(build_id)
             .fetch_one(&self.pool)
             .await?)
@@ -105,7 +105,7 @@ impl Store {
     /// Bytes of output already stored for a build, a newline per line (what counts against the
     /// log cap).
     pub async fn log_bytes(&self, build_id: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(CAST(line AS BLOB)) + 1), 0) FROM log_lines WHERE build_id = ? AND stream IN ('stdout', 'stderr')")
+        Ok(sqlx::query_scalar("SELECT CAST(COALESCE(SUM(OCTET_LENGTH(line) + 1), 0) AS BIGINT) FROM log_lines WHERE build_id = $1 AND stream IN ('stdout', 'stderr')")
             .bind(build_id)
             .fetch_one(&self.pool)
             .await?)
@@ -114,9 +114,9 @@ impl Store {
     /// How many lines a step's own process wrote (Kiln's system lines not counted): where a
     /// follower of the step's container log resumes after a restart.
     pub async fn output_line_count(&self, build_id: i64, step: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS count FROM log_lines WHERE build_id = ? AND step = ? AND stream IN ('stdout', 'stderr')")
+        let row = sqlx::query("SELECT COUNT(*) AS count FROM log_lines WHERE build_id = $1 AND step = $2 AND stream IN ('stdout', 'stderr')")
             .bind(build_id)
-            .bind(step)
+            .bind(text(step))
             .fetch_one(&self.pool)
             .await?;
         Ok(row.get("count"))

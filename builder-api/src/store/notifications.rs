@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, Result, Store, StoreError};
+use super::{now_ms, opt_text, text, Result, Store, StoreError};
 
 /// Where a notification goes and in which format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -145,11 +145,11 @@ impl Store {
     /// `targets`, in one transaction.
     pub async fn set_notification_targets(&self, tenant_id: i64, app_id: Option<i64>, targets: &[NewNotificationTarget]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("DELETE FROM notification_targets WHERE tenant_id = ? AND app_id IS ?").bind(tenant_id).bind(app_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM notification_targets WHERE tenant_id = $1 AND app_id IS NOT DISTINCT FROM $2").bind(tenant_id).bind(app_id).execute(&mut *tx).await?;
         let now = now_ms();
         for t in targets {
             let events: Vec<&str> = t.events.iter().map(|e| e.as_str()).collect();
-            sqlx::query("INSERT INTO notification_targets (tenant_id, app_id, kind, url, secret, events, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO notification_targets (tenant_id, app_id, kind, url, secret, events, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(tenant_id)
                 .bind(app_id)
                 .bind(t.kind.as_str())
@@ -166,7 +166,7 @@ impl Store {
 
     /// The targets of exactly this owner: the app's own (`Some`), or the tenant-wide ones (`None`).
     pub async fn notification_targets(&self, tenant_id: i64, app_id: Option<i64>) -> Result<Vec<NotificationTarget>> {
-        let rows = sqlx::query("SELECT * FROM notification_targets WHERE tenant_id = ? AND app_id IS ? ORDER BY id")
+        let rows = sqlx::query("SELECT * FROM notification_targets WHERE tenant_id = $1 AND app_id IS NOT DISTINCT FROM $2 ORDER BY id")
             .bind(tenant_id)
             .bind(app_id)
             .fetch_all(&self.pool)
@@ -176,7 +176,7 @@ impl Store {
 
     /// Every target a build of `app_id` notifies: the app's own and its tenant's.
     pub async fn notification_targets_for_app(&self, tenant_id: i64, app_id: i64) -> Result<Vec<NotificationTarget>> {
-        let rows = sqlx::query("SELECT * FROM notification_targets WHERE tenant_id = ? AND (app_id IS NULL OR app_id = ?) ORDER BY id")
+        let rows = sqlx::query("SELECT * FROM notification_targets WHERE tenant_id = $1 AND (app_id IS NULL OR app_id = $2) ORDER BY id")
             .bind(tenant_id)
             .bind(app_id)
             .fetch_all(&self.pool)
@@ -184,7 +184,7 @@ impl Store {
         rows.iter().map(|r| self.target_from_row(r)).collect()
     }
 
-    fn target_from_row(&self, r: &sqlx::sqlite::SqliteRow) -> Result<NotificationTarget> {
+    fn target_from_row(&self, r: &sqlx::any::AnyRow) -> Result<NotificationTarget> {
         let id: i64 = r.get("id");
         let kind: String = r.get("kind");
         let kind = TargetKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("notification target {id}: unknown kind {kind:?}")))?;
@@ -213,12 +213,12 @@ impl Store {
 
     /// Records what became of one message about `build_id`.
     pub async fn record_notification(&self, build_id: i64, event: NotifyEvent, target: &NotificationTarget, outcome: &str, attempts: u32) -> Result<()> {
-        sqlx::query("INSERT INTO notification_deliveries (build_id, event, kind, target, outcome, attempts, at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO notification_deliveries (build_id, event, kind, target, outcome, attempts, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(build_id)
             .bind(event.as_str())
             .bind(target.kind.as_str())
-            .bind(&target.target)
-            .bind(outcome)
+            .bind(text(&target.target))
+            .bind(text(outcome))
             .bind(attempts as i64)
             .bind(now_ms())
             .execute(&self.writer)
@@ -228,7 +228,7 @@ impl Store {
 
     /// The messages about a build, oldest first.
     pub async fn notifications_of_build(&self, build_id: i64) -> Result<Vec<NotificationDelivery>> {
-        let rows = sqlx::query("SELECT event, kind, target, outcome, attempts, at FROM notification_deliveries WHERE build_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT event, kind, target, outcome, attempts, at FROM notification_deliveries WHERE build_id = $1 ORDER BY id")
             .bind(build_id)
             .fetch_all(&self.pool)
             .await?;
@@ -249,10 +249,10 @@ impl Store {
     /// skipped): what tells a success that fixes a failure from one more success.
     pub async fn previous_result_of_ref(&self, app_id: i64, git_ref: Option<&str>, before: i64) -> Result<Option<String>> {
         let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM builds WHERE app_id = ? AND git_ref IS ? AND id < ? AND state IN ('Succeeded', 'Failed', 'TimedOut') ORDER BY id DESC LIMIT 1",
+            "SELECT state FROM builds WHERE app_id = $1 AND git_ref IS NOT DISTINCT FROM $2 AND id < $3 AND state IN ('Succeeded', 'Failed', 'TimedOut') ORDER BY id DESC LIMIT 1",
         )
         .bind(app_id)
-        .bind(git_ref)
+        .bind(opt_text(git_ref))
         .bind(before)
         .fetch_optional(&self.pool)
         .await?;

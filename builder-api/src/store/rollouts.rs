@@ -5,10 +5,10 @@
 //! strategy did, when, and who promoted or aborted it) are rows of `rollout_steps`.
 
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{is_unique_violation, now_ms, Result, Store, StoreError};
+use super::{is_unique_violation, json_doc, now_ms, opt_text, text, Result, Store, StoreError};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Subscription {
@@ -129,7 +129,7 @@ fn strategy_of(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({"kind": "rolling"}))
 }
 
-fn subscription_from_row(r: &SqliteRow) -> Subscription {
+fn subscription_from_row(r: &AnyRow) -> Subscription {
     Subscription {
         id: r.get("id"),
         app_id: r.get("app_id"),
@@ -150,7 +150,7 @@ const ROLLOUT_SELECT: &str = "SELECT r.id, r.subscription_id, r.app_id, r.cluste
     r.created_at, r.started_at, r.finished_at, s.rollback_on_failure
     FROM rollouts r JOIN subscriptions s ON s.id = r.subscription_id";
 
-fn rollout_from_row(r: &SqliteRow) -> Rollout {
+fn rollout_from_row(r: &AnyRow) -> Rollout {
     Rollout {
         id: r.get("id"),
         subscription_id: r.get("subscription_id"),
@@ -174,7 +174,7 @@ fn rollout_from_row(r: &SqliteRow) -> Rollout {
     }
 }
 
-fn step_from_row(r: &SqliteRow) -> RolloutStep {
+fn step_from_row(r: &AnyRow) -> RolloutStep {
     RolloutStep { rollout_id: r.get("rollout_id"), at: r.get("at"), step: r.get("step"), actor: r.get("actor") }
 }
 
@@ -182,18 +182,18 @@ impl Store {
     pub async fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription> {
         let sql = format!(
             "INSERT INTO subscriptions (app_id, cluster, namespace, deployment, container, repository, policy, rollback_on_failure, strategy, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SUBSCRIPTION_COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {SUBSCRIPTION_COLUMNS}"
         );
         sqlx::query(&sql)
             .bind(new.app_id)
-            .bind(&new.cluster)
-            .bind(&new.namespace)
-            .bind(&new.deployment)
-            .bind(&new.container)
-            .bind(&new.repository)
-            .bind(&new.policy)
+            .bind(text(&new.cluster))
+            .bind(text(&new.namespace))
+            .bind(text(&new.deployment))
+            .bind(text(&new.container))
+            .bind(text(&new.repository))
+            .bind(text(&new.policy))
             .bind(new.rollback_on_failure as i64)
-            .bind(new.strategy.clone().unwrap_or_else(|| serde_json::json!({"kind": "rolling"})).to_string())
+            .bind(json_doc(&new.strategy.clone().unwrap_or_else(|| serde_json::json!({"kind": "rolling"}))))
             .bind(now_ms())
             .fetch_one(&self.writer)
             .await
@@ -211,7 +211,7 @@ impl Store {
     }
 
     pub async fn subscriptions_of_app(&self, app_id: i64) -> Result<Vec<Subscription>> {
-        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE app_id = ? ORDER BY id");
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE app_id = $1 ORDER BY id");
         Ok(sqlx::query(&sql).bind(app_id).fetch_all(&self.pool).await?.iter().map(subscription_from_row).collect())
     }
 
@@ -219,7 +219,7 @@ impl Store {
     pub async fn subscriptions_of_tenant(&self, tenant_id: i64) -> Result<Vec<(String, Subscription)>> {
         let columns: Vec<String> = SUBSCRIPTION_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
         let sql = format!(
-            "SELECT {}, a.name AS app FROM subscriptions s JOIN apps a ON a.id = s.app_id WHERE a.tenant_id = ? ORDER BY s.id",
+            "SELECT {}, a.name AS app FROM subscriptions s JOIN apps a ON a.id = s.app_id WHERE a.tenant_id = $1 ORDER BY s.id",
             columns.join(", ")
         );
         let rows = sqlx::query(&sql).bind(tenant_id).fetch_all(&self.pool).await?;
@@ -227,26 +227,26 @@ impl Store {
     }
 
     pub async fn subscriptions_for_repository(&self, repository: &str) -> Result<Vec<Subscription>> {
-        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE repository = ? ORDER BY id");
-        Ok(sqlx::query(&sql).bind(repository).fetch_all(&self.pool).await?.iter().map(subscription_from_row).collect())
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE repository = $1 ORDER BY id");
+        Ok(sqlx::query(&sql).bind(text(repository)).fetch_all(&self.pool).await?.iter().map(subscription_from_row).collect())
     }
 
     pub async fn subscription(&self, id: i64) -> Result<Option<Subscription>> {
-        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?");
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1");
         Ok(sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(subscription_from_row))
     }
 
     /// Changes a subscription's strategy (rollouts queued from now on use it); None when the
     /// app has no such subscription.
     pub async fn set_subscription_strategy(&self, app_id: i64, id: i64, strategy: &serde_json::Value) -> Result<Option<Subscription>> {
-        let sql = format!("UPDATE subscriptions SET strategy = ? WHERE id = ? AND app_id = ? RETURNING {SUBSCRIPTION_COLUMNS}");
-        let row = sqlx::query(&sql).bind(strategy.to_string()).bind(id).bind(app_id).fetch_optional(&self.writer).await?;
+        let sql = format!("UPDATE subscriptions SET strategy = $1 WHERE id = $2 AND app_id = $3 RETURNING {SUBSCRIPTION_COLUMNS}");
+        let row = sqlx::query(&sql).bind(json_doc(strategy)).bind(id).bind(app_id).fetch_optional(&self.writer).await?;
         Ok(row.as_ref().map(subscription_from_row))
     }
 
     /// False when the app has no such subscription.
     pub async fn delete_subscription(&self, app_id: i64, id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM subscriptions WHERE id = ? AND app_id = ?").bind(id).bind(app_id).execute(&self.writer).await?;
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1 AND app_id = $2").bind(id).bind(app_id).execute(&self.writer).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -255,12 +255,14 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        let sql = format!(
             "INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
-             SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', ?2
-             FROM json_each(?1) j ORDER BY j.key",
-        )
-        .bind(serde_json::to_string(events).expect("events serialise"))
+             SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', $2
+             FROM {} ORDER BY j.key",
+            self.backend.json_rows("$1", None, "j")
+        );
+        sqlx::query(&sql)
+        .bind(json_doc(events))
         .bind(now_ms())
         .execute(&self.writer)
         .await?;
@@ -271,7 +273,7 @@ impl Store {
     pub async fn pending_image_events(&self, limit: i64) -> Result<Vec<ImageEvent>> {
         let rows = sqlx::query(
             "SELECT id, source, registry, repository, digest, tag, received_at FROM image_events
-             WHERE handled_at IS NULL ORDER BY id LIMIT ?",
+             WHERE handled_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -299,25 +301,25 @@ impl Store {
         for r in rollouts {
             let id: i64 = sqlx::query(
                 "INSERT INTO rollouts (subscription_id, app_id, cluster, digest, image, state, trigger, requested_by, created_at, strategy)
-                 VALUES (?, ?, ?, ?, ?, 'Pending', ?, ?, ?, (SELECT strategy FROM subscriptions WHERE id = ?)) RETURNING id",
+                 VALUES ($1, $2, $3, $4, $5, 'Pending', $6, $7, $8, (SELECT strategy FROM subscriptions WHERE id = $9)) RETURNING id",
             )
             .bind(r.subscription_id)
             .bind(r.app_id)
-            .bind(&r.cluster)
-            .bind(&r.digest)
-            .bind(&r.image)
-            .bind(&r.trigger)
-            .bind(&r.requested_by)
+            .bind(text(&r.cluster))
+            .bind(text(&r.digest))
+            .bind(text(&r.image))
+            .bind(text(&r.trigger))
+            .bind(opt_text(r.requested_by.as_deref()))
             .bind(now)
             .bind(r.subscription_id)
             .fetch_one(&mut *tx)
             .await?
             .get("id");
             sqlx::query(
-                "UPDATE rollouts SET state = 'Superseded', reason = ?, finished_at = ?
-                 WHERE subscription_id = ? AND state = 'Pending' AND id < ?",
+                "UPDATE rollouts SET state = 'Superseded', reason = $1, finished_at = $2
+                 WHERE subscription_id = $3 AND state = 'Pending' AND id < $4",
             )
-            .bind(format!("superseded by rollout {id} ({})", r.image))
+            .bind(text(&format!("superseded by rollout {id} ({})", r.image)))
             .bind(now)
             .bind(r.subscription_id)
             .bind(id)
@@ -326,43 +328,43 @@ impl Store {
             ids.push(id);
         }
         for event_id in event_ids {
-            sqlx::query("UPDATE image_events SET handled_at = ? WHERE id = ?").bind(now).bind(event_id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE image_events SET handled_at = $1 WHERE id = $2").bind(now).bind(event_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(ids)
     }
 
     pub async fn rollout(&self, id: i64) -> Result<Option<Rollout>> {
-        let sql = format!("{ROLLOUT_SELECT} WHERE r.id = ?");
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.id = $1");
         Ok(sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(rollout_from_row))
     }
 
     pub async fn rollouts_in_state(&self, state: &str) -> Result<Vec<Rollout>> {
-        let sql = format!("{ROLLOUT_SELECT} WHERE r.state = ? ORDER BY r.id");
-        Ok(sqlx::query(&sql).bind(state).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.state = $1 ORDER BY r.id");
+        Ok(sqlx::query(&sql).bind(text(state)).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
     }
 
     /// An app's rollouts, newest first.
     pub async fn rollouts_of_app(&self, app_id: i64, limit: i64) -> Result<Vec<Rollout>> {
-        let sql = format!("{ROLLOUT_SELECT} WHERE r.app_id = ? ORDER BY r.id DESC LIMIT ?");
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.app_id = $1 ORDER BY r.id DESC LIMIT $2");
         Ok(sqlx::query(&sql).bind(app_id).bind(limit).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
     }
 
     /// The rollouts of an app's image `digest` (what one build's image did in the clusters),
     /// newest first.
     pub async fn rollouts_of_digest(&self, app_id: i64, digest: &str, limit: i64) -> Result<Vec<Rollout>> {
-        let sql = format!("{ROLLOUT_SELECT} WHERE r.app_id = ? AND r.digest = ? ORDER BY r.id DESC LIMIT ?");
-        Ok(sqlx::query(&sql).bind(app_id).bind(digest).bind(limit).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
+        let sql = format!("{ROLLOUT_SELECT} WHERE r.app_id = $1 AND r.digest = $2 ORDER BY r.id DESC LIMIT $3");
+        Ok(sqlx::query(&sql).bind(app_id).bind(text(digest)).bind(limit).fetch_all(&self.pool).await?.iter().map(rollout_from_row).collect())
     }
 
     /// Pending → Running, recording what the container ran before (unless a run of this
     /// rollout before a restart recorded it already). False when it was superseded meanwhile.
     pub async fn start_rollout(&self, id: i64, previous: Option<&str>) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE rollouts SET state = 'Running', started_at = ?, previous_image = COALESCE(previous_image, ?) WHERE id = ? AND state = 'Pending'",
+            "UPDATE rollouts SET state = 'Running', started_at = $1, previous_image = COALESCE(previous_image, $2) WHERE id = $3 AND state = 'Pending'",
         )
         .bind(now_ms())
-        .bind(previous)
+        .bind(opt_text(previous))
         .bind(id)
         .execute(&self.writer)
         .await?;
@@ -371,9 +373,9 @@ impl Store {
 
     pub async fn finish_rollout(&self, id: i64, state: &str, reason: Option<&str>) -> Result<()> {
         // Not over a rollout superseded before it started.
-        sqlx::query("UPDATE rollouts SET state = ?, reason = ?, finished_at = ? WHERE id = ? AND state IN ('Pending', 'Running')")
-            .bind(state)
-            .bind(reason)
+        sqlx::query("UPDATE rollouts SET state = $1, reason = $2, finished_at = $3 WHERE id = $4 AND state IN ('Pending', 'Running')")
+            .bind(text(state))
+            .bind(opt_text(reason))
             .bind(now_ms())
             .bind(id)
             .execute(&self.writer)
@@ -385,13 +387,12 @@ impl Store {
     pub async fn record_rollout_step(&self, rollout_id: i64, step: &str, actor: Option<&str>) -> Result<()> {
         sqlx::query(
             "INSERT INTO rollout_steps (rollout_id, seq, at, step, actor)
-             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM rollout_steps WHERE rollout_id = ?), ?, ?, ?)",
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM rollout_steps WHERE rollout_id = $1), $2, $3, $4)",
         )
         .bind(rollout_id)
-        .bind(rollout_id)
         .bind(now_ms())
-        .bind(step)
-        .bind(actor)
+        .bind(text(step))
+        .bind(opt_text(actor))
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -401,7 +402,7 @@ impl Store {
     pub async fn rollout_steps_of_app(&self, app_id: i64) -> Result<Vec<RolloutStep>> {
         let rows = sqlx::query(
             "SELECT st.rollout_id, st.at, st.step, st.actor FROM rollout_steps st JOIN rollouts r ON r.id = st.rollout_id
-             WHERE r.app_id = ? ORDER BY st.rollout_id, st.seq",
+             WHERE r.app_id = $1 ORDER BY st.rollout_id, st.seq",
         )
         .bind(app_id)
         .fetch_all(&self.pool)
@@ -410,7 +411,7 @@ impl Store {
     }
 
     pub async fn rollout_steps(&self, rollout_id: i64) -> Result<Vec<RolloutStep>> {
-        let rows = sqlx::query("SELECT rollout_id, at, step, actor FROM rollout_steps WHERE rollout_id = ? ORDER BY seq")
+        let rows = sqlx::query("SELECT rollout_id, at, step, actor FROM rollout_steps WHERE rollout_id = $1 ORDER BY seq")
             .bind(rollout_id)
             .fetch_all(&self.pool)
             .await?;
@@ -421,11 +422,11 @@ impl Store {
     /// counts until the rollout acts on it). The rollout's id, or None when none is running.
     pub async fn decide_rollout(&self, subscription_id: i64, decision: &str, actor: &str) -> Result<Option<i64>> {
         let row = sqlx::query(
-            "UPDATE rollouts SET decision = ?, decided_by = ?
-             WHERE subscription_id = ? AND state = 'Running' AND decision IS NULL RETURNING id",
+            "UPDATE rollouts SET decision = $1, decided_by = $2
+             WHERE subscription_id = $3 AND state = 'Running' AND decision IS NULL RETURNING id",
         )
-        .bind(decision)
-        .bind(actor)
+        .bind(text(decision))
+        .bind(text(actor))
         .bind(subscription_id)
         .fetch_optional(&self.writer)
         .await?;
@@ -436,17 +437,17 @@ impl Store {
     /// the readers' pool (a release holding asks every few seconds), cleared only when there is
     /// one, and only if it is still the one read.
     pub async fn take_rollout_decision(&self, rollout_id: i64) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT decision, decided_by FROM rollouts WHERE id = ? AND decision IS NOT NULL")
+        let row = sqlx::query("SELECT decision, decided_by FROM rollouts WHERE id = $1 AND decision IS NOT NULL")
             .bind(rollout_id)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
         // `decide_rollout` sets both columns together.
         let (decision, by): (String, String) = (row.get("decision"), row.get::<Option<String>, _>("decided_by").unwrap_or_default());
-        let cleared = sqlx::query("UPDATE rollouts SET decision = NULL WHERE id = ? AND decision = ? AND decided_by = ?")
+        let cleared = sqlx::query("UPDATE rollouts SET decision = NULL WHERE id = $1 AND decision = $2 AND decided_by = $3")
             .bind(rollout_id)
-            .bind(&decision)
-            .bind(&by)
+            .bind(text(&decision))
+            .bind(text(&by))
             .execute(&self.writer)
             .await?;
         Ok((cleared.rows_affected() == 1).then_some((decision, by)))

@@ -15,6 +15,9 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 use sha2::Digest as _;
+use sqlx::AnyPool;
+
+use super::Backend;
 
 /// What every sealed value starts with; the version lets a later format sit beside this one.
 const PREFIX: &str = "enc:v1:";
@@ -218,12 +221,23 @@ pub fn field(table: &str, column: &str) -> String {
 
 /// In one transaction: seals every secret still in plain text (rows from before encryption) and
 /// opens every sealed one, so that a wrong key fails the start naming the value, not at the
-/// first build. Plain text overwritten here is zeroed in freed pages (`secure_delete`) and the
-/// WAL is truncated afterwards, so the old text does not linger in the files.
-pub(super) async fn seal_plain_rows(pool: &sqlx::SqlitePool, key: &SecretKey) -> Result<(), super::StoreError> {
-    let sealed = rewrite_all(pool, key, None).await?;
+/// first build. On SQLite, plain text overwritten here is zeroed in freed pages (`secure_delete`)
+/// and the WAL is truncated afterwards, so the old text does not linger in the files.
+/// (PostgreSQL came after encryption: no row there was ever written in plain text.)
+pub(super) async fn seal_plain_rows(pool: &AnyPool, backend: Backend, key: &SecretKey) -> Result<(), super::StoreError> {
+    let sealed = rewrite_all(pool, backend, key, None).await?;
     if sealed > 0 {
         tracing::info!("encrypted {sealed} secrets stored in plain text under key {}", key.id());
+        truncate_wal(pool, backend).await?;
+    }
+    Ok(())
+}
+
+/// SQLite: copies the WAL into the database and empties it, so rewritten plain text is gone
+/// from it. PostgreSQL has no such file of one database's own: old row versions stay until
+/// VACUUM reuses their space.
+async fn truncate_wal(pool: &AnyPool, backend: Backend) -> Result<(), super::StoreError> {
+    if backend == Backend::Sqlite {
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
     }
     Ok(())
@@ -232,10 +246,14 @@ pub(super) async fn seal_plain_rows(pool: &sqlx::SqlitePool, key: &SecretKey) ->
 /// Opens every secret with `key` and, when `new` is given, seals it again under `new`; without,
 /// seals only the plain-text ones. One transaction: either every value moves to the new key or
 /// none does. Returns how many values were written.
-pub(super) async fn rewrite_all(pool: &sqlx::SqlitePool, key: &SecretKey, new: Option<&SecretKey>) -> Result<usize, super::StoreError> {
+pub(super) async fn rewrite_all(pool: &AnyPool, backend: Backend, key: &SecretKey, new: Option<&SecretKey>) -> Result<usize, super::StoreError> {
     use sqlx::Row as _;
     let mut conn = pool.acquire().await?;
-    sqlx::query("PRAGMA secure_delete = ON").execute(&mut *conn).await?;
+    // SQLite only: zero what the rewrite frees (PostgreSQL has no such setting).
+    let sqlite = backend == Backend::Sqlite;
+    if sqlite {
+        sqlx::query("PRAGMA secure_delete = ON").execute(&mut *conn).await?;
+    }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let mut written = 0;
     for (table, column, row_name) in SECRET_COLUMNS {
@@ -255,14 +273,16 @@ pub(super) async fn rewrite_all(pool: &sqlx::SqlitePool, key: &SecretKey, new: O
                 stored
             };
             let sealed = new.unwrap_or(key).seal(&field, &plain);
-            sqlx::query(&format!("UPDATE {table} SET {column} = ? WHERE id = ?")).bind(sealed).bind(id).execute(&mut *tx).await?;
+            sqlx::query(&format!("UPDATE {table} SET {column} = $1 WHERE id = $2")).bind(sealed).bind(id).execute(&mut *tx).await?;
             written += 1;
         }
     }
     tx.commit().await?;
     // Only these rewrites need the zeroing; the writer's everyday deletes (old log lines) do not
     // pay for it.
-    sqlx::query("PRAGMA secure_delete = OFF").execute(&mut *conn).await?;
+    if sqlite {
+        sqlx::query("PRAGMA secure_delete = OFF").execute(&mut *conn).await?;
+    }
     Ok(written)
 }
 
@@ -273,7 +293,7 @@ impl super::Store {
     /// such tenant.
     pub async fn set_harbor_webhook_secret(&self, tenant_id: i64, secret: Option<&str>) -> Result<bool, super::StoreError> {
         let sealed = secret.map(|s| self.key.seal(HARBOR, s));
-        let n = sqlx::query("UPDATE tenants SET harbor_webhook_secret = ? WHERE id = ?")
+        let n = sqlx::query("UPDATE tenants SET harbor_webhook_secret = $1 WHERE id = $2")
             .bind(sealed)
             .bind(tenant_id)
             .execute(&self.writer)
@@ -287,8 +307,9 @@ impl super::Store {
     /// own), None when no tenant has this project.
     pub async fn harbor_webhook_secret_for_project(&self, project: &str) -> Result<Option<(i64, Option<String>)>, super::StoreError> {
         use sqlx::Row as _;
-        let row = sqlx::query("SELECT id, harbor_webhook_secret FROM tenants WHERE json_extract(settings, '$.registry_project') = ?")
-            .bind(project)
+        let sql = format!("SELECT id, harbor_webhook_secret FROM tenants WHERE {} = $1", self.backend.json_field("settings", "registry_project"));
+        let row = sqlx::query(&sql)
+            .bind(super::text(project))
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
@@ -301,14 +322,16 @@ impl super::Store {
     /// A tenant's own Harbor webhook secret, opened.
     pub async fn harbor_webhook_secret(&self, tenant_id: i64) -> Result<Option<String>, super::StoreError> {
         let stored: Option<Option<String>> =
-            sqlx::query_scalar("SELECT harbor_webhook_secret FROM tenants WHERE id = ?").bind(tenant_id).fetch_optional(&self.pool).await?;
+            sqlx::query_scalar("SELECT harbor_webhook_secret FROM tenants WHERE id = $1").bind(tenant_id).fetch_optional(&self.pool).await?;
         stored.flatten().map(|s| Ok(self.key.open(HARBOR, &s, &|| format!("{HARBOR} of tenant {tenant_id}"))?)).transpose()
     }
 
     /// Whether any tenant has its own Harbor webhook secret: one indexed lookup, nothing opened.
     pub async fn has_harbor_webhook_secrets(&self) -> Result<bool, super::StoreError> {
-        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE harbor_webhook_secret IS NOT NULL)").fetch_one(&self.pool).await?;
-        Ok(any)
+        let any: i64 = sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tenants WHERE harbor_webhook_secret IS NOT NULL) THEN 1 ELSE 0 END")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(any != 0)
     }
 
     /// Every tenant's own Harbor webhook secret: a delivery naming no project (a replication
@@ -329,8 +352,8 @@ impl super::Store {
     /// Returns how many values moved. The store keeps using its old key: whoever rotates opens
     /// the store again with the new one.
     pub async fn reencrypt_secrets(&self, new: &SecretKey) -> Result<usize, super::StoreError> {
-        let n = rewrite_all(&self.writer, &self.key, Some(new)).await?;
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
+        let n = rewrite_all(&self.writer, self.backend, &self.key, Some(new)).await?;
+        truncate_wal(&self.writer, self.backend).await?;
         Ok(n)
     }
 }

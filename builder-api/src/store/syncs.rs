@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, Result, Store};
+use super::{json_doc, now_ms, opt_text, text, Result, Store};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BuildSync {
@@ -32,13 +32,13 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         for (cluster, target) in targets {
             sqlx::query(
-                "INSERT INTO build_syncs (build_id, cluster, target, state, updated_at) VALUES (?, ?, ?, 'Running', ?)
+                "INSERT INTO build_syncs (build_id, cluster, target, state, updated_at) VALUES ($1, $2, $3, 'Running', $4)
                  ON CONFLICT (build_id, cluster) DO UPDATE SET target = excluded.target, state = 'Running', reason = NULL,
                     bytes_sent = 0, blobs_sent = 0, blobs_mounted = 0, blobs_skipped = 0, duration_ms = 0, updated_at = excluded.updated_at",
             )
             .bind(build_id)
-            .bind(cluster)
-            .bind(target)
+            .bind(text(cluster))
+            .bind(text(target))
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
@@ -49,11 +49,11 @@ impl Store {
 
     pub async fn finish_sync(&self, build_id: i64, s: &BuildSync) -> Result<()> {
         sqlx::query(
-            "UPDATE build_syncs SET state = ?, reason = ?, bytes_sent = ?, blobs_sent = ?, blobs_mounted = ?, blobs_skipped = ?,
-                duration_ms = ?, updated_at = ? WHERE build_id = ? AND cluster = ?",
+            "UPDATE build_syncs SET state = $1, reason = $2, bytes_sent = $3, blobs_sent = $4, blobs_mounted = $5, blobs_skipped = $6,
+                duration_ms = $7, updated_at = $8 WHERE build_id = $9 AND cluster = $10",
         )
-        .bind(&s.state)
-        .bind(&s.reason)
+        .bind(text(&s.state))
+        .bind(opt_text(s.reason.as_deref()))
         .bind(s.bytes_sent)
         .bind(s.blobs_sent)
         .bind(s.blobs_mounted)
@@ -61,7 +61,7 @@ impl Store {
         .bind(s.duration_ms)
         .bind(now_ms())
         .bind(build_id)
-        .bind(&s.cluster)
+        .bind(text(&s.cluster))
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -70,7 +70,7 @@ impl Store {
     pub async fn syncs(&self, build_id: i64) -> Result<Vec<BuildSync>> {
         let rows = sqlx::query(
             "SELECT cluster, target, state, reason, bytes_sent, blobs_sent, blobs_mounted, blobs_skipped, duration_ms, updated_at
-             FROM build_syncs WHERE build_id = ? ORDER BY cluster",
+             FROM build_syncs WHERE build_id = $1 ORDER BY cluster",
         )
         .bind(build_id)
         .fetch_all(&self.pool)
@@ -100,12 +100,14 @@ impl Store {
         // One statement for them all (rows as a JSON array of [registry, digest, repository]),
         // not a round trip to the writer connection per blob. (`WHERE true`: SQLite needs a WHERE
         // between an INSERT … SELECT and its ON CONFLICT to parse the upsert.)
-        sqlx::query(
+        let sql = format!(
             "INSERT INTO blob_locations (registry, digest, repository, recorded_at)
-             SELECT j.value->>0, j.value->>1, j.value->>2, ?2 FROM json_each(?1) j WHERE true
+             SELECT j.value->>0, j.value->>1, j.value->>2, $2 FROM {} WHERE true
              ON CONFLICT (registry, digest) DO UPDATE SET repository = excluded.repository, recorded_at = excluded.recorded_at",
-        )
-        .bind(serde_json::to_string(locations).expect("locations serialise"))
+            self.backend.json_rows("$1", None, "j")
+        );
+        sqlx::query(&sql)
+        .bind(json_doc(locations))
         .bind(now_ms())
         .execute(&self.writer)
         .await?;
@@ -114,7 +116,7 @@ impl Store {
 
     /// The [`BLOB_LOCATIONS_LOADED`] most recently remembered blob locations.
     pub async fn blob_locations(&self) -> Result<Vec<registry_sync::BlobLocation>> {
-        let rows = sqlx::query("SELECT registry, digest, repository FROM blob_locations ORDER BY recorded_at DESC LIMIT ?")
+        let rows = sqlx::query("SELECT registry, digest, repository FROM blob_locations ORDER BY recorded_at DESC LIMIT $1")
             .bind(BLOB_LOCATIONS_LOADED)
             .fetch_all(&self.pool)
             .await?;

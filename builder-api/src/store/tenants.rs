@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{is_unique_violation, now_ms, Result, Store, StoreError};
+use super::{is_unique_violation, json_doc, now_ms, text, Result, Store, StoreError};
 use crate::validate::Invalid;
 
 #[derive(Debug, Clone, Serialize)]
@@ -283,12 +283,12 @@ pub(super) const JOINED_TENANT_COLUMNS: &str =
 pub(super) const JOINED_TENANT: TenantColumnNames =
     TenantColumnNames { id: "tenant.id", name: "tenant.name", created_at: "tenant.created_at", settings: "tenant.settings" };
 
-fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
+fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
     tenant_from_columns(r, &TENANT)
 }
 
 /// A tenant from the columns of a row with these names.
-pub(super) fn tenant_from_columns(r: &SqliteRow, names: &TenantColumnNames) -> Result<Tenant> {
+pub(super) fn tenant_from_columns(r: &AnyRow, names: &TenantColumnNames) -> Result<Tenant> {
     let id: i64 = r.get(names.id);
     let settings: String = r.get(names.settings);
     let settings = serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("settings of tenant {id}: {e}")))?;
@@ -298,8 +298,8 @@ pub(super) fn tenant_from_columns(r: &SqliteRow, names: &TenantColumnNames) -> R
 impl Store {
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
         let now = now_ms();
-        let id = sqlx::query("INSERT INTO tenants (name, created_at) VALUES (?, ?) RETURNING id")
-            .bind(name)
+        let id = sqlx::query("INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id")
+            .bind(text(name))
             .bind(now)
             .fetch_one(&self.writer)
             .await
@@ -314,32 +314,30 @@ impl Store {
     }
 
     pub async fn tenant(&self, id: i64) -> Result<Option<Tenant>> {
-        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?");
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
         sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.as_ref().map(tenant_from_row).transpose()
     }
 
     pub async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
-        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?");
-        sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?.as_ref().map(tenant_from_row).transpose()
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = $1");
+        sqlx::query(&sql).bind(text(name)).fetch_optional(&self.pool).await?.as_ref().map(tenant_from_row).transpose()
     }
 
     /// Replaces a tenant's settings (already validated by the caller). False: no such tenant.
     pub async fn set_tenant_settings(&self, id: i64, settings: &TenantSettings) -> Result<bool> {
-        let json = serde_json::to_string(settings).expect("settings serialise");
-        let n = sqlx::query("UPDATE tenants SET settings = ? WHERE id = ?").bind(json).bind(id).execute(&self.writer).await?.rows_affected();
+        let json = json_doc(settings);
+        let n = sqlx::query("UPDATE tenants SET settings = $1 WHERE id = $2").bind(json).bind(id).execute(&self.writer).await?.rows_affected();
         Ok(n > 0)
     }
 
     /// The tenants that have a concurrency cap of their own: tenant id → cap; tenants without
     /// one are absent (only the global cap applies to them). One read of the tenants table (one
-    /// row per tenant, SQLite reading one JSON field each), cheap enough for the scheduler to call
-    /// per pick or to cache.
+    /// row per tenant, the database reading one JSON field each), cheap enough for the scheduler
+    /// to call per pick or to cache.
     pub async fn tenant_caps(&self) -> Result<HashMap<i64, u32>> {
-        let rows = sqlx::query(
-            "SELECT id, json_extract(settings, '$.max_concurrent_builds') AS cap FROM tenants WHERE cap IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let cap = format!("CAST({} AS BIGINT)", self.backend.json_field("settings", "max_concurrent_builds"));
+        let sql = format!("SELECT id, cap FROM (SELECT id, {cap} AS cap FROM tenants) t WHERE cap IS NOT NULL");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let (id, cap): (i64, i64) = (r.try_get("id")?, r.try_get("cap")?);
@@ -360,12 +358,12 @@ impl Store {
     ) -> Result<ApiToken> {
         let now = now_ms();
         let id = sqlx::query(
-            "INSERT INTO api_tokens (tenant_id, token_sha256, name, role, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO api_tokens (tenant_id, token_sha256, name, role, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)
              RETURNING id",
         )
         .bind(tenant_id)
         .bind(token_sha256(token))
-        .bind(name)
+        .bind(text(name))
         .bind(role.as_str())
         .bind(expires_at)
         .bind(now)
@@ -386,7 +384,7 @@ impl Store {
     pub async fn tokens(&self, tenant_id: i64) -> Result<Vec<ApiToken>> {
         let rows = sqlx::query(
             "SELECT id, name, role, created_at, expires_at, last_used_at, revoked_at FROM api_tokens
-             WHERE tenant_id = ? ORDER BY id",
+             WHERE tenant_id = $1 ORDER BY id",
         )
         .bind(tenant_id)
         .fetch_all(&self.pool)
@@ -411,9 +409,9 @@ impl Store {
         let now = now_ms();
         // One statement, so two revokes at once cannot each leave the other as the last owner.
         let revoked = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = ?1 WHERE id = ?2 AND tenant_id = ?3 AND revoked_at IS NULL
-               AND (role != 'owner' OR (SELECT COUNT(*) FROM api_tokens WHERE tenant_id = ?3 AND role = 'owner'
-                    AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)) > 1)",
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL
+               AND (role != 'owner' OR (SELECT COUNT(*) FROM api_tokens WHERE tenant_id = $3 AND role = 'owner'
+                    AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)) > 1)",
         )
         .bind(now)
         .bind(id)
@@ -424,7 +422,7 @@ impl Store {
         if revoked > 0 {
             return Ok(Revoked::Now);
         }
-        let row = sqlx::query("SELECT role, revoked_at FROM api_tokens WHERE id = ? AND tenant_id = ?")
+        let row = sqlx::query("SELECT role, revoked_at FROM api_tokens WHERE id = $1 AND tenant_id = $2")
             .bind(id)
             .bind(tenant_id)
             .fetch_optional(&self.writer)
@@ -441,7 +439,7 @@ impl Store {
     pub async fn principal_for_token(&self, token: &str) -> Result<TokenLookup> {
         let row = sqlx::query(
             "SELECT t.id, t.tenant_id, n.name AS tenant_name, t.name, t.role, t.expires_at, t.revoked_at, t.last_used_at
-             FROM api_tokens t LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.token_sha256 = ?",
+             FROM api_tokens t LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.token_sha256 = $1",
         )
         .bind(token_sha256(token))
         .fetch_optional(&self.pool)
@@ -456,7 +454,7 @@ impl Store {
         }
         let token_id: i64 = r.get("id");
         if r.get::<Option<i64>, _>("last_used_at").is_none_or(|used| now - used >= LAST_USED_RESOLUTION_MS) {
-            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?").bind(now).bind(token_id).execute(&self.writer).await?;
+            sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2").bind(now).bind(token_id).execute(&self.writer).await?;
         }
         let principal = match r.get::<Option<i64>, _>("tenant_id") {
             None => Principal::Admin,

@@ -12,7 +12,7 @@
 //! - `plan.rs`: what to copy, read from the source once;
 //! - `orchestrate.rs`: [`copy_image`], which runs the steps below over every target at once;
 //! - `target.rs`: one target during a copy, why it failed, and the reports;
-//! - `prepare.rs`: step 1, what a target lacks (HEADs) and what it gets by a mount;
+//! - `prepare.rs`: step 1, what a target lacks (HEADs) and what it gets by a mount, blob by blob;
 //! - `fanout.rs`: step 2, one blob read once and streamed to every target lacking it;
 //! - `locations.rs`: what copies running together share (blob locations, sends under way, slots);
 //! - `manifests.rs`: step 3, manifests, referrers and tags pushed, then the target verified.
@@ -99,7 +99,8 @@ pub enum CopyEvent {
         blobs: usize,
         bytes: u64,
     },
-    /// What this target lacks, after HEADs and mounts: the bytes it will be sent.
+    /// What this target lacks, once every blob of it was looked at (HEADs and mounts): the bytes
+    /// it will be sent. Sends of blobs found missing earlier may already be under way.
     TargetPlanned {
         target: usize,
         blobs: usize,

@@ -2,7 +2,8 @@
 //! once — what each lacks ([`prepare`](super::prepare)), the missing blobs streamed
 //! ([`fanout`](super::fanout)) or mounted after another copy's send, and the manifests, tags and
 //! verification ([`manifests`](super::manifests)) — and gathers the report. The steps run for all
-//! targets together so that each blob is read from the source once.
+//! targets together so that each blob is read from the source once; steps 1 and 2 overlap blob by
+//! blob, so a blob streams as soon as every target has answered for it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::session::{pull_scope, RegistrySession};
 
 use super::manifests::finish_target;
 use super::plan::{self, Plan};
-use super::prepare::{ensure_blob_without_sending, prepare_target, BlobCheck};
+use super::prepare::{ensure_blob_without_sending, prepare_target, BlobCheck, TargetNeeds};
 use super::target::{CopyReport, TargetCopy, TargetError};
 use super::{fanout, CopyError, CopyEvent, CopyOptions};
 
@@ -77,30 +78,21 @@ pub async fn copy_image(
         })
         .collect();
 
-    // 1. What each target lacks (all targets at once).
+    // 1. Which blobs each target may lack: the blobs of the manifests it lacks (all targets at
+    //    once).
     let needs = future::join_all(
         target_copies
             .iter()
-            .map(|t| prepare_target(t, &plan, source, progress)),
+            .map(|t| prepare_target(t, &plan, progress)),
     )
     .await;
 
-    // 2. Stream each missing blob once to every target that needs it, in the transfer slots
-    //    shared with other copies; meanwhile, blobs another copy is sending to a target's
-    //    registry are waited for and mounted. (A wait never holds a slot, and a stream never
-    //    waits for another copy, so copies waiting on each other's blobs cannot deadlock.)
-    let mut wanted: Vec<(usize, Vec<&TargetCopy>)> = Vec::new();
-    for (blob, _) in plan.blobs.iter().enumerate() {
-        let ts: Vec<&TargetCopy> = target_copies
-            .iter()
-            .zip(&needs)
-            .filter(|(t, need)| !t.failed() && need.missing_blobs.contains(&blob))
-            .map(|(t, _)| t)
-            .collect();
-        if !ts.is_empty() {
-            wanted.push((blob, ts));
-        }
-    }
+    // 2. Blob by blob: every target that may lack it looks (a mount, a HEAD, a claim), then the
+    //    blob streams once to every target that lacks it, in the transfer slots shared with other
+    //    copies, while other blobs are still being looked at — so a new layer uploads while the
+    //    base's mount is under way, as skopeo does. A blob another copy is sending to a target's
+    //    registry is waited for and mounted. (A wait never holds a slot, and a stream never waits
+    //    for another copy, so copies waiting on each other's blobs cannot deadlock.)
     let sender = BlobSender {
         src: &src,
         source,
@@ -108,14 +100,7 @@ pub async fn copy_image(
         options,
         progress,
     };
-    let own = future::join_all(wanted.into_iter().map(|(blob, ts)| sender.send(blob, ts)));
-    let others = future::join_all(target_copies.iter().zip(&needs).flat_map(|(t, need)| {
-        let sender = &sender;
-        need.awaited
-            .iter()
-            .map(move |(blob, done)| sender.mount_after_other_send(t, *blob, done.clone()))
-    }));
-    future::join(own, others).await;
+    future::join_all((0..plan.blobs.len()).map(|blob| sender.look_and_send(blob, &target_copies, &needs))).await;
 
     // 3. Manifests, referrers, tags; then verify.
     future::join_all(
@@ -147,6 +132,46 @@ struct BlobSender<'a> {
 }
 
 impl BlobSender<'_> {
+    /// Looks at blob `blob` on every target that may lack it, then sends it to those that do and
+    /// mounts it on those another copy is sending it to.
+    async fn look_and_send(&self, blob: usize, targets: &[TargetCopy], needs: &[TargetNeeds]) {
+        let b = &self.plan.blobs[blob];
+        let looks: Vec<_> = targets
+            .iter()
+            .zip(needs)
+            .filter(|(t, need)| !t.failed() && need.to_look_at.contains(&blob))
+            .map(|(t, need)| async move {
+                (t, need.look_at(t, &b.digest, b.size, self.source, self.progress).await)
+            })
+            .collect();
+        let mut send_to = Vec::new();
+        let mut awaited = Vec::new();
+        for (t, check) in future::join_all(looks).await {
+            match check {
+                Ok(BlobCheck::There) => {}
+                Ok(BlobCheck::Send(claim)) => {
+                    t.hold_claim(&b.digest, claim);
+                    send_to.push(t);
+                }
+                Ok(BlobCheck::Awaited(done)) => awaited.push((t, done)),
+                Err(e) => t.fail(TargetError::Registry(e)),
+            }
+        }
+        // A target that failed meanwhile (another blob's look) is not sent to.
+        send_to.retain(|t| !t.failed());
+        let own = async {
+            if !send_to.is_empty() {
+                self.send(blob, send_to).await;
+            }
+        };
+        let others = future::join_all(
+            awaited
+                .into_iter()
+                .map(|(t, done)| self.mount_after_other_send(t, blob, done)),
+        );
+        future::join(own, others).await;
+    }
+
     /// Streams blob `blob` once to every target in `targets`, then ends their claims on it.
     async fn send(&self, blob: usize, targets: Vec<&TargetCopy>) {
         let _slot = self.options.transfers.acquire().await;

@@ -1,13 +1,15 @@
 //! Step 1 of a copy, per target: what it lacks and what it gets without a send. Manifests are
 //! HEADed first, since a manifest the target has brings its blobs along; the blobs of the missing
-//! ones are then mounted from a repository of the same registry known to hold them, HEADed, or
-//! claimed for sending — or, when another copy is sending one there already, awaited.
+//! ones are then looked at one by one — mounted from a repository of the same registry known to
+//! hold them, HEADed, or claimed for sending, or, when another copy is sending one there already,
+//! awaited. A blob's send starts as soon as every target has answered for that blob.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures_util::{stream, StreamExt};
 use reqwest::{header, StatusCode};
+use tokio::sync::Semaphore;
 
 use crate::client::RegistryError;
 use crate::reference::ImageRef;
@@ -25,15 +27,64 @@ async fn at_most<F: std::future::Future>(n: usize, futures: Vec<F>) -> Vec<F::Ou
     stream::iter(futures).buffer_unordered(n).collect().await
 }
 
-/// What one target lacks.
-#[derive(Debug, Default)]
+/// What one target lacks, as its blobs are looked at.
+#[derive(Debug)]
 pub(super) struct TargetNeeds {
     /// Indexes into `plan.manifests` already on the target.
     pub(super) present_manifests: HashSet<usize>,
-    /// Indexes into `plan.blobs` to stream to it.
-    pub(super) missing_blobs: HashSet<usize>,
-    /// Blobs another copy is sending to its registry right now: mounted when that ends.
-    pub(super) awaited: Vec<(usize, tokio::sync::watch::Receiver<()>)>,
+    /// Indexes into `plan.blobs` to look at: the blobs of the manifests it lacks.
+    pub(super) to_look_at: HashSet<usize>,
+    /// At most eight looks (mount, HEAD) in flight per target.
+    looks: Semaphore,
+    /// Looks not yet answered; at zero the target's plan is known ([`CopyEvent::TargetPlanned`]).
+    looks_left: AtomicUsize,
+    blobs_to_send: AtomicUsize,
+    bytes_to_send: AtomicU64,
+}
+
+impl TargetNeeds {
+    fn new() -> Self {
+        TargetNeeds {
+            present_manifests: HashSet::new(),
+            to_look_at: HashSet::new(),
+            looks: Semaphore::new(8),
+            looks_left: AtomicUsize::new(0),
+            blobs_to_send: AtomicUsize::new(0),
+            bytes_to_send: AtomicU64::new(0),
+        }
+    }
+
+    /// Looks at blob `digest` on `t` (at most eight at once per target) and counts the answer;
+    /// after the last one, says what the target will be sent.
+    pub(super) async fn look_at(
+        &self,
+        t: &TargetCopy,
+        digest: &str,
+        size: u64,
+        source: &ImageRef,
+        progress: &(dyn Fn(CopyEvent) + Send + Sync),
+    ) -> Result<BlobCheck, RegistryError> {
+        let check = {
+            let _look = self.looks.acquire().await.expect("the look semaphore is never closed");
+            ensure_blob_without_sending(t, digest, source, progress).await
+        };
+        if let Ok(BlobCheck::Send(_)) = &check {
+            self.blobs_to_send.fetch_add(1, Ordering::Relaxed);
+            self.bytes_to_send.fetch_add(size, Ordering::Relaxed);
+        }
+        if self.looks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.planned(t, progress);
+        }
+        check
+    }
+
+    fn planned(&self, t: &TargetCopy, progress: &(dyn Fn(CopyEvent) + Send + Sync)) {
+        progress(CopyEvent::TargetPlanned {
+            target: t.index,
+            blobs: self.blobs_to_send.load(Ordering::Relaxed),
+            bytes: self.bytes_to_send.load(Ordering::Relaxed),
+        });
+    }
 }
 
 /// Where a blob the target needs stands.
@@ -46,14 +97,15 @@ pub(super) enum BlobCheck {
     Awaited(tokio::sync::watch::Receiver<()>),
 }
 
-/// Authenticates, HEADs manifests then the blobs of the missing ones, and mounts what it can.
+/// Authenticates and HEADs the manifests: which blobs of the plan the target may lack. The blobs
+/// themselves are looked at blob by blob ([`TargetNeeds::look_at`]), so that a blob found missing
+/// starts streaming while the target's other blobs are still being mounted or HEADed.
 pub(super) async fn prepare_target(
     t: &TargetCopy,
     plan: &Plan,
-    source: &ImageRef,
     progress: &(dyn Fn(CopyEvent) + Send + Sync),
 ) -> TargetNeeds {
-    let mut needs = TargetNeeds::default();
+    let mut needs = TargetNeeds::new();
     if let Err(e) = t.session.authenticate(&t.scopes).await {
         t.fail(TargetError::Registry(e));
         return needs;
@@ -82,45 +134,18 @@ pub(super) async fn prepare_target(
     }
     // A registry accepts a manifest only once its blobs (and children) are there, so only the
     // blobs of missing manifests need a look.
-    let mut candidates: Vec<usize> = Vec::new();
     for (i, m) in plan.manifests.iter().enumerate() {
         if !needs.present_manifests.contains(&i) {
-            for &b in &m.blobs {
-                if !candidates.contains(&b) {
-                    candidates.push(b);
-                }
-            }
+            needs.to_look_at.extend(m.blobs.iter().copied());
         }
     }
-    let skipped_with_manifests = plan.blobs.len() - candidates.len();
+    let skipped_with_manifests = plan.blobs.len() - needs.to_look_at.len();
     t.blobs_skipped
         .fetch_add(skipped_with_manifests, Ordering::Relaxed);
-    let checks: Vec<_> = candidates
-        .into_iter()
-        .map(|b| async move { (b, ensure_blob_without_sending(t, &plan.blobs[b].digest, source, progress).await) })
-        .collect();
-    let checks = at_most(8, checks).await;
-    let mut bytes = 0;
-    for (b, check) in checks {
-        match check {
-            Ok(BlobCheck::There) => {}
-            Ok(BlobCheck::Send(claim)) => {
-                bytes += plan.blobs[b].size;
-                t.hold_claim(&plan.blobs[b].digest, claim);
-                needs.missing_blobs.insert(b);
-            }
-            Ok(BlobCheck::Awaited(done)) => needs.awaited.push((b, done)),
-            Err(e) => {
-                t.fail(TargetError::Registry(e));
-                return needs;
-            }
-        }
+    needs.looks_left = AtomicUsize::new(needs.to_look_at.len());
+    if needs.to_look_at.is_empty() {
+        needs.planned(t, progress);
     }
-    progress(CopyEvent::TargetPlanned {
-        target: t.index,
-        blobs: needs.missing_blobs.len(),
-        bytes,
-    });
     needs
 }
 

@@ -56,6 +56,9 @@
     renderDuration();
     $('b-image-row').hidden = !b.image;
     $('b-image').textContent = b.image || '';
+    // The heap options Kiln put into the image (JVM sizing), as the build record has them.
+    $('b-jvm-row').hidden = !b.jvm_options;
+    $('b-jvm').textContent = b.jvm_options || '';
     const reason = $('b-reason');
     reason.textContent = b.reason || '';
     reason.hidden = !b.reason;
