@@ -289,14 +289,35 @@ pub async fn assemble_checked(
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| AssembleError::Internal(e.to_string()))?;
     let digest = layer::sha256_digest(&manifest_bytes);
-    client
-        .push_manifest_raw(
+    let push_manifest = || {
+        client.push_manifest_raw(
             &target_oci,
-            manifest_bytes,
+            manifest_bytes.clone(),
             OCI_IMAGE_MEDIA_TYPE.parse().expect("static header value"),
         )
-        .await
-        .map_err(|e| client::classify(e, opts, target, "push manifest"))?;
+    };
+    match push_manifest().await {
+        Ok(_) => {}
+        // Two builds of one commit push the same blobs to one repository at once: a HEAD may
+        // find a blob the other build is still committing, and the manifest then names a blob
+        // the registry does not have yet (docker-registry answers 400 MANIFEST_BLOB_UNKNOWN, seen
+        // in the suite). Send this image's own blobs, present or not, and try once more.
+        Err(e) if blob_unknown(&e) => {
+            progress(format!("the registry lacks a blob of the manifest ({e}); sending the image's own blobs again"));
+            for layer in &built {
+                client
+                    .push_blob(&target_oci, layer.blob.clone(), &layer.digest)
+                    .await
+                    .map_err(|e| client::classify(e, opts, target, &format!("push layer {}", layer.digest)))?;
+            }
+            client
+                .push_blob(&target_oci, config_bytes.clone(), &config_digest)
+                .await
+                .map_err(|e| client::classify(e, opts, target, "push config"))?;
+            push_manifest().await.map_err(|e| client::classify(e, opts, target, "push manifest"))?;
+        }
+        Err(e) => return Err(client::classify(e, opts, target, "push manifest").into()),
+    }
     progress(format!("pushed manifest {digest} to {target}"));
 
     Ok(PushedImage {
@@ -470,6 +491,11 @@ async fn ensure_base_layer(
     stats.pushed += 1;
     stats.bytes += size;
     Ok(())
+}
+
+/// Whether a manifest push was refused because the registry lacks a blob it names.
+fn blob_unknown(e: &OciDistributionError) -> bool {
+    e.to_string().contains("BLOB_UNKNOWN")
 }
 
 /// Sets `key` in `env` to `joined(old value)`, or to `alone` when the image has no value (or
