@@ -91,6 +91,13 @@ mod gitlab_api;
 #[path = "../../tests/support/token_service.rs"]
 mod token_service;
 
+/// The tests' throwaway PostgreSQL cluster (`intake` runs Kiln on it as well as on SQLite).
+#[allow(dead_code)]
+#[path = "../../tests/support/postgres.rs"]
+pub mod pg_cluster;
+/// The name `pg_cluster` (the tests' `support::postgres`) finds the registry support under.
+use test_registry as registry;
+
 /// The test support's secret scan, which `registry.rs` and `serve_process.rs` feed: the benchmarks
 /// scan no output for secrets (the test suite does), so these are no-ops here.
 mod support {
@@ -99,11 +106,7 @@ mod support {
         pub fn capture(_source: &str, _text: &str) {}
         pub fn assert_no_leaks() {}
     }
-    pub use crate::registry;
-    /// The tests' throwaway PostgreSQL cluster (`intake` runs Kiln on it as well as on SQLite).
-    #[allow(dead_code)]
-    #[path = "../../../tests/support/postgres.rs"]
-    pub mod pg_cluster;
+    pub use crate::pg_cluster;
     /// The benchmarks' stores are SQLite under their data dirs, unless a run names a PostgreSQL
     /// database for the next `kiln serve` it starts.
     pub mod postgres {
