@@ -525,7 +525,7 @@ fn postgres_cpu() -> Duration {
 async fn intake_run(n: usize, database: Option<String>) -> IntakeFigures {
     let dir = tempfile::tempdir().unwrap();
     let on_postgres = database.is_some();
-    *support::postgres::NEXT_DATABASE.lock().unwrap() = database;
+    *support::postgres::NEXT_DATABASE.lock().unwrap() = database.clone();
     let db_cpu = || if on_postgres { postgres_cpu() } else { Duration::ZERO };
     // `kiln serve` in its own process, as it is deployed: the benchmark's client and Kiln do not
     // share a runtime, and Kiln's own CPU time is read from /proc. Builds run (and fail fast:
@@ -574,14 +574,10 @@ async fn intake_run(n: usize, database: Option<String>) -> IntakeFigures {
     let db_used = db_cpu() - db_before;
 
     // Counted from the database the process wrote, after it is gone.
-    let store_url = {
-        let text = std::fs::read_to_string(dir.path().join("kiln.toml")).unwrap();
-        text.lines().find_map(|l| l.strip_prefix("url = \"")).map(|u| u.trim_end_matches('"').to_string())
-    };
     drop(serve);
     let data = dir.path().join("data");
     let key = builder_api::store::SecretKey::load(&data, None).unwrap();
-    let store = builder_api::store::Store::connect(store_url.as_deref(), &data, key).await.unwrap();
+    let store = builder_api::store::Store::connect(database.as_deref(), &data, key).await.unwrap();
     let persisted = store.delivery_count("gitlab").await.unwrap();
     let builds = store.builds(None, None, None, 10_000).await.unwrap().len();
     assert_eq!((persisted as usize, builds), (2 * n, 2 * n), "persisted deliveries and builds");
@@ -1305,6 +1301,72 @@ async fn followers() {
     assert_eq!(complete, FOLLOWERS, "some followers missed lines");
 }
 
+/// The Authorization header Harbor's webhooks carry in the rollout benches, and the registry the
+/// bench cluster pulls from.
+const AUTH: &str = "Basic YmVuY2g6aGFyYm9y";
+const REGISTRY: &str = "harbor.bench.example";
+
+/// What the rollout benches run against: a fake API server with `apps` Deployments `shop/web-{i}`
+/// of `replicas` pods (each behind its Service when a `strategy` is given, which then goes on
+/// every subscription), and a Kiln serving them with tenant `bench` and its apps `app-{i}`, each
+/// subscribed to its Deployment with `glob:*`.
+struct RolloutBench {
+    dir: tempfile::TempDir,
+    fake: fake_kube::FakeKube,
+    ctx: Arc<Context>,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl RolloutBench {
+    async fn start(apps: usize, replicas: u32, strategy: Option<serde_json::Value>) -> RolloutBench {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_kube::FakeKube::start(fake_kube::FakeKubeOptions {
+            root: Some(dir.path().join("fake")),
+            kubelet: false,
+            namespaces: vec!["default".into(), "shop".into()],
+            ..fake_kube::FakeKubeOptions::default()
+        });
+        for i in 0..apps {
+            let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("web-{i}")},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": format!("web-{i}")}},
+                         "template": {"metadata": {"labels": {"app": format!("web-{i}")}},
+                                      "spec": {"containers": [{"name": "app", "image": format!("{REGISTRY}/bench/app-{i}:old")}]}}}});
+            fake.create("shop", "deployments", d).unwrap();
+            if strategy.is_some() {
+                let svc = json!({"metadata": {"name": format!("web-{i}")}, "spec": {"selector": {"app": format!("web-{i}")}, "ports": [{"port": 80}]}});
+                fake.create("shop", "services", svc).unwrap();
+            }
+        }
+        let mut c = Config::default();
+        c.store.data_dir = dir.path().join("data");
+        c.server.admin_token = Some(ADMIN.into());
+        c.harbor.webhook_auth = Some(AUTH.into());
+        c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), ..Default::default() }];
+        let ctx = builder_api::server::build_context(c).await.unwrap();
+        ctx.clusters.set_client("bench", fake.client());
+        let url = serve_in_process(&ctx).await;
+        let http = reqwest::Client::new();
+        let token = create_tenant(&http, &url).await;
+        // The tenant deploys only where an admin granted it.
+        let grant = json!({"deploy_namespaces": ["shop"]});
+        let res = http.put(format!("{url}/api/v1/tenants/bench/settings")).bearer_auth(ADMIN).json(&grant).send().await.unwrap();
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+        for i in 0..apps {
+            let app = json!({"name": format!("app-{i}"), "git_url": "http://127.0.0.1:9/bench/app.git", "image_repository": format!("{REGISTRY}/bench/app-{i}"),
+                             "webhook_secret": "bench-secret"});
+            assert!(http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap().status().is_success());
+            let mut sub = json!({"cluster": "bench", "namespace": "shop", "deployment": format!("web-{i}"), "container": "app", "policy": "glob:*"});
+            if let Some(strategy) = &strategy {
+                sub["strategy"] = strategy.clone();
+            }
+            let res = http.post(format!("{url}/api/v1/apps/app-{i}/subscriptions")).bearer_auth(&token).json(&sub).send().await.unwrap();
+            assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+        }
+        RolloutBench { dir, fake, ctx, url, http }
+    }
+}
+
 /// `rollout`: 500 Harbor webhooks (5 pushes to each of 100 repositories) for 100 Deployments, each
 /// subscribed to one repository, on the fake API server: webhook arrival → Deployment patched.
 async fn rollout() {
@@ -1312,44 +1374,7 @@ async fn rollout() {
 
     const APPS: usize = 100;
     const PUSHES: usize = 5;
-    const AUTH: &str = "Basic YmVuY2g6aGFyYm9y";
-    const REGISTRY: &str = "harbor.bench.example";
-    let dir = tempfile::tempdir().unwrap();
-    let fake = fake_kube::FakeKube::start(fake_kube::FakeKubeOptions {
-        root: Some(dir.path().join("fake")),
-        kubelet: false,
-        namespaces: vec!["default".into(), "shop".into()],
-        ..fake_kube::FakeKubeOptions::default()
-    });
-    for i in 0..APPS {
-        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("web-{i}")},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": format!("web-{i}")}},
-                     "template": {"metadata": {"labels": {"app": format!("web-{i}")}},
-                                  "spec": {"containers": [{"name": "app", "image": format!("{REGISTRY}/bench/app-{i}:old")}]}}}});
-        fake.create("shop", "deployments", d).unwrap();
-    }
-    let mut c = Config::default();
-    c.store.data_dir = dir.path().join("data");
-    c.server.admin_token = Some(ADMIN.into());
-    c.harbor.webhook_auth = Some(AUTH.into());
-    c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), ..Default::default() }];
-    let ctx = builder_api::server::build_context(c).await.unwrap();
-    ctx.clusters.set_client("bench", fake.client());
-    let url = serve_in_process(&ctx).await;
-    let http = reqwest::Client::new();
-    let token = create_tenant(&http, &url).await;
-    // The tenant deploys only where an admin granted it.
-    let grant = json!({"deploy_namespaces": ["shop"]});
-    let res = http.put(format!("{url}/api/v1/tenants/bench/settings")).bearer_auth(ADMIN).json(&grant).send().await.unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-    for i in 0..APPS {
-        let app = json!({"name": format!("app-{i}"), "git_url": "http://127.0.0.1:9/bench/app.git", "image_repository": format!("{REGISTRY}/bench/app-{i}"),
-                         "webhook_secret": "bench-secret"});
-        assert!(http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap().status().is_success());
-        let sub = json!({"cluster": "bench", "namespace": "shop", "deployment": format!("web-{i}"), "container": "app", "policy": "glob:*"});
-        let res = http.post(format!("{url}/api/v1/apps/app-{i}/subscriptions")).bearer_auth(&token).json(&sub).send().await.unwrap();
-        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-    }
+    let RolloutBench { dir: _dir, fake, ctx, url, http } = RolloutBench::start(APPS, 1, None).await;
 
     // The benchmark's own watch sees each image set (the digest says which push it was).
     let api: kube::Api<Deployment> = kube::Api::namespaced(fake.client(), "shop");
@@ -1424,46 +1449,7 @@ async fn release_strategy(kind: &str, strategy: serde_json::Value) {
 
     const APPS: usize = 20;
     const WAVES: usize = 2;
-    const AUTH: &str = "Basic YmVuY2g6aGFyYm9y";
-    const REGISTRY: &str = "harbor.bench.example";
-    let dir = tempfile::tempdir().unwrap();
-    let fake = fake_kube::FakeKube::start(fake_kube::FakeKubeOptions {
-        root: Some(dir.path().join("fake")),
-        kubelet: false,
-        namespaces: vec!["default".into(), "shop".into()],
-        ..fake_kube::FakeKubeOptions::default()
-    });
-    for i in 0..APPS {
-        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("web-{i}")},
-            "spec": {"replicas": 4, "selector": {"matchLabels": {"app": format!("web-{i}")}},
-                     "template": {"metadata": {"labels": {"app": format!("web-{i}")}},
-                                  "spec": {"containers": [{"name": "app", "image": format!("{REGISTRY}/bench/app-{i}:old")}]}}}});
-        fake.create("shop", "deployments", d).unwrap();
-        let svc = json!({"metadata": {"name": format!("web-{i}")}, "spec": {"selector": {"app": format!("web-{i}")}, "ports": [{"port": 80}]}});
-        fake.create("shop", "services", svc).unwrap();
-    }
-    let mut c = Config::default();
-    c.store.data_dir = dir.path().join("data");
-    c.server.admin_token = Some(ADMIN.into());
-    c.harbor.webhook_auth = Some(AUTH.into());
-    c.clusters = vec![builder_api::config::ClusterConfig { name: "bench".into(), registry: REGISTRY.into(), ..Default::default() }];
-    let ctx = builder_api::server::build_context(c).await.unwrap();
-    ctx.clusters.set_client("bench", fake.client());
-    let url = serve_in_process(&ctx).await;
-    let http = reqwest::Client::new();
-    let token = create_tenant(&http, &url).await;
-    let grant = json!({"deploy_namespaces": ["shop"]});
-    let res = http.put(format!("{url}/api/v1/tenants/bench/settings")).bearer_auth(ADMIN).json(&grant).send().await.unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-    for i in 0..APPS {
-        let app = json!({"name": format!("app-{i}"), "git_url": "http://127.0.0.1:9/bench/app.git", "image_repository": format!("{REGISTRY}/bench/app-{i}"),
-                         "webhook_secret": "bench-secret"});
-        assert!(http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap().status().is_success());
-        let sub = json!({"cluster": "bench", "namespace": "shop", "deployment": format!("web-{i}"), "container": "app", "policy": "glob:*",
-                         "strategy": strategy});
-        let res = http.post(format!("{url}/api/v1/apps/app-{i}/subscriptions")).bearer_auth(&token).json(&sub).send().await.unwrap();
-        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-    }
+    let RolloutBench { dir: _dir, fake, ctx, url, http } = RolloutBench::start(APPS, 4, Some(strategy)).await;
 
     // The benchmark's own watches. Blue-green: every change of a Service's colour, in order.
     // Canary: the first moment a canary Deployment has a Ready pod of a digest (its first

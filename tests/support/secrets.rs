@@ -132,7 +132,8 @@ struct CaptureWriter;
 
 impl std::io::Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if std::env::var_os("KILN_TEST_TRACE").is_some() {
+        static PRINT: OnceLock<bool> = OnceLock::new();
+        if *PRINT.get_or_init(|| std::env::var_os("KILN_TEST_TRACE").is_some()) {
             eprint!("{}", String::from_utf8_lossy(buf));
         }
         capture("tracing", &String::from_utf8_lossy(buf));
