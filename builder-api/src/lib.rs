@@ -12,12 +12,14 @@
 //! - the web page (builds list, build page with the live log) is in [`web`],
 //! - a built image is copied to every cluster's registry in [`replication`] (the copy engine is
 //!   `registry-sync`), and rolls out to subscribed Deployments in [`rollout`],
-//! - APM agents (which one, its layer, its injection into an image) are in [`apm`].
+//! - APM agents (which one, its layer, its injection into an image) are in [`apm`],
+//! - what the replicas on one PostgreSQL database tell each other is acted on in [`peers`]
+//!   (sent by `store/signals.rs`; claims on running builds are `store/claims.rs`).
 //!
 //! Layers, top to bottom, each importing only itself and below (checked by
 //! `tests/architecture.rs`): entry points ([`cli`], [`server`]) → HTTP ([`router`], [`handlers`],
 //! [`hooks`], [`web`], [`auth`], [`audit`], [`error`]) → services ([`context`], [`scheduler`],
-//! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`], [`gitlab_status`]) → model and storage
+//! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`], [`gitlab_status`], [`peers`]) → model and storage
 //! ([`store`], [`plan`], [`config`]) → leaf utilities ([`validate`], [`branch_filter`],
 //! [`ratelimit`], [`json_file`], [`failure_line`]).
 
@@ -40,6 +42,7 @@ pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;
+pub mod peers;
 pub mod plan;
 pub mod ratelimit;
 pub mod replication;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -96,16 +97,23 @@ fn local_executor(config: &Config, kiln_binary: PathBuf, data_dir: PathBuf) -> L
     }
 }
 
-/// Recovers what a previous process left running and starts the scheduler.
+/// Recovers what a previous process (or a stopped replica) left running and starts the
+/// background loops: the scheduler, the claims, listening to the other replicas, and — on the
+/// replica that leads — the cluster-wide loops.
 pub async fn start_background(ctx: &Arc<Context>) -> anyhow::Result<()> {
     ctx.executor.reconcile(&ctx.store).await.context("reconciling the executor's leftovers")?;
-    let n = scheduler::recover_interrupted(ctx).await?;
+    // Taken before looking for orphans, so no other replica takes this one's builds for a
+    // stopped replica's.
+    ctx.store.hold_liveness(&ctx.scheduler.replica.0).await.context("taking this replica's liveness lock")?;
+    let n = scheduler::adopt_orphans(ctx, true).await?;
     if n > 0 {
         tracing::warn!("{n} build(s) were interrupted by the last stop and are marked Failed");
     }
     tokio::spawn(scheduler::run(ctx.clone()));
-    tokio::spawn(crate::rollout::run(ctx.clone()));
-    crate::replication::resume(ctx).await?;
+    tokio::spawn(scheduler::keep_claims(ctx.clone()));
+    tokio::spawn(crate::peers::listen(ctx.clone()));
+    let leading = ctx.store.leadership().await?;
+    tokio::spawn(crate::rollout::run(ctx.clone(), leading));
     Ok(())
 }
 
@@ -132,13 +140,34 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     start_background(&ctx).await?;
     let listener = listen_on(listen).with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("kiln: listening on http://{}", listener.local_addr()?);
-    let app = crate::router::router(AppState(ctx));
+    let app = crate::router::router(AppState(ctx.clone()));
     // With the peer's address in each request: the audit log records where a change came from.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     // Small answers and log events go out at once, not held back by Nagle's algorithm.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let stopping = ctx.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            drain(&stopping).await;
+        })
+        .await?;
+    // Every answer is out. The builds this replica follows go to the others.
+    let handed = scheduler::hand_back(&ctx).await?;
+    eprintln!("kiln: stopped; {handed} running build(s) handed to the other replicas");
     Ok(())
+}
+
+/// SIGTERM: no more builds start here and `/readyz` answers 503, while everything else is still
+/// served for `server.drain_secs` (the Service stops routing here a probe period later); then log
+/// streams are cut (their clients resume on another replica with `Last-Event-ID`) and the
+/// listener closes once the answers in flight are out.
+async fn drain(ctx: &Context) {
+    ctx.scheduler.stop_starting();
+    let secs = ctx.config.server.drain_secs;
+    eprintln!("kiln: stopping: /readyz answers 503; serving {secs} s more, then closing");
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    ctx.hub.cut_followers();
 }
 
 async fn shutdown_signal() {

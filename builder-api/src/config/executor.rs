@@ -12,8 +12,12 @@ use crate::store::Tenant;
 pub struct ExecutorConfig {
     /// `local` (host processes, the default) or `kube` (one Job per build; see `[kube]`).
     pub kind: String,
-    /// Builds running at once; the rest wait Queued.
+    /// Builds running at once on this replica; the rest wait Queued.
     pub max_concurrent_builds: usize,
+    /// How long a replica's claim on the builds it runs holds unless renewed (it renews every
+    /// third of this). With several replicas on PostgreSQL, a replica that dies loses its claims
+    /// after this long and another one adopts its builds.
+    pub claim_lease_secs: u64,
     /// A build running longer than this ends TimedOut.
     pub build_timeout_secs: u64,
     /// The `kiln` binary the steps run (`kiln step clone`, …). Default: this binary.
@@ -39,6 +43,7 @@ impl Default for ExecutorConfig {
         Self {
             kind: "local".into(),
             max_concurrent_builds: 2,
+            claim_lease_secs: 10,
             build_timeout_secs: 3600,
             kiln_binary: None,
             keep_workspaces: false,

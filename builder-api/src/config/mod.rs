@@ -202,6 +202,15 @@ impl Config {
                 message: format!("{} is not between 0 and 19", self.executor.step_nice),
             });
         }
+        if self.executor.claim_lease_secs < 2 {
+            return Err(ConfigError::Invalid {
+                field: "executor.claim_lease_secs",
+                message: format!("{} is less than 2: a replica renews its claims every third of the lease", self.executor.claim_lease_secs),
+            });
+        }
+        if !(0.0..=3600.0).contains(&self.server.drain_secs) {
+            return Err(ConfigError::Invalid { field: "server.drain_secs", message: format!("{} is not between 0 and 3600", self.server.drain_secs) });
+        }
         if self.executor.max_concurrent_builds == 0 {
             return Err(ConfigError::Env {
                 name: "KILN_MAX_CONCURRENT_BUILDS",

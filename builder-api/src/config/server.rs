@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// Kiln's address as users reach it (`https://kiln.example`): the links in GitLab commit
     /// statuses point at `{public_url}/ui/builds/{id}`. Unset: `http://{listen}`.
     pub public_url: Option<String>,
+    /// On SIGTERM, how long Kiln keeps serving while `/readyz` answers 503, so the Service stops
+    /// sending it requests before it closes its listener (the endpoints of a Service follow
+    /// readiness a probe period late).
+    pub drain_secs: f64,
 }
 
 impl ServerConfig {
@@ -72,13 +76,14 @@ impl std::fmt::Debug for ServerConfig {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "****"))
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("public_url", &self.public_url)
+            .field("drain_secs", &self.drain_secs)
             .finish()
     }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None, trust_forwarded_for: false, public_url: None }
+        Self { listen: "127.0.0.1:8080".parse().unwrap(), max_body_bytes: 1 << 20, admin_token: None, trust_forwarded_for: false, public_url: None, drain_secs: 5.0 }
     }
 }
 

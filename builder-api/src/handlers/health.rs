@@ -1,4 +1,4 @@
-//! `/healthz` (the process answers), `/readyz` (the store answers), `/metrics` (Prometheus text).
+//! `/healthz` (the process answers), `/readyz` (the store answers and the replica is not stopping), `/metrics` (Prometheus text).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -11,6 +11,10 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.scheduler.is_stopping() {
+        // SIGTERM: the Service should send the next requests to another replica.
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_string());
+    }
     match s.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}\n")),

@@ -131,7 +131,8 @@ impl LogCapture {
         let mut truncated = bytes > max_bytes;
         hub.opened(build_id);
         let (tx, mut rx) = mpsc::channel::<Entry>(4096);
-        let task = tokio::spawn(async move {
+        let writer_hub = hub.clone();
+        let task = writer_hub.spawn_writer(async move {
             let mut batch = Vec::with_capacity(BATCH);
             let mut last_flush: Option<tokio::time::Instant> = None;
             while let Some(first) = rx.recv().await {
@@ -196,6 +197,8 @@ impl LogCapture {
                 last_flush = Some(tokio::time::Instant::now());
                 hub.stored(build_id, Arc::new(super::Lines::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))));
             }
+            // Every sink is gone: closed, or dropped with a build this replica stopped following.
+            hub.closed(build_id);
             Ok(())
         });
         LogCapture { sink: LogSink { tx }, task }

@@ -45,6 +45,17 @@ impl std::ops::Deref for Lines {
     }
 }
 
+/// Lines `first..=last` of a build were stored by another replica: when followers here wait for
+/// them, read them from the store (once for all of them) and hand them out as if stored here.
+pub async fn relay(store: &crate::store::Store, hub: &LogHub, build_id: i64, first: i64, last: i64) -> Result<(), crate::store::StoreError> {
+    let Some(after) = hub.relay_after(build_id, first, last) else { return Ok(()) };
+    let lines = store.log_after(build_id, after, last - after).await?;
+    if !lines.is_empty() {
+        hub.stored(build_id, Arc::new(Lines::new(lines)));
+    }
+    Ok(())
+}
+
 /// Batches kept for followers that read a little late; one further behind reads the store.
 const BROADCAST_BATCHES: usize = 256;
 
@@ -66,6 +77,12 @@ impl Channel {
 #[derive(Default)]
 pub struct LogHub {
     builds: Mutex<HashMap<i64, Channel>>,
+    /// The captures' store writers: a replica that stops waits for them before it hands its
+    /// builds to another, so no line is stored by both.
+    writers: tokio_util::task::TaskTracker,
+    /// Cancelled when the replica stops: log streams end without their `end` event, and their
+    /// clients resume on another replica with `Last-Event-ID`.
+    cut: tokio_util::sync::CancellationToken,
 }
 
 impl LogHub {
@@ -93,6 +110,65 @@ impl LogHub {
             // No receiver is fine: nobody follows.
             let _ = ch.lines.send(batch);
         }
+    }
+
+    /// The capture of the build stopped without the build ending here (this replica handed it
+    /// to another): from now on its lines reach this replica's followers as relays.
+    pub fn closed(&self, build_id: i64) {
+        if let Some(ch) = self.builds.lock().unwrap().get_mut(&build_id) {
+            ch.live = false;
+        }
+    }
+
+    /// Another replica stored lines `first..=last` of a build: when followers here wait for
+    /// them (and no capture here writes the build), the sequence number to read the store
+    /// after — the last one they were handed, or just before `first` when they were handed
+    /// none yet (the followers read the store themselves for anything before).
+    pub fn relay_after(&self, build_id: i64, first: i64, last: i64) -> Option<i64> {
+        let builds = self.builds.lock().unwrap();
+        let ch = builds.get(&build_id)?;
+        if ch.live || ch.lines.receiver_count() == 0 {
+            return None;
+        }
+        let known = *ch.seq.borrow();
+        (known < last).then_some(if known == 0 { first - 1 } else { known })
+    }
+
+    /// The build ended on another replica: like [`LogHub::ended`], unless a capture here writes
+    /// it (then this replica ends it itself, after its last line).
+    pub fn ended_elsewhere(&self, build_id: i64) {
+        let mut builds = self.builds.lock().unwrap();
+        if builds.get(&build_id).is_some_and(|ch| !ch.live) {
+            if let Some(ch) = builds.remove(&build_id) {
+                ch.seq.send_modify(|_| {});
+            }
+        }
+    }
+
+    /// Ends every log stream of this replica (it stops).
+    pub fn cut_followers(&self) {
+        self.cut.cancel();
+    }
+
+    /// Resolves when the replica's log streams are cut.
+    pub fn cut(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.cut.clone().cancelled_owned()
+    }
+
+    /// Spawns a capture's store writer where [`LogHub::writers_done`] waits for it.
+    pub(crate) fn spawn_writer<F>(&self, writer: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.writers.spawn(writer)
+    }
+
+    /// Waits (at most `limit`) until every capture's writer has stored its last line; false when
+    /// some were still writing at the limit.
+    pub async fn writers_done(&self, limit: std::time::Duration) -> bool {
+        self.writers.close();
+        tokio::time::timeout(limit, self.writers.wait()).await.is_ok()
     }
 
     /// The build ended: wake every follower one last time and forget the channel.

@@ -49,6 +49,7 @@ fn record(event: &str, data: serde_json::Value) -> Bytes {
 
 /// Every line after `after`, live, then the result, as SSE text.
 pub fn events(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl Stream<Item = Bytes> {
+    let cut = hub.cut();
     let lines = follow(store.clone(), hub, build_id, after).map(|batch| match batch {
         Ok(lines) => lines.sse(),
         Err(e) => record("error", json!({"error": e.to_string()})),
@@ -61,7 +62,8 @@ pub fn events(store: Store, hub: Arc<LogHub>, build_id: i64, after: i64) -> impl
         };
         record("end", data)
     });
-    lines.chain(end)
+    // Cut when the replica stops: no `end`, so the client resumes elsewhere.
+    lines.chain(end).take_until(cut)
 }
 
 /// The follower's stream as written to the socket: what `inner` has ready is sent as one chunk

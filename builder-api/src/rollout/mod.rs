@@ -46,12 +46,31 @@ use strategy::Strategy;
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The rollout loop; runs for the life of the service.
-pub async fn run(ctx: Arc<Context>) {
-    if let Err(e) = ctx.store.requeue_running_rollouts().await {
-        tracing::error!("rollouts: {e}");
-    }
-    let mut next_discovery = tokio::time::Instant::now();
+pub async fn run(ctx: Arc<Context>, mut leading: tokio::sync::watch::Receiver<bool>) {
     loop {
+        // Only the replica that leads runs this loop (`store/leadership.rs`); the others take
+        // image events into the store and wake it (`peers`).
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+        tracing::info!("this replica runs the cluster-wide loops (rollouts, discovery, replication left unfinished)");
+        // What the replica that led before left unfinished (or this one, before a restart).
+        if let Err(e) = ctx.store.requeue_running_rollouts().await {
+            tracing::error!("rollouts: {e}");
+        }
+        if let Err(e) = crate::replication::resume(&ctx).await {
+            tracing::error!("resuming replications: {e}");
+        }
+        lead(&ctx, &mut leading).await;
+    }
+}
+
+/// The rollout loop, while this replica leads.
+async fn lead(ctx: &Arc<Context>, leading: &mut tokio::sync::watch::Receiver<bool>) {
+    let mut next_discovery = tokio::time::Instant::now();
+    while *leading.borrow() {
         if tokio::time::Instant::now() >= next_discovery {
             next_discovery = tokio::time::Instant::now() + DISCOVERY_INTERVAL;
             let added = discovery::discover(&ctx).await;
@@ -68,7 +87,10 @@ pub async fn run(ctx: Arc<Context>) {
         if let Err(e) = dispatch(&ctx).await {
             tracing::error!("rollouts: {e}");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.rollouts.wake.notified()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(2), ctx.rollouts.wake.notified()) => {}
+            _ = leading.changed() => {}
+        }
     }
 }
 

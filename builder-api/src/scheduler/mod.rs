@@ -20,37 +20,140 @@ use crate::context::Context;
 use crate::executor::{BuildJob, Outcome};
 use crate::gitlab_status::Status;
 use crate::logs::capture::{LogCapture, Masker};
-use crate::store::{Build, BuildState, StoreError};
+use crate::store::{Build, BuildState, Claim, Started, StoreError};
 
-/// Builds left Running by a previous process. An executor whose work outlives Kiln (kube: the
-/// Job keeps running) follows them again; otherwise (local: the processes died with Kiln, or are
-/// orphans whose output nobody reads) they are marked Failed ("interrupted").
-pub async fn recover_interrupted(ctx: &Arc<Context>) -> Result<usize, StoreError> {
-    let running = ctx.store.builds_in_state(BuildState::Running).await?;
+/// How a build comes to run here.
+#[derive(Debug, Clone)]
+pub(crate) enum Start {
+    /// Taken from the queue.
+    Fresh,
+    /// Adopted Running, with the line its log gets about why (Kiln restarted; another replica
+    /// stopped).
+    Adopted(String),
+}
+
+/// The claim this replica puts on builds it starts or adopts now.
+fn claim_until(ctx: &Context) -> i64 {
+    crate::store::now_ms() + (ctx.config.executor.claim_lease_secs * 1000) as i64
+}
+
+/// Running builds nobody runs: at start on SQLite every Running build (the previous process's);
+/// on PostgreSQL those whose replica is gone (its claim ran out, or its database session ended).
+/// An executor whose work outlives Kiln (kube: the Job keeps running) follows them here; otherwise
+/// (local: the processes died with their replica, or are orphans whose output nobody reads)
+/// they are marked Failed ("interrupted"). Returns how many were marked Failed.
+pub async fn adopt_orphans(ctx: &Arc<Context>, at_start: bool) -> Result<usize, StoreError> {
+    if ctx.scheduler.is_stopping() {
+        return Ok(0);
+    }
+    let single = ctx.store.backend() == crate::store::Backend::Sqlite;
+    let expired_before = if at_start && single { i64::MAX } else { crate::store::now_ms() };
+    let me = ctx.scheduler.replica.clone();
+    let orphans = ctx.store.adopt_expired_claims(Claim { replica: &me.0, until: claim_until(ctx) }, expired_before).await?;
+    // A build this replica still runs is not an orphan (its claim ran out while the replica
+    // stalled: the renewal is due at once).
+    let orphans: Vec<(Build, Option<String>)> = orphans.into_iter().filter(|(b, _)| !ctx.scheduler.runs(b.id)).collect();
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let why = |previous: &Option<String>| match (single, previous) {
+        (true, _) | (false, None) => "kiln restarted".to_string(),
+        (false, Some(previous)) => format!("replica {me} took the build over from replica {previous}, which stopped"),
+    };
     if ctx.executor.adopts_running() {
-        for build in running {
+        for (build, previous) in orphans {
+            tracing::info!(build = build.id, "{}", why(&previous));
             let token = ctx.scheduler.register(&build);
-            spawn_execute(ctx.clone(), build, token, true);
+            spawn_execute(ctx.clone(), build, token, Start::Adopted(format!("[kiln] {}", why(&previous))));
         }
         return Ok(0);
     }
-    for build in &running {
-        let reason = "interrupted: kiln stopped while the build was running";
+    let failed = orphans.len();
+    for (build, previous) in &orphans {
+        let reason = match (single, previous) {
+            (true, _) | (false, None) => "interrupted: kiln stopped while the build was running".to_string(),
+            (false, Some(previous)) => format!("interrupted: replica {previous} stopped while the build was running"),
+        };
         let masker = Arc::new(Masker::new(vec![]));
         let capture = LogCapture::start(ctx.store.clone(), ctx.hub.clone(), build.id, masker, u64::MAX).await?;
         capture.sink().system("kiln", format!("[kiln] build {} {reason}", build.id)).await;
         capture.close().await?;
         ctx.store.fail_open_steps(build.id).await?;
-        if ctx.store.finish_build(build.id, BuildState::Failed, Some(reason)).await? {
+        if ctx.store.finish_build(build.id, BuildState::Failed, Some(&reason)).await? {
             observe_build_end(ctx, build.id).await;
             if let Some(app) = ctx.store.app(build.app_id).await? {
-                ctx.gitlab_statuses.post(&app, build.into(), Status::Failed, reason);
+                ctx.gitlab_statuses.post(&app, build.into(), Status::Failed, &reason);
             }
             ctx.notifications.build_ended(build.id);
         }
+        ctx.hub.ended(build.id);
         tracing::warn!(build = build.id, "{reason}");
     }
-    Ok(running.len())
+    Ok(failed)
+}
+
+/// Keeps this replica's claims and adopts the builds of replicas that are gone: renews every
+/// third of the lease; on PostgreSQL looks for orphans every second (a replica whose database
+/// session ended is gone at once, without waiting for its lease). A build whose claim another
+/// replica took (this one stalled past its lease) is no longer followed here.
+pub async fn keep_claims(ctx: Arc<Context>) {
+    let lease = Duration::from_secs(ctx.config.executor.claim_lease_secs);
+    let mut next_renewal = tokio::time::Instant::now();
+    let multi = ctx.store.backend() == crate::store::Backend::Postgres;
+    loop {
+        if ctx.scheduler.is_stopping() {
+            return;
+        }
+        if tokio::time::Instant::now() >= next_renewal {
+            next_renewal = tokio::time::Instant::now() + lease / 3;
+            if let Err(e) = renew_claims(&ctx).await {
+                tracing::error!("renewing this replica's build claims: {e}");
+            }
+        }
+        if multi {
+            if let Err(e) = adopt_orphans(&ctx, false).await {
+                tracing::error!("adopting the builds of stopped replicas: {e}");
+            }
+        }
+        tokio::time::sleep(ORPHAN_LOOK.min(lease / 3)).await;
+    }
+}
+
+/// How often a replica looks for builds whose replica is gone.
+const ORPHAN_LOOK: Duration = Duration::from_secs(1);
+
+async fn renew_claims(ctx: &Context) -> Result<(), StoreError> {
+    let me = &ctx.scheduler.replica;
+    let held: std::collections::HashSet<i64> = ctx.store.renew_claims(&me.0, claim_until(ctx)).await?.into_iter().collect();
+    for id in ctx.scheduler.running_ids() {
+        if held.contains(&id) {
+            continue;
+        }
+        // Not Running under this replica's claim: starting (not yet marked), ending (final), or
+        // taken over by another replica while this one did not renew.
+        match ctx.store.claim_of(id).await? {
+            Some((by, _)) if by != me.0 && ctx.store.build(id).await?.is_some_and(|b| b.state == BuildState::Running) => {
+                tracing::warn!(build = id, "replica {by} took this build over (this replica did not renew its claim in time): no longer following it here");
+                ctx.scheduler.detach(id);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The replica stops (SIGTERM): it starts no more builds, stops following the ones it runs
+/// (their Jobs run on), waits until their last lines are stored, and hands their claims back so
+/// another replica adopts them at once. Returns how many claims it handed back.
+pub async fn hand_back(ctx: &Context) -> Result<u64, StoreError> {
+    ctx.scheduler.stop_starting();
+    for id in ctx.scheduler.running_ids() {
+        ctx.scheduler.detach(id);
+    }
+    if !ctx.hub.writers_done(Duration::from_secs(5)).await {
+        tracing::warn!("some build logs were still being written after 5 s; handing their builds over anyway");
+    }
+    ctx.store.release_claims(&ctx.scheduler.replica.0).await
 }
 
 /// Reads the tenants' concurrency caps (`settings.max_concurrent_builds`) into the scheduler: at
@@ -107,6 +210,9 @@ async fn observe_build_end(ctx: &Context, id: i64) {
 
 async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
     let sched = &ctx.scheduler;
+    if sched.is_stopping() {
+        return Ok(());
+    }
     sched.read_arrivals(&ctx.store).await?;
     loop {
         let free = ctx.config.executor.max_concurrent_builds.saturating_sub(sched.running_count());
@@ -121,8 +227,10 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
         let tokens: HashMap<i64, CancellationToken> = picked.iter().map(|&(tenant, id)| (id, sched.reserve(tenant, id))).collect();
         // The builds taken move to Running in one transaction: a burst of webhooks costs one
         // write here, not one per build. A build cancelled since it was queued does not move.
-        let started = match ctx.store.mark_running_many(&ids).await {
-            Ok(started) => started,
+        // The store also holds the tenants' caps across replicas: a build of a tenant that other
+        // replicas keep at its cap stays Queued and waits here for a build to end.
+        let Started { started, over_cap } = match ctx.store.start_builds(&ids, Claim { replica: &sched.replica.0, until: claim_until(ctx) }).await {
+            Ok(done) => done,
             Err(e) => {
                 sched.release(ids);
                 sched.reread_queue();
@@ -130,6 +238,10 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
             }
         };
         sched.release(ids.iter().copied().filter(|id| !started.contains(id)));
+        if !over_cap.is_empty() {
+            let back: Vec<(i64, i64)> = picked.iter().copied().filter(|(_, id)| over_cap.contains(id)).collect();
+            sched.requeue(&back);
+        }
         let builds = match ctx.store.builds_by_ids(&started).await {
             Ok(builds) => builds,
             Err(e) => {
@@ -148,20 +260,21 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
                 ctx.metrics.queue_wait.observe((started - build.queued_at).max(0) as f64 / 1000.0);
             }
             let token = tokens[&build.id].clone();
-            spawn_execute(ctx.clone(), build, token, false);
+            spawn_execute(ctx.clone(), build, token, Start::Fresh);
         }
-        if started.len() == ids.len() {
+        if started.len() + over_cap.len() == ids.len() || !over_cap.is_empty() {
             return Ok(());
         }
         // Slots that went to cancelled builds are still free: pick again.
     }
 }
 
-fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resumed: bool) {
-    tokio::spawn(async move {
-        let id = build.id;
+fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, start: Start) {
+    let id = build.id;
+    let scheduler_ctx = ctx.clone();
+    let task = tokio::spawn(async move {
         let snapshot = build.clone();
-        let ended = match execute(&ctx, build, token, resumed).await {
+        let ended = match execute(&ctx, build, token, start).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::error!(build = id, "build could not be recorded: {e}");
@@ -191,10 +304,12 @@ fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, resu
             crate::replication::spawn(ctx.clone(), id);
         }
     });
+    scheduler_ctx.scheduler.set_detach(id, task.abort_handle());
 }
 
 /// Runs the build; returns the final state when this call recorded it.
-async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed: bool) -> Result<Option<BuildState>, StoreError> {
+async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, start: Start) -> Result<Option<BuildState>, StoreError> {
+    let resumed = matches!(start, Start::Adopted(_));
     let Some((app, tenant)) = ctx.store.app_with_tenant(build.app_id).await? else {
         if ctx.store.finish_build(build.id, BuildState::Failed, Some("the app was deleted")).await? {
             observe_build_end(ctx, build.id).await;
@@ -227,6 +342,9 @@ async fn execute(ctx: &Context, build: Build, cancel: CancellationToken, resumed
         LogCapture::start_fresh(store, hub, build.id, masker.clone(), cap)
     };
     let log = capture.sink();
+    if let Start::Adopted(why) = start {
+        log.system("kiln", why).await;
+    }
     if !resumed {
         log.system("kiln", format!("[kiln] build {} of {}/{} at {}", build.id, build.tenant, build.app, build.commit)).await;
         if app.gitlab_token.is_none() {

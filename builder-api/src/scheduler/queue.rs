@@ -31,6 +31,14 @@ impl FairQueue {
         self.len += 1;
     }
 
+    /// Puts a build back at the front of its tenant's lane (it was picked, but could not start).
+    pub fn push_front(&mut self, tenant: i64, build: i64) {
+        if self.members.insert(build) {
+            self.lanes.entry(tenant).or_default().push_front(build);
+            self.len += 1;
+        }
+    }
+
     /// Whether `build` is waiting here.
     pub fn contains(&self, build: i64) -> bool {
         self.members.contains(&build)

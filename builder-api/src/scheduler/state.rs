@@ -15,6 +15,10 @@ use crate::store::{Build, BuildState, Store, StoreError};
 
 #[derive(Default)]
 pub struct Scheduler {
+    /// This process among the replicas on one database: whose claims are whose.
+    pub replica: ReplicaId,
+    /// Set when the replica stops (SIGTERM): no more builds start here.
+    pub(super) stopping: std::sync::atomic::AtomicBool,
     pub(super) wake: Notify,
     pub(super) running: Mutex<HashMap<i64, RunningBuild>>,
     /// Why a running build is being cancelled, when not by a plain cancel request.
@@ -30,6 +34,28 @@ pub struct Scheduler {
 pub(super) struct RunningBuild {
     tenant: i64,
     pub(super) cancel: CancellationToken,
+    /// Stops following the build here without stopping the build (its Job runs on): when the
+    /// replica stops, or lost its claim to another.
+    pub(super) detach: Option<tokio::task::AbortHandle>,
+}
+
+/// A replica's id: `hostname-pid-random`, new for every process, so a restarted replica does
+/// not mistake its predecessor's claims for its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaId(pub String);
+
+impl Default for ReplicaId {
+    fn default() -> ReplicaId {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let host = if host.is_empty() { "kiln".to_string() } else { host };
+        ReplicaId(format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>()))
+    }
+}
+
+impl std::fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The builds waiting to start, and the newest build id read from the store into them.
@@ -106,7 +132,58 @@ impl Scheduler {
     /// Takes a slot for the build and gives its cancel token (the same one on every call).
     pub(super) fn reserve(&self, tenant: i64, id: i64) -> CancellationToken {
         let mut running = self.running.lock().unwrap();
-        running.entry(id).or_insert_with(|| RunningBuild { tenant, cancel: CancellationToken::new() }).cancel.clone()
+        running.entry(id).or_insert_with(|| RunningBuild { tenant, cancel: CancellationToken::new(), detach: None }).cancel.clone()
+    }
+
+    /// Whether this replica runs the build now.
+    pub(super) fn runs(&self, id: i64) -> bool {
+        self.running.lock().unwrap().contains_key(&id)
+    }
+
+    /// The ids of the builds this replica runs.
+    pub(super) fn running_ids(&self) -> Vec<i64> {
+        self.running.lock().unwrap().keys().copied().collect()
+    }
+
+    /// Records how to stop following a build that started here.
+    pub(super) fn set_detach(&self, id: i64, handle: tokio::task::AbortHandle) {
+        if let Some(r) = self.running.lock().unwrap().get_mut(&id) {
+            r.detach = Some(handle);
+        }
+    }
+
+    /// Stops following `id` here, leaving the build to another replica; true when it ran here.
+    pub(super) fn detach(&self, id: i64) -> bool {
+        let running = self.running.lock().unwrap().remove(&id);
+        self.cancel_reasons.lock().unwrap().remove(&id);
+        match running {
+            Some(r) => {
+                if let Some(handle) = r.detach {
+                    handle.abort();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The replica is stopping: it starts no more builds, and `/readyz` says so.
+    pub fn stop_starting(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the replica is stopping (it starts no more builds).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Puts builds the store left Queued (their tenant was at its cap) back at the front of their
+    /// tenants' queues.
+    pub(super) fn requeue(&self, builds: &[(i64, i64)]) {
+        let mut queue = self.queue.lock().unwrap();
+        for &(tenant, id) in builds.iter().rev() {
+            queue.fair.push_front(tenant, id);
+        }
     }
 
     /// Gives back the slots of builds that were reserved but did not start.

@@ -202,6 +202,7 @@ impl Store {
         let mut conn = self.writer.acquire().await?;
         let id = insert_build(&mut conn, new).await?;
         drop(conn);
+        self.announce(super::Signal::BuildsQueued).await?;
         Ok(self.build(id).await?.expect("just inserted"))
     }
 
@@ -298,26 +299,6 @@ impl Store {
         query.fetch_all(&self.pool).await?.iter().map(build_from_row).collect()
     }
 
-    /// Queued → Running for several builds in one transaction; returns the ids that moved (a build
-    /// cancelled meanwhile does not). A build of an app with a fixed kind gets that kind here, so
-    /// the executor writes the kind only when it resolved `auto`.
-    pub async fn mark_running_many(&self, ids: &[i64]) -> Result<Vec<i64>> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let marks = placeholders(2, ids.len());
-        let sql = format!(
-            "UPDATE builds SET state = 'Running', started_at = $1,
-                    kind = COALESCE(kind, (SELECT NULLIF(a.kind, 'auto') FROM apps a WHERE a.id = builds.app_id))
-             WHERE state = 'Queued' AND id IN ({marks}) RETURNING id"
-        );
-        let mut query = sqlx::query(&sql).bind(now_ms());
-        for id in ids {
-            query = query.bind(id);
-        }
-        Ok(query.fetch_all(&self.writer).await?.iter().map(|r| r.get("id")).collect())
-    }
-
     /// Moves a build that is not yet final to a final state. False when it already was final.
     pub async fn finish_build(&self, id: i64, state: BuildState, reason: Option<&str>) -> Result<bool> {
         debug_assert!(state.is_final());
@@ -330,7 +311,13 @@ impl Store {
         .bind(id)
         .execute(&self.writer)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let ended = done.rows_affected() == 1;
+        if ended {
+            // Followers on other replicas end their streams; schedulers there have a slot of
+            // this tenant's cap free again.
+            self.announce(super::Signal::BuildEnded(id)).await?;
+        }
+        Ok(ended)
     }
 
     /// Queued → Cancelled. False when the build was no longer queued (the scheduler started it,

@@ -268,9 +268,18 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
             sqlx::query(&command).bind(&input).bind(now).execute(&mut *conn).await?;
         }
         Backend::Postgres => {
-            for insert in &inserts {
-                sqlx::query(insert).bind(&input).bind(now).execute(&mut *conn).await?;
+            // One statement (data-modifying CTEs) for the three inserts and the announcements to
+            // the other replicas: each round trip here is one more for every webhook group.
+            let mut signals = vec![];
+            if fresh.iter().any(|i| !group[*i].builds.is_empty()) {
+                signals.push(super::Signal::BuildsQueued);
             }
+            if !events.is_empty() {
+                signals.push(super::Signal::ImageEvents);
+            }
+            let announce = super::signals::notify_select(&signals);
+            let command = format!("WITH audit AS ({}), events AS ({}), deliveries AS ({}) {announce}", inserts[0], inserts[1], inserts[2]);
+            sqlx::query(&command).bind(&input).bind(now).execute(&mut *conn).await?;
             sqlx::query("COMMIT").execute(&mut *conn).await?;
         }
     }

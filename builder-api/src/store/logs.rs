@@ -68,6 +68,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if self.backend == super::Backend::Postgres {
+            // Followers of this build on other replicas read the batch from the store.
+            let stored = super::Signal::LogStored { build: build_id, first: lines[0].seq, last: lines[lines.len() - 1].seq };
+            sqlx::query(&super::signals::notify_sql(&stored)).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

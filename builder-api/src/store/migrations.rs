@@ -330,6 +330,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rollout_id, seq)
     );
     "#,
+    // 17: claims (issue 22). A Running build is claimed by the replica that runs it
+    // (`claimed_by`, its replica id) until `claim_until` (ms), which that replica keeps renewing;
+    // once it has passed, the replica is taken for dead and another adopts the build.
+    r#"
+    ALTER TABLE builds ADD COLUMN claimed_by TEXT;
+    ALTER TABLE builds ADD COLUMN claim_until INTEGER;
+    "#,
 ];
 
 /// PostgreSQL's migrations, by version. The first creates the schema SQLite has after its
@@ -563,6 +570,14 @@ const POSTGRES_MIGRATIONS: &[(usize, &str)] = &[
         actor TEXT,
         PRIMARY KEY (rollout_id, seq)
     );
+    "#,
+    ),
+    // 17: as SQLite's 17.
+    (
+        17,
+        r#"
+    ALTER TABLE builds ADD COLUMN claimed_by TEXT;
+    ALTER TABLE builds ADD COLUMN claim_until BIGINT;
     "#,
     ),
 ];

@@ -13,14 +13,17 @@ mod apm;
 mod apps;
 mod audit;
 mod builds;
+mod claims;
 mod deliveries;
 mod installation;
 mod jvm;
+mod leadership;
 mod logs;
 mod migrations;
 mod notifications;
 mod rollouts;
 pub mod secrets;
+mod signals;
 mod syncs;
 mod tenants;
 
@@ -37,6 +40,8 @@ pub use apps::{App, AppDeletion, BuildKind, KindSettings, NewApp};
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use jvm::{JvmSetting, DEFAULT_MAX_RAM_PERCENTAGE};
 pub use builds::{Build, BuildState, CommitInfo, NewBuild, Step, StepState};
+pub use claims::{Claim, Started};
+pub use signals::{Signal, Signals};
 pub use deliveries::{DeliveryOutcome, NewDelivery};
 pub use logs::{LogLine, Stream};
 pub use migrations::TableShape;
@@ -115,6 +120,8 @@ pub struct Store {
     app_directory: Arc<apps::AppDirectory>,
     /// Seals and opens the secret columns (see [`secrets`]).
     key: SecretKey,
+    /// PostgreSQL's URL, for the connection that listens to the other replicas (`signals`).
+    database_url: Option<Arc<str>>,
     /// Held by every clone; the checkpoint task ends once the last one is gone.
     _alive: Arc<()>,
 }
@@ -187,7 +194,8 @@ impl Store {
         if backend == Backend::Sqlite {
             tokio::spawn(checkpoint_periodically(pool.clone(), Arc::downgrade(&alive)));
         }
-        Ok(Store { backend, pool, writer, deliveries, app_directory: Arc::default(), key, _alive: alive })
+        let database_url = database_url.map(Arc::from);
+        Ok(Store { backend, pool, writer, deliveries, app_directory: Arc::default(), key, database_url, _alive: alive })
     }
 
     /// Which database this store runs on.

@@ -192,10 +192,20 @@ impl KubeExecutor {
 
         if job.resumed {
             self.tracker.synced().await;
-            if view.borrow().job.is_none() {
-                return Outcome::failed(format!("the build's Job {ns}/{name} vanished while kiln was not running"));
+            let has_job = view.borrow().job.is_some();
+            // A replica that stopped between marking the build Running and creating its Job
+            // left no Job and no step: create it now.
+            let never_created = !has_job && job.store.steps(build.id).await.is_ok_and(|steps| steps.is_empty());
+            if never_created {
+                job.log.system("kiln", format!("[kiln] Job {ns}/{name} was never created; creating it")).await;
+                if let Err(outcome) = self.submit(job, kind, &placement, &steps).await {
+                    return outcome;
+                }
+            } else if !has_job {
+                return Outcome::failed(format!("the build's Job {ns}/{name} vanished while no replica of kiln followed it"));
+            } else {
+                job.log.system("kiln", format!("[kiln] following Job {ns}/{name} again")).await;
             }
-            job.log.system("kiln", format!("[kiln] kiln restarted; following Job {ns}/{name} again")).await;
         } else {
             if let Err(outcome) = self.submit(job, kind, &placement, &steps).await {
                 return outcome;

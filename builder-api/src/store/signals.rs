@@ -1,0 +1,116 @@
+//! What the replicas on one PostgreSQL database tell each other, through `NOTIFY` on the
+//! channel `kiln` sent in the transaction of the write it announces (so it arrives once that
+//! write is visible): a log batch was stored, a build ended, builds were queued, an image event
+//! arrived. Each replica listens on one connection of its own ([`Store::listen`]) and acts on
+//! what it hears (`crate::peers`). Announcements are hints: a replica that misses one (its
+//! listening connection was lost a moment) still finds the write on its next periodic look.
+//! SQLite has one process and nobody to tell: nothing is sent.
+
+use sqlx::postgres::PgListener;
+
+use super::{Backend, Result, Store};
+
+/// The one channel; the payload says what happened.
+const CHANNEL: &str = "kiln";
+
+/// One announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Lines `first..=last` of a build's log were stored.
+    LogStored { build: i64, first: i64, last: i64 },
+    /// A build reached a final state.
+    BuildEnded(i64),
+    /// Builds were queued.
+    BuildsQueued,
+    /// Image events (Harbor, a sync) wait for the rollout loop.
+    ImageEvents,
+}
+
+impl Signal {
+    pub(super) fn payload(&self) -> String {
+        match self {
+            Signal::LogStored { build, first, last } => format!("log {build} {first} {last}"),
+            Signal::BuildEnded(id) => format!("ended {id}"),
+            Signal::BuildsQueued => "queued".into(),
+            Signal::ImageEvents => "images".into(),
+        }
+    }
+
+    pub fn parse(payload: &str) -> Option<Signal> {
+        let mut words = payload.split(' ');
+        let signal = match words.next()? {
+            "log" => {
+                let mut n = || words.next()?.parse::<i64>().ok();
+                Signal::LogStored { build: n()?, first: n()?, last: n()? }
+            }
+            "ended" => Signal::BuildEnded(words.next()?.parse().ok()?),
+            "queued" => Signal::BuildsQueued,
+            "images" => Signal::ImageEvents,
+            _ => return None,
+        };
+        Some(signal)
+    }
+}
+
+/// The SQL that sends `signal`, to run inside the transaction of the write (PostgreSQL only).
+pub(super) fn notify_sql(signal: &Signal) -> String {
+    notify_select(std::slice::from_ref(signal))
+}
+
+/// A SELECT that sends every one of `signals` (none: `SELECT 1`), to end a statement whose
+/// writes they announce (PostgreSQL only).
+pub(super) fn notify_select(signals: &[Signal]) -> String {
+    if signals.is_empty() {
+        return "SELECT 1".into();
+    }
+    // The payloads hold only words and integers written here: no quoting needed. Wrapped, as
+    // the Any driver cannot decode the `void` that pg_notify returns.
+    let calls: Vec<String> = signals.iter().enumerate().map(|(i, s)| format!("pg_notify('{CHANNEL}', '{}') AS n{i}", s.payload())).collect();
+    format!("SELECT 1 FROM (SELECT {}) sent", calls.join(", "))
+}
+
+/// A replica's listening connection.
+pub struct Signals {
+    listener: PgListener,
+}
+
+impl Signals {
+    /// The next announcement. An error means the connection was lost; the next call connects
+    /// again (what was announced meanwhile is lost: the periodic looks cover it).
+    pub async fn next(&mut self) -> Result<Option<Signal>> {
+        let notification = self.listener.recv().await?;
+        Ok(Signal::parse(notification.payload()))
+    }
+}
+
+impl Store {
+    /// Listens for the other replicas' announcements; None on SQLite.
+    pub async fn listen(&self) -> Result<Option<Signals>> {
+        let Some(url) = self.database_url.as_deref() else { return Ok(None) };
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(Signals { listener }))
+    }
+
+    /// Announces `signal` outside any other write (PostgreSQL; nothing on SQLite).
+    pub async fn announce(&self, signal: Signal) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query(&notify_sql(&signal)).execute(&self.writer).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_reads_back_from_its_payload() {
+        for s in [Signal::LogStored { build: 7, first: 1, last: 250 }, Signal::BuildEnded(12), Signal::BuildsQueued, Signal::ImageEvents] {
+            assert_eq!(Signal::parse(&s.payload()), Some(s));
+        }
+        assert_eq!(Signal::parse("log 7 x 3"), None);
+        assert_eq!(Signal::parse("hello"), None);
+    }
+}
