@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
@@ -91,6 +91,15 @@ const PROVISIONER_RULES: &[(&str, &str, &str, &[&str])] = &[
     ("rbac.authorization.k8s.io", "clusterroles", "bind", &["kiln-builds"]),
 ];
 
+/// The Role in Kiln's namespace (`deploy/base/leases.yaml`) and its rules, as (apiGroup, resource,
+/// verb, resourceNames): the Lease the replicas hold in turn for the loops only one Kiln runs.
+const LEASE_ROLE: &str = "kiln-leases";
+const LEASE_RULES: &[(&str, &str, &str, &[&str])] = &[
+    ("coordination.k8s.io", "leases", "create", &[]),
+    ("coordination.k8s.io", "leases", "get", &["kiln-singletons"]),
+    ("coordination.k8s.io", "leases", "update", &["kiln-singletons"]),
+];
+
 /// The sample Prometheus alert rules, relative to deploy/: a plain rule file, not applied.
 const ALERT_RULES: &str = "prometheus-alerts.yaml";
 
@@ -109,6 +118,7 @@ enum Object {
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
     RoleBinding(RoleBinding),
     ConfigMap(ConfigMap),
     Secret(Secret),
@@ -215,6 +225,7 @@ fn parse_object(file: &Path, doc: &str) -> Object {
         ("v1", "Service") => Object::Service(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Object::ClusterRoleBinding(typed(file, doc)),
+        ("rbac.authorization.k8s.io/v1", "Role") => Object::Role(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => Object::RoleBinding(typed(file, doc)),
         ("apps/v1", "Deployment") => Object::Deployment(typed(file, doc)),
         ("batch/v1", "Job") => Object::Job(typed(file, doc)),
@@ -235,6 +246,7 @@ impl Object {
             Object::Deployment(x) => &x.metadata.namespace,
             Object::Job(x) => &x.metadata.namespace,
             Object::NetworkPolicy(x) => &x.metadata.namespace,
+            Object::Role(x) => &x.metadata.namespace,
             Object::RoleBinding(x) => &x.metadata.namespace,
             Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_) => return None,
         })
@@ -871,6 +883,40 @@ fn assert_rbac(install: &Install, build: &Build) {
         assert!(kiln_sa(rb.subjects.as_deref().unwrap_or_default()), "{file}");
     }
 
+    // In Kiln's own namespace: the one Role of deploy/, the Lease of the singleton loops, bound to
+    // Kiln alone. create cannot name its object; get and update name the Lease.
+    let roles: Vec<(&str, &Role)> =
+        install.objects.iter().filter_map(|(f, o)| if let Object::Role(r) = o { Some((f.as_str(), r)) } else { None }).collect();
+    assert_eq!(roles.len(), 1, "one Role in deploy/: {roles:?}");
+    let (file, role) = roles[0];
+    assert!(build.files.iter().any(|f| f == file), "deploy/{}: applies {file}", build.dir);
+    assert_eq!((role.metadata.name.as_deref(), role.metadata.namespace.as_deref()), (Some(LEASE_ROLE), Some("kiln")), "{file}");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    assert!(granted.insert((g.clone(), r.clone(), v.clone(), rule.resource_names.clone().unwrap_or_default())), "{file}: {g}/{r} {v} twice");
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<_> = LEASE_RULES
+        .iter()
+        .map(|(g, r, v, names)| (g.to_string(), r.to_string(), v.to_string(), names.iter().map(|n| n.to_string()).collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(granted, expected, "{file}");
+    let role_bindings: Vec<&RoleBinding> = build
+        .applied()
+        .filter_map(|o| match o {
+            Object::RoleBinding(b) if b.role_ref.kind == "Role" => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(role_bindings.len(), 1, "deploy/{}: one RoleBinding of a Role", build.dir);
+    let rb = role_bindings[0];
+    assert_eq!((rb.role_ref.name.as_str(), rb.metadata.namespace.as_deref()), (LEASE_ROLE, Some("kiln")));
+    assert!(kiln_sa(rb.subjects.as_deref().unwrap_or_default()));
 }
 
 #[test]
