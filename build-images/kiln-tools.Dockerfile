@@ -3,7 +3,7 @@
 # ghcr.io/kiln-dev/kiln-tools:0.1.0 — the `kiln` binary on distroless.
 #
 # One image, two uses:
-#   - the Kiln service itself (deploy/deployment.yaml runs `kiln serve --config /etc/kiln/kiln.toml`);
+#   - the Kiln service itself (deploy/base/deployment.yaml runs `kiln serve --config /etc/kiln/kiln.toml`);
 #   - the `clone` init container of every Job template and the `image` container of the Go and
 #     Maven templates (`kiln step clone`, `kiln step assemble`; job-templates/*.yaml).
 #

@@ -1,5 +1,7 @@
 //! `deploy/` and `build-images/`, checked without a cluster: every YAML document under `deploy/` is
-//! parsed into its typed k8s-openapi object, and the install must agree with Kiln itself — the
+//! parsed into its typed k8s-openapi object, and the two installs — `deploy/` (SQLite, one
+//! replica) and `deploy/postgres/` (PostgreSQL, three), both made of `deploy/base/`, built here
+//! the way kustomize builds them — must agree with Kiln itself: the
 //! Deployment runs `kiln serve` with the config the ConfigMap holds, that config parses with
 //! [`Config`] and selects the kube executor, the ClusterRole grants exactly what the kube executor
 //! uses, the templates Kiln reads in the cluster are the repository's `job-templates/` byte for
@@ -22,7 +24,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
@@ -90,6 +93,15 @@ const PROVISIONER_RULES: &[(&str, &str, &str, &[&str])] = &[
     ("rbac.authorization.k8s.io", "clusterroles", "bind", &["kiln-builds"]),
 ];
 
+/// The Role in Kiln's namespace (`deploy/base/leases.yaml`) and its rules, as (apiGroup, resource,
+/// verb, resourceNames): the Lease the replicas hold in turn for the loops only one Kiln runs.
+const LEASE_ROLE: &str = "kiln-leases";
+const LEASE_RULES: &[(&str, &str, &str, &[&str])] = &[
+    ("coordination.k8s.io", "leases", "create", &[]),
+    ("coordination.k8s.io", "leases", "get", &["kiln-singletons"]),
+    ("coordination.k8s.io", "leases", "update", &["kiln-singletons"]),
+];
+
 /// The sample Prometheus alert rules, relative to deploy/: a plain rule file, not applied.
 const ALERT_RULES: &str = "prometheus-alerts.yaml";
 
@@ -102,18 +114,20 @@ fn deploy_dir() -> PathBuf {
 }
 
 /// One parsed document of a manifest file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Object {
     Namespace(Namespace),
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
     RoleBinding(RoleBinding),
     ConfigMap(ConfigMap),
     Secret(Secret),
     PersistentVolumeClaim(PersistentVolumeClaim),
     Service(Service),
     Deployment(Deployment),
+    PodDisruptionBudget(PodDisruptionBudget),
     Job(Job),
     NetworkPolicy(NetworkPolicy),
 }
@@ -125,34 +139,26 @@ struct TypeMeta {
     kind: String,
 }
 
-/// The part of `kustomization.yaml` these manifests use (unknown keys are an error, so a
-/// generator or patch added there is noticed here).
+/// A `kustomization.yaml` below `deploy/`, with the part of kustomize these manifests use (unknown
+/// keys are an error, so a generator or patch added there is noticed here): the two installs
+/// (`deploy/` itself on SQLite, `postgres/`), the `base/` both are made of, the per-namespace
+/// bases, their example overlays, and the provisioning Component.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Kustomization {
     api_version: String,
     kind: String,
-    namespace: String,
+    namespace: Option<String>,
     #[serde(default)]
     labels: Vec<serde_json::Value>,
-    resources: Vec<String>,
-    config_map_generator: Vec<Generator>,
-    #[serde(default)]
-    images: Vec<ImageOverride>,
-}
-
-/// A `kustomization.yaml` below `deploy/`: a per-namespace base, an example overlay, or the
-/// provisioning Component (unknown keys are an error here too).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Part {
-    api_version: String,
-    kind: String,
-    namespace: Option<String>,
     #[serde(default)]
     resources: Vec<String>,
     #[serde(default)]
     components: Vec<String>,
+    #[serde(default)]
+    config_map_generator: Vec<Generator>,
+    #[serde(default)]
+    images: Vec<ImageOverride>,
     #[serde(default)]
     patches: Vec<PartPatch>,
 }
@@ -179,7 +185,7 @@ struct Generator {
     files: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ImageOverride {
     name: String,
@@ -222,11 +228,33 @@ fn parse_object(file: &Path, doc: &str) -> Object {
         ("v1", "Service") => Object::Service(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Object::ClusterRoleBinding(typed(file, doc)),
+        ("rbac.authorization.k8s.io/v1", "Role") => Object::Role(typed(file, doc)),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => Object::RoleBinding(typed(file, doc)),
         ("apps/v1", "Deployment") => Object::Deployment(typed(file, doc)),
+        ("policy/v1", "PodDisruptionBudget") => Object::PodDisruptionBudget(typed(file, doc)),
         ("batch/v1", "Job") => Object::Job(typed(file, doc)),
         ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(typed(file, doc)),
         (api, kind) => panic!("{}: no typed check for {api} {kind}; add it to deploy_manifests.rs", file.display()),
+    }
+}
+
+impl Object {
+    /// The namespace a namespaced object names (None for a cluster-scoped one).
+    fn namespace(&self) -> Option<&Option<String>> {
+        Some(match self {
+            Object::ServiceAccount(x) => &x.metadata.namespace,
+            Object::ConfigMap(x) => &x.metadata.namespace,
+            Object::Secret(x) => &x.metadata.namespace,
+            Object::PersistentVolumeClaim(x) => &x.metadata.namespace,
+            Object::Service(x) => &x.metadata.namespace,
+            Object::Deployment(x) => &x.metadata.namespace,
+            Object::PodDisruptionBudget(x) => &x.metadata.namespace,
+            Object::Job(x) => &x.metadata.namespace,
+            Object::NetworkPolicy(x) => &x.metadata.namespace,
+            Object::Role(x) => &x.metadata.namespace,
+            Object::RoleBinding(x) => &x.metadata.namespace,
+            Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_) => return None,
+        })
     }
 }
 
@@ -242,14 +270,66 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Everything under `deploy/`: the objects (by file, relative to deploy/), the kustomization, and
-/// the ConfigMaps its generators make (as kustomize makes them: key = file name, value = bytes).
+/// `rel` (a path a kustomization names) from the directory `dir`, both relative to deploy/,
+/// without `.` and `..` (`""` is deploy/ itself).
+fn join(dir: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for p in rel.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => assert!(parts.pop().is_some(), "{dir}: {rel} leaves deploy/"),
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// Applies a JSON patch (RFC 6902: add, replace, remove, test) the way kustomize's `patches:` does.
+fn json_patch(doc: &mut serde_json::Value, ops: &[serde_json::Value]) {
+    for op in ops {
+        let path = op["path"].as_str().expect("a path");
+        let (parent, last) = path.rsplit_once('/').expect("a path below the root");
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let value = op["value"].clone();
+        match op["op"].as_str().expect("an op") {
+            "test" => assert_eq!(doc.pointer(path), Some(&value), "test {path}"),
+            "replace" => *doc.pointer_mut(path).unwrap_or_else(|| panic!("replace: nothing at {path}")) = value,
+            "add" => match doc.pointer_mut(parent).unwrap_or_else(|| panic!("add: nothing at {parent}")) {
+                serde_json::Value::Array(a) if last == "-" => a.push(value),
+                serde_json::Value::Array(a) => a.insert(last.parse().expect("an index"), value),
+                serde_json::Value::Object(m) => drop(m.insert(last, value)),
+                other => panic!("add {path}: into {other}"),
+            },
+            "remove" => match doc.pointer_mut(parent).unwrap_or_else(|| panic!("remove: nothing at {parent}")) {
+                serde_json::Value::Array(a) => drop(a.remove(last.parse().expect("an index"))),
+                serde_json::Value::Object(m) => assert!(m.remove(&last).is_some(), "remove: nothing at {path}"),
+                other => panic!("remove {path}: from {other}"),
+            },
+            other => panic!("{path}: op {other} is not used here"),
+        }
+    }
+}
+
+/// Everything under `deploy/`: every document of every manifest (by file, relative to deploy/)
+/// and every kustomization.
 struct Install {
     objects: Vec<(String, Object)>,
-    kustomization: Kustomization,
-    /// The other kustomization.yaml files, by their directory relative to deploy/.
-    parts: BTreeMap<String, Part>,
+    /// The kustomization.yaml files, by their directory relative to deploy/ (`""`: deploy/).
+    kustomizations: BTreeMap<String, Kustomization>,
+}
+
+/// What `kubectl apply -k deploy/<dir>` applies, built the way kustomize builds it for what these
+/// manifests use: the documents of the files its resources name (a directory by its own
+/// kustomization, recursively), the ConfigMaps its generators make (key = file name, value =
+/// bytes), its JSON patches applied to their targets.
+struct Build {
+    /// The kustomization's directory, relative to deploy/.
+    dir: String,
+    /// The manifest files applied, relative to deploy/.
+    files: Vec<String>,
+    objects: Vec<Object>,
     generated: BTreeMap<String, ConfigMap>,
+    images: Vec<ImageOverride>,
 }
 
 impl Install {
@@ -258,34 +338,62 @@ impl Install {
         let mut files = Vec::new();
         yaml_files(&dir, &mut files);
         let mut objects = Vec::new();
-        let mut kustomization = None;
-        let mut parts = BTreeMap::new();
+        let mut kustomizations = BTreeMap::new();
         for file in files {
             let rel = file.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
             let text = std::fs::read_to_string(&file).unwrap();
-            if rel == "kustomization.yaml" {
-                kustomization = Some(typed::<Kustomization>(&file, &text));
-                continue;
-            }
-            // Prometheus' rule file is not a Kubernetes object either (checked below).
+            // Prometheus' rule file is not a Kubernetes object (checked below).
             if rel == ALERT_RULES {
                 continue;
             }
-            // kustomize's own files are not Kubernetes objects.
-            if let Some(part_dir) = rel.strip_suffix("/kustomization.yaml") {
-                parts.insert(part_dir.to_string(), typed::<Part>(&file, &text));
+            // Nor are kustomize's own files.
+            if let Some(part_dir) = rel.strip_suffix("kustomization.yaml").filter(|d| d.is_empty() || d.ends_with('/')) {
+                kustomizations.insert(part_dir.trim_end_matches('/').to_string(), typed::<Kustomization>(&file, &text));
                 continue;
             }
             for doc in documents(&text) {
                 objects.push((rel.clone(), parse_object(&file, &doc)));
             }
         }
-        let kustomization = kustomization.expect("deploy/kustomization.yaml");
-        let mut generated = BTreeMap::new();
-        for g in &kustomization.config_map_generator {
+        assert!(kustomizations.contains_key(""), "deploy/kustomization.yaml");
+        Install { objects, kustomizations }
+    }
+
+    /// `kubectl apply -k deploy/`: one Kiln on SQLite.
+    fn sqlite(&self) -> Build {
+        self.build("")
+    }
+
+    /// `kubectl apply -k deploy/postgres/`: three Kilns on PostgreSQL.
+    fn postgres(&self) -> Build {
+        self.build("postgres")
+    }
+
+    fn build(&self, dir: &str) -> Build {
+        let k = self.kustomizations.get(dir).unwrap_or_else(|| panic!("no deploy/{dir}/kustomization.yaml"));
+        assert!(k.components.is_empty(), "{dir}: components are not built here");
+        let mut b = Build { dir: dir.to_string(), files: vec![], objects: vec![], generated: BTreeMap::new(), images: k.images.clone() };
+        for r in &k.resources {
+            let path = join(dir, r);
+            if self.kustomizations.contains_key(&path) {
+                let base = self.build(&path);
+                b.files.extend(base.files);
+                b.objects.extend(base.objects);
+                for (name, cm) in base.generated {
+                    assert!(b.generated.insert(name.clone(), cm).is_none(), "{dir}: generator {name} twice");
+                }
+                b.images.extend(base.images);
+                continue;
+            }
+            let mine: Vec<Object> = self.objects.iter().filter(|(f, _)| *f == path).map(|(_, o)| o.clone()).collect();
+            assert!(!mine.is_empty(), "{dir}/kustomization.yaml lists {r}: no manifest deploy/{path}");
+            b.files.push(path);
+            b.objects.extend(mine);
+        }
+        for g in &k.config_map_generator {
             let mut data = BTreeMap::new();
             for f in &g.files {
-                let path = dir.join(f);
+                let path = deploy_dir().join(join(dir, f));
                 let key = path.file_name().unwrap().to_string_lossy().into_owned();
                 let value = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert!(data.insert(key.clone(), value).is_none(), "generator {}: key {key} twice", g.name);
@@ -293,26 +401,43 @@ impl Install {
             let cm = ConfigMap {
                 metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                     name: Some(g.name.clone()),
-                    namespace: Some(kustomization.namespace.clone()),
+                    namespace: k.namespace.clone(),
                     ..Default::default()
                 },
                 data: Some(data),
                 ..Default::default()
             };
-            assert!(generated.insert(g.name.clone(), cm).is_none(), "generator {} twice", g.name);
+            assert!(b.generated.insert(g.name.clone(), cm).is_none(), "{dir}: generator {} twice", g.name);
         }
-        Install { objects, kustomization, parts, generated }
+        for p in &k.patches {
+            assert_eq!(p.target.kind, "Deployment", "{dir}: only Deployments are patched here");
+            let ops: Vec<serde_json::Value> = serde_saphyr::from_str(&p.patch).unwrap_or_else(|e| panic!("{dir}: a patch: {e}"));
+            let mut patched = 0;
+            for o in &mut b.objects {
+                let Object::Deployment(d) = o else { continue };
+                if d.metadata.name.as_deref() != Some(p.target.name.as_str()) {
+                    continue;
+                }
+                let mut value = serde_json::to_value(&*d).unwrap();
+                json_patch(&mut value, &ops);
+                *d = serde_json::from_value(value).unwrap_or_else(|e| panic!("{dir}: the patched Deployment: {e}"));
+                patched += 1;
+            }
+            assert_eq!(patched, 1, "{dir}: the patch's target {:?}", p.target);
+        }
+        b
     }
+}
 
-    /// The objects `kubectl apply -k deploy/` applies (the resources of the kustomization).
+impl Build {
     fn applied(&self) -> impl Iterator<Item = &Object> {
-        self.objects.iter().filter(|(f, _)| self.kustomization.resources.contains(f)).map(|(_, o)| o)
+        self.objects.iter()
     }
 
     fn deployment(&self) -> &Deployment {
         let all: Vec<&Deployment> =
             self.applied().filter_map(|o| if let Object::Deployment(d) = o { Some(d) } else { None }).collect();
-        assert_eq!(all.len(), 1, "one Deployment");
+        assert_eq!(all.len(), 1, "{}: one Deployment", self.dir);
         all[0]
     }
 
@@ -321,7 +446,7 @@ impl Install {
             Object::ConfigMap(c) if c.metadata.name.as_deref() == Some(name) => Some(c),
             _ => None,
         });
-        applied.or_else(|| self.generated.get(name)).unwrap_or_else(|| panic!("no ConfigMap {name} in deploy/"))
+        applied.or_else(|| self.generated.get(name)).unwrap_or_else(|| panic!("no ConfigMap {name} in deploy/{}", self.dir))
     }
 
     /// kiln.toml from its ConfigMap, loaded the way `kiln serve --config` loads it.
@@ -330,7 +455,7 @@ impl Install {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(key);
         std::fs::write(&path, text).unwrap();
-        Config::load(Some(&path)).unwrap_or_else(|e| panic!("ConfigMap {configmap} key {key}: {e}"))
+        Config::load(Some(&path)).unwrap_or_else(|e| panic!("deploy/{}: ConfigMap {configmap} key {key}: {e}", self.dir))
     }
 }
 
@@ -356,50 +481,72 @@ fn volume_at<'a>(d: &'a Deployment, path: &str) -> &'a k8s_openapi::api::core::v
     pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap_or_else(|| panic!("no volume {}", mount.name))
 }
 
+/// The two installs: (directory relative to deploy/, what it is).
+const INSTALLS: [(&str, &str); 2] = [("", "SQLite, one replica"), ("postgres", "PostgreSQL, three replicas")];
+
 #[test]
-fn every_document_under_deploy_is_a_typed_object_and_the_kustomization_lists_them() {
+fn every_document_under_deploy_is_a_typed_object_and_the_kustomizations_list_them() {
     let install = Install::load();
-    let k = &install.kustomization;
-    assert_eq!((k.api_version.as_str(), k.kind.as_str()), ("kustomize.config.k8s.io/v1beta1", "Kustomization"));
-    assert_eq!(k.namespace, "kiln");
-    // Every top-level manifest is applied; job-templates/ and examples/ are not resources.
-    let top: BTreeSet<String> = install.objects.iter().map(|(f, _)| f.clone()).filter(|f| !f.contains('/')).collect();
-    let listed: BTreeSet<String> = k.resources.iter().cloned().collect();
-    assert_eq!(top, listed, "kustomization.yaml resources vs the manifests in deploy/");
+    // Each kustomization of the installs lists every manifest of its own directory (job-templates/
+    // and the directories below are not its resources); both installs are made of base/.
+    for dir in ["", "base", "postgres"] {
+        let k = &install.kustomizations[dir];
+        assert_eq!((k.api_version.as_str(), k.kind.as_str()), ("kustomize.config.k8s.io/v1beta1", "Kustomization"), "deploy/{dir}");
+        assert_eq!(k.namespace.as_deref(), Some("kiln"), "deploy/{dir}");
+        let here: BTreeSet<String> =
+            install.objects.iter().map(|(f, _)| f.clone()).filter(|f| Path::new(f).parent() == Some(Path::new(dir))).collect();
+        let listed: BTreeSet<String> = k.resources.iter().map(|r| join(dir, r)).filter(|r| r.ends_with(".yaml")).collect();
+        assert_eq!(here, listed, "deploy/{dir}/kustomization.yaml resources vs the manifests beside it");
+    }
+    for (dir, _) in INSTALLS {
+        let k = &install.kustomizations[dir];
+        assert!(k.resources.iter().any(|r| join(dir, r) == "base"), "deploy/{dir}: made of base/");
+        assert!(!k.labels.is_empty(), "deploy/{dir}: labels");
+    }
     for (file, o) in &install.objects {
         if let Object::Secret(s) = o {
             // Real secrets never live in the repository; examples/ holds placeholders only.
             assert!(file.starts_with("examples/"), "{file}: Secret {:?} outside examples/", s.metadata.name);
         }
     }
-    assert!(!k.labels.is_empty());
-    // The namespace exists and holds everything namespaced.
-    assert!(install.applied().any(|o| matches!(o, Object::Namespace(n) if n.metadata.name.as_deref() == Some("kiln"))));
-    for o in install.applied() {
-        let ns = match o {
-            Object::ServiceAccount(x) => &x.metadata.namespace,
-            Object::ConfigMap(x) => &x.metadata.namespace,
-            Object::Secret(x) => &x.metadata.namespace,
-            Object::PersistentVolumeClaim(x) => &x.metadata.namespace,
-            Object::Service(x) => &x.metadata.namespace,
-            Object::Deployment(x) => &x.metadata.namespace,
-            Object::Job(x) => &x.metadata.namespace,
-            Object::NetworkPolicy(x) => &x.metadata.namespace,
-            Object::RoleBinding(x) => &x.metadata.namespace,
-            Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_) => continue,
-        };
-        assert_eq!(ns.as_deref(), Some("kiln"), "{o:?}");
+    for (dir, _) in INSTALLS {
+        let build = install.build(dir);
+        // The namespace exists and holds everything namespaced.
+        assert!(build.applied().any(|o| matches!(o, Object::Namespace(n) if n.metadata.name.as_deref() == Some("kiln"))));
+        for o in build.applied() {
+            if let Some(ns) = o.namespace() {
+                assert_eq!(ns.as_deref(), Some("kiln"), "deploy/{dir}: {o:?}");
+            }
+        }
+        // The install creates no Secrets (kiln-admin and the others are made by hand) and no Jobs.
+        assert!(build.applied().all(|o| !matches!(o, Object::Secret(_) | Object::Job(_))), "deploy/{dir}");
+        // Nothing of the optional or per-namespace parts.
+        for f in &build.files {
+            assert!(f.starts_with("base/") || Path::new(f).parent() == Some(Path::new(dir)), "deploy/{dir} applies {f}");
+        }
     }
 }
 
-#[test]
-fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
-    let install = Install::load();
-    let d = install.deployment();
+/// The env vars of the Kiln container that come from a Secret, as (var, Secret, key).
+fn env_from_secrets(c: &Container) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for e in c.env.iter().flatten() {
+        let Some(from) = &e.value_from else { continue };
+        let secret = from.secret_key_ref.as_ref().unwrap_or_else(|| panic!("{}: from something other than a Secret", e.name));
+        assert_ne!(secret.optional, Some(true), "{}: the Secret is required", e.name);
+        out.insert((e.name.clone(), secret.name.clone(), secret.key.clone()));
+    }
+    out
+}
+
+/// What both installs' Deployments are: `kiln serve` with the config the ConfigMap holds, the
+/// tools image, probes on the HTTP port, hardened, Kiln's ServiceAccount, the admin token and the
+/// key of the secrets at rest from their Secrets (every replica the same), the ConfigMaps mounted
+/// read-only.
+fn assert_runs_kiln_serve_hardened(build: &Build) {
+    let d = build.deployment();
     let spec = d.spec.as_ref().unwrap();
     assert_eq!(d.metadata.namespace.as_deref(), Some("kiln"));
-    assert_eq!(spec.replicas, Some(1), "SQLite: one replica");
-    assert_eq!(spec.strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("Recreate"));
 
     let c = kiln_container(d);
     let argv = argv(c);
@@ -412,7 +559,7 @@ fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
     assert_eq!(image, format!("ghcr.io/kiln-dev/kiln-tools:{KILN_VERSION}"));
     assert!(IMAGE_DOCKERFILES.iter().any(|(i, _)| *i == image));
     let repo_name = image.rsplit_once(':').unwrap().0;
-    assert!(install.kustomization.images.iter().any(|i| i.name == repo_name && i.new_name.is_none() && i.new_tag.as_deref() == Some(KILN_VERSION)));
+    assert!(build.images.iter().any(|i| i.name == repo_name && i.new_name.is_none() && i.new_tag.as_deref() == Some(KILN_VERSION)));
 
     // Probes on the named port that the config listens on.
     let http = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
@@ -445,31 +592,21 @@ fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
     // Its own ServiceAccount, with the token mounted (Kiln is an API client).
     assert_eq!(pod.service_account_name.as_deref(), Some("kiln"));
     assert_eq!(pod.automount_service_account_token, Some(true));
-    assert!(install.applied().any(|o| matches!(o, Object::ServiceAccount(sa)
+    assert!(build.applied().any(|o| matches!(o, Object::ServiceAccount(sa)
         if sa.metadata.name.as_deref() == Some("kiln") && sa.metadata.namespace.as_deref() == Some("kiln"))));
 
-    // The admin token from the Secret kiln-admin, through the env var config.rs reads.
-    let env = c.env.iter().flatten().find(|e| e.name == "KILN_ADMIN_TOKEN").expect("KILN_ADMIN_TOKEN");
-    let secret = env.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("from a Secret");
-    assert_eq!((secret.name.as_str(), secret.key.as_str()), ("kiln-admin", "token"));
-    assert_ne!(secret.optional, Some(true));
+    // The admin token from the Secret kiln-admin, through the env var config.rs reads, and the key
+    // of the secrets at rest from its own Secret kiln-secret-key, never beside the database: every
+    // replica reads the same two.
+    let secrets = env_from_secrets(c);
+    for (var, secret, key) in [("KILN_ADMIN_TOKEN", "kiln-admin", "token"), ("KILN_SECRET_KEY", "kiln-secret-key", "key")] {
+        assert!(secrets.contains(&(var.into(), secret.into(), key.into())), "{var} from {secret}/{key}: {secrets:?}");
+    }
     let mut probe = Config::default();
     probe.apply_env(|n| (n == "KILN_ADMIN_TOKEN").then(|| "t".to_string())).unwrap();
     assert_eq!(probe.server.admin_token.as_deref(), Some("t"), "config.rs reads KILN_ADMIN_TOKEN");
-    // No other secret material in the pod spec.
-    // The key of the secrets at rest from its own Secret kiln-secret-key, never beside the database.
-    let env = c.env.iter().flatten().find(|e| e.name == "KILN_SECRET_KEY").expect("KILN_SECRET_KEY");
-    let secret = env.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("from a Secret");
-    assert_eq!((secret.name.as_str(), secret.key.as_str()), ("kiln-secret-key", "key"));
-    for e in c.env.iter().flatten() {
-        assert!(["KILN_ADMIN_TOKEN", "KILN_SECRET_KEY"].contains(&e.name.as_str()) || e.value_from.is_none(), "unexpected env from a source: {}", e.name);
-    }
 
-    // Volumes: the data PVC, the two ConfigMaps, /tmp.
-    let data = volume_at(d, "/var/lib/kiln");
-    let claim = data.persistent_volume_claim.as_ref().expect("/var/lib/kiln is a PVC").claim_name.clone();
-    assert_eq!(claim, "kiln-data");
-    assert!(install.applied().any(|o| matches!(o, Object::PersistentVolumeClaim(p) if p.metadata.name.as_deref() == Some("kiln-data"))));
+    // The ConfigMaps, read-only, and /tmp.
     assert_eq!(volume_at(d, "/etc/kiln").config_map.as_ref().map(|c| c.name.as_str()), Some("kiln"));
     assert_eq!(
         volume_at(d, "/etc/kiln/job-templates").config_map.as_ref().map(|c| c.name.as_str()),
@@ -481,12 +618,199 @@ fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
     }
 }
 
+#[test]
+fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
+    let install = Install::load();
+    let build = install.sqlite();
+    assert_runs_kiln_serve_hardened(&build);
+    let d = build.deployment();
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1), "SQLite: one replica");
+    assert_eq!(spec.strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("Recreate"));
+    // No other secret material in the pod spec.
+    let vars: BTreeSet<String> = env_from_secrets(kiln_container(d)).into_iter().map(|(v, _, _)| v).collect();
+    assert_eq!(vars, ["KILN_ADMIN_TOKEN", "KILN_SECRET_KEY"].map(String::from).into(), "env from a source");
+
+    // The data PVC.
+    let data = volume_at(d, "/var/lib/kiln");
+    let claim = data.persistent_volume_claim.as_ref().expect("/var/lib/kiln is a PVC").claim_name.clone();
+    assert_eq!(claim, "kiln-data");
+    assert!(build.applied().any(|o| matches!(o, Object::PersistentVolumeClaim(p) if p.metadata.name.as_deref() == Some("kiln-data"))));
+    // The SQLite install is base/ as it stands: nothing patches its Deployment.
+    assert!(install.kustomizations[""].patches.is_empty() && install.kustomizations["base"].patches.is_empty());
+}
+
+/// `server.drain_secs` of postgres/kiln.toml (Kiln's default): from SIGTERM on, /readyz answers
+/// 503 this long while Kiln still serves; then it stops accepting, finishes its answers and hands
+/// its build claims over.
+const DRAIN_SECS: i32 = 5;
+/// `executor.claim_lease_secs` of postgres/kiln.toml (Kiln's default).
+const CLAIM_LEASE_SECS: i64 = 10;
+
+/// Bytes of a Kubernetes quantity of the kinds the manifests use (`2Gi`, `256Mi`).
+fn quantity_bytes(q: &str) -> u64 {
+    let (n, unit) = q.split_at(q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len()));
+    let scale = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => panic!("quantity {q}: unit {other}"),
+    };
+    n.parse::<u64>().unwrap() * scale
+}
+
+/// The PostgreSQL Deployment without what postgres/ patches, to compare with the SQLite one.
+fn without_the_postgres_patch(d: &Deployment) -> serde_json::Value {
+    let mut v = serde_json::to_value(d).unwrap();
+    for path in [
+        "/spec/replicas",
+        "/spec/strategy",
+        "/spec/template/spec/terminationGracePeriodSeconds",
+        "/spec/template/spec/affinity",
+        "/spec/template/spec/containers/0/readinessProbe",
+        "/spec/template/spec/containers/0/resources/limits/ephemeral-storage",
+    ] {
+        let (parent, key) = path.rsplit_once('/').unwrap();
+        v.pointer_mut(parent).and_then(|p| p.as_object_mut()).map(|m| m.remove(key));
+    }
+    let pod = &mut v["spec"]["template"]["spec"];
+    pod["containers"][0]["env"].as_array_mut().unwrap().retain(|e| e["name"] != "KILN_DATABASE_URL");
+    for volume in pod["volumes"].as_array_mut().unwrap() {
+        if volume["name"] == "data" {
+            *volume = serde_json::json!({"name": "data"});
+        }
+    }
+    v
+}
+
+/// `deploy/postgres/`: three replicas on one database, of which any one may be stopped, drained
+/// or lost while the others answer. A rolling update starts a new pod and waits until it is ready
+/// before it stops an old one; a stopping pod leaves the Service (readiness) before Kiln stops
+/// accepting and is given the time to finish; the budget lets a drain evict one at a time; the
+/// replicas prefer separate nodes. The database URL comes from a Secret, and there is no PVC.
+/// Apart from that the Deployment is the SQLite install's, which stays one replica, Recreate.
+#[test]
+fn the_postgres_install_runs_three_replicas_that_roll_one_at_a_time_and_drain_before_they_stop() {
+    let install = Install::load();
+    let build = install.postgres();
+    assert_runs_kiln_serve_hardened(&build);
+    let d = build.deployment();
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let strategy = spec.strategy.as_ref().expect("a strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)), "a new replica is ready before an old one stops");
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let pod_labels = spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let selects_kiln = |what: &str, labels: Option<&BTreeMap<String, String>>| {
+        let labels = labels.filter(|l| !l.is_empty()).unwrap_or_else(|| panic!("{what}: matchLabels"));
+        for (k, v) in labels {
+            assert_eq!(pod_labels.get(k), Some(v), "{what}: {k}={v} matches the Kiln pod");
+        }
+    };
+
+    // The database from the Secret kiln-database (key url), through the env var config.rs reads;
+    // no other secret material than the admin token and the key.
+    let c = kiln_container(d);
+    let vars = env_from_secrets(c);
+    assert!(vars.contains(&("KILN_DATABASE_URL".into(), "kiln-database".into(), "url".into())), "{vars:?}");
+    assert_eq!(vars.len(), 3, "env from a source: {vars:?}");
+    let mut config = build.config("kiln", "kiln.toml");
+    let url = "postgres://kiln:pw@db.example:5432/kiln";
+    config.apply_env(|n| (n == "KILN_DATABASE_URL").then(|| url.to_string())).unwrap();
+    assert_eq!(config.store.url.as_deref(), Some(url), "config.rs reads KILN_DATABASE_URL");
+
+    // No PVC: /var/lib/kiln is each pod's scratch space, within the pod's ephemeral storage.
+    assert!(pod.volumes.iter().flatten().all(|v| v.persistent_volume_claim.is_none()), "a PVC volume");
+    assert!(!build.applied().any(|o| matches!(o, Object::PersistentVolumeClaim(_))), "a PVC");
+    assert!(!build.files.contains(&"pvc.yaml".to_string()));
+    assert!(volume_at(d, "/var/lib/kiln").empty_dir.is_some(), "/var/lib/kiln is an emptyDir");
+    let scratch: u64 = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.empty_dir.as_ref())
+        .map(|e| quantity_bytes(&e.size_limit.as_ref().expect("an emptyDir with a sizeLimit").0))
+        .sum();
+    let limit = c.resources.as_ref().and_then(|r| r.limits.as_ref()).and_then(|l| l.get("ephemeral-storage")).expect("an ephemeral-storage limit");
+    assert!(quantity_bytes(&limit.0) > scratch, "the ephemeral-storage limit {} holds the emptyDirs ({scratch} bytes) and the logs", limit.0);
+
+    // Out of the Service before Kiln stops accepting: the first 503 of /readyz counts, and it
+    // comes within the drain; then time to finish answering and hand the builds over.
+    let readiness = c.readiness_probe.as_ref().unwrap();
+    let (period, failures, timeout) =
+        (readiness.period_seconds.unwrap_or(10), readiness.failure_threshold.unwrap_or(3), readiness.timeout_seconds.unwrap_or(1));
+    assert!(period <= 2, "readiness every {period} s");
+    assert_eq!(failures, 1, "the first failed readiness probe takes the pod out");
+    assert!(period * failures + timeout < DRAIN_SECS, "unready within {period}×{failures}+{timeout} s, inside drain_secs {DRAIN_SECS}");
+    let grace = pod.termination_grace_period_seconds.expect("terminationGracePeriodSeconds");
+    assert!(grace >= i64::from(DRAIN_SECS) + 30, "terminationGracePeriodSeconds {grace}: drain_secs {DRAIN_SECS} + 30 at least");
+
+    // The two settings of several replicas in kiln.toml, where Kiln reads them. (Commented out
+    // while config.rs does not know them yet: `# key = value  # default`.)
+    let text = &build.config_map("kiln").data.as_ref().unwrap()["kiln.toml"];
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if rest.starts_with("drain_secs =") || rest.starts_with("claim_lease_secs =") => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let table: toml::Table = uncommented.parse().unwrap_or_else(|e| panic!("postgres/kiln.toml: {e}"));
+    assert_eq!(table["server"].get("drain_secs").and_then(|v| v.as_integer()), Some(i64::from(DRAIN_SECS)), "[server] drain_secs");
+    assert_eq!(table["executor"].get("claim_lease_secs").and_then(|v| v.as_integer()), Some(CLAIM_LEASE_SECS), "[executor] claim_lease_secs");
+
+    // A drain or an upgrade of the cluster evicts one replica at a time, never the last ones.
+    let budgets: Vec<&PodDisruptionBudget> =
+        build.applied().filter_map(|o| if let Object::PodDisruptionBudget(p) = o { Some(p) } else { None }).collect();
+    assert_eq!(budgets.len(), 1, "a PodDisruptionBudget");
+    let budget = budgets[0].spec.as_ref().unwrap();
+    let selector = budget.selector.as_ref().expect("a selector");
+    assert!(selector.match_expressions.is_none());
+    selects_kiln("the PodDisruptionBudget", selector.match_labels.as_ref());
+    let evictable = match (&budget.max_unavailable, &budget.min_available) {
+        (Some(IntOrString::Int(n)), None) => *n,
+        (None, Some(IntOrString::Int(n))) => spec.replicas.unwrap() - n,
+        other => panic!("maxUnavailable or minAvailable, as a number: {other:?}"),
+    };
+    assert_eq!(evictable, 1, "one replica evicted at a time");
+
+    // The replicas prefer separate nodes (preferred: on fewer nodes they still run).
+    let anti = pod.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()).expect("podAntiAffinity");
+    assert!(anti.required_during_scheduling_ignored_during_execution.is_none(), "preferred, not required");
+    let terms = anti.preferred_during_scheduling_ignored_during_execution.as_ref().expect("preferred terms");
+    assert_eq!(terms.len(), 1);
+    assert_eq!(terms[0].pod_affinity_term.topology_key, "kubernetes.io/hostname");
+    selects_kiln("the anti-affinity", terms[0].pod_affinity_term.label_selector.as_ref().and_then(|s| s.match_labels.as_ref()));
+
+    // Everything else is the SQLite install's Deployment, which stays one replica, Recreate.
+    let sqlite = install.sqlite();
+    let base = sqlite.deployment();
+    assert_eq!(base.spec.as_ref().unwrap().replicas, Some(1));
+    assert_eq!(base.spec.as_ref().unwrap().strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("Recreate"));
+    assert_eq!(without_the_postgres_patch(d), without_the_postgres_patch(base), "postgres/ changes only what it is for");
+
+    let readme = std::fs::read_to_string(deploy_dir().join("README.md")).unwrap();
+    for what in ["Choosing SQLite or PostgreSQL", "apply -k deploy/postgres/", "kiln-database", "PostgreSQL 13"] {
+        assert!(readme.contains(what), "deploy/README.md explains {what}");
+    }
+}
+
 /// Prometheus finds the pod by the `prometheus.io/*` annotations of its template (no
 /// ServiceMonitor): on the container's HTTP port, at the path the router serves the metrics on.
 #[test]
 fn the_pod_template_asks_prometheus_to_scrape_its_metrics() {
     let install = Install::load();
-    let d = install.deployment();
+    for (dir, _) in INSTALLS {
+        assert_asks_prometheus_to_scrape(install.build(dir).deployment());
+    }
+}
+
+fn assert_asks_prometheus_to_scrape(d: &Deployment) {
     let template = &d.spec.as_ref().unwrap().template;
     let annotations = template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
     let get = |k: &str| annotations.get(k).map(String::as_str);
@@ -573,43 +897,70 @@ fn every_metric_the_alert_rules_use_is_one_kiln_serves() {
 #[test]
 fn kiln_toml_in_the_configmap_selects_the_kube_executor_and_matches_the_mounts() {
     let install = Install::load();
-    let d = install.deployment();
-    let config = install.config("kiln", "kiln.toml");
-    assert_eq!(config.executor.kind, "kube");
-    assert_eq!(config.kube.templates_dir.as_deref(), Some(Path::new("/etc/kiln/job-templates")));
-    assert_eq!(config.kube.namespace_prefix, "kiln-");
-    assert_eq!(config.store.data_dir, Path::new("/var/lib/kiln"));
-    assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
-    assert_eq!(config.toolchains.dockerfile_builder.as_deref(), Some("buildkit"));
-    // The admin token never sits in the ConfigMap (it comes from the Secret kiln-admin).
-    assert!(!install.config_map("kiln").data.as_ref().unwrap()["kiln.toml"].contains("admin_token ="));
+    let mut configs = vec![];
+    for (dir, _) in INSTALLS {
+        let build = install.build(dir);
+        let d = build.deployment();
+        let config = build.config("kiln", "kiln.toml");
+        assert_eq!(config.executor.kind, "kube");
+        assert_eq!(config.kube.templates_dir.as_deref(), Some(Path::new("/etc/kiln/job-templates")));
+        assert_eq!(config.kube.namespace_prefix, "kiln-");
+        assert_eq!(config.store.data_dir, Path::new("/var/lib/kiln"));
+        assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.toolchains.dockerfile_builder.as_deref(), Some("buildkit"));
+        // The admin token never sits in the ConfigMap (it comes from the Secret kiln-admin), nor
+        // the database URL with its password (from the Secret kiln-database).
+        let text = &build.config_map("kiln").data.as_ref().unwrap()["kiln.toml"];
+        assert!(!text.contains("admin_token ="), "deploy/{dir}");
+        assert!(config.store.url.is_none() && !text.contains("postgres://"), "deploy/{dir}: no database URL in kiln.toml");
 
-    // The paths of the config are where the Deployment mounts things.
-    assert!(volume_at(d, config.store.data_dir.to_str().unwrap()).persistent_volume_claim.is_some());
-    assert!(volume_at(d, config.kube.templates_dir.as_ref().unwrap().to_str().unwrap()).config_map.is_some());
-    let container_port = kiln_container(d).ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).unwrap();
-    assert_eq!(container_port.container_port, i32::from(config.server.listen.port()));
+        // The paths of the config are where the Deployment mounts things: the data dir is the PVC
+        // on SQLite, scratch space on PostgreSQL.
+        let data = volume_at(d, config.store.data_dir.to_str().unwrap());
+        match dir {
+            "" => assert!(data.persistent_volume_claim.is_some(), "SQLite: the database on the PVC"),
+            _ => assert!(data.empty_dir.is_some(), "deploy/{dir}: scratch clones on an emptyDir"),
+        }
+        assert!(volume_at(d, config.kube.templates_dir.as_ref().unwrap().to_str().unwrap()).config_map.is_some());
+        let container_port = kiln_container(d).ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).unwrap();
+        assert_eq!(container_port.container_port, i32::from(config.server.listen.port()));
 
-    // The Service: port 80 to the named port.
-    let svc = install
-        .applied()
-        .find_map(|o| if let Object::Service(s) = o { Some(s) } else { None })
-        .expect("a Service");
-    let spec = svc.spec.as_ref().unwrap();
-    let port = &spec.ports.as_ref().unwrap()[0];
-    assert_eq!(port.port, 80);
-    assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
-    let pod_labels = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
-    for (k, v) in spec.selector.as_ref().expect("a selector") {
-        assert_eq!(pod_labels.get(k), Some(v), "Service selector {k}={v} matches the Kiln pod");
+        // The Service: port 80 to the named port.
+        let svc = build
+            .applied()
+            .find_map(|o| if let Object::Service(s) = o { Some(s) } else { None })
+            .expect("a Service");
+        let spec = svc.spec.as_ref().unwrap();
+        let port = &spec.ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 80);
+        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+        let pod_labels = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        for (k, v) in spec.selector.as_ref().expect("a selector") {
+            assert_eq!(pod_labels.get(k), Some(v), "Service selector {k}={v} matches the Kiln pod");
+        }
+        configs.push(config);
     }
+    // postgres/kiln.toml is ../kiln.toml but for the settings of several replicas.
+    let [sqlite, postgres] = &configs[..] else { unreachable!() };
+    assert_eq!(format!("{:?}", sqlite.kube), format!("{:?}", postgres.kube));
+    assert_eq!(format!("{:?}", sqlite.toolchains), format!("{:?}", postgres.toolchains));
+    assert_eq!(
+        (sqlite.executor.max_concurrent_builds, sqlite.executor.build_timeout_secs),
+        (postgres.executor.max_concurrent_builds, postgres.executor.build_timeout_secs)
+    );
 }
 
 #[test]
 fn the_cluster_role_grants_exactly_what_the_kube_executor_uses() {
     let install = Install::load();
+    for (dir, _) in INSTALLS {
+        assert_rbac(&install, &install.build(dir));
+    }
+}
+
+fn assert_rbac(install: &Install, build: &Build) {
     let roles: Vec<&ClusterRole> =
-        install.applied().filter_map(|o| if let Object::ClusterRole(r) = o { Some(r) } else { None }).collect();
+        build.applied().filter_map(|o| if let Object::ClusterRole(r) = o { Some(r) } else { None }).collect();
     let names: Vec<&str> = roles.iter().map(|r| r.metadata.name.as_deref().unwrap()).collect();
     assert_eq!(names, EXPECTED_GRANTS.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "the ClusterRoles");
     for (role, (_, grants)) in roles.iter().zip(EXPECTED_GRANTS) {
@@ -642,7 +993,7 @@ fn the_cluster_role_grants_exactly_what_the_kube_executor_uses() {
     // Cluster-wide: one binding in the install, of the read-only role. Nothing bound
     // cluster-wide creates, changes or deletes anything, nor touches a Secret.
     let bindings: Vec<&ClusterRoleBinding> =
-        install.applied().filter_map(|o| if let Object::ClusterRoleBinding(b) = o { Some(b) } else { None }).collect();
+        build.applied().filter_map(|o| if let Object::ClusterRoleBinding(b) = o { Some(b) } else { None }).collect();
     assert_eq!(bindings.len(), 1);
     let b = bindings[0];
     assert_eq!((b.role_ref.kind.as_str(), b.role_ref.name.as_str()), ("ClusterRole", "kiln"));
@@ -691,7 +1042,7 @@ fn the_cluster_role_grants_exactly_what_the_kube_executor_uses() {
     }
     assert_eq!(
         bound_cluster_wide,
-        [("rbac.yaml".to_string(), "kiln".to_string()), ("provisioning/rbac.yaml".to_string(), "kiln-provisioner".to_string())].into(),
+        [("base/rbac.yaml".to_string(), "kiln".to_string()), ("provisioning/rbac.yaml".to_string(), "kiln-provisioner".to_string())].into(),
         "ClusterRoleBindings in deploy/"
     );
     // What the provisioner may bind is what Kiln binds when it provisions.
@@ -711,14 +1062,48 @@ fn the_cluster_role_grants_exactly_what_the_kube_executor_uses() {
         assert!(rb.metadata.namespace.is_none(), "{file}: applied with -n <namespace>");
         assert!(kiln_sa(rb.subjects.as_deref().unwrap_or_default()), "{file}");
     }
-    // The install itself creates no Secrets (kiln-admin is made by hand) and no Jobs.
-    assert!(install.applied().all(|o| !matches!(o, Object::Secret(_) | Object::Job(_))));
+
+    // In Kiln's own namespace: the one Role of deploy/, the Lease of the singleton loops, bound to
+    // Kiln alone. create cannot name its object; get and update name the Lease.
+    let roles: Vec<(&str, &Role)> =
+        install.objects.iter().filter_map(|(f, o)| if let Object::Role(r) = o { Some((f.as_str(), r)) } else { None }).collect();
+    assert_eq!(roles.len(), 1, "one Role in deploy/: {roles:?}");
+    let (file, role) = roles[0];
+    assert!(build.files.iter().any(|f| f == file), "deploy/{}: applies {file}", build.dir);
+    assert_eq!((role.metadata.name.as_deref(), role.metadata.namespace.as_deref()), (Some(LEASE_ROLE), Some("kiln")), "{file}");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    assert!(granted.insert((g.clone(), r.clone(), v.clone(), rule.resource_names.clone().unwrap_or_default())), "{file}: {g}/{r} {v} twice");
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<_> = LEASE_RULES
+        .iter()
+        .map(|(g, r, v, names)| (g.to_string(), r.to_string(), v.to_string(), names.iter().map(|n| n.to_string()).collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(granted, expected, "{file}");
+    let role_bindings: Vec<&RoleBinding> = build
+        .applied()
+        .filter_map(|o| match o {
+            Object::RoleBinding(b) if b.role_ref.kind == "Role" => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(role_bindings.len(), 1, "deploy/{}: one RoleBinding of a Role", build.dir);
+    let rb = role_bindings[0];
+    assert_eq!((rb.role_ref.name.as_str(), rb.metadata.namespace.as_deref()), (LEASE_ROLE, Some("kiln")));
+    assert!(kiln_sa(rb.subjects.as_deref().unwrap_or_default()));
 }
 
 #[test]
 fn the_job_templates_configmap_is_the_repository_job_templates_byte_for_byte() {
     let install = Install::load();
-    let cm = install.config_map("kiln-job-templates");
+    let build = install.sqlite();
+    let cm = build.config_map("kiln-job-templates");
     let data = cm.data.as_ref().expect("data");
     assert!(cm.binary_data.is_none());
     let keys: BTreeSet<&str> = data.keys().map(String::as_str).collect();
@@ -735,13 +1120,15 @@ fn the_job_templates_configmap_is_the_repository_job_templates_byte_for_byte() {
         let original = std::fs::read(repo().join("job-templates").join(name)).unwrap();
         assert!(
             data[name].as_bytes() == original.as_slice(),
-            "deploy/job-templates/{name} differs from job-templates/{name}: cp job-templates/*.yaml deploy/job-templates/"
+            "deploy/base/job-templates/{name} differs from job-templates/{name}: cp job-templates/*.yaml deploy/base/job-templates/"
         );
     }
     // They parse as Jobs, and Kiln accepts the directory the way it reads it at start.
-    let copies = install.objects.iter().filter(|(f, o)| f.starts_with("job-templates/") && matches!(o, Object::Job(_)));
+    let copies = install.objects.iter().filter(|(f, o)| f.starts_with("base/job-templates/") && matches!(o, Object::Job(_)));
     assert_eq!(copies.count(), TEMPLATE_FILES.len());
-    Templates::load(&deploy_dir().join("job-templates")).unwrap();
+    Templates::load(&deploy_dir().join("base/job-templates")).unwrap();
+    // Both installs carry this one ConfigMap (base/ generates it).
+    assert_eq!(install.postgres().config_map("kiln-job-templates").data, cm.data);
 }
 
 /// The last `USER` of the final stage of a Dockerfile.
@@ -870,7 +1257,9 @@ fn the_build_namespace_policy_denies_all_ingress_and_limits_egress_to_dns_git_re
     assert_eq!(build.len(), 1, "one policy in deploy/build-namespace/");
     let policy = build[0];
     assert_eq!(policy.metadata.namespace, None, "applied with -n <build namespace>");
-    assert!(!install.kustomization.resources.iter().any(|r| r.starts_with("build-namespace/")), "not applied into kiln");
+    for (dir, _) in INSTALLS {
+        assert!(!install.build(dir).files.iter().any(|f| f.starts_with("build-namespace/")), "deploy/{dir}: not applied into kiln");
+    }
     let spec = policy.spec.as_ref().unwrap();
     assert_eq!(spec.pod_selector, Some(Default::default()), "every pod of the namespace");
     let types = spec.policy_types.clone().unwrap_or_default();
@@ -892,13 +1281,19 @@ fn the_build_namespace_policy_denies_all_ingress_and_limits_egress_to_dns_git_re
 #[test]
 fn the_kiln_namespace_policy_admits_only_the_http_port_and_limits_egress() {
     let install = Install::load();
+    for (dir, _) in INSTALLS {
+        assert_kiln_network_policy(&install.build(dir));
+    }
+}
+
+fn assert_kiln_network_policy(build: &Build) {
     let applied: Vec<&NetworkPolicy> =
-        install.applied().filter_map(|o| if let Object::NetworkPolicy(p) = o { Some(p) } else { None }).collect();
+        build.applied().filter_map(|o| if let Object::NetworkPolicy(p) = o { Some(p) } else { None }).collect();
     assert_eq!(applied.len(), 1, "kustomization.yaml applies the Kiln policy");
     let policy = applied[0];
     assert_eq!(policy.metadata.namespace.as_deref(), Some("kiln"));
     let spec = policy.spec.as_ref().unwrap();
-    let pod_labels = install.deployment().spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let pod_labels = build.deployment().spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
     for (k, v) in spec.pod_selector.as_ref().and_then(|s| s.match_labels.as_ref()).expect("selects the Kiln pod") {
         assert_eq!(pod_labels.get(k), Some(v), "selector {k}={v}");
     }
@@ -906,7 +1301,7 @@ fn the_kiln_namespace_policy_admits_only_the_http_port_and_limits_egress() {
     assert!(types.contains(&"Ingress".to_string()) && types.contains(&"Egress".to_string()), "{types:?}");
     let ingress = spec.ingress.as_ref().expect("ingress to the HTTP port");
     assert_eq!(ingress.len(), 1);
-    let container_port = kiln_container(install.deployment()).ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).unwrap();
+    let container_port = kiln_container(build.deployment()).ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).unwrap();
     assert_eq!(container_port.container_port, 8080);
     assert_eq!(rule_ports(ingress[0].ports.as_ref()), vec![("TCP".to_string(), IntOrString::String("http".into()))]);
     let seen = assert_limited_egress("kiln", policy, &[("TCP", IntOrString::Int(443)), ("TCP", IntOrString::Int(6443))]);
@@ -924,7 +1319,7 @@ fn the_per_namespace_bases_their_overlays_and_the_provisioning_component_are_com
     let files_in = |dir: &str| -> BTreeSet<String> {
         install.objects.iter().filter_map(|(f, _)| f.strip_prefix(&format!("{dir}/")).filter(|r| !r.contains('/')).map(String::from)).collect()
     };
-    let listed_files = |dir: &str, part: &Part| -> BTreeSet<String> {
+    let listed_files = |dir: &str, part: &Kustomization| -> BTreeSet<String> {
         for r in &part.resources {
             let path = deploy_dir().join(dir).join(r);
             assert!(path.exists(), "{dir}/kustomization.yaml lists {r}, which is not there");
@@ -943,7 +1338,7 @@ fn the_per_namespace_bases_their_overlays_and_the_provisioning_component_are_com
         ("build-namespace", &["networkpolicy.yaml", "rolebinding.yaml", "serviceaccount.yaml"][..]),
         ("deploy-namespace", &["rolebinding.yaml"][..]),
     ] {
-        let part = install.parts.get(dir).unwrap_or_else(|| panic!("no deploy/{dir}/kustomization.yaml"));
+        let part = install.kustomizations.get(dir).unwrap_or_else(|| panic!("no deploy/{dir}/kustomization.yaml"));
         assert_eq!((part.api_version.as_str(), part.kind.as_str()), ("kustomize.config.k8s.io/v1beta1", "Kustomization"), "{dir}: a base overlays use in resources:");
         assert_eq!(part.namespace, None, "{dir}: the namespace comes from the overlay or -n");
         let listed = listed_files(dir, part);
@@ -968,7 +1363,7 @@ fn the_per_namespace_bases_their_overlays_and_the_provisioning_component_are_com
     }
 
     // The example overlays: one per build namespace, one per deploy namespace.
-    let overlays: Vec<(&String, &Part)> = install.parts.iter().filter(|(d, _)| d.starts_with("examples/")).collect();
+    let overlays: Vec<(&String, &Kustomization)> = install.kustomizations.iter().filter(|(d, _)| d.starts_with("examples/")).collect();
     for (base, namespace) in [("../../build-namespace", "kiln-payments"), ("../../deploy-namespace", "payments")] {
         let (dir, part) = overlays
             .iter()
@@ -988,20 +1383,23 @@ fn the_per_namespace_bases_their_overlays_and_the_provisioning_component_are_com
 
     // The optional provisioning component: a Component with the provisioner's ClusterRole and
     // binding, and the env var that turns the mode on, patched into the Kiln Deployment.
-    let part = install.parts.get("provisioning").expect("deploy/provisioning/kustomization.yaml");
+    let part = install.kustomizations.get("provisioning").expect("deploy/provisioning/kustomization.yaml");
     assert_eq!((part.api_version.as_str(), part.kind.as_str()), ("kustomize.config.k8s.io/v1alpha1", "Component"));
     assert_eq!(listed_files("provisioning", part), files_in("provisioning"));
-    assert!(!install.kustomization.resources.iter().any(|r| r.starts_with("provisioning")), "optional: not in the install by default");
+    for (dir, _) in INSTALLS {
+        assert!(!install.build(dir).files.iter().any(|f| f.starts_with("provisioning")), "optional: not in deploy/{dir} by default");
+    }
     assert_eq!(part.patches.len(), 1);
     let patch = &part.patches[0];
-    let d = install.deployment();
+    let sqlite = install.sqlite();
+    let d = sqlite.deployment();
     assert_eq!((patch.target.kind.as_str(), patch.target.name.as_str()), ("Deployment", d.metadata.name.as_deref().unwrap()));
     let ops: Vec<serde_json::Value> = serde_saphyr::from_str(&patch.patch).unwrap();
     assert_eq!(ops.len(), 1, "{ops:?}");
     assert_eq!((ops[0]["op"].as_str(), ops[0]["path"].as_str()), (Some("add"), Some("/spec/template/spec/containers/0/env/-")));
     assert!(kiln_container(d).env.as_ref().is_some_and(|e| !e.is_empty()), "the patch appends to the env list");
     let (name, value) = (ops[0]["value"]["name"].as_str().unwrap(), ops[0]["value"]["value"].as_str().unwrap());
-    let mut config = install.config("kiln", "kiln.toml");
+    let mut config = sqlite.config("kiln", "kiln.toml");
     assert!(!config.kube.provision_namespaces, "off unless the component is used");
     config.apply_env(|n| (n == name).then(|| value.to_string())).unwrap();
     assert!(config.kube.provision_namespaces, "{name}={value} turns kube.provision_namespaces on");

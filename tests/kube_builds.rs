@@ -51,7 +51,7 @@ pub fn kiln_identity() -> Identity {
     Identity::service_account("kiln", "kiln")
 }
 
-/// A client of the fake with exactly the rights `deploy/` grants Kiln: `rbac.yaml` (read-only
+/// A client of the fake with exactly the rights `deploy/` grants Kiln: `base/rbac.yaml` (read-only
 /// cluster-wide), and the RoleBindings of `build-namespace/` and `deploy-namespace/` in every
 /// namespace the fake has now, as an operator applies them per tenant namespace. A right Kiln
 /// uses and `deploy/` lacks fails the test that uses it.
@@ -59,7 +59,7 @@ pub fn kiln_client(fake: &FakeKube) -> kube::Client {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let read = |f: &str| std::fs::read_to_string(deploy.join(f)).unwrap();
     if fake.get("clusterroles", "", "kiln").is_none() {
-        fake.create_from_yaml(&read("rbac.yaml"));
+        fake.create_from_yaml(&read("base/rbac.yaml"));
     }
     build_pod_accounts(fake);
     for ns in fake.list("namespaces", None) {

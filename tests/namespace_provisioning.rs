@@ -1,5 +1,5 @@
 //! `kube.provision_namespaces`: an admin creates a tenant and Kiln, bound to exactly
-//! `deploy/rbac.yaml` and `deploy/provisioning/`, makes its build namespace, the RoleBinding that
+//! `deploy/base/rbac.yaml` and `deploy/provisioning/`, makes its build namespace, the RoleBinding that
 //! grants Kiln its writes there and the build ServiceAccount — then builds there. Without the
 //! provisioning rights the tenant is not created and the answer names the right Kiln lacks. The
 //! fake API server holds RoleBinding creates to the real escalation check (`bind`).
@@ -25,11 +25,11 @@ fn deploy_file(f: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(f)).unwrap()
 }
 
-/// The fake with only `deploy/rbac.yaml` applied (no per-namespace RoleBindings: provisioning
+/// The fake with only `deploy/base/rbac.yaml` applied (no per-namespace RoleBindings: provisioning
 /// makes them), plus the given extra manifests.
 fn cluster(root: &Path, extra: &[&str]) -> FakeKube {
     let fake = FakeKube::start(fake_options(root, &[]));
-    fake.create_from_yaml(&deploy_file("rbac.yaml"));
+    fake.create_from_yaml(&deploy_file("base/rbac.yaml"));
     for text in extra {
         fake.create_from_yaml(text);
     }
@@ -134,7 +134,7 @@ async fn without_the_provisioning_rights_no_tenant_is_created_and_the_answer_nam
     crate::support::init();
     let registry = TestRegistry::start().await;
     let root = tempfile::tempdir().unwrap();
-    // deploy/rbac.yaml only.
+    // deploy/base/rbac.yaml only.
     let fake = cluster(root.path(), &[]);
     let kiln = kiln(&fake, &registry).await;
     let (status, body) = create_tenant(&kiln, json!({"name": "team"})).await;
@@ -186,7 +186,7 @@ async fn without_the_provisioning_rights_no_tenant_is_created_and_the_answer_nam
 async fn the_fake_refuses_a_rolebinding_without_bind_on_its_role_as_the_real_apiserver_does() {
     let root = tempfile::tempdir().unwrap();
     let fake = FakeKube::start(fake_options(root.path(), &["kiln-team"]));
-    fake.create_from_yaml(&deploy_file("rbac.yaml"));
+    fake.create_from_yaml(&deploy_file("base/rbac.yaml"));
     fake.create_from_yaml(&provisioning_without_bind());
     // A role Kiln must never be able to hand out.
     fake.create_from_yaml("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: admin\nrules:\n  - apiGroups: [\"*\"]\n    resources: [\"*\"]\n    verbs: [\"*\"]\n");

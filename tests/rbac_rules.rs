@@ -1,5 +1,5 @@
 //! Every right `deploy/` grants Kiln is one Kiln uses: for each rule of each ClusterRole — in
-//! `deploy/rbac.yaml` and in the optional `deploy/provisioning/` — broken down to one (apiGroup,
+//! `deploy/base/rbac.yaml` and in the optional `deploy/provisioning/` — broken down to one (apiGroup,
 //! resource, verb), a fresh fake API server gets `deploy/`'s RBAC with exactly that one verb taken
 //! out, and one Kiln runs everything Kiln does in a cluster against it. The scenario must then
 //! visibly fail: Kiln does not start, a step is refused or ends wrong, or the fake refused a
@@ -50,7 +50,7 @@ const STEP: Duration = Duration::from_secs(30);
 const PARALLEL: usize = 2;
 
 /// Rules no Kiln code path uses (removing one fails nothing): none. A rule listed here belongs
-/// out of `deploy/rbac.yaml`; the list lets this test name it until it is removed.
+/// out of `deploy/base/rbac.yaml`; the list lets this test name it until it is removed.
 const NOT_USED: &[(&str, &str, &str, &str)] = &[];
 
 fn deploy_file(f: &str) -> String {
@@ -72,9 +72,9 @@ fn strings(v: &Value) -> Vec<String> {
 /// One verb of one rule: (ClusterRole, apiGroup, resource, verb).
 type Right = (String, String, String, String);
 
-/// The RBAC objects of `deploy/rbac.yaml` and `deploy/provisioning/rbac.yaml`.
+/// The RBAC objects of `deploy/base/rbac.yaml` and `deploy/provisioning/rbac.yaml`.
 fn deploy_rbac() -> Vec<Value> {
-    let mut all = documents(&deploy_file("rbac.yaml"));
+    let mut all = documents(&deploy_file("base/rbac.yaml"));
     all.extend(documents(&deploy_file("provisioning/rbac.yaml")));
     all
 }
