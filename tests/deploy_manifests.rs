@@ -645,7 +645,7 @@ fn the_deployment_runs_kiln_serve_as_a_hardened_single_replica() {
 /// its build claims over.
 const DRAIN_SECS: i32 = 5;
 /// `executor.claim_lease_secs` of postgres/kiln.toml (Kiln's default).
-const CLAIM_LEASE_SECS: i64 = 10;
+const CLAIM_LEASE_SECS: u64 = 10;
 
 /// Bytes of a Kubernetes quantity of the kinds the manifests use (`2Gi`, `256Mi`).
 fn quantity_bytes(q: &str) -> u64 {
@@ -749,20 +749,10 @@ fn the_postgres_install_runs_three_replicas_that_roll_one_at_a_time_and_drain_be
     let grace = pod.termination_grace_period_seconds.expect("terminationGracePeriodSeconds");
     assert!(grace >= i64::from(DRAIN_SECS) + 30, "terminationGracePeriodSeconds {grace}: drain_secs {DRAIN_SECS} + 30 at least");
 
-    // The two settings of several replicas in kiln.toml, where Kiln reads them. (Commented out
-    // while config.rs does not know them yet: `# key = value  # default`.)
-    let text = &build.config_map("kiln").data.as_ref().unwrap()["kiln.toml"];
-    let uncommented: String = text
-        .lines()
-        .map(|l| match l.strip_prefix("# ") {
-            Some(rest) if rest.starts_with("drain_secs =") || rest.starts_with("claim_lease_secs =") => rest,
-            _ => l,
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let table: toml::Table = uncommented.parse().unwrap_or_else(|e| panic!("postgres/kiln.toml: {e}"));
-    assert_eq!(table["server"].get("drain_secs").and_then(|v| v.as_integer()), Some(i64::from(DRAIN_SECS)), "[server] drain_secs");
-    assert_eq!(table["executor"].get("claim_lease_secs").and_then(|v| v.as_integer()), Some(CLAIM_LEASE_SECS), "[executor] claim_lease_secs");
+    // The two settings of several replicas, as Kiln reads them from kiln.toml.
+    let config = build.config("kiln", "kiln.toml");
+    assert_eq!(config.server.drain_secs, f64::from(DRAIN_SECS), "[server] drain_secs");
+    assert_eq!(config.executor.claim_lease_secs, CLAIM_LEASE_SECS, "[executor] claim_lease_secs");
 
     // A drain or an upgrade of the cluster evicts one replica at a time, never the last ones.
     let budgets: Vec<&PodDisruptionBudget> =

@@ -36,7 +36,7 @@ use super::pod_security::{Level, ENFORCE_LABEL};
 use super::render::{LABEL_INSTANCE, MANAGED_BY};
 use crate::config::KubeConfig;
 
-/// The ClusterRole Kiln binds in each build namespace (`deploy/rbac.yaml`).
+/// The ClusterRole Kiln binds in each build namespace (`deploy/base/rbac.yaml`).
 pub const BUILDS_ROLE: &str = "kiln-builds";
 /// The name of that RoleBinding (as `deploy/build-namespace/rolebinding.yaml` names it).
 pub const BUILDS_BINDING: &str = "kiln-builds";
@@ -49,7 +49,7 @@ pub const LABEL_TENANT: &str = "kiln.dev/tenant";
 /// What a refusal of steps 1 and 2 means.
 const PROVISIONER_HINT: &str = "kube.provision_namespaces needs the ClusterRole kiln-provisioner of deploy/provisioning/ bound to Kiln's ServiceAccount";
 /// What a refusal of step 3 means.
-const BUILDS_HINT: &str = "the ClusterRole kiln-builds of deploy/rbac.yaml grants create on serviceaccounts in each build namespace";
+const BUILDS_HINT: &str = "the ClusterRole kiln-builds of deploy/base/rbac.yaml grants create on serviceaccounts in each build namespace";
 /// How long a create under a RoleBinding made a moment ago is retried on 403: the apiserver's
 /// authorizer reads bindings from a cache that may not have it yet.
 const NEW_BINDING_GRACE: Duration = Duration::from_secs(3);
