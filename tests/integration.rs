@@ -1,6 +1,7 @@
 //! The one integration test binary of the workspace. Each module is one area; `support` holds the
 //! real parts the tests run against (docker-registry, git over HTTP, the Kiln service itself).
 
+mod failover;
 mod fake_kube;
 mod fuzz;
 mod hostile_input;

@@ -103,6 +103,28 @@ impl ServeProcess {
         cpu_time_of(self.child.id()).expect("the process is gone")
     }
 
+    /// SIGTERM, as Kubernetes stops a pod; waits (at most `limit`) for the process to exit and
+    /// returns how it exited.
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {}", self.child.id());
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "kiln serve still runs {limit:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.scan_output();
+        status
+    }
+
+    /// What the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
