@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("entry points", &["main", "cli", "server", "devtools"]),
     ("HTTP", &["router", "handlers", "hooks", "web", "auth", "audit", "error"]),
     // `Context` is how the services reach each other; it holds handles from their leaf files.
-    ("services", &["context", "scheduler", "executor", "replication", "rollout", "steps", "apm", "logs", "gitlab_status", "notify", "peers"]),
+    ("services", &["context", "scheduler", "executor", "replication", "rollout", "steps", "apm", "logs", "gitlab_status", "notify", "peers", "leadership"]),
     ("model and storage", &["store", "plan", "config"]),
     ("leaf utilities", &["validate", "branch_filter", "ratelimit", "json_file", "failure_line", "outbound", "metrics"]),
 ];

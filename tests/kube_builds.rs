@@ -71,7 +71,20 @@ pub fn kiln_client(fake: &FakeKube) -> kube::Client {
             }
         }
     }
+    grant_lease(fake);
     fake.client_as(kiln_identity())
+}
+
+/// Kiln's own namespace `kiln` and its right to the Lease there (`deploy/base/leases.yaml`), which
+/// replicas on PostgreSQL elect the one running the cluster-wide loops with.
+pub fn grant_lease(fake: &FakeKube) {
+    if fake.get("namespaces", "", "kiln").is_none() {
+        fake.create_namespace("kiln");
+    }
+    if fake.get("roles", "kiln", "kiln-leases").is_none() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        fake.create_from_yaml(&std::fs::read_to_string(deploy.join("base/leases.yaml")).unwrap());
+    }
 }
 
 /// The ServiceAccount build pods run as (`kiln-build`, from `deploy/build-namespace/`), in every

@@ -195,6 +195,8 @@ async fn scenario(world: &World, rbac: Vec<Value>, stop_on_refusal: bool) -> Out
         };
         fake.create(ns, plural, o.clone()).unwrap();
     }
+    // Kiln's right in its own namespace (a Role of its own file, not under test here).
+    crate::kube_builds::grant_lease(&fake);
     fake.create_from_yaml(&deploy_file("deploy-namespace/rolebinding.yaml").replace("kind: RoleBinding\nmetadata:\n", "kind: RoleBinding\nmetadata:\n  namespace: shop\n"));
     // 20 replicas take the fake's controller 2 s to replace, one at a time: the rollout is
     // still going when Kiln has patched and starts to wait, so its wait always lists and then

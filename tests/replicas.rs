@@ -362,3 +362,61 @@ async fn two_tenants_with_caps_never_exceed_them_across_three_replicas() {
     let checks: i64 = postgres::cluster().psql(database, "SELECT COUNT(*) FROM cap_checks").trim().parse().unwrap();
     assert!(checks >= 32, "{checks} state changes checked (16 builds start and end)");
 }
+
+#[tokio::test]
+async fn under_the_kube_executor_one_replica_holds_the_lease_and_another_takes_it_when_the_holder_stops() {
+    crate::support::init();
+    let fake_root = tempfile::tempdir().unwrap();
+    let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team"]));
+    // With Kiln's right to the Lease, as deploy/ grants it.
+    let kube = kiln_client(&fake);
+    let kube_executor = |c: &mut Config, _: &Path| {
+        c.executor.kind = "kube".into();
+        c.kube.instance = Some(INSTANCE.into());
+    };
+    let kilns = replicas_on(&postgres::fresh_database(), &[1, 1], kube_executor, Some(kube)).await;
+    let ids: Vec<String> = kilns.iter().map(|k| k.ctx.scheduler.replica.0.clone()).collect();
+    let lease = || fake.get("leases", "kiln", builder_api::leadership::LEASE_NAME);
+    let holder_within = |limit: Duration| {
+        let deadline = std::time::Instant::now() + limit;
+        let lease = &lease;
+        async move {
+            loop {
+                if let Some(l) = lease() {
+                    if let Some(h) = l["spec"]["holderIdentity"].as_str() {
+                        return (h.to_string(), l);
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "no holder after {limit:?}: {:?}", lease());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (first, _) = holder_within(Duration::from_secs(10)).await;
+    let holder = ids.iter().position(|id| *id == first).unwrap_or_else(|| panic!("{first} is neither replica: {ids:?}"));
+    // Renewed, not fought over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (still, held) = holder_within(Duration::from_secs(1)).await;
+    assert_eq!(still, first);
+    assert_eq!(held["spec"]["leaseTransitions"], 0, "{held}");
+    assert_eq!(held["spec"]["leaseDurationSeconds"], 10, "{held}");
+
+    // The holder stops (SIGTERM's path): it gives the Lease up, and the other takes it at its
+    // next try instead of after the lease's 10 s.
+    let stopped_at = std::time::Instant::now();
+    builder_api::scheduler::hand_back(&kilns[holder].ctx).await.unwrap();
+    builder_api::leadership::give_up(&kilns[holder].ctx).await;
+    let deadline = stopped_at + Duration::from_secs(5);
+    let next = loop {
+        if let Some(h) = lease().and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from)) {
+            if h != first {
+                break h;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the Lease was not taken over within 5 s: {:?}", lease());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(next, ids[1 - holder]);
+    assert_eq!(lease().unwrap()["spec"]["leaseTransitions"], 1);
+    println!("Lease taken over {:?} after the holder stopped", stopped_at.elapsed());
+}

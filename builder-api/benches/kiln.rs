@@ -133,6 +133,9 @@ fn main() {
     if which.is_empty() || which.iter().any(|w| w == "intake") {
         rt.block_on(intake());
     }
+    if which.is_empty() || which.iter().any(|w| w == "failover") {
+        rt.block_on(failover());
+    }
     if which.is_empty() || which.iter().any(|w| w == "build") {
         rt.block_on(build());
     }
@@ -466,17 +469,19 @@ async fn setup_tenant(http: &reqwest::Client, url: &str, app: serde_json::Value)
     token
 }
 
-/// `intake`: 200 concurrent pushes, twice, into `kiln serve` with its store on SQLite, then on
-/// PostgreSQL (the tests' throwaway cluster), same run; each column prints its latencies,
-/// deliveries/s and the CPU per delivery of Kiln and of the database server.
+/// `intake`: 200 concurrent pushes, twice, into `kiln serve` with its store on SQLite, then one
+/// replica on PostgreSQL (the tests' throwaway cluster), then three replicas on one PostgreSQL
+/// database with the pushes spread over them, same run; each column prints its latencies,
+/// deliveries/s and the CPU per delivery of Kiln (all replicas) and of the database server.
 async fn intake() {
     const N: usize = 200;
-    let sqlite = intake_run(N, None).await;
-    let postgres = intake_run(N, Some(support::pg_cluster::fresh_database())).await;
-    println!("intake: {N} concurrent Push Hooks for distinct commits, twice (target p99 < 50 ms), kiln serve on SQLite and on PostgreSQL");
-    println!("  {:<52} {:>12} {:>12}", "", "SQLite", "PostgreSQL");
+    let sqlite = intake_run(N, None, 1).await;
+    let postgres = intake_run(N, Some(support::pg_cluster::fresh_database()), 1).await;
+    let three = intake_run(N, Some(support::pg_cluster::fresh_database()), 3).await;
+    println!("intake: {N} concurrent Push Hooks for distinct commits, twice (target p99 < 50 ms), kiln serve on SQLite, on PostgreSQL, and three replicas on PostgreSQL");
+    println!("  {:<52} {:>12} {:>12} {:>12}", "", "SQLite", "PostgreSQL", "PG ×3");
     let row = |what: &str, f: fn(&IntakeFigures) -> f64, unit: &str| {
-        println!("  {what:<52} {:>9.1} {unit:<2} {:>9.1} {unit:<2}", f(&sqlite), f(&postgres));
+        println!("  {what:<52} {:>9.1} {unit:<2} {:>9.1} {unit:<2} {:>9.1} {unit:<2}", f(&sqlite), f(&postgres), f(&three));
     };
     row("new connections: time to 202 p50", |r| r.cold_p50, "ms");
     row("new connections: time to 202 p99", |r| r.cold_p99, "ms");
@@ -491,6 +496,106 @@ async fn intake() {
         "  PostgreSQL p99 / SQLite p99: {:.2} new connections, {:.2} open connections (target <= 1.5); SQLite's CPU is in kiln serve's own",
         postgres.cold_p99 / sqlite.cold_p99,
         postgres.warm_p99 / sqlite.warm_p99
+    );
+    println!(
+        "  three replicas / one, deliveries/s: {:.2} new connections, {:.2} open connections (target >= 0.9; they share these cores)",
+        three.cold_rate / postgres.cold_rate,
+        three.warm_rate / postgres.warm_rate
+    );
+}
+
+/// `failover`: replica A of two on one PostgreSQL database runs builds when it is SIGKILLed;
+/// the time from the kill to the first line of each of those builds that replica B stores (with
+/// the local executor B can only end them, "interrupted": the line is its adoption). Claims last
+/// 10 s, as deploy/postgres/ sets them. Target: p99 < 5 s.
+async fn failover() {
+    const ROUNDS: usize = 5;
+    const BUILDS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let database = support::pg_cluster::fresh_database();
+    let key = builder_api::store::SecretKey::load(dir.path(), None).unwrap();
+    let key_file = dir.path().join("secret.key").display().to_string();
+    let store = builder_api::store::Store::connect(Some(&database), dir.path(), key).await.unwrap();
+    // A git server that accepts connections and never answers: the clones hang, so the builds
+    // run until their replica dies.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let git_url = format!("http://{}/bench/hello.git", hang.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((socket, _)) = hang.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = "max_concurrent_builds = 8\nclaim_lease_secs = 10\n[hooks]\nrate_per_app_per_minute = 0\n";
+    let start = |name: String| {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        *support::postgres::NEXT_DATABASE.lock().unwrap() = Some(database.clone());
+        let config_file = serve_process::write_config(&root, ADMIN, &kiln_binary(), config);
+        serve_process::ServeProcess::start_with_env(&config_file, free_port(), &[("KILN_SECRET_KEY_FILE", key_file.as_str())])
+    };
+    let http = reqwest::Client::new();
+    let mut token = None;
+    let mut samples = vec![];
+    for round in 0..ROUNDS {
+        let mut a = start(format!("a-{round}"));
+        a.ready().await;
+        if token.is_none() {
+            token = Some(
+                setup_tenant(
+                    &http,
+                    &a.url,
+                    json!({"name": "hello", "git_url": git_url, "project_path": "bench/hello", "kind": "go",
+                           "image_repository": "127.0.0.1:9/bench/hello", "webhook_secret": "bench-secret", "settings": {"supersede": false}}),
+                )
+                .await,
+            );
+        }
+        let token = token.as_deref().unwrap();
+        let mut ids = vec![];
+        for i in 0..BUILDS {
+            let commit = format!("{:040x}", round * BUILDS + i + 1);
+            let res: serde_json::Value = http
+                .post(format!("{}/api/v1/apps/hello/builds", a.url))
+                .bearer_auth(token)
+                .json(&json!({"commit": commit}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ids.push(res["build"]["id"].as_i64().unwrap());
+        }
+        for id in &ids {
+            while store.build(*id).await.unwrap().unwrap().state != builder_api::store::BuildState::Running {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let b = start(format!("b-{round}"));
+        b.ready().await;
+        a.kill();
+        let killed_at = builder_api::store::now_ms();
+        for id in &ids {
+            let first = loop {
+                let lines = store.log_after(*id, 0, 100_000).await.unwrap();
+                if let Some(line) = lines.iter().find(|l| l.at >= killed_at) {
+                    break line.at;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            samples.push(Duration::from_millis((first - killed_at).max(0) as u64));
+        }
+        drop(b);
+    }
+    samples.sort();
+    println!("failover: kill -9 of the replica running {BUILDS} builds, {ROUNDS} times; claim lease 10 s, target p99 < 5 s");
+    println!(
+        "  kill → first line stored by the other replica: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} builds)",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(samples[samples.len() - 1]),
+        samples.len()
     );
 }
 
@@ -526,23 +631,32 @@ fn postgres_cpu() -> Duration {
     total
 }
 
-async fn intake_run(n: usize, database: Option<String>) -> IntakeFigures {
+async fn intake_run(n: usize, database: Option<String>, replicas: usize) -> IntakeFigures {
     let dir = tempfile::tempdir().unwrap();
     let on_postgres = database.is_some();
-    *support::postgres::NEXT_DATABASE.lock().unwrap() = database.clone();
     let db_cpu = || if on_postgres { postgres_cpu() } else { Duration::ZERO };
     // `kiln serve` in its own process, as it is deployed: the benchmark's client and Kiln do not
     // share a runtime, and Kiln's own CPU time is read from /proc. Builds run (and fail fast:
     // nothing serves the git URL) while hooks arrive.
-    let serve = start_serve(
-        dir.path(),
-        "max_concurrent_builds = 2\n[toolchains]\ngoproxy = \"off\"\n\
+    let config = "max_concurrent_builds = 2\n[toolchains]\ngoproxy = \"off\"\n\
          # 200 pushes of one app at once are past the per-app webhook rate (burst 120): the\n\
          # benchmark measures what Kiln does with deliveries it accepts.\n\
-         [hooks]\nrate_per_app_per_minute = 0\n",
-    )
-    .await;
-    let url = serve.url.clone();
+         [hooks]\nrate_per_app_per_minute = 0\n";
+    let mut serves = vec![];
+    for r in 0..replicas {
+        let root = dir.path().join(format!("replica-{r}"));
+        std::fs::create_dir_all(&root).unwrap();
+        *support::postgres::NEXT_DATABASE.lock().unwrap() = database.clone();
+        let config_file = serve_process::write_config(&root, ADMIN, &kiln_binary(), config);
+        // Replicas share the first one's secret key.
+        let key_file = dir.path().join("replica-0/data/secret.key").display().to_string();
+        let env: Vec<(&str, &str)> = if r == 0 { vec![] } else { vec![("KILN_SECRET_KEY_FILE", key_file.as_str())] };
+        let serve = serve_process::ServeProcess::start_with_env(&config_file, free_port(), &env);
+        serve.ready().await;
+        serves.push(serve);
+    }
+    let url = serves[0].url.clone();
+    let cpu_time = |serves: &[serve_process::ServeProcess]| serves.iter().map(|s| s.cpu_time()).sum::<Duration>();
     let http = reqwest::Client::new();
     setup_tenant(
         &http,
@@ -555,31 +669,33 @@ async fn intake_run(n: usize, database: Option<String>) -> IntakeFigures {
     .await;
     // The client is a few lines of HTTP/1.1 over tokio sockets rather than reqwest: its 200
     // connections share the 2 cores with Kiln, and GitLab's would not, so it should cost little.
-    let addr = url.trim_start_matches("http://").to_string();
+    // Request i goes to replica i % replicas, as a Service spreads them.
+    let addrs: Vec<String> = serves.iter().map(|s| s.url.trim_start_matches("http://").to_string()).collect();
+    let addr = addrs[0].clone();
     // The floor: the same burst of fresh connections to a route that does nothing (`GET /`
     // answers a redirect), so the HTTP cost of this machine is printed beside Kiln's.
     let get_root = |_| raw_http::request(&addr, "GET", "/", &[], b"");
-    let (floor, _) = raw_http::burst(&addr, (0..n).map(get_root).collect(), None).await;
+    let (floor, _) = raw_http::burst(&addrs, (0..n).map(get_root).collect(), None).await;
     // Cold: every delivery on a new connection, as GitLab sends them straight to Kiln.
-    let (cpu_before, db_before) = (serve.cpu_time(), db_cpu());
-    let (cold_latencies, cold_wall) = raw_http::burst(&addr, (0..n).map(|i| push(&addr, i)).collect(), None).await;
-    let cold_cpu = serve.cpu_time() - cpu_before;
+    let (cpu_before, db_before) = (cpu_time(&serves), db_cpu());
+    let (cold_latencies, cold_wall) = raw_http::burst(&addrs, (0..n).map(|i| push(&addr, i)).collect(), None).await;
+    let cold_cpu = cpu_time(&serves) - cpu_before;
     // Warm: over connections already open, as an ingress that keeps upstream connections alive
     // forwards them (each opened by a no-op request first).
     let mut open = Vec::new();
-    for _ in 0..n {
-        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for i in 0..n {
+        let mut stream = tokio::net::TcpStream::connect(&addrs[i % addrs.len()]).await.unwrap();
         let status = raw_http::exchange(&mut stream, &get_root(0)).await;
         assert!((300..400).contains(&status), "{status}");
         open.push(stream);
     }
     let (warm_latencies, warm_wall) =
-        raw_http::burst(&addr, (0..n).map(|i| push(&addr, n + i)).collect(), Some(open)).await;
+        raw_http::burst(&addrs, (0..n).map(|i| push(&addr, n + i)).collect(), Some(open)).await;
     let db_used = db_cpu() - db_before;
 
-    // Counted from the database the process wrote, after it is gone.
-    drop(serve);
-    let data = dir.path().join("data");
+    // Counted from the database the processes wrote, after they are gone.
+    drop(serves);
+    let data = dir.path().join("replica-0/data");
     let key = builder_api::store::SecretKey::load(&data, None).unwrap();
     let store = builder_api::store::Store::connect(database.as_deref(), &data, key).await.unwrap();
     let persisted = store.delivery_count("gitlab").await.unwrap();
@@ -661,17 +777,20 @@ mod raw_http {
         status
     }
 
-    /// Sends every request at once, each on a new connection (`open` = None) or on one of the
+    /// Sends every request at once, each on a new connection to one of `addrs` in turn (`open` =
+    /// None) or on one of the
     /// given open connections; returns each one's time to its whole answer (sorted; a new
     /// connection's connect included) and the wall time. Every answer must be 2xx or 3xx.
-    pub async fn burst(addr: &str, requests: Vec<Vec<u8>>, open: Option<Vec<TcpStream>>) -> (Vec<Duration>, Duration) {
+    pub async fn burst(addrs: &[String], requests: Vec<Vec<u8>>, open: Option<Vec<TcpStream>>) -> (Vec<Duration>, Duration) {
         let mut open = open.map(|v| v.into_iter());
         let started = Instant::now();
         let sends: Vec<_> = requests
             .into_iter()
-            .map(|request| {
+            .enumerate()
+            .map(|(i, request)| {
                 let stream = open.as_mut().map(|o| o.next().expect("a connection per request"));
-                let addr = addr.to_string();
+                // Request i to address i % len (new connections).
+                let addr = addrs[i % addrs.len()].clone();
                 tokio::spawn(async move {
                     let t = Instant::now();
                     let mut stream = match stream {

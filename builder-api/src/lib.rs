@@ -14,12 +14,13 @@
 //!   `registry-sync`), and rolls out to subscribed Deployments in [`rollout`],
 //! - APM agents (which one, its layer, its injection into an image) are in [`apm`],
 //! - what the replicas on one PostgreSQL database tell each other is acted on in [`peers`]
-//!   (sent by `store/signals.rs`; claims on running builds are `store/claims.rs`).
+//!   (sent by `store/signals.rs`; claims on running builds are `store/claims.rs`), and which of
+//!   them runs the cluster-wide loops is elected in [`leadership`].
 //!
 //! Layers, top to bottom, each importing only itself and below (checked by
 //! `tests/architecture.rs`): entry points ([`cli`], [`server`]) → HTTP ([`router`], [`handlers`],
 //! [`hooks`], [`web`], [`auth`], [`audit`], [`error`]) → services ([`context`], [`scheduler`],
-//! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`], [`gitlab_status`], [`peers`]) → model and storage
+//! [`executor`], [`replication`], [`rollout`], [`steps`], [`apm`], [`logs`], [`gitlab_status`], [`peers`], [`leadership`]) → model and storage
 //! ([`store`], [`plan`], [`config`]) → leaf utilities ([`validate`], [`branch_filter`],
 //! [`ratelimit`], [`json_file`], [`failure_line`]).
 
@@ -38,6 +39,7 @@ pub mod gitlab_status;
 pub mod handlers;
 pub mod hooks;
 pub mod json_file;
+pub mod leadership;
 pub mod logs;
 pub mod metrics;
 pub mod notify;

@@ -112,7 +112,7 @@ pub async fn start_background(ctx: &Arc<Context>) -> anyhow::Result<()> {
     tokio::spawn(scheduler::run(ctx.clone()));
     tokio::spawn(scheduler::keep_claims(ctx.clone()));
     tokio::spawn(crate::peers::listen(ctx.clone()));
-    let leading = ctx.store.leadership().await?;
+    let leading = crate::leadership::leadership(ctx).await?;
     tokio::spawn(crate::rollout::run(ctx.clone(), leading));
     Ok(())
 }
@@ -154,6 +154,7 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .await?;
     // Every answer is out. The builds this replica follows go to the others.
     let handed = scheduler::hand_back(&ctx).await?;
+    crate::leadership::give_up(&ctx).await;
     eprintln!("kiln: stopped; {handed} running build(s) handed to the other replicas");
     Ok(())
 }

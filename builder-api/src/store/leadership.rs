@@ -1,6 +1,7 @@
 //! Which replica runs the cluster-wide loops (Deployment discovery, turning image events into
-//! rollouts, re-driving rollouts and replications a stopped replica left): the one holding a
-//! PostgreSQL session advisory lock, on a connection of its own. A replica that dies loses its
+//! rollouts, re-driving rollouts and replications a stopped replica left) when no Kubernetes Lease
+//! elects it (`crate::leadership`): the one holding a PostgreSQL session advisory lock, on a
+//! connection of its own. A replica that dies loses its
 //! session, so the lock is free at once and the next replica to try takes it. On SQLite the one
 //! process always leads.
 

@@ -46,6 +46,9 @@ pub static RESOURCES: &[Res] = &[
     Res { plural: "clusterroles", group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRole", namespaced: false, status: false, generation: false },
     Res { plural: "clusterrolebindings", group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRoleBinding", namespaced: false, status: false, generation: false },
     Res { plural: "services", group: "", version: "v1", kind: "Service", namespaced: true, status: true, generation: false },
+    // Leader election (`leadership.rs`): a plain object whose resourceVersion makes the
+    // holder's update a compare-and-swap.
+    Res { plural: "leases", group: "coordination.k8s.io", version: "v1", kind: "Lease", namespaced: true, status: false, generation: false },
     // A custom resource (Istio's CRD, with its status subresource): served like any other, with
     // `metadata.generation` counting spec changes as the server does for every CRD.
     Res { plural: "virtualservices", group: "networking.istio.io", version: "v1", kind: "VirtualService", namespaced: true, status: true, generation: true },
