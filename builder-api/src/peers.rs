@@ -48,7 +48,7 @@ async fn heard(ctx: &Context, signal: Signal) {
             ctx.hub.ended_elsewhere(build);
             ctx.scheduler.wake();
         }
-        Signal::BuildsQueued => ctx.scheduler.wake(),
+        Signal::BuildsQueued(builds) => ctx.scheduler.arrived(builds),
         Signal::ImageEvents => ctx.rollouts.wake(),
     }
 }

@@ -67,7 +67,14 @@ pub(super) struct Waiting {
     /// `id > seen_up_to` finds every build queued since the last read, and none twice. (Not so
     /// on PostgreSQL: see `read_all_queued`.)
     seen_up_to: i64,
+    /// PostgreSQL: when every Queued build was last read, and whether an announcement of
+    /// unnamed builds asks for a read now.
+    read_all_at: Option<std::time::Instant>,
+    read_all_now: bool,
 }
+
+/// PostgreSQL: how often a replica reads the whole queue, in case it missed an announcement.
+const READ_ALL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a cancel request did nothing.
 #[derive(Debug, PartialEq, Eq)]
@@ -196,10 +203,36 @@ impl Scheduler {
         }
     }
 
+    /// Builds another replica (or this one) announced as queued (`peers`): into the queue at
+    /// once, without reading the store; None (too many to name) reads the store's queue.
+    pub fn arrived(&self, builds: Option<Vec<(i64, i64)>>) {
+        {
+            let running = self.running.lock().unwrap();
+            let mut queue = self.queue.lock().unwrap();
+            match builds {
+                Some(builds) => {
+                    for (id, tenant) in builds {
+                        if !queue.fair.contains(id) && !running.contains_key(&id) {
+                            queue.fair.push(tenant, id);
+                        }
+                    }
+                }
+                None => queue.read_all_now = true,
+            }
+        }
+        self.wake();
+    }
+
     /// Reads into the queue the builds queued since the last read.
     pub(super) async fn read_arrivals(&self, store: &Store) -> Result<(), StoreError> {
         if store.backend() == crate::store::Backend::Postgres {
-            return self.read_all_queued(store).await;
+            // The announcements name what is queued; the whole queue is read now and then, for
+            // anything missed (a lost listening connection), and when asked.
+            let due = {
+                let queue = self.queue.lock().unwrap();
+                queue.read_all_now || queue.read_all_at.is_none_or(|at| at.elapsed() >= READ_ALL_EVERY)
+            };
+            return if due { self.read_all_queued(store).await } else { Ok(()) };
         }
         let seen = self.queue.lock().unwrap().seen_up_to;
         let arrived = store.queued_builds_after(seen).await?;
@@ -215,13 +248,17 @@ impl Scheduler {
 
     /// PostgreSQL: several writers (replicas, and each replica's API and webhook paths) insert
     /// builds in concurrent transactions, so ids need not become visible in increasing order —
-    /// a build with a smaller id may commit after one read past it. Every pass therefore reads
-    /// all Queued builds and adds those not waiting here yet (or running here). A build another
+    /// a build with a smaller id may commit after one read past it. So builds arrive by their
+    /// announcements ([`Scheduler::arrived`]), and this reads all Queued builds and adds those not
+    /// waiting here yet (or running here). A build another
     /// replica starts meanwhile is harmless: the store starts a build only while it is Queued.
     async fn read_all_queued(&self, store: &Store) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let queued = store.queued_builds_after(0).await?;
         let running = self.running.lock().unwrap();
         let mut queue = self.queue.lock().unwrap();
+        queue.read_all_at = Some(started);
+        queue.read_all_now = false;
         for (id, tenant) in queued {
             if !queue.fair.contains(id) && !running.contains_key(&id) {
                 queue.fair.push(tenant, id);

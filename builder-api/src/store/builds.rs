@@ -202,7 +202,7 @@ impl Store {
         let mut conn = self.writer.acquire().await?;
         let id = insert_build(&mut conn, new).await?;
         drop(conn);
-        self.announce(super::Signal::BuildsQueued).await?;
+        self.announce(super::Signal::queued(vec![(id, new.tenant_id)])).await?;
         Ok(self.build(id).await?.expect("just inserted"))
     }
 

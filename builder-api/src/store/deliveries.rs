@@ -138,6 +138,16 @@ type Recorded = (HashMap<(String, String), String>, Vec<Option<(DeliveryOutcome,
 /// The statements of [`record_group`] for its `candidates` (the first delivery of each key): a
 /// BEGIN, the reads and the builds, then the other rows and a COMMIT. On an error the
 /// transaction may be left open for the caller to roll back.
+/// The advisory lock of a delivery key (PostgreSQL): the first 8 bytes of SHA-256 of
+/// `source key`, the same on every replica of one release. (Replicas of two releases during an
+/// upgrade may hash differently; the unique key of `webhook_deliveries` still refuses a second
+/// record, and the sender's retry then reads the first.)
+fn delivery_lock_key(source: &str, key: &str) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new().chain_update(source.as_bytes()).chain_update(b" ").chain_update(key.as_bytes()).finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 has 32 bytes"))
+}
+
 async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group: &[Pending], candidates: &[usize]) -> Result<Recorded> {
     let now = now_ms();
     let keys: Vec<Value> = candidates.iter().map(|i| json!([group[*i].delivery.source, group[*i].delivery.key])).collect();
@@ -185,22 +195,31 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
             }
         }
         Backend::Postgres => {
-            sqlx::query("BEGIN").execute(&mut *conn).await?;
             // Several Kilns may write deliveries to one database: each key is locked for the
             // transaction first (in one order, so two groups cannot deadlock), so that a
             // delivery of the same key on another replica waits for this one's COMMIT, then
-            // reads it as recorded before — one build, and both answers name it.
-            let lock_keys = format!(
-                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(k.key) FROM
-                   (SELECT DISTINCT hashtextextended((j.value->>0) || ' ' || (j.value->>1), 0) AS key FROM {} ORDER BY 1) k) locked",
-                backend.json_rows("$1", Some("keys"), "j")
+            // reads it as recorded before — one build, and both answers name it. The lock keys
+            // are hashed here, so the text sent is all numbers of Kiln's own: BEGIN and the
+            // locks go in one round trip (the simple query protocol takes several statements).
+            let mut lock_keys: Vec<i64> = candidates.iter().map(|i| delivery_lock_key(group[*i].delivery.source, &group[*i].delivery.key)).collect();
+            lock_keys.sort_unstable();
+            lock_keys.dedup();
+            let list = lock_keys.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let begin = format!("BEGIN; SELECT 1 FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{list}]::BIGINT[]) AS u(k)) locked");
+            sqlx::Executor::execute(&mut *conn, begin.as_str()).await?;
+            // The keys recorded before and the new builds in one statement: it starts after the
+            // locks are held, so its snapshot has every earlier delivery of these keys.
+            let both = format!(
+                "WITH earlier AS ({earlier_keys}), inserted AS ({insert_builds})
+                 SELECT 'earlier' AS what, e.source, e.delivery_key, e.outcome, CAST(NULL AS BIGINT) AS id FROM earlier e
+                 UNION ALL SELECT 'inserted', CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), i.id FROM inserted i"
             );
-            sqlx::query(&lock_keys).bind(&input).execute(&mut *conn).await?;
-            for row in sqlx::query(&earlier_keys).bind(&input).fetch_all(&mut *conn).await? {
-                earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
-            }
-            for row in sqlx::query(&insert_builds).bind(&input).bind(now).fetch_all(&mut *conn).await? {
-                build_ids.push(row.get("id"));
+            for row in sqlx::query(&both).bind(&input).bind(now).fetch_all(&mut *conn).await? {
+                if row.get::<String, _>("what") == "earlier" {
+                    earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
+                } else {
+                    build_ids.push(row.get("id"));
+                }
             }
         }
     }
@@ -215,6 +234,9 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
     if build_ids.len() != expected {
         return Err(StoreError::Corrupt(format!("{} builds inserted for {expected} new ones", build_ids.len())));
     }
+
+    // What the other replicas' schedulers are told (PostgreSQL): each new build and its tenant.
+    let queued: Vec<(i64, i64)> = fresh.iter().flat_map(|i| group[*i].builds.iter()).zip(&build_ids).map(|(b, id)| (*id, b.tenant_id)).collect();
 
     // Each build a webhook started is in the audit log, like one an API token triggered.
     let audit: Vec<Value> = fresh
@@ -271,8 +293,8 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
             // One statement (data-modifying CTEs) for the three inserts and the announcements to
             // the other replicas: each round trip here is one more for every webhook group.
             let mut signals = vec![];
-            if fresh.iter().any(|i| !group[*i].builds.is_empty()) {
-                signals.push(super::Signal::BuildsQueued);
+            if !queued.is_empty() {
+                signals.push(super::Signal::queued(queued));
             }
             if !events.is_empty() {
                 signals.push(super::Signal::ImageEvents);

@@ -20,18 +20,31 @@ pub enum Signal {
     LogStored { build: i64, first: i64, last: i64 },
     /// A build reached a final state.
     BuildEnded(i64),
-    /// Builds were queued.
-    BuildsQueued,
+    /// Builds were queued: `(build, tenant)` of each, or None when there were too many to name
+    /// (the listeners read the store's queue instead).
+    BuildsQueued(Option<Vec<(i64, i64)>>),
     /// Image events (Harbor, a sync) wait for the rollout loop.
     ImageEvents,
 }
 
+/// The most builds one announcement names (a NOTIFY payload holds under 8000 bytes).
+const NAMED_BUILDS: usize = 400;
+
 impl Signal {
+    /// Builds were queued: named when they are few enough.
+    pub fn queued(builds: Vec<(i64, i64)>) -> Signal {
+        Signal::BuildsQueued((builds.len() <= NAMED_BUILDS).then_some(builds))
+    }
+
     pub(super) fn payload(&self) -> String {
         match self {
             Signal::LogStored { build, first, last } => format!("log {build} {first} {last}"),
             Signal::BuildEnded(id) => format!("ended {id}"),
-            Signal::BuildsQueued => "queued".into(),
+            Signal::BuildsQueued(None) => "queued".into(),
+            Signal::BuildsQueued(Some(builds)) => {
+                let named: Vec<String> = builds.iter().map(|(b, t)| format!("{b}:{t}")).collect();
+                format!("queued {}", named.join(","))
+            }
             Signal::ImageEvents => "images".into(),
         }
     }
@@ -44,7 +57,16 @@ impl Signal {
                 Signal::LogStored { build: n()?, first: n()?, last: n()? }
             }
             "ended" => Signal::BuildEnded(words.next()?.parse().ok()?),
-            "queued" => Signal::BuildsQueued,
+            "queued" => match words.next() {
+                None => Signal::BuildsQueued(None),
+                Some(list) => {
+                    let pair = |p: &str| -> Option<(i64, i64)> {
+                        let (b, t) = p.split_once(':')?;
+                        Some((b.parse().ok()?, t.parse().ok()?))
+                    };
+                    Signal::BuildsQueued(Some(list.split(',').map(pair).collect::<Option<Vec<_>>>()?))
+                }
+            },
             "images" => Signal::ImageEvents,
             _ => return None,
         };
@@ -107,10 +129,12 @@ mod tests {
 
     #[test]
     fn every_signal_reads_back_from_its_payload() {
-        for s in [Signal::LogStored { build: 7, first: 1, last: 250 }, Signal::BuildEnded(12), Signal::BuildsQueued, Signal::ImageEvents] {
+        let queued = Signal::BuildsQueued(Some(vec![(12, 1), (13, 4)]));
+        for s in [Signal::LogStored { build: 7, first: 1, last: 250 }, Signal::BuildEnded(12), Signal::BuildsQueued(None), queued, Signal::ImageEvents] {
             assert_eq!(Signal::parse(&s.payload()), Some(s));
         }
         assert_eq!(Signal::parse("log 7 x 3"), None);
         assert_eq!(Signal::parse("hello"), None);
+        assert_eq!(Signal::parse("queued 12:x"), None);
     }
 }
