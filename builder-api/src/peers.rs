@@ -46,7 +46,7 @@ async fn heard(ctx: &Context, signal: Signal) {
         }
         Signal::BuildEnded(build) => {
             ctx.hub.ended_elsewhere(build);
-            ctx.scheduler.wake();
+            ctx.scheduler.capacity_freed();
         }
         Signal::BuildsQueued(builds) => ctx.scheduler.arrived(builds),
         Signal::ImageEvents => ctx.rollouts.wake(),

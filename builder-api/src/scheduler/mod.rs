@@ -163,12 +163,24 @@ pub async fn reload_tenant_caps(ctx: &Context) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How often a replica on PostgreSQL reads the tenants' caps again.
+const CAPS_REREAD: Duration = Duration::from_secs(2);
+
 /// The scheduling loop; runs for the life of the service.
 pub async fn run(ctx: Arc<Context>) {
     if let Err(e) = reload_tenant_caps(&ctx).await {
         tracing::error!("scheduler: reading the tenants' caps: {e}");
     }
+    let mut caps_read = tokio::time::Instant::now();
     loop {
+        // Several replicas: a cap another replica's API changed reaches this one's picks here
+        // (the store enforces it anyway; this spares starts it would refuse).
+        if ctx.store.backend() == crate::store::Backend::Postgres && caps_read.elapsed() >= CAPS_REREAD {
+            caps_read = tokio::time::Instant::now();
+            if let Err(e) = reload_tenant_caps(&ctx).await {
+                tracing::error!("scheduler: reading the tenants' caps: {e}");
+            }
+        }
         if let Err(e) = start_queued(&ctx).await {
             tracing::error!("scheduler: {e}");
         }
@@ -240,6 +252,7 @@ async fn start_queued(ctx: &Arc<Context>) -> Result<(), StoreError> {
         sched.release(ids.iter().copied().filter(|id| !started.contains(id)));
         if !over_cap.is_empty() {
             let back: Vec<(i64, i64)> = picked.iter().copied().filter(|(_, id)| over_cap.contains(id)).collect();
+            sched.at_cap(back.iter().map(|(tenant, _)| *tenant));
             sched.requeue(&back);
         }
         let builds = match ctx.store.builds_by_ids(&started).await {
@@ -298,7 +311,7 @@ fn spawn_execute(ctx: Arc<Context>, build: Build, token: CancellationToken, star
         ctx.scheduler.running.lock().unwrap().remove(&id);
         ctx.scheduler.cancel_reasons.lock().unwrap().remove(&id);
         ctx.hub.ended(id);
-        ctx.scheduler.wake();
+        ctx.scheduler.capacity_freed();
         // A pushed image goes on to every cluster's registry.
         if ended == Some(BuildState::Succeeded) && !ctx.clusters.all().is_empty() {
             crate::replication::spawn(ctx.clone(), id);

@@ -26,6 +26,8 @@ pub struct Scheduler {
     pub(super) queue: Mutex<Waiting>,
     /// Tenant id → most builds of that tenant running at once (tenants without a cap are absent).
     caps: Mutex<HashMap<i64, u32>>,
+    /// Tenants whose cap the store found used up (see [`Scheduler::at_cap`]).
+    at_cap: Mutex<std::collections::HashSet<i64>>,
     /// Tenant id → name, for the gauges' `tenant` label; read from the store at start and again
     /// only when a build of a tenant not in it shows up.
     tenant_names: Mutex<HashMap<i64, String>>,
@@ -259,6 +261,8 @@ impl Scheduler {
         let mut queue = self.queue.lock().unwrap();
         queue.read_all_at = Some(started);
         queue.read_all_now = false;
+        // Now and then, whatever was missed: tenants found at their cap are tried again.
+        self.at_cap.lock().unwrap().clear();
         for (id, tenant) in queued {
             if !queue.fair.contains(id) && !running.contains_key(&id) {
                 queue.fair.push(tenant, id);
@@ -274,8 +278,24 @@ impl Scheduler {
         for r in self.running.lock().unwrap().values() {
             *per_tenant.entry(r.tenant).or_default() += 1;
         }
-        let caps = self.caps.lock().unwrap();
+        let mut caps = self.caps.lock().unwrap().clone();
+        // Tenants the store found at their cap (builds on other replicas) wait for a build to end.
+        for tenant in self.at_cap.lock().unwrap().iter() {
+            caps.insert(*tenant, 0);
+        }
         self.queue.lock().unwrap().fair.pick(free, &per_tenant, &caps)
+    }
+
+    /// The store refused to start builds of these tenants: their caps are used up by builds of
+    /// other replicas too. Until a build ends somewhere, this replica does not try them again.
+    pub(super) fn at_cap(&self, tenants: impl IntoIterator<Item = i64>) {
+        self.at_cap.lock().unwrap().extend(tenants);
+    }
+
+    /// A build ended (here or on another replica): tenants at their cap may start one again.
+    pub fn capacity_freed(&self) {
+        self.at_cap.lock().unwrap().clear();
+        self.wake();
     }
 
     /// Forgets the queue so the next read takes every Queued build from the store again: what

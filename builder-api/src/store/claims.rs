@@ -62,8 +62,14 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let list = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
         // The ids are integers formatted here, not text from outside: safe to inline, and one
-        // statement text per batch size is what the placeholders would give too.
-        let queued: Vec<(i64, i64)> = sqlx::query(&format!("SELECT id, tenant_id FROM builds WHERE state = 'Queued' AND id IN ({list})"))
+        // statement text per batch size is what the placeholders would give too. Every replica
+        // hears of every queued build and may try to start the same ones: on PostgreSQL a build
+        // another replica is starting right now is skipped, not waited for (it is that one's).
+        let skip_locked = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let queued: Vec<(i64, i64)> = sqlx::query(&format!("SELECT id, tenant_id FROM builds WHERE state = 'Queued' AND id IN ({list}){skip_locked}"))
             .fetch_all(&mut *tx)
             .await?
             .iter()

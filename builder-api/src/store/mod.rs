@@ -131,6 +131,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Connections to PostgreSQL: every read and write of one Kiln process.
 const POSTGRES_CONNECTIONS: u32 = 16;
+/// Of those, kept open even when idle.
+const POSTGRES_WARM_CONNECTIONS: u32 = 8;
 
 /// Milliseconds since the epoch: how every time is stored.
 pub fn now_ms() -> i64 {
@@ -179,7 +181,9 @@ impl Store {
                         format!("{} is not a postgres:// URL", display_database_url(url)).into(),
                     )));
                 }
-                let pool = AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
+                // Kept open from the start: a connection costs PostgreSQL a process, a few ms of
+                // CPU to start, and the first webhook burst after a (re)start must not pay it.
+                let pool = AnyPoolOptions::new().min_connections(POSTGRES_WARM_CONNECTIONS).max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
                 (Backend::Postgres, pool.clone(), pool)
             }
             None => {
