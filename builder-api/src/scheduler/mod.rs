@@ -4,6 +4,11 @@
 //! than its cap — runs each through the executor with its log captured, and records how it ended.
 //! Woken by new builds and finished ones; a periodic tick covers anything missed. The queue is the
 //! store's Queued builds, so it survives a restart; `queue.rs` is its in-memory index.
+//!
+//! With several replicas on PostgreSQL each replica runs this loop: a build starts on the one
+//! whose transaction claims it first (`store/claims.rs`, which also holds the tenants' caps
+//! across replicas), `keep_claims` renews this replica's claims and adopts the builds of replicas
+//! that are gone (`adopt_orphans`), and `hand_back` gives them away when this one stops.
 
 mod queue;
 pub mod state;
