@@ -12,18 +12,15 @@ use builder_api::store::{BuildState, LogLine, SecretKey, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::kube_builds::{build_pod_accounts, fake_options, slow_go, INSTANCE};
-use crate::support::fake_kube::FakeKube;
+use crate::kube_builds::{slow_go, ProcessWorld, GIT_TOKEN, INSTANCE};
 use crate::support::fixtures::{fixture_app, GitlabPush};
-use crate::support::git_server::GitServer;
 use crate::support::kiln::ADMIN;
 use crate::support::postgres;
-use crate::support::registry::{free_port, TestRegistry};
+use crate::support::registry::free_port;
 use crate::support::serve_process::ServeProcess;
 
 const LIMIT: Duration = Duration::from_secs(120);
 const SECRET: &str = "failover-hook-secret";
-const GIT_TOKEN: &str = "glpat-failover-3c1d";
 
 /// The replicas' shared pieces: the database, the secret key (in a file every replica reads),
 /// and a store of the test's own on them.
@@ -74,13 +71,7 @@ fn compile_lines(lines: &[LogLine]) -> Vec<String> {
 #[tokio::test]
 async fn a_replica_killed_mid_compile_has_its_builds_adopted_with_no_second_job_and_every_line_once() {
     const LINES: u32 = 150;
-    crate::support::init();
-    let git = GitServer::start_with_token(GIT_TOKEN).await;
-    let registry = TestRegistry::start().await;
-    let fake_root = tempfile::tempdir().unwrap();
-    let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team"]));
-    build_pod_accounts(&fake);
-    let kubeconfig = fake.serve_tcp().await.display().to_string();
+    let ProcessWorld { git, registry, fake, kubeconfig, _fake_root } = ProcessWorld::start().await;
     let env = [("KUBECONFIG", kubeconfig.as_str())];
     let shared = Shared::new().await;
     let rest = format!(

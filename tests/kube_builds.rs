@@ -75,6 +75,31 @@ pub fn kiln_client(fake: &FakeKube) -> kube::Client {
     fake.client_as(kiln_identity())
 }
 
+/// What tests of `kiln serve` processes under the kube executor share: a git server with the
+/// token `GIT_TOKEN`, a registry, and the fake API server (namespace `kiln-team`, the build pods'
+/// ServiceAccount) served over TCP, with the kubeconfig that reaches it.
+pub struct ProcessWorld {
+    pub git: GitServer,
+    pub registry: TestRegistry,
+    pub fake: FakeKube,
+    /// The kubeconfig's path, for `KUBECONFIG`.
+    pub kubeconfig: String,
+    pub _fake_root: tempfile::TempDir,
+}
+
+impl ProcessWorld {
+    pub async fn start() -> ProcessWorld {
+        crate::support::init();
+        let git = GitServer::start_with_token(GIT_TOKEN).await;
+        let registry = TestRegistry::start().await;
+        let fake_root = tempfile::tempdir().unwrap();
+        let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team"]));
+        build_pod_accounts(&fake);
+        let kubeconfig = fake.serve_tcp().await.display().to_string();
+        ProcessWorld { git, registry, fake, kubeconfig, _fake_root: fake_root }
+    }
+}
+
 /// Kiln's own namespace `kiln` and its right to the Lease there (`deploy/base/leases.yaml`), which
 /// replicas on PostgreSQL elect the one running the cluster-wide loops with.
 pub fn grant_lease(fake: &FakeKube) {
@@ -318,13 +343,7 @@ async fn a_tenants_job_lands_in_its_namespace_and_reads_only_its_own_secrets() {
 #[tokio::test]
 async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_second_job_or_a_lost_line() {
     const LINES: u32 = 150;
-    crate::support::init();
-    let git = GitServer::start_with_token(GIT_TOKEN).await;
-    let registry = TestRegistry::start().await;
-    let fake_root = tempfile::tempdir().unwrap();
-    let fake = FakeKube::start(fake_options(fake_root.path(), &["kiln-team"]));
-    build_pod_accounts(&fake);
-    let kubeconfig = fake.serve_tcp().await;
+    let ProcessWorld { git, registry, fake, kubeconfig, _fake_root } = ProcessWorld::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config_file = crate::support::serve_process::write_config(
@@ -338,7 +357,6 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
             slow_go(dir.path(), LINES, 20).display(),
         ),
     );
-    let kubeconfig = kubeconfig.display().to_string();
     let env = [("KUBECONFIG", kubeconfig.as_str())];
     let port = crate::support::registry::free_port();
 

@@ -462,6 +462,13 @@ async fn create_tenant(http: &reqwest::Client, url: &str) -> String {
     t["token"].as_str().unwrap().to_string()
 }
 
+/// Triggers a build of app `hello` at `commit`; its id.
+async fn trigger_hello(http: &reqwest::Client, url: &str, token: &str, commit: &str) -> i64 {
+    let res: serde_json::Value =
+        http.post(format!("{url}/api/v1/apps/hello/builds")).bearer_auth(token).json(&json!({"commit": commit})).send().await.unwrap().json().await.unwrap();
+    res["build"]["id"].as_i64().unwrap_or_else(|| panic!("no build: {res}"))
+}
+
 async fn setup_tenant(http: &reqwest::Client, url: &str, app: serde_json::Value) -> String {
     let token = create_tenant(http, url).await;
     let res = http.post(format!("{url}/api/v1/apps")).bearer_auth(&token).json(&app).send().await.unwrap();
@@ -554,18 +561,7 @@ async fn failover() {
         let token = token.as_deref().unwrap();
         let mut ids = vec![];
         for i in 0..BUILDS {
-            let commit = format!("{:040x}", round * BUILDS + i + 1);
-            let res: serde_json::Value = http
-                .post(format!("{}/api/v1/apps/hello/builds", a.url))
-                .bearer_auth(token)
-                .json(&json!({"commit": commit}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            ids.push(res["build"]["id"].as_i64().unwrap());
+            ids.push(trigger_hello(&http, &a.url, token, &format!("{:040x}", round * BUILDS + i + 1)).await);
         }
         for id in &ids {
             while store.build(*id).await.unwrap().unwrap().state != builder_api::store::BuildState::Running {
@@ -898,17 +894,7 @@ async fn build() {
     let mut kiln_times = vec![];
     for i in 0..=RUNS {
         let t = Instant::now();
-        let b: serde_json::Value = http
-            .post(format!("{url}/api/v1/apps/hello/builds"))
-            .bearer_auth(&token)
-            .json(&json!({"commit": sha}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = b["build"]["id"].as_i64().unwrap();
+        let id = trigger_hello(&http, &url, &token, &sha).await;
         let mut wake = ctx.hub.subscribe(id);
         let build = loop {
             let build = ctx.store.build(id).await.unwrap().unwrap();
@@ -1354,17 +1340,7 @@ async fn followers() {
     .await;
     let http = reqwest::Client::new();
     let token = setup_tenant(&http, &serve.url, world.app()).await;
-    let b: serde_json::Value = http
-        .post(format!("{}/api/v1/apps/hello/builds", serve.url))
-        .bearer_auth(&token)
-        .json(&json!({"commit": world.sha}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = b["build"]["id"].as_i64().unwrap();
+    let id = trigger_hello(&http, &serve.url, &token, &world.sha).await;
     let logs_url = format!("{}/api/v1/builds/{id}/logs", serve.url);
     // Wait until the compile step waits for the go-ahead.
     let deadline = Instant::now() + Duration::from_secs(60);
