@@ -41,13 +41,14 @@ impl Shared {
         Shared { url, key_file, store, dir }
     }
 
-    /// Replica `n`'s `kiln.toml`: the shared database and key, SIGTERM drains for 1 s, claims
-    /// last 10 s (as deploy/postgres/), then `rest` (under `[executor]` until its first table).
+    /// Replica `n`'s `kiln.toml`: the shared database and key, SIGTERM drains for 2 s (well over
+    /// the balancer's probe period, even on a loaded machine), claims last 10 s (as
+    /// deploy/postgres/), then `rest` (under `[executor]` until its first table).
     fn config(&self, n: usize, rest: &str) -> PathBuf {
         let dir = self.dir.path().join(format!("replica-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let text = format!(
-            "[server]\nadmin_token = \"{ADMIN}\"\ndrain_secs = 1\n[store]\ndata_dir = \"{}\"\nurl = \"{}\"\nsecret_key_file = \"{}\"\n\
+            "[server]\nadmin_token = \"{ADMIN}\"\ndrain_secs = 2\n[store]\ndata_dir = \"{}\"\nurl = \"{}\"\nsecret_key_file = \"{}\"\n\
              [executor]\nkiln_binary = \"{}\"\nclaim_lease_secs = 10\n{rest}",
             dir.join("data").display(),
             self.url,
@@ -167,10 +168,13 @@ impl Endpoints {
     async fn probe(self: Arc<Self>) {
         let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
         loop {
-            for (i, url) in self.urls.iter().enumerate() {
-                let ok = client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
-                self.ready.lock().unwrap()[i] = ok;
-            }
+            // All at once, so one slow answer does not leave the others' states old.
+            let probes = self.urls.iter().map(|url| {
+                let client = client.clone();
+                async move { client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) }
+            });
+            let states = futures_util::future::join_all(probes).await;
+            *self.ready.lock().unwrap() = states;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -220,7 +224,7 @@ async fn a_rolling_restart_of_three_replicas_answers_every_webhook_and_records_e
                     .send()
                     .await;
                 answers.push((url, answer.map(|r| r.status()).map_err(|e| e.to_string())));
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             answers
         })
