@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{now_ms, Backend, Build, Result, Store};
+use super::tenants::tenant_cap_column;
+use super::{now_ms, sql_int_list, Backend, Build, Result, Store};
 
 /// A replica's claim on the builds it starts or adopts.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +61,8 @@ impl Store {
             return Ok(Started::default());
         }
         let mut tx = self.writer.begin().await?;
-        let list = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
-        // The ids are integers formatted here, not text from outside: safe to inline, and one
-        // statement text per batch size is what the placeholders would give too. Every replica
+        let list = sql_int_list(ids.iter().copied());
+        // Every replica
         // hears of every queued build and may try to start the same ones: on PostgreSQL a build
         // another replica is starting right now is skipped, not waited for (it is that one's).
         let skip_locked = match self.backend {
@@ -81,8 +81,8 @@ impl Store {
         tenants.dedup();
         let mut room: HashMap<i64, i64> = HashMap::new();
         if !tenants.is_empty() {
-            let tenant_list = tenants.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
-            let cap = format!("CAST({} AS BIGINT)", self.backend.json_field("settings", "max_concurrent_builds"));
+            let tenant_list = sql_int_list(tenants.iter().copied());
+            let cap = tenant_cap_column(self.backend);
             let capped: Vec<(i64, i64)> = sqlx::query(&format!(
                 "SELECT id, cap FROM (SELECT id, {cap} AS cap FROM tenants WHERE id IN ({tenant_list})) t WHERE cap IS NOT NULL ORDER BY id"
             ))
@@ -104,7 +104,7 @@ impl Store {
                             .await?;
                     }
                 }
-                let capped_list = capped.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>().join(",");
+                let capped_list = sql_int_list(capped.iter().map(|(t, _)| *t));
                 let running: HashMap<i64, i64> = sqlx::query(&format!(
                     "SELECT tenant_id, COUNT(*) AS n FROM builds WHERE state = 'Running' AND tenant_id IN ({capped_list}) GROUP BY tenant_id"
                 ))
@@ -133,7 +133,7 @@ impl Store {
         }
         let mut started = vec![];
         if !admitted.is_empty() {
-            let admitted_list = admitted.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
+            let admitted_list = sql_int_list(admitted.iter().copied());
             let sql = format!(
                 "UPDATE builds SET state = 'Running', started_at = $1, claimed_by = $2, claim_until = $3,
                         kind = COALESCE(kind, (SELECT NULLIF(a.kind, 'auto') FROM apps a WHERE a.id = builds.app_id))
@@ -192,7 +192,7 @@ impl Store {
             tx.commit().await?;
             return Ok(vec![]);
         }
-        let list = orphans.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
+        let list = sql_int_list(orphans.keys().copied());
         sqlx::query(&format!("UPDATE builds SET claimed_by = $1, claim_until = $2 WHERE id IN ({list})"))
             .bind(claim.replica)
             .bind(claim.until)

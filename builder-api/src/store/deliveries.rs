@@ -204,7 +204,7 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
             let mut lock_keys: Vec<i64> = candidates.iter().map(|i| delivery_lock_key(group[*i].delivery.source, &group[*i].delivery.key)).collect();
             lock_keys.sort_unstable();
             lock_keys.dedup();
-            let list = lock_keys.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let list = super::sql_int_list(lock_keys);
             let begin = format!("BEGIN; SELECT 1 FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{list}]::BIGINT[]) AS u(k)) locked");
             sqlx::Executor::execute(&mut *conn, begin.as_str()).await?;
             // The keys recorded before and the new builds in one statement: it starts after the

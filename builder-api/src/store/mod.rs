@@ -134,6 +134,12 @@ const POSTGRES_CONNECTIONS: u32 = 16;
 /// Of those, kept open even when idle.
 const POSTGRES_WARM_CONNECTIONS: u32 = 8;
 
+/// Integers as a SQL list (`3,7,12`) to inline in a statement: they are numbers Kiln holds, never
+/// text from outside, and a statement with an `IN (…)` of them needs no placeholder per item.
+pub(crate) fn sql_int_list(ints: impl IntoIterator<Item = i64>) -> String {
+    ints.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
 /// Milliseconds since the epoch: how every time is stored.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -295,6 +295,11 @@ pub(super) fn tenant_from_columns(r: &AnyRow, names: &TenantColumnNames) -> Resu
     Ok(Tenant { id, name: r.get(names.name), created_at: r.get(names.created_at), settings })
 }
 
+/// A tenant's `settings.max_concurrent_builds` as a BIGINT column expression (NULL: no cap).
+pub(super) fn tenant_cap_column(backend: super::Backend) -> String {
+    format!("CAST({} AS BIGINT)", backend.json_field("settings", "max_concurrent_builds"))
+}
+
 impl Store {
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
         let now = now_ms();
@@ -335,7 +340,7 @@ impl Store {
     /// row per tenant, the database reading one JSON field each), cheap enough for the scheduler
     /// to call per pick or to cache.
     pub async fn tenant_caps(&self) -> Result<HashMap<i64, u32>> {
-        let cap = format!("CAST({} AS BIGINT)", self.backend.json_field("settings", "max_concurrent_builds"));
+        let cap = tenant_cap_column(self.backend);
         let sql = format!("SELECT id, cap FROM (SELECT id, {cap} AS cap FROM tenants) t WHERE cap IS NOT NULL");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
