@@ -12,7 +12,7 @@ use builder_api::store::{BuildState, LogLine, SecretKey, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::kube_builds::{slow_go, ProcessWorld, GIT_TOKEN, INSTANCE};
+use crate::kube_builds::{slow_go_held, ProcessWorld, GIT_TOKEN, INSTANCE};
 use crate::support::fixtures::{fixture_app, GitlabPush};
 use crate::support::kiln::ADMIN;
 use crate::support::postgres;
@@ -75,14 +75,16 @@ async fn a_replica_killed_mid_compile_has_its_builds_adopted_with_no_second_job_
     let ProcessWorld { git, registry, fake, kubeconfig, _fake_root } = ProcessWorld::start().await;
     let env = [("KUBECONFIG", kubeconfig.as_str())];
     let shared = Shared::new().await;
+    let gate = shared.dir.path().join("go-on");
     let rest = format!(
         "kind = \"kube\"\nmax_concurrent_builds = 3\n[kube]\ninstance = \"{INSTANCE}\"\n\
          [registry]\ninsecure = [\"{}\"]\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n",
         registry.host(),
-        slow_go(shared.dir.path(), LINES, 20).display(),
+        slow_go_held(shared.dir.path(), LINES, 20, &gate).display(),
     );
 
-    // A takes the builds: B is started only once they compile.
+    // A takes the builds: B is started only once they compile. They hold at line 10 until A is
+    // killed, so none has finished its compile by then, however unevenly they started.
     let mut a = ServeProcess::start_with_env(&shared.config(0, &rest), free_port(), &env);
     a.ready().await;
     let token = a.tenant(ADMIN, "team").await;
@@ -111,6 +113,7 @@ async fn a_replica_killed_mid_compile_has_its_builds_adopted_with_no_second_job_
     for id in &ids {
         stored_before.push(shared.store.log_after(*id, 0, 1_000_000).await.unwrap());
     }
+    std::fs::write(&gate, "").unwrap();
 
     let expected: Vec<String> = (1..=LINES).map(|i| format!("slow line {i}")).collect();
     let mut failovers = vec![];

@@ -29,6 +29,12 @@ pub fn slow_go(dir: &Path, lines: u32, ms: u32) -> PathBuf {
     crate::support::fixtures::fake_go(dir, "slow-go", &crate::support::fixtures::numbered_lines(lines, ms))
 }
 
+/// [`slow_go`] that holds at `slow line 10` until the file `gate` exists (what
+/// [`crate::support::fixtures::numbered_lines_held`] does).
+pub fn slow_go_held(dir: &Path, lines: u32, ms: u32, gate: &Path) -> PathBuf {
+    crate::support::fixtures::fake_go(dir, "slow-go-held", &crate::support::fixtures::numbered_lines_held(lines, ms, 10, gate))
+}
+
 pub fn fake_options(root: &Path, namespaces: &[&str]) -> FakeKubeOptions {
     FakeKubeOptions {
         root: Some(root.to_path_buf()),
@@ -346,6 +352,9 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
     let ProcessWorld { git, registry, fake, kubeconfig, _fake_root } = ProcessWorld::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // The builds hold at line 10 until the restarted kiln follows them: however unevenly a loaded
+    // machine started them, none has finished its compile when kiln is killed.
+    let gate = dir.path().join("go-on");
     let config_file = crate::support::serve_process::write_config(
         dir.path(),
         crate::support::kiln::ADMIN,
@@ -354,7 +363,7 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
             "kind = \"kube\"\nmax_concurrent_builds = 3\n\
              [registry]\ninsecure = [\"{}\"]\n[toolchains]\ngo = \"{}\"\ngoproxy = \"off\"\n",
             registry.host(),
-            slow_go(dir.path(), LINES, 20).display(),
+            slow_go_held(dir.path(), LINES, 20, &gate).display(),
         ),
     );
     let env = [("KUBECONFIG", kubeconfig.as_str())];
@@ -396,6 +405,7 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
 
     let serve = ServeProcess::start_with_env(&config_file, port, &env);
     serve.ready().await;
+    std::fs::write(&gate, "").unwrap();
     let expected: Vec<String> = (1..=LINES).map(|i| format!("slow line {i}")).collect();
     for (id, before) in ids.iter().zip(stored_before) {
         let deadline = tokio::time::Instant::now() + LIMIT;
@@ -404,12 +414,12 @@ async fn kiln_restarted_while_three_builds_run_finishes_all_three_without_a_seco
             if build.state.is_final() {
                 break build;
             }
-            assert!(tokio::time::Instant::now() < deadline, "build {id} did not finish after the restart");
+            assert!(tokio::time::Instant::now() < deadline, "build {id} did not finish after the restart; kiln printed:\n{}", serve.output_tail());
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let after = store.log_after(*id, 0, 1_000_000).await.unwrap();
         let log: Vec<&str> = after.iter().map(|l| l.line.as_str()).collect();
-        assert_eq!(build.state, BuildState::Succeeded, "build {id}: {:?}\n{}", build.reason, log.join("\n"));
+        assert_eq!(build.state, BuildState::Succeeded, "build {id}: {:?}\n{}\nkiln printed:\n{}", build.reason, log.join("\n"), serve.output_tail());
         assert!(build.image_digest.is_some(), "build {id} has no digest");
         assert_eq!(&after[..before.len()], &before[..], "build {id}: a stored line changed or vanished");
         assert_eq!(compile_lines(after.clone()), expected, "build {id}: the compile log has a gap, a repeat or a reordering");

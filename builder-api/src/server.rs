@@ -137,8 +137,10 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref())?;
     let listen = config.server.listen;
     let ctx = build_context(config).await?;
-    start_background(&ctx).await?;
+    // Before any build is adopted: a replica that cannot listen stops without having taken
+    // another's builds over. Connections wait in the backlog until the router serves them.
     let listener = listen_on(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    start_background(&ctx).await?;
     eprintln!("kiln: listening on http://{}", listener.local_addr()?);
     let app = crate::router::router(AppState(ctx.clone()));
     // With the peer's address in each request: the audit log records where a change came from.

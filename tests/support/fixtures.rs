@@ -213,3 +213,15 @@ pub fn instant_go(dir: &std::path::Path) -> std::path::PathBuf {
 pub fn numbered_lines(n: u32, ms: u32) -> String {
     format!("i=1\nwhile [ $i -le {n} ]; do echo \"slow line $i\"; i=$((i+1)); sleep {}; done", ms as f64 / 1000.0)
 }
+
+/// Shell that prints `slow line 1..=n`, one every `ms`, and after line `hold_at` waits until the
+/// file `gate` exists: a test that needs every build mid-step at some moment (a kill) gets it
+/// however slowly a loaded machine started them, and lets them go on by creating `gate`.
+pub fn numbered_lines_held(n: u32, ms: u32, hold_at: u32, gate: &std::path::Path) -> String {
+    format!(
+        "i=1\nwhile [ $i -le {n} ]; do echo \"slow line $i\"; \
+         if [ $i -eq {hold_at} ]; then while [ ! -e '{}' ]; do sleep 0.02; done; fi; i=$((i+1)); sleep {}; done",
+        gate.display(),
+        ms as f64 / 1000.0
+    )
+}

@@ -65,7 +65,7 @@ impl ServeProcess {
     pub async fn ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !reqwest::get(format!("{}/readyz", self.url)).await.is_ok_and(|r| r.status().is_success()) {
-            assert!(tokio::time::Instant::now() < deadline, "kiln serve did not become ready");
+            assert!(tokio::time::Instant::now() < deadline, "kiln serve did not become ready; it printed:\n{}", self.output_tail());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -123,6 +123,16 @@ impl ServeProcess {
     /// What the process printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// The last lines the process printed (what explains a failure), at most 4 KiB.
+    pub fn output_tail(&self) -> String {
+        let printed = self.output();
+        let mut from = printed.len().saturating_sub(4096);
+        while !printed.is_char_boundary(from) {
+            from += 1;
+        }
+        printed[from..].to_string()
     }
 
     /// SIGKILL: no shutdown code runs.
