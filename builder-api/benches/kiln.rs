@@ -611,20 +611,28 @@ struct IntakeFigures {
 
 /// CPU time of the PostgreSQL cluster: the postmaster and every process it started.
 fn postgres_cpu() -> Duration {
+    postgres_processes().values().map(|(_, cpu)| *cpu).sum()
+}
+
+/// The PostgreSQL cluster's processes (the postmaster and its children): pid → (what its title
+/// says it is, CPU time so far).
+fn postgres_processes() -> std::collections::HashMap<u32, (String, Duration)> {
     let cluster = support::pg_cluster::cluster();
     let pid_file = std::fs::read_to_string(cluster.data.join("postmaster.pid")).unwrap();
     let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
-    let mut total = serve_process::cpu_time_of(postmaster).unwrap_or_default();
+    let mut processes = std::collections::HashMap::new();
+    let title = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ").trim().to_string();
+    processes.insert(postmaster, (title(postmaster), serve_process::cpu_time_of(postmaster).unwrap_or_default()));
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // `pid (comm) state ppid …`: the comm may hold spaces, so read after its closing paren.
         let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(postmaster) {
-            total += serve_process::cpu_time_of(pid).unwrap_or_default();
+            processes.insert(pid, (title(pid), serve_process::cpu_time_of(pid).unwrap_or_default()));
         }
     }
-    total
+    processes
 }
 
 async fn intake_run(n: usize, database: Option<String>, replicas: usize) -> IntakeFigures {
@@ -679,6 +687,7 @@ async fn intake_run(n: usize, database: Option<String>, replicas: usize) -> Inta
     // answers a redirect), so the HTTP cost of this machine is printed beside Kiln's.
     let get_root = |_| raw_http::request(&addr, "GET", "/", &[], b"");
     let (floor, _) = raw_http::burst(&addrs, (0..n).map(get_root).collect(), None).await;
+    let statements = StatementProfile::start(database.as_deref());
     // Cold: every delivery on a new connection, as GitLab sends them straight to Kiln.
     let (cpu_before, db_before) = (cpu_time(&serves), db_cpu());
     let (cold_latencies, cold_wall) = raw_http::burst(&addrs, (0..n).map(|i| push(&addr, i)).collect(), None).await;
@@ -695,6 +704,7 @@ async fn intake_run(n: usize, database: Option<String>, replicas: usize) -> Inta
     let (warm_latencies, warm_wall) =
         raw_http::burst(&addrs, (0..n).map(|i| push(&addr, n + i)).collect(), Some(open)).await;
     let db_used = db_cpu() - db_before;
+    statements.print(&format!("{replicas} replica(s)"));
 
     // Counted from the database the processes wrote, after they are gone.
     drop(serves);
@@ -715,6 +725,49 @@ async fn intake_run(n: usize, database: Option<String>, replicas: usize) -> Inta
         floor_p99: p(&floor, 0.99),
         kiln_cpu_us: cold_cpu.as_secs_f64() * 1e6 / n as f64,
         db_cpu_us: db_used.as_secs_f64() * 1e6 / (2 * n) as f64,
+    }
+}
+
+/// With `KILN_BENCH_PG_STATEMENTS=1` (the cluster then loads pg_stat_statements): PostgreSQL's
+/// statements during the bursts, the costliest first, to see where its time goes.
+struct StatementProfile {
+    database: Option<String>,
+    processes: std::collections::HashMap<u32, (String, Duration)>,
+}
+
+impl StatementProfile {
+    fn start(url: Option<&str>) -> StatementProfile {
+        let database = url.filter(|_| std::env::var_os("KILN_BENCH_PG_STATEMENTS").is_some()).map(|u| u.rsplit('/').next().unwrap().to_string());
+        if let Some(db) = &database {
+            let cluster = support::pg_cluster::cluster();
+            cluster.psql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+            cluster.psql(db, "SELECT pg_stat_statements_reset()");
+        }
+        StatementProfile { processes: if database.is_some() { postgres_processes() } else { Default::default() }, database }
+    }
+
+    fn print(&self, what: &str) {
+        let Some(db) = &self.database else { return };
+        let rows = support::pg_cluster::cluster().psql(
+            db,
+            "SELECT calls, round(total_exec_time::numeric, 1), round(total_plan_time::numeric, 1), rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) \
+             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ORDER BY total_exec_time + total_plan_time DESC LIMIT 20",
+        );
+        let mut used: Vec<(Duration, String)> = postgres_processes()
+            .into_iter()
+            .map(|(pid, (title, cpu))| (cpu.saturating_sub(self.processes.get(&pid).map_or(Duration::ZERO, |(_, before)| *before)), title))
+            .filter(|(cpu, _)| !cpu.is_zero())
+            .collect();
+        used.sort_by(|a, b| b.0.cmp(&a.0));
+        println!("  PostgreSQL processes' CPU during the bursts, {what}:");
+        for (cpu, title) in used.iter().take(12) {
+            println!("    {:>8.1} ms  {title}", ms(*cpu));
+        }
+        println!("  PostgreSQL statements during the bursts, {what} (calls | executing ms | planning ms | rows | statement):");
+        for row in rows.lines() {
+            println!("    {row}");
+        }
     }
 }
 

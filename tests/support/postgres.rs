@@ -156,6 +156,8 @@ impl Cluster {
             // them sees every committed row). Every parallel test's Kilns hold connections.
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=500", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"])
+            // `scripts/bench intake` with KILN_BENCH_PG_STATEMENTS=1 prints where PostgreSQL's time went.
+            .args(if std::env::var_os("KILN_BENCH_PG_STATEMENTS").is_some() { &["-c", "shared_preload_libraries=pg_stat_statements", "-c", "pg_stat_statements.track_planning=on"][..] } else { &[][..] })
             .current_dir(root)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

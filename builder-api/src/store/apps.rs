@@ -265,20 +265,30 @@ impl Store {
         // On PostgreSQL other replicas change apps too, and only this process's changes drop the
         // index: there it is read again when older than `SHARED_DIRECTORY_MAX_AGE`, and at once
         // when it knows no app for the push (an app just created on another replica).
-        let shared = self.backend == super::Backend::Postgres;
-        let max_age = shared.then_some(SHARED_DIRECTORY_MAX_AGE);
-        if let Some(index) = self.app_directory.current(max_age) {
-            let hits = index.matching(project_path, git_urls);
-            // A miss reads again only when the index is not fresh itself, so a flood of pushes
-            // for unknown projects costs at most ten reads a second.
-            let fresh = || self.app_directory.current(Some(SHARED_DIRECTORY_MISS_AGE)).is_some();
-            if !hits.is_empty() || !shared || fresh() {
-                return Ok(hits);
-            }
+        if let Some(hits) = self.apps_in_directory(project_path, git_urls) {
+            return Ok(hits);
+        }
+        // One read at a time: the webhooks of a burst that find the index stale wait for the
+        // first one's read instead of each reading every app.
+        let _one_reader = self.app_directory.reading.lock().await;
+        if let Some(hits) = self.apps_in_directory(project_path, git_urls) {
+            return Ok(hits);
         }
         let generation = self.app_directory.generation();
         let all = self.apps(None).await?;
         Ok(self.app_directory.install(generation, all).matching(project_path, git_urls))
+    }
+
+    /// The apps of a push from the directory, when it is fresh enough to answer: None when it
+    /// must be read again.
+    fn apps_in_directory(&self, project_path: &str, git_urls: &[&str]) -> Option<Vec<App>> {
+        let shared = self.backend == super::Backend::Postgres;
+        let index = self.app_directory.current(shared.then_some(SHARED_DIRECTORY_MAX_AGE))?;
+        let hits = index.matching(project_path, git_urls);
+        // A miss reads again only when the index is not fresh itself, so a flood of pushes for
+        // unknown projects costs at most ten reads a second.
+        let fresh = || self.app_directory.current(Some(SHARED_DIRECTORY_MISS_AGE)).is_some();
+        (!hits.is_empty() || !shared || fresh()).then_some(hits)
     }
 
     /// Replaces the spec of app `id` (not deleted) with `spec`'s — everything but its tenant and
@@ -354,6 +364,8 @@ pub(super) struct AppDirectory {
     /// The index and when it was read.
     index: RwLock<Option<(Arc<AppIndex>, std::time::Instant)>>,
     generation: AtomicU64,
+    /// Held while the apps are read for a new index.
+    reading: tokio::sync::Mutex<()>,
 }
 
 /// How stale the app directory may be on PostgreSQL, where other replicas change apps: a changed

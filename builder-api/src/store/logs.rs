@@ -71,7 +71,7 @@ impl Store {
         if self.backend == super::Backend::Postgres {
             // Followers of this build on other replicas read the batch from the store.
             let stored = super::Signal::LogStored { build: build_id, first: lines[0].seq, last: lines[lines.len() - 1].seq };
-            sqlx::query(&super::signals::notify_sql(&stored)).execute(&mut *tx).await?;
+            sqlx::query(super::signals::NOTIFY).bind(stored.payload()).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

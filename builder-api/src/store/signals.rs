@@ -74,21 +74,20 @@ impl Signal {
     }
 }
 
-/// The SQL that sends `signal`, to run inside the transaction of the write (PostgreSQL only).
-pub(super) fn notify_sql(signal: &Signal) -> String {
-    notify_select(std::slice::from_ref(signal))
-}
+/// Sends the announcement whose payload is `$1` (PostgreSQL only). Payloads are parameters, so
+/// each statement that announces has one text and is planned once per connection. Wrapped, as
+/// the Any driver cannot decode the `void` that pg_notify returns.
+pub(super) const NOTIFY: &str = "SELECT 1 FROM (SELECT pg_notify('kiln', CAST($1 AS TEXT))) sent";
 
-/// A SELECT that sends every one of `signals` (none: `SELECT 1`), to end a statement whose
-/// writes they announce (PostgreSQL only).
-pub(super) fn notify_select(signals: &[Signal]) -> String {
-    if signals.is_empty() {
-        return "SELECT 1".into();
-    }
-    // The payloads hold only words and integers written here: no quoting needed. Wrapped, as
-    // the Any driver cannot decode the `void` that pg_notify returns.
-    let calls: Vec<String> = signals.iter().enumerate().map(|(i, s)| format!("pg_notify('{CHANNEL}', '{}') AS n{i}", s.payload())).collect();
-    format!("SELECT 1 FROM (SELECT {}) sent", calls.join(", "))
+/// A SELECT that sends one announcement per line of the text parameter `$3` (none for an empty
+/// text): the statement's text stays the same whatever it announces, so PostgreSQL plans it once
+/// per connection. Its payloads come from [`payloads`].
+pub(super) const NOTIFY_EACH_OF_3: &str =
+    "SELECT 1 FROM (SELECT pg_notify('kiln', p) FROM unnest(string_to_array(CAST($3 AS TEXT), E'\\n')) AS s(p)) sent";
+
+/// The payloads of `signals`, a line each, for [`NOTIFY_EACH_OF_3`].
+pub(super) fn payloads(signals: &[Signal]) -> String {
+    signals.iter().map(Signal::payload).collect::<Vec<_>>().join("\n")
 }
 
 /// A replica's listening connection.
@@ -117,7 +116,7 @@ impl Store {
     /// Announces `signal` outside any other write (PostgreSQL; nothing on SQLite).
     pub async fn announce(&self, signal: Signal) -> Result<()> {
         if self.backend == Backend::Postgres {
-            sqlx::query(&notify_sql(&signal)).execute(&self.writer).await?;
+            sqlx::query(NOTIFY).bind(signal.payload()).execute(&self.writer).await?;
         }
         Ok(())
     }
@@ -136,5 +135,15 @@ mod tests {
         assert_eq!(Signal::parse("log 7 x 3"), None);
         assert_eq!(Signal::parse("hello"), None);
         assert_eq!(Signal::parse("queued 12:x"), None);
+    }
+
+    #[test]
+    fn the_statements_announce_on_the_channel_the_replicas_listen_to() {
+        for sql in [NOTIFY, NOTIFY_EACH_OF_3] {
+            assert!(sql.contains(&format!("pg_notify('{CHANNEL}', ")), "{sql}");
+        }
+        let two = payloads(&[Signal::BuildEnded(3), Signal::ImageEvents]);
+        assert_eq!(two.lines().map(Signal::parse).collect::<Vec<_>>(), [Some(Signal::BuildEnded(3)), Some(Signal::ImageEvents)]);
+        assert_eq!(payloads(&[]), "");
     }
 }
