@@ -163,11 +163,18 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
         })
         .collect();
 
-    // Every statement reads the JSON document $1 and the time $2.
+    // Every statement reads the time $2 and JSON arrays. On SQLite they are fields of one
+    // document $1. PostgreSQL parses a JSONB document whole wherever it is cast, so there each
+    // array is a parameter of its own ($1, $3, …): a group's document is parsed once, not once per
+    // array read from it.
+    let array = |field: &str, pg_param: &str| match backend {
+        Backend::Sqlite => backend.json_rows("$1", Some(field), "j"),
+        Backend::Postgres => backend.json_rows(pg_param, None, "j"),
+    };
     let earlier_keys = format!(
         "SELECT d.source, d.delivery_key, d.outcome FROM {}
          JOIN webhook_deliveries d ON d.source = j.value->>0 AND d.delivery_key = j.value->>1",
-        backend.json_rows("$1", Some("keys"), "j")
+        array("keys", "$1")
     );
     let insert_builds = format!(
         "INSERT INTO builds (tenant_id, app_id, state, git_ref, commit_sha, trigger, queued_at, commit_message, commit_author, commit_url)
@@ -177,15 +184,15 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
          WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                            WHERE d.source = j.value->>'source' AND d.delivery_key = j.value->>'key')
          ORDER BY j.key RETURNING id",
-        backend.json_rows("$1", Some("builds"), "j")
+        array("builds", "$3")
     );
-    let input = json_doc(&json!({"keys": keys, "builds": builds}));
     let mut earlier: HashMap<(String, String), String> = HashMap::new();
     let mut build_ids: Vec<i64> = vec![];
     match backend {
         Backend::Sqlite => {
             // Rows of three columns answer the SELECT, rows of one the INSERT.
             let command = format!("BEGIN IMMEDIATE; {earlier_keys}; {insert_builds}");
+            let input = json_doc(&json!({"keys": keys, "builds": builds}));
             for row in sqlx::query(&command).bind(&input).bind(now).fetch_all(&mut *conn).await? {
                 if row.len() == 3 {
                     earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
@@ -221,7 +228,7 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
                  SELECT 'earlier' AS what, e.source, e.delivery_key, e.outcome, CAST(NULL AS BIGINT) AS id FROM earlier e
                  UNION ALL SELECT 'inserted', CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), i.id FROM inserted i"
             );
-            for row in sqlx::query(&both).bind(&input).bind(now).fetch_all(&mut *conn).await? {
+            for row in sqlx::query(&both).bind(json_doc(&keys)).bind(now).bind(json_doc(&builds)).fetch_all(&mut *conn).await? {
                 if row.get::<String, _>("what") == "earlier" {
                     earlier.insert((row.get("source"), row.get("delivery_key")), row.get("outcome"));
                 } else {
@@ -268,32 +275,32 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
         }));
         outcomes[*i] = Some((outcome, true));
     }
-    let input = json_doc(&json!({"audit": audit, "events": events, "deliveries": deliveries}));
     let inserts = [
         format!(
             "INSERT INTO audit_log (at, actor, tenant_id, action, target, client_addr)
              SELECT $2, j.value->>'actor', CAST(j.value->>'tenant_id' AS BIGINT), 'build.trigger', j.value->>'target', j.value->>'client_addr'
              FROM {} ORDER BY j.key",
-            backend.json_rows("$1", Some("audit"), "j")
+            array("audit", "$1")
         ),
         format!(
             "INSERT INTO image_events (source, registry, repository, digest, tag, received_at)
              SELECT j.value->>'source', j.value->>'registry', j.value->>'repository', j.value->>'digest', j.value->>'tag', $2
              FROM {} ORDER BY j.key",
-            backend.json_rows("$1", Some("events"), "j")
+            array("events", "$3")
         ),
         format!(
             "INSERT INTO webhook_deliveries (source, delivery_key, event, app_id, build_id, outcome, received_at)
              SELECT j.value->>'source', j.value->>'key', j.value->>'event', CAST(j.value->>'app_id' AS BIGINT),
                     CAST(j.value->>'build_id' AS BIGINT), j.value->>'outcome', $2
              FROM {} ORDER BY j.key",
-            backend.json_rows("$1", Some("deliveries"), "j")
+            array("deliveries", "$4")
         ),
     ];
     // Always run, even with nothing to insert: it ends the transaction.
     match backend {
         Backend::Sqlite => {
             let command = format!("{}; COMMIT", inserts.join(";\n"));
+            let input = json_doc(&json!({"audit": audit, "events": events, "deliveries": deliveries}));
             sqlx::query(&command).bind(&input).bind(now).execute(&mut *conn).await?;
         }
         Backend::Postgres => {
@@ -313,9 +320,16 @@ async fn record_in_transaction(conn: &mut AnyConnection, backend: Backend, group
                 inserts[0],
                 inserts[1],
                 inserts[2],
-                super::signals::NOTIFY_EACH_OF_3
+                super::signals::notify_each_line_of("$5")
             );
-            sqlx::query(&command).bind(&input).bind(now).bind(super::signals::payloads(&signals)).execute(&mut *conn).await?;
+            sqlx::query(&command)
+                .bind(json_doc(&audit))
+                .bind(now)
+                .bind(json_doc(&events))
+                .bind(json_doc(&deliveries))
+                .bind(super::signals::payloads(&signals))
+                .execute(&mut *conn)
+                .await?;
             sqlx::query("COMMIT").execute(&mut *conn).await?;
         }
     }

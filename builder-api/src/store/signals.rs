@@ -79,13 +79,14 @@ impl Signal {
 /// the Any driver cannot decode the `void` that pg_notify returns.
 pub(super) const NOTIFY: &str = "SELECT 1 FROM (SELECT pg_notify('kiln', CAST($1 AS TEXT))) sent";
 
-/// A SELECT that sends one announcement per line of the text parameter `$3` (none for an empty
-/// text): the statement's text stays the same whatever it announces, so PostgreSQL plans it once
-/// per connection. Its payloads come from [`payloads`].
-pub(super) const NOTIFY_EACH_OF_3: &str =
-    "SELECT 1 FROM (SELECT pg_notify('kiln', p) FROM unnest(string_to_array(CAST($3 AS TEXT), E'\\n')) AS s(p)) sent";
+/// A SELECT that sends one announcement per line of the text parameter `param` (none for an
+/// empty text): the statement's text stays the same whatever it announces, so PostgreSQL plans
+/// it once per connection. Its payloads come from [`payloads`].
+pub(super) fn notify_each_line_of(param: &str) -> String {
+    format!("SELECT 1 FROM (SELECT pg_notify('{CHANNEL}', p) FROM unnest(string_to_array(CAST({param} AS TEXT), E'\\n')) AS s(p)) sent")
+}
 
-/// The payloads of `signals`, a line each, for [`NOTIFY_EACH_OF_3`].
+/// The payloads of `signals`, a line each, for [`notify_each_line_of`].
 pub(super) fn payloads(signals: &[Signal]) -> String {
     signals.iter().map(Signal::payload).collect::<Vec<_>>().join("\n")
 }
@@ -139,7 +140,7 @@ mod tests {
 
     #[test]
     fn the_statements_announce_on_the_channel_the_replicas_listen_to() {
-        for sql in [NOTIFY, NOTIFY_EACH_OF_3] {
+        for sql in [NOTIFY.to_string(), notify_each_line_of("$5")] {
             assert!(sql.contains(&format!("pg_notify('{CHANNEL}', ")), "{sql}");
         }
         let two = payloads(&[Signal::BuildEnded(3), Signal::ImageEvents]);
