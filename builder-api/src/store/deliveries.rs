@@ -2,11 +2,12 @@
 //! (source, delivery_key) row is what makes a redelivered event a no-op.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, AnyPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::rollouts::NewImageEvent;
 use super::{json_doc, now_ms, text, Backend, NewBuild, Result, Store, StoreError};
@@ -55,27 +56,52 @@ const GROUP: usize = 512;
 impl DeliveryWriter {
     pub(super) fn start(pool: AnyPool, backend: Backend) -> DeliveryWriter {
         let (tx, mut rx) = mpsc::channel::<Pending>(1024);
+        let in_flight = Arc::new(Semaphore::new(match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => GROUPS_IN_FLIGHT_ON_POSTGRES,
+        }));
         tokio::spawn(async move {
-            let mut group = Vec::with_capacity(GROUP);
-            while rx.recv_many(&mut group, GROUP).await > 0 {
-                match record_group(&pool, backend, &group).await {
-                    Ok(outcomes) => {
-                        for (p, outcome) in group.drain(..).zip(outcomes) {
-                            let _ = p.reply.send(Ok(outcome));
-                        }
-                    }
-                    // The group's transaction failed as a whole: record each on its own, so one
-                    // bad delivery fails only itself.
-                    Err(_) => {
-                        for p in group.drain(..) {
-                            let one = record_group(&pool, backend, std::slice::from_ref(&p)).await.map(|mut v| v.remove(0));
-                            let _ = p.reply.send(one);
-                        }
-                    }
+            loop {
+                // A slot first, then the group: while every slot is busy, deliveries gather in
+                // the channel and the next group takes them all.
+                let slot = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let mut group = Vec::with_capacity(GROUP);
+                if rx.recv_many(&mut group, GROUP).await == 0 {
+                    return;
                 }
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    write_group(&pool, backend, group).await;
+                    drop(slot);
+                });
             }
         });
         DeliveryWriter { tx }
+    }
+}
+
+/// Groups written at once on PostgreSQL, each on a connection of its own. A group's transaction
+/// spends much of its time on round trips; the next group need not wait for them. (Two groups
+/// with a key in common are ordered by the key's lock, as two replicas' are.) SQLite has one
+/// writer connection: one group at a time.
+const GROUPS_IN_FLIGHT_ON_POSTGRES: usize = 2;
+
+/// Records `group` and answers each of its deliveries.
+async fn write_group(pool: &AnyPool, backend: Backend, mut group: Vec<Pending>) {
+    match record_group(pool, backend, &group).await {
+        Ok(outcomes) => {
+            for (p, outcome) in group.drain(..).zip(outcomes) {
+                let _ = p.reply.send(Ok(outcome));
+            }
+        }
+        // The group's transaction failed as a whole: record each on its own, so one bad
+        // delivery fails only itself.
+        Err(_) => {
+            for p in group.drain(..) {
+                let one = record_group(pool, backend, std::slice::from_ref(&p)).await.map(|mut v| v.remove(0));
+                let _ = p.reply.send(one);
+            }
+        }
     }
 }
 
