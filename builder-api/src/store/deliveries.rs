@@ -84,7 +84,7 @@ impl DeliveryWriter {
 /// spends much of its time on round trips; the next group need not wait for them. (Two groups
 /// with a key in common are ordered by the key's lock, as two replicas' are.) SQLite has one
 /// writer connection: one group at a time.
-const GROUPS_IN_FLIGHT_ON_POSTGRES: usize = 2;
+pub(super) const GROUPS_IN_FLIGHT_ON_POSTGRES: usize = 2;
 
 /// Records `group` and answers each of its deliveries.
 async fn write_group(pool: &AnyPool, backend: Backend, mut group: Vec<Pending>) {
