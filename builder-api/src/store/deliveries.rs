@@ -41,10 +41,11 @@ struct Pending {
     reply: oneshot::Sender<Result<(DeliveryOutcome, bool)>>,
 }
 
-/// Records deliveries through one task: whatever arrived while the last transaction committed
-/// goes into the next one. A burst of hooks becomes a handful of commits instead of a writer per
-/// hook queueing for SQLite's single write lock (whose busy handler sleeps between retries,
-/// which would set the tail latency).
+/// Records deliveries in groups: whatever arrived while the last transaction committed goes into
+/// the next one. A burst of hooks becomes a handful of commits instead of a writer per hook
+/// queueing for SQLite's single write lock (whose busy handler sleeps between retries, which
+/// would set the tail latency). On PostgreSQL two groups are written at once, on two
+/// connections kept for them ([`GROUPS_IN_FLIGHT_ON_POSTGRES`]).
 #[derive(Clone)]
 pub(super) struct DeliveryWriter {
     tx: mpsc::Sender<Pending>,
