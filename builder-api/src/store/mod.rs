@@ -202,8 +202,8 @@ impl Store {
         let deliveries = match database_url {
             // Connections of their own, always the same ones: each plans the group statements once
             // and keeps the catalog it read warm, where taking any of the pool's sixteen in turn
-            // paid both again on each (measured with three replicas: a third of PostgreSQL's time
-            // in a burst went to planning).
+            // paid both again on each (measured with three replicas: a third of the group
+            // statements' time in a burst was planning).
             Some(url) => {
                 let n = deliveries::GROUPS_IN_FLIGHT_ON_POSTGRES as u32;
                 let own = AnyPoolOptions::new().min_connections(n).max_connections(n).connect(url).await?;
