@@ -62,9 +62,9 @@ impl Store {
         }
         let mut tx = self.writer.begin().await?;
         let list = sql_int_list(ids.iter().copied());
-        // Every replica
-        // hears of every queued build and may try to start the same ones: on PostgreSQL a build
-        // another replica is starting right now is skipped, not waited for (it is that one's).
+        // Every replica hears of every queued build and may try to start the same ones: on
+        // PostgreSQL a build another replica is starting right now is skipped, not waited for
+        // (it is that one's).
         let skip_locked = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",

@@ -109,19 +109,21 @@ async fn write_group(pool: &AnyPool, backend: Backend, mut group: Vec<Pending>) 
 /// Records a group of deliveries, their builds, image events and audit rows in one transaction,
 /// whatever the group's size, with a fixed number of statements: one finds the keys recorded
 /// before, one inserts the new deliveries' builds, three insert the rest. Each statement takes
-/// the whole group as one JSON document (read with [`Backend::json_rows`]).
+/// the group's rows as JSON (read with [`Backend::json_rows`]): one document on SQLite, an array
+/// per parameter on PostgreSQL.
 ///
 /// On SQLite these are two round trips to the connection's thread: one command begins, reads
 /// and inserts the builds; the other inserts the rest and commits. The round trips are what
 /// costs: each one waits for the connection's thread to be scheduled, which a machine busy with a
 /// burst of webhooks does late; sqlx's own BEGIN and COMMIT would be two more, so the commands
-/// carry them. PostgreSQL takes one statement per command when it has parameters, so there each
-/// statement is its own round trip, between a BEGIN and a COMMIT.
+/// carry them. PostgreSQL takes one statement per command when it has parameters: there it is
+/// four round trips (BEGIN with the key locks, the reads and builds, the rest, COMMIT).
 ///
-/// This task is the only writer of `webhook_deliveries` in its process, and the writer connection
-/// is held from BEGIN to COMMIT, so "recorded before" cannot change inside the transaction. On
-/// PostgreSQL other replicas write too: there the transaction first takes an advisory lock per
-/// key, so a key's second delivery waits for the first and finds it recorded.
+/// On SQLite one group at a time holds the one writer connection from BEGIN to COMMIT, so
+/// "recorded before" cannot change inside the transaction. On PostgreSQL other groups write at
+/// the same time (this replica's second one, other replicas'): there the transaction first takes
+/// an advisory lock per key, so a key's second delivery waits for the first and finds it
+/// recorded.
 async fn record_group(pool: &AnyPool, backend: Backend, group: &[Pending]) -> Result<Vec<(DeliveryOutcome, bool)>> {
     // The first of each key in this group; a repeat within the group gets the first's outcome.
     let mut first_of_key: HashMap<(&str, &str), usize> = HashMap::new();
